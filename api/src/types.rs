@@ -1,0 +1,240 @@
+//! The `TriggerService` custom resource and the types of its spec and status.
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// What a TriggerService asks for: a list of triggers, each a source, a filter and destinations.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "ktrigger.dev",
+    version = "v1alpha1",
+    kind = "TriggerService",
+    namespaced,
+    shortname = "kts",
+    status = "TriggerServiceStatus",
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Triggers","type":"string","jsonPath":".status.readyTriggers"}"#,
+    printcolumn = r#"{"name":"Fired","type":"integer","jsonPath":".status.fired"}"#,
+    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerServiceSpec {
+    /// ServiceAccount whose identity mutating destinations act as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_name: Option<String>,
+    /// The triggers of this service; names are unique within it.
+    pub triggers: Vec<Trigger>,
+    /// kube-trigger's worker settings: accepted for compatibility and ignored.
+    #[serde(default, skip_serializing)]
+    #[schemars(skip)]
+    pub worker: Option<Value>,
+}
+
+/// One source → filter → destinations chain.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Trigger {
+    /// Unique name within the TriggerService; `trigger-<index>` when omitted (kube-trigger files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Where events come from.
+    pub source: SourceSpec,
+    /// CEL expression over the event context; every event passes when it is empty or absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<String>,
+    /// Drop repeats of the same event within a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dedup: Option<DedupSpec>,
+    /// Cap the rate at which this trigger fires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitSpec>,
+    /// Wait for this quiet period (e.g. `5s`) and fire once with the latest event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<String>,
+    /// Where matching events are delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub destinations: Vec<DestinationSpec>,
+    /// kube-trigger's single destination; an alias of a one-element `destinations`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<DestinationSpec>,
+    /// Receives deliveries that failed for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<DestinationSpec>,
+}
+
+/// A source type and its free-form properties.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceSpec {
+    /// Source type name, e.g. `cron`, `webhook`, `resource-watcher`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Type-specific settings (see `ktrigger sources`).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schemars(schema_with = "crate::schema::free_form")]
+    pub properties: Value,
+}
+
+/// A destination type, its free-form properties and how deliveries to it are retried.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DestinationSpec {
+    /// Destination type name, e.g. `webhook`, `log`, `kagent`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// Type-specific settings (see `ktrigger destinations`).
+    #[serde(default, skip_serializing_if = "Value::is_null")]
+    #[schemars(schema_with = "crate::schema::free_form")]
+    pub properties: Value,
+    /// Retry policy for failed deliveries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+    /// Time limit of one delivery attempt, e.g. `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Deliveries that may wait for this destination before new ones are dead-lettered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_size: Option<u32>,
+}
+
+/// Retry policy: exponential backoff with jitter between `backoff` and `maxBackoff`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RetrySpec {
+    /// Attempts in all, the first included.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry, e.g. `1s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backoff: Option<String>,
+    /// Longest delay between attempts, e.g. `2m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_backoff: Option<String>,
+}
+
+/// Deduplication: events with the same key within `window` fire once.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DedupSpec {
+    /// CEL expression computing the key, e.g. `object.metadata.name`.
+    pub key: String,
+    /// How long a key stays firing after its last repeat, e.g. `10m`.
+    pub window: String,
+}
+
+/// Rate limit of one trigger.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitSpec {
+    /// Events that may fire per minute.
+    pub per_minute: u32,
+    /// Events that may fire at once; defaults to `perMinute`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub burst: Option<u32>,
+}
+
+/// What the engine reports about a TriggerService.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerServiceStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Ready` is True when every trigger loaded; False with the exact errors otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// `ready/total` triggers, for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_triggers: Option<String>,
+    /// Events fired by all triggers.
+    #[serde(default)]
+    pub fired: u64,
+    /// Failed delivery attempts of all triggers.
+    #[serde(default)]
+    pub failed: u64,
+    /// One entry per trigger.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub triggers: Vec<TriggerStatus>,
+}
+
+/// A status condition, in the usual Kubernetes shape.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Condition type, e.g. `Ready`.
+    #[serde(rename = "type")]
+    pub type_name: String,
+    /// `True`, `False` or `Unknown`.
+    pub status: String,
+    /// Machine-readable reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Human-readable details.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_transition_time: Option<String>,
+}
+
+/// What one trigger has done.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TriggerStatus {
+    /// Trigger name.
+    pub name: String,
+    /// Whether the trigger loaded and its source runs.
+    pub ready: bool,
+    /// Events its source produced.
+    pub matched: u64,
+    /// Events dropped by the filter, dedup, rate limit or debounce.
+    pub filtered: u64,
+    /// Events passed on to the destinations.
+    pub fired: u64,
+    /// Failed delivery attempts.
+    pub failed: u64,
+    /// Deliveries given up on.
+    #[serde(default)]
+    pub dead_lettered: u64,
+    /// When it last fired (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fired: Option<String>,
+    /// The last error it met.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Current dedup entries.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_events: Vec<ActiveEvent>,
+}
+
+/// A dedup entry as shown in status.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ActiveEvent {
+    /// The dedup key.
+    pub key: String,
+    /// `firing` while repeats arrive within the window, `resolved` after.
+    pub state: String,
+    /// First occurrence (RFC 3339).
+    pub first_seen: String,
+    /// Latest occurrence (RFC 3339).
+    pub last_seen: String,
+}
+
+/// kube-trigger's plain configuration file: `triggers:` at the top level.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TriggerFile {
+    /// The triggers of the file.
+    pub triggers: Vec<Trigger>,
+}
+
+impl Trigger {
+    /// The destinations of this trigger, `action` included.
+    pub fn all_destinations(&self) -> impl Iterator<Item = &DestinationSpec> {
+        self.destinations.iter().chain(self.action.iter())
+    }
+}

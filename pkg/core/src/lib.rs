@@ -1,0 +1,9 @@
+//! The ktrigger engine core: the event context, CEL filters, templates, the shared router,
+//! delivery queues with retries, and the supervisor that runs one isolated task per trigger.
+//!
+//! It knows nothing of Kubernetes: sources and destinations plug in through [`registry`].
+
+pub mod event;
+pub mod properties;
+pub mod registry;
+pub mod template;

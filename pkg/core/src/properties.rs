@@ -1,0 +1,125 @@
+//! Reading the free-form `properties` of sources and destinations, and the secrets they refer to.
+
+use std::fmt;
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Deserializes `properties` into a typed struct; an error names the property at fault.
+/// Absent properties read as an empty object.
+pub fn parse_properties<T: DeserializeOwned>(properties: &Value) -> Result<T, String> {
+    let value = if properties.is_null() { Value::Object(Default::default()) } else { properties.clone() };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let message = e.into_inner().to_string();
+        if path == "." { format!("properties: {message}") } else { format!("properties.{path}: {message}") }
+    })
+}
+
+/// Where a secret value comes from: an environment variable, a file, or (in a cluster) a Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// Name of an environment variable holding the value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// Path of a file holding the value (trailing newline removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// A key of a Kubernetes Secret in the TriggerService's namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<SecretKeyRef>,
+}
+
+/// A key of a Kubernetes Secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key within the Secret.
+    pub key: String,
+}
+
+/// A credential: shows as `<redacted>` in every debug or display output.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The value itself; only for putting it on the wire.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl SecretRef {
+    /// Reads the value now. Errors say where it was looked for, never what was found.
+    pub fn resolve(&self) -> Result<Secret, String> {
+        match (&self.env, &self.file, &self.secret_key_ref) {
+            (Some(name), None, None) => {
+                std::env::var(name).map(Secret).map_err(|_| format!("environment variable {name} is not set"))
+            }
+            (None, Some(path), None) => std::fs::read_to_string(path)
+                .map(|text| Secret(text.trim_end_matches(['\n', '\r']).to_string()))
+                .map_err(|e| format!("cannot read secret file {path}: {e}")),
+            (None, None, Some(key)) => Err(format!(
+                "secretKeyRef {}/{} needs a cluster; locally use {{env: NAME}} or {{file: PATH}}",
+                key.name, key.key
+            )),
+            _ => Err("give exactly one of env, file or secretKeyRef".to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Props {
+        #[allow(dead_code)]
+        url: String,
+    }
+
+    #[test]
+    fn property_errors_name_the_property() {
+        let err = parse_properties::<Props>(&json!({"url": 3})).unwrap_err();
+        assert!(err.starts_with("properties.url: invalid type"), "{err}");
+        let err = parse_properties::<Props>(&Value::Null).unwrap_err();
+        assert!(err.contains("missing field `url`"), "{err}");
+    }
+
+    #[test]
+    fn secrets_resolve_from_files_and_never_print() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let secret =
+            SecretRef { env: None, file: Some(path.display().to_string()), secret_key_ref: None }.resolve().unwrap();
+        assert_eq!(secret.expose(), "s3cret");
+        assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
+    }
+
+    #[test]
+    fn missing_env_secret_names_the_variable_only() {
+        let err = SecretRef { env: Some("KTRIGGER_TEST_UNSET_VAR".into()), file: None, secret_key_ref: None }
+            .resolve()
+            .unwrap_err();
+        assert_eq!(err, "environment variable KTRIGGER_TEST_UNSET_VAR is not set");
+    }
+}

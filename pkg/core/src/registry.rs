@@ -1,0 +1,233 @@
+//! The traits sources and destinations implement, and the registry that finds them by type name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::{Event, SharedEvent, TriggerId};
+use crate::template::TemplateScope;
+
+/// What a source or destination is told when it is built.
+#[derive(Debug, Clone)]
+pub struct BuildContext {
+    /// The trigger it belongs to.
+    pub trigger: TriggerId,
+    /// Whether the engine runs with `--dry-run` (nothing may change outside).
+    pub dry_run: bool,
+}
+
+/// Where a source sends the events it produces.
+#[derive(Debug, Clone)]
+pub struct EventSink {
+    sender: mpsc::Sender<SharedEvent>,
+}
+
+impl EventSink {
+    /// A sink and the receiving end the trigger reads from.
+    pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<SharedEvent>) {
+        let (sender, receiver) = mpsc::channel(capacity);
+        (EventSink { sender }, receiver)
+    }
+
+    /// Hands an event to the trigger, waiting while it is busy. False when the trigger has stopped.
+    pub async fn send(&self, event: Event) -> bool {
+        self.send_shared(Arc::new(event)).await
+    }
+
+    /// Hands an already shared event to the trigger (one event fanned out to several triggers).
+    pub async fn send_shared(&self, event: SharedEvent) -> bool {
+        self.sender.send(event).await.is_ok()
+    }
+}
+
+/// Why a source stopped.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SourceError(pub String);
+
+/// A running producer of events for one trigger.
+#[async_trait]
+pub trait Source: Send + Sync {
+    /// Produces events into `sink` until `cancel` fires. An `Err` is reported and the source is
+    /// run again after a backoff; state kept in `self` (e.g. change detection) survives that.
+    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError>;
+}
+
+/// A sent delivery that the destination accepted.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Receipt {
+    /// What the receiver said, e.g. an HTTP status or a task id; shown in logs and status.
+    pub detail: Option<String>,
+}
+
+/// Why a delivery attempt failed, and whether retrying can help.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DeliveryError {
+    /// Retrying may succeed (5xx, 408, 429, timeouts, connection errors).
+    #[error("{reason}")]
+    Transient {
+        /// What went wrong; never contains credentials.
+        reason: String,
+        /// How long the receiver asked us to wait (`Retry-After`).
+        retry_after: Option<Duration>,
+    },
+    /// Retrying cannot succeed (4xx other than 408/429, an invalid request or response).
+    #[error("{reason}")]
+    Permanent {
+        /// What went wrong; never contains credentials.
+        reason: String,
+    },
+}
+
+impl DeliveryError {
+    /// A transient failure without a Retry-After hint.
+    pub fn transient(reason: impl Into<String>) -> Self {
+        DeliveryError::Transient { reason: reason.into(), retry_after: None }
+    }
+
+    /// A permanent failure.
+    pub fn permanent(reason: impl Into<String>) -> Self {
+        DeliveryError::Permanent { reason: reason.into() }
+    }
+}
+
+/// What a destination is asked to deliver.
+#[derive(Debug, Clone)]
+pub struct DeliveryRequest<'a> {
+    /// Unique id of this delivery (stable across its retries).
+    pub id: &'a str,
+    /// The trigger that fired.
+    pub trigger: &'a TriggerId,
+    /// The event that matched.
+    pub event: &'a Event,
+    /// 1 for the first attempt.
+    pub attempt: u32,
+}
+
+impl DeliveryRequest<'_> {
+    /// The names templates render against: the event context of this trigger.
+    pub fn scope(&self) -> TemplateScope {
+        TemplateScope::new(self.event, &self.trigger.trigger)
+    }
+}
+
+/// A place deliveries go to.
+#[async_trait]
+pub trait Destination: Send + Sync {
+    /// What would be sent for this request, as JSON: used by `--dry-run` and in delivery logs.
+    /// Must not contain credentials.
+    fn render(&self, request: &DeliveryRequest<'_>) -> Result<Value, DeliveryError>;
+
+    /// Sends one delivery attempt.
+    async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError>;
+}
+
+/// Documentation of one property of a source or destination type.
+#[derive(Debug, Clone, Copy)]
+pub struct PropertyDoc {
+    /// Property name as written in YAML.
+    pub name: &'static str,
+    /// Whether the type refuses to load without it.
+    pub required: bool,
+    /// What it does, with its default.
+    pub description: &'static str,
+}
+
+/// Documentation of a source or destination type, printed by `ktrigger sources|destinations`.
+#[derive(Debug, Clone, Copy)]
+pub struct TypeDoc {
+    /// Type name as written in `type:`.
+    pub name: &'static str,
+    /// Other names accepted for compatibility (e.g. kube-trigger's `cronjob`).
+    pub aliases: &'static [&'static str],
+    /// One line on what it is for.
+    pub summary: &'static str,
+    /// Every property.
+    pub properties: &'static [PropertyDoc],
+    /// A YAML example of the `source:` or destination entry.
+    pub example: &'static str,
+}
+
+/// Builds sources of one type from their properties.
+pub trait SourceFactory: Send + Sync {
+    /// Name, aliases, properties and example.
+    fn doc(&self) -> &'static TypeDoc;
+    /// Checks `properties` and builds a source; errors name the property at fault.
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String>;
+}
+
+/// Builds destinations of one type from their properties.
+pub trait DestinationFactory: Send + Sync {
+    /// Name, aliases, properties and example.
+    fn doc(&self) -> &'static TypeDoc;
+    /// Checks `properties` (templates included) and builds a destination; errors name the property.
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String>;
+}
+
+/// Every known source and destination type, by name and alias.
+#[derive(Default, Clone)]
+pub struct Registry {
+    sources: BTreeMap<&'static str, Arc<dyn SourceFactory>>,
+    destinations: BTreeMap<&'static str, Arc<dyn DestinationFactory>>,
+}
+
+impl Registry {
+    /// Adds a source type under its name and aliases.
+    pub fn add_source(&mut self, factory: Arc<dyn SourceFactory>) {
+        let doc = factory.doc();
+        for name in std::iter::once(&doc.name).chain(doc.aliases) {
+            self.sources.insert(name, factory.clone());
+        }
+    }
+
+    /// Adds a destination type under its name and aliases.
+    pub fn add_destination(&mut self, factory: Arc<dyn DestinationFactory>) {
+        let doc = factory.doc();
+        for name in std::iter::once(&doc.name).chain(doc.aliases) {
+            self.destinations.insert(name, factory.clone());
+        }
+    }
+
+    /// The source type called `name`.
+    pub fn source(&self, name: &str) -> Option<&Arc<dyn SourceFactory>> {
+        self.sources.get(name)
+    }
+
+    /// The destination type called `name`.
+    pub fn destination(&self, name: &str) -> Option<&Arc<dyn DestinationFactory>> {
+        self.destinations.get(name)
+    }
+
+    /// Documentation of every source type, once each, by name.
+    pub fn source_docs(&self) -> Vec<&'static TypeDoc> {
+        unique_docs(self.sources.values().map(|f| f.doc()))
+    }
+
+    /// Documentation of every destination type, once each, by name.
+    pub fn destination_docs(&self) -> Vec<&'static TypeDoc> {
+        unique_docs(self.destinations.values().map(|f| f.doc()))
+    }
+
+    /// Names of all source types (aliases excluded), for error messages.
+    pub fn source_names(&self) -> Vec<&'static str> {
+        self.source_docs().iter().map(|d| d.name).collect()
+    }
+
+    /// Names of all destination types (aliases excluded), for error messages.
+    pub fn destination_names(&self) -> Vec<&'static str> {
+        self.destination_docs().iter().map(|d| d.name).collect()
+    }
+}
+
+fn unique_docs(docs: impl Iterator<Item = &'static TypeDoc>) -> Vec<&'static TypeDoc> {
+    let mut by_name: BTreeMap<&'static str, &'static TypeDoc> = BTreeMap::new();
+    for doc in docs {
+        by_name.insert(doc.name, doc);
+    }
+    by_name.into_values().collect()
+}
