@@ -3,7 +3,11 @@
 //!
 //! It knows nothing of Kubernetes: sources and destinations plug in through [`registry`].
 
+pub mod config;
+pub mod delivery;
 pub mod event;
 pub mod properties;
 pub mod registry;
+pub mod router;
+pub mod stats;
 pub mod template;

@@ -1,0 +1,498 @@
+//! Delivery: a bounded queue per destination and a worker that sends with retries, backoff
+//! with jitter, Retry-After, a per-attempt timeout and a visible dead-letter outcome.
+//!
+//! The queue is a trait so that a durable backend (a redb file under `--state-dir`) can replace
+//! the in-memory one without touching the worker.
+
+use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures::FutureExt;
+use ktrigger_api::{DestinationSpec, parse_duration};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::event::{Event, SharedEvent, TriggerId};
+use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
+use crate::stats::{TriggerStats, lock};
+
+/// Default number of deliveries waiting per destination.
+pub const DEFAULT_QUEUE_SIZE: usize = 1000;
+/// Longest Retry-After we honour; a receiver asking for more is retried after this.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// One event on its way to one destination.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Unique id, stable across retries (receivers may dedupe on it).
+    pub id: String,
+    /// The trigger that fired.
+    pub trigger: TriggerId,
+    /// The event that matched.
+    pub event: SharedEvent,
+}
+
+impl Delivery {
+    /// A new delivery of `event` for `trigger`.
+    pub fn new(trigger: TriggerId, event: SharedEvent) -> Self {
+        Delivery { id: uuid::Uuid::new_v4().to_string(), trigger, event }
+    }
+}
+
+/// Why a delivery could not be queued.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The queue holds as many deliveries as it may.
+    #[error("delivery queue is full ({0} waiting)")]
+    Full(usize),
+    /// The queue no longer accepts deliveries (shutting down).
+    #[error("delivery queue is closed")]
+    Closed,
+}
+
+/// Where deliveries wait for their destination's worker.
+#[async_trait]
+pub trait DeliveryQueue: Send + Sync {
+    /// Adds a delivery, or refuses at once when full or closed (never blocks the trigger).
+    fn push(&self, delivery: Delivery) -> Result<(), QueueError>;
+    /// The next delivery; `None` once the queue is closed and empty.
+    async fn pop(&self) -> Option<Delivery>;
+    /// Marks a popped delivery as finished (delivered or dead-lettered) so a durable queue can
+    /// forget it; until then it would be redelivered after a restart.
+    fn ack(&self, id: &str);
+    /// Stops accepting deliveries; those already queued are still popped.
+    fn close(&self);
+    /// Deliveries waiting.
+    fn len(&self) -> usize;
+    /// Whether nothing is waiting.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The in-memory queue: bounded, FIFO, lost on restart.
+#[derive(Debug)]
+pub struct MemoryQueue {
+    items: Mutex<VecDeque<Delivery>>,
+    capacity: usize,
+    closed: AtomicBool,
+    ready: Notify,
+}
+
+impl MemoryQueue {
+    /// A queue holding at most `capacity` deliveries.
+    pub fn new(capacity: usize) -> Self {
+        MemoryQueue {
+            items: Mutex::new(VecDeque::new()),
+            capacity,
+            closed: AtomicBool::new(false),
+            ready: Notify::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl DeliveryQueue for MemoryQueue {
+    fn push(&self, delivery: Delivery) -> Result<(), QueueError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(QueueError::Closed);
+        }
+        let mut items = lock(&self.items);
+        if items.len() >= self.capacity {
+            return Err(QueueError::Full(items.len()));
+        }
+        items.push_back(delivery);
+        drop(items);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    async fn pop(&self) -> Option<Delivery> {
+        loop {
+            let notified = self.ready.notified();
+            if let Some(delivery) = lock(&self.items).pop_front() {
+                return Some(delivery);
+            }
+            if self.closed.load(Ordering::Acquire) {
+                return None;
+            }
+            notified.await;
+        }
+    }
+
+    fn ack(&self, _id: &str) {}
+
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+    }
+
+    fn len(&self) -> usize {
+        lock(&self.items).len()
+    }
+}
+
+/// How a destination's deliveries are attempted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry.
+    pub backoff: Duration,
+    /// Longest delay between attempts.
+    pub max_backoff: Duration,
+    /// Time limit of one attempt.
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The policy of a destination spec, defaults filled in. The spec was validated already.
+    pub fn from_spec(spec: &DestinationSpec) -> Result<Self, String> {
+        let mut policy = RetryPolicy::default();
+        if let Some(timeout) = &spec.timeout {
+            policy.timeout = parse_duration(timeout)?;
+        }
+        if let Some(retry) = &spec.retry {
+            if let Some(attempts) = retry.max_attempts {
+                policy.max_attempts = attempts.max(1);
+            }
+            if let Some(backoff) = &retry.backoff {
+                policy.backoff = parse_duration(backoff)?;
+            }
+            if let Some(max) = &retry.max_backoff {
+                policy.max_backoff = parse_duration(max)?;
+            }
+        }
+        policy.max_backoff = policy.max_backoff.max(policy.backoff);
+        Ok(policy)
+    }
+
+    fn delays(&self) -> impl Iterator<Item = Duration> {
+        ExponentialBuilder::default()
+            .with_min_delay(self.backoff)
+            .with_max_delay(self.max_backoff)
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// How a delivery ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The destination accepted it.
+    Delivered {
+        /// Attempts used.
+        attempts: u32,
+        /// What the destination answered.
+        receipt: Receipt,
+    },
+    /// Given up: the reason of the last failure.
+    DeadLettered {
+        /// Attempts used.
+        attempts: u32,
+        /// Why it failed for good.
+        reason: String,
+    },
+}
+
+/// A destination together with its name for logs and its retry policy.
+#[derive(Clone)]
+pub struct Target {
+    /// `type` of the destination plus its position, e.g. `webhook#0`.
+    pub label: String,
+    /// The destination.
+    pub destination: Arc<dyn Destination>,
+    /// Retries and timeout.
+    pub policy: RetryPolicy,
+}
+
+/// Attempts one delivery until it succeeds, fails permanently or runs out of attempts.
+/// A panicking destination counts as a transient failure.
+pub async fn deliver_with_retries(target: &Target, delivery: &Delivery, stats: &TriggerStats) -> Outcome {
+    let mut delays = target.policy.delays();
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let request = DeliveryRequest { id: &delivery.id, trigger: &delivery.trigger, event: &delivery.event, attempt };
+        let result = attempt_once(target, &request).await;
+        let error = match result {
+            Ok(receipt) => {
+                stats.record_delivered();
+                tracing::info!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
+                    attempt, detail = receipt.detail.as_deref().unwrap_or(""), "delivered");
+                return Outcome::Delivered { attempts: attempt, receipt };
+            }
+            Err(error) => error,
+        };
+        let reason = format!("{}: {error}", target.label);
+        stats.record_failed_attempt(&reason);
+        let wait = match &error {
+            DeliveryError::Permanent { .. } => None,
+            DeliveryError::Transient { .. } if attempt >= target.policy.max_attempts => None,
+            DeliveryError::Transient { retry_after: Some(after), .. } => {
+                delays.next();
+                Some((*after).min(MAX_RETRY_AFTER))
+            }
+            DeliveryError::Transient { retry_after: None, .. } => delays.next(),
+        };
+        let Some(wait) = wait else {
+            return Outcome::DeadLettered { attempts: attempt, reason: error.to_string() };
+        };
+        tracing::warn!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
+            attempt, retry_in = ?wait, error = %error, "delivery attempt failed; retrying");
+        tokio::time::sleep(wait).await;
+    }
+}
+
+async fn attempt_once(target: &Target, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
+    let call = AssertUnwindSafe(target.destination.deliver(request)).catch_unwind();
+    match tokio::time::timeout(target.policy.timeout, call).await {
+        Err(_) => Err(DeliveryError::transient(format!("timed out after {:?}", target.policy.timeout))),
+        Ok(Err(panic)) => Err(DeliveryError::transient(format!("destination panicked: {}", panic_message(&panic)))),
+        Ok(Ok(result)) => result,
+    }
+}
+
+/// The message of a caught panic.
+pub fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_string())
+}
+
+/// The event a dead-letter destination receives: why and where a delivery failed, and the
+/// original event.
+pub fn dead_letter_event(delivery: &Delivery, label: &str, attempts: u32, reason: &str) -> Event {
+    let original = &delivery.event;
+    let mut event = Event::new(
+        "dead-letter",
+        "dead-letter",
+        json!({
+            "deliveryId": delivery.id,
+            "destination": label,
+            "attempts": attempts,
+            "reason": reason,
+            "event": original.meta,
+            "object": original.object,
+        }),
+    );
+    event.meta.preset = original.meta.preset.clone();
+    event.meta.cluster = original.meta.cluster.clone();
+    event
+}
+
+/// Runs one destination's worker: pops deliveries until the queue is closed and empty,
+/// delivers each with retries, and sends what fails for good to the dead-letter target.
+pub async fn run_worker(
+    queue: Arc<dyn DeliveryQueue>,
+    target: Target,
+    dead_letter: Option<Target>,
+    stats: Arc<TriggerStats>,
+) {
+    while let Some(delivery) = queue.pop().await {
+        let outcome = deliver_with_retries(&target, &delivery, &stats).await;
+        if let Outcome::DeadLettered { attempts, reason } = outcome {
+            stats.record_dead_lettered();
+            tracing::error!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
+                attempts, reason = %reason, "delivery dead-lettered");
+            if let Some(dead_letter) = &dead_letter {
+                send_dead_letter(dead_letter, &delivery, &target.label, attempts, &reason, &stats).await;
+            }
+        }
+        queue.ack(&delivery.id);
+    }
+}
+
+async fn send_dead_letter(
+    dead_letter: &Target,
+    delivery: &Delivery,
+    label: &str,
+    attempts: u32,
+    reason: &str,
+    stats: &TriggerStats,
+) {
+    let event = Arc::new(dead_letter_event(delivery, label, attempts, reason));
+    let letter = Delivery { id: format!("{}-dead-letter", delivery.id), trigger: delivery.trigger.clone(), event };
+    if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats).await {
+        tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
+            reason = %reason, "dead-letter delivery failed too");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::registry::DeliveryError;
+    use std::sync::atomic::AtomicU32;
+
+    /// A destination that answers from a script, one answer per attempt, and records when.
+    struct Scripted {
+        answers: Mutex<VecDeque<Result<Receipt, DeliveryError>>>,
+        calls: AtomicU32,
+        times: Mutex<Vec<tokio::time::Instant>>,
+    }
+
+    impl Scripted {
+        fn new(answers: Vec<Result<Receipt, DeliveryError>>) -> Arc<Self> {
+            Arc::new(Scripted {
+                answers: Mutex::new(answers.into()),
+                calls: AtomicU32::new(0),
+                times: Mutex::default(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Destination for Scripted {
+        fn render(&self, _: &DeliveryRequest<'_>) -> Result<serde_json::Value, DeliveryError> {
+            Ok(json!({}))
+        }
+        async fn deliver(&self, _: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            lock(&self.times).push(tokio::time::Instant::now());
+            match lock(&self.answers).pop_front() {
+                Some(answer) => answer,
+                None => panic!("no more scripted answers"),
+            }
+        }
+    }
+
+    fn target(destination: Arc<dyn Destination>, max_attempts: u32) -> Target {
+        Target {
+            label: "scripted#0".into(),
+            destination,
+            policy: RetryPolicy {
+                max_attempts,
+                backoff: Duration::from_secs(1),
+                max_backoff: Duration::from_secs(8),
+                timeout: Duration::from_secs(5),
+            },
+        }
+    }
+
+    fn delivery() -> Delivery {
+        let id = TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() };
+        Delivery::new(id, Arc::new(Event::new("cron", "fire", json!({}))))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn transient_failures_are_retried_with_growing_backoff() {
+        let dest = Scripted::new(vec![
+            Err(DeliveryError::transient("503")),
+            Err(DeliveryError::transient("503")),
+            Err(DeliveryError::transient("503")),
+            Ok(Receipt::default()),
+        ]);
+        let stats = TriggerStats::default();
+        let outcome = deliver_with_retries(&target(dest.clone(), 5), &delivery(), &stats).await;
+        assert!(matches!(outcome, Outcome::Delivered { attempts: 4, .. }), "{outcome:?}");
+        let times = lock(&dest.times).clone();
+        let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(gaps[0] >= Duration::from_secs(1), "{gaps:?}");
+        assert!(gaps.iter().all(|g| *g <= Duration::from_secs(16)), "jitter stays within twice the cap: {gaps:?}");
+        assert!(gaps[2] > gaps[0], "backoff grows: {gaps:?}");
+        assert_eq!(stats.snapshot().failed, 3);
+        assert_eq!(stats.snapshot().delivered, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_honoured() {
+        let dest = Scripted::new(vec![
+            Err(DeliveryError::Transient { reason: "429".into(), retry_after: Some(Duration::from_secs(42)) }),
+            Ok(Receipt::default()),
+        ]);
+        let outcome = deliver_with_retries(&target(dest.clone(), 3), &delivery(), &TriggerStats::default()).await;
+        assert!(matches!(outcome, Outcome::Delivered { attempts: 2, .. }));
+        let times = lock(&dest.times).clone();
+        assert_eq!(times[1] - times[0], Duration::from_secs(42));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn permanent_failures_are_dead_lettered_at_once() {
+        let dest = Scripted::new(vec![Err(DeliveryError::permanent("HTTP 400: bad request"))]);
+        let stats = TriggerStats::default();
+        let outcome = deliver_with_retries(&target(dest.clone(), 5), &delivery(), &stats).await;
+        assert_eq!(outcome, Outcome::DeadLettered { attempts: 1, reason: "HTTP 400: bad request".into() });
+        assert_eq!(dest.calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn attempts_run_out_then_dead_letter_with_the_last_reason() {
+        let dest = Scripted::new(vec![
+            Err(DeliveryError::transient("connection refused")),
+            Err(DeliveryError::transient("HTTP 502")),
+        ]);
+        let outcome = deliver_with_retries(&target(dest, 2), &delivery(), &TriggerStats::default()).await;
+        assert_eq!(outcome, Outcome::DeadLettered { attempts: 2, reason: "HTTP 502".into() });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_destination_is_a_failed_attempt() {
+        let dest = Scripted::new(vec![]);
+        let outcome = deliver_with_retries(&target(dest, 1), &delivery(), &TriggerStats::default()).await;
+        assert_eq!(
+            outcome,
+            Outcome::DeadLettered { attempts: 1, reason: "destination panicked: no more scripted answers".into() }
+        );
+    }
+
+    struct Hanging;
+
+    #[async_trait]
+    impl Destination for Hanging {
+        fn render(&self, _: &DeliveryRequest<'_>) -> Result<serde_json::Value, DeliveryError> {
+            Ok(json!({}))
+        }
+        async fn deliver(&self, _: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hanging_destination_times_out() {
+        let outcome = deliver_with_retries(&target(Arc::new(Hanging), 1), &delivery(), &TriggerStats::default()).await;
+        assert_eq!(outcome, Outcome::DeadLettered { attempts: 1, reason: "timed out after 5s".into() });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dead_lettered_deliveries_reach_the_dead_letter_destination_with_the_reason() {
+        let failing = Scripted::new(vec![Err(DeliveryError::permanent("HTTP 404"))]);
+        let letters = Scripted::new(vec![Ok(Receipt::default())]);
+        let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(4));
+        queue.push(delivery()).unwrap();
+        queue.close();
+        let stats = Arc::new(TriggerStats::default());
+        run_worker(queue, target(failing, 3), Some(target(letters.clone(), 1)), stats.clone()).await;
+        assert_eq!(letters.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(stats.snapshot().dead_lettered, 1);
+    }
+
+    #[test]
+    fn a_full_queue_refuses_instead_of_blocking() {
+        let queue = MemoryQueue::new(1);
+        queue.push(delivery()).unwrap();
+        assert!(matches!(queue.push(delivery()), Err(QueueError::Full(1))));
+        queue.close();
+        assert!(matches!(queue.push(delivery()), Err(QueueError::Closed)));
+    }
+}

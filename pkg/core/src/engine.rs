@@ -1,0 +1,452 @@
+//! The supervisor: one isolated set of tasks per trigger (source, event processing, one worker
+//! per destination), each with its own cancellation, panics caught, sources restarted with
+//! backoff, and triggers replaced only when their spec hash changes.
+
+use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::Utc;
+use ktrigger_api::{TriggerServiceSpec, TriggerStatus};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cel::{CelExpr, Vars};
+use crate::delivery::{Delivery, DeliveryQueue, MemoryQueue, Target, panic_message, run_worker};
+use crate::event::{SharedEvent, TriggerId};
+use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
+use crate::registry::{DeliveryRequest, EventSink, Registry, Source};
+use crate::router::{Admission, RateLimit, Router};
+use crate::stats::{StatsSnapshot, TriggerStats};
+
+/// Events a source may hand over before it waits for its trigger.
+const EVENT_BUFFER: usize = 256;
+/// A source that ran this long without failing starts its next backoff from the beginning.
+const HEALTHY_RUN: Duration = Duration::from_secs(60);
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineOptions {
+    /// Evaluate everything but call no destination; print what would be sent instead.
+    pub dry_run: bool,
+    /// First and longest delay before a failed source is started again.
+    pub source_backoff: (Duration, Duration),
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { dry_run: false, source_backoff: (Duration::from_secs(1), Duration::from_secs(60)) }
+    }
+}
+
+struct RunningTrigger {
+    hash: u64,
+    cancel: CancellationToken,
+    stats: Arc<TriggerStats>,
+    queues: Vec<Arc<dyn DeliveryQueue>>,
+}
+
+/// What applying a TriggerService did.
+#[derive(Debug, Default)]
+pub struct ApplyReport {
+    /// Triggers started (new or changed), with a one-line summary each.
+    pub started: Vec<(TriggerId, String)>,
+    /// Triggers left running because their spec did not change.
+    pub unchanged: Vec<TriggerId>,
+    /// Triggers stopped because they were removed or became invalid.
+    pub stopped: Vec<TriggerId>,
+    /// Triggers that could not be loaded, with every problem.
+    pub skipped: Vec<TriggerProblem>,
+}
+
+/// Runs triggers. One engine per process; all triggers share its router.
+pub struct Engine {
+    registry: Arc<Registry>,
+    router: Arc<Router>,
+    options: EngineOptions,
+    running: BTreeMap<TriggerId, RunningTrigger>,
+    problems: BTreeMap<TriggerId, Vec<String>>,
+    tasks: TaskTracker,
+}
+
+impl Engine {
+    /// An engine that knows the types in `registry`.
+    pub fn new(registry: Arc<Registry>, options: EngineOptions) -> Self {
+        Engine {
+            registry,
+            router: Arc::new(Router::new()),
+            options,
+            running: BTreeMap::new(),
+            problems: BTreeMap::new(),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Checks a spec without running anything: the problems of every trigger.
+    pub fn check(&self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> Vec<TriggerProblem> {
+        prepare_service(&self.registry, namespace, service, spec, true).1
+    }
+
+    /// Brings the running triggers of one TriggerService in line with `spec`: starts new and
+    /// changed triggers, stops removed ones, and leaves unchanged ones (and their state) alone.
+    pub fn apply(&mut self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> ApplyReport {
+        let (prepared, skipped) = prepare_service(&self.registry, namespace, service, spec, self.options.dry_run);
+        let mut report = ApplyReport::default();
+        let mut wanted: Vec<TriggerId> = prepared.iter().map(|p| p.id.clone()).collect();
+        wanted.extend(skipped.iter().map(|p| p.id.clone()));
+        for id in self.service_triggers(namespace, service) {
+            if !wanted.contains(&id) {
+                self.stop(&id);
+                self.router.forget(&id);
+                report.stopped.push(id);
+            }
+        }
+        for problem in &skipped {
+            if self.running.contains_key(&problem.id) {
+                self.stop(&problem.id);
+                report.stopped.push(problem.id.clone());
+            }
+            tracing::error!(trigger = %problem.id, problems = %problem.messages.join("; "), "trigger skipped");
+            self.problems.insert(problem.id.clone(), problem.messages.clone());
+        }
+        for trigger in prepared {
+            self.problems.remove(&trigger.id);
+            if self.running.get(&trigger.id).is_some_and(|running| running.hash == trigger.hash) {
+                report.unchanged.push(trigger.id);
+                continue;
+            }
+            if self.running.contains_key(&trigger.id) {
+                self.stop(&trigger.id);
+            }
+            report.started.push((trigger.id.clone(), trigger.summary()));
+            self.start(trigger);
+        }
+        report.skipped = skipped;
+        report
+    }
+
+    /// Stops every trigger of a TriggerService and forgets its state.
+    pub fn remove(&mut self, namespace: &str, service: &str) -> Vec<TriggerId> {
+        let ids = self.service_triggers(namespace, service);
+        for id in &ids {
+            self.stop(id);
+            self.router.forget(id);
+        }
+        self.problems.retain(|id, _| !(id.namespace == namespace && id.service == service));
+        ids
+    }
+
+    /// The status entries of one TriggerService's triggers, invalid ones included.
+    pub fn status(&self, namespace: &str, service: &str) -> Vec<TriggerStatus> {
+        let mut statuses = Vec::new();
+        for (id, running) in self.running.iter().filter(|(id, _)| id.namespace == namespace && id.service == service) {
+            let mut status = running.stats.snapshot().to_status(&id.trigger);
+            status.active_events = self.router.active_events(id);
+            statuses.push(status);
+        }
+        for (id, messages) in self.problems.iter().filter(|(id, _)| id.namespace == namespace && id.service == service)
+        {
+            statuses.push(TriggerStatus {
+                name: id.trigger.clone(),
+                ready: false,
+                last_error: Some(messages.join("; ")),
+                ..Default::default()
+            });
+        }
+        statuses
+    }
+
+    /// The counters of every running trigger.
+    pub fn snapshot(&self) -> Vec<(TriggerId, StatsSnapshot)> {
+        self.running.iter().map(|(id, running)| (id.clone(), running.stats.snapshot())).collect()
+    }
+
+    /// Stops all sources, lets deliveries already queued finish for up to `grace`, and returns
+    /// how many deliveries were still waiting when time ran out.
+    pub async fn shutdown(mut self, grace: Duration) -> usize {
+        let queues: Vec<Arc<dyn DeliveryQueue>> =
+            self.running.values().flat_map(|running| running.queues.iter().cloned()).collect();
+        let ids: Vec<TriggerId> = self.running.keys().cloned().collect();
+        for id in &ids {
+            self.stop(id);
+        }
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
+            return 0;
+        }
+        let waiting = queues.iter().map(|q| q.len()).sum();
+        tracing::error!(waiting, "shutdown grace period over; deliveries still waiting are lost");
+        waiting
+    }
+
+    fn service_triggers(&self, namespace: &str, service: &str) -> Vec<TriggerId> {
+        self.running
+            .keys()
+            .chain(self.problems.keys())
+            .filter(|id| id.namespace == namespace && id.service == service)
+            .cloned()
+            .collect()
+    }
+
+    fn stop(&mut self, id: &TriggerId) {
+        if let Some(running) = self.running.remove(id) {
+            running.cancel.cancel();
+        }
+    }
+
+    fn start(&mut self, trigger: PreparedTrigger) {
+        let stats = Arc::new(TriggerStats::default());
+        let cancel = CancellationToken::new();
+        let (sink, events) = EventSink::channel(EVENT_BUFFER);
+        let mut queues: Vec<Arc<dyn DeliveryQueue>> = Vec::new();
+        let dry_run = self.options.dry_run;
+        for (target, size) in &trigger.targets {
+            let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(*size));
+            if !dry_run {
+                let worker = run_worker(queue.clone(), target.clone(), trigger.dead_letter.clone(), stats.clone());
+                self.tasks.spawn(worker);
+            }
+            queues.push(queue);
+        }
+        let processor = Processor {
+            id: trigger.id.clone(),
+            filter: trigger.filter,
+            dedup: trigger.dedup,
+            rate_limit: trigger.rate_limit.and_then(|(per_minute, burst)| RateLimit::per_minute(per_minute, burst)),
+            router: self.router.clone(),
+            stats: stats.clone(),
+            targets: trigger.targets.into_iter().map(|(target, _)| target).zip(queues.clone()).collect(),
+            dry_run,
+        };
+        self.tasks.spawn(processor.run(events, trigger.debounce));
+        let supervisor = supervise_source(
+            trigger.id.clone(),
+            trigger.source,
+            sink,
+            cancel.clone(),
+            stats.clone(),
+            self.options.source_backoff,
+        );
+        self.tasks.spawn(supervisor);
+        self.running.insert(trigger.id, RunningTrigger { hash: trigger.hash, cancel, stats, queues });
+    }
+}
+
+/// Runs a source until cancelled; restarts it with backoff when it fails, panics or stops.
+async fn supervise_source(
+    id: TriggerId,
+    source: Arc<dyn Source>,
+    sink: EventSink,
+    cancel: CancellationToken,
+    stats: Arc<TriggerStats>,
+    (first, longest): (Duration, Duration),
+) {
+    let backoff = ExponentialBuilder::default().with_min_delay(first).with_max_delay(longest).with_jitter();
+    let mut delays = backoff.without_max_times().build();
+    loop {
+        stats.set_ready(true);
+        let started = Instant::now();
+        let run = tokio::spawn({
+            let (source, sink, cancel) = (source.clone(), sink.clone(), cancel.clone());
+            async move { source.run(sink, cancel).await }
+        });
+        let result = run.await;
+        stats.set_ready(false);
+        if cancel.is_cancelled() {
+            return;
+        }
+        let reason = match result {
+            Ok(Ok(())) => "source stopped unexpectedly".to_string(),
+            Ok(Err(error)) => format!("source failed: {error}"),
+            Err(join) if join.is_panic() => format!("source panicked: {}", panic_message(&join.into_panic())),
+            Err(_) => "source task was cancelled".to_string(),
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            delays = backoff.without_max_times().build();
+        }
+        let wait = delays.next().unwrap_or(longest);
+        stats.record_restart(&reason);
+        tracing::error!(trigger = %id, reason = %reason, restart_in = ?wait, "source stopped; restarting");
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+struct Processor {
+    id: TriggerId,
+    filter: Option<CelExpr>,
+    dedup: Option<(CelExpr, Duration)>,
+    rate_limit: Option<RateLimit>,
+    router: Arc<Router>,
+    stats: Arc<TriggerStats>,
+    targets: Vec<(Target, Arc<dyn DeliveryQueue>)>,
+    dry_run: bool,
+}
+
+impl Processor {
+    /// Reads events until the source is gone, then closes the queues so workers drain and stop.
+    async fn run(self, mut events: mpsc::Receiver<SharedEvent>, debounce: Option<Duration>) {
+        let mut pending: Option<(SharedEvent, Instant)> = None;
+        loop {
+            let deadline = pending.as_ref().map(|(_, at)| *at);
+            tokio::select! {
+                received = events.recv() => {
+                    let Some(event) = received else { break };
+                    if !self.guarded(|p| p.filter_step(&event)) {
+                        continue;
+                    }
+                    match debounce {
+                        None => self.guarded(|p| p.route(event)),
+                        Some(quiet) => {
+                            if let Some((replaced, _)) = pending.replace((event, Instant::now() + quiet)) {
+                                self.stats.record_filtered();
+                                self.report(&replaced, "debounced: a newer event arrived within the quiet period");
+                            }
+                            true
+                        }
+                    };
+                }
+                _ = sleep_until(deadline), if deadline.is_some() => {
+                    if let Some((event, _)) = pending.take() {
+                        self.guarded(|p| p.route(event));
+                    }
+                }
+            }
+        }
+        if let Some((event, _)) = pending.take() {
+            self.guarded(|p| p.route(event));
+        }
+        for (_, queue) in &self.targets {
+            queue.close();
+        }
+    }
+
+    /// Runs one step, turning a panic into a counted, logged error instead of a dead trigger.
+    fn guarded(&self, step: impl FnOnce(&Self) -> bool) -> bool {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| step(self))) {
+            Ok(passed) => passed,
+            Err(panic) => {
+                let reason = format!("event processing panicked: {}", panic_message(&panic));
+                tracing::error!(trigger = %self.id, reason = %reason, "event dropped");
+                self.stats.record_error(&reason);
+                false
+            }
+        }
+    }
+
+    /// Counts the event and applies the filter; true when it passes.
+    fn filter_step(&self, event: &SharedEvent) -> bool {
+        self.stats.record_matched();
+        let Some(filter) = &self.filter else { return true };
+        let vars = Vars::for_event(event, &self.id.trigger, Utc::now());
+        match filter.eval_bool(&vars) {
+            Ok(true) => true,
+            Ok(false) => {
+                self.stats.record_filtered();
+                self.report(event, "filter returned false");
+                false
+            }
+            Err(reason) => {
+                let reason = format!("filter could not be evaluated: {reason}");
+                self.stats.record_filter_error(&reason);
+                tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
+                self.report(event, &reason);
+                false
+            }
+        }
+    }
+
+    /// Dedup and rate limit through the shared router, then hand the event to every destination.
+    fn route(&self, event: SharedEvent) -> bool {
+        let key = match &self.dedup {
+            None => None,
+            Some((expr, window)) => match expr.eval_string(&Vars::for_event(&event, &self.id.trigger, Utc::now())) {
+                Ok(key) => Some((key, *window)),
+                Err(reason) => {
+                    let reason = format!("dedup key could not be evaluated: {reason}");
+                    self.stats.record_filter_error(&reason);
+                    tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
+                    self.report(&event, &reason);
+                    return false;
+                }
+            },
+        };
+        match self.router.admit(&self.id, key, self.rate_limit.as_ref()) {
+            Admission::Fire => {}
+            Admission::Duplicate { key } => {
+                self.stats.record_filtered();
+                self.report(&event, &format!("duplicate of firing key {key:?}"));
+                return false;
+            }
+            Admission::RateLimited => {
+                self.stats.record_filtered();
+                tracing::warn!(trigger = %self.id, event = %event.meta.id, "rate limit reached; event dropped");
+                self.report(&event, "rate limit reached");
+                return false;
+            }
+        }
+        self.stats.record_fired();
+        if self.dry_run {
+            self.print_dry_run(&event);
+            return true;
+        }
+        for (target, queue) in &self.targets {
+            let delivery = Delivery::new(self.id.clone(), event.clone());
+            let id = delivery.id.clone();
+            if let Err(error) = queue.push(delivery) {
+                let reason = format!("{}: {error}", target.label);
+                self.stats.record_failed_attempt(&reason);
+                self.stats.record_dead_lettered();
+                tracing::error!(trigger = %self.id, destination = %target.label, delivery = %id, reason = %reason,
+                    "delivery dead-lettered");
+            }
+        }
+        true
+    }
+
+    /// In dry-run, says why an event did not fire; otherwise nothing (the counters say it).
+    fn report(&self, event: &SharedEvent, reason: &str) {
+        if self.dry_run {
+            let line = json!({
+                "dryRun": true, "trigger": self.id.to_string(), "event": event.meta.id,
+                "eventType": event.meta.event_type, "source": event.meta.source,
+                "matched": false, "reason": reason,
+            });
+            println!("{line}");
+        }
+    }
+
+    fn print_dry_run(&self, event: &SharedEvent) {
+        let id = uuid::Uuid::new_v4().to_string();
+        for (target, _) in &self.targets {
+            let request = DeliveryRequest { id: &id, trigger: &self.id, event, attempt: 1 };
+            let payload = match target.destination.render(&request) {
+                Ok(payload) => json!({"wouldSend": payload}),
+                Err(error) => json!({"renderError": error.to_string()}),
+            };
+            let mut line = json!({
+                "dryRun": true, "trigger": self.id.to_string(), "event": event.meta.id,
+                "eventType": event.meta.event_type, "source": event.meta.source,
+                "matched": true, "destination": target.label,
+            });
+            if let (Some(line), Some(payload)) = (line.as_object_mut(), payload.as_object()) {
+                line.extend(payload.clone());
+            }
+            println!("{line}");
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
