@@ -64,6 +64,15 @@ pub struct ApplyReport {
     pub skipped: Vec<TriggerProblem>,
 }
 
+/// What shutting down left behind.
+#[derive(Debug, Default)]
+pub struct ShutdownReport {
+    /// Final counters of every trigger that was running.
+    pub stats: Vec<(TriggerId, StatsSnapshot)>,
+    /// Deliveries still queued when the grace period ended.
+    pub lost: usize,
+}
+
 /// Runs triggers. One engine per process; all triggers share its router.
 pub struct Engine {
     registry: Arc<Registry>,
@@ -166,22 +175,25 @@ impl Engine {
         self.running.iter().map(|(id, running)| (id.clone(), running.stats.snapshot())).collect()
     }
 
-    /// Stops all sources, lets deliveries already queued finish for up to `grace`, and returns
-    /// how many deliveries were still waiting when time ran out.
-    pub async fn shutdown(mut self, grace: Duration) -> usize {
-        let queues: Vec<Arc<dyn DeliveryQueue>> =
-            self.running.values().flat_map(|running| running.queues.iter().cloned()).collect();
-        let ids: Vec<TriggerId> = self.running.keys().cloned().collect();
-        for id in &ids {
+    /// Stops all sources, lets deliveries already queued finish for up to `grace`, and reports
+    /// the final counters and how many deliveries were still waiting when time ran out.
+    pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
+        let running: Vec<(TriggerId, Arc<TriggerStats>, Vec<Arc<dyn DeliveryQueue>>)> = self
+            .running
+            .iter()
+            .map(|(id, running)| (id.clone(), running.stats.clone(), running.queues.clone()))
+            .collect();
+        for (id, _, _) in &running {
             self.stop(id);
         }
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait()).await.is_ok() {
-            return 0;
+        let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
+        let lost = if drained { 0 } else { running.iter().flat_map(|(_, _, q)| q).map(|q| q.len()).sum() };
+        if lost > 0 {
+            tracing::error!(lost, "shutdown grace period over; deliveries still waiting are lost");
         }
-        let waiting = queues.iter().map(|q| q.len()).sum();
-        tracing::error!(waiting, "shutdown grace period over; deliveries still waiting are lost");
-        waiting
+        let stats = running.into_iter().map(|(id, stats, _)| (id, stats.snapshot())).collect();
+        ShutdownReport { stats, lost }
     }
 
     fn service_triggers(&self, namespace: &str, service: &str) -> Vec<TriggerId> {

@@ -3,9 +3,12 @@
 //!
 //! It knows nothing of Kubernetes: sources and destinations plug in through [`registry`].
 
+pub mod cel;
 pub mod config;
 pub mod delivery;
+pub mod engine;
 pub mod event;
+pub mod prepare;
 pub mod properties;
 pub mod registry;
 pub mod router;

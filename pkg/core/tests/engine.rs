@@ -1,0 +1,290 @@
+//! The engine end to end with in-process sources and destinations: isolation, filtering,
+//! dedup, restarts and draining.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ktrigger_api::{DedupSpec, DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
+use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_core::event::Event;
+use ktrigger_core::registry::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, PropertyDoc, Receipt,
+    Registry, Source, SourceError, SourceFactory, TypeDoc,
+};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Emits whatever the test publishes; `{"panic": true}` makes the source panic.
+struct Feed(broadcast::Sender<Value>);
+
+#[async_trait]
+impl Source for Feed {
+    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
+        let mut feed = self.0.subscribe();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                item = feed.recv() => {
+                    let Ok(object) = item else { return Err(SourceError("feed closed".into())) };
+                    if object["panic"] == json!(true) {
+                        panic!("feed asked to panic");
+                    }
+                    sink.send(Event::new("feed", "create", object)).await;
+                }
+            }
+        }
+    }
+}
+
+struct FeedFactory(broadcast::Sender<Value>);
+
+static FEED_DOC: TypeDoc =
+    TypeDoc { name: "feed", aliases: &[], summary: "test feed", properties: &[], example: "type: feed" };
+
+impl SourceFactory for FeedFactory {
+    fn doc(&self) -> &'static TypeDoc {
+        &FEED_DOC
+    }
+    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
+        Ok(Arc::new(Feed(self.0.clone())))
+    }
+}
+
+type Received = Arc<Mutex<Vec<(String, Value)>>>;
+
+/// Records what it receives; panics when told to by its `panic` property.
+struct Recorder {
+    trigger: String,
+    received: Received,
+    panics: bool,
+}
+
+#[async_trait]
+impl Destination for Recorder {
+    fn render(&self, request: &DeliveryRequest<'_>) -> Result<Value, DeliveryError> {
+        Ok(request.event.object.clone())
+    }
+    async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
+        if self.panics {
+            panic!("recorder told to panic");
+        }
+        self.received.lock().unwrap().push((self.trigger.clone(), request.event.object.clone()));
+        Ok(Receipt::default())
+    }
+}
+
+struct RecorderFactory(Received);
+
+static RECORDER_DOC: TypeDoc = TypeDoc {
+    name: "recorder",
+    aliases: &[],
+    summary: "test recorder",
+    properties: &[PropertyDoc { name: "panic", required: false, description: "panic on delivery" }],
+    example: "type: recorder",
+};
+
+impl DestinationFactory for RecorderFactory {
+    fn doc(&self) -> &'static TypeDoc {
+        &RECORDER_DOC
+    }
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+        Ok(Arc::new(Recorder {
+            trigger: context.trigger.trigger.clone(),
+            received: self.0.clone(),
+            panics: properties["panic"] == json!(true),
+        }))
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    feed: broadcast::Sender<Value>,
+    received: Received,
+}
+
+impl Harness {
+    fn new() -> Self {
+        let (feed, _) = broadcast::channel(64);
+        let received = Received::default();
+        let mut registry = Registry::default();
+        registry.add_source(Arc::new(FeedFactory(feed.clone())));
+        registry.add_destination(Arc::new(RecorderFactory(received.clone())));
+        let options = EngineOptions {
+            source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
+            ..Default::default()
+        };
+        Harness { engine: Engine::new(Arc::new(registry), options), feed, received }
+    }
+
+    async fn publish(&self, object: Value) {
+        // Give the sources time to (re)subscribe before publishing.
+        for _ in 0..200 {
+            if self.feed.receiver_count() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.feed.send(object).unwrap();
+    }
+
+    async fn wait_for(&self, count: usize) -> Vec<(String, Value)> {
+        for _ in 0..400 {
+            if self.received.lock().unwrap().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut received = self.received.lock().unwrap().clone();
+        received.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.to_string().cmp(&b.1.to_string())));
+        received
+    }
+}
+
+fn trigger(name: &str, filter: Option<&str>, destination: Value) -> Trigger {
+    Trigger {
+        name: Some(name.into()),
+        source: SourceSpec { type_name: "feed".into(), properties: Value::Null },
+        filter: filter.map(String::from),
+        destinations: vec![DestinationSpec {
+            type_name: "recorder".into(),
+            properties: destination,
+            retry: Some(ktrigger_api::RetrySpec { max_attempts: Some(1), ..Default::default() }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn spec(triggers: Vec<Trigger>) -> TriggerServiceSpec {
+    TriggerServiceSpec { triggers, ..Default::default() }
+}
+
+#[tokio::test]
+async fn a_panicking_destination_does_not_stop_a_sibling_trigger() {
+    let mut h = Harness::new();
+    let report = h.engine.apply(
+        "ns",
+        "svc",
+        &spec(vec![trigger("broken", None, json!({"panic": true})), trigger("healthy", None, json!({}))]),
+    );
+    assert_eq!(report.started.len(), 2);
+    h.publish(json!({"n": 1})).await;
+    h.publish(json!({"n": 2})).await;
+    let received = h.wait_for(2).await;
+    assert_eq!(received, [("healthy".to_string(), json!({"n": 1})), ("healthy".to_string(), json!({"n": 2}))]);
+    let status = h.engine.status("ns", "svc");
+    let broken = status.iter().find(|s| s.name == "broken").unwrap();
+    assert_eq!(broken.dead_lettered, 2);
+    assert!(broken.last_error.as_deref().unwrap().contains("destination panicked"), "{broken:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_filter_is_skipped_and_siblings_still_fire() {
+    let mut h = Harness::new();
+    let report = h.engine.apply(
+        "ns",
+        "svc",
+        &spec(vec![trigger("bad", Some("object.n >"), json!({})), trigger("good", Some("object.n > 1"), json!({}))]),
+    );
+    assert_eq!(report.skipped.len(), 1);
+    let problem = report.skipped[0].to_string();
+    assert!(problem.starts_with("trigger ns/svc/bad: triggers[0].filter: line 1, column"), "{problem}");
+    h.publish(json!({"n": 1})).await;
+    h.publish(json!({"n": 2})).await;
+    assert_eq!(h.wait_for(1).await, [("good".to_string(), json!({"n": 2}))]);
+    let status = h.engine.status("ns", "svc");
+    let good = status.iter().find(|s| s.name == "good").unwrap();
+    assert_eq!((good.matched, good.filtered, good.fired), (2, 1, 1));
+    let bad = status.iter().find(|s| s.name == "bad").unwrap();
+    assert!(!bad.ready && bad.last_error.as_deref().unwrap().contains("filter"), "{bad:?}");
+}
+
+#[tokio::test]
+async fn filter_errors_count_as_not_matched_never_as_a_pass() {
+    let mut h = Harness::new();
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", Some("object.missing.field == 1"), json!({}))]));
+    h.publish(json!({"n": 1})).await;
+    h.publish(json!({"missing": {"field": 1}})).await;
+    assert_eq!(h.wait_for(1).await, [("t".to_string(), json!({"missing": {"field": 1}}))]);
+    let snapshot = &h.engine.snapshot()[0].1;
+    assert_eq!((snapshot.matched, snapshot.filter_errors, snapshot.fired), (2, 1, 1));
+}
+
+#[tokio::test]
+async fn a_panicking_source_is_restarted_and_keeps_delivering() {
+    let mut h = Harness::new();
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))]));
+    h.publish(json!({"panic": true})).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    h.publish(json!({"n": 1})).await;
+    assert_eq!(h.wait_for(1).await, [("t".to_string(), json!({"n": 1}))]);
+    let snapshot = &h.engine.snapshot()[0].1;
+    assert_eq!(snapshot.restarts, 1);
+    assert!(snapshot.last_error.as_deref().unwrap().contains("source panicked: feed asked to panic"));
+}
+
+#[tokio::test]
+async fn dedup_fires_once_per_key_within_the_window() {
+    let mut h = Harness::new();
+    let mut t = trigger("t", None, json!({}));
+    t.dedup = Some(DedupSpec { key: "object.pod".into(), window: "10m".into() });
+    h.engine.apply("ns", "svc", &spec(vec![t]));
+    for pod in ["a", "a", "b", "a"] {
+        h.publish(json!({"pod": pod})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.wait_for(2).await, [("t".to_string(), json!({"pod": "a"})), ("t".to_string(), json!({"pod": "b"}))]);
+    let status = &h.engine.status("ns", "svc")[0];
+    assert_eq!(status.active_events.len(), 2);
+    assert!(status.active_events.iter().all(|e| e.state == "firing"));
+}
+
+#[tokio::test]
+async fn reapplying_an_unchanged_trigger_keeps_it_and_a_changed_one_restarts() {
+    let mut h = Harness::new();
+    h.engine.apply("ns", "svc", &spec(vec![trigger("a", None, json!({})), trigger("b", None, json!({}))]));
+    h.publish(json!({"n": 1})).await;
+    h.wait_for(2).await;
+    let report =
+        h.engine.apply("ns", "svc", &spec(vec![trigger("a", None, json!({})), trigger("b", Some("true"), json!({}))]));
+    assert_eq!(report.unchanged.len(), 1);
+    assert_eq!(report.started.len(), 1);
+    let status = h.engine.status("ns", "svc");
+    assert_eq!(status.iter().find(|s| s.name == "a").unwrap().fired, 1, "unchanged trigger keeps its counters");
+    assert_eq!(status.iter().find(|s| s.name == "b").unwrap().fired, 0, "changed trigger starts afresh");
+    let removed = h.engine.remove("ns", "svc");
+    assert_eq!(removed.len(), 2);
+    assert!(h.engine.status("ns", "svc").is_empty());
+}
+
+#[tokio::test]
+async fn unknown_types_are_reported_with_the_known_ones() {
+    let h = Harness::new();
+    let mut t = trigger("t", None, json!({}));
+    t.source.type_name = "nope".into();
+    t.destinations[0].type_name = "nada".into();
+    let problems = h.engine.check("", "svc", &spec(vec![t]));
+    assert_eq!(
+        problems[0].messages,
+        [
+            "triggers[0].destinations[0].type: unknown destination type \"nada\"; known types: recorder",
+            "triggers[0].source.type: unknown source type \"nope\"; known types: feed"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn shutdown_drains_queued_deliveries() {
+    let mut h = Harness::new();
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))]));
+    for n in 0..20 {
+        h.publish(json!({"n": n})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let report = h.engine.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(report.lost, 0);
+    assert_eq!(h.received.lock().unwrap().len(), 20);
+    assert_eq!(report.stats[0].1.delivered, 20);
+}
