@@ -1,1 +1,122 @@
-fn main() {}
+//! `ktrigger`: the command-line entry point. Wiring only; the work happens in the library crates.
+
+mod inspect;
+mod run;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use ktrigger_core::registry::Registry;
+use ktrigger_sources::WebhookListener;
+
+/// A Kubernetes-native trigger engine: source → CEL filter → destinations.
+#[derive(Debug, Parser)]
+#[command(name = "ktrigger", version, about)]
+struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KTRIGGER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run triggers from files (or the built-in quickstart when no file is given).
+    Run(run::RunArgs),
+    /// Check files and list every problem; exits non-zero when there is one.
+    Validate {
+        /// Files or directories of TriggerService YAML.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
+    Eval {
+        /// The CEL expression.
+        #[arg(long)]
+        filter: String,
+        /// JSON or YAML file with `object`, `oldObject`, `event`, `context`, `now`; `-` for stdin.
+        #[arg(long)]
+        event: PathBuf,
+    },
+    /// Print the TriggerService CRD.
+    Crd,
+    /// List every source type with its properties and an example.
+    Sources,
+    /// List every destination type with its properties and an example.
+    Destinations,
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    // One crypto provider for every TLS client in the process (reqwest, kube).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run(args) => run::run(args).await,
+            Command::Validate { files } => inspect::validate(&files).await,
+            Command::Eval { filter, event } => inspect::eval(&filter, &event),
+            Command::Crd => {
+                print!("{}", ktrigger_api::crd_yaml());
+                Ok(ExitCode::SUCCESS)
+            }
+            Command::Sources => inspect::list_sources().await,
+            Command::Destinations => inspect::list_destinations().await,
+            Command::Version => {
+                println!("ktrigger {}", env!("CARGO_PKG_VERSION"));
+                Ok(ExitCode::SUCCESS)
+            }
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KTRIGGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+/// Every source and destination type, with webhook sources served by `webhooks`.
+fn registry(webhooks: Arc<WebhookListener>) -> Registry {
+    let mut registry = Registry::default();
+    ktrigger_sources::register(&mut registry, webhooks);
+    ktrigger_destinations::register(&mut registry);
+    registry
+}
+
+/// A listener on a free loopback port, for commands that build triggers but serve nothing.
+async fn idle_listener() -> anyhow::Result<Arc<WebhookListener>> {
+    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    Ok(WebhookListener::bind(addr).await?)
+}

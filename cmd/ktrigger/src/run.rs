@@ -1,0 +1,112 @@
+//! `ktrigger run`: load files, run every valid trigger, report the rest, drain on shutdown.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use ktrigger_core::config::{LoadedConfig, load_paths, load_text};
+use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_sources::WebhookListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::{idle_listener, registry};
+
+/// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
+const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
+
+/// Options of `ktrigger run`.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Files or directories of TriggerService YAML; the built-in quickstart when omitted.
+    #[arg(short = 'f', long = "file")]
+    files: Vec<PathBuf>,
+    /// Evaluate everything but call no destination; print each decision and what would be sent.
+    #[arg(long)]
+    dry_run: bool,
+    /// Address of the shared listener for `webhook` sources (port 0 picks a free port).
+    #[arg(long, default_value = "127.0.0.1:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
+    webhook_addr: SocketAddr,
+    /// How long deliveries already queued may take to finish after a stop signal.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    ktrigger_api::parse_duration(text)
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let config = if args.files.is_empty() { load_text("quickstart", QUICKSTART) } else { load_paths(&args.files) };
+    report_config(&config);
+    if config.services.is_empty() {
+        eprintln!("error: no TriggerService to run");
+        return Ok(ExitCode::from(2));
+    }
+    let stop = CancellationToken::new();
+    let uses_webhooks = config.services.iter().flat_map(|s| &s.spec.triggers).any(|t| t.source.type_name == "webhook");
+    let webhooks =
+        if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { idle_listener().await? };
+    let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
+    let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
+    let mut engine = Engine::new(Arc::new(registry(webhooks.clone())), options);
+    let mut started = 0;
+    for service in &config.services {
+        let report = engine.apply(&service.namespace, &service.name, &service.spec);
+        for (id, summary) in &report.started {
+            eprintln!("loaded  trigger {id}: {summary}");
+        }
+        for problem in &report.skipped {
+            eprintln!("skipped trigger {}: {}", problem.id, problem.messages.join("; "));
+        }
+        started += report.started.len();
+    }
+    if started == 0 {
+        eprintln!("error: no trigger could be loaded");
+        return Ok(ExitCode::from(2));
+    }
+    let mode = if args.dry_run { " (dry run: no destination is called)" } else { "" };
+    if uses_webhooks {
+        eprintln!("webhook listener on http://{}", webhooks.local_addr());
+    }
+    eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
+    wait_for_signal().await?;
+    eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
+    let report = engine.shutdown(args.shutdown_grace).await;
+    stop.cancel();
+    if let Some(listener) = listener {
+        let _ = listener.await;
+    }
+    for (id, s) in report.stats {
+        eprintln!(
+            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={}",
+            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered
+        );
+    }
+    if report.lost > 0 {
+        eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn report_config(config: &LoadedConfig) {
+    for warning in &config.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for error in &config.errors {
+        eprintln!("skipped: {error}");
+    }
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result?,
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Helpers of the end-to-end tests: run the real `ktrigger` binary and real receivers.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// A command running the built `ktrigger` binary.
+pub fn ktrigger() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ktrigger"))
+}
+
+/// Output collected from a child process while it runs.
+#[derive(Clone, Default)]
+pub struct Captured(Arc<Mutex<String>>);
+
+impl Captured {
+    fn follow(stream: impl Read + Send + 'static) -> Self {
+        let captured = Captured::default();
+        let sink = captured.0.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                let mut text = sink.lock().unwrap();
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        captured
+    }
+
+    /// Everything so far.
+    pub fn text(&self) -> String {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// Waits until `check` holds for the text, or panics after `timeout` showing the text.
+    pub fn wait_until(&self, what: &str, timeout: Duration, check: impl Fn(&str) -> bool) -> String {
+        let start = Instant::now();
+        loop {
+            let text = self.text();
+            if check(&text) {
+                return text;
+            }
+            assert!(start.elapsed() < timeout, "timed out waiting for {what}; output so far:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits for a line containing `needle`.
+    pub fn wait_for(&self, needle: &str, timeout: Duration) -> String {
+        self.wait_until(&format!("{needle:?}"), timeout, |text| text.contains(needle))
+    }
+}
+
+/// A running `ktrigger run`, stopped (SIGTERM) when dropped.
+pub struct Running {
+    child: Child,
+    /// Its stdout (log destination lines, dry-run decisions).
+    pub stdout: Captured,
+    /// Its stderr (start-up report, logs).
+    pub stderr: Captured,
+}
+
+impl Running {
+    /// Starts `ktrigger run` with `args` (a free webhook port is added) and waits until it runs.
+    pub fn start(args: &[&str]) -> Running {
+        Self::start_with_env(args, &[])
+    }
+
+    /// Like [`Running::start`], with extra environment variables for the process.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
+        let mut child = ktrigger()
+            .arg("run")
+            .envs(env.iter().copied())
+            .args(args)
+            .args(["--webhook-addr", "127.0.0.1:0"])
+            .env("KTRIGGER_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("ktrigger starts");
+        let stdout = Captured::follow(child.stdout.take().unwrap());
+        let stderr = Captured::follow(child.stderr.take().unwrap());
+        let running = Running { child, stdout, stderr };
+        running.stderr.wait_until("start-up", Duration::from_secs(20), |t| {
+            t.contains("ktrigger running") || t.contains("error:")
+        });
+        running
+    }
+
+    /// The base URL of the webhook listener, from the start-up report.
+    pub fn webhook_url(&self) -> String {
+        let text = self.stderr.wait_for("webhook listener on ", Duration::from_secs(10));
+        let line = text.lines().find(|l| l.starts_with("webhook listener on ")).unwrap();
+        line.trim_start_matches("webhook listener on ").trim().to_string()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        terminate(&self.child);
+        let status = self.child.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        status.code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn terminate(child: &Child) {
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+}
+
+/// The CloudEvents receiver built on the official Python SDK; stopped when dropped.
+pub struct CloudEventsReceiver {
+    child: Child,
+    /// Where it appends one JSON line per accepted event.
+    pub output: PathBuf,
+    /// Its URL.
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl CloudEventsReceiver {
+    /// Starts the receiver on a free port. Fails (does not skip) when the SDK is missing.
+    pub fn start() -> CloudEventsReceiver {
+        let probe = Command::new("python3").args(["-c", "import cloudevents"]).status().expect("python3 on PATH");
+        assert!(probe.success(), "the cloudevents SDK is missing: run `pip install -r tests/requirements.txt`");
+        let dir = tempfile::tempdir().unwrap();
+        let output = dir.path().join("events.jsonl");
+        let mut child = Command::new("python3")
+            .arg(repo().join("tests/receivers/cloudevents_receiver.py"))
+            .arg(&output)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("receiver starts");
+        let mut port = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
+        let url = format!("http://127.0.0.1:{}/", port.trim());
+        CloudEventsReceiver { child, output, url, _dir: dir }
+    }
+
+    /// The events accepted so far.
+    pub fn events(&self) -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&self.output)
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+
+    /// Waits until `count` events were accepted.
+    pub fn wait_for(&self, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+        let start = Instant::now();
+        loop {
+            let events = self.events();
+            if events.len() >= count {
+                return events;
+            }
+            assert!(start.elapsed() < timeout, "receiver got {} of {count} events: {events:#?}", events.len());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for CloudEventsReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Writes `text` to a file in a fresh temporary directory.
+pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("triggers.yaml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+/// Posts `body` to `url` with extra headers using curl; returns (status, body).
+pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+    let mut command = Command::new("curl");
+    command.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url, "--data-binary", body]);
+    for (name, value) in headers {
+        command.args(["-H", &format!("{name}: {value}")]);
+    }
+    let output = command.output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap(), body.to_string())
+}
