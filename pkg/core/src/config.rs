@@ -141,7 +141,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("bad.yaml");
         std::fs::write(&path, "triggers:\n- source: {type: cron}\n  action: {type: log}\n---\ntriggers: 3\n").unwrap();
-        let config = load_paths(&[path.clone()]);
+        let config = load_paths(std::slice::from_ref(&path));
         assert_eq!(config.errors.len(), 1, "{:#?}", config.errors);
         assert!(
             config.errors[0].starts_with(&format!("{}: document 2: triggers:", path.display())),

@@ -178,21 +178,17 @@ impl Engine {
     /// Stops all sources, lets deliveries already queued finish for up to `grace`, and reports
     /// the final counters and how many deliveries were still waiting when time ran out.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
-        let running: Vec<(TriggerId, Arc<TriggerStats>, Vec<Arc<dyn DeliveryQueue>>)> = self
-            .running
-            .iter()
-            .map(|(id, running)| (id.clone(), running.stats.clone(), running.queues.clone()))
-            .collect();
-        for (id, _, _) in &running {
-            self.stop(id);
+        let running = std::mem::take(&mut self.running);
+        for trigger in running.values() {
+            trigger.cancel.cancel();
         }
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
-        let lost = if drained { 0 } else { running.iter().flat_map(|(_, _, q)| q).map(|q| q.len()).sum() };
+        let lost = if drained { 0 } else { running.values().flat_map(|t| &t.queues).map(|q| q.len()).sum() };
         if lost > 0 {
             tracing::error!(lost, "shutdown grace period over; deliveries still waiting are lost");
         }
-        let stats = running.into_iter().map(|(id, stats, _)| (id, stats.snapshot())).collect();
+        let stats = running.into_iter().map(|(id, trigger)| (id, trigger.stats.snapshot())).collect();
         ShutdownReport { stats, lost }
     }
 
