@@ -1,1 +1,104 @@
-//! ktrigger sources.
+//! ktrigger sources that need no Kubernetes API: `cron`, `http-poller` and the inbound `webhook`.
+//!
+//! Every source type is a [`SourceFactory`] added to the engine's [`Registry`] by [`register`].
+//! Webhook sources share one HTTP server, the [`WebhookListener`], which the binary binds and serves.
+
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use ktrigger_core::registry::{Registry, SourceFactory};
+
+pub mod cron;
+pub mod http_poller;
+pub mod listener;
+pub mod webhook;
+
+pub use listener::WebhookListener;
+
+/// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
+#[derive(Debug, thiserror::Error)]
+pub enum SourcesError {
+    /// The webhook listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: std::net::SocketAddr,
+        /// Why binding failed.
+        source: std::io::Error,
+    },
+    /// The webhook listener is already being served.
+    #[error("the webhook listener is already being served")]
+    AlreadyServing,
+    /// The webhook listener was made with [`WebhookListener::detached`] and has no socket.
+    #[error("the webhook listener is not bound to an address")]
+    NotBound,
+    /// The webhook listener stopped with an I/O error.
+    #[error("webhook listener failed: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Adds the `cron` (alias `cronjob`), `http-poller` and `webhook` source types to `registry`.
+/// Webhook sources register their paths on `webhooks` while they run.
+pub fn register(registry: &mut Registry, webhooks: Arc<WebhookListener>) {
+    let factories: [Arc<dyn SourceFactory>; 3] = [
+        Arc::new(cron::CronFactory),
+        Arc::new(http_poller::HttpPollerFactory),
+        Arc::new(webhook::WebhookFactory::new(webhooks)),
+    ];
+    for factory in factories {
+        registry.add_source(factory);
+    }
+}
+
+/// Makes sure rustls has a process-wide crypto provider (ring) before an HTTP client is built.
+/// The binary installs ring in `main`; this only matters for library users and tests.
+pub(crate) fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn register_adds_every_type_and_alias() {
+        let listener = WebhookListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut registry = Registry::default();
+        register(&mut registry, listener);
+        assert_eq!(registry.source_names(), ["cron", "http-poller", "webhook"]);
+        assert_eq!(registry.source("cronjob").unwrap().doc().name, "cron");
+        for doc in registry.source_docs() {
+            assert!(!doc.summary.is_empty() && !doc.properties.is_empty(), "{}", doc.name);
+            assert!(doc.example.contains(&format!("type: {}", doc.name)), "{}", doc.name);
+        }
+    }
+
+    #[tokio::test]
+    async fn examples_in_docs_load() {
+        let listener = WebhookListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut registry = Registry::default();
+        register(&mut registry, listener);
+        let context = ktrigger_core::registry::BuildContext {
+            trigger: ktrigger_core::event::TriggerId {
+                namespace: "apps".into(),
+                service: "svc".into(),
+                trigger: "t".into(),
+            },
+            dry_run: false,
+        };
+        for doc in registry.source_docs() {
+            let value: serde_json::Value = serde_yaml::from_str(doc.example).unwrap();
+            let source = &value["source"];
+            assert_eq!(source["type"], doc.name);
+            let factory = registry.source(doc.name).unwrap();
+            // Secrets are resolved last, so an unset variable means everything else loaded.
+            if let Err(e) = factory.build(&source["properties"], &context) {
+                assert!(e.contains("environment variable") && e.contains("is not set"), "{}: {e}", doc.name);
+            }
+        }
+    }
+}

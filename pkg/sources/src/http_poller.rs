@@ -1,0 +1,722 @@
+//! The `http-poller` source: requests a URL on an interval and fires for items that appeared,
+//! changed or disappeared since the previous poll.
+//!
+//! The first poll only records what is there (unless `fireOnStart`). The recorded items live in
+//! the source, so they survive a restart of `run` but not of the process. A poll that fails (HTTP
+//! error, timeout, a body that is not JSON, an `items` expression that fails) is logged and
+//! skipped: the recorded items stay as they were and the next poll compares against them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ktrigger_core::cel::{CelExpr, Vars};
+use ktrigger_core::event::{Event, TriggerId};
+use ktrigger_core::properties::{SecretRef, parse_properties};
+use ktrigger_core::registry::{BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc};
+use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Responses larger than this are refused (the poll is skipped).
+const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+static DOC: TypeDoc = TypeDoc {
+    name: "http-poller",
+    aliases: &[],
+    summary: "Polls a JSON HTTP endpoint and fires create/update/delete for items that changed since the last poll",
+    properties: &[
+        PropertyDoc { name: "url", required: true, description: "http or https URL to request." },
+        PropertyDoc { name: "method", required: false, description: "HTTP method; default GET." },
+        PropertyDoc {
+            name: "interval",
+            required: false,
+            description: "Time between polls, e.g. 30s, 5m; default 60s. The first poll is made at once.",
+        },
+        PropertyDoc {
+            name: "headers",
+            required: false,
+            description: "Request headers: name -> literal string, or a secret `{env: NAME}`, `{file: PATH}` or \
+                `{secretKeyRef: {name, key}}` with an optional `prefix` (e.g. `prefix: \"Bearer \"`), read when \
+                the trigger loads. Default `Accept: application/json`, and `Content-Type: application/json` \
+                when a body is given.",
+        },
+        PropertyDoc { name: "body", required: false, description: "Request body (a string); default none." },
+        PropertyDoc {
+            name: "timeout",
+            required: false,
+            description: "Limit for one request, including reading the body; default 10s.",
+        },
+        PropertyDoc {
+            name: "items",
+            required: false,
+            description: "CEL expression over `response` (the parsed JSON body) returning the list of items, \
+                e.g. `response.data.filter(i, i.active)`. Default: the whole response is one item.",
+        },
+        PropertyDoc {
+            name: "key",
+            required: false,
+            description: "CEL expression over `item` giving its stable identity, e.g. `item.id`; an item whose \
+                key changes content fires `update`. Default: with `items`, the item's whole content (a changed \
+                item is then a new item, plus a delete of the old one); without `items`, the single response.",
+        },
+        PropertyDoc {
+            name: "fireOnStart",
+            required: false,
+            description: "Whether the first poll fires `create` for every item; default false (it only records them).",
+        },
+        PropertyDoc {
+            name: "events",
+            required: false,
+            description: "Which of create, update, delete fire; default [create, update]. `object` is the item \
+                (the last seen item for delete); updates also set `oldObject`.",
+        },
+    ],
+    example: "source:
+  type: http-poller
+  properties:
+    url: https://api.github.com/repos/kubevela/kube-trigger/releases
+    interval: 5m
+    headers:
+      Authorization: {env: GITHUB_TOKEN, prefix: \"Bearer \"}
+    items: response
+    key: string(item.id)
+    events: [create]
+",
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Properties {
+    url: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    interval: Option<String>,
+    #[serde(default)]
+    headers: BTreeMap<String, Value>,
+    #[serde(default)]
+    body: Option<String>,
+    #[serde(default)]
+    timeout: Option<String>,
+    #[serde(default)]
+    items: Option<String>,
+    #[serde(default)]
+    key: Option<String>,
+    #[serde(default)]
+    fire_on_start: bool,
+    #[serde(default)]
+    events: Option<Vec<String>>,
+}
+
+/// Builds `http-poller` sources.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HttpPollerFactory;
+
+impl SourceFactory for HttpPollerFactory {
+    fn doc(&self) -> &'static TypeDoc {
+        &DOC
+    }
+
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
+        Ok(Arc::new(HttpPoller::new(properties, context)?))
+    }
+}
+
+impl HttpPoller {
+    /// Checks the properties, reads the secrets and builds the HTTP client.
+    fn new(properties: &Value, context: &BuildContext) -> Result<HttpPoller, String> {
+        let props: Properties = parse_properties(properties)?;
+        let url = Url::parse(&props.url).map_err(|e| format!("properties.url: invalid URL: {e}"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(format!("properties.url: scheme {:?} is not supported; use http or https", url.scheme()));
+        }
+        let method = match &props.method {
+            None => Method::GET,
+            Some(text) => Method::from_bytes(text.trim().to_ascii_uppercase().as_bytes())
+                .map_err(|_| format!("properties.method: invalid HTTP method {text:?}"))?,
+        };
+        let interval = duration(props.interval.as_deref(), DEFAULT_INTERVAL, "interval")?;
+        let timeout = duration(props.timeout.as_deref(), DEFAULT_TIMEOUT, "timeout")?;
+        let items = compile(props.items.as_deref(), "response", "items")?;
+        let key = compile(props.key.as_deref(), "item", "key")?;
+        let kinds = event_kinds(props.events.as_deref())?;
+        // Secrets are read last, so that every other mistake is reported without needing them.
+        let headers = headers(&props.headers, props.body.is_some())?;
+        crate::ensure_crypto_provider();
+        let client = reqwest::Client::builder()
+            .timeout(timeout)
+            .build()
+            .map_err(|e| format!("properties: cannot build the HTTP client: {e}"))?;
+        let target = format!("{}{}", url.origin().ascii_serialization(), url.path());
+        Ok(HttpPoller {
+            trigger: context.trigger.clone(),
+            client,
+            method,
+            url,
+            target,
+            headers,
+            body: props.body,
+            interval,
+            items,
+            key,
+            fire_on_start: props.fire_on_start,
+            kinds,
+            seen: Mutex::new(None),
+        })
+    }
+}
+
+fn duration(text: Option<&str>, default: Duration, property: &str) -> Result<Duration, String> {
+    text.map_or(Ok(default), |text| {
+        ktrigger_api::parse_duration(text).map_err(|e| format!("properties.{property}: {e}"))
+    })
+}
+
+fn compile(source: Option<&str>, variable: &str, property: &str) -> Result<Option<CelExpr>, String> {
+    source
+        .map(|source| CelExpr::compile(source, &[variable]).map_err(|e| format!("properties.{property}: {e}")))
+        .transpose()
+}
+
+fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, String> {
+    let Some(events) = events else {
+        return Ok(HashSet::from([Kind::Create, Kind::Update]));
+    };
+    if events.is_empty() {
+        return Err("properties.events: name at least one of create, update, delete".into());
+    }
+    events
+        .iter()
+        .map(|name| match name.as_str() {
+            "create" => Ok(Kind::Create),
+            "update" => Ok(Kind::Update),
+            "delete" => Ok(Kind::Delete),
+            other => Err(format!("properties.events: unknown event {other:?}; use create, update or delete")),
+        })
+        .collect()
+}
+
+/// The request headers: literals and resolved secrets (marked sensitive), plus JSON defaults.
+fn headers(configured: &BTreeMap<String, Value>, has_body: bool) -> Result<HeaderMap, String> {
+    let mut map = HeaderMap::new();
+    map.insert(ACCEPT, HeaderValue::from_static("application/json"));
+    if has_body {
+        map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    for (name, spec) in configured {
+        let property = format!("properties.headers.{name}");
+        let header =
+            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{property}: not a valid header name"))?;
+        let (text, sensitive) = match spec {
+            Value::String(text) => (text.clone(), false),
+            Value::Object(fields) => {
+                let mut fields = fields.clone();
+                let prefix = match fields.remove("prefix") {
+                    None => String::new(),
+                    Some(Value::String(prefix)) => prefix,
+                    Some(_) => return Err(format!("{property}.prefix: must be a string")),
+                };
+                let reference: SecretRef =
+                    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("{property}: {e}"))?;
+                let secret = reference.resolve().map_err(|e| format!("{property}: {e}"))?;
+                (format!("{prefix}{}", secret.expose()), true)
+            }
+            _ => {
+                return Err(format!(
+                    "{property}: must be a string or a secret such as {{env: NAME}} or {{file: PATH}}"
+                ));
+            }
+        };
+        let mut value =
+            HeaderValue::from_str(&text).map_err(|_| format!("{property}: the value is not a valid header value"))?;
+        value.set_sensitive(sensitive);
+        map.insert(header, value);
+    }
+    Ok(map)
+}
+
+/// What happened to one item between two polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Kind {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Create => "create",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+        }
+    }
+}
+
+/// One difference between the recorded items and a new response.
+#[derive(Debug)]
+struct Change {
+    kind: Kind,
+    key: String,
+    item: Value,
+    old: Option<Value>,
+}
+
+/// Whether polling goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stopped,
+}
+
+/// A configured poller and the items it saw last.
+struct HttpPoller {
+    trigger: TriggerId,
+    client: reqwest::Client,
+    method: Method,
+    url: Url,
+    /// The URL without query or credentials, for logs.
+    target: String,
+    headers: HeaderMap,
+    body: Option<String>,
+    interval: Duration,
+    items: Option<CelExpr>,
+    key: Option<CelExpr>,
+    fire_on_start: bool,
+    kinds: HashSet<Kind>,
+    /// Items of the last successful poll by key; `None` before the first one.
+    seen: Mutex<Option<BTreeMap<String, Value>>>,
+}
+
+#[async_trait]
+impl Source for HttpPoller {
+    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
+        let mut ticker = tokio::time::interval(self.interval);
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                _ = ticker.tick() => {}
+            }
+            // Cancelling drops the poll at an await point: during the request, or during a send
+            // that has not completed; the recorded items then still match what was sent.
+            let flow = tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                flow = self.poll(&sink) => flow,
+            };
+            if flow == Flow::Stopped {
+                return Ok(());
+            }
+        }
+    }
+}
+
+impl HttpPoller {
+    /// One poll: fetch, extract the items, fire for the differences.
+    async fn poll(&self, sink: &EventSink) -> Flow {
+        let response = match self.fetch().await {
+            Ok(response) => response,
+            Err(reason) => {
+                tracing::warn!(trigger = %self.trigger, url = %self.target, "poll skipped: {reason}");
+                return Flow::Continue;
+            }
+        };
+        let items = match self.extract(&response) {
+            Ok(items) => items,
+            Err(reason) => {
+                tracing::warn!(trigger = %self.trigger, url = %self.target, "poll skipped: {reason}");
+                return Flow::Continue;
+            }
+        };
+        for change in self.changes(items) {
+            if self.kinds.contains(&change.kind) {
+                let mut event = Event::new("http-poller", change.kind.name(), change.item.clone());
+                event.old_object = change.old.clone();
+                if !sink.send(event).await {
+                    return Flow::Stopped;
+                }
+            }
+            self.apply(change);
+        }
+        Flow::Continue
+    }
+
+    async fn fetch(&self) -> Result<Value, String> {
+        let mut request = self.client.request(self.method.clone(), self.url.clone()).headers(self.headers.clone());
+        if let Some(body) = &self.body {
+            request = request.body(body.clone());
+        }
+        let mut response = request.send().await.map_err(|e| e.without_url().to_string())?;
+        let status = response.status();
+        if !status.is_success() {
+            return Err(format!("HTTP status {status}"));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
+            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+                return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body).map_err(|e| format!("response is not JSON: {e}"))
+    }
+
+    /// The items of a response with their keys, in response order, first of each key only.
+    fn extract(&self, response: &Value) -> Result<Vec<(String, Value)>, String> {
+        let list = match &self.items {
+            None => vec![response.clone()],
+            Some(expr) => match expr.eval_json(&Vars::from_json(&[("response", response)])) {
+                Ok(Value::Array(list)) => list,
+                Ok(other) => return Err(format!("items must return a list, got {}", kind_of(&other))),
+                Err(e) => return Err(format!("items: {e}")),
+            },
+        };
+        let mut keys = HashSet::new();
+        let mut items = Vec::with_capacity(list.len());
+        for (index, item) in list.into_iter().enumerate() {
+            let key = match (&self.key, &self.items) {
+                (Some(expr), _) => match expr.eval_string(&Vars::from_json(&[("item", &item)])) {
+                    Ok(key) => key,
+                    Err(e) => {
+                        tracing::warn!(trigger = %self.trigger, url = %self.target, "item {index} ignored: key: {e}");
+                        continue;
+                    }
+                },
+                (None, Some(_)) => item.to_string(),
+                (None, None) => String::new(),
+            };
+            if keys.insert(key.clone()) {
+                items.push((key, item));
+            } else {
+                tracing::debug!(trigger = %self.trigger, url = %self.target, key, "item {index} ignored: duplicate key");
+            }
+        }
+        Ok(items)
+    }
+
+    /// The differences between the recorded items and `items`. On the first poll without
+    /// `fireOnStart` the items are recorded at once and there are none.
+    fn changes(&self, items: Vec<(String, Value)>) -> Vec<Change> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = match &mut *seen {
+            Some(previous) => previous,
+            None if !self.fire_on_start => {
+                *seen = Some(items.into_iter().collect());
+                return Vec::new();
+            }
+            None => seen.insert(BTreeMap::new()),
+        };
+        let mut changes = Vec::new();
+        let mut present = HashSet::with_capacity(items.len());
+        for (key, item) in items {
+            present.insert(key.clone());
+            match previous.get(&key) {
+                None => changes.push(Change { kind: Kind::Create, key, item, old: None }),
+                Some(old) if *old != item => {
+                    changes.push(Change { kind: Kind::Update, key, item, old: Some(old.clone()) })
+                }
+                Some(_) => {}
+            }
+        }
+        for (key, old) in previous.iter() {
+            if !present.contains(key) {
+                changes.push(Change { kind: Kind::Delete, key: key.clone(), item: old.clone(), old: None });
+            }
+        }
+        changes
+    }
+
+    /// Records one change once it was handed over (or needs no event).
+    fn apply(&self, change: Change) {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let recorded = seen.get_or_insert_with(BTreeMap::new);
+        match change.kind {
+            Kind::Create | Kind::Update => {
+                recorded.insert(change.key, change.item);
+            }
+            Kind::Delete => {
+                recorded.remove(&change.key);
+            }
+        }
+    }
+}
+
+fn kind_of(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a bool",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a map",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+
+    use axum::Router;
+    use axum::extract::State;
+    use axum::http::{HeaderMap as AxumHeaders, StatusCode};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::any;
+    use ktrigger_core::event::SharedEvent;
+    use serde_json::json;
+
+    use super::*;
+
+    /// What the test server answers, and the requests it saw.
+    #[derive(Clone, Default)]
+    struct Served {
+        reply: Arc<Mutex<(u16, String)>>,
+        requests: Arc<Mutex<Vec<(String, AxumHeaders, String)>>>,
+    }
+
+    impl Served {
+        fn set(&self, status: u16, body: impl Into<String>) {
+            *self.reply.lock().unwrap() = (status, body.into());
+        }
+
+        fn json(&self, value: Value) {
+            self.set(200, value.to_string());
+        }
+    }
+
+    async fn serve(served: Served) -> SocketAddr {
+        async fn reply(
+            State(served): State<Served>,
+            method: axum::http::Method,
+            headers: AxumHeaders,
+            body: String,
+        ) -> Response {
+            served.requests.lock().unwrap().push((method.to_string(), headers, body));
+            let (status, body) = served.reply.lock().unwrap().clone();
+            (StatusCode::from_u16(status).unwrap(), body).into_response()
+        }
+        let app = Router::new().route("/items", any(reply)).with_state(served);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn context() -> BuildContext {
+        BuildContext {
+            trigger: TriggerId { namespace: "ns".into(), service: "s".into(), trigger: "t".into() },
+            dry_run: false,
+        }
+    }
+
+    fn poller(properties: Value) -> Result<HttpPoller, String> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        HttpPoller::new(&properties, &context())
+    }
+
+    /// Polls once and returns every event fired.
+    async fn poll(poller: &HttpPoller) -> Vec<SharedEvent> {
+        let (sink, mut events) = EventSink::channel(64);
+        assert_eq!(poller.poll(&sink).await, Flow::Continue);
+        drop(sink);
+        let mut fired = Vec::new();
+        while let Some(event) = events.recv().await {
+            fired.push(event);
+        }
+        fired
+    }
+
+    #[tokio::test]
+    async fn whole_response_fires_update_with_old_object_only_when_it_changes() {
+        let served = Served::default();
+        served.json(json!({"version": "1.0"}));
+        let addr = serve(served.clone()).await;
+        let poller = poller(json!({"url": format!("http://{addr}/items")})).unwrap();
+
+        assert!(poll(&poller).await.is_empty(), "the first poll only records");
+        assert!(poll(&poller).await.is_empty(), "an unchanged response fires nothing");
+        served.json(json!({"version": "1.1"}));
+        let fired = poll(&poller).await;
+        assert_eq!(fired.len(), 1);
+        assert_eq!((fired[0].meta.source.as_str(), fired[0].meta.event_type.as_str()), ("http-poller", "update"));
+        assert_eq!(fired[0].object, json!({"version": "1.1"}));
+        assert_eq!(fired[0].old_object, Some(json!({"version": "1.0"})));
+        assert!(poll(&poller).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn items_with_keys_fire_create_update_and_delete() {
+        let served = Served::default();
+        served.json(json!({"data": [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]}));
+        let addr = serve(served.clone()).await;
+        let poller = poller(json!({
+            "url": format!("http://{addr}/items"), "items": "response.data", "key": "item.id",
+            "events": ["create", "update", "delete"],
+        }))
+        .unwrap();
+        assert!(poll(&poller).await.is_empty());
+
+        served.json(json!({"data": [{"id": 2, "v": "B"}, {"id": 3, "v": "c"}]}));
+        let fired = poll(&poller).await;
+        let summary: Vec<(&str, &Value)> =
+            fired.iter().map(|e| (e.meta.event_type.as_str(), &e.object["id"])).collect();
+        assert_eq!(summary, [("update", &json!(2)), ("create", &json!(3)), ("delete", &json!(1))]);
+        assert_eq!(fired[0].old_object, Some(json!({"id": 2, "v": "b"})));
+        assert_eq!(fired[2].object, json!({"id": 1, "v": "a"}), "a delete carries the last seen item");
+        assert!(poll(&poller).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn deletes_fire_only_when_asked_and_items_without_key_are_identified_by_content() {
+        let served = Served::default();
+        served.json(json!([{"n": 1}, {"n": 2}]));
+        let addr = serve(served.clone()).await;
+        let poller =
+            poller(json!({"url": format!("http://{addr}/items"), "items": "response", "fireOnStart": true})).unwrap();
+        let fired = poll(&poller).await;
+        assert_eq!(fired.iter().map(|e| e.meta.event_type.as_str()).collect::<Vec<_>>(), ["create", "create"]);
+
+        served.json(json!([{"n": 2}, {"n": 3}]));
+        let fired = poll(&poller).await;
+        assert_eq!(fired.len(), 1, "no delete event by default");
+        assert_eq!((fired[0].meta.event_type.as_str(), &fired[0].object), ("create", &json!({"n": 3})));
+    }
+
+    #[tokio::test]
+    async fn failed_polls_are_skipped_and_keep_the_recorded_items() {
+        let served = Served::default();
+        served.json(json!({"v": 1}));
+        let addr = serve(served.clone()).await;
+        let source = poller(json!({"url": format!("http://{addr}/items"), "items": "response.list"})).unwrap();
+        // `response.list` is missing: the items expression fails and the poll is skipped.
+        assert!(poll(&source).await.is_empty());
+        assert!(source.seen.lock().unwrap().is_none());
+
+        served.json(json!({"list": [{"v": 1}]}));
+        assert!(poll(&source).await.is_empty());
+        served.set(500, r#"{"list": []}"#);
+        assert!(poll(&source).await.is_empty());
+        served.set(200, "<html>");
+        assert!(poll(&source).await.is_empty());
+        served.json(json!({"list": 5}));
+        assert!(poll(&source).await.is_empty());
+        served.json(json!({"list": [{"v": 1}, {"v": 2}]}));
+        let fired = poll(&source).await;
+        assert_eq!(fired.len(), 1, "the failed polls did not change what was recorded");
+        assert_eq!(fired[0].object, json!({"v": 2}));
+
+        let unreachable = poller(json!({"url": "http://127.0.0.1:1/", "timeout": "1s"})).unwrap();
+        assert!(poll(&unreachable).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn method_body_and_secret_headers_are_sent() {
+        let served = Served::default();
+        served.json(json!({}));
+        let addr = serve(served.clone()).await;
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "abc\n").unwrap();
+        let poller = poller(json!({
+            "url": format!("http://{addr}/items"), "method": "post", "body": "{\"q\": 1}",
+            "headers": {"Authorization": {"file": token.display().to_string(), "prefix": "Bearer "}, "X-Plain": "p"},
+        }))
+        .unwrap();
+        poll(&poller).await;
+        let requests = served.requests.lock().unwrap();
+        let (method, headers, body) = &requests[0];
+        assert_eq!(method, "POST");
+        assert_eq!(body, "{\"q\": 1}");
+        assert_eq!(headers["authorization"], "Bearer abc");
+        assert_eq!(headers["x-plain"], "p");
+        assert_eq!(headers["content-type"], "application/json");
+        assert_eq!(headers["accept"], "application/json");
+    }
+
+    // Real time: with tokio's paused clock, a request waiting on the socket could see its timeout
+    // fire early, because paused time jumps ahead whenever the runtime is idle.
+    #[tokio::test]
+    async fn run_polls_on_the_interval_and_keeps_state_across_runs() {
+        let served = Served::default();
+        served.json(json!({"v": 1}));
+        let addr = serve(served.clone()).await;
+        let properties = json!({"url": format!("http://{addr}/items"), "interval": "50ms"});
+        let source = poller(properties).map(Arc::new).unwrap();
+        let (sink, mut events) = EventSink::channel(4);
+
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let (source, cancel, sink) = (source.clone(), cancel.clone(), sink.clone());
+            async move { source.run(sink, cancel).await }
+        });
+        wait_for_requests(&served, 2).await;
+        served.json(json!({"v": 2}));
+        let event = next_event(&mut events).await;
+        assert_eq!((event.meta.event_type.as_str(), &event.object), ("update", &json!({"v": 2})));
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+
+        // A new run of the same source compares against what the previous run saw.
+        served.json(json!({"v": 3}));
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let (source, cancel) = (source.clone(), cancel.clone());
+            async move { source.run(sink, cancel).await }
+        });
+        let event = next_event(&mut events).await;
+        assert_eq!(event.old_object, Some(json!({"v": 2})));
+        cancel.cancel();
+        task.await.unwrap().unwrap();
+        assert!(events.try_recv().is_err(), "one change, one event");
+    }
+
+    async fn next_event(events: &mut tokio::sync::mpsc::Receiver<SharedEvent>) -> SharedEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("no event within 10s").unwrap()
+    }
+
+    async fn wait_for_requests(served: &Served, count: usize) {
+        for _ in 0..1000 {
+            if served.requests.lock().unwrap().len() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the poller made fewer than {count} requests");
+    }
+
+    #[test]
+    fn load_errors_name_the_property_and_hide_secrets() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let err = |properties: Value| HttpPollerFactory.build(&properties, &context()).err().unwrap();
+        assert!(err(json!({})).contains("missing field `url`"));
+        assert!(err(json!({"url": "not a url"})).starts_with("properties.url: invalid URL"));
+        assert!(err(json!({"url": "ftp://x/"})).starts_with("properties.url: scheme"));
+        let url = "http://x/";
+        assert!(err(json!({"url": url, "method": "GE T"})).starts_with("properties.method:"));
+        assert!(err(json!({"url": url, "interval": "soon"})).starts_with("properties.interval: invalid duration"));
+        assert!(err(json!({"url": url, "timeout": "0s"})).starts_with("properties.timeout:"));
+        let e = err(json!({"url": url, "items": "response.data.filter(i,"}));
+        assert!(e.starts_with("properties.items: line 1, column"), "{e}");
+        let e = err(json!({"url": url, "key": "object.id"}));
+        assert!(e.starts_with("properties.key:") && e.contains("object"), "{e}");
+        assert!(
+            err(json!({"url": url, "events": ["create", "patch"]})).starts_with("properties.events: unknown event")
+        );
+        assert!(err(json!({"url": url, "events": []})).starts_with("properties.events:"));
+        assert!(err(json!({"url": url, "headers": {"bad name": "x"}})).starts_with("properties.headers.bad name:"));
+        let e = err(json!({"url": url, "headers": {"X-Token": "line\nbreak-secret"}}));
+        assert_eq!(e, "properties.headers.X-Token: the value is not a valid header value");
+        let e = err(json!({"url": url, "headers": {"X-Token": {"env": "KTRIGGER_TEST_UNSET_TOKEN"}}}));
+        assert_eq!(e, "properties.headers.X-Token: environment variable KTRIGGER_TEST_UNSET_TOKEN is not set");
+        let e = err(json!({"url": url, "headers": {"X-Token": {"vault": "x"}}}));
+        assert!(e.starts_with("properties.headers.X-Token:") && e.contains("vault"), "{e}");
+        assert!(err(json!({"url": url, "headers": {"X-Count": 5}})).starts_with("properties.headers.X-Count: must be"));
+        assert!(err(json!({"url": url, "intervall": "5s"})).contains("intervall"));
+    }
+}
