@@ -60,7 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             eprintln!("loaded  trigger {id}: {summary}");
         }
         for problem in &report.skipped {
-            eprintln!("skipped trigger {}: {}", problem.id, problem.messages.join("; "));
+            eprintln!("skipped trigger {} ({}): {}", problem.id, service.origin, problem.messages.join("; "));
         }
         started += report.started.len();
     }

@@ -288,3 +288,36 @@ async fn shutdown_drains_queued_deliveries() {
     assert_eq!(h.received.lock().unwrap().len(), 20);
     assert_eq!(report.stats[0].1.delivered, 20);
 }
+
+#[tokio::test]
+async fn debounce_fires_once_with_the_latest_event_after_a_quiet_period() {
+    let mut h = Harness::new();
+    let mut t = trigger("t", None, json!({}));
+    t.debounce = Some("300ms".into());
+    h.engine.apply("ns", "svc", &spec(vec![t]));
+    for n in 1..=3 {
+        h.publish(json!({"n": n})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(h.received.lock().unwrap().is_empty(), "nothing fires during the quiet period");
+    assert_eq!(h.wait_for(1).await, [("t".to_string(), json!({"n": 3}))]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(h.received.lock().unwrap().len(), 1);
+    let snapshot = &h.engine.snapshot()[0].1;
+    assert_eq!((snapshot.matched, snapshot.filtered, snapshot.fired), (3, 2, 1));
+}
+
+#[tokio::test]
+async fn rate_limited_events_are_counted_not_delivered() {
+    let mut h = Harness::new();
+    let mut t = trigger("t", None, json!({}));
+    t.rate_limit = Some(ktrigger_api::RateLimitSpec { per_minute: 2, burst: None });
+    h.engine.apply("ns", "svc", &spec(vec![t]));
+    for n in 1..=4 {
+        h.publish(json!({"n": n})).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(h.wait_for(2).await, [("t".to_string(), json!({"n": 1})), ("t".to_string(), json!({"n": 2}))]);
+    let snapshot = &h.engine.snapshot()[0].1;
+    assert_eq!((snapshot.matched, snapshot.filtered, snapshot.fired), (4, 2, 2));
+}
