@@ -14,12 +14,14 @@ use ktrigger_core::event::{CONTEXT_NAMES, rfc3339};
 use ktrigger_core::registry::TypeDoc;
 use serde_json::Value;
 
-use crate::{idle_listener, registry};
+use ktrigger_sources::WebhookListener;
+
+use crate::registry;
 
 /// `ktrigger validate`: every problem of every file, then a summary; non-zero if any.
-pub async fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let config = load_paths(files);
-    let engine = Engine::new(Arc::new(registry(idle_listener().await?)), EngineOptions::default());
+    let engine = Engine::new(Arc::new(registry(WebhookListener::detached())), EngineOptions::default());
     let mut problems = config.errors.clone();
     let mut triggers = 0;
     for service in &config.services {
@@ -96,15 +98,15 @@ pub fn eval(filter: &str, event: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `ktrigger sources`.
-pub async fn list_sources() -> anyhow::Result<ExitCode> {
-    let registry = registry(idle_listener().await?);
+pub fn list_sources() -> anyhow::Result<ExitCode> {
+    let registry = registry(WebhookListener::detached());
     print_docs(&registry.source_docs());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ktrigger destinations`.
-pub async fn list_destinations() -> anyhow::Result<ExitCode> {
-    let registry = registry(idle_listener().await?);
+pub fn list_destinations() -> anyhow::Result<ExitCode> {
+    let registry = registry(WebhookListener::detached());
     print_docs(&registry.destination_docs());
     Ok(ExitCode::SUCCESS)
 }

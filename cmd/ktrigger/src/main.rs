@@ -3,7 +3,6 @@
 mod inspect;
 mod run;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -73,14 +72,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Validate { files } => inspect::validate(&files).await,
+            Command::Validate { files } => inspect::validate(&files),
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sources => inspect::list_sources().await,
-            Command::Destinations => inspect::list_destinations().await,
+            Command::Sources => inspect::list_sources(),
+            Command::Destinations => inspect::list_destinations(),
             Command::Version => {
                 println!("ktrigger {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)
@@ -113,10 +112,4 @@ fn registry(webhooks: Arc<WebhookListener>) -> Registry {
     ktrigger_sources::register(&mut registry, webhooks);
     ktrigger_destinations::register(&mut registry);
     registry
-}
-
-/// A listener on a free loopback port, for commands that build triggers but serve nothing.
-async fn idle_listener() -> anyhow::Result<Arc<WebhookListener>> {
-    let addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-    Ok(WebhookListener::bind(addr).await?)
 }

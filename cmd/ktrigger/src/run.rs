@@ -12,7 +12,7 @@ use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_sources::WebhookListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::{idle_listener, registry};
+use crate::registry;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
@@ -49,7 +49,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let stop = CancellationToken::new();
     let uses_webhooks = config.services.iter().flat_map(|s| &s.spec.triggers).any(|t| t.source.type_name == "webhook");
     let webhooks =
-        if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { idle_listener().await? };
+        if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { WebhookListener::detached() };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
     let mut engine = Engine::new(Arc::new(registry(webhooks.clone())), options);
@@ -69,8 +69,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let mode = if args.dry_run { " (dry run: no destination is called)" } else { "" };
-    if uses_webhooks {
-        eprintln!("webhook listener on http://{}", webhooks.local_addr());
+    if let Some(addr) = webhooks.local_addr() {
+        eprintln!("webhook listener on http://{addr}");
     }
     eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
     wait_for_signal().await?;
