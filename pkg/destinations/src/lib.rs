@@ -10,14 +10,23 @@ use std::sync::Arc;
 
 use ktrigger_core::registry::Registry;
 
+pub mod dingtalk;
 pub mod http;
+pub mod lark;
 pub mod log;
+pub mod message;
+pub mod slack;
+pub mod teams;
 pub mod webhook;
 
 /// Adds every destination type of this crate to `registry`: `log` and `webhook`.
 pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(log::LogFactory::stdout()));
     registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
+    registry.add_destination(Arc::new(slack::SlackFactory::new()));
+    registry.add_destination(Arc::new(teams::TeamsFactory::new()));
+    registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
+    registry.add_destination(Arc::new(lark::LarkFactory::new()));
 }
 
 #[cfg(test)]
@@ -28,6 +37,9 @@ mod tests {
     fn registers_log_and_webhook() {
         let mut registry = Registry::default();
         register(&mut registry);
-        assert_eq!(registry.destination_names(), ["log", "webhook"]);
+        let names = registry.destination_names();
+        for name in ["log", "webhook", "slack", "teams", "dingtalk", "lark"] {
+            assert!(names.contains(&name), "{name} missing from {names:?}");
+        }
     }
 }
