@@ -187,21 +187,42 @@ fn filters_only(bytes: &[u8], triggers: &[Trigger]) -> usize {
     triggers.iter().filter(|t| t.filter.eval_bool(&Vars::for_event(&event, &t.id.trigger, now)) == Ok(true)).count()
 }
 
-/// Mean time per call of `f`, the best of a few rounds of about `budget` each.
+/// Mean time per call of `f` over about `budget`.
 fn time_per_call(budget: Duration, mut f: impl FnMut()) -> Duration {
-    let mut best = Duration::MAX;
-    for _ in 0..5 {
-        let start = Instant::now();
-        let mut calls = 0u32;
-        while start.elapsed() < budget / 5 {
-            for _ in 0..64 {
-                f();
-            }
-            calls += 64;
+    let start = Instant::now();
+    let mut calls = 0u32;
+    while start.elapsed() < budget {
+        for _ in 0..16 {
+            f();
         }
-        best = best.min(start.elapsed() / calls);
+        calls += 16;
     }
-    best
+    start.elapsed() / calls
+}
+
+/// The median of some durations.
+fn median(mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    times[times.len() / 2]
+}
+
+/// Times each of `paths` in `rounds` interleaved rounds of `slice` each, so that a change of load
+/// on the machine affects them alike. Returns the median time per call of each path and the
+/// median, over the rounds, of each path's time relative to the first.
+fn interleaved(rounds: usize, slice: Duration, paths: &mut [&mut dyn FnMut()]) -> Vec<(Duration, f64)> {
+    let mut times = vec![Vec::new(); paths.len()];
+    for _ in 0..rounds {
+        for (path, times) in paths.iter_mut().zip(&mut times) {
+            times.push(time_per_call(slice, &mut **path));
+        }
+    }
+    let ratios = |i: usize| -> f64 {
+        let mut r: Vec<f64> =
+            times[i].iter().zip(&times[0]).map(|(t, base)| t.as_secs_f64() / base.as_secs_f64()).collect();
+        r.sort_by(f64::total_cmp);
+        r[r.len() / 2]
+    };
+    (0..paths.len()).map(|i| (median(times[i].clone()), ratios(i))).collect()
 }
 
 fn main() {
@@ -227,19 +248,29 @@ fn main() {
     group.finish();
     criterion.final_summary();
 
-    let budget = Duration::from_secs(2);
-    let parse_time = time_per_call(budget, || {
+    let mut parse_path = || {
         black_box(parse(black_box(&bytes)));
-    });
-    let event_time = time_per_call(budget, || {
+    };
+    let mut event_path = || {
         black_box(Arc::new(Event::new("resource-watcher", "update", parse(black_box(&bytes)))));
-    });
-    let filters_time = time_per_call(budget, || {
+    };
+    let mut filters_path = || {
         black_box(filters_only(black_box(&bytes), &triggers));
-    });
-    let full_time = time_per_call(budget, || {
+    };
+    let mut full = || {
         black_box(full_path(black_box(&bytes), &triggers, &router));
-    });
+    };
+    let measured = interleaved(
+        15,
+        Duration::from_millis(100),
+        &mut [&mut parse_path, &mut event_path, &mut filters_path, &mut full],
+    );
+    let [(parse_time, _), (event_time, event_ratio), (filters_time, filters_ratio), (full_time, full_ratio)] =
+        measured[..]
+    else {
+        unreachable!("four paths were measured")
+    };
+    let budget = Duration::from_secs(2);
     // the router's share: the admissions of the matching triggers, keys computed beforehand
     let event = Event::new("resource-watcher", "update", parse(&bytes));
     let admissions: Vec<(&Trigger, Option<(String, Duration)>)> = triggers
@@ -259,21 +290,20 @@ fn main() {
     let us = |d: Duration| d.as_secs_f64() * 1e6;
     println!();
     println!("summary: pod of {} bytes, {} triggers, {matched} match it, router included", bytes.len(), triggers.len());
+    println!("  (medians of 15 interleaved rounds; ratios are medians of the per-round ratios to parse)");
     println!("  parse only:               {:>7.2} us/event", us(parse_time));
-    println!("  parse + event:            {:>7.2} us/event", us(event_time));
+    println!("  parse + event:            {:>7.2} us/event  ratio {event_ratio:.2}", us(event_time));
+    println!("  parse + event + filters:  {:>7.2} us/event  ratio {filters_ratio:.2}", us(filters_time));
     println!(
-        "  parse + event + filters:  {:>7.2} us/event (ratio to parse {:.2})",
-        us(filters_time),
-        filters_time.as_secs_f64() / parse_time.as_secs_f64()
+        "  full path:                {:>7.2} us/event  ratio {full_ratio:.2} (target <= 1.5), {:.0} events/s",
+        us(full_time),
+        1.0 / full_time.as_secs_f64()
     );
     println!(
-        "  full path:                {:>7.2} us/event = {:.0} events/s (dedup keys and router {:.2} us, router alone {:.2} us)",
-        us(full_time),
-        1.0 / full_time.as_secs_f64(),
+        "  of which dedup keys and router {:.2} us, router alone {:.2} us",
         us(full_time.saturating_sub(filters_time)),
         us(router_time)
     );
-    println!("  ratio full path / parse:  {:.2} (target <= 1.5)", full_time.as_secs_f64() / parse_time.as_secs_f64());
     println!("  per filter, on an event already parsed:");
     let event = Event::new("resource-watcher", "update", parse(&bytes));
     for trigger in &triggers {
@@ -282,5 +312,13 @@ fn main() {
             black_box(trigger.filter.eval_bool(&vars).ok());
         });
         println!("    {:>8.3} us  {}", time.as_secs_f64() * 1e6, trigger.filter.source());
+    }
+    println!("  per dedup key:");
+    for (key, _) in triggers.iter().filter_map(|t| t.dedup.as_ref()) {
+        let time = time_per_call(budget / 10, || {
+            let vars = Vars::for_event(&event, "key", Utc::now());
+            black_box(key.eval_string(&vars).ok());
+        });
+        println!("    {:>8.3} us  {}", time.as_secs_f64() * 1e6, key.source());
     }
 }
