@@ -11,7 +11,10 @@ use std::sync::Arc;
 use ktrigger_core::registry::Registry;
 
 pub mod dingtalk;
+pub mod email;
 pub mod http;
+pub mod kagent;
+pub mod khook;
 pub mod lark;
 pub mod log;
 pub mod message;
@@ -23,6 +26,8 @@ pub mod webhook;
 pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(log::LogFactory::stdout()));
     registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
+    registry.add_destination(Arc::new(kagent::KagentFactory::new()));
+    registry.add_destination(Arc::new(email::EmailFactory::new()));
     registry.add_destination(Arc::new(slack::SlackFactory::new()));
     registry.add_destination(Arc::new(teams::TeamsFactory::new()));
     registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
