@@ -100,15 +100,18 @@ impl Router {
         dedup: Option<(String, Duration)>,
         limit: Option<&RateLimit>,
     ) -> Admission {
-        let now = Instant::now();
-        let wall = Utc::now();
-        let mut state = lock(&self.dedup);
-        let dedup_state = state.entry(trigger.clone()).or_default();
-        dedup_state.prune(now);
-        let entries = &mut dedup_state.entries;
         let Some((key, window)) = dedup else {
             return Self::limit(limit);
         };
+        let now = Instant::now();
+        let wall = Utc::now();
+        let mut state = lock(&self.dedup);
+        if !state.contains_key(trigger) {
+            state.insert(trigger.clone(), TriggerDedup::default());
+        }
+        let Some(dedup_state) = state.get_mut(trigger) else { return Self::limit(limit) };
+        dedup_state.prune(now);
+        let entries = &mut dedup_state.entries;
         if let Some(entry) = entries.get_mut(&key)
             && now.duration_since(entry.last_fired_at) < window
         {
@@ -218,7 +221,9 @@ mod tests {
         let router = Router::new();
         router.admit(&id(), dedup("pod-a"), None);
         tokio::time::advance(Duration::from_secs(1201)).await;
-        router.admit(&id(), None, None);
+        router.admit(&id(), dedup("pod-b"), None);
+        assert_eq!(states(&router), [("pod-b".into(), "firing".into())]);
+        router.forget(&id());
         assert!(router.active_events(&id()).is_empty());
     }
 
