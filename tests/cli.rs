@@ -119,7 +119,7 @@ fn run_skips_invalid_triggers_and_runs_the_rest() {
     let stderr = running.stderr.text();
     assert!(stderr.contains("loaded  trigger bad/fine: cron → log#0"), "{stderr}");
     assert_eq!(stderr.matches("skipped trigger bad/").count(), 6, "{stderr}");
-    running.stdout.wait_for("\"trigger\":\"bad/fine\"", Duration::from_secs(10));
+    running.stdout.wait_for("\"trigger\":\"bad/fine\"", Duration::from_secs(30));
     assert_eq!(running.stop(), Some(0));
 }
 
@@ -196,7 +196,7 @@ spec:
     let url = format!("{}/hook", running.webhook_url());
     support::post(&url, &[("Content-Type", "application/json")], r#"{"status": "ok"}"#);
     support::post(&url, &[("Content-Type", "application/json")], r#"{"status": "failed"}"#);
-    let stdout = running.stdout.wait_until("two decisions", Duration::from_secs(10), |t| t.lines().count() >= 2);
+    let stdout = running.stdout.wait_until("two decisions", Duration::from_secs(30), |t| t.lines().count() >= 2);
     let lines: Vec<serde_json::Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     assert_eq!(lines[0]["matched"], false);
     assert_eq!(lines[0]["reason"], "filter returned false");

@@ -41,7 +41,7 @@ fn webhook_deliveries_are_valid_cloudevents() {
     let url = format!("{}/deploys", running.webhook_url());
     assert_eq!(post(&url, &[JSON], r#"{"service": "cart", "status": "ok"}"#).0, 202);
     assert_eq!(post(&url, &[JSON], r#"{"service": "cart", "status": "failed", "attempts": 3}"#).0, 202);
-    let events = receiver.wait_for(1, Duration::from_secs(15));
+    let events = receiver.wait_for(1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.events().len(), 1, "the filtered-out payload must not be delivered");
     let event = &events[0];
@@ -65,7 +65,7 @@ fn inbound_bearer_auth_rejects_wrong_tokens_and_fires_nothing() {
     assert_eq!(post(&url, &[JSON], body).0, 401);
     assert_eq!(post(&url, &[JSON, ("Authorization", "Bearer wrong")], body).0, 401);
     assert_eq!(post(&url, &[JSON, ("Authorization", "Bearer let-me-in")], r#"{"status": "failed", "n": 2}"#).0, 202);
-    let events = receiver.wait_for(1, Duration::from_secs(15));
+    let events = receiver.wait_for(1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.events().len(), 1);
     assert_eq!(events[0]["data"]["object"]["n"], 2);
@@ -92,7 +92,7 @@ fn inbound_hmac_signatures_are_checked() {
     assert_eq!(post(&url, &[JSON, ("X-Signature-256", &bad)], body).0, 401);
     assert_eq!(post(&url, &[JSON], body).0, 401);
     assert_eq!(post(&url, &[JSON, ("X-Signature-256", &good)], body).0, 202);
-    let events = receiver.wait_for(1, Duration::from_secs(15));
+    let events = receiver.wait_for(1, Duration::from_secs(30));
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(receiver.events().len(), 1);
     assert_eq!(events[0]["data"]["object"]["signed"], true);
@@ -109,7 +109,7 @@ triggers:
 "#;
     let (_dir, path) = write_config(config);
     let running = Running::start(&["-f", path.to_str().unwrap()]);
-    let stdout = running.stdout.wait_until("three fires", Duration::from_secs(10), |t| t.lines().count() >= 3);
+    let stdout = running.stdout.wait_until("three fires", Duration::from_secs(30), |t| t.lines().count() >= 3);
     let times: Vec<chrono::DateTime<chrono::Utc>> = stdout
         .lines()
         .take(3)
@@ -146,7 +146,7 @@ spec:
     let running = Running::start(&["-f", path.to_str().unwrap()]);
     let url = format!("{}/in", running.webhook_url());
     assert_eq!(post(&url, &[JSON], r#"{"payload": 1}"#).0, 202);
-    let stdout = running.stdout.wait_for("\"dead-letter\"", Duration::from_secs(15));
+    let stdout = running.stdout.wait_for("\"dead-letter\"", Duration::from_secs(30));
     let letter: serde_json::Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
     assert_eq!(letter["object"]["attempts"], 2);
     assert_eq!(letter["object"]["destination"], "webhook#0");

@@ -90,7 +90,7 @@ impl Running {
         let stdout = Captured::follow(child.stdout.take().unwrap());
         let stderr = Captured::follow(child.stderr.take().unwrap());
         let running = Running { child, stdout, stderr };
-        running.stderr.wait_until("start-up", Duration::from_secs(20), |t| {
+        running.stderr.wait_until("start-up", Duration::from_secs(60), |t| {
             t.contains("ktrigger running") || t.contains("error:")
         });
         running
@@ -98,7 +98,7 @@ impl Running {
 
     /// The base URL of the webhook listener, from the start-up report.
     pub fn webhook_url(&self) -> String {
-        let text = self.stderr.wait_for("webhook listener on ", Duration::from_secs(10));
+        let text = self.stderr.wait_for("webhook listener on ", Duration::from_secs(30));
         let line = text.lines().find(|l| l.starts_with("webhook listener on ")).unwrap();
         line.trim_start_matches("webhook listener on ").trim().to_string()
     }
