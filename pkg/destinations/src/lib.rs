@@ -22,7 +22,8 @@ pub mod slack;
 pub mod teams;
 pub mod webhook;
 
-/// Adds every destination type of this crate to `registry`: `log` and `webhook`.
+/// Adds every destination type of this crate to `registry`: `log`, `webhook`, `kagent`, `email`,
+/// `slack`, `teams`, `dingtalk` and `lark`.
 pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(log::LogFactory::stdout()));
     registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
@@ -39,12 +40,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn registers_log_and_webhook() {
+    fn registers_every_destination_type() {
         let mut registry = Registry::default();
         register(&mut registry);
         let names = registry.destination_names();
-        for name in ["log", "webhook", "slack", "teams", "dingtalk", "lark"] {
-            assert!(names.contains(&name), "{name} missing from {names:?}");
-        }
+        assert_eq!(names, ["dingtalk", "email", "kagent", "lark", "log", "slack", "teams", "webhook"]);
     }
 }
