@@ -241,6 +241,62 @@ impl Registry {
     }
 }
 
+impl Registry {
+    /// Every served group version as `api/v1` or `apis/{group}/{version}`.
+    fn openapi_group_versions(&self) -> Vec<String> {
+        let mut paths = vec!["api/v1".to_string()];
+        for group in self.groups() {
+            for version in self.group_versions(&group) {
+                paths.push(format!("apis/{group}/{version}"));
+            }
+        }
+        paths
+    }
+
+    /// The OpenAPI v3 discovery document served at `/openapi/v3`.
+    pub fn openapi_v3_root(&self) -> Value {
+        let paths: serde_json::Map<String, Value> = self
+            .openapi_group_versions()
+            .into_iter()
+            .map(|gv| {
+                let url = format!("/openapi/v3/{gv}?hash={}", self.resources.len());
+                (gv, json!({"serverRelativeURL": url}))
+            })
+            .collect();
+        json!({"paths": paths})
+    }
+
+    /// A minimal OpenAPI v3 document of one group version: no schemas, only the PATCH operations
+    /// with their `fieldValidation` parameter, which tells `kubectl` to leave validation to the
+    /// server (which accepts everything).
+    pub fn openapi_v3_document(&self, group: &str, version: &str) -> Option<Value> {
+        let prefix = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+        let mut paths = serde_json::Map::new();
+        for r in self.resources.iter().filter(|r| r.group == group && r.version(version).is_some()) {
+            let path = if r.namespaced {
+                format!("{prefix}/namespaces/{{namespace}}/{}/{{name}}", r.plural)
+            } else {
+                format!("{prefix}/{}/{{name}}", r.plural)
+            };
+            let patch = json!({
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": r.kind},
+                "parameters": [{"name": "fieldValidation", "in": "query", "schema": {"type": "string"}}],
+                "responses": {"200": {"description": "OK"}},
+            });
+            paths.insert(path, json!({"patch": patch}));
+        }
+        if paths.is_empty() {
+            return None;
+        }
+        Some(json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": "v1.33.0"},
+            "paths": paths,
+            "components": {"schemas": {}},
+        }))
+    }
+}
+
 /// Orders Kubernetes versions the way the API server does: GA before beta before alpha,
 /// higher numbers first, anything else last in alphabetical order.
 pub(crate) fn version_priority(a: &str, b: &str) -> Ordering {

@@ -104,6 +104,8 @@ enum Route {
     Group(String),
     Resources(String, String),
     Resource(ResourcePath),
+    OpenApiRoot,
+    OpenApi(String, String),
     Unknown,
 }
 
@@ -131,6 +133,9 @@ fn route(path: &str) -> Route {
     match parts.as_slice() {
         ["version"] => Route::Version,
         ["healthz" | "livez" | "readyz"] => Route::Health,
+        ["openapi", "v3"] => Route::OpenApiRoot,
+        ["openapi", "v3", "api", version] => Route::OpenApi(String::new(), version.to_string()),
+        ["openapi", "v3", "apis", group, version] => Route::OpenApi(group.to_string(), version.to_string()),
         ["api"] => Route::CoreVersions,
         ["api", version] => Route::Resources(String::new(), version.to_string()),
         ["api", version, rest @ ..] => resource("", version, rest),
@@ -189,6 +194,8 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
             Ok(response) => response,
             Err(error) => error.into_response(),
         },
+        Route::OpenApiRoot => json_response(StatusCode::OK, &shared.store().registry.openapi_v3_root()),
+        Route::OpenApi(group, version) => discovery(shared.store().registry.openapi_v3_document(&group, &version)),
         Route::Unknown => ApiError::no_route().into_response(),
     }
 }
@@ -227,6 +234,15 @@ fn is_dry_run(query: &HashMap<String, String>) -> bool {
 fn present(def: &ResourceDef, version: &str, mut object: Value) -> Value {
     object["apiVersion"] = json!(def.api_version(version));
     object
+}
+
+/// The `PartialObjectMetadata` form of an object, for clients that ask for metadata only.
+pub(crate) fn partial_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
 }
 
 /// Removes strategic-merge-patch directives (`$patch`, `$setElementOrder/...`, `$retainKeys`, ...).
@@ -282,10 +298,9 @@ async fn resource(
         .await
         .map_err(|e| ApiError::bad_request(format!("failed to read the request body: {e}")))?;
     let ok = |code: StatusCode, object: Value| Ok(json_response(code, &present(&def, &version, object)));
-    let wants_table = headers
-        .get(header::ACCEPT)
-        .and_then(|a| a.to_str().ok())
-        .is_some_and(|a| a.split(',').next().is_some_and(|first| first.contains("as=Table")));
+    let preferred = headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).and_then(|a| a.split(',').next());
+    let wants_table = preferred.is_some_and(|first| first.contains("as=Table"));
+    let metadata_only = preferred.is_some_and(|first| first.contains("as=PartialObjectMetadata"));
     match verb {
         "watch" => {
             *shared.watch_counts().entry(def.plural.clone()).or_default() += 1;
@@ -304,6 +319,7 @@ async fn resource(
                     bookmarks: query.get("allowWatchBookmarks").is_some_and(|b| b == "true"),
                     send_initial_events: query.get("sendInitialEvents").is_some_and(|b| b == "true"),
                     timeout: query.get("timeoutSeconds").and_then(|t| t.parse().ok()).map(Duration::from_secs),
+                    metadata_only,
                 };
                 match watch::start(shared, request) {
                     Ok(body) => body,
@@ -331,6 +347,18 @@ async fn resource(
             if wants_table {
                 return Ok(json_response(StatusCode::OK, &table(&def, &version, &items, metadata, query)));
             }
+            if metadata_only {
+                let items: Vec<Value> = items.iter().map(partial_metadata).collect();
+                return Ok(json_response(
+                    StatusCode::OK,
+                    &json!({
+                        "kind": "PartialObjectMetadataList",
+                        "apiVersion": "meta.k8s.io/v1",
+                        "metadata": metadata,
+                        "items": items,
+                    }),
+                ));
+            }
             Ok(json_response(
                 StatusCode::OK,
                 &json!({
@@ -349,6 +377,9 @@ async fn resource(
                     StatusCode::OK,
                     &table(&def, &version, &[object], json!({"resourceVersion": rv}), query),
                 ));
+            }
+            if metadata_only {
+                return Ok(json_response(StatusCode::OK, &partial_metadata(&object)));
             }
             Ok(json_response(StatusCode::OK, &object))
         }
@@ -564,10 +595,7 @@ fn table(
             match include {
                 "None" => {}
                 "Object" => row["object"] = object.clone(),
-                _ => {
-                    row["object"] = json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
-                                           "metadata": object.get("metadata").cloned().unwrap_or(json!({}))})
-                }
+                _ => row["object"] = partial_metadata(object),
             }
             row
         })

@@ -9,7 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::registry::ResourceDef;
-use crate::server::Shared;
+use crate::server::{Shared, partial_metadata};
 use crate::status::ApiError;
 use crate::store::{Change, ChangeType, Filter};
 
@@ -22,6 +22,8 @@ pub(crate) struct WatchRequest {
     pub bookmarks: bool,
     pub send_initial_events: bool,
     pub timeout: Option<Duration>,
+    /// Whether objects are sent as `PartialObjectMetadata`.
+    pub metadata_only: bool,
 }
 
 /// One encoded `WatchEvent` line.
@@ -36,10 +38,13 @@ pub(crate) fn error_body(error: &ApiError) -> Body {
     Body::from(event_line("ERROR", &error.to_status()))
 }
 
-/// The object as served at the requested version.
-fn present(def: &ResourceDef, version: &str, object: &Value) -> Value {
+/// The object as served at the requested version, or only its metadata.
+fn present(req: &WatchRequest, object: &Value) -> Value {
+    if req.metadata_only {
+        return partial_metadata(object);
+    }
     let mut object = object.clone();
-    object["apiVersion"] = json!(def.api_version(version));
+    object["apiVersion"] = json!(req.def.api_version(&req.version));
     object
 }
 
@@ -63,7 +68,7 @@ fn translate(req: &WatchRequest, change: &Change) -> Option<Bytes> {
             }
         }
     };
-    Some(event_line(kind, &present(&req.def, &req.version, &change.object)))
+    Some(event_line(kind, &present(req, &change.object)))
 }
 
 fn bookmark(req: &WatchRequest, rv: u64, initial_events_end: bool) -> Bytes {
@@ -110,10 +115,7 @@ pub(crate) fn start(shared: &Arc<Shared>, req: WatchRequest) -> Result<Body, Api
                     rv.parse().map_err(|_| ApiError::bad_request(format!("invalid resource version: {rv}")))?;
                 store.changes_since(rv)?.iter().filter_map(|c| translate(&req, c)).collect()
             }
-            _ => store
-                .matching(&req.def, &req.filter)
-                .map(|o| event_line("ADDED", &present(&req.def, &req.version, o)))
-                .collect(),
+            _ => store.matching(&req.def, &req.filter).map(|o| event_line("ADDED", &present(&req, o))).collect(),
         };
         (initial, store.subscribe(), store.resource_version())
     };

@@ -515,3 +515,16 @@ async fn unknown_resources_and_paths_are_not_found() {
     let error = client.request::<Value>(request).await.unwrap_err();
     assert_eq!(api_code(error).0, 404);
 }
+
+#[tokio::test]
+async fn metadata_only_requests_get_partial_object_metadata() {
+    let cluster = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client().await, "default");
+    api.create(&PostParams::default(), &configmap("m", &[("app", "x")], &[("big", "payload")])).await.unwrap();
+    let meta = api.get_metadata("m").await.unwrap();
+    assert_eq!(meta.metadata.labels.unwrap()["app"], "x");
+    assert_eq!(meta.types.unwrap().kind, "PartialObjectMetadata");
+    let listed = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1);
+    assert_eq!(listed.items[0].metadata.name.as_deref(), Some("m"));
+}

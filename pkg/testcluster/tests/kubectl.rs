@@ -1,7 +1,7 @@
 //! The real `kubectl` works against the test cluster: apply, get, delete, for built-in resources
 //! and for the resources of a CRD it applied itself.
-//!
-//! The cluster serves no OpenAPI documents, so `kubectl apply` runs with `--validate=false`.
+//! `kubectl apply` runs with its default (strict) validation: the cluster's OpenAPI v3 documents
+//! tell it the server validates.
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -78,7 +78,7 @@ async fn kubectl_applies_and_gets_a_configmap() {
         "cm.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels:\n    app: ktrigger\ndata:\n  mode: fast\n",
     );
-    let applied = kubectl.ok(&["apply", "--validate=false", "-f", path(&manifest)]).await;
+    let applied = kubectl.ok(&["apply", "-f", path(&manifest)]).await;
     assert!(applied.contains("configmap/settings created"), "{applied}");
 
     let cm = kubectl.json(&["get", "configmap", "settings", "-o", "json"]).await;
@@ -90,7 +90,7 @@ async fn kubectl_applies_and_gets_a_configmap() {
         "cm2.yaml",
         "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: settings\n  labels:\n    app: ktrigger\ndata:\n  mode: slow\n  extra: \"1\"\n",
     );
-    let reapplied = kubectl.ok(&["apply", "--validate=false", "-f", path(&changed)]).await;
+    let reapplied = kubectl.ok(&["apply", "-f", path(&changed)]).await;
     assert!(reapplied.contains("configmap/settings configured"), "{reapplied}");
     let cm = kubectl.json(&["get", "cm", "-l", "app=ktrigger", "-o", "json"]).await;
     assert_eq!(cm["kind"], "List");
@@ -141,13 +141,13 @@ spec:
           x-kubernetes-preserve-unknown-fields: true
 "#,
     );
-    let out = kubectl.ok(&["apply", "--validate=false", "-f", path(&crd)]).await;
+    let out = kubectl.ok(&["apply", "-f", path(&crd)]).await;
     assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/gadgets.example.io created"), "{out}");
     kubectl.ok(&["wait", "--for=condition=Established", "crd/gadgets.example.io", "--timeout=10s"]).await;
 
     let gadget = kubectl
         .write("gadget.yaml", "apiVersion: example.io/v1\nkind: Gadget\nmetadata:\n  name: g1\nspec:\n  color: red\n");
-    let out = kubectl.ok(&["apply", "--validate=false", "-f", path(&gadget)]).await;
+    let out = kubectl.ok(&["apply", "-f", path(&gadget)]).await;
     assert!(out.contains("gadget.example.io/g1 created"), "{out}");
 
     let table = kubectl.ok(&["get", "gadgets"]).await;
@@ -163,7 +163,7 @@ spec:
         "gadget2.yaml",
         "apiVersion: example.io/v1\nkind: Gadget\nmetadata:\n  name: g1\nspec:\n  color: blue\n",
     );
-    let out = kubectl.ok(&["apply", "--validate=false", "--server-side", "-f", path(&recolored)]).await;
+    let out = kubectl.ok(&["apply", "--server-side", "-f", path(&recolored)]).await;
     assert!(out.contains("serverside-applied"), "{out}");
     let g1 = kubectl.json(&["get", "gadget", "g1", "-o", "json"]).await;
     assert_eq!(g1["spec"]["color"], "blue");

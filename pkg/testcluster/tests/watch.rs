@@ -9,7 +9,7 @@ use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use ktrigger_testcluster::{Config, TestCluster};
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 use serde_json::json;
@@ -257,4 +257,26 @@ async fn streaming_lists_send_the_initial_objects_then_a_bookmark() {
     wait_for(&mut events, "a live object", |e| is_applied(e, "later")).await;
     assert!(cluster.request_log().iter().any(|(_, uri)| uri.contains("sendInitialEvents=true")));
     assert_eq!(list_requests(&cluster), 0);
+}
+
+#[tokio::test]
+async fn metadata_watchers_see_changes() {
+    let cluster = TestCluster::start().await;
+    let api: Api<ConfigMap> = Api::namespaced(cluster.client().await, "default");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let metadata: Api<PartialObjectMeta<ConfigMap>> = Api::namespaced(cluster.client().await, "default");
+    tokio::spawn(async move {
+        let mut stream = watcher::watcher(metadata, watcher::Config::default()).default_backoff().boxed();
+        while let Some(Ok(event)) = stream.next().await {
+            if let Event::Apply(meta) = event
+                && tx.send(meta.metadata.name.unwrap_or_default()).is_err()
+            {
+                return;
+            }
+        }
+    });
+    assert!(cluster.wait_for_watches("configmaps", 1, WAIT).await);
+    api.create(&PostParams::default(), &configmap("meta-only", &[])).await.unwrap();
+    let seen = tokio::time::timeout(WAIT, rx.recv()).await.unwrap().unwrap();
+    assert_eq!(seen, "meta-only");
 }
