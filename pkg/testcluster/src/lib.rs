@@ -21,6 +21,7 @@
 #![deny(missing_docs)]
 
 mod faults;
+mod patch;
 mod registry;
 mod selector;
 mod server;

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
 use crate::faults::Faults;
+use crate::patch;
 use crate::registry::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
@@ -245,18 +246,6 @@ pub(crate) fn partial_metadata(object: &Value) -> Value {
     })
 }
 
-/// Removes strategic-merge-patch directives (`$patch`, `$setElementOrder/...`, `$retainKeys`, ...).
-fn strip_directives(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|k, _| !k.starts_with('$'));
-            map.values_mut().for_each(strip_directives);
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_directives),
-        _ => {}
-    }
-}
-
 async fn resource(
     shared: &Arc<Shared>,
     method: &Method,
@@ -442,12 +431,14 @@ async fn resource(
                         Err(missing) => return Err(missing),
                     }
                 }
-                "application/merge-patch+json" | "application/strategic-merge-patch+json" => {
+                "application/merge-patch+json" => {
                     let mut current = current?;
                     json_patch::merge(&mut current, &parse_json(&body)?);
-                    if content_type.starts_with("application/strategic") {
-                        strip_directives(&mut current);
-                    }
+                    current
+                }
+                "application/strategic-merge-patch+json" => {
+                    let mut current = current?;
+                    patch::apply(&mut current, &parse_json(&body)?);
                     current
                 }
                 "application/json-patch+json" => {
@@ -635,13 +626,6 @@ mod tests {
         assert_eq!(json_path(&object, ".spec.replicas"), Some(&json!(3)));
         assert_eq!(json_path(&object, ".status.conditions[0].type"), Some(&json!("Ready")));
         assert_eq!(json_path(&object, ".spec.missing"), None);
-    }
-
-    #[test]
-    fn strategic_merge_directives_are_dropped() {
-        let mut v = json!({"$setElementOrder/containers": [{"name": "a"}], "spec": {"$retainKeys": ["x"], "x": 1}});
-        strip_directives(&mut v);
-        assert_eq!(v, json!({"spec": {"x": 1}}));
     }
 
     #[test]

@@ -528,3 +528,32 @@ async fn metadata_only_requests_get_partial_object_metadata() {
     assert_eq!(listed.items.len(), 1);
     assert_eq!(listed.items[0].metadata.name.as_deref(), Some("m"));
 }
+
+#[tokio::test]
+async fn the_kube_event_recorder_publishes_and_aggregates_events() {
+    use kube::runtime::events::{Event as RecordedEvent, EventType, Recorder, Reporter};
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
+    let target = configmaps.create(&PostParams::default(), &configmap("target", &[], &[])).await.unwrap();
+    let recorder =
+        Recorder::new(client.clone(), Reporter { controller: "ktrigger".into(), instance: Some("ktrigger-0".into()) });
+    let event = RecordedEvent {
+        type_: EventType::Normal,
+        reason: "Fired".into(),
+        note: Some("trigger fired".into()),
+        action: "Fire".into(),
+        secondary: None,
+    };
+    let reference = kube::Resource::object_ref(&target, &());
+    recorder.publish(&event, &reference).await.unwrap();
+    recorder.publish(&event, &reference).await.unwrap();
+
+    let events: Api<EventsV1> = Api::namespaced(client, "default");
+    let listed = events.list(&ListParams::default()).await.unwrap();
+    assert_eq!(listed.items.len(), 1, "a repeated event becomes a series");
+    let recorded = &listed.items[0];
+    assert_eq!(recorded.reason.as_deref(), Some("Fired"));
+    assert_eq!(recorded.regarding.as_ref().unwrap().name.as_deref(), Some("target"));
+    assert_eq!(recorded.series.as_ref().map(|s| s.count), Some(2));
+}

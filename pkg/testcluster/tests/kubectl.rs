@@ -169,3 +169,58 @@ spec:
     assert_eq!(g1["spec"]["color"], "blue");
     assert_eq!(g1["metadata"]["generation"], 2);
 }
+
+#[tokio::test]
+async fn kubectl_reapplies_a_deployment_with_a_strategic_merge_patch() {
+    let cluster = TestCluster::start().await;
+    let kubectl = Kubectl::new(&cluster);
+    let deployment = |image: &str, replicas: u32| {
+        format!(
+            r#"apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      containers:
+        - name: web
+          image: {image}
+          ports:
+            - containerPort: 8080
+          env:
+            - name: MODE
+              value: fast
+        - name: sidecar
+          image: sidecar:1
+"#
+        )
+    };
+    let first = kubectl.write("d1.yaml", &deployment("web:1", 1));
+    kubectl.ok(&["apply", "-f", path(&first)]).await;
+    let second = kubectl.write("d2.yaml", &deployment("web:2", 3));
+    let out = kubectl.ok(&["apply", "-f", path(&second)]).await;
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    assert!(
+        cluster
+            .request_log()
+            .iter()
+            .any(|(m, uri)| m == "PATCH" && uri.starts_with("/apis/apps/v1/namespaces/default/deployments/web?")),
+        "the second apply patches the deployment"
+    );
+
+    let applied = kubectl.json(&["get", "deployment", "web", "-o", "json"]).await;
+    assert_eq!(applied["spec"]["replicas"], 3);
+    let containers = applied["spec"]["template"]["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2);
+    assert_eq!(containers[0]["image"], "web:2");
+    assert_eq!(containers[0]["ports"][0]["containerPort"], 8080, "untouched fields of a merged element stay");
+    assert_eq!(containers[0]["env"][0]["value"], "fast");
+    assert_eq!(containers[1]["name"], "sidecar");
+    assert_eq!(applied["metadata"]["generation"], 2);
+}
