@@ -9,6 +9,11 @@
 //! plain JSON: nothing is validated against a schema and no controller runs (no garbage
 //! collection, no pods behind deployments).
 //!
+//! The server runs on the tokio runtime that calls [`TestCluster::start`]: a test must keep that
+//! runtime running while other processes talk to the cluster, so run `kubectl` or a built binary
+//! with `tokio::process` (or from a multi-threaded runtime), not with a blocking
+//! `std::process::Command` on a current-thread runtime.
+//!
 //! ```no_run
 //! # async fn example() {
 //! let cluster = ktrigger_testcluster::TestCluster::start().await;

@@ -103,29 +103,33 @@ impl Registry {
     /// The built-in resources.
     pub fn builtin() -> Self {
         let b = ResourceDef::builtin;
-        Registry {
-            resources: vec![
-                b("", "v1", "namespaces", "Namespace", false, &["ns"], true),
-                b("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
-                b("", "v1", "secrets", "Secret", true, &[], false),
-                b("", "v1", "pods", "Pod", true, &["po"], true),
-                b("", "v1", "services", "Service", true, &["svc"], true),
-                b("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
-                b("", "v1", "events", "Event", true, &["ev"], false),
-                b("", "v1", "nodes", "Node", false, &["no"], true),
-                b("", "v1", "endpoints", "Endpoints", true, &["ep"], false),
-                b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, &["pvc"], true),
-                b("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
-                b("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true),
-                b("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true),
-                b("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
-                b("batch", "v1", "jobs", "Job", true, &[], true),
-                b("batch", "v1", "cronjobs", "CronJob", true, &["cj"], true),
-                b("events.k8s.io", "v1", "events", "Event", true, &["ev"], false),
-                b("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
-                b(CRD_GROUP, "v1", CRD_PLURAL, "CustomResourceDefinition", false, &["crd", "crds"], true),
-            ],
+        let mut resources = vec![
+            b("", "v1", "namespaces", "Namespace", false, &["ns"], true),
+            b("", "v1", "configmaps", "ConfigMap", true, &["cm"], false),
+            b("", "v1", "secrets", "Secret", true, &[], false),
+            b("", "v1", "pods", "Pod", true, &["po"], true),
+            b("", "v1", "services", "Service", true, &["svc"], true),
+            b("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"], false),
+            b("", "v1", "events", "Event", true, &["ev"], false),
+            b("", "v1", "nodes", "Node", false, &["no"], true),
+            b("", "v1", "endpoints", "Endpoints", true, &["ep"], false),
+            b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, &["pvc"], true),
+            b("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
+            b("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true),
+            b("apps", "v1", "statefulsets", "StatefulSet", true, &["sts"], true),
+            b("apps", "v1", "daemonsets", "DaemonSet", true, &["ds"], true),
+            b("batch", "v1", "jobs", "Job", true, &[], true),
+            b("batch", "v1", "cronjobs", "CronJob", true, &["cj"], true),
+            b("events.k8s.io", "v1", "events", "Event", true, &["ev"], false),
+            b("coordination.k8s.io", "v1", "leases", "Lease", true, &[], false),
+            b(CRD_GROUP, "v1", CRD_PLURAL, "CustomResourceDefinition", false, &["crd", "crds"], true),
+        ];
+        // What `kubectl get all` lists.
+        let all = ["pods", "services", "deployments", "replicasets", "statefulsets", "daemonsets", "jobs", "cronjobs"];
+        for r in resources.iter_mut().filter(|r| all.contains(&r.plural.as_str())) {
+            r.categories.push("all".to_string());
         }
+        Registry { resources }
     }
 
     /// The resource `plural` of `group` served at `version`.

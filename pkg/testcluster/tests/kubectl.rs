@@ -223,4 +223,7 @@ spec:
     assert_eq!(containers[0]["env"][0]["value"], "fast");
     assert_eq!(containers[1]["name"], "sidecar");
     assert_eq!(applied["metadata"]["generation"], 2);
+
+    let all = kubectl.ok(&["get", "all"]).await;
+    assert!(all.contains("deployment.apps/web"), "{all}");
 }
