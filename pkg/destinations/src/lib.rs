@@ -15,6 +15,7 @@ pub mod email;
 pub mod http;
 pub mod kagent;
 pub mod khook;
+pub mod kube;
 pub mod lark;
 pub mod log;
 pub mod message;
@@ -23,7 +24,8 @@ pub mod teams;
 pub mod webhook;
 
 /// Adds every destination type of this crate to `registry`: `log`, `webhook`, `kagent`, `email`,
-/// `slack`, `teams`, `dingtalk` and `lark`.
+/// `slack`, `teams`, `dingtalk` and `lark`, and the Kubernetes ones without a cluster (see
+/// [`register_kube`]).
 pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(log::LogFactory::stdout()));
     registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
@@ -33,6 +35,13 @@ pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(teams::TeamsFactory::new()));
     registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
     registry.add_destination(Arc::new(lark::LarkFactory::new()));
+    kube::register(registry, None);
+}
+
+/// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event` and `job`
+/// (alias `task`), acting through `client`; with `None` every delivery of theirs fails permanently.
+pub fn register_kube(registry: &mut Registry, client: Option<::kube::Client>) {
+    kube::register(registry, client);
 }
 
 #[cfg(test)]
@@ -44,6 +53,22 @@ mod tests {
         let mut registry = Registry::default();
         register(&mut registry);
         let names = registry.destination_names();
-        assert_eq!(names, ["dingtalk", "email", "kagent", "lark", "log", "slack", "teams", "webhook"]);
+        assert_eq!(
+            names,
+            [
+                "bump-application-revision",
+                "create-event",
+                "dingtalk",
+                "email",
+                "job",
+                "kagent",
+                "lark",
+                "log",
+                "patch-resource",
+                "slack",
+                "teams",
+                "webhook"
+            ]
+        );
     }
 }
