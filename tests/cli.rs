@@ -101,7 +101,7 @@ fn validate_lists_every_problem_with_trigger_and_field() {
         "trigger bad/bad-cron: triggers[1].source: properties.schedule:",
         "trigger bad/bad-template: triggers[2].destinations[0]: properties.message: unknown variable(s) pod",
         "trigger bad/unknown-types: triggers[3].destinations[0].type: unknown destination type \"fax\"",
-        "unknown source type \"carrier-pigeon\"; known types: cron, http-poller, webhook",
+        "unknown source type \"carrier-pigeon\"; known types: cron, http-poller, k8s-events, resource-watcher, webhook",
         "trigger bad/missing-url: triggers[4].destinations[0]: properties",
         "trigger bad/unknown-variable: triggers[5].filter:",
         "6 problem(s) found",

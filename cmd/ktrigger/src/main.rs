@@ -106,10 +106,17 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Every source and destination type, with webhook sources served by `webhooks`.
+/// Every source and destination type, with webhook sources served by `webhooks` and
+/// Kubernetes sources checked but never connected (for commands that run nothing).
 fn registry(webhooks: Arc<WebhookListener>) -> Registry {
+    registry_with(webhooks, ktrigger_kube::Cluster::offline())
+}
+
+/// Every source and destination type, with Kubernetes sources watching `cluster`.
+fn registry_with(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster) -> Registry {
     let mut registry = Registry::default();
     ktrigger_sources::register(&mut registry, webhooks);
+    ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
     registry
 }

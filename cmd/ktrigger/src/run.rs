@@ -12,7 +12,7 @@ use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_sources::WebhookListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::registry;
+use crate::registry_with;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
@@ -32,6 +32,18 @@ pub struct RunArgs {
     /// How long deliveries already queued may take to finish after a stop signal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Kubeconfig for Kubernetes sources; default KUBECONFIG, then ~/.kube/config, then in-cluster.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long)]
+    context: Option<String>,
+    /// YAML file of custom k8s-events presets: `mappings: [{name, condition}]` (CEL over the Event).
+    #[arg(long)]
+    event_mappings: Option<PathBuf>,
+    /// How long a Kubernetes watch may keep failing before its triggers report it unhealthy.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    watch_unhealthy_after: Duration,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -51,8 +63,15 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let webhooks =
         if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { WebhookListener::detached() };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
+    let cluster = ktrigger_kube::Cluster::connect(&ktrigger_kube::ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        event_mappings: args.event_mappings.clone(),
+        hub: ktrigger_kube::HubOptions { unhealthy_after: args.watch_unhealthy_after },
+    })
+    .await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
-    let mut engine = Engine::new(Arc::new(registry(webhooks.clone())), options);
+    let mut engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), options);
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec);
@@ -71,6 +90,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mode = if args.dry_run { " (dry run: no destination is called)" } else { "" };
     if let Some(addr) = webhooks.local_addr() {
         eprintln!("webhook listener on http://{addr}");
+    }
+    if let Some(cluster) = cluster.description().filter(|_| uses_cluster(&config)) {
+        eprintln!("kubernetes cluster {cluster}");
     }
     eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
     wait_for_signal().await?;
@@ -91,6 +113,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether some trigger uses a Kubernetes source.
+fn uses_cluster(config: &LoadedConfig) -> bool {
+    let kube_types = [ktrigger_kube::resource_watcher::NAME, ktrigger_kube::k8s_events::NAME];
+    config.services.iter().flat_map(|s| &s.spec.triggers).any(|t| kube_types.contains(&t.source.type_name.as_str()))
 }
 
 fn report_config(config: &LoadedConfig) {

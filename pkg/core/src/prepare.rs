@@ -12,7 +12,7 @@ use ktrigger_api::{DestinationSpec, Trigger, TriggerServiceSpec, parse_duration,
 use crate::cel::CelExpr;
 use crate::delivery::{DEFAULT_QUEUE_SIZE, RetryPolicy, Target};
 use crate::event::TriggerId;
-use crate::registry::{BuildContext, Registry, Source};
+use crate::registry::{BuildContext, Registry, Source, SourceNeeds};
 
 /// A trigger whose every part compiled.
 pub struct PreparedTrigger {
@@ -134,7 +134,17 @@ impl Builder<'_> {
             .filter_map(|(position, (field, spec))| self.target(&field, position, spec, context))
             .collect();
         let dead_letter = trigger.dead_letter.as_ref().and_then(|d| self.target("deadLetter", 0, d, context));
-        let source = self.source(trigger, context);
+        let needs = SourceNeeds {
+            old_object: filter.as_ref().is_some_and(CelExpr::uses_old_object)
+                || dedup.as_ref().is_some_and(|(key, _)| key.uses_old_object())
+                || trigger
+                    .destinations
+                    .iter()
+                    .chain(&trigger.action)
+                    .chain(&trigger.dead_letter)
+                    .any(mentions_old_object),
+        };
+        let source = self.source(trigger, context, needs);
         if !self.messages.is_empty() {
             return None;
         }
@@ -152,14 +162,14 @@ impl Builder<'_> {
         })
     }
 
-    fn source(&mut self, trigger: &Trigger, context: &BuildContext) -> Option<Arc<dyn Source>> {
+    fn source(&mut self, trigger: &Trigger, context: &BuildContext, needs: SourceNeeds) -> Option<Arc<dyn Source>> {
         let type_name = &trigger.source.type_name;
         let Some(factory) = self.registry.source(type_name) else {
             let known = self.registry.source_names().join(", ");
             self.fail("source.type", format!("unknown source type {type_name:?}; known types: {known}"));
             return None;
         };
-        factory.build(&trigger.source.properties, context).map_err(|e| self.fail("source", e)).ok()
+        factory.build_for(&trigger.source.properties, context, needs).map_err(|e| self.fail("source", e)).ok()
     }
 
     fn target(
@@ -184,6 +194,13 @@ impl Builder<'_> {
         let queue_size = spec.queue_size.map_or(DEFAULT_QUEUE_SIZE, |s| s as usize);
         Some((Target { label, destination, policy }, queue_size))
     }
+}
+
+/// Whether a destination's properties (its templates) mention `oldObject`. Destinations compile
+/// their templates themselves, so this looks at the text: a mention that is not a read only costs
+/// the memory of keeping previous objects.
+fn mentions_old_object(spec: &DestinationSpec) -> bool {
+    serde_json::to_string(&spec.properties).is_ok_and(|text| text.contains("oldObject"))
 }
 
 fn spec_hash(trigger: &Trigger, spec: &TriggerServiceSpec) -> u64 {

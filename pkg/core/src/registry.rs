@@ -153,12 +153,30 @@ pub struct TypeDoc {
     pub example: &'static str,
 }
 
+/// What the rest of a trigger reads from the events of its source.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SourceNeeds {
+    /// The filter, dedup key or a destination reads `oldObject`.
+    pub old_object: bool,
+}
+
 /// Builds sources of one type from their properties.
 pub trait SourceFactory: Send + Sync {
     /// Name, aliases, properties and example.
     fn doc(&self) -> &'static TypeDoc;
     /// Checks `properties` and builds a source; errors name the property at fault.
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String>;
+    /// Like [`build`](Self::build), told what the trigger reads, so that a source keeps previous
+    /// objects only for triggers that use them. The default ignores `needs`.
+    fn build_for(
+        &self,
+        properties: &Value,
+        context: &BuildContext,
+        needs: SourceNeeds,
+    ) -> Result<Arc<dyn Source>, String> {
+        let _ = needs;
+        self.build(properties, context)
+    }
 }
 
 /// Builds destinations of one type from their properties.

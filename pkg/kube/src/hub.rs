@@ -1,0 +1,823 @@
+//! The WatchHub: one Kubernetes watch per (resource, namespace, label selector, field selector),
+//! however many triggers subscribe to it, with each change fanned out as one shared event to the
+//! triggers that asked for it.
+//!
+//! A watch is a task around kube-runtime's `watcher` (list, then watch from the list's
+//! resourceVersion, resume after dropped streams, re-list after 410 Gone, exponential backoff
+//! with jitter between failed attempts). The task keeps, per object, only what it needs to tell
+//! a create from an update and to notice what a re-list changed: uid, name, resourceVersion and
+//! occurrence count. Full copies of the previous object are kept only while a subscriber needs
+//! `oldObject`. Objects present when the watch starts are not reported, except to subscribers
+//! that asked for `replayExisting`.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use ktrigger_core::event::{Event, SharedEvent, TriggerId};
+use ktrigger_core::registry::EventSink;
+use kube::api::{ApiResource, DynamicObject, ListParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Api, Client};
+use serde_json::{Value, json};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// After an error, a watch that reports no further error for this long is taken to work again:
+/// the watcher retries at least every 30 s (its longest backoff) while it keeps failing.
+const RECOVERY_QUIET: Duration = Duration::from_secs(40);
+
+/// Objects listed per page when a subscriber joins a running watch with `replayExisting`.
+const REPLAY_PAGE: u32 = 500;
+
+/// What one watch watches; triggers with equal keys share the watch.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WatchKey {
+    /// The resource (group, version, kind, plural).
+    pub resource: ApiResource,
+    /// The namespace, or `None` for all namespaces (and for cluster-scoped resources).
+    pub namespace: Option<String>,
+    /// Canonical label selector; empty for all.
+    pub labels: String,
+    /// Canonical field selector; empty for all.
+    pub fields: String,
+}
+
+impl fmt::Display for WatchKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let r = &self.resource;
+        if r.group.is_empty() {
+            write!(f, "{}/{}", r.version, r.plural)?;
+        } else {
+            write!(f, "{}.{}/{}", r.plural, r.group, r.version)?;
+        }
+        match &self.namespace {
+            Some(ns) => write!(f, " in namespace {ns}")?,
+            None => write!(f, " in all namespaces")?,
+        }
+        if !self.labels.is_empty() {
+            write!(f, " with labels {:?}", self.labels)?;
+        }
+        if !self.fields.is_empty() {
+            write!(f, " with fields {:?}", self.fields)?;
+        }
+        Ok(())
+    }
+}
+
+/// Tunables of the hub.
+#[derive(Debug, Clone)]
+pub struct HubOptions {
+    /// How long a watch may keep failing before its subscribers report it unhealthy.
+    pub unhealthy_after: Duration,
+}
+
+impl Default for HubOptions {
+    fn default() -> Self {
+        HubOptions { unhealthy_after: Duration::from_secs(120) }
+    }
+}
+
+/// What happened to an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// It appeared (or, for replays, it already existed).
+    Create,
+    /// It changed.
+    Update,
+    /// It was deleted.
+    Delete,
+}
+
+impl ChangeKind {
+    /// `create`, `update` or `delete`: the `event.type` of resource events.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeKind::Create => "create",
+            ChangeKind::Update => "update",
+            ChangeKind::Delete => "delete",
+        }
+    }
+}
+
+/// One change of one object, as the watch task hands it to subscribers.
+pub struct Change {
+    /// Create, update or delete.
+    pub kind: ChangeKind,
+    /// The object after the change (the last state for deletes).
+    pub object: Value,
+    /// The previous object, when some subscriber keeps them and it was known.
+    pub old: Option<Arc<Value>>,
+    /// The occurrence count of the previous object (`count` / `series.count` of Events).
+    pub old_occurrences: Option<u64>,
+    derived: OnceLock<Value>,
+}
+
+impl Change {
+    pub(crate) fn new(kind: ChangeKind, object: Value) -> Self {
+        Change { kind, object, old: None, old_occurrences: None, derived: OnceLock::new() }
+    }
+
+    /// A view of the object computed once per change and shared by subscribers (the normalized
+    /// Event of k8s-events sources).
+    pub fn derived(&self, compute: impl FnOnce(&Value) -> Value) -> &Value {
+        self.derived.get_or_init(|| compute(&self.object))
+    }
+}
+
+/// How a subscriber wants to see a change: subscribers that see it alike share one event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventShape {
+    /// The source type named in `event.source`.
+    pub source: &'static str,
+    /// `event.type`.
+    pub event_type: &'static str,
+    /// `event.preset`.
+    pub preset: Option<Arc<str>>,
+    /// The object is [`Change::derived`] rather than the raw object.
+    pub derived: bool,
+    /// `event.time`, when not the time the change was seen.
+    pub time: Option<DateTime<Utc>>,
+}
+
+/// Decides, per subscriber, which changes become events and how they look.
+pub trait Interest: Send + Sync {
+    /// The event this subscriber gets for `change`, or `None` when it does not want it.
+    fn shape(&self, change: &Change) -> Option<EventShape>;
+}
+
+/// One trigger's subscription request.
+pub struct Subscriber {
+    /// The trigger, for logs.
+    pub trigger: TriggerId,
+    /// Where its events go.
+    pub sink: EventSink,
+    /// Which changes it wants.
+    pub interest: Box<dyn Interest>,
+    /// Whether its filter or templates read `oldObject`.
+    pub needs_old: bool,
+    /// Whether objects that exist when it subscribes are reported to it as creates.
+    pub replay_existing: bool,
+}
+
+/// The state of one watch, as its subscribers see it.
+#[derive(Debug, Clone, Default)]
+pub struct Health {
+    /// The first list completed.
+    pub synced: bool,
+    /// When the current run of errors began.
+    pub broken_since: Option<Instant>,
+    /// When the latest error happened.
+    pub last_error_at: Option<Instant>,
+    /// The latest error.
+    pub last_error: Option<String>,
+    /// The latest error is a refusal (400, 401, 403, 404) of the list or watch request.
+    pub refused: bool,
+}
+
+/// What a subscriber should do about its watch's health.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Working, or not failing for long enough to matter.
+    Fine,
+    /// The API server refuses the watch before it ever synced (RBAC, bad selector, no such resource).
+    Refused(String),
+    /// The watch has been failing for longer than allowed.
+    Unhealthy(String),
+}
+
+impl Health {
+    /// Judges the health at `now`.
+    pub fn verdict(&self, now: Instant, unhealthy_after: Duration) -> Verdict {
+        let (Some(since), Some(last), Some(error)) = (self.broken_since, self.last_error_at, &self.last_error) else {
+            return Verdict::Fine;
+        };
+        if now.duration_since(last) > RECOVERY_QUIET {
+            return Verdict::Fine;
+        }
+        if self.refused && !self.synced {
+            return Verdict::Refused(error.clone());
+        }
+        let broken = now.duration_since(since);
+        if broken >= unhealthy_after {
+            return Verdict::Unhealthy(format!("watch failing for {}s: {error}", broken.as_secs()));
+        }
+        Verdict::Fine
+    }
+}
+
+enum Command {
+    Join(u64, Subscriber),
+    Leave(u64),
+}
+
+struct Entry {
+    commands: mpsc::UnboundedSender<Command>,
+    health: watch::Receiver<Health>,
+    subscribers: usize,
+    cancel: CancellationToken,
+}
+
+struct Shared {
+    options: HubOptions,
+    watches: Mutex<HashMap<WatchKey, Entry>>,
+    next_id: AtomicU64,
+    opened: AtomicU64,
+}
+
+/// Shares Kubernetes watches between triggers. Cheap to clone.
+#[derive(Clone)]
+pub struct WatchHub {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for WatchHub {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WatchHub").field("open_watches", &self.open_watches()).finish()
+    }
+}
+
+impl WatchHub {
+    /// A hub with no watches.
+    pub fn new(options: HubOptions) -> Self {
+        WatchHub {
+            shared: Arc::new(Shared {
+                options,
+                watches: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(1),
+                opened: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The hub's tunables.
+    pub fn options(&self) -> &HubOptions {
+        &self.shared.options
+    }
+
+    /// Adds a subscriber to the watch of `key`, starting the watch when it is the first one.
+    /// The subscription ends when the returned handle is dropped; the watch stops with its last
+    /// subscriber. Must be called within a tokio runtime.
+    pub fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Subscription {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let trigger = subscriber.trigger.clone();
+        let mut watches = lock(&self.shared.watches);
+        let entry = watches.entry(key.clone()).or_insert_with(|| {
+            let total = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::info!(watch = %key, watches_opened = total, "opening watch");
+            start_watch(client.clone(), key.clone())
+        });
+        entry.subscribers += 1;
+        let _ = entry.commands.send(Command::Join(id, subscriber));
+        tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
+        Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone() }
+    }
+
+    /// Watches running now.
+    pub fn open_watches(&self) -> usize {
+        lock(&self.shared.watches).len()
+    }
+
+    /// Watches opened since the hub was made (a watch restarted after its last subscriber left
+    /// counts again).
+    pub fn watches_opened(&self) -> u64 {
+        self.shared.opened.load(Ordering::Relaxed)
+    }
+
+    fn leave(&self, key: &WatchKey, id: u64) {
+        let mut watches = lock(&self.shared.watches);
+        let Some(entry) = watches.get_mut(key) else { return };
+        let _ = entry.commands.send(Command::Leave(id));
+        entry.subscribers -= 1;
+        if entry.subscribers == 0 {
+            entry.cancel.cancel();
+            watches.remove(key);
+            tracing::info!(watch = %key, "closing watch: no trigger subscribes to it any more");
+        }
+    }
+}
+
+/// One trigger's place on a watch; dropping it unsubscribes.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    key: WatchKey,
+    id: u64,
+    health: watch::Receiver<Health>,
+}
+
+impl Subscription {
+    /// The watch's health, updated as it changes.
+    pub fn health(&self) -> watch::Receiver<Health> {
+        self.health.clone()
+    }
+
+    /// The watch this subscription is on.
+    pub fn key(&self) -> &WatchKey {
+        &self.key
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        WatchHub { shared: self.shared.clone() }.leave(&self.key, self.id);
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn start_watch(client: Client, key: WatchKey) -> Entry {
+    let (commands, receiver) = mpsc::unbounded_channel();
+    let (health_tx, health) = watch::channel(Health::default());
+    let cancel = CancellationToken::new();
+    let api: Api<DynamicObject> = match &key.namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &key.resource),
+        None => Api::all_with(client, &key.resource),
+    };
+    let task = WatchTask {
+        key,
+        api,
+        subscribers: Vec::new(),
+        known: HashMap::new(),
+        keep_old: false,
+        synced: false,
+        listing: None,
+        pending_replays: Vec::new(),
+        health: health_tx,
+    };
+    tokio::spawn(task.run(receiver, cancel.clone()));
+    Entry { commands, health, subscribers: 0, cancel }
+}
+
+/// What the watch remembers of one object.
+struct Known {
+    name: Box<str>,
+    namespace: Option<Box<str>>,
+    resource_version: Box<str>,
+    occurrences: u64,
+    last: Option<Arc<Value>>,
+}
+
+/// Where a subscriber with `replayExisting` stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Replay {
+    /// Nothing to replay (not asked, or done).
+    Done,
+    /// Receives the objects of the first list as it runs.
+    Live,
+    /// Joined while the first list was running: served by a list of its own when it ends.
+    Pending,
+}
+
+struct Member {
+    id: u64,
+    subscriber: Subscriber,
+    replay: Replay,
+}
+
+struct WatchTask {
+    key: WatchKey,
+    api: Api<DynamicObject>,
+    subscribers: Vec<Member>,
+    known: HashMap<String, Known>,
+    keep_old: bool,
+    /// The first list completed.
+    synced: bool,
+    /// The uids seen by the list in progress.
+    listing: Option<HashSet<String>>,
+    /// Subscribers waiting for a replay list.
+    pending_replays: Vec<u64>,
+    health: watch::Sender<Health>,
+}
+
+impl WatchTask {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) {
+        let mut config = watcher::Config::default();
+        if !self.key.labels.is_empty() {
+            config = config.labels(&self.key.labels);
+        }
+        if !self.key.fields.is_empty() {
+            config = config.fields(&self.key.fields);
+        }
+        let mut stream = watcher(self.api.clone(), config).default_backoff().boxed();
+        loop {
+            tokio::select! {
+                biased;
+                () = cancel.cancelled() => break,
+                command = commands.recv() => match command {
+                    Some(Command::Join(id, subscriber)) => self.join(id, subscriber).await,
+                    Some(Command::Leave(id)) => self.leave(id),
+                    None => break,
+                },
+                item = stream.next() => match item {
+                    Some(Ok(event)) => self.on_event(event).await,
+                    Some(Err(error)) => self.on_error(error),
+                    None => break,
+                },
+            }
+        }
+        tracing::debug!(watch = %self.key, "watch task stopped");
+    }
+
+    async fn join(&mut self, id: u64, subscriber: Subscriber) {
+        let replay = match (subscriber.replay_existing, self.synced, self.listing.is_some()) {
+            (false, _, _) => Replay::Done,
+            (true, false, false) => Replay::Live,
+            (true, _, _) => Replay::Pending,
+        };
+        self.subscribers.push(Member { id, subscriber, replay });
+        self.update_keep_old();
+        if replay == Replay::Pending {
+            self.pending_replays.push(id);
+            if self.synced && self.listing.is_none() {
+                self.serve_replays().await;
+            }
+        }
+    }
+
+    fn leave(&mut self, id: u64) {
+        self.subscribers.retain(|m| m.id != id);
+        self.pending_replays.retain(|p| *p != id);
+        self.update_keep_old();
+    }
+
+    fn update_keep_old(&mut self) {
+        let keep = self.subscribers.iter().any(|m| m.subscriber.needs_old);
+        if self.keep_old && !keep {
+            for known in self.known.values_mut() {
+                known.last = None;
+            }
+        }
+        self.keep_old = keep;
+    }
+
+    fn on_error(&mut self, error: watcher::Error) {
+        let (message, refused) = describe_error(&error, &self.key);
+        if message.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let first = self.health.borrow().broken_since.is_none();
+        let changed = self.health.borrow().last_error.as_deref() != Some(message.as_str());
+        self.health.send_modify(|h| {
+            h.broken_since.get_or_insert(now);
+            h.last_error_at = Some(now);
+            h.last_error = Some(message.clone());
+            h.refused = refused;
+        });
+        if first || changed {
+            let triggers = self.trigger_names();
+            tracing::warn!(watch = %self.key, triggers = %triggers, error = %message, "watch failed; retrying with backoff");
+        }
+    }
+
+    fn recovered(&mut self) {
+        if self.health.borrow().broken_since.is_some() {
+            tracing::info!(watch = %self.key, "watch works again");
+            self.health.send_modify(|h| {
+                h.broken_since = None;
+                h.last_error_at = None;
+                h.last_error = None;
+                h.refused = false;
+            });
+        }
+    }
+
+    fn trigger_names(&self) -> String {
+        let names: Vec<String> = self.subscribers.iter().map(|m| m.subscriber.trigger.to_string()).collect();
+        names.join(", ")
+    }
+
+    async fn on_event(&mut self, event: watcher::Event<DynamicObject>) {
+        self.recovered();
+        match event {
+            watcher::Event::Init => {
+                if self.synced {
+                    tracing::info!(watch = %self.key, "re-listing (the watch position expired)");
+                }
+                self.listing = Some(HashSet::new());
+            }
+            watcher::Event::InitApply(object) => {
+                let object = self.to_value(object);
+                let uid = uid_of(&object);
+                if let Some(listing) = &mut self.listing {
+                    listing.insert(uid.clone());
+                }
+                if self.synced {
+                    self.apply(uid, object).await;
+                } else {
+                    // A first list that failed half-way and started over lists objects again.
+                    let again = self.known.get(&uid).is_some_and(|k| *k.resource_version == *resource_version(&object));
+                    self.remember(uid, &object);
+                    let live: Vec<u64> =
+                        self.subscribers.iter().filter(|m| m.replay == Replay::Live).map(|m| m.id).collect();
+                    if !again && !live.is_empty() {
+                        self.dispatch(Change::new(ChangeKind::Create, object), Some(&live)).await;
+                    }
+                }
+            }
+            watcher::Event::InitDone => {
+                let listed = self.listing.take().unwrap_or_default();
+                if self.synced {
+                    let gone: Vec<String> = self.known.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
+                    for uid in gone {
+                        if let Some(known) = self.known.remove(&uid) {
+                            let object = self.stub(&uid, &known);
+                            let mut change = Change::new(ChangeKind::Delete, object);
+                            change.old_occurrences = Some(known.occurrences);
+                            self.dispatch(change, None).await;
+                        }
+                    }
+                } else {
+                    // Objects of an abandoned first list that are gone now were never reported.
+                    self.known.retain(|uid, _| listed.contains(uid));
+                    tracing::info!(watch = %self.key, objects = self.known.len(), "watch synced");
+                }
+                self.synced = true;
+                self.health.send_modify(|h| h.synced = true);
+                for member in &mut self.subscribers {
+                    if member.replay == Replay::Live {
+                        member.replay = Replay::Done;
+                    }
+                }
+                self.serve_replays().await;
+            }
+            watcher::Event::Apply(object) => {
+                let object = self.to_value(object);
+                let uid = uid_of(&object);
+                self.apply(uid, object).await;
+            }
+            watcher::Event::Delete(object) => {
+                let object = self.to_value(object);
+                let uid = uid_of(&object);
+                let known = self.known.remove(&uid);
+                let mut change = Change::new(ChangeKind::Delete, object);
+                if let Some(known) = known {
+                    change.old_occurrences = Some(known.occurrences);
+                    change.old = known.last;
+                }
+                self.dispatch(change, None).await;
+            }
+        }
+    }
+
+    /// A create or an update, told apart by what the watch remembers; an object seen again at
+    /// the same resourceVersion (a resumed or re-listed watch) is not reported twice.
+    async fn apply(&mut self, uid: String, object: Value) {
+        let change = match self.known.get(&uid) {
+            Some(known) if *known.resource_version == *resource_version(&object) => return,
+            Some(known) => {
+                let mut change = Change::new(ChangeKind::Update, object);
+                change.old = known.last.clone();
+                change.old_occurrences = Some(known.occurrences);
+                change
+            }
+            None => Change::new(ChangeKind::Create, object),
+        };
+        self.remember(uid, &change.object);
+        self.dispatch(change, None).await;
+    }
+
+    fn remember(&mut self, uid: String, object: &Value) {
+        let metadata = &object["metadata"];
+        let known = Known {
+            name: metadata["name"].as_str().unwrap_or_default().into(),
+            namespace: metadata["namespace"].as_str().map(Into::into),
+            resource_version: resource_version(object).into(),
+            occurrences: occurrences(object),
+            last: self.keep_old.then(|| Arc::new(object.clone())),
+        };
+        self.known.insert(uid, known);
+    }
+
+    /// The identity of an object deleted while the watch was not looking.
+    fn stub(&self, uid: &str, known: &Known) -> Value {
+        if let Some(last) = &known.last {
+            return (**last).clone();
+        }
+        let mut metadata = json!({"name": &*known.name, "uid": uid, "resourceVersion": &*known.resource_version});
+        if let Some(ns) = &known.namespace {
+            metadata["namespace"] = json!(&**ns);
+        }
+        json!({
+            "apiVersion": self.key.resource.api_version,
+            "kind": self.key.resource.kind,
+            "metadata": metadata,
+        })
+    }
+
+    fn to_value(&self, object: DynamicObject) -> Value {
+        let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
+        if let Some(map) = value.as_object_mut() {
+            // List items come without apiVersion and kind.
+            map.entry("apiVersion").or_insert_with(|| json!(self.key.resource.api_version));
+            map.entry("kind").or_insert_with(|| json!(self.key.resource.kind));
+        }
+        value
+    }
+
+    /// Lists the objects the watch knows and sends them as creates to subscribers waiting for a
+    /// replay. Objects the watch has not seen yet are left out: they arrive as creates anyway.
+    async fn serve_replays(&mut self) {
+        if self.pending_replays.is_empty() {
+            return;
+        }
+        let waiting = std::mem::take(&mut self.pending_replays);
+        let mut params = ListParams::default().limit(REPLAY_PAGE);
+        if !self.key.labels.is_empty() {
+            params = params.labels(&self.key.labels);
+        }
+        if !self.key.fields.is_empty() {
+            params = params.fields(&self.key.fields);
+        }
+        loop {
+            let page = match self.api.list(&params).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(watch = %self.key, %error, "cannot list existing objects for replayExisting");
+                    return;
+                }
+            };
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            for object in page.items {
+                let object = self.to_value(object);
+                if self.known.contains_key(&uid_of(&object)) {
+                    self.dispatch(Change::new(ChangeKind::Create, object), Some(&waiting)).await;
+                }
+            }
+            match next {
+                Some(token) => params.continue_token = Some(token),
+                None => break,
+            }
+        }
+        for member in &mut self.subscribers {
+            if waiting.contains(&member.id) {
+                member.replay = Replay::Done;
+            }
+        }
+    }
+
+    /// Sends one change to every subscriber that wants it (or only to `only`), building each
+    /// distinct event once.
+    async fn dispatch(&mut self, change: Change, only: Option<&[u64]>) {
+        let mut built: Vec<(EventShape, SharedEvent)> = Vec::new();
+        let mut closed = Vec::new();
+        for member in &self.subscribers {
+            if only.is_some_and(|ids| !ids.contains(&member.id)) {
+                continue;
+            }
+            let Some(shape) = member.subscriber.interest.shape(&change) else { continue };
+            let event = match built.iter().find(|(s, _)| *s == shape) {
+                Some((_, event)) => event.clone(),
+                None => {
+                    let event = Arc::new(build_event(&shape, &change));
+                    built.push((shape, event.clone()));
+                    event
+                }
+            };
+            if !member.subscriber.sink.send_shared(event).await {
+                closed.push(member.id);
+            }
+        }
+        if !closed.is_empty() {
+            self.subscribers.retain(|m| !closed.contains(&m.id));
+        }
+    }
+}
+
+fn build_event(shape: &EventShape, change: &Change) -> Event {
+    let object = if shape.derived {
+        change.derived.get().cloned().unwrap_or_else(|| change.object.clone())
+    } else {
+        change.object.clone()
+    };
+    let mut event = Event::new(shape.source, shape.event_type, object);
+    if change.kind == ChangeKind::Update {
+        event.old_object = change.old.as_deref().cloned();
+    }
+    event.meta.preset = shape.preset.as_deref().map(str::to_string);
+    if let Some(time) = shape.time {
+        event.meta.time = time;
+    }
+    event
+}
+
+/// The uid of an object, or namespace/name when it has none.
+fn uid_of(object: &Value) -> String {
+    let metadata = &object["metadata"];
+    match metadata["uid"].as_str() {
+        Some(uid) if !uid.is_empty() => uid.to_string(),
+        _ => format!("{}/{}", metadata["namespace"].as_str().unwrap_or(""), metadata["name"].as_str().unwrap_or("")),
+    }
+}
+
+fn resource_version(object: &Value) -> &str {
+    object["metadata"]["resourceVersion"].as_str().unwrap_or("")
+}
+
+/// How often a Kubernetes Event has occurred: the largest of `count`, `deprecatedCount` and
+/// `series.count`, at least 1. Other objects count 1.
+pub fn occurrences(object: &Value) -> u64 {
+    [&object["count"], &object["deprecatedCount"], &object["series"]["count"]]
+        .iter()
+        .filter_map(|v| v.as_u64())
+        .max()
+        .unwrap_or(1)
+        .max(1)
+}
+
+/// A message for a watch error, and whether the API server refused the request (a
+/// configuration problem that retrying alone will not fix). An empty message means the error
+/// is part of normal operation (410 Gone: the watch re-lists).
+fn describe_error(error: &watcher::Error, key: &WatchKey) -> (String, bool) {
+    let verb_error = |verb: &str, error: &kube::Error| -> (String, bool) {
+        match error {
+            kube::Error::Api(status) => {
+                let refused = matches!(status.code, 400 | 401 | 403 | 404);
+                let hint = match status.code {
+                    403 => format!(" (RBAC: the identity in use needs list and watch on {})", rbac_target(key)),
+                    401 => " (the credentials in the kubeconfig were not accepted)".to_string(),
+                    _ => String::new(),
+                };
+                (format!("{verb} {key}: {} {}: {}{hint}", status.code, status.reason, status.message), refused)
+            }
+            other => (format!("{verb} {key}: {other}"), false),
+        }
+    };
+    match error {
+        watcher::Error::InitialListFailed(e) => verb_error("cannot list", e),
+        watcher::Error::WatchStartFailed(e) => verb_error("cannot watch", e),
+        watcher::Error::WatchFailed(e) => verb_error("watch of", e),
+        watcher::Error::WatchError(status) if status.code == 410 => {
+            tracing::info!(watch = %key, "watch position expired (410 Gone); re-listing");
+            (String::new(), false)
+        }
+        watcher::Error::WatchError(status) => {
+            (format!("watch of {key}: {} {}: {}", status.code, status.reason, status.message), false)
+        }
+        watcher::Error::NoResourceVersion => {
+            (format!("watch of {key}: the API server sent an object without a resourceVersion"), false)
+        }
+    }
+}
+
+fn rbac_target(key: &WatchKey) -> String {
+    let r = &key.resource;
+    let group = if r.group.is_empty() { "core".to_string() } else { r.group.clone() };
+    match &key.namespace {
+        Some(ns) => format!("{} ({group} group) in namespace {ns}", r.plural),
+        None => format!("{} ({group} group) in all namespaces", r.plural),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn occurrences_read_legacy_and_series_counts() {
+        assert_eq!(occurrences(&json!({"count": 4})), 4);
+        assert_eq!(occurrences(&json!({"series": {"count": 7}, "deprecatedCount": 1})), 7);
+        assert_eq!(occurrences(&json!({"metadata": {}})), 1);
+        assert_eq!(occurrences(&json!({"count": 0})), 1);
+    }
+
+    #[test]
+    fn health_turns_unhealthy_only_after_the_allowed_time() {
+        let start = Instant::now();
+        let mut health = Health {
+            synced: true,
+            broken_since: Some(start),
+            last_error_at: Some(start),
+            last_error: Some("connection refused".into()),
+            refused: false,
+        };
+        let allowed = Duration::from_secs(10);
+        assert_eq!(health.verdict(start + Duration::from_secs(5), allowed), Verdict::Fine);
+        health.last_error_at = Some(start + Duration::from_secs(11));
+        assert!(matches!(health.verdict(start + Duration::from_secs(12), allowed), Verdict::Unhealthy(m)
+            if m.contains("connection refused")));
+        // No error for longer than the watcher's longest backoff: it works again.
+        assert_eq!(health.verdict(start + Duration::from_secs(60), allowed), Verdict::Fine);
+    }
+
+    #[test]
+    fn refusals_before_the_first_sync_are_reported_at_once() {
+        let now = Instant::now();
+        let health = Health {
+            synced: false,
+            broken_since: Some(now),
+            last_error_at: Some(now),
+            last_error: Some("403 Forbidden".into()),
+            refused: true,
+        };
+        assert_eq!(health.verdict(now, Duration::from_secs(600)), Verdict::Refused("403 Forbidden".into()));
+    }
+}

@@ -1,0 +1,336 @@
+//! ktrigger's Kubernetes sources: cluster access, the shared [`WatchHub`], and the
+//! `resource-watcher` and `k8s-events` source types.
+//!
+//! The binary makes one [`Cluster`] from `--kubeconfig`, `--context`, `KUBECONFIG` or the
+//! in-cluster service account, and [`register`]s the source types with it. Loading a trigger only
+//! checks its properties: kinds are resolved by discovery when the source runs, so
+//! `ktrigger validate` works without a cluster ([`Cluster::offline`]).
+
+#![warn(missing_docs)]
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ktrigger_core::registry::{Registry, SourceError, SourceFactory};
+use kube::api::ApiResource;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersionKind;
+use kube::discovery::Scope;
+use kube::{Client, Config};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub mod hub;
+pub mod k8s_events;
+pub mod presets;
+pub mod resource_watcher;
+pub mod selector;
+
+pub use hub::{HubOptions, WatchHub};
+pub use presets::CustomPreset;
+
+/// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    /// No usable kubeconfig or in-cluster configuration.
+    #[error("{0}")]
+    Config(String),
+    /// The event mappings file could not be read or has a bad entry.
+    #[error("event mappings {path}: {message}")]
+    Mappings {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the entry.
+        message: String,
+    },
+}
+
+impl KubeError {
+    /// A short, stable label for logs and metrics.
+    pub fn label(&self) -> &'static str {
+        match self {
+            KubeError::Config(_) => "config",
+            KubeError::Mappings { .. } => "mappings",
+        }
+    }
+}
+
+/// How to reach the cluster, from the command line.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// `--kubeconfig`: a kubeconfig file instead of `KUBECONFIG` / `~/.kube/config` / in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// `--context`: a context of the kubeconfig instead of its current one.
+    pub context: Option<String>,
+    /// `--event-mappings`: a YAML file of custom k8s-events presets.
+    pub event_mappings: Option<PathBuf>,
+    /// The WatchHub's tunables.
+    pub hub: HubOptions,
+}
+
+struct ClusterState {
+    /// The client, or why there is none.
+    client: Result<Client, String>,
+    /// Where the client points, for the start-up report.
+    description: Option<String>,
+    /// Loading only: a missing cluster is not a load error.
+    offline: bool,
+    hub: WatchHub,
+    mappings: Vec<CustomPreset>,
+    resources: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
+}
+
+/// The cluster the Kubernetes sources watch, the WatchHub they share, and the custom presets.
+/// Cheap to clone.
+#[derive(Clone)]
+pub struct Cluster {
+    state: Arc<ClusterState>,
+}
+
+impl fmt::Debug for Cluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Cluster")
+            .field("description", &self.state.description)
+            .field("offline", &self.state.offline)
+            .finish()
+    }
+}
+
+impl Cluster {
+    /// Connects as `options` say. Never fails for lack of a cluster: the reason is kept, and
+    /// triggers that need the cluster fail to load with it while the others run. Fails only when
+    /// the event mappings file is bad.
+    pub async fn connect(options: &ClusterOptions) -> Result<Cluster, KubeError> {
+        let mappings = match &options.event_mappings {
+            Some(path) => presets::load_mappings_file(path)?,
+            None => Vec::new(),
+        };
+        let (client, description) = match load_config(options).await {
+            Ok((config, context)) => {
+                let description = format!("{} (context {context})", config.cluster_url);
+                match Client::try_from(config) {
+                    Ok(client) => (Ok(client), Some(description)),
+                    Err(e) => (Err(format!("cannot make a client for {description}: {e}")), None),
+                }
+            }
+            Err(KubeError::Config(reason)) => (Err(reason), None),
+            Err(other) => (Err(other.to_string()), None),
+        };
+        Ok(Cluster::make(client, description, false, options.hub.clone(), mappings))
+    }
+
+    /// A cluster for checking triggers only (`ktrigger validate`, type listings): properties are
+    /// checked, nothing connects, and sources fail if they are ever run.
+    pub fn offline() -> Cluster {
+        let reason = "this command does not connect to a cluster".to_string();
+        Cluster::make(Err(reason), None, true, HubOptions::default(), Vec::new())
+    }
+
+    /// A cluster reached through `client` (tests and embedding programs).
+    pub fn with_client(client: Client, hub: HubOptions, mappings: Vec<CustomPreset>) -> Cluster {
+        Cluster::make(Ok(client), None, false, hub, mappings)
+    }
+
+    fn make(
+        client: Result<Client, String>,
+        description: Option<String>,
+        offline: bool,
+        hub: HubOptions,
+        mappings: Vec<CustomPreset>,
+    ) -> Cluster {
+        Cluster {
+            state: Arc::new(ClusterState {
+                client,
+                description,
+                offline,
+                hub: WatchHub::new(hub),
+                mappings,
+                resources: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Where the client points (server URL and context), when there is one.
+    pub fn description(&self) -> Option<&str> {
+        self.state.description.as_deref()
+    }
+
+    /// The shared WatchHub.
+    pub fn hub(&self) -> &WatchHub {
+        &self.state.hub
+    }
+
+    /// The custom presets of `--event-mappings`.
+    pub fn mappings(&self) -> &[CustomPreset] {
+        &self.state.mappings
+    }
+
+    /// Called when a trigger that needs the cluster loads: an error when there is no cluster.
+    fn check_available(&self) -> Result<(), String> {
+        match &self.state.client {
+            Ok(_) => Ok(()),
+            Err(_) if self.state.offline => Ok(()),
+            Err(reason) => Err(format!("this source needs a Kubernetes cluster, and none is usable: {reason}")),
+        }
+    }
+
+    fn client(&self) -> Result<Client, SourceError> {
+        self.state.client.clone().map_err(|reason| SourceError(format!("no Kubernetes cluster: {reason}")))
+    }
+
+    /// Finds the resource of `gvk` by discovery (cached once found) and whether it is namespaced.
+    async fn resolve(&self, client: &Client, gvk: &GroupVersionKind) -> Result<(ApiResource, bool), String> {
+        if let Some(found) = lock(&self.state.resources).get(gvk) {
+            return Ok(found.clone());
+        }
+        let api_version = gvk.api_version();
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, gvk).await.map_err(|e| match e {
+            kube::Error::Discovery(_) => {
+                format!("kind {} not found in apiVersion {api_version} (is its CRD installed?); retrying", gvk.kind)
+            }
+            kube::Error::Api(status) if status.code == 404 => format!(
+                "apiVersion {api_version} is not served by the cluster (kind {}; is its CRD installed?); retrying",
+                gvk.kind
+            ),
+            other => format!(
+                "cannot look up kind {} in apiVersion {api_version} at {}: {other}",
+                gvk.kind,
+                self.description().unwrap_or("the API server")
+            ),
+        })?;
+        if !capabilities.supports_operation(kube::discovery::verbs::WATCH) {
+            return Err(format!("kind {} ({api_version}) cannot be watched", gvk.kind));
+        }
+        let found = (resource, capabilities.scope == Scope::Namespaced);
+        lock(&self.state.resources).insert(gvk.clone(), found.clone());
+        Ok(found)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Loads the client configuration and names the context in use.
+async fn load_config(options: &ClusterOptions) -> Result<(Config, String), KubeError> {
+    let kube_options = KubeConfigOptions { context: options.context.clone(), ..Default::default() };
+    let (kubeconfig, origin) = match &options.kubeconfig {
+        Some(path) => (Some(read_kubeconfig(path)?), path.display().to_string()),
+        None if options.context.is_some() => match Kubeconfig::read() {
+            Ok(kubeconfig) => (Some(kubeconfig), "the kubeconfig (KUBECONFIG or ~/.kube/config)".to_string()),
+            Err(e) => {
+                return Err(KubeError::Config(format!(
+                    "--context {:?} needs a kubeconfig, and none could be read (KUBECONFIG or ~/.kube/config): {e}",
+                    options.context.as_deref().unwrap_or_default()
+                )));
+            }
+        },
+        None => (None, String::new()),
+    };
+    let Some(kubeconfig) = kubeconfig else {
+        let config = Config::infer().await.map_err(|e| {
+            KubeError::Config(format!(
+                "no kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) and not running in a cluster: {e}"
+            ))
+        })?;
+        let context =
+            Kubeconfig::read().ok().and_then(|k| k.current_context).unwrap_or_else(|| "in-cluster".to_string());
+        return Ok((config, context));
+    };
+    let context = match &options.context {
+        Some(name) => {
+            if !kubeconfig.contexts.iter().any(|c| &c.name == name) {
+                let known: Vec<&str> = kubeconfig.contexts.iter().map(|c| c.name.as_str()).collect();
+                return Err(KubeError::Config(format!(
+                    "{origin} has no context {name:?}; its contexts: {}",
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                )));
+            }
+            name.clone()
+        }
+        None => kubeconfig.current_context.clone().unwrap_or_default(),
+    };
+    let config = Config::from_custom_kubeconfig(kubeconfig, &kube_options)
+        .await
+        .map_err(|e| KubeError::Config(format!("cannot use {origin}: {e}")))?;
+    Ok((config, context))
+}
+
+fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, KubeError> {
+    if !path.exists() {
+        return Err(KubeError::Config(format!("kubeconfig {} does not exist", path.display())));
+    }
+    Kubeconfig::read_from(path)
+        .map_err(|e| KubeError::Config(format!("cannot read kubeconfig {}: {e}", path.display())))
+}
+
+/// Adds the `resource-watcher` and `k8s-events` source types, backed by `cluster`.
+pub fn register(registry: &mut Registry, cluster: Cluster) {
+    let factories: [Arc<dyn SourceFactory>; 2] = [
+        Arc::new(resource_watcher::ResourceWatcherFactory::new(cluster.clone())),
+        Arc::new(k8s_events::K8sEventsFactory::new(cluster)),
+    ];
+    for factory in factories {
+        registry.add_source(factory);
+    }
+}
+
+/// Makes sure rustls has a process-wide crypto provider (ring) before a client is built.
+/// The binary installs ring in `main`; this only matters for library users and tests.
+pub fn ensure_crypto_provider() {
+    if rustls::crypto::CryptoProvider::get_default().is_none() {
+        // Losing a race with another installer is fine: a provider is installed either way.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+}
+
+/// A source's place on the hub, kept across restarts of the source: it is made by the first
+/// run and dropped (unsubscribing) with the source.
+type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
+
+/// Subscribes (once) and then waits until `cancel`, failing when the watch is refused or has
+/// been broken for too long; the engine restarts the source after a backoff, and the watch (and
+/// what it knows) stays in place meanwhile.
+async fn run_subscribed<F>(
+    slot: &Slot,
+    subscribe: F,
+    cancel: &CancellationToken,
+    unhealthy_after: Duration,
+) -> Result<(), SourceError>
+where
+    F: Future<Output = Result<hub::Subscription, String>>,
+{
+    let mut health = {
+        let mut slot = slot.lock().await;
+        match &*slot {
+            Some(subscription) => subscription.health(),
+            None => {
+                let subscription = tokio::select! {
+                    () = cancel.cancelled() => return Ok(()),
+                    subscription = subscribe => subscription.map_err(SourceError)?,
+                };
+                let health = subscription.health();
+                *slot = Some(subscription);
+                health
+            }
+        }
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        let verdict = health.borrow().verdict(Instant::now(), unhealthy_after);
+        match verdict {
+            hub::Verdict::Fine => {}
+            hub::Verdict::Refused(reason) | hub::Verdict::Unhealthy(reason) => return Err(SourceError(reason)),
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return Ok(()),
+            changed = health.changed() => if changed.is_err() {
+                return Err(SourceError("the watch stopped".into()));
+            },
+            _ = tick.tick() => {}
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The `resource-watcher` source (kube-trigger's): create, update and delete events of any kind
+//! of object, found by discovery, through the shared [`WatchHub`](crate::WatchHub).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ktrigger_core::event::TriggerId;
+use ktrigger_core::properties::parse_properties;
+use ktrigger_core::registry::{
+    BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
+};
+use kube::core::GroupVersionKind;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey};
+use crate::selector::{canonical_fields, merge_labels};
+use crate::{Cluster, Slot, run_subscribed};
+
+/// The source type name.
+pub const NAME: &str = "resource-watcher";
+
+static DOC: TypeDoc = TypeDoc {
+    name: NAME,
+    aliases: &[],
+    summary: "Create, update and delete events of any kind of Kubernetes object (CRDs included)",
+    properties: &[
+        PropertyDoc {
+            name: "apiVersion",
+            required: true,
+            description: "apiVersion of the kind, e.g. v1, apps/v1, example.com/v1alpha1. The kind is looked up \
+                by discovery when the source runs, not when it loads (so `validate` needs no cluster); a kind \
+                the cluster does not serve is reported on the trigger and looked up again with backoff.",
+        },
+        PropertyDoc { name: "kind", required: true, description: "Kind, e.g. ConfigMap, Deployment" },
+        PropertyDoc {
+            name: "namespace",
+            required: false,
+            description: "Namespace to watch; empty or absent for all namespaces. Ignored for cluster-scoped kinds.",
+        },
+        PropertyDoc {
+            name: "events",
+            required: false,
+            description: "Which of create, update, delete this trigger receives; default all three. Each trigger \
+                gets exactly the types it lists, also when other triggers watch the same kind.",
+        },
+        PropertyDoc {
+            name: "matchingLabels",
+            required: false,
+            description: "Labels the object must have (a map); combined with labelSelector",
+        },
+        PropertyDoc {
+            name: "labelSelector",
+            required: false,
+            description: "Label selector, e.g. `app=web,tier in (api,db),!legacy`; checked at load",
+        },
+        PropertyDoc {
+            name: "fieldSelector",
+            required: false,
+            description: "Field selector, e.g. `status.phase!=Running`; which fields work is up to the API server",
+        },
+        PropertyDoc { name: "name", required: false, description: "Only the object with this name" },
+        PropertyDoc {
+            name: "replayExisting",
+            required: false,
+            description: "Report objects that exist when the trigger starts as create events; default false \
+                (only changes after the start are reported)",
+        },
+    ],
+    example: "source:
+  type: resource-watcher
+  properties:
+    apiVersion: v1
+    kind: ConfigMap
+    namespace: apps
+    events: [create, update]
+    matchingLabels: {app: shop}
+",
+};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Properties {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
+    events: Vec<EventType>,
+    #[serde(default)]
+    matching_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    label_selector: Option<String>,
+    #[serde(default)]
+    field_selector: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    replay_existing: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum EventType {
+    Create,
+    Update,
+    Delete,
+}
+
+/// Parses `group/version` (or `version` for the core group) and a kind.
+pub(crate) fn parse_gvk(api_version: &str, kind: &str) -> Result<GroupVersionKind, String> {
+    let (group, version) = match api_version.trim().split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", api_version.trim()),
+    };
+    let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !word(version) || (!group.is_empty() && !word(group)) || version.contains('.') {
+        return Err(format!("properties.apiVersion: {api_version:?} is not `version` or `group/version`"));
+    }
+    if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric()) {
+        return Err(format!("properties.kind: {kind:?} is not a kind name such as ConfigMap"));
+    }
+    Ok(GroupVersionKind::gvk(group, version, kind))
+}
+
+/// Builds `resource-watcher` sources on one cluster.
+#[derive(Debug, Clone)]
+pub struct ResourceWatcherFactory {
+    cluster: Cluster,
+}
+
+impl ResourceWatcherFactory {
+    /// Sources that watch `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        ResourceWatcherFactory { cluster }
+    }
+}
+
+impl SourceFactory for ResourceWatcherFactory {
+    fn doc(&self) -> &'static TypeDoc {
+        &DOC
+    }
+
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
+        self.build_for(properties, context, SourceNeeds::default())
+    }
+
+    fn build_for(
+        &self,
+        properties: &Value,
+        context: &BuildContext,
+        needs: SourceNeeds,
+    ) -> Result<Arc<dyn Source>, String> {
+        let props: Properties = parse_properties(properties)?;
+        let gvk = parse_gvk(&props.api_version, &props.kind)?;
+        let labels = merge_labels(&props.matching_labels, props.label_selector.as_deref())
+            .map_err(|e| format!("properties.labelSelector: {e}"))?;
+        let mut fields = props.field_selector.clone().unwrap_or_default();
+        if let Some(name) = props.name.as_deref().filter(|n| !n.is_empty()) {
+            if name.contains([',', '=', ' ']) {
+                return Err(format!("properties.name: {name:?} is not an object name"));
+            }
+            fields = if fields.trim().is_empty() {
+                format!("metadata.name={name}")
+            } else {
+                format!("{fields},metadata.name={name}")
+            };
+        }
+        let fields = canonical_fields(&fields).map_err(|e| format!("properties.fieldSelector: {e}"))?;
+        let events = if props.events.is_empty() {
+            vec![EventType::Create, EventType::Update, EventType::Delete]
+        } else {
+            props.events.clone()
+        };
+        self.cluster.check_available()?;
+        Ok(Arc::new(ResourceWatcher {
+            cluster: self.cluster.clone(),
+            trigger: context.trigger.clone(),
+            gvk,
+            namespace: props.namespace.filter(|ns| !ns.is_empty()),
+            labels,
+            fields,
+            interest: ResourceInterest {
+                create: events.contains(&EventType::Create),
+                update: events.contains(&EventType::Update),
+                delete: events.contains(&EventType::Delete),
+            },
+            needs_old: needs.old_object,
+            replay_existing: props.replay_existing,
+            slot: Slot::default(),
+        }))
+    }
+}
+
+/// Which change types a trigger asked for.
+#[derive(Debug, Clone, Copy)]
+struct ResourceInterest {
+    create: bool,
+    update: bool,
+    delete: bool,
+}
+
+impl Interest for ResourceInterest {
+    fn shape(&self, change: &Change) -> Option<EventShape> {
+        let wanted = match change.kind {
+            ChangeKind::Create => self.create,
+            ChangeKind::Update => self.update,
+            ChangeKind::Delete => self.delete,
+        };
+        wanted.then(|| EventShape {
+            source: NAME,
+            event_type: change.kind.as_str(),
+            preset: None,
+            derived: false,
+            time: None,
+        })
+    }
+}
+
+struct ResourceWatcher {
+    cluster: Cluster,
+    trigger: TriggerId,
+    gvk: GroupVersionKind,
+    namespace: Option<String>,
+    labels: String,
+    fields: String,
+    interest: ResourceInterest,
+    needs_old: bool,
+    replay_existing: bool,
+    slot: Slot,
+}
+
+#[async_trait]
+impl Source for ResourceWatcher {
+    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
+        let client = self.cluster.client()?;
+        let subscribe = async {
+            let (resource, namespaced) = self.cluster.resolve(&client, &self.gvk).await?;
+            let namespace = match (&self.namespace, namespaced) {
+                (Some(ns), false) => {
+                    tracing::warn!(trigger = %self.trigger, kind = %self.gvk.kind, namespace = %ns,
+                        "the kind is cluster-scoped; namespace ignored");
+                    None
+                }
+                (namespace, _) => namespace.clone(),
+            };
+            let key = WatchKey { resource, namespace, labels: self.labels.clone(), fields: self.fields.clone() };
+            let subscriber = Subscriber {
+                trigger: self.trigger.clone(),
+                sink,
+                interest: Box::new(self.interest),
+                needs_old: self.needs_old,
+                replay_existing: self.replay_existing,
+            };
+            Ok(self.cluster.hub().subscribe(&client, key, subscriber))
+        };
+        run_subscribed(&self.slot, subscribe, &cancel, self.cluster.hub().options().unhealthy_after).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn context() -> BuildContext {
+        BuildContext {
+            trigger: TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() },
+            dry_run: false,
+        }
+    }
+
+    fn load_error(properties: Value) -> String {
+        ResourceWatcherFactory::new(Cluster::offline()).build(&properties, &context()).err().expect("refused")
+    }
+
+    #[test]
+    fn valid_properties_load_without_a_cluster() {
+        let factory = ResourceWatcherFactory::new(Cluster::offline());
+        let properties = json!({"apiVersion": "example.com/v1", "kind": "Widget", "namespace": "",
+            "events": ["delete"], "matchingLabels": {"app": "x"}, "labelSelector": "tier in (a,b)",
+            "fieldSelector": "metadata.namespace!=kube-system", "name": "w1", "replayExisting": true});
+        assert!(factory.build(&properties, &context()).is_ok());
+    }
+
+    #[test]
+    fn bad_properties_are_refused_naming_the_property() {
+        for (properties, expected) in [
+            (json!({"kind": "ConfigMap"}), "missing field `apiVersion`"),
+            (json!({"apiVersion": "v1", "kind": "ConfigMap", "events": ["patch"]}), "properties.events[0]"),
+            (json!({"apiVersion": "a/b/c", "kind": "X"}), "properties.apiVersion"),
+            (json!({"apiVersion": "v1", "kind": "Config Map"}), "properties.kind"),
+            (json!({"apiVersion": "v1", "kind": "Pod", "labelSelector": "app in web"}), "properties.labelSelector"),
+            (json!({"apiVersion": "v1", "kind": "Pod", "fieldSelector": "status.phase"}), "properties.fieldSelector"),
+            (json!({"apiVersion": "v1", "kind": "Pod", "resync": "1m"}), "unknown field `resync`"),
+        ] {
+            let error = load_error(properties.clone());
+            assert!(error.contains(expected), "{properties}: {error}");
+        }
+    }
+
+    #[test]
+    fn no_cluster_is_a_load_error_when_running() {
+        let cluster =
+            Cluster::make(Err("kubeconfig /nope does not exist".into()), None, false, Default::default(), vec![]);
+        let error = ResourceWatcherFactory::new(cluster)
+            .build(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), &context())
+            .err()
+            .unwrap();
+        assert!(error.contains("needs a Kubernetes cluster") && error.contains("/nope does not exist"), "{error}");
+    }
+
+    #[test]
+    fn each_trigger_gets_only_the_event_types_it_asked_for() {
+        let interest = ResourceInterest { create: false, update: true, delete: false };
+        let change = |kind| Change::new(kind, json!({}));
+        assert!(interest.shape(&change(ChangeKind::Create)).is_none());
+        assert_eq!(interest.shape(&change(ChangeKind::Update)).unwrap().event_type, "update");
+        assert!(interest.shape(&change(ChangeKind::Delete)).is_none());
+    }
+}

@@ -1,0 +1,415 @@
+//! The Kubernetes sources against the project's test cluster: what each trigger receives, how
+//! many watches are opened, and what happens when watches break.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use ktrigger_core::event::{SharedEvent, TriggerId};
+use ktrigger_core::registry::{BuildContext, EventSink, Registry, Source, SourceError, SourceNeeds};
+use ktrigger_kube::{Cluster, HubOptions, register};
+use ktrigger_testcluster::TestCluster;
+use kube::Client;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::core::GroupVersionKind;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Harness {
+    cluster: TestCluster,
+    client: Client,
+    kube: Cluster,
+    registry: Registry,
+}
+
+async fn harness(options: HubOptions) -> Harness {
+    ktrigger_kube::ensure_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    let kube = Cluster::with_client(client.clone(), options, Vec::new());
+    let mut registry = Registry::default();
+    register(&mut registry, kube.clone());
+    Harness { cluster, client, kube, registry }
+}
+
+/// One running source and what it sent.
+struct Running {
+    events: mpsc::Receiver<SharedEvent>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<(), SourceError>>>,
+    source: Arc<dyn Source>,
+    sink: EventSink,
+}
+
+impl Harness {
+    fn start(&self, source_type: &str, properties: Value, old_object: bool) -> Running {
+        let context = BuildContext {
+            trigger: TriggerId { namespace: "test".into(), service: "svc".into(), trigger: source_type.into() },
+            dry_run: false,
+        };
+        let factory = self.registry.source(source_type).unwrap();
+        let source = factory.build_for(&properties, &context, SourceNeeds { old_object }).unwrap();
+        let (sink, events) = EventSink::channel(1024);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let (source, sink, cancel) = (source.clone(), sink.clone(), cancel.clone());
+            async move { source.run(sink, cancel).await }
+        });
+        Running { events, cancel, task: Some(task), source, sink }
+    }
+
+    fn configmaps(&self, namespace: &str) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    async fn create_configmap(&self, namespace: &str, name: &str, labels: Value) {
+        let cm = serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": {"v": "1"}}));
+        self.configmaps(namespace).create(&PostParams::default(), &cm.unwrap()).await.unwrap();
+    }
+
+    async fn set_data(&self, namespace: &str, name: &str, value: &str) {
+        let patch = Patch::Merge(json!({"data": {"v": value}}));
+        self.configmaps(namespace).patch(name, &PatchParams::default(), &patch).await.unwrap();
+    }
+
+    async fn delete_configmap(&self, namespace: &str, name: &str) {
+        self.configmaps(namespace).delete(name, &DeleteParams::default()).await.unwrap();
+    }
+
+    async fn wait_for_watches(&self, plural: &str, n: usize) {
+        assert!(self.cluster.wait_for_watches(plural, n, WAIT).await, "{n} watch(es) of {plural} in time");
+    }
+}
+
+impl Running {
+    async fn next(&mut self) -> SharedEvent {
+        tokio::time::timeout(WAIT, self.events.recv()).await.expect("an event in time").expect("the source runs")
+    }
+
+    /// `(event type, object name)` of the next event.
+    async fn next_pair(&mut self) -> (String, String) {
+        let event = self.next().await;
+        (event.meta.event_type.clone(), name_of(&event.object))
+    }
+
+    /// Every event until none arrived for `quiet`.
+    async fn drain(&mut self, quiet: Duration) -> Vec<(String, String)> {
+        let mut seen = Vec::new();
+        while let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            seen.push((event.meta.event_type.clone(), name_of(&event.object)));
+        }
+        seen
+    }
+
+    /// The result of the current run, which must end within `WAIT`.
+    async fn failure(&mut self) -> String {
+        let task = self.task.take().unwrap();
+        match tokio::time::timeout(WAIT, task).await.expect("the source fails in time").unwrap() {
+            Err(error) => error.0,
+            Ok(()) => panic!("the source stopped without an error"),
+        }
+    }
+
+    /// Runs the same source again, as the engine does after a failure.
+    fn restart(&mut self) {
+        let (source, sink, cancel) = (self.source.clone(), self.sink.clone(), self.cancel.clone());
+        self.task = Some(tokio::spawn(async move { source.run(sink, cancel).await }));
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+fn name_of(object: &Value) -> String {
+    object["metadata"]["name"].as_str().unwrap_or_default().to_string()
+}
+
+fn pair(kind: &str, name: &str) -> (String, String) {
+    (kind.to_string(), name.to_string())
+}
+
+fn cm_watcher(namespace: &str, events: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": namespace, "events": events})
+}
+
+#[tokio::test]
+async fn triggers_on_one_kind_share_a_watch_and_get_only_their_event_types() {
+    let h = harness(HubOptions::default()).await;
+    h.create_configmap("apps", "existing", json!({})).await;
+    let mut creates_deletes = h.start("resource-watcher", cm_watcher("apps", &["create", "delete"]), false);
+    let mut updates = h.start("resource-watcher", cm_watcher("apps", &["update"]), false);
+    h.wait_for_watches("configmaps", 1).await;
+
+    h.create_configmap("apps", "a", json!({})).await;
+    h.set_data("apps", "a", "2").await;
+    h.delete_configmap("apps", "a").await;
+
+    assert_eq!(creates_deletes.next_pair().await, pair("create", "a"));
+    assert_eq!(creates_deletes.next_pair().await, pair("delete", "a"));
+    assert_eq!(updates.next_pair().await, pair("update", "a"));
+    assert!(creates_deletes.drain(Duration::from_millis(300)).await.is_empty());
+    assert!(updates.drain(Duration::from_millis(100)).await.is_empty());
+    assert_eq!(h.cluster.watch_requests_for("configmaps"), 1);
+    assert_eq!(h.kube.hub().watches_opened(), 1);
+    creates_deletes.stop().await;
+    updates.stop().await;
+}
+
+#[tokio::test]
+async fn selectors_and_namespaces_pick_objects_and_separate_watches() {
+    let h = harness(HubOptions::default()).await;
+    let mut labelled = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "matchingLabels": {"team": "shop"}}),
+        false,
+    );
+    let mut named = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "settings", "events": ["create"]}),
+        false,
+    );
+    h.wait_for_watches("configmaps", 2).await;
+    h.create_configmap("apps", "other", json!({"team": "ops"})).await;
+    h.create_configmap("apps", "cart", json!({"team": "shop"})).await;
+    h.create_configmap("web", "settings", json!({})).await;
+    assert_eq!(labelled.next_pair().await, pair("create", "cart"));
+    assert_eq!(named.next_pair().await, pair("create", "settings"));
+    assert!(labelled.drain(Duration::from_millis(300)).await.is_empty());
+    assert!(named.drain(Duration::from_millis(100)).await.is_empty());
+    assert_eq!(h.kube.hub().open_watches(), 2);
+    labelled.stop().await;
+    named.stop().await;
+}
+
+#[tokio::test]
+async fn existing_objects_are_reported_only_with_replay_existing() {
+    let h = harness(HubOptions::default()).await;
+    h.create_configmap("apps", "before", json!({})).await;
+    let mut plain = h.start("resource-watcher", cm_watcher("apps", &[]), false);
+    let mut replay = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "replayExisting": true}),
+        false,
+    );
+    assert_eq!(replay.next_pair().await, pair("create", "before"));
+    h.wait_for_watches("configmaps", 1).await;
+    // A trigger that joins the running watch later gets the existing objects too.
+    let mut late = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "replayExisting": true}),
+        false,
+    );
+    assert_eq!(late.next_pair().await, pair("create", "before"));
+    h.create_configmap("apps", "after", json!({})).await;
+    assert_eq!(plain.next_pair().await, pair("create", "after"));
+    assert_eq!(replay.next_pair().await, pair("create", "after"));
+    assert_eq!(late.next_pair().await, pair("create", "after"));
+    assert!(plain.drain(Duration::from_millis(300)).await.is_empty());
+    assert_eq!(h.cluster.watch_requests_for("configmaps"), 1);
+    for running in [plain, replay, late] {
+        running.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn old_objects_are_kept_only_for_triggers_that_read_them() {
+    let h = harness(HubOptions::default()).await;
+    let mut with_old = h.start("resource-watcher", cm_watcher("apps", &["update"]), true);
+    let mut without = h.start("resource-watcher", cm_watcher("web", &["update"]), false);
+    h.wait_for_watches("configmaps", 2).await;
+    h.create_configmap("apps", "a", json!({})).await;
+    h.create_configmap("web", "a", json!({})).await;
+    h.set_data("apps", "a", "2").await;
+    h.set_data("web", "a", "2").await;
+    let event = with_old.next().await;
+    assert_eq!(event.object["data"]["v"], "2");
+    assert_eq!(event.old_object.as_ref().unwrap()["data"]["v"], "1");
+    let event = without.next().await;
+    assert_eq!(event.object["data"]["v"], "2");
+    assert!(event.old_object.is_none());
+    with_old.stop().await;
+    without.stop().await;
+}
+
+#[tokio::test]
+async fn a_410_relist_reports_each_change_once_and_unchanged_objects_not_at_all() {
+    let h = harness(HubOptions::default()).await;
+    let mut all = h.start("resource-watcher", cm_watcher("apps", &[]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    for name in ["a", "b", "c"] {
+        h.create_configmap("apps", name, json!({})).await;
+    }
+    assert_eq!(all.drain(Duration::from_millis(500)).await.len(), 3);
+
+    h.cluster.faults().gone_on_next_watch("configmaps");
+    h.cluster.faults().drop_watches("configmaps");
+    h.set_data("apps", "a", "2").await;
+    h.delete_configmap("apps", "b").await;
+    h.create_configmap("apps", "d", json!({})).await;
+
+    let mut seen = all.drain(Duration::from_secs(3)).await;
+    seen.sort();
+    assert_eq!(seen, [pair("create", "d"), pair("delete", "b"), pair("update", "a")]);
+    assert!(h.cluster.watch_requests_for("configmaps") >= 3, "the watch was resumed, refused and re-opened");
+    h.set_data("apps", "c", "2").await;
+    assert_eq!(all.next_pair().await, pair("update", "c"));
+    all.stop().await;
+}
+
+#[tokio::test]
+async fn a_dropped_stream_resumes_without_loss_or_duplicates() {
+    let h = harness(HubOptions::default()).await;
+    let mut all = h.start("resource-watcher", cm_watcher("apps", &[]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    h.create_configmap("apps", "a", json!({})).await;
+    assert_eq!(all.next_pair().await, pair("create", "a"));
+    for round in 2..5 {
+        h.cluster.faults().drop_watches("configmaps");
+        h.set_data("apps", "a", &round.to_string()).await;
+    }
+    let seen = all.drain(Duration::from_secs(2)).await;
+    assert_eq!(seen, vec![pair("update", "a"); 3]);
+    all.stop().await;
+}
+
+#[tokio::test]
+async fn an_unknown_kind_fails_on_its_trigger_and_works_once_its_crd_exists() {
+    let h = harness(HubOptions::default()).await;
+    let mut widgets = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "example.io/v1", "kind": "Widget", "namespace": "apps"}),
+        false,
+    );
+    let error = widgets.failure().await;
+    assert!(error.contains("Widget") && error.contains("example.io/v1") && error.contains("CRD"), "{error}");
+
+    let crds: Api<CustomResourceDefinition> = Api::all(h.client.clone());
+    let crd = json!({
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.io"},
+        "spec": {"group": "example.io", "scope": "Namespaced",
+                 "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                 "versions": [{"name": "v1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}
+    });
+    crds.create(&PostParams::default(), &serde_json::from_value(crd).unwrap()).await.unwrap();
+    widgets.restart();
+    h.wait_for_watches("widgets", 1).await;
+    let resource = ApiResource::from_gvk(&GroupVersionKind::gvk("example.io", "v1", "Widget"));
+    let api: Api<DynamicObject> = Api::namespaced_with(h.client.clone(), "apps", &resource);
+    let widget = DynamicObject::new("w1", &resource).data(json!({"spec": {"size": 3}}));
+    api.create(&PostParams::default(), &widget).await.unwrap();
+    let event = widgets.next().await;
+    assert_eq!((event.meta.event_type.as_str(), event.object["kind"].as_str()), ("create", Some("Widget")));
+    assert_eq!(event.object["spec"]["size"], 3);
+    widgets.stop().await;
+}
+
+#[tokio::test]
+async fn a_forbidden_list_is_reported_on_the_trigger() {
+    let h = harness(HubOptions::default()).await;
+    h.cluster.faults().forbid("list", "secrets");
+    let mut secrets =
+        h.start("resource-watcher", json!({"apiVersion": "v1", "kind": "Secret", "namespace": "apps"}), false);
+    let error = secrets.failure().await;
+    assert!(error.contains("403") && error.contains("RBAC") && error.contains("secrets"), "{error}");
+
+    // Once allowed, the watch that kept retrying syncs and the restarted source works.
+    h.cluster.faults().allow("list", "secrets");
+    h.wait_for_watches("secrets", 1).await;
+    secrets.restart();
+    let api: Api<Secret> = Api::namespaced(h.client.clone(), "apps");
+    api.create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": "s"}})).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(secrets.next_pair().await, pair("create", "s"));
+    secrets.stop().await;
+}
+
+#[tokio::test]
+async fn a_watch_broken_for_too_long_is_reported_unhealthy() {
+    let h = harness(HubOptions { unhealthy_after: Duration::from_secs(1) }).await;
+    let mut all = h.start("resource-watcher", cm_watcher("apps", &[]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    h.cluster.faults().fail_next(1000, "configmaps");
+    h.cluster.faults().drop_watches("configmaps");
+    let error = all.failure().await;
+    assert!(error.contains("watch failing for") && error.contains("500"), "{error}");
+    all.stop().await;
+}
+
+#[tokio::test]
+async fn the_watch_closes_with_its_last_trigger() {
+    let h = harness(HubOptions::default()).await;
+    let first = h.start("resource-watcher", cm_watcher("apps", &["create"]), false);
+    let second = h.start("resource-watcher", cm_watcher("apps", &["delete"]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    first.stop().await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(h.cluster.open_watches_for("configmaps"), 1);
+    second.stop().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while h.cluster.open_watches_for("configmaps") > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the watch closes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(h.kube.hub().open_watches(), 0);
+}
+
+fn kube_event(name: &str, reason: &str, message: &str, count: u32) -> KubeEvent {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "apps"},
+        "involvedObject": {"kind": "Pod", "name": "web-1", "namespace": "apps"},
+        "type": "Warning", "reason": reason, "message": message, "count": count,
+        "firstTimestamp": "2026-01-01T10:00:00Z", "lastTimestamp": format!("2026-01-01T10:0{count}:00Z"),
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn k8s_events_presets_fire_again_when_an_event_repeats() {
+    let h = harness(HubOptions::default()).await;
+    let mut restarts =
+        h.start("k8s-events", json!({"namespace": "apps", "presets": ["pod-restart", "oom-kill"]}), false);
+    let mut everything = h.start("k8s-events", json!({"namespace": "apps"}), false);
+    h.wait_for_watches("events", 1).await;
+    let api: Api<KubeEvent> = Api::namespaced(h.client.clone(), "apps");
+    api.create(&PostParams::default(), &kube_event("pull", "Failed", "Failed to pull image \"x\"", 1)).await.unwrap();
+    api.create(&PostParams::default(), &kube_event("crash", "BackOff", "Back-off restarting failed container app", 1))
+        .await
+        .unwrap();
+    api.patch(
+        "crash",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"count": 2, "lastTimestamp": "2026-01-01T10:02:00Z"})),
+    )
+    .await
+    .unwrap();
+    // An edit that is not a repeat does not fire.
+    api.patch("crash", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"seen": "yes"}}})))
+        .await
+        .unwrap();
+
+    let first = restarts.next().await;
+    assert_eq!(first.meta.preset.as_deref(), Some("pod-restart"));
+    assert_eq!((first.meta.event_type.as_str(), first.object["count"].as_u64()), ("create", Some(1)));
+    assert_eq!(first.object["regarding"]["name"], "web-1");
+    let repeat = restarts.next().await;
+    assert_eq!((repeat.meta.event_type.as_str(), repeat.object["count"].as_u64()), ("update", Some(2)));
+    assert_eq!(repeat.meta.time.to_rfc3339(), "2026-01-01T10:02:00+00:00");
+    assert!(restarts.drain(Duration::from_millis(300)).await.is_empty());
+    let all = everything.drain(Duration::from_millis(300)).await;
+    assert_eq!(all, [pair("create", "pull"), pair("create", "crash"), pair("update", "crash")]);
+    assert_eq!(h.cluster.watch_requests_for("events"), 1);
+    restarts.stop().await;
+    everything.stop().await;
+}
