@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -77,11 +79,22 @@ impl Running {
 
     /// Like [`Running::start`], with extra environment variables for the process.
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
-        let mut child = ktrigger()
-            .arg("run")
-            .envs(env.iter().copied())
-            .args(args)
-            .args(["--webhook-addr", "127.0.0.1:0"])
+        let mut command = ktrigger();
+        command.arg("run").envs(env.iter().copied()).args(args).args(["--webhook-addr", "127.0.0.1:0"]);
+        Self::spawn(command, "ktrigger running")
+    }
+
+    /// Starts `ktrigger controller` with `args` (free webhook and health ports are added) and
+    /// waits until it reconciles.
+    pub fn start_controller(args: &[&str]) -> Running {
+        let health = free_port();
+        let mut command = ktrigger();
+        command.arg("controller").args(args).args(["--webhook-addr", "127.0.0.1:0", "--health-addr", &health]);
+        Self::spawn(command, "ktrigger controller reconciling")
+    }
+
+    fn spawn(mut command: Command, ready: &str) -> Running {
+        let mut child = command
             .env("KTRIGGER_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -90,17 +103,20 @@ impl Running {
         let stdout = Captured::follow(child.stdout.take().unwrap());
         let stderr = Captured::follow(child.stderr.take().unwrap());
         let running = Running { child, stdout, stderr };
-        running.stderr.wait_until("start-up", Duration::from_secs(60), |t| {
-            t.contains("ktrigger running") || t.contains("error:")
-        });
+        running.stderr.wait_until("start-up", Duration::from_secs(60), |t| t.contains(ready) || t.contains("error:"));
         running
+    }
+
+    /// The URL printed after `prefix` in the start-up report, e.g. `webhook listener on `.
+    pub fn url_after(&self, prefix: &str) -> String {
+        let text = self.stderr.wait_for(prefix, Duration::from_secs(30));
+        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap();
+        line.trim_start_matches(prefix).trim().to_string()
     }
 
     /// The base URL of the webhook listener, from the start-up report.
     pub fn webhook_url(&self) -> String {
-        let text = self.stderr.wait_for("webhook listener on ", Duration::from_secs(30));
-        let line = text.lines().find(|l| l.starts_with("webhook listener on ")).unwrap();
-        line.trim_start_matches("webhook listener on ").trim().to_string()
+        self.url_after("webhook listener on ")
     }
 
     /// Sends SIGTERM and waits for the exit; returns the exit code.
@@ -183,6 +199,20 @@ impl Drop for CloudEventsReceiver {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_port() -> String {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    socket.local_addr().unwrap().to_string()
+}
+
+/// Fetches `url` with curl; returns (status, body).
+pub fn get(url: &str) -> (u16, String) {
+    let output = Command::new("curl").args(["-s", "-o", "-", "-w", "\n%{http_code}", url]).output().expect("curl runs");
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
 /// Writes `text` to a file in a fresh temporary directory.

@@ -1,5 +1,6 @@
 //! `ktrigger`: the command-line entry point. Wiring only; the work happens in the library crates.
 
+mod controller;
 mod inspect;
 mod run;
 
@@ -32,6 +33,8 @@ enum LogFormat {
 enum Command {
     /// Run triggers from files (or the built-in quickstart when no file is given).
     Run(run::RunArgs),
+    /// Reconcile TriggerService objects in a cluster (the in-cluster mode).
+    Controller(controller::ControllerArgs),
     /// Check files and list every problem; exits non-zero when there is one.
     Validate {
         /// Files or directories of TriggerService YAML.
@@ -72,6 +75,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
+            Command::Controller(args) => controller::controller(args).await,
             Command::Validate { files } => inspect::validate(&files),
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
@@ -116,7 +120,9 @@ fn registry(webhooks: Arc<WebhookListener>) -> Registry {
 fn registry_with(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster) -> Registry {
     let mut registry = Registry::default();
     ktrigger_sources::register(&mut registry, webhooks);
+    let client = cluster.kube_client();
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
+    ktrigger_destinations::register_kube(&mut registry, client);
     registry
 }

@@ -46,7 +46,7 @@ pub struct RunArgs {
     watch_unhealthy_after: Duration,
 }
 
-fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     ktrigger_api::parse_duration(text)
 }
 
@@ -130,7 +130,7 @@ fn report_config(config: &LoadedConfig) {
     }
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = tokio::signal::ctrl_c() => result?,

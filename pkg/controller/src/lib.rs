@@ -9,6 +9,8 @@
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -47,6 +49,17 @@ impl Default for ControllerOptions {
 
 type Key = (String, String);
 
+/// Whether every TriggerService watch has listed its objects once; for `/readyz`.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// True once the controller has seen every TriggerService it watches.
+    pub fn is_ready(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// What the controller knows of one TriggerService.
 #[derive(Debug, Default)]
 struct Service {
@@ -57,10 +70,12 @@ struct Service {
 }
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
+/// `readiness` turns true once every watch has listed its objects.
 pub async fn run(
     client: Client,
     engine: Engine,
     options: ControllerOptions,
+    readiness: Readiness,
     cancel: CancellationToken,
 ) -> ShutdownReport {
     let apis: Vec<Api<TriggerService>> = if options.namespaces.is_empty() {
@@ -72,7 +87,9 @@ pub async fn run(
         watcher(api, watcher::Config::default()).default_backoff().map(move |event| (index, event)).boxed()
     });
     let mut events = stream::select_all(streams);
-    let mut controller = Controller { client, engine, services: BTreeMap::new(), listing: BTreeMap::new() };
+    let unsynced = (0..events.len()).collect();
+    let mut controller =
+        Controller { client, engine, services: BTreeMap::new(), listing: BTreeMap::new(), unsynced, readiness };
     let mut tick = tokio::time::interval(options.status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -96,6 +113,9 @@ struct Controller {
     services: BTreeMap<Key, Service>,
     /// Per watch stream, the objects seen since its (re)list began.
     listing: BTreeMap<usize, BTreeSet<Key>>,
+    /// Watch streams that have not finished their first list yet.
+    unsynced: BTreeSet<usize>,
+    readiness: Readiness,
 }
 
 impl Controller {
@@ -115,6 +135,10 @@ impl Controller {
                 let gone: Vec<Key> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
                 for key in gone {
                     self.remove(&key);
+                }
+                self.unsynced.remove(&stream);
+                if self.unsynced.is_empty() {
+                    self.readiness.0.store(true, Ordering::Relaxed);
                 }
             }
             watcher::Event::Apply(object) => self.apply(&object),

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_api::TriggerService;
-use ktrigger_controller::{ControllerOptions, run};
+use ktrigger_controller::{ControllerOptions, Readiness, run};
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
 use ktrigger_sources::WebhookListener;
@@ -73,8 +73,16 @@ async fn trigger_services_are_reconciled_and_report_status() {
     install_crd(&client).await;
     let cancel = CancellationToken::new();
     let options = ControllerOptions { status_interval: Duration::from_millis(200), ..Default::default() };
-    let controller = tokio::spawn(run(client.clone(), engine(), options, cancel.clone()));
+    let readiness = Readiness::default();
+    let controller = tokio::spawn(run(client.clone(), engine(), options, readiness.clone(), cancel.clone()));
     let api: Api<TriggerService> = Api::namespaced(client.clone(), "default");
+    for _ in 0..100 {
+        if readiness.is_ready() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(readiness.is_ready(), "ready once the TriggerService watch has listed");
 
     // One invalid trigger: Ready=False with the exact error, the other trigger still fires.
     api.create(&PostParams::default(), &service("object.schedule ==")).await.unwrap();
@@ -119,7 +127,7 @@ async fn status_is_written_only_when_it_changes() {
     install_crd(&client).await;
     let cancel = CancellationToken::new();
     let options = ControllerOptions { status_interval: Duration::from_millis(100), ..Default::default() };
-    let controller = tokio::spawn(run(client.clone(), engine(), options, cancel.clone()));
+    let controller = tokio::spawn(run(client.clone(), engine(), options, Readiness::default(), cancel.clone()));
     let api: Api<TriggerService> = Api::namespaced(client.clone(), "default");
     let mut quiet = service("false");
     quiet.spec.triggers.truncate(1);

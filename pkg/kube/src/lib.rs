@@ -177,6 +177,16 @@ impl Cluster {
         }
     }
 
+    /// The client, when a cluster is configured: for destinations that act on the same cluster.
+    pub fn kube_client(&self) -> Option<Client> {
+        self.state.client.clone().ok()
+    }
+
+    /// Why there is no client, when there is none.
+    pub fn unavailable_reason(&self) -> Option<&str> {
+        self.state.client.as_ref().err().map(String::as_str)
+    }
+
     fn client(&self) -> Result<Client, SourceError> {
         self.state.client.clone().map_err(|reason| SourceError(format!("no Kubernetes cluster: {reason}")))
     }

@@ -1,0 +1,113 @@
+//! `ktrigger controller`: reconcile TriggerService objects in the cluster, serve health probes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
+use clap::Args;
+use ktrigger_controller::{ControllerOptions, Readiness};
+use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_sources::WebhookListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::registry_with;
+use crate::run::{parse_duration, wait_for_signal};
+
+/// Options of `ktrigger controller`.
+#[derive(Debug, Args)]
+pub struct ControllerArgs {
+    /// Kubeconfig; default KUBECONFIG, then ~/.kube/config, then the in-cluster service account.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context to use instead of the current one.
+    #[arg(long)]
+    context: Option<String>,
+    /// Namespaces whose TriggerServices are reconciled (comma-separated); all when omitted.
+    #[arg(long, alias = "namespace", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// YAML file of custom k8s-events presets: `mappings: [{name, condition}]` (CEL over the Event).
+    #[arg(long)]
+    event_mappings: Option<PathBuf>,
+    /// Address of the shared listener for `webhook` sources.
+    #[arg(long, default_value = "0.0.0.0:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
+    webhook_addr: SocketAddr,
+    /// Address serving `/healthz` and `/readyz`.
+    #[arg(long, default_value = "0.0.0.0:8081")]
+    health_addr: SocketAddr,
+    /// How often changed TriggerService statuses are written.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    status_interval: Duration,
+    /// How long deliveries already queued may take to finish after a stop signal.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    shutdown_grace: Duration,
+    /// How long a Kubernetes watch may keep failing before its triggers report it unhealthy.
+    #[arg(long, default_value = "2m", value_parser = parse_duration)]
+    watch_unhealthy_after: Duration,
+}
+
+/// Runs until SIGINT or SIGTERM.
+pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
+    let cluster = ktrigger_kube::Cluster::connect(&ktrigger_kube::ClusterOptions {
+        kubeconfig: args.kubeconfig.clone(),
+        context: args.context.clone(),
+        event_mappings: args.event_mappings.clone(),
+        hub: ktrigger_kube::HubOptions { unhealthy_after: args.watch_unhealthy_after },
+    })
+    .await?;
+    let Some(client) = cluster.kube_client() else {
+        let reason = cluster.unavailable_reason().unwrap_or("no cluster configured");
+        eprintln!("error: the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
+        return Ok(ExitCode::from(2));
+    };
+    let stop = CancellationToken::new();
+    let webhooks = WebhookListener::bind(args.webhook_addr).await?;
+    let listener = webhooks.spawn(stop.clone());
+    let readiness = Readiness::default();
+    let health = tokio::net::TcpListener::bind(args.health_addr).await?;
+    let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
+        "/readyz",
+        get({
+            let readiness = readiness.clone();
+            move || async move {
+                if readiness.is_ready() {
+                    (StatusCode::OK, "ready")
+                } else {
+                    (StatusCode::SERVICE_UNAVAILABLE, "TriggerServices not listed yet")
+                }
+            }
+        }),
+    );
+    let serve = axum::serve(health, probes).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let health_server = tokio::spawn(async move { serve.await });
+    let engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), EngineOptions::default());
+    let options = ControllerOptions {
+        namespaces: args.watch_namespaces,
+        status_interval: args.status_interval,
+        shutdown_grace: args.shutdown_grace,
+    };
+    let scope =
+        if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };
+    eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
+    eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
+    eprintln!("health probes on http://{}", args.health_addr);
+    eprintln!("ktrigger controller reconciling TriggerServices in {scope}; press Ctrl-C to stop");
+    let cancel = CancellationToken::new();
+    let reconciler = tokio::spawn(ktrigger_controller::run(client, engine, options, readiness, cancel.clone()));
+    wait_for_signal().await?;
+    eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
+    cancel.cancel();
+    let report = reconciler.await?;
+    stop.cancel();
+    let _ = listener.await;
+    let _ = health_server.await;
+    if report.lost > 0 {
+        eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,129 @@
+//! `ktrigger controller` end to end: the real binary reconciling TriggerServices applied with
+//! the real kubectl, on the test cluster or on the cluster of `KTRIGGER_TEST_KUBECONFIG`.
+
+mod support;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::cluster::{Env, WAIT};
+use support::{Running, get, repo, write_config};
+
+fn kubectl(env: &Env, args: &[&str]) -> (bool, String) {
+    let output = Command::new("kubectl")
+        .args(["--kubeconfig", env.kubeconfig()])
+        .args(args)
+        .output()
+        .expect("kubectl is installed (the tests use the real kubectl)");
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    (output.status.success(), text)
+}
+
+fn status(env: &Env) -> Value {
+    let (ok, text) = kubectl(env, &["get", "triggerservice", "svc", "-n", &env.namespace, "-o", "json"]);
+    if !ok {
+        return Value::Null;
+    }
+    serde_json::from_str::<Value>(&text).map(|object| object["status"].clone()).unwrap_or(Value::Null)
+}
+
+fn wait_status(env: &Env, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let status = status(env);
+        if check(&status) {
+            return status;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}; status: {status:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn tick_lines(running: &Running) -> usize {
+    running.stdout.text().lines().filter(|l| l.contains("/svc/tick\"")).count()
+}
+
+const SERVICE: &str = r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata:
+  name: svc
+spec:
+  triggers:
+  - name: tick
+    source: {type: cron, properties: {schedule: "* * * * * *"}}
+    destinations: [{type: log, properties: {includeObject: false}}]
+  - name: broken
+    source: {type: cron, properties: {schedule: "* * * * * *"}}
+    filter: 'object.schedule =='
+    destinations: [{type: log}]
+"#;
+
+#[test]
+fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
+    let env = Env::new("controller");
+    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
+    let (ok, text) = kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]);
+    assert!(ok, "kubectl apply of the CRD: {text}");
+    let (ok, text) =
+        kubectl(&env, &["wait", "--for", "condition=established", "crd/triggerservices.ktrigger.dev", "--timeout=30s"]);
+    assert!(ok, "CRD established: {text}");
+
+    let running = Running::start_controller(&[
+        "--kubeconfig",
+        env.kubeconfig(),
+        "--watch-namespaces",
+        &env.namespace,
+        "--status-interval",
+        "300ms",
+    ]);
+    let health = running.url_after("health probes on ");
+    assert_eq!(get(&format!("{health}/healthz")).0, 200);
+    let start = Instant::now();
+    while get(&format!("{health}/readyz")).0 != 200 {
+        assert!(start.elapsed() < WAIT, "readyz never turned ready:\n{}", running.stderr.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    let (_dir, path) = write_config(SERVICE);
+    let (ok, text) = kubectl(&env, &["apply", "-n", &env.namespace, "-f", path.to_str().unwrap()]);
+    assert!(ok, "kubectl apply of the TriggerService: {text}");
+    running.stdout.wait_until("deliveries of the valid trigger", WAIT, |t| t.contains("/svc/tick\""));
+    let status = wait_status(&env, "Ready=False naming the broken trigger", |s| {
+        s["conditions"][0]["status"] == "False" && s["readyTriggers"] == "1/2"
+    });
+    assert_eq!(status["conditions"][0]["reason"], "InvalidTriggers");
+    let message = status["conditions"][0]["message"].as_str().unwrap();
+    assert!(message.starts_with("trigger broken: triggers[1].filter: line 1, column"), "{message}");
+    assert_eq!(status["observedGeneration"], 1);
+
+    let (ok, table) = kubectl(&env, &["get", "kts", "-n", &env.namespace]);
+    assert!(ok, "{table}");
+    let header = table.lines().next().unwrap_or_default();
+    for column in ["NAME", "READY", "TRIGGERS", "FIRED", "FAILED", "AGE"] {
+        assert!(header.contains(column), "printer column {column} missing:\n{table}");
+    }
+    assert!(table.contains("1/2"), "{table}");
+
+    let (ok, text) = kubectl(&env, &["delete", "triggerservice", "svc", "-n", &env.namespace]);
+    assert!(ok, "{text}");
+    std::thread::sleep(Duration::from_millis(1500));
+    let after_delete = tick_lines(&running);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(tick_lines(&running), after_delete, "a deleted TriggerService's triggers stop");
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn the_controller_refuses_to_start_without_a_cluster() {
+    let output = support::ktrigger()
+        .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--health-addr", &support::free_port()])
+        .args(["--webhook-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the controller needs a cluster"), "{stderr}");
+    assert!(stderr.contains("/nonexistent/kubeconfig"), "the reason names the kubeconfig: {stderr}");
+}
