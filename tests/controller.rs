@@ -127,3 +127,41 @@ fn the_controller_refuses_to_start_without_a_cluster() {
     assert!(stderr.contains("the controller needs a cluster"), "{stderr}");
     assert!(stderr.contains("/nonexistent/kubeconfig"), "the reason names the kubeconfig: {stderr}");
 }
+
+fn wait_for_tick(running: &Running, more_than: usize) {
+    running
+        .stdout
+        .wait_until("deliveries", WAIT, |t| t.lines().filter(|l| l.contains("/svc/tick\"")).count() > more_than);
+}
+
+#[test]
+fn only_the_leader_delivers_and_a_follower_takes_over_when_it_dies() {
+    let env = Env::new("leader");
+    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
+    assert!(kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]).0);
+    let args = [
+        "--kubeconfig",
+        env.kubeconfig(),
+        "--watch-namespaces",
+        &env.namespace,
+        "--leader-elect",
+        "--lease-namespace",
+        &env.namespace,
+        "--lease-duration",
+        "3s",
+    ];
+    let leader = Running::start_controller(&args);
+    leader.stderr.wait_for("leading (lease", WAIT);
+    let follower = Running::start_controller(&args);
+    assert!(follower.stderr.text().contains("waiting to lead"), "{}", follower.stderr.text());
+
+    let (_dir, path) = write_config(SERVICE);
+    assert!(kubectl(&env, &["apply", "-n", &env.namespace, "-f", path.to_str().unwrap()]).0);
+    wait_for_tick(&leader, 2);
+    assert_eq!(tick_lines(&follower), 0, "the follower delivers nothing while the leader runs");
+
+    leader.kill();
+    follower.stderr.wait_for("leading (lease", WAIT);
+    wait_for_tick(&follower, 1);
+    assert_eq!(follower.stop(), Some(0));
+}

@@ -81,19 +81,19 @@ impl Running {
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Running {
         let mut command = ktrigger();
         command.arg("run").envs(env.iter().copied()).args(args).args(["--webhook-addr", "127.0.0.1:0"]);
-        Self::spawn(command, "ktrigger running")
+        Self::spawn(command, &["ktrigger running"])
     }
 
     /// Starts `ktrigger controller` with `args` (free webhook and health ports are added) and
-    /// waits until it reconciles.
+    /// waits until it reconciles, or waits to lead.
     pub fn start_controller(args: &[&str]) -> Running {
         let health = free_port();
         let mut command = ktrigger();
         command.arg("controller").args(args).args(["--webhook-addr", "127.0.0.1:0", "--health-addr", &health]);
-        Self::spawn(command, "ktrigger controller reconciling")
+        Self::spawn(command, &["ktrigger controller reconciling", "waiting to lead"])
     }
 
-    fn spawn(mut command: Command, ready: &str) -> Running {
+    fn spawn(mut command: Command, ready: &[&str]) -> Running {
         let mut child = command
             .env("KTRIGGER_LOG", "info")
             .stdout(Stdio::piped())
@@ -103,7 +103,9 @@ impl Running {
         let stdout = Captured::follow(child.stdout.take().unwrap());
         let stderr = Captured::follow(child.stderr.take().unwrap());
         let running = Running { child, stdout, stderr };
-        running.stderr.wait_until("start-up", Duration::from_secs(60), |t| t.contains(ready) || t.contains("error:"));
+        running.stderr.wait_until("start-up", Duration::from_secs(60), |t| {
+            ready.iter().any(|marker| t.contains(marker)) || t.contains("error:")
+        });
         running
     }
 
@@ -117,6 +119,12 @@ impl Running {
     /// The base URL of the webhook listener, from the start-up report.
     pub fn webhook_url(&self) -> String {
         self.url_after("webhook listener on ")
+    }
+
+    /// Kills the process at once (SIGKILL): nothing is drained or released.
+    pub fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// Sends SIGTERM and waits for the exit; returns the exit code.

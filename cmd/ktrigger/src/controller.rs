@@ -13,6 +13,7 @@ use clap::Args;
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_sources::WebhookListener;
+use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::registry_with;
@@ -48,6 +49,66 @@ pub struct ControllerArgs {
     /// How long a Kubernetes watch may keep failing before its triggers report it unhealthy.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     watch_unhealthy_after: Duration,
+    /// Run only while holding a Lease, so that one of several replicas delivers.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Name of the Lease used for leader election.
+    #[arg(long, default_value = "ktrigger-controller")]
+    lease_name: String,
+    /// Namespace of the Lease; default the pod's namespace (POD_NAMESPACE), else `default`.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// How long a leader's Lease stays valid without renewal (whole seconds, at least 2s).
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: Duration,
+}
+
+/// The leadership of this replica: a channel that says whether it holds the Lease, and the
+/// task that renews it (and releases it once the channel is dropped).
+struct Leadership {
+    leading: tokio::sync::watch::Receiver<bool>,
+    renewer: tokio::task::JoinHandle<Result<LeaseManager, LeaseManagerError>>,
+}
+
+async fn elect(client: kube::Client, args: &ControllerArgs) -> anyhow::Result<Leadership> {
+    let duration = args.lease_duration.as_secs();
+    anyhow::ensure!(duration >= 2, "--lease-duration must be at least 2s");
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| format!("ktrigger-{}", uuid::Uuid::new_v4()));
+    let manager = LeaseManagerBuilder::new(client, &args.lease_name)
+        .with_namespace(&args.lease_namespace)
+        .with_identity(identity)
+        .with_duration(duration)
+        .with_grace((duration / 3).max(1))
+        .build()
+        .await?;
+    let (leading, renewer) = manager.watch().await;
+    Ok(Leadership { leading, renewer })
+}
+
+/// Waits until this replica leads; false when a stop signal came first.
+async fn wait_for_leadership(leadership: &mut Leadership) -> anyhow::Result<bool> {
+    loop {
+        if *leadership.leading.borrow_and_update() {
+            return Ok(true);
+        }
+        tokio::select! {
+            signal = wait_for_signal() => {
+                signal?;
+                return Ok(false);
+            }
+            changed = leadership.leading.changed() => changed?,
+        }
+    }
+}
+
+/// Resolves when this replica stops leading; never when leader election is off.
+async fn lost_leadership(leadership: &mut Option<Leadership>) {
+    let Some(leadership) = leadership else { return std::future::pending().await };
+    while *leadership.leading.borrow_and_update() {
+        if leadership.leading.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Runs until SIGINT or SIGTERM.
@@ -84,6 +145,18 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     );
     let serve = axum::serve(health, probes).with_graceful_shutdown(stop.clone().cancelled_owned());
     let health_server = tokio::spawn(async move { serve.await });
+    eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
+    eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
+    eprintln!("health probes on http://{}", args.health_addr);
+    let mut leadership = if args.leader_elect { Some(elect(client.clone(), &args).await?) } else { None };
+    if let Some(leadership) = &mut leadership {
+        eprintln!("waiting to lead (lease {}/{})", args.lease_namespace, args.lease_name);
+        if !wait_for_leadership(leadership).await? {
+            stop.cancel();
+            return Ok(ExitCode::SUCCESS);
+        }
+        eprintln!("leading (lease {}/{})", args.lease_namespace, args.lease_name);
+    }
     let engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), EngineOptions::default());
     let options = ControllerOptions {
         namespaces: args.watch_namespaces,
@@ -92,19 +165,37 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     let scope =
         if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };
-    eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
-    eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
-    eprintln!("health probes on http://{}", args.health_addr);
     eprintln!("ktrigger controller reconciling TriggerServices in {scope}; press Ctrl-C to stop");
     let cancel = CancellationToken::new();
     let reconciler = tokio::spawn(ktrigger_controller::run(client, engine, options, readiness, cancel.clone()));
-    wait_for_signal().await?;
+    let lost = tokio::select! {
+        signal = wait_for_signal() => {
+            signal?;
+            false
+        }
+        _ = lost_leadership(&mut leadership) => true,
+    };
+    if lost {
+        eprintln!("error: lost the lease to another replica; stopping so that only the leader delivers");
+    }
     eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     cancel.cancel();
     let report = reconciler.await?;
     stop.cancel();
     let _ = listener.await;
     let _ = health_server.await;
+    if let Some(Leadership { leading, renewer }) = leadership {
+        // Dropping the channel makes the renewer release the Lease for the next replica.
+        drop(leading);
+        match renewer.await {
+            Ok(Ok(_)) => eprintln!("lease released"),
+            Ok(Err(error)) => eprintln!("warning: the lease could not be released: {error}"),
+            Err(error) => eprintln!("warning: the lease renewer failed: {error}"),
+        }
+    }
+    if lost {
+        return Ok(ExitCode::FAILURE);
+    }
     if report.lost > 0 {
         eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
         return Ok(ExitCode::FAILURE);
