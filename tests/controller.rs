@@ -98,6 +98,14 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     assert!(message.starts_with("trigger broken: triggers[1].filter: line 1, column"), "{message}");
     assert_eq!(status["observedGeneration"], 1);
 
+    let metrics = running.url_after("metrics on ");
+    let (code, text) = get(&metrics);
+    assert_eq!(code, 200);
+    let fired =
+        format!("ktrigger_trigger_fired_total{{namespace=\"{}\",service=\"svc\",trigger=\"tick\"}}", env.namespace);
+    assert!(text.contains(&fired), "{fired} missing from:\n{text}");
+    assert!(text.contains("ktrigger_triggers_running 1"), "{text}");
+
     let (ok, table) = kubectl(&env, &["get", "kts", "-n", &env.namespace]);
     assert!(ok, "{table}");
     let header = table.lines().next().unwrap_or_default();
@@ -119,6 +127,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
 fn the_controller_refuses_to_start_without_a_cluster() {
     let output = support::ktrigger()
         .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--health-addr", &support::free_port()])
+        .args(["--metrics-addr", &support::free_port()])
         .args(["--webhook-addr", "127.0.0.1:0"])
         .output()
         .unwrap();

@@ -85,11 +85,13 @@ impl Running {
     }
 
     /// Starts `ktrigger controller` with `args` (free webhook and health ports are added) and
-    /// waits until it reconciles, or waits to lead.
+    /// waits until it reconciles, or waits to lead. Free metrics and health ports are added too.
     pub fn start_controller(args: &[&str]) -> Running {
         let health = free_port();
         let mut command = ktrigger();
+        let metrics = free_port();
         command.arg("controller").args(args).args(["--webhook-addr", "127.0.0.1:0", "--health-addr", &health]);
+        command.args(["--metrics-addr", &metrics]);
         Self::spawn(command, &["ktrigger controller reconciling", "waiting to lead"])
     }
 

@@ -10,6 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
+use ktrigger_controller::metrics::{EngineCollector, WatchCounts};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_sources::WebhookListener;
@@ -37,6 +38,9 @@ pub struct ControllerArgs {
     /// Address of the shared listener for `webhook` sources.
     #[arg(long, default_value = "0.0.0.0:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
     webhook_addr: SocketAddr,
+    /// Address serving `/metrics` (Prometheus text format).
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: SocketAddr,
     /// Address serving `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8081")]
     health_addr: SocketAddr,
@@ -83,6 +87,30 @@ async fn elect(client: kube::Client, args: &ControllerArgs) -> anyhow::Result<Le
         .await?;
     let (leading, renewer) = manager.watch().await;
     Ok(Leadership { leading, renewer })
+}
+
+/// Serves `router` on `listener` until `stop` fires.
+fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    stop: &CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    let server = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
+    tokio::spawn(async move { server.await })
+}
+
+async fn export(
+    registry: Arc<prometheus_client::registry::Registry>,
+) -> (StatusCode, [(&'static str, &'static str); 1], String) {
+    let mut text = String::new();
+    match prometheus_client::encoding::text::encode(&mut text, &registry) {
+        Ok(()) => {
+            (StatusCode::OK, [("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")], text)
+        }
+        Err(_) => {
+            (StatusCode::INTERNAL_SERVER_ERROR, [("content-type", "text/plain")], "metrics could not be encoded".into())
+        }
+    }
 }
 
 /// Waits until this replica leads; false when a stop signal came first.
@@ -143,11 +171,18 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             }
         }),
     );
-    let serve = axum::serve(health, probes).with_graceful_shutdown(stop.clone().cancelled_owned());
-    let health_server = tokio::spawn(async move { serve.await });
+    let health_server = serve(health, probes, &stop);
+    let engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), EngineOptions::default());
+    let hub = cluster.clone();
+    let watch_counts: WatchCounts = Arc::new(move || (hub.hub().open_watches(), hub.hub().watches_opened()));
+    let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let metrics_server =
+        serve(metrics_listener, Router::new().route("/metrics", get(move || export(metrics.clone()))), &stop);
     eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
     eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
     eprintln!("health probes on http://{}", args.health_addr);
+    eprintln!("metrics on http://{}/metrics", args.metrics_addr);
     let mut leadership = if args.leader_elect { Some(elect(client.clone(), &args).await?) } else { None };
     if let Some(leadership) = &mut leadership {
         eprintln!("waiting to lead (lease {}/{})", args.lease_namespace, args.lease_name);
@@ -157,7 +192,6 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }
         eprintln!("leading (lease {}/{})", args.lease_namespace, args.lease_name);
     }
-    let engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), EngineOptions::default());
     let options = ControllerOptions {
         namespaces: args.watch_namespaces,
         status_interval: args.status_interval,
@@ -184,6 +218,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     stop.cancel();
     let _ = listener.await;
     let _ = health_server.await;
+    let _ = metrics_server.await;
     if let Some(Leadership { leading, renewer }) = leadership {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);

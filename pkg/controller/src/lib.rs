@@ -6,6 +6,7 @@
 //! triggers whose spec changed. Status is computed from the engine's counters and written on a
 //! fixed tick, only for objects whose status changed: never more than once per tick per object.
 
+pub mod metrics;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};

@@ -73,6 +73,43 @@ pub struct ShutdownReport {
     pub lost: usize,
 }
 
+/// One running trigger as seen from outside the engine (metrics).
+#[derive(Clone)]
+struct Observed {
+    stats: Arc<TriggerStats>,
+    queues: Vec<Arc<dyn DeliveryQueue>>,
+}
+
+/// A read-only view of the running triggers that other tasks can hold (e.g. a metrics endpoint)
+/// while the engine itself is owned by one task.
+#[derive(Clone, Default)]
+pub struct EngineObserver(Arc<std::sync::Mutex<BTreeMap<TriggerId, Observed>>>);
+
+/// Counters and queue depth of one running trigger.
+#[derive(Debug, Clone)]
+pub struct TriggerMetrics {
+    /// The trigger.
+    pub id: TriggerId,
+    /// Its counters.
+    pub stats: StatsSnapshot,
+    /// Deliveries waiting in its destination queues.
+    pub queued: usize,
+}
+
+impl EngineObserver {
+    /// The counters and queue depth of every running trigger now.
+    pub fn snapshot(&self) -> Vec<TriggerMetrics> {
+        crate::stats::lock(&self.0)
+            .iter()
+            .map(|(id, observed)| TriggerMetrics {
+                id: id.clone(),
+                stats: observed.stats.snapshot(),
+                queued: observed.queues.iter().map(|q| q.len()).sum(),
+            })
+            .collect()
+    }
+}
+
 /// Runs triggers. One engine per process; all triggers share its router.
 pub struct Engine {
     registry: Arc<Registry>,
@@ -81,6 +118,7 @@ pub struct Engine {
     running: BTreeMap<TriggerId, RunningTrigger>,
     problems: BTreeMap<TriggerId, Vec<String>>,
     tasks: TaskTracker,
+    observer: EngineObserver,
 }
 
 impl Engine {
@@ -93,6 +131,7 @@ impl Engine {
             running: BTreeMap::new(),
             problems: BTreeMap::new(),
             tasks: TaskTracker::new(),
+            observer: EngineObserver::default(),
         }
     }
 
@@ -201,7 +240,13 @@ impl Engine {
             .collect()
     }
 
+    /// A view of the running triggers for other tasks.
+    pub fn observer(&self) -> EngineObserver {
+        self.observer.clone()
+    }
+
     fn stop(&mut self, id: &TriggerId) {
+        crate::stats::lock(&self.observer.0).remove(id);
         if let Some(running) = self.running.remove(id) {
             running.cancel.cancel();
         }
@@ -241,6 +286,8 @@ impl Engine {
             self.options.source_backoff,
         );
         self.tasks.spawn(supervisor);
+        let observed = Observed { stats: stats.clone(), queues: queues.clone() };
+        crate::stats::lock(&self.observer.0).insert(trigger.id.clone(), observed);
         self.running.insert(trigger.id, RunningTrigger { hash: trigger.hash, cancel, stats, queues });
     }
 }
