@@ -199,6 +199,9 @@ pub struct TriggerStatus {
     /// Deliveries given up on.
     #[serde(default)]
     pub dead_lettered: u64,
+    /// Times the source was restarted after an error or panic.
+    #[serde(default)]
+    pub restarts: u64,
     /// When it last fired (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fired: Option<String>,

@@ -16,13 +16,16 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures::{StreamExt, stream};
+use k8s_openapi::api::core::v1::ObjectReference;
 use ktrigger_api::{TriggerService, TriggerServiceStatus};
 use ktrigger_core::engine::{Engine, ShutdownReport};
 use ktrigger_core::prepare::TriggerProblem;
 use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, ResourceExt};
+use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub use status::{READY, compute_status};
@@ -61,13 +64,23 @@ impl Readiness {
     }
 }
 
+/// Least time between two Kubernetes Events of the same reason about the same trigger.
+const EVENT_INTERVAL: Duration = Duration::from_secs(60);
+/// Longest note of a Kubernetes Event (the API server refuses longer ones).
+const MAX_NOTE: usize = 1024;
+
 /// What the controller knows of one TriggerService.
 #[derive(Debug, Default)]
 struct Service {
     uid: Option<String>,
     generation: Option<i64>,
+    reference: ObjectReference,
     problems: Vec<TriggerProblem>,
     written: Option<TriggerServiceStatus>,
+    /// Per trigger, the dead-letter and restart counts already reported by Kubernetes Events.
+    reported: BTreeMap<String, (u64, u64)>,
+    /// Per trigger and reason, when the last Kubernetes Event was sent.
+    last_event: BTreeMap<(String, &'static str), Instant>,
 }
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
@@ -89,19 +102,34 @@ pub async fn run(
     });
     let mut events = stream::select_all(streams);
     let unsynced = (0..events.len()).collect();
-    let mut controller =
-        Controller { client, engine, services: BTreeMap::new(), listing: BTreeMap::new(), unsynced, readiness };
+    let recorder = Recorder::new(client.clone(), Reporter::from("ktrigger-controller"));
+    let mut controller = Controller {
+        client,
+        engine,
+        recorder,
+        services: BTreeMap::new(),
+        listing: BTreeMap::new(),
+        unsynced,
+        readiness,
+        outbox: Vec::new(),
+    };
     let mut tick = tokio::time::interval(options.status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = cancel.cancelled() => break,
             next = events.next() => match next {
-                Some((stream, Ok(event))) => controller.handle(stream, event),
+                Some((stream, Ok(event))) => {
+                    controller.handle(stream, event);
+                    controller.publish_events().await;
+                }
                 Some((_, Err(error))) => tracing::warn!(%error, "TriggerService watch failed; retrying with backoff"),
                 None => break,
             },
-            _ = tick.tick() => controller.write_statuses().await,
+            _ = tick.tick() => {
+                controller.write_statuses().await;
+                controller.publish_events().await;
+            }
         }
     }
     controller.write_statuses().await;
@@ -111,6 +139,9 @@ pub async fn run(
 struct Controller {
     client: Client,
     engine: Engine,
+    recorder: Recorder,
+    /// Kubernetes Events waiting to be published, with the object they are about.
+    outbox: Vec<(ObjectReference, Event)>,
     services: BTreeMap<Key, Service>,
     /// Per watch stream, the objects seen since its (re)list began.
     listing: BTreeMap<usize, BTreeSet<Key>>,
@@ -164,6 +195,12 @@ impl Controller {
         }
         service.uid = uid;
         service.generation = generation;
+        service.reference = object.object_ref(&());
+        if !report.skipped.is_empty() {
+            let details: Vec<String> =
+                report.skipped.iter().map(|p| format!("trigger {}: {}", p.id.trigger, p.messages.join("; "))).collect();
+            self.outbox.push((service.reference.clone(), warning("InvalidTrigger", "Load", details.join(" | "))));
+        }
         service.problems = report.skipped;
     }
 
@@ -175,10 +212,20 @@ impl Controller {
         }
     }
 
+    /// Publishes the waiting Kubernetes Events; a failure is logged, never retried in a loop.
+    async fn publish_events(&mut self) {
+        for (reference, event) in std::mem::take(&mut self.outbox) {
+            if let Err(error) = self.recorder.publish(&event, &reference).await {
+                tracing::warn!(reason = %event.reason, %error, "Kubernetes Event could not be published");
+            }
+        }
+    }
+
     async fn write_statuses(&mut self) {
         let now = Utc::now();
         for ((namespace, name), service) in self.services.iter_mut() {
             let triggers = self.engine.status(namespace, name);
+            report_failures(service, &triggers, &mut self.outbox);
             let status = compute_status(service.generation, triggers, &service.problems, service.written.as_ref(), now);
             if service.written.as_ref() == Some(&status) {
                 continue;
@@ -199,6 +246,74 @@ impl Controller {
                 Err(error) => tracing::warn!(namespace, name, %error, "status could not be written; retrying later"),
             }
         }
+    }
+}
+
+/// Queues a Kubernetes Event for each trigger whose deliveries were dead-lettered or whose source
+/// restarted since the last report, at most one per reason and trigger every [`EVENT_INTERVAL`].
+fn report_failures(
+    service: &mut Service,
+    triggers: &[ktrigger_api::TriggerStatus],
+    outbox: &mut Vec<(ObjectReference, Event)>,
+) {
+    let now = Instant::now();
+    for trigger in triggers {
+        let (dead, restarts) = service.reported.get(&trigger.name).copied().unwrap_or_default();
+        let last_error = trigger.last_error.as_deref().unwrap_or("unknown");
+        let mut candidates = Vec::new();
+        if trigger.dead_lettered > dead {
+            let note = format!(
+                "trigger {}: {} delivery(ies) dead-lettered; last error: {last_error}",
+                trigger.name,
+                trigger.dead_lettered - dead
+            );
+            candidates.push(("DeliveryDeadLettered", "Deliver", note));
+        }
+        if trigger.restarts > restarts {
+            let note = format!(
+                "trigger {}: source restarted {} time(s); last error: {last_error}",
+                trigger.name,
+                trigger.restarts - restarts
+            );
+            candidates.push(("TriggerRestarted", "Restart", note));
+        }
+        let mut sent_dead = false;
+        let mut sent_restart = false;
+        for (reason, action, note) in candidates {
+            let key = (trigger.name.clone(), reason);
+            if service.last_event.get(&key).is_some_and(|at| now.duration_since(*at) < EVENT_INTERVAL) {
+                continue;
+            }
+            service.last_event.insert(key, now);
+            outbox.push((service.reference.clone(), warning(reason, action, note)));
+            sent_dead |= reason == "DeliveryDeadLettered";
+            sent_restart |= reason == "TriggerRestarted";
+        }
+        let reported = service.reported.entry(trigger.name.clone()).or_default();
+        if sent_dead {
+            reported.0 = trigger.dead_lettered;
+        }
+        if sent_restart {
+            reported.1 = trigger.restarts;
+        }
+    }
+}
+
+fn warning(reason: &str, action: &str, mut note: String) -> Event {
+    if note.len() > MAX_NOTE {
+        let mut cut = MAX_NOTE - 3;
+        while !note.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        note.truncate(cut);
+        note.push_str("...");
+    }
+    Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(note),
+        action: action.to_string(),
+        secondary: None,
     }
 }
 

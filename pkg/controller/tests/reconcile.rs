@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_api::TriggerService;
 use ktrigger_controller::{ControllerOptions, Readiness, run};
@@ -99,6 +100,9 @@ async fn trigger_services_are_reconciled_and_report_status() {
     assert!(message.starts_with("trigger second: triggers[1].filter: line 1, column"), "{message}");
     assert_eq!(trigger(&status, "second")["ready"], false);
     assert_eq!(status["readyTriggers"], "1/2");
+    let invalid = events_with_reason(&client, "InvalidTrigger").await;
+    assert_eq!(invalid.len(), 1, "{invalid:?}");
+    assert!(invalid[0].starts_with("trigger second: triggers[1].filter: line 1"), "{invalid:?}");
 
     // Fixing the broken trigger restarts only it: the other keeps its counters.
     let fired_before = trigger(&status, "tick")["fired"].as_u64().unwrap();
@@ -140,6 +144,53 @@ async fn status_is_written_only_when_it_changes() {
     let before = writes();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(writes(), before, "an idle TriggerService's status is not rewritten on every tick");
+    cancel.cancel();
+    controller.await.unwrap();
+}
+
+/// The notes of the Kubernetes Events with `reason` in namespace `default`.
+async fn events_with_reason(client: &Client, reason: &str) -> Vec<String> {
+    let events: Api<KubeEvent> = Api::namespaced(client.clone(), "default");
+    let list = events.list(&Default::default()).await.unwrap();
+    list.items
+        .into_iter()
+        .filter(|e| {
+            e.reason.as_deref() == Some(reason) && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("svc")
+        })
+        .map(|e| e.note.unwrap_or_default())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_become_kubernetes_events_without_flooding() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    install_crd(&client).await;
+    let cancel = CancellationToken::new();
+    let options = ControllerOptions { status_interval: Duration::from_millis(100), ..Default::default() };
+    let controller = tokio::spawn(run(client.clone(), engine(), options, Readiness::default(), cancel.clone()));
+    let api: Api<TriggerService> = Api::namespaced(client.clone(), "default");
+    let doomed: TriggerService = serde_json::from_value(json!({
+        "apiVersion": "ktrigger.dev/v1alpha1",
+        "kind": "TriggerService",
+        "metadata": {"name": "svc", "namespace": "default"},
+        "spec": {"triggers": [
+            {"name": "doomed", "source": {"type": "cron", "properties": {"schedule": "* * * * * *"}},
+             "destinations": [{"type": "webhook", "properties": {"url": "http://127.0.0.1:9/closed"},
+                               "retry": {"maxAttempts": 1}}]}
+        ]}
+    }))
+    .unwrap();
+    api.create(&PostParams::default(), &doomed).await.unwrap();
+    let status = wait_status(&api, "three dead letters", |s| {
+        s["triggers"].as_array().is_some_and(|t| t.iter().any(|t| t["deadLettered"].as_u64() >= Some(3)))
+    })
+    .await;
+    assert_eq!(trigger(&status, "doomed")["failed"], trigger(&status, "doomed")["deadLettered"]);
+    let notes = events_with_reason(&client, "DeliveryDeadLettered").await;
+    assert_eq!(notes.len(), 1, "one Event per minute and trigger, however many dead letters: {notes:?}");
+    assert!(notes[0].starts_with("trigger doomed: "), "{notes:?}");
+    assert!(notes[0].contains("dead-lettered; last error: webhook#0:"), "{notes:?}");
     cancel.cancel();
     controller.await.unwrap();
 }

@@ -136,6 +136,7 @@ impl StatsSnapshot {
             fired: self.fired,
             failed: self.failed,
             dead_lettered: self.dead_lettered,
+            restarts: self.restarts,
             last_fired: self.last_fired.map(rfc3339),
             last_error: self.last_error.clone(),
             active_events: Vec::new(),
