@@ -1,7 +1,6 @@
 //! `ktrigger controller`: reconcile TriggerService objects in the cluster, serve health probes.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,24 +16,19 @@ use ktrigger_sources::WebhookListener;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterArgs;
 use crate::registry_with;
 use crate::run::{parse_duration, wait_for_signal};
 
 /// Options of `ktrigger controller`.
 #[derive(Debug, Args)]
 pub struct ControllerArgs {
-    /// Kubeconfig; default KUBECONFIG, then ~/.kube/config, then the in-cluster service account.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to use instead of the current one.
-    #[arg(long)]
-    context: Option<String>,
+    /// How to reach the cluster.
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// Namespaces whose TriggerServices are reconciled (comma-separated); all when omitted.
     #[arg(long, alias = "namespace", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
-    /// YAML file of custom k8s-events presets: `mappings: [{name, condition}]` (CEL over the Event).
-    #[arg(long)]
-    event_mappings: Option<PathBuf>,
     /// Address of the shared listener for `webhook` sources.
     #[arg(long, default_value = "0.0.0.0:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
     webhook_addr: SocketAddr,
@@ -50,9 +44,6 @@ pub struct ControllerArgs {
     /// How long deliveries already queued may take to finish after a stop signal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
-    /// How long a Kubernetes watch may keep failing before its triggers report it unhealthy.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    watch_unhealthy_after: Duration,
     /// Run only while holding a Lease, so that one of several replicas delivers.
     #[arg(long)]
     leader_elect: bool,
@@ -141,13 +132,7 @@ async fn lost_leadership(leadership: &mut Option<Leadership>) {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let cluster = ktrigger_kube::Cluster::connect(&ktrigger_kube::ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-        event_mappings: args.event_mappings.clone(),
-        hub: ktrigger_kube::HubOptions { unhealthy_after: args.watch_unhealthy_after },
-    })
-    .await?;
+    let cluster = args.cluster.connect().await?;
     let Some(client) = cluster.kube_client() else {
         let reason = cluster.unavailable_reason().unwrap_or("no cluster configured");
         eprintln!("error: the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");

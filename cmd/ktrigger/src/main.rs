@@ -1,5 +1,6 @@
 //! `ktrigger`: the command-line entry point. Wiring only; the work happens in the library crates.
 
+mod cluster;
 mod controller;
 mod inspect;
 mod run;

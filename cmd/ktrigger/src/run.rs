@@ -12,6 +12,7 @@ use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_sources::WebhookListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::cluster::ClusterArgs;
 use crate::registry_with;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
@@ -32,18 +33,9 @@ pub struct RunArgs {
     /// How long deliveries already queued may take to finish after a stop signal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
-    /// Kubeconfig for Kubernetes sources; default KUBECONFIG, then ~/.kube/config, then in-cluster.
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
-    /// Kubeconfig context to use instead of the current one.
-    #[arg(long)]
-    context: Option<String>,
-    /// YAML file of custom k8s-events presets: `mappings: [{name, condition}]` (CEL over the Event).
-    #[arg(long)]
-    event_mappings: Option<PathBuf>,
-    /// How long a Kubernetes watch may keep failing before its triggers report it unhealthy.
-    #[arg(long, default_value = "2m", value_parser = parse_duration)]
-    watch_unhealthy_after: Duration,
+    /// How to reach a cluster, for Kubernetes sources and destinations.
+    #[command(flatten)]
+    cluster: ClusterArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -63,13 +55,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let webhooks =
         if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { WebhookListener::detached() };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
-    let cluster = ktrigger_kube::Cluster::connect(&ktrigger_kube::ClusterOptions {
-        kubeconfig: args.kubeconfig.clone(),
-        context: args.context.clone(),
-        event_mappings: args.event_mappings.clone(),
-        hub: ktrigger_kube::HubOptions { unhealthy_after: args.watch_unhealthy_after },
-    })
-    .await?;
+    let cluster = args.cluster.connect().await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
     let mut engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), options);
     let mut started = 0;
