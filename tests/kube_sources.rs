@@ -215,11 +215,15 @@ fn the_watch_survives_a_410_and_a_dropped_stream_without_loss_or_duplicates() {
     let config = service(&cm_trigger("all", &env.namespace, ""));
     let (running, _dir) = env.run(&config, &[], 1);
 
+    // "watch synced" is logged when the list is done; the watch itself opens right after.
+    let open = |n| assert!(env.runtime.block_on(cluster.wait_for_watches("configmaps", n, WAIT)), "the watch is open");
+    open(1);
     cluster.faults().drop_watches("configmaps");
     env.set_data("a", "2");
     env.create_configmap("d", json!({}));
     wait_deliveries(&running, "all", 2);
 
+    open(1);
     cluster.faults().gone_on_next_watch("configmaps");
     cluster.faults().drop_watches("configmaps");
     env.set_data("b", "2");
@@ -235,7 +239,9 @@ fn the_watch_survives_a_410_and_a_dropped_stream_without_loss_or_duplicates() {
     );
     env.set_data("d", "2");
     assert_eq!(wait_deliveries(&running, "all", 6)[5], pair("update", "d"));
-    assert!(cluster.watch_requests_for("configmaps") >= 4, "resumed twice and re-opened after the 410");
+    let watches: Vec<String> =
+        cluster.request_log().into_iter().filter(|(_, uri)| uri.contains("watch=true")).map(|(_, uri)| uri).collect();
+    assert!(watches.len() >= 4, "resumed twice and re-opened after the 410: {watches:#?}");
     assert_eq!(running.stop(), Some(0));
 }
 
