@@ -174,3 +174,117 @@ fn only_the_leader_delivers_and_a_follower_takes_over_when_it_dies() {
     wait_for_tick(&follower, 1);
     assert_eq!(follower.stop(), Some(0));
 }
+
+fn trigger_status(env: &Env, service: &str, trigger: &str) -> Value {
+    let (ok, text) = kubectl(env, &["get", "triggerservice", service, "-n", &env.namespace, "-o", "json"]);
+    if !ok {
+        return Value::Null;
+    }
+    let object: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+    let triggers = object["status"]["triggers"].as_array().cloned().unwrap_or_default();
+    triggers.into_iter().find(|t| t["name"] == trigger).unwrap_or(Value::Null)
+}
+
+fn wait_trigger(env: &Env, service: &str, trigger: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let status = trigger_status(env, service, trigger);
+        if check(&status) {
+            return status;
+        }
+        assert!(start.elapsed() < WAIT, "timed out waiting for {what}; status of {trigger}: {status:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `kubectl apply` of a YAML document in `namespace`.
+fn apply(env: &Env, namespace: &str, yaml: &str) {
+    let (_dir, path) = write_config(yaml);
+    let (ok, text) = kubectl(env, &["apply", "-n", namespace, "-f", path.to_str().unwrap()]);
+    assert!(ok, "kubectl apply: {text}");
+}
+
+fn configmap_data(env: &Env, namespace: &str, name: &str) -> Value {
+    let (ok, text) = kubectl(env, &["get", "configmap", name, "-n", namespace, "-o", "json"]);
+    assert!(ok, "{text}");
+    serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
+}
+
+fn patch_trigger(name: &str, namespace: &str) -> String {
+    format!(
+        r#"
+  - name: {name}
+    source: {{type: cron, properties: {{schedule: "* * * * * *"}}}}
+    destinations:
+    - type: patch-resource
+      properties: {{apiVersion: v1, kind: ConfigMap, name: target, namespace: {namespace}, patch: {{data: {{touched: "yes"}}}}}}
+      retry: {{maxAttempts: 1}}"#
+    )
+}
+
+#[test]
+fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
+    let env = Env::new("identity");
+    let other = format!("{}-other", env.namespace);
+    let _cleanup = support::cluster::NamespaceGuard::create(&env, &other);
+    for namespace in [env.namespace.as_str(), other.as_str()] {
+        apply(&env, namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: target}\ndata: {v: \"1\"}\n");
+    }
+    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
+    assert!(kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]).0);
+    let running = Running::start_controller(&[
+        "--kubeconfig",
+        env.kubeconfig(),
+        "--watch-namespaces",
+        &env.namespace,
+        "--status-interval",
+        "300ms",
+    ]);
+
+    // Without serviceAccountName: the controller's identity, in the TriggerService's namespace only.
+    let own = format!(
+        "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {{name: own}}\nspec:\n  triggers:{}{}\n",
+        patch_trigger("home", &env.namespace),
+        patch_trigger("away", &other)
+    );
+    apply(&env, &env.namespace, &own);
+    let away =
+        wait_trigger(&env, "own", "away", "a refused cross-namespace patch", |t| t["deadLettered"].as_u64() >= Some(1));
+    let error = away["lastError"].as_str().unwrap_or_default();
+    assert!(error.contains("not allowed outside the TriggerService's namespace"), "{away:#}");
+    wait_trigger(&env, "own", "home", "a patch at home", |t| t["fired"].as_u64() >= Some(1));
+    let start = Instant::now();
+    while configmap_data(&env, &env.namespace, "target")["touched"] != "yes" {
+        assert!(start.elapsed() < WAIT, "the patch in the TriggerService's own namespace was not made");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(configmap_data(&env, &other, "target")["touched"].is_null(), "nothing was patched elsewhere");
+    assert!(kubectl(&env, &["delete", "triggerservice", "own", "-n", &env.namespace]).0);
+
+    // With serviceAccountName: the ServiceAccount's identity; what it may not do is refused by
+    // the API server, reported, and not performed.
+    apply(&env, &env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
+    if let Some(cluster) = &env.cluster {
+        // The test cluster has no RBAC: refuse the patch the way an unbound ServiceAccount would be.
+        cluster.faults().forbid("patch", "configmaps");
+    }
+    let as_robot = format!(
+        "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {{name: robot}}\nspec:\n  serviceAccountName: robot\n  triggers:{}\n",
+        patch_trigger("away", &other)
+    );
+    apply(&env, &env.namespace, &as_robot);
+    let away = wait_trigger(&env, "robot", "away", "a forbidden patch", |t| t["deadLettered"].as_u64() >= Some(1));
+    assert!(away["lastError"].as_str().unwrap_or_default().contains("forbidden"), "{away:#}");
+    assert!(configmap_data(&env, &other, "target")["touched"].is_null(), "the forbidden patch was not performed");
+    if let Some(cluster) = &env.cluster {
+        let user = format!("system:serviceaccount:{}:robot", env.namespace);
+        let impersonated = cluster.requests().iter().any(|r| {
+            r.method == "PATCH"
+                && r.uri.contains(&format!("/namespaces/{other}/configmaps/target"))
+                && r.impersonate_user.as_deref() == Some(user.as_str())
+        });
+        assert!(impersonated, "the patch was sent as {user}");
+        cluster.faults().allow("patch", "configmaps");
+    }
+    assert_eq!(running.stop(), Some(0));
+}

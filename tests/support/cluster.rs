@@ -148,3 +148,27 @@ pub fn uuid_suffix() -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos();
     format!("{:016x}", nanos ^ (u128::from(std::process::id()) << 40))
 }
+
+/// Deletes a namespace the test made besides its own, when dropped.
+pub struct NamespaceGuard {
+    client: Client,
+    handle: tokio::runtime::Handle,
+    name: String,
+}
+
+impl NamespaceGuard {
+    /// Creates namespace `name` (through `env`'s client); it is deleted when the guard is dropped.
+    pub fn create(env: &Env, name: &str) -> NamespaceGuard {
+        let namespaces: Api<Namespace> = Api::all(env.client.clone());
+        let body = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
+        env.runtime.block_on(namespaces.create(&PostParams::default(), &body)).expect("the namespace is created");
+        NamespaceGuard { client: env.client.clone(), handle: env.runtime.handle().clone(), name: name.to_string() }
+    }
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let _ = self.handle.block_on(namespaces.delete(&self.name, &DeleteParams::default()));
+    }
+}

@@ -44,6 +44,10 @@ pub struct ControllerArgs {
     /// How long deliveries already queued may take to finish after a stop signal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Let TriggerServices without `serviceAccountName` act (patch, create) outside their own
+    /// namespace with the controller's identity. Off: they may act only in their namespace.
+    #[arg(long)]
+    allow_cluster_wide_actions: bool,
     /// Run only while holding a Lease, so that one of several replicas delivers.
     #[arg(long)]
     leader_elect: bool,
@@ -157,7 +161,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     let health_server = serve(health, probes, &stop);
-    let engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), EngineOptions::default());
+    let engine = Engine::new(
+        Arc::new(registry_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions)),
+        EngineOptions::default(),
+    );
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || (hub.hub().open_watches(), hub.hub().watches_opened()));
     let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use ktrigger_core::registry::Registry;
+use ktrigger_destinations::kube::KubeTarget;
 use ktrigger_sources::WebhookListener;
 
 /// A Kubernetes-native trigger engine: source → CEL filter → destinations.
@@ -114,16 +115,21 @@ fn init_logging(format: LogFormat) {
 /// Every source and destination type, with webhook sources served by `webhooks` and
 /// Kubernetes sources checked but never connected (for commands that run nothing).
 fn registry(webhooks: Arc<WebhookListener>) -> Registry {
-    registry_with(webhooks, ktrigger_kube::Cluster::offline())
+    registry_with(webhooks, ktrigger_kube::Cluster::offline(), true)
 }
 
-/// Every source and destination type, with Kubernetes sources watching `cluster`.
-fn registry_with(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster) -> Registry {
+/// Every source and destination type, with Kubernetes sources watching `cluster`. Kubernetes
+/// destinations act as a trigger's ServiceAccount when it names one; otherwise with this
+/// process's identity, only in the TriggerService's namespace unless `cluster_wide`.
+fn registry_with(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, cluster_wide: bool) -> Registry {
     let mut registry = Registry::default();
     ktrigger_sources::register(&mut registry, webhooks);
-    let client = cluster.kube_client();
+    let mut target = KubeTarget::new(cluster.kube_client());
+    if let Some(config) = cluster.kube_config() {
+        target = target.with_identities(config, cluster_wide);
+    }
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
-    ktrigger_destinations::register_kube(&mut registry, client);
+    ktrigger_destinations::register_kube(&mut registry, target);
     registry
 }

@@ -57,7 +57,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect().await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
-    let mut engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone())), options);
+    let mut engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone(), true)), options);
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec);

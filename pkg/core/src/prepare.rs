@@ -87,7 +87,8 @@ pub fn prepare_service(
         let id = TriggerId { namespace: namespace.to_string(), service: service.to_string(), trigger: name };
         let mut messages = spec_errors.remove(&id.trigger).unwrap_or_default();
         if messages.is_empty() {
-            let context = BuildContext { trigger: id.clone(), dry_run };
+            let context =
+                BuildContext { trigger: id.clone(), dry_run, service_account: spec.service_account_name.clone() };
             let mut builder = Builder { registry, prefix: format!("triggers[{index}]"), messages: &mut messages };
             if let Some(ready) = builder.trigger(trigger, &context, spec) {
                 prepared.push(ready);

@@ -19,6 +19,9 @@ pub struct BuildContext {
     pub trigger: TriggerId,
     /// Whether the engine runs with `--dry-run` (nothing may change outside).
     pub dry_run: bool,
+    /// The ServiceAccount (in the trigger's namespace) that destinations changing the cluster act
+    /// as: the TriggerService's `serviceAccountName`. `None`: the engine's own identity.
+    pub service_account: Option<String>,
 }
 
 /// Where a source sends the events it produces.

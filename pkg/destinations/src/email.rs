@@ -457,7 +457,7 @@ mod tests {
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
-        EmailFactory::new().build(&properties, &BuildContext { trigger, dry_run: false })
+        EmailFactory::new().build(&properties, &BuildContext { trigger, dry_run: false, service_account: None })
     }
 
     fn request_render(destination: &Arc<dyn Destination>, event: &Event) -> Value {

@@ -620,7 +620,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        let context = BuildContext { trigger: trigger("apps"), dry_run: false };
+        let context = BuildContext { trigger: trigger("apps"), dry_run: false, service_account: None };
         KagentFactory::new().build(&properties, &context)
     }
 
@@ -691,7 +691,7 @@ mod tests {
             let err = build(properties.clone()).err().unwrap_or_else(|| panic!("{properties} loaded"));
             assert!(err.contains(expected), "{properties}: {err}");
         }
-        let context = BuildContext { trigger: trigger(""), dry_run: false };
+        let context = BuildContext { trigger: trigger(""), dry_run: false, service_account: None };
         let err =
             KagentFactory::new().build(&json!({"agentRef": {"name": "a"}, "prompt": "x"}), &context).err().unwrap();
         assert_eq!(err, "properties.agentRef.namespace: required when the TriggerService has no namespace");

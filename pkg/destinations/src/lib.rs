@@ -35,13 +35,13 @@ pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(teams::TeamsFactory::new()));
     registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
     registry.add_destination(Arc::new(lark::LarkFactory::new()));
-    kube::register(registry, None);
+    kube::register(registry, kube::KubeTarget::new(None));
 }
 
 /// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event` and `job`
-/// (alias `task`), acting through `client`; with `None` every delivery of theirs fails permanently.
-pub fn register_kube(registry: &mut Registry, client: Option<::kube::Client>) {
-    kube::register(registry, client);
+/// (alias `task`), acting on `target`; without a client every delivery of theirs fails permanently.
+pub fn register_kube(registry: &mut Registry, target: kube::KubeTarget) {
+    kube::register(registry, target);
 }
 
 #[cfg(test)]

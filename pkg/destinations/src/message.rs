@@ -526,7 +526,7 @@ pub(crate) mod testing {
 
     /// A build context for [`trigger`].
     pub fn context() -> BuildContext {
-        BuildContext { trigger: trigger(), dry_run: false }
+        BuildContext { trigger: trigger(), dry_run: false, service_account: None }
     }
 
     /// A core/v1 Event about a restarting Pod, recognised by the `pod-restart` preset.

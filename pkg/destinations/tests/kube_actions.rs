@@ -11,8 +11,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_core::event::{Event, TriggerId};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
-use ktrigger_destinations::kube::NEEDS_CLUSTER;
 use ktrigger_destinations::kube::bump_app::PUBLISH_VERSION;
+use ktrigger_destinations::kube::{KubeTarget, NEEDS_CLUSTER};
 use ktrigger_testcluster::{Faults, TestCluster};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -54,7 +54,7 @@ impl Env {
         let object = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
         namespaces.create(&PostParams::default(), &object).await.expect("create the test namespace");
         let mut registry = Registry::default();
-        ktrigger_destinations::register_kube(&mut registry, Some(client.clone()));
+        ktrigger_destinations::register_kube(&mut registry, KubeTarget::new(Some(client.clone())));
         Env { cluster, client, namespace, registry }
     }
 
@@ -68,7 +68,7 @@ impl Env {
     }
 
     fn destination(&self, kind: &str, properties: Value) -> Arc<dyn Destination> {
-        let context = BuildContext { trigger: self.trigger(), dry_run: false };
+        let context = BuildContext { trigger: self.trigger(), dry_run: false, service_account: None };
         self.registry.destination(kind).unwrap().build(&properties, &context).unwrap()
     }
 
@@ -456,7 +456,7 @@ async fn without_a_cluster_deliveries_fail_permanently() {
     let mut registry = Registry::default();
     ktrigger_destinations::register(&mut registry);
     let trigger = TriggerId { namespace: "apps".into(), service: "svc".into(), trigger: "t".into() };
-    let context = BuildContext { trigger: trigger.clone(), dry_run: false };
+    let context = BuildContext { trigger: trigger.clone(), dry_run: false, service_account: None };
     let destination = registry
         .destination("patch-resource")
         .unwrap()

@@ -74,6 +74,8 @@ pub struct ClusterOptions {
 struct ClusterState {
     /// The client, or why there is none.
     client: Result<Client, String>,
+    /// The configuration the client was made from, for clients acting as other identities.
+    config: Option<Config>,
     /// Where the client points, for the start-up report.
     description: Option<String>,
     /// Loading only: a missing cluster is not a load error.
@@ -111,31 +113,36 @@ impl Cluster {
         let (client, description) = match load_config(options).await {
             Ok((config, context)) => {
                 let description = format!("{} (context {context})", config.cluster_url);
-                match Client::try_from(config) {
-                    Ok(client) => (Ok(client), Some(description)),
+                match Client::try_from(config.clone()) {
+                    Ok(client) => (Ok((client, config)), Some(description)),
                     Err(e) => (Err(format!("cannot make a client for {description}: {e}")), None),
                 }
             }
             Err(KubeError::Config(reason)) => (Err(reason), None),
             Err(other) => (Err(other.to_string()), None),
         };
-        Ok(Cluster::make(client, description, false, options.hub.clone(), mappings))
+        let (client, config) = match client {
+            Ok((client, config)) => (Ok(client), Some(config)),
+            Err(reason) => (Err(reason), None),
+        };
+        Ok(Cluster::make(client, config, description, false, options.hub.clone(), mappings))
     }
 
     /// A cluster for checking triggers only (`ktrigger validate`, type listings): properties are
     /// checked, nothing connects, and sources fail if they are ever run.
     pub fn offline() -> Cluster {
         let reason = "this command does not connect to a cluster".to_string();
-        Cluster::make(Err(reason), None, true, HubOptions::default(), Vec::new())
+        Cluster::make(Err(reason), None, None, true, HubOptions::default(), Vec::new())
     }
 
     /// A cluster reached through `client` (tests and embedding programs).
     pub fn with_client(client: Client, hub: HubOptions, mappings: Vec<CustomPreset>) -> Cluster {
-        Cluster::make(Ok(client), None, false, hub, mappings)
+        Cluster::make(Ok(client), None, None, false, hub, mappings)
     }
 
     fn make(
         client: Result<Client, String>,
+        config: Option<Config>,
         description: Option<String>,
         offline: bool,
         hub: HubOptions,
@@ -144,6 +151,7 @@ impl Cluster {
         Cluster {
             state: Arc::new(ClusterState {
                 client,
+                config,
                 description,
                 offline,
                 hub: WatchHub::new(hub),
@@ -180,6 +188,11 @@ impl Cluster {
     /// The client, when a cluster is configured: for destinations that act on the same cluster.
     pub fn kube_client(&self) -> Option<Client> {
         self.state.client.clone().ok()
+    }
+
+    /// The configuration of the client, when it was made from one (not for [`Cluster::with_client`]).
+    pub fn kube_config(&self) -> Option<Config> {
+        self.state.config.clone()
     }
 
     /// Why there is no client, when there is none.

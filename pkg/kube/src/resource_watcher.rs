@@ -270,6 +270,7 @@ mod tests {
         BuildContext {
             trigger: TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() },
             dry_run: false,
+            service_account: None,
         }
     }
 
@@ -305,7 +306,7 @@ mod tests {
     #[test]
     fn no_cluster_is_a_load_error_when_running() {
         let cluster =
-            Cluster::make(Err("kubeconfig /nope does not exist".into()), None, false, Default::default(), vec![]);
+            Cluster::make(Err("kubeconfig /nope does not exist".into()), None, None, false, Default::default(), vec![]);
         let error = ResourceWatcherFactory::new(cluster)
             .build(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), &context())
             .err()

@@ -51,6 +51,7 @@ impl Harness {
         let context = BuildContext {
             trigger: TriggerId { namespace: "test".into(), service: "svc".into(), trigger: source_type.into() },
             dry_run: false,
+            service_account: None,
         };
         let factory = self.registry.source(source_type).unwrap();
         let source = factory.build_for(&properties, &context, SourceNeeds { old_object }).unwrap();

@@ -188,6 +188,7 @@ mod tests {
         BuildContext {
             trigger: TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() },
             dry_run: false,
+            service_account: None,
         }
     }
 

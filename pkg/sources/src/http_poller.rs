@@ -512,6 +512,7 @@ mod tests {
         BuildContext {
             trigger: TriggerId { namespace: "ns".into(), service: "s".into(), trigger: "t".into() },
             dry_run: false,
+            service_account: None,
         }
     }
 

@@ -89,6 +89,7 @@ mod tests {
                 trigger: "t".into(),
             },
             dry_run: false,
+            service_account: None,
         };
         for doc in registry.source_docs() {
             let value: serde_json::Value = serde_yaml::from_str(doc.example).unwrap();

@@ -281,6 +281,7 @@ mod tests {
             let context = BuildContext {
                 trigger: TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: trigger.into() },
                 dry_run: false,
+                service_account: None,
             };
             WebhookFactory::new(self.listener.clone()).build(&properties, &context)
         }

@@ -153,7 +153,7 @@ impl DestinationFactory for BumpAppFactory {
             namespace: compile_optional("namespace", props.namespace.as_deref())?,
             selection,
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.clone(),
+            target: self.target.for_trigger(context)?,
         }))
     }
 }
@@ -301,6 +301,7 @@ impl Destination for BumpApp {
         let client = self.target.client()?;
         let scope = request.scope();
         let namespace = self.namespace(request, &scope)?;
+        self.target.check_namespace(Some(&namespace), "bump Applications")?;
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &namespace, &application_resource());
         let mut bumped = Vec::new();
         match self.choose(request, &scope)? {
@@ -341,7 +342,7 @@ mod tests {
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         BumpAppFactory::new(KubeTarget::new(None))
-            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false })
+            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None })
     }
 
     fn render(destination: &Arc<dyn Destination>, object: Value) -> Result<Value, DeliveryError> {

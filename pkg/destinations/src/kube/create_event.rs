@@ -140,7 +140,7 @@ impl DestinationFactory for CreateEventFactory {
             action: props.action,
             trigger: context.trigger.to_string(),
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.clone(),
+            target: self.target.for_trigger(context)?,
         }))
     }
 }
@@ -279,6 +279,7 @@ impl Destination for CreateEvent {
             .map_err(|e| DeliveryError::permanent(format!("cannot build the Event: {e}")))?;
         let ns = event.metadata.namespace.clone().unwrap_or_default();
         let name = event.metadata.name.clone().unwrap_or_default();
+        self.target.check_namespace(Some(&ns), "create Event")?;
         let api: Api<KubeEvent> = Api::namespaced(client.clone(), &ns);
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
         match api.create(&params, &event).await {
@@ -303,7 +304,7 @@ mod tests {
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         CreateEventFactory::new(KubeTarget::new(None))
-            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false })
+            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None })
     }
 
     #[test]

@@ -226,7 +226,7 @@ impl DestinationFactory for JobFactory {
             owned_by_source: props.owned_by_source,
             trigger: context.trigger.to_string(),
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.clone(),
+            target: self.target.for_trigger(context)?,
         }))
     }
 }
@@ -340,6 +340,7 @@ impl Destination for JobDestination {
             .map_err(|e| DeliveryError::permanent(format!("cannot build the Job: {e}")))?;
         let namespace = job.metadata.namespace.clone().unwrap_or_default();
         let name = job.metadata.name.clone().unwrap_or_default();
+        self.target.check_namespace(Some(&namespace), "create Job")?;
         let api: Api<Job> = Api::namespaced(client.clone(), &namespace);
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..PostParams::default() };
         match api.create(&params, &job).await {
@@ -363,7 +364,8 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        JobFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext { trigger: trigger(), dry_run: false })
+        JobFactory::new(KubeTarget::new(None))
+            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None })
     }
 
     #[test]

@@ -17,8 +17,8 @@ use ::kube::api::{Api, ApiResource, DynamicObject};
 use ::kube::core::GroupVersionKind;
 use ::kube::core::gvk::GroupVersion;
 use ::kube::discovery::{self, Scope};
-use ::kube::{Client, Error};
-use ktrigger_core::registry::{DeliveryError, Registry};
+use ::kube::{Client, Config, Error};
+use ktrigger_core::registry::{BuildContext, DeliveryError, Registry};
 use ktrigger_core::template::{Template, TemplateScope};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -38,9 +38,8 @@ pub const FIELD_MANAGER: &str = "ktrigger";
 const CONFLICT_RETRIES: usize = 3;
 
 /// Adds `patch-resource`, `bump-application-revision`, `create-event` and `job` (alias `task`),
-/// acting through `client`; with `None` they load but every delivery fails with [`NEEDS_CLUSTER`].
-pub fn register(registry: &mut Registry, client: Option<Client>) {
-    let target = KubeTarget::new(client);
+/// acting on `target`; without a client they load but every delivery fails with [`NEEDS_CLUSTER`].
+pub fn register(registry: &mut Registry, target: KubeTarget) {
     registry.add_destination(Arc::new(patch_resource::PatchResourceFactory::new(target.clone())));
     registry.add_destination(Arc::new(bump_app::BumpAppFactory::new(target.clone())));
     registry.add_destination(Arc::new(create_event::CreateEventFactory::new(target.clone())));
@@ -56,10 +55,17 @@ pub struct ResolvedKind {
     pub namespaced: bool,
 }
 
-/// The cluster the Kubernetes destinations act on: an optional client and a discovery cache.
+/// The cluster the Kubernetes destinations act on: an optional client, the identity it acts as,
+/// and a discovery cache.
 #[derive(Clone, Default)]
 pub struct KubeTarget {
     client: Option<Client>,
+    /// The configuration to derive ServiceAccount clients from (impersonation).
+    config: Option<Config>,
+    /// Whether the engine's own identity may act outside a TriggerService's namespace.
+    cluster_wide: bool,
+    /// The only namespace this target may act in, when it is restricted to one.
+    home: Option<String>,
     kinds: Arc<Mutex<HashMap<(String, String), ResolvedKind>>>,
 }
 
@@ -70,9 +76,60 @@ impl std::fmt::Debug for KubeTarget {
 }
 
 impl KubeTarget {
-    /// A target acting through `client`, or one that refuses every delivery when `None`.
+    /// A target acting through `client` anywhere, or one that refuses every delivery when `None`.
     pub fn new(client: Option<Client>) -> Self {
-        KubeTarget { client, kinds: Arc::default() }
+        KubeTarget { client, cluster_wide: true, ..KubeTarget::default() }
+    }
+
+    /// Honours `serviceAccountName`: triggers that name a ServiceAccount act as it, through
+    /// impersonation with clients made from `config`; the others act with the engine's own
+    /// identity, only in their TriggerService's namespace unless `cluster_wide`.
+    pub fn with_identities(self, config: Config, cluster_wide: bool) -> Self {
+        KubeTarget { config: Some(config), cluster_wide, ..self }
+    }
+
+    /// The target one trigger's destination acts on, following [`KubeTarget::with_identities`].
+    pub fn for_trigger(&self, context: &BuildContext) -> Result<KubeTarget, String> {
+        let namespace = &context.trigger.namespace;
+        let mut target = self.clone();
+        match &context.service_account {
+            Some(account) if namespace.is_empty() => {
+                return Err(format!(
+                    "serviceAccountName {account:?} needs a namespaced TriggerService (the ServiceAccount lives in it)"
+                ));
+            }
+            Some(account) => match (&self.config, &self.client) {
+                (Some(config), _) => {
+                    let mut config = config.clone();
+                    config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{account}"));
+                    config.auth_info.impersonate_groups = None;
+                    let client = Client::try_from(config)
+                        .map_err(|e| format!("cannot make a client acting as ServiceAccount {account}: {e}"))?;
+                    target.client = Some(client);
+                }
+                (None, Some(_)) => {
+                    return Err(format!(
+                        "cannot act as ServiceAccount {account:?}: the cluster client was not made from a kubeconfig"
+                    ));
+                }
+                (None, None) => {}
+            },
+            None if !self.cluster_wide && !namespace.is_empty() => target.home = Some(namespace.clone()),
+            None => {}
+        }
+        Ok(target)
+    }
+
+    /// Refuses to act outside the TriggerService's namespace when this target is restricted to
+    /// it; `namespace` is `None` for cluster-scoped objects.
+    pub fn check_namespace(&self, namespace: Option<&str>, action: &str) -> Result<(), DeliveryError> {
+        match &self.home {
+            Some(home) if namespace != Some(home.as_str()) => Err(DeliveryError::permanent(format!(
+                "{action}: not allowed outside the TriggerService's namespace {home:?}: set spec.serviceAccountName \
+                 to act as a ServiceAccount that may, or run the controller with --allow-cluster-wide-actions"
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The client, or the permanent "needs a cluster" error.
@@ -116,6 +173,8 @@ impl KubeTarget {
     /// A dynamic API for `kind`, in `namespace` when the kind is namespaced.
     pub fn api(&self, kind: &ResolvedKind, namespace: &str) -> Result<Api<DynamicObject>, DeliveryError> {
         let client = self.client()?.clone();
+        let scope = kind.namespaced.then_some(namespace);
+        self.check_namespace(scope, &format!("act on {}", kind.resource.kind))?;
         Ok(if kind.namespaced {
             Api::namespaced_with(client, namespace, &kind.resource)
         } else {
@@ -278,16 +337,53 @@ fn has_template(value: &Value) -> bool {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::{BuildContext, DeliveryRequest};
+    use ktrigger_core::registry::DeliveryRequest;
     use serde_json::json;
+
+    fn context(namespace: &str, service_account: Option<&str>) -> BuildContext {
+        BuildContext {
+            trigger: TriggerId { namespace: namespace.into(), service: "s".into(), trigger: "t".into() },
+            dry_run: false,
+            service_account: service_account.map(String::from),
+        }
+    }
+
+    #[test]
+    fn without_a_service_account_actions_stay_in_the_trigger_service_namespace() {
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let target = KubeTarget::new(None).with_identities(config, false).for_trigger(&context("apps", None)).unwrap();
+        assert!(target.check_namespace(Some("apps"), "patch").is_ok());
+        let refused = target.check_namespace(Some("kube-system"), "patch ConfigMap kube-system/x").unwrap_err();
+        assert!(
+            matches!(&refused, DeliveryError::Permanent { reason } if reason.contains("outside the TriggerService's namespace \"apps\"")),
+            "{refused:?}"
+        );
+        assert!(target.check_namespace(None, "patch Node n1").is_err(), "cluster-scoped objects are outside too");
+    }
+
+    #[test]
+    fn the_cluster_wide_flag_and_local_files_are_not_restricted() {
+        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
+        let wide = KubeTarget::new(None).with_identities(config.clone(), true).for_trigger(&context("apps", None));
+        assert!(wide.unwrap().check_namespace(Some("other"), "patch").is_ok());
+        let local = KubeTarget::new(None).with_identities(config, false).for_trigger(&context("", None));
+        assert!(local.unwrap().check_namespace(Some("other"), "patch").is_ok());
+    }
+
+    #[test]
+    fn a_service_account_needs_a_namespaced_trigger_service() {
+        let err = KubeTarget::new(None).for_trigger(&context("", Some("robot"))).err().unwrap();
+        assert!(err.contains("serviceAccountName \"robot\" needs a namespaced TriggerService"), "{err}");
+    }
 
     #[test]
     fn docs_are_complete_and_their_examples_load() {
         let mut registry = Registry::default();
-        register(&mut registry, None);
+        register(&mut registry, KubeTarget::new(None));
         let context = BuildContext {
             trigger: TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() },
             dry_run: false,
+            service_account: None,
         };
         let docs = registry.destination_docs();
         assert_eq!(docs.len(), 4);
@@ -303,9 +399,9 @@ mod tests {
     #[tokio::test]
     async fn without_a_cluster_every_delivery_fails_permanently() {
         let mut registry = Registry::default();
-        register(&mut registry, None);
+        register(&mut registry, KubeTarget::new(None));
         let trigger = TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() };
-        let context = BuildContext { trigger: trigger.clone(), dry_run: false };
+        let context = BuildContext { trigger: trigger.clone(), dry_run: false, service_account: None };
         let event = Event::new(
             "resource-watcher",
             "update",

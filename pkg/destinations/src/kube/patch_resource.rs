@@ -184,7 +184,7 @@ impl DestinationFactory for PatchResourceFactory {
             force: props.force,
             body,
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.clone(),
+            target: self.target.for_trigger(context)?,
         }))
     }
 }
@@ -364,6 +364,7 @@ mod tests {
         let context = BuildContext {
             trigger: TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() },
             dry_run: false,
+            service_account: None,
         };
         PatchResourceFactory::new(KubeTarget::new(None)).build(&properties, &context)
     }

@@ -98,7 +98,7 @@ fn trigger() -> TriggerId {
 }
 
 fn context() -> BuildContext {
-    BuildContext { trigger: trigger(), dry_run: false }
+    BuildContext { trigger: trigger(), dry_run: false, service_account: None }
 }
 
 fn event() -> Event {
