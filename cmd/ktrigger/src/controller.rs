@@ -84,6 +84,19 @@ async fn elect(client: kube::Client, args: &ControllerArgs) -> anyhow::Result<Le
     Ok(Leadership { leading, renewer })
 }
 
+/// `/readyz`: ready once this replica leads (or leader election is off) and has listed every
+/// TriggerService, while no Kubernetes watch has been failing for longer than allowed.
+fn ready(readiness: &Readiness, cluster: &ktrigger_kube::Cluster) -> (StatusCode, String) {
+    if !readiness.is_ready() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not leading, or TriggerServices not listed yet".into());
+    }
+    let unhealthy = cluster.hub().unhealthy();
+    if !unhealthy.is_empty() {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("watches failing: {}", unhealthy.join("; ")));
+    }
+    (StatusCode::OK, "ready".into())
+}
+
 /// Serves `router` on `listener` until `stop` fires.
 fn serve(
     listener: tokio::net::TcpListener,
@@ -150,14 +163,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/readyz",
         get({
-            let readiness = readiness.clone();
-            move || async move {
-                if readiness.is_ready() {
-                    (StatusCode::OK, "ready")
-                } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "TriggerServices not listed yet")
-                }
-            }
+            let (readiness, cluster) = (readiness.clone(), cluster.clone());
+            move || async move { ready(&readiness, &cluster) }
         }),
     );
     let health_server = serve(health, probes, &stop);

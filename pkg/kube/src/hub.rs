@@ -284,6 +284,22 @@ impl WatchHub {
         lock(&self.shared.watches).len()
     }
 
+    /// The watches that have been failing for longer than `unhealthy_after`, each with why: what
+    /// `/readyz` reports.
+    pub fn unhealthy(&self) -> Vec<String> {
+        let now = Instant::now();
+        let watches = lock(&self.shared.watches);
+        let mut found: Vec<String> = watches
+            .iter()
+            .filter_map(|(key, entry)| match entry.health.borrow().verdict(now, self.shared.options.unhealthy_after) {
+                Verdict::Fine => None,
+                Verdict::Refused(reason) | Verdict::Unhealthy(reason) => Some(format!("{key}: {reason}")),
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
     /// Watches opened since the hub was made (a watch restarted after its last subscriber left
     /// counts again).
     pub fn watches_opened(&self) -> u64 {

@@ -345,6 +345,9 @@ async fn a_watch_broken_for_too_long_is_reported_unhealthy() {
     h.cluster.faults().drop_watches("configmaps");
     let error = all.failure().await;
     assert!(error.contains("watch failing for") && error.contains("500"), "{error}");
+    let unhealthy = h.kube.hub().unhealthy();
+    assert_eq!(unhealthy.len(), 1, "readiness sees the broken watch: {unhealthy:?}");
+    assert!(unhealthy[0].contains("watch failing for"), "{unhealthy:?}");
     all.stop().await;
 }
 
