@@ -105,6 +105,11 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
         format!("ktrigger_trigger_fired_total{{namespace=\"{}\",service=\"svc\",trigger=\"tick\"}}", env.namespace);
     assert!(text.contains(&fired), "{fired} missing from:\n{text}");
     assert!(text.contains("ktrigger_triggers_running 1"), "{text}");
+    let latency = format!(
+        "ktrigger_delivery_latency_seconds_count{{namespace=\"{}\",service=\"svc\",trigger=\"tick\"}}",
+        env.namespace
+    );
+    assert!(text.contains(&latency), "{latency} missing from:\n{text}");
 
     let (ok, table) = kubectl(&env, &["get", "kts", "-n", &env.namespace]);
     assert!(ok, "{table}");

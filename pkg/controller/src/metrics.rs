@@ -7,9 +7,10 @@ use std::sync::Arc;
 use ktrigger_core::engine::EngineObserver;
 use ktrigger_core::stats::StatsSnapshot;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Open watches now and watch requests opened since start, from the Kubernetes sources.
@@ -89,6 +90,22 @@ impl Collector for EngineCollector {
         )?;
         for (trigger, labels) in triggers.iter().zip(&labels) {
             ConstGauge::new(i64::try_from(trigger.queued).unwrap_or(i64::MAX)).encode(family.encode_family(labels)?)?;
+        }
+        let histogram = Histogram::new(std::iter::empty());
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_delivery_latency_seconds",
+            "Time from a trigger firing to a destination accepting the delivery, retries included",
+            None,
+            histogram.metric_type(),
+        )?;
+        for (trigger, labels) in triggers.iter().zip(&labels) {
+            let latency = &trigger.latency;
+            family.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+                latency.sum_seconds,
+                latency.count,
+                &latency.buckets,
+                None,
+            )?;
         }
         let running = ConstGauge::new(i64::try_from(triggers.len()).unwrap_or(i64::MAX));
         running.encode(encoder.encode_descriptor(

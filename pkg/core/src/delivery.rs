@@ -35,12 +35,14 @@ pub struct Delivery {
     pub trigger: TriggerId,
     /// The event that matched.
     pub event: SharedEvent,
+    /// When the trigger fired it, for the delivery latency.
+    pub fired_at: std::time::Instant,
 }
 
 impl Delivery {
-    /// A new delivery of `event` for `trigger`.
+    /// A new delivery of `event` for `trigger`, fired now.
     pub fn new(trigger: TriggerId, event: SharedEvent) -> Self {
-        Delivery { id: uuid::Uuid::new_v4().to_string(), trigger, event }
+        Delivery { id: uuid::Uuid::new_v4().to_string(), trigger, event, fired_at: std::time::Instant::now() }
     }
 }
 
@@ -235,7 +237,7 @@ pub async fn deliver_with_retries(target: &Target, delivery: &Delivery, stats: &
         let result = attempt_once(target, &request).await;
         let error = match result {
             Ok(receipt) => {
-                stats.record_delivered();
+                stats.record_delivered(delivery.fired_at.elapsed());
                 tracing::info!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
                     attempt, detail = receipt.detail.as_deref().unwrap_or(""), "delivered");
                 return Outcome::Delivered { attempts: attempt, receipt };
@@ -332,7 +334,12 @@ async fn send_dead_letter(
     stats: &TriggerStats,
 ) {
     let event = Arc::new(dead_letter_event(delivery, label, attempts, reason));
-    let letter = Delivery { id: format!("{}-dead-letter", delivery.id), trigger: delivery.trigger.clone(), event };
+    let letter = Delivery {
+        id: format!("{}-dead-letter", delivery.id),
+        trigger: delivery.trigger.clone(),
+        event,
+        fired_at: delivery.fired_at,
+    };
     if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats).await {
         tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
             reason = %reason, "dead-letter delivery failed too");

@@ -22,7 +22,7 @@ use crate::event::{SharedEvent, TriggerId};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
 use crate::registry::{DeliveryRequest, EventSink, Registry, Source};
 use crate::router::{Admission, RateLimit, Router};
-use crate::stats::{StatsSnapshot, TriggerStats};
+use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
 
 /// Events a source may hand over before it waits for its trigger.
 const EVENT_BUFFER: usize = 256;
@@ -94,6 +94,8 @@ pub struct TriggerMetrics {
     pub stats: StatsSnapshot,
     /// Deliveries waiting in its destination queues.
     pub queued: usize,
+    /// Time from firing to accepted delivery.
+    pub latency: LatencySnapshot,
 }
 
 impl EngineObserver {
@@ -105,6 +107,7 @@ impl EngineObserver {
                 id: id.clone(),
                 stats: observed.stats.snapshot(),
                 queued: observed.queues.iter().map(|q| q.len()).sum(),
+                latency: observed.stats.latency(),
             })
             .collect()
     }

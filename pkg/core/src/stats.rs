@@ -8,9 +8,31 @@ use ktrigger_api::TriggerStatus;
 
 use crate::event::rfc3339;
 
+/// Upper bounds (seconds) of the delivery latency buckets; a last, unbounded bucket follows.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
+
+/// Time from an event firing to its delivery being accepted, as a histogram.
+#[derive(Debug, Default)]
+struct LatencyHistogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len() + 1],
+    sum_micros: AtomicU64,
+}
+
+/// A histogram of delivery latencies at one moment.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencySnapshot {
+    /// `(upper bound in seconds, deliveries in that bucket)`, the last bound being infinity.
+    pub buckets: Vec<(f64, u64)>,
+    /// Sum of all latencies, in seconds.
+    pub sum_seconds: f64,
+    /// Deliveries measured.
+    pub count: u64,
+}
+
 /// What one trigger has done since it started. Cheap to update from any task.
 #[derive(Debug, Default)]
 pub struct TriggerStats {
+    latency: LatencyHistogram,
     ready: AtomicBool,
     matched: AtomicU64,
     filtered: AtomicU64,
@@ -80,9 +102,25 @@ impl TriggerStats {
         *lock(&self.last_fired) = Some(Utc::now());
     }
 
-    /// Counts a delivery a destination accepted.
-    pub fn record_delivered(&self) {
+    /// Counts a delivery a destination accepted `latency` after its trigger fired.
+    pub fn record_delivered(&self, latency: std::time::Duration) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BUCKETS.len());
+        self.latency.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.latency.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    /// The delivery latency histogram now.
+    pub fn latency(&self) -> LatencySnapshot {
+        let counts: Vec<u64> = self.latency.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let bounds = LATENCY_BUCKETS.iter().copied().chain(std::iter::once(f64::INFINITY));
+        LatencySnapshot {
+            count: counts.iter().sum(),
+            buckets: bounds.zip(counts).collect(),
+            sum_seconds: self.latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
     }
 
     /// Counts a failed delivery attempt.
@@ -147,4 +185,25 @@ impl StatsSnapshot {
 /// Locks a mutex, recovering the data if a panicking thread poisoned it.
 pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn delivery_latencies_fall_into_their_buckets() {
+        let stats = TriggerStats::default();
+        for millis in [3, 40, 40, 90_000] {
+            stats.record_delivered(Duration::from_millis(millis));
+        }
+        let latency = stats.latency();
+        assert_eq!(latency.count, 4);
+        assert_eq!(latency.buckets[0], (0.005, 1));
+        assert_eq!(latency.buckets[3], (0.05, 2));
+        assert_eq!(latency.buckets.last().copied(), Some((f64::INFINITY, 1)));
+        assert!((latency.sum_seconds - 90.083).abs() < 1e-9, "{latency:?}");
+        assert_eq!(stats.snapshot().delivered, 4);
+    }
 }
