@@ -58,6 +58,9 @@ spec:
     source: {type: cron, properties: {schedule: "* * * * * *"}}
     filter: 'object.schedule =='
     destinations: [{type: log}]
+  - name: configs
+    source: {type: resource-watcher, properties: {apiVersion: v1, kind: ConfigMap, events: [create]}}
+    destinations: [{type: log}]
 "#;
 
 #[test]
@@ -91,7 +94,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     assert!(ok, "kubectl apply of the TriggerService: {text}");
     running.stdout.wait_until("deliveries of the valid trigger", WAIT, |t| t.contains("/svc/tick\""));
     let status = wait_status(&env, "Ready=False naming the broken trigger", |s| {
-        s["conditions"][0]["status"] == "False" && s["readyTriggers"] == "1/2"
+        s["conditions"][0]["status"] == "False" && s["readyTriggers"] == "2/3"
     });
     assert_eq!(status["conditions"][0]["reason"], "InvalidTriggers");
     let message = status["conditions"][0]["message"].as_str().unwrap();
@@ -104,7 +107,8 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let fired =
         format!("ktrigger_trigger_fired_total{{namespace=\"{}\",service=\"svc\",trigger=\"tick\"}}", env.namespace);
     assert!(text.contains(&fired), "{fired} missing from:\n{text}");
-    assert!(text.contains("ktrigger_triggers_running 1"), "{text}");
+    assert!(text.contains("ktrigger_triggers_running 2"), "{text}");
+    assert!(text.contains("ktrigger_watches_open 1"), "the ConfigMap trigger's watch is open:\n{text}");
     let latency = format!(
         "ktrigger_delivery_latency_seconds_count{{namespace=\"{}\",service=\"svc\",trigger=\"tick\"}}",
         env.namespace
@@ -117,7 +121,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     for column in ["NAME", "READY", "TRIGGERS", "FIRED", "FAILED", "AGE"] {
         assert!(header.contains(column), "printer column {column} missing:\n{table}");
     }
-    assert!(table.contains("1/2"), "{table}");
+    assert!(table.contains("2/3"), "{table}");
 
     let (ok, text) = kubectl(&env, &["delete", "triggerservice", "svc", "-n", &env.namespace]);
     assert!(ok, "{text}");
@@ -125,6 +129,11 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let after_delete = tick_lines(&running);
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(tick_lines(&running), after_delete, "a deleted TriggerService's triggers stop");
+    let (_, text) = get(&metrics);
+    assert!(text.contains("ktrigger_watches_open 0"), "the deleted trigger's watch is closed:\n{text}");
+    if let Some(cluster) = &env.cluster {
+        assert_eq!(cluster.open_watches_for("configmaps"), 0, "no ConfigMap watch is left open");
+    }
     assert_eq!(running.stop(), Some(0));
 }
 
