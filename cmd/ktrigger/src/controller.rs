@@ -1,4 +1,5 @@
-//! `ktrigger controller`: reconcile TriggerService objects in the cluster, serve health probes.
+//! `ktrigger controller`: reconcile TriggerService objects in the cluster, with health probes,
+//! metrics and optional leader election.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;

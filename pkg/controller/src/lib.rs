@@ -72,6 +72,8 @@ const MAX_NOTE: usize = 1024;
 /// What the controller knows of one TriggerService.
 #[derive(Debug, Default)]
 struct Service {
+    /// The watch stream that reports this object (one per watched namespace).
+    stream: usize,
     uid: Option<String>,
     generation: Option<i64>,
     reference: ObjectReference,
@@ -159,12 +161,17 @@ impl Controller {
             watcher::Event::InitApply(object) => {
                 let key = key_of(&object);
                 self.listing.entry(stream).or_default().insert(key);
-                self.apply(&object);
+                self.apply(stream, &object);
             }
             watcher::Event::InitDone => {
                 // Objects deleted while the watch was down are gone from the fresh list.
                 let seen = self.listing.remove(&stream).unwrap_or_default();
-                let gone: Vec<Key> = self.services.keys().filter(|k| !seen.contains(*k)).cloned().collect();
+                let gone: Vec<Key> = self
+                    .services
+                    .iter()
+                    .filter(|(key, service)| service.stream == stream && !seen.contains(*key))
+                    .map(|(key, _)| key.clone())
+                    .collect();
                 for key in gone {
                     self.remove(&key);
                 }
@@ -173,16 +180,17 @@ impl Controller {
                     self.readiness.0.store(true, Ordering::Relaxed);
                 }
             }
-            watcher::Event::Apply(object) => self.apply(&object),
+            watcher::Event::Apply(object) => self.apply(stream, &object),
             watcher::Event::Delete(object) => self.remove(&key_of(&object)),
         }
     }
 
-    fn apply(&mut self, object: &TriggerService) {
+    fn apply(&mut self, stream: usize, object: &TriggerService) {
         let key = key_of(object);
         let generation = object.metadata.generation;
         let uid = object.metadata.uid.clone();
         let service = self.services.entry(key.clone()).or_default();
+        service.stream = stream;
         if service.uid == uid && service.generation == generation && generation.is_some() {
             return;
         }

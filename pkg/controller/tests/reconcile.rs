@@ -194,3 +194,39 @@ async fn dead_letters_become_kubernetes_events_without_flooding() {
     cancel.cancel();
     controller.await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_watched_namespace_keeps_its_trigger_services() {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    install_crd(&client).await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    let other = serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap();
+    namespaces.create(&PostParams::default(), &other).await.unwrap();
+    let mut apis = Vec::new();
+    for namespace in ["default", "other"] {
+        let api: Api<TriggerService> = Api::namespaced(client.clone(), namespace);
+        let mut object = service("true");
+        object.metadata.namespace = Some(namespace.into());
+        object.spec.triggers.truncate(1);
+        api.create(&PostParams::default(), &object).await.unwrap();
+        apis.push(api);
+    }
+    // Both objects exist before the controller lists them: one namespace's list must not drop the other's.
+    let cancel = CancellationToken::new();
+    let options = ControllerOptions {
+        namespaces: vec!["default".into(), "other".into()],
+        status_interval: Duration::from_millis(200),
+        ..Default::default()
+    };
+    let controller = tokio::spawn(run(client.clone(), engine(), options, Readiness::default(), cancel.clone()));
+    for api in &apis {
+        wait_status(api, "both namespaces firing", |s| {
+            s["conditions"][0]["status"] == "True" && s["fired"].as_u64() >= Some(2)
+        })
+        .await;
+    }
+    cancel.cancel();
+    let report = controller.await.unwrap();
+    assert_eq!(report.stats.len(), 2, "{:?}", report.stats);
+}
