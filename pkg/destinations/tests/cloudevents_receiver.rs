@@ -3,83 +3,36 @@
 //!
 //! Needs `python3` with the packages of `tests/requirements.txt`; fails (never skips) without them.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 
 use ktrigger_core::event::{Event, TriggerId, rfc3339};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Registry};
 use serde_json::{Value, json};
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use support::{PythonServer, json_lines};
 
 /// The receiver process; killed when dropped.
-struct PythonReceiver {
-    child: Child,
-    port: u16,
-    output: PathBuf,
-    _dir: tempfile::TempDir,
-}
+struct PythonReceiver(PythonServer);
 
 impl PythonReceiver {
     fn start() -> PythonReceiver {
-        let root = repository_root();
-        let check = Command::new("python3")
-            .args(["-c", "import cloudevents"])
-            .output()
-            .expect("python3 must be on PATH to run the CloudEvents receiver");
-        assert!(
-            check.status.success(),
-            "the Python `cloudevents` package is missing: run `pip install -r tests/requirements.txt` \
-             (from {}): {}",
-            root.display(),
-            String::from_utf8_lossy(&check.stderr)
-        );
-
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("events.jsonl");
-        let mut child = Command::new("python3")
-            .arg(root.join("tests/receivers/cloudevents_receiver.py"))
-            .arg(&output)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the CloudEvents receiver");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-        let port = match first_line.trim().parse() {
-            Ok(port) => port,
-            Err(_) => {
-                let _ = child.kill();
-                let mut stderr = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-                panic!("the receiver did not print its port (got {first_line:?}): {stderr}");
-            }
-        };
-        PythonReceiver { child, port, output, _dir: dir }
+        PythonReceiver(PythonServer::start(
+            "cloudevents_receiver.py",
+            "import cloudevents",
+            "`cloudevents` is",
+            "events.jsonl",
+            &[],
+        ))
     }
 
     fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/events", self.port)
+        format!("http://127.0.0.1:{}/events", self.0.port)
     }
 
     /// The events the receiver accepted, one JSON object each.
     fn accepted(&self) -> Vec<Value> {
-        match std::fs::read_to_string(&self.output) {
-            Ok(text) => text.lines().map(|line| serde_json::from_str(line).unwrap()).collect(),
-            Err(_) => Vec::new(),
-        }
-    }
-}
-
-impl Drop for PythonReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        json_lines(&self.0.output)
     }
 }
 

@@ -4,9 +4,8 @@
 //!
 //! Needs `python3` with the packages of `tests/requirements.txt`; fails (never skips) without them.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 
 use ktrigger_core::event::{Event, TriggerId};
@@ -16,10 +15,7 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use serde_json::{Value, json};
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use support::{PythonServer, json_lines};
 
 /// PEM files of a test CA and of a server certificate it signed for 127.0.0.1 and localhost.
 struct TestPki {
@@ -53,74 +49,25 @@ impl TestPki {
 }
 
 /// The SMTP server process; killed when dropped.
-struct SmtpServer {
-    child: Child,
-    port: u16,
-    output: PathBuf,
-    _dir: tempfile::TempDir,
-}
+struct SmtpServer(PythonServer);
 
 impl SmtpServer {
     fn start(options: &[&str]) -> SmtpServer {
-        let root = repository_root();
-        let check = Command::new("python3")
-            .args(["-c", "import aiosmtpd.smtp"])
-            .output()
-            .expect("python3 must be on PATH to run the SMTP server");
-        assert!(
-            check.status.success(),
-            "the Python `aiosmtpd` package is missing: run `pip install -r tests/requirements.txt` (from {}): {}",
-            root.display(),
-            String::from_utf8_lossy(&check.stderr)
-        );
-
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("mail");
-        let mut child = Command::new("python3")
-            .arg(root.join("tests/receivers/smtp_server.py"))
-            .arg(&output)
-            .args(options)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the SMTP server");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-        let port = match first_line.trim().parse() {
-            Ok(port) => port,
-            Err(_) => {
-                let _ = child.kill();
-                let mut stderr = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-                panic!("the SMTP server did not print its port (got {first_line:?}): {stderr}");
-            }
-        };
-        SmtpServer { child, port, output, _dir: dir }
+        SmtpServer(PythonServer::start("smtp_server.py", "import aiosmtpd.smtp", "`aiosmtpd` is", "mail", options))
     }
 
-    fn lines(&self, file: &str) -> Vec<Value> {
-        match std::fs::read_to_string(self.output.join(file)) {
-            Ok(text) => text.lines().map(|line| serde_json::from_str(line).unwrap()).collect(),
-            Err(_) => Vec::new(),
-        }
+    fn port(&self) -> u16 {
+        self.0.port
     }
 
     /// The messages the server accepted, as Python's `email` package parsed them.
     fn messages(&self) -> Vec<Value> {
-        self.lines("messages.jsonl")
+        json_lines(&self.0.output.join("messages.jsonl"))
     }
 
     /// The AUTH attempts the server saw.
     fn auth_attempts(&self) -> Vec<Value> {
-        self.lines("auth.jsonl")
-    }
-}
-
-impl Drop for SmtpServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        json_lines(&self.0.output.join("auth.jsonl"))
     }
 }
 
@@ -164,7 +111,7 @@ async fn a_plain_relay_receives_a_multipart_plain_and_html_message() {
     let server = SmtpServer::start(&[]);
     let destination = email(json!({
         "host": "127.0.0.1",
-        "port": server.port,
+        "port": server.port(),
         "tls": "none",
         "from": "ktrigger <alerts@example.com>",
         "to": ["oncall@example.com", "Platform Team <platform@example.com>"],
@@ -217,7 +164,7 @@ async fn starttls_with_a_private_ca_and_auth_delivers_the_default_message() {
     std::fs::write(secrets.path().join("password"), "correct horse battery\n").unwrap();
     let destination = email(json!({
         "host": "127.0.0.1",
-        "port": server.port,
+        "port": server.port(),
         "caFile": pki.path("ca.pem"),
         "usernameFrom": {"file": secrets.path().join("user").display().to_string()},
         "passwordFrom": {"file": secrets.path().join("password").display().to_string()},
@@ -256,7 +203,7 @@ async fn wrong_credentials_fail_permanently_without_showing_the_password() {
     std::fs::write(secrets.path().join("password"), "Wr0ng-Pa55word").unwrap();
     let destination = email(json!({
         "host": "127.0.0.1",
-        "port": server.port,
+        "port": server.port(),
         "caFile": pki.path("ca.pem"),
         "usernameFrom": {"file": secrets.path().join("user").display().to_string()},
         "passwordFrom": {"file": secrets.path().join("password").display().to_string()},
@@ -282,7 +229,7 @@ async fn without_the_private_ca_the_server_certificate_is_refused() {
     let pki = TestPki::new();
     let server = SmtpServer::start(&["--tls-cert", &pki.path("server.pem"), "--tls-key", &pki.path("server.key")]);
     let destination = email(json!({
-        "host": "127.0.0.1", "port": server.port, "from": "alerts@example.com", "to": "oncall@example.com",
+        "host": "127.0.0.1", "port": server.port(), "from": "alerts@example.com", "to": "oncall@example.com",
     }));
     match deliver(&destination, "delivery-4").await.unwrap_err() {
         DeliveryError::Transient { reason, .. } => {
@@ -297,7 +244,7 @@ async fn without_the_private_ca_the_server_certificate_is_refused() {
 async fn starttls_is_required_when_configured() {
     let server = SmtpServer::start(&[]);
     let destination = email(json!({
-        "host": "127.0.0.1", "port": server.port, "tls": "starttls", "from": "a@example.com", "to": "b@example.com",
+        "host": "127.0.0.1", "port": server.port(), "tls": "starttls", "from": "a@example.com", "to": "b@example.com",
     }));
     match deliver(&destination, "delivery-5").await.unwrap_err() {
         DeliveryError::Permanent { reason } => assert!(reason.contains("STARTTLS is not supported"), "{reason}"),
@@ -309,7 +256,9 @@ async fn starttls_is_required_when_configured() {
 async fn smtp_replies_decide_whether_a_retry_may_help() {
     let server = SmtpServer::start(&[]);
     let to = |address: &str| {
-        email(json!({"host": "127.0.0.1", "port": server.port, "tls": "none", "from": "a@example.com", "to": address}))
+        email(
+            json!({"host": "127.0.0.1", "port": server.port(), "tls": "none", "from": "a@example.com", "to": address}),
+        )
     };
     match deliver(&to("busy-desk@example.com"), "delivery-6").await.unwrap_err() {
         DeliveryError::Transient { reason, .. } => {

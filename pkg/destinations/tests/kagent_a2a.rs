@@ -4,89 +4,41 @@
 //!
 //! Needs `python3` with the packages of `tests/requirements.txt`; fails (never skips) without them.
 
-use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 
 use ktrigger_core::event::{Event, TriggerId};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Registry};
 use ktrigger_destinations::kagent::message_id;
 use serde_json::{Value, json};
-
-fn repository_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
+use support::{PythonServer, json_lines};
 
 /// The agent server process; killed when dropped.
-struct AgentServer {
-    child: Child,
-    port: u16,
-    output: PathBuf,
-    _dir: tempfile::TempDir,
-}
+struct AgentServer(PythonServer);
 
 impl AgentServer {
     fn start() -> AgentServer {
-        let root = repository_root();
-        let check = Command::new("python3")
-            .args(["-c", "import a2a.server.routes, a2a.server.request_handlers, uvicorn"])
-            .output()
-            .expect("python3 must be on PATH to run the A2A agent server");
-        assert!(
-            check.status.success(),
-            "the Python `a2a-sdk` (with its http-server extra) or `uvicorn` package is missing: run \
-             `pip install -r tests/requirements.txt` (from {}): {}",
-            root.display(),
-            String::from_utf8_lossy(&check.stderr)
-        );
-
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("agent.jsonl");
-        let mut child = Command::new("python3")
-            .arg(root.join("tests/receivers/a2a_agent.py"))
-            .arg(&output)
-            .args(["--agent", "kagent/k8s-agent"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot start the A2A agent server");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut first_line).unwrap();
-        let port = match first_line.trim().parse() {
-            Ok(port) => port,
-            Err(_) => {
-                let _ = child.kill();
-                let mut stderr = String::new();
-                let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
-                panic!("the agent server did not print its port (got {first_line:?}): {stderr}");
-            }
-        };
-        AgentServer { child, port, output, _dir: dir }
+        AgentServer(PythonServer::start(
+            "a2a_agent.py",
+            "import a2a.server.routes, a2a.server.request_handlers, uvicorn",
+            "`a2a-sdk` (with its http-server extra) or `uvicorn` is",
+            "agent.jsonl",
+            &["--agent", "kagent/k8s-agent"],
+        ))
     }
 
     fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        format!("http://127.0.0.1:{}", self.0.port)
     }
 
     /// Every request the server recorded, one JSON object each.
     fn records(&self) -> Vec<Value> {
-        match std::fs::read_to_string(&self.output) {
-            Ok(text) => text.lines().map(|line| serde_json::from_str(line).unwrap()).collect(),
-            Err(_) => Vec::new(),
-        }
+        json_lines(&self.0.output)
     }
 
     fn records_of(&self, kind: &str) -> Vec<Value> {
         self.records().into_iter().filter(|r| r["kind"] == kind).collect()
-    }
-}
-
-impl Drop for AgentServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
