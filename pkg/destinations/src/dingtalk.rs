@@ -152,10 +152,7 @@ impl DestinationFactory for DingTalkFactory {
 
     fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: DingTalkProperties = parse_properties(properties)?;
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => http::shared_client()?,
-        };
+        let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(DingTalk::new(props, client)?))
     }
 }

@@ -43,6 +43,14 @@ pub fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, String>
     builder.build().map_err(|e| format!("cannot create the HTTP client: {}", error_chain(&e)))
 }
 
+/// The client a factory was given, else the process-wide [`shared_client`].
+pub fn client_or_shared(client: Option<&reqwest::Client>) -> Result<reqwest::Client, String> {
+    match client {
+        Some(client) => Ok(client.clone()),
+        None => shared_client(),
+    }
+}
+
 /// The client shared by all destinations of the process (one connection pool, one TLS setup).
 pub fn shared_client() -> Result<reqwest::Client, String> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();

@@ -188,10 +188,7 @@ impl DestinationFactory for KagentFactory {
                 .into());
         }
         let props: KagentProperties = parse_properties(properties)?;
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => http::shared_client()?,
-        };
+        let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Kagent::new(props, &context.trigger, client)?))
     }
 }

@@ -137,10 +137,7 @@ impl DestinationFactory for LarkFactory {
 
     fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: LarkProperties = parse_properties(properties)?;
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => http::shared_client()?,
-        };
+        let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Lark::new(props, client)?))
     }
 }

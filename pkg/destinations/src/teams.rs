@@ -97,10 +97,7 @@ impl DestinationFactory for TeamsFactory {
 
     fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: TeamsProperties = parse_properties(properties)?;
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => http::shared_client()?,
-        };
+        let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Teams::new(props, client)?))
     }
 }

@@ -169,10 +169,7 @@ impl DestinationFactory for WebhookFactory {
 
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: WebhookProperties = parse_properties(properties)?;
-        let client = match &self.client {
-            Some(client) => client.clone(),
-            None => http::shared_client()?,
-        };
+        let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Webhook::new(props, &context.trigger, client)?))
     }
 }
