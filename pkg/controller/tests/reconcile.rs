@@ -8,7 +8,7 @@ use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_api::TriggerService;
 use ktrigger_controller::{ControllerOptions, Readiness, run};
-use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_core::engine::{Engine, EngineOptions, ShutdownReport};
 use ktrigger_core::registry::Registry;
 use ktrigger_sources::WebhookListener;
 use ktrigger_testcluster::TestCluster;
@@ -24,9 +24,23 @@ fn engine() -> Engine {
     Engine::new(Arc::new(registry), EngineOptions::default())
 }
 
-async fn install_crd(client: &Client) {
+/// A test cluster with the TriggerService CRD installed, and a client of it.
+async fn cluster_with_crd() -> (TestCluster, Client) {
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     crds.create(&PostParams::default(), &TriggerService::crd()).await.unwrap();
+    (cluster, client)
+}
+
+/// Runs the controller on a task; cancel the token to stop it and await the handle for its report.
+fn spawn_controller(
+    client: &Client,
+    options: ControllerOptions,
+    readiness: Readiness,
+) -> (CancellationToken, tokio::task::JoinHandle<ShutdownReport>) {
+    let cancel = CancellationToken::new();
+    (cancel.clone(), tokio::spawn(run(client.clone(), engine(), options, readiness, cancel)))
 }
 
 fn service(filter: &str) -> TriggerService {
@@ -69,13 +83,10 @@ fn trigger<'a>(status: &'a serde_json::Value, name: &str) -> &'a serde_json::Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trigger_services_are_reconciled_and_report_status() {
-    let cluster = TestCluster::start().await;
-    let client = cluster.client().await;
-    install_crd(&client).await;
-    let cancel = CancellationToken::new();
+    let (_cluster, client) = cluster_with_crd().await;
     let options = ControllerOptions { status_interval: Duration::from_millis(200), ..Default::default() };
     let readiness = Readiness::default();
-    let controller = tokio::spawn(run(client.clone(), engine(), options, readiness.clone(), cancel.clone()));
+    let (cancel, controller) = spawn_controller(&client, options, readiness.clone());
     let api: Api<TriggerService> = Api::namespaced(client.clone(), "default");
     for _ in 0..100 {
         if readiness.is_ready() {
@@ -126,12 +137,9 @@ async fn trigger_services_are_reconciled_and_report_status() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_is_written_only_when_it_changes() {
-    let cluster = TestCluster::start().await;
-    let client = cluster.client().await;
-    install_crd(&client).await;
-    let cancel = CancellationToken::new();
+    let (cluster, client) = cluster_with_crd().await;
     let options = ControllerOptions { status_interval: Duration::from_millis(100), ..Default::default() };
-    let controller = tokio::spawn(run(client.clone(), engine(), options, Readiness::default(), cancel.clone()));
+    let (cancel, controller) = spawn_controller(&client, options, Readiness::default());
     let api: Api<TriggerService> = Api::namespaced(client.clone(), "default");
     let mut quiet = service("false");
     quiet.spec.triggers.truncate(1);
@@ -163,12 +171,9 @@ async fn events_with_reason(client: &Client, reason: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_become_kubernetes_events_without_flooding() {
-    let cluster = TestCluster::start().await;
-    let client = cluster.client().await;
-    install_crd(&client).await;
-    let cancel = CancellationToken::new();
+    let (_cluster, client) = cluster_with_crd().await;
     let options = ControllerOptions { status_interval: Duration::from_millis(100), ..Default::default() };
-    let controller = tokio::spawn(run(client.clone(), engine(), options, Readiness::default(), cancel.clone()));
+    let (cancel, controller) = spawn_controller(&client, options, Readiness::default());
     let api: Api<TriggerService> = Api::namespaced(client.clone(), "default");
     let doomed: TriggerService = serde_json::from_value(json!({
         "apiVersion": "ktrigger.dev/v1alpha1",
@@ -197,9 +202,7 @@ async fn dead_letters_become_kubernetes_events_without_flooding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_watched_namespace_keeps_its_trigger_services() {
-    let cluster = TestCluster::start().await;
-    let client = cluster.client().await;
-    install_crd(&client).await;
+    let (_cluster, client) = cluster_with_crd().await;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let other = serde_json::from_value(json!({"metadata": {"name": "other"}})).unwrap();
     namespaces.create(&PostParams::default(), &other).await.unwrap();
@@ -213,13 +216,12 @@ async fn each_watched_namespace_keeps_its_trigger_services() {
         apis.push(api);
     }
     // Both objects exist before the controller lists them: one namespace's list must not drop the other's.
-    let cancel = CancellationToken::new();
     let options = ControllerOptions {
         namespaces: vec!["default".into(), "other".into()],
         status_interval: Duration::from_millis(200),
         ..Default::default()
     };
-    let controller = tokio::spawn(run(client.clone(), engine(), options, Readiness::default(), cancel.clone()));
+    let (cancel, controller) = spawn_controller(&client, options, Readiness::default());
     for api in &apis {
         wait_status(api, "both namespaces firing", |s| {
             s["conditions"][0]["status"] == "True" && s["fired"].as_u64() >= Some(2)
