@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cluster::{Env, WAIT};
-use support::{Running, get, repo, write_config};
+use support::{Running, get, post, repo, write_config};
 
 fn kubectl(env: &Env, args: &[&str]) -> (bool, String) {
     let output = Command::new("kubectl")
@@ -301,4 +301,90 @@ fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
         cluster.faults().allow("patch", "configmaps");
     }
     assert_eq!(running.stop(), Some(0));
+}
+
+fn secret_hook(service: &str, path: &str, account: Option<&str>) -> String {
+    let account = account.map(|a| format!("  serviceAccountName: {a}\n")).unwrap_or_default();
+    format!(
+        r#"apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {{name: {service}}}
+spec:
+{account}  triggers:
+  - name: hook
+    source:
+      type: webhook
+      properties:
+        path: {path}
+        auth: {{type: bearer, tokenFrom: {{secretKeyRef: {{name: hook-auth, key: token}}}}}}
+    destinations: [{{type: log}}]
+"#
+    )
+}
+
+#[test]
+fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_readable() {
+    let env = Env::new("secrets");
+    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
+    assert!(kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]).0);
+    let running = Running::start_controller(&[
+        "--kubeconfig",
+        env.kubeconfig(),
+        "--watch-namespaces",
+        &env.namespace,
+        "--status-interval",
+        "300ms",
+    ]);
+    let path = format!("/hooks/{}", env.namespace);
+
+    // The Secret does not exist yet: the trigger is not loaded, and its status says why.
+    apply(&env, &env.namespace, &secret_hook("own", &path, None));
+    let hook = wait_trigger(&env, "own", "hook", "the missing Secret reported", |t| t["ready"] == false);
+    let expected = format!("Secret {}/hook-auth not found", env.namespace);
+    assert!(hook["lastError"].as_str().unwrap_or_default().contains(&expected), "{hook:#}");
+
+    // Once it exists, the controller reads it again and the trigger starts.
+    let token = format!("s3cr3t-{}", support::cluster::uuid_suffix());
+    apply(
+        &env,
+        &env.namespace,
+        &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: hook-auth}}\nstringData: {{token: {token}}}\n"),
+    );
+    wait_trigger(&env, "own", "hook", "the trigger loaded with the Secret", |t| t["ready"] == true);
+    let url = format!("{}{path}", running.webhook_url());
+    let body = r#"{"deploy": "checkout"}"#;
+    assert_eq!(post(&url, &[("Authorization", "Bearer wrong")], body).0, 401);
+    let (code, text) = post(&url, &[("Authorization", &format!("Bearer {token}"))], body);
+    assert!((200..300).contains(&code), "{code} {text}");
+    running.stdout.wait_for("checkout", WAIT);
+
+    // As a ServiceAccount: read with its identity; a refusal is reported, naming it.
+    apply(&env, &env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
+    if let Some(cluster) = &env.cluster {
+        // The test cluster has no RBAC: refuse the read the way an unbound ServiceAccount would be.
+        cluster.faults().forbid("get", "secrets");
+    }
+    apply(&env, &env.namespace, &secret_hook("robot", &format!("{path}-robot"), Some("robot")));
+    let hook = wait_trigger(&env, "robot", "hook", "the refused read reported", |t| t["ready"] == false);
+    let refused = format!("as ServiceAccount {}/robot was refused", env.namespace);
+    assert!(hook["lastError"].as_str().unwrap_or_default().contains(&refused), "{hook:#}");
+    if let Some(cluster) = &env.cluster {
+        let user = format!("system:serviceaccount:{}:robot", env.namespace);
+        let impersonated = cluster.requests().iter().any(|r| {
+            r.method == "GET" && r.uri.contains("/secrets/hook-auth") && r.impersonate_user.as_deref() == Some(&user)
+        });
+        assert!(impersonated, "the Secret was read as {user}");
+    }
+
+    // The value is nowhere but on the wire.
+    let (ok, events) = kubectl(&env, &["get", "events.events.k8s.io", "-n", &env.namespace, "-o", "json"]);
+    assert!(ok, "{events}");
+    let (ok, services) = kubectl(&env, &["get", "triggerservices", "-n", &env.namespace, "-o", "json"]);
+    assert!(ok, "{services}");
+    assert!(events.contains("InvalidTrigger"), "the missing Secret was reported as an Event: {events}");
+    let (logs, output) = (running.stderr.clone(), running.stdout.clone());
+    assert_eq!(running.stop(), Some(0));
+    for (place, text) in [("Events", events), ("status", services), ("logs", logs.text()), ("output", output.text())] {
+        assert!(!text.contains(&token), "the Secret's value appears in {place}");
+    }
 }

@@ -12,13 +12,13 @@ use axum::routing::get;
 use clap::Args;
 use ktrigger_controller::metrics::{EngineCollector, WatchCounts};
 use ktrigger_controller::{ControllerOptions, Readiness};
-use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_core::engine::EngineOptions;
 use ktrigger_sources::WebhookListener;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
-use crate::registry_with;
+use crate::engine_with;
 use crate::run::{parse_duration, wait_for_signal};
 
 /// Options of `ktrigger controller`.
@@ -169,10 +169,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     let health_server = serve(health, probes, &stop);
-    let engine = Engine::new(
-        Arc::new(registry_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions)),
-        EngineOptions::default(),
-    );
+    let engine =
+        engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, EngineOptions::default());
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || (hub.hub().open_watches(), hub.hub().watches_opened()));
     let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));

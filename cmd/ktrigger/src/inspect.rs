@@ -12,6 +12,7 @@ use ktrigger_core::config::load_paths;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::{CONTEXT_NAMES, rfc3339};
 use ktrigger_core::registry::TypeDoc;
+use ktrigger_core::secrets::trigger_references;
 use serde_json::Value;
 
 use ktrigger_sources::WebhookListener;
@@ -24,14 +25,21 @@ pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let engine = Engine::new(Arc::new(registry(WebhookListener::detached())), EngineOptions::default());
     let mut problems = config.errors.clone();
     let mut triggers = 0;
+    let mut unread = 0;
     for service in &config.services {
         triggers += service.spec.triggers.len();
+        unread += service.spec.triggers.iter().map(|t| trigger_references(t).len()).sum::<usize>();
         for problem in engine.check(&service.namespace, &service.name, &service.spec) {
             problems.push(format!("{}: {problem}", service.origin));
         }
     }
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
+    }
+    if unread > 0 {
+        eprintln!(
+            "note: {unread} secretKeyRef value(s) are read from the cluster when the triggers load; not checked here"
+        );
     }
     for problem in &problems {
         println!("error: {problem}");

@@ -10,8 +10,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
 use ktrigger_destinations::kube::KubeTarget;
+use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_sources::WebhookListener;
 
 /// A Kubernetes-native trigger engine: source → CEL filter → destinations.
@@ -115,19 +117,30 @@ fn init_logging(format: LogFormat) {
 /// Every source and destination type, with webhook sources served by `webhooks` and
 /// Kubernetes sources checked but never connected (for commands that run nothing).
 fn registry(webhooks: Arc<WebhookListener>) -> Registry {
-    registry_with(webhooks, ktrigger_kube::Cluster::offline(), true)
+    registry_for(webhooks, ktrigger_kube::Cluster::offline(), KubeTarget::new(None))
 }
 
-/// Every source and destination type, with Kubernetes sources watching `cluster`. Kubernetes
-/// destinations act as a trigger's ServiceAccount when it names one; otherwise with this
-/// process's identity, only in the TriggerService's namespace unless `cluster_wide`.
-fn registry_with(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, cluster_wide: bool) -> Registry {
-    let mut registry = Registry::default();
-    ktrigger_sources::register(&mut registry, webhooks);
+/// An engine that knows every source and destination type, with Kubernetes sources watching
+/// `cluster`. Kubernetes destinations, and the reading of `secretKeyRef` values, act as a
+/// trigger's ServiceAccount when it names one; otherwise with this process's identity, only in
+/// the TriggerService's namespace unless `cluster_wide`.
+fn engine_with(
+    webhooks: Arc<WebhookListener>,
+    cluster: ktrigger_kube::Cluster,
+    cluster_wide: bool,
+    options: EngineOptions,
+) -> Engine {
     let mut target = KubeTarget::new(cluster.kube_client());
     if let Some(config) = cluster.kube_config() {
         target = target.with_identities(config, cluster_wide);
     }
+    let secrets = Arc::new(KubeSecretReader::new(target.clone()));
+    Engine::new(Arc::new(registry_for(webhooks, cluster, target)), options).with_secret_reader(secrets)
+}
+
+fn registry_for(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, target: KubeTarget) -> Registry {
+    let mut registry = Registry::default();
+    ktrigger_sources::register(&mut registry, webhooks);
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
     ktrigger_destinations::register_kube(&mut registry, target);

@@ -3,17 +3,16 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use ktrigger_core::config::{LoadedConfig, load_paths, load_text};
-use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_core::engine::EngineOptions;
 use ktrigger_sources::WebhookListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
-use crate::registry_with;
+use crate::engine_with;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
@@ -57,10 +56,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect().await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
-    let mut engine = Engine::new(Arc::new(registry_with(webhooks.clone(), cluster.clone(), true)), options);
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), true, options);
     let mut started = 0;
     for service in &config.services {
-        let report = engine.apply(&service.namespace, &service.name, &service.spec);
+        let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
         for (id, summary) in &report.started {
             eprintln!("loaded  trigger {id}: {summary}");
         }

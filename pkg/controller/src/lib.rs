@@ -5,6 +5,8 @@
 //! (re)applied to the engine only when its generation changes; the engine itself restarts only
 //! triggers whose spec changed. Status is computed from the engine's counters and written on a
 //! fixed tick, only for objects whose status changed: never more than once per tick per object.
+//! A TriggerService naming a Secret that could not be read is applied again on that tick, with
+//! a delay that doubles up to [`SECRET_RETRY_MAX`], until every Secret it names is read.
 
 pub mod metrics;
 mod status;
@@ -17,7 +19,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
-use ktrigger_api::{TriggerService, TriggerServiceStatus};
+use ktrigger_api::{TriggerService, TriggerServiceSpec, TriggerServiceStatus};
 use ktrigger_core::engine::{Engine, ShutdownReport};
 use ktrigger_core::prepare::TriggerProblem;
 use kube::api::{Api, Patch, PatchParams};
@@ -68,6 +70,16 @@ impl Readiness {
 const EVENT_INTERVAL: Duration = Duration::from_secs(60);
 /// Longest note of a Kubernetes Event (the API server refuses longer ones).
 const MAX_NOTE: usize = 1024;
+/// Longest wait before a TriggerService whose Secrets could not be read is applied again.
+pub const SECRET_RETRY_MAX: Duration = Duration::from_secs(300);
+
+/// A TriggerService to apply again because a Secret it names could not be read.
+#[derive(Debug)]
+struct SecretRetry {
+    spec: TriggerServiceSpec,
+    at: Instant,
+    delay: Duration,
+}
 
 /// What the controller knows of one TriggerService.
 #[derive(Debug, Default)]
@@ -83,6 +95,8 @@ struct Service {
     reported: BTreeMap<String, (u64, u64)>,
     /// Per trigger and reason, when the last Kubernetes Event was sent.
     last_event: BTreeMap<(String, &'static str), Instant>,
+    /// Set while a Secret the TriggerService names could not be read.
+    retry: Option<SecretRetry>,
 }
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
@@ -107,6 +121,7 @@ pub async fn run(
     let recorder = Recorder::new(client.clone(), Reporter::from("ktrigger-controller"));
     let mut controller = Controller {
         client,
+        status_interval: options.status_interval,
         engine,
         recorder,
         services: BTreeMap::new(),
@@ -122,13 +137,14 @@ pub async fn run(
             _ = cancel.cancelled() => break,
             next = events.next() => match next {
                 Some((stream, Ok(event))) => {
-                    controller.handle(stream, event);
+                    controller.handle(stream, event).await;
                     controller.publish_events().await;
                 }
                 Some((_, Err(error))) => tracing::warn!(%error, "TriggerService watch failed; retrying with backoff"),
                 None => break,
             },
             _ = tick.tick() => {
+                controller.retry_secrets().await;
                 controller.write_statuses().await;
                 controller.publish_events().await;
             }
@@ -140,6 +156,7 @@ pub async fn run(
 
 struct Controller {
     client: Client,
+    status_interval: Duration,
     engine: Engine,
     recorder: Recorder,
     /// Kubernetes Events waiting to be published, with the object they are about.
@@ -153,7 +170,7 @@ struct Controller {
 }
 
 impl Controller {
-    fn handle(&mut self, stream: usize, event: watcher::Event<TriggerService>) {
+    async fn handle(&mut self, stream: usize, event: watcher::Event<TriggerService>) {
         match event {
             watcher::Event::Init => {
                 self.listing.insert(stream, BTreeSet::new());
@@ -161,7 +178,7 @@ impl Controller {
             watcher::Event::InitApply(object) => {
                 let key = key_of(&object);
                 self.listing.entry(stream).or_default().insert(key);
-                self.apply(stream, &object);
+                self.apply(stream, &object).await;
             }
             watcher::Event::InitDone => {
                 // Objects deleted while the watch was down are gone from the fresh list.
@@ -180,12 +197,12 @@ impl Controller {
                     self.readiness.0.store(true, Ordering::Relaxed);
                 }
             }
-            watcher::Event::Apply(object) => self.apply(stream, &object),
+            watcher::Event::Apply(object) => self.apply(stream, &object).await,
             watcher::Event::Delete(object) => self.remove(&key_of(&object)),
         }
     }
 
-    fn apply(&mut self, stream: usize, object: &TriggerService) {
+    async fn apply(&mut self, stream: usize, object: &TriggerService) {
         let key = key_of(object);
         let generation = object.metadata.generation;
         let uid = object.metadata.uid.clone();
@@ -194,22 +211,53 @@ impl Controller {
         if service.uid == uid && service.generation == generation && generation.is_some() {
             return;
         }
-        let report = self.engine.apply(&key.0, &key.1, &object.spec);
+        service.uid = uid;
+        service.generation = generation;
+        service.reference = object.object_ref(&());
+        service.retry = None;
+        self.load(&key, &object.spec).await;
+    }
+
+    /// Applies `spec` to the engine and records what could not be loaded.
+    async fn load(&mut self, key: &Key, spec: &TriggerServiceSpec) {
+        let report = self.engine.apply(&key.0, &key.1, spec).await;
         for (id, summary) in &report.started {
             tracing::info!(trigger = %id, summary = %summary, "trigger started");
         }
         for id in &report.stopped {
             tracing::info!(trigger = %id, "trigger stopped");
         }
-        service.uid = uid;
-        service.generation = generation;
-        service.reference = object.object_ref(&());
-        if !report.skipped.is_empty() {
+        let Some(service) = self.services.get_mut(key) else { return };
+        service.retry = report.secrets_unreadable.then(|| {
+            let delay = match &service.retry {
+                Some(retry) => (retry.delay * 2).min(SECRET_RETRY_MAX),
+                None => self.status_interval,
+            };
+            SecretRetry { spec: spec.clone(), at: Instant::now() + delay, delay }
+        });
+        // Only a new set of problems is worth an Event: retries that fail alike stay quiet.
+        if !report.skipped.is_empty() && report.skipped != service.problems {
             let details: Vec<String> =
                 report.skipped.iter().map(|p| format!("trigger {}: {}", p.id.trigger, p.messages.join("; "))).collect();
             self.outbox.push((service.reference.clone(), warning("InvalidTrigger", "Load", details.join(" | "))));
         }
         service.problems = report.skipped;
+    }
+
+    /// Applies again the TriggerServices whose Secrets could not be read, once their delay is over.
+    async fn retry_secrets(&mut self) {
+        let now = Instant::now();
+        let due: Vec<(Key, TriggerServiceSpec)> = self
+            .services
+            .iter()
+            .filter_map(|(key, service)| {
+                service.retry.as_ref().filter(|r| r.at <= now).map(|r| (key.clone(), r.spec.clone()))
+            })
+            .collect();
+        for (key, spec) in due {
+            tracing::info!(namespace = %key.0, name = %key.1, "reading the TriggerService's Secrets again");
+            self.load(&key, &spec).await;
+        }
     }
 
     fn remove(&mut self, key: &Key) {

@@ -22,6 +22,7 @@ use crate::event::{SharedEvent, TriggerId};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
 use crate::registry::{DeliveryRequest, EventSink, Registry, Source};
 use crate::router::{Admission, RateLimit, Router};
+use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
 
 /// Events a source may hand over before it waits for its trigger.
@@ -62,6 +63,9 @@ pub struct ApplyReport {
     pub stopped: Vec<TriggerId>,
     /// Triggers that could not be loaded, with every problem.
     pub skipped: Vec<TriggerProblem>,
+    /// Some Secret the TriggerService refers to could not be read: applying it again later may
+    /// load triggers skipped for that reason.
+    pub secrets_unreadable: bool,
 }
 
 /// What shutting down left behind.
@@ -116,6 +120,7 @@ impl EngineObserver {
 /// Runs triggers. One engine per process; all triggers share its router.
 pub struct Engine {
     registry: Arc<Registry>,
+    secrets: Option<Arc<dyn SecretReader>>,
     router: Arc<Router>,
     options: EngineOptions,
     running: BTreeMap<TriggerId, RunningTrigger>,
@@ -129,6 +134,7 @@ impl Engine {
     pub fn new(registry: Arc<Registry>, options: EngineOptions) -> Self {
         Engine {
             registry,
+            secrets: None,
             router: Arc::new(Router::new()),
             options,
             running: BTreeMap::new(),
@@ -138,16 +144,28 @@ impl Engine {
         }
     }
 
-    /// Checks a spec without running anything: the problems of every trigger.
-    pub fn check(&self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> Vec<TriggerProblem> {
-        prepare_service(&self.registry, namespace, service, spec, true).1
+    /// Reads the Secrets that `secretKeyRef` properties name through `reader`. Without one, a
+    /// trigger that names a Secret is skipped with the reason.
+    pub fn with_secret_reader(self, reader: Arc<dyn SecretReader>) -> Self {
+        Engine { secrets: Some(reader), ..self }
     }
 
-    /// Brings the running triggers of one TriggerService in line with `spec`: starts new and
-    /// changed triggers, stops removed ones, and leaves unchanged ones (and their state) alone.
-    pub fn apply(&mut self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> ApplyReport {
-        let (prepared, skipped) = prepare_service(&self.registry, namespace, service, spec, self.options.dry_run);
-        let mut report = ApplyReport::default();
+    /// Checks a spec without running anything or reading any Secret: the problems of every trigger.
+    pub fn check(&self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> Vec<TriggerProblem> {
+        prepare_service(&self.registry, namespace, service, spec, true, &ClusterSecrets::unchecked()).1
+    }
+
+    /// Brings the running triggers of one TriggerService in line with `spec`: reads the Secrets
+    /// it refers to, starts new and changed triggers, stops removed ones, and leaves unchanged
+    /// ones (and their state) alone.
+    pub async fn apply(&mut self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> ApplyReport {
+        let secrets = match &self.secrets {
+            Some(reader) => ClusterSecrets::read(reader.as_ref(), namespace, spec).await,
+            None => ClusterSecrets::default(),
+        };
+        let (prepared, skipped) =
+            prepare_service(&self.registry, namespace, service, spec, self.options.dry_run, &secrets);
+        let mut report = ApplyReport { secrets_unreadable: secrets.any_unreadable(), ..ApplyReport::default() };
         let mut wanted: Vec<TriggerId> = prepared.iter().map(|p| p.id.clone()).collect();
         wanted.extend(skipped.iter().map(|p| p.id.clone()));
         for id in self.service_triggers(namespace, service) {

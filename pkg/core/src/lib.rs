@@ -12,5 +12,6 @@ pub mod prepare;
 pub mod properties;
 pub mod registry;
 pub mod router;
+pub mod secrets;
 pub mod stats;
 pub mod template;

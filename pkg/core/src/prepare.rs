@@ -13,12 +13,14 @@ use crate::cel::CelExpr;
 use crate::delivery::{DEFAULT_QUEUE_SIZE, RetryPolicy, Target};
 use crate::event::TriggerId;
 use crate::registry::{BuildContext, Registry, Source, SourceNeeds};
+use crate::secrets::ClusterSecrets;
 
 /// A trigger whose every part compiled.
 pub struct PreparedTrigger {
     /// Which trigger this is.
     pub id: TriggerId,
-    /// Hash of the trigger's spec (and the service identity): a change means a restart.
+    /// Hash of the trigger's spec, the service identity and the Secret values it uses: a change
+    /// means a restart.
     pub hash: u64,
     /// The source type as written.
     pub source_type: String,
@@ -68,13 +70,15 @@ impl fmt::Display for TriggerProblem {
     }
 }
 
-/// Prepares every trigger of one TriggerService. Problems in one trigger never stop the others.
+/// Prepares every trigger of one TriggerService, with the values of the Secrets it refers to
+/// already read into `secrets`. Problems in one trigger never stop the others.
 pub fn prepare_service(
     registry: &Registry,
     namespace: &str,
     service: &str,
     spec: &TriggerServiceSpec,
     dry_run: bool,
+    secrets: &ClusterSecrets,
 ) -> (Vec<PreparedTrigger>, Vec<TriggerProblem>) {
     let names = trigger_names(spec);
     let mut spec_errors: HashMap<String, Vec<String>> = HashMap::new();
@@ -87,8 +91,12 @@ pub fn prepare_service(
         let id = TriggerId { namespace: namespace.to_string(), service: service.to_string(), trigger: name };
         let mut messages = spec_errors.remove(&id.trigger).unwrap_or_default();
         if messages.is_empty() {
-            let context =
-                BuildContext { trigger: id.clone(), dry_run, service_account: spec.service_account_name.clone() };
+            let context = BuildContext {
+                trigger: id.clone(),
+                dry_run,
+                service_account: spec.service_account_name.clone(),
+                secrets: secrets.clone(),
+            };
             let mut builder = Builder { registry, prefix: format!("triggers[{index}]"), messages: &mut messages };
             if let Some(ready) = builder.trigger(trigger, &context, spec) {
                 prepared.push(ready);
@@ -151,7 +159,7 @@ impl Builder<'_> {
         }
         Some(PreparedTrigger {
             id: context.trigger.clone(),
-            hash: spec_hash(trigger, spec),
+            hash: spec_hash(trigger, spec, &context.secrets),
             source_type: trigger.source.type_name.clone(),
             source: source?,
             filter,
@@ -204,9 +212,10 @@ fn mentions_old_object(spec: &DestinationSpec) -> bool {
     serde_json::to_string(&spec.properties).is_ok_and(|text| text.contains("oldObject"))
 }
 
-fn spec_hash(trigger: &Trigger, spec: &TriggerServiceSpec) -> u64 {
+fn spec_hash(trigger: &Trigger, spec: &TriggerServiceSpec, secrets: &ClusterSecrets) -> u64 {
     let mut hasher = DefaultHasher::new();
     serde_json::to_string(trigger).unwrap_or_default().hash(&mut hasher);
     spec.service_account_name.hash(&mut hasher);
+    secrets.hash_for(trigger, &mut hasher);
     hasher.finish()
 }

@@ -6,6 +6,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::secrets::ClusterSecrets;
+
 /// Deserializes `properties` into a typed struct; an error names the property at fault.
 /// Absent properties read as an empty object.
 pub fn parse_properties<T: DeserializeOwned>(properties: &Value) -> Result<T, String> {
@@ -33,7 +35,7 @@ pub struct SecretRef {
 }
 
 /// A key of a Kubernetes Secret.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SecretKeyRef {
     /// Secret name.
@@ -47,6 +49,11 @@ pub struct SecretKeyRef {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a credential read from somewhere.
+    pub fn new(value: String) -> Self {
+        Secret(value)
+    }
+
     /// The value itself; only for putting it on the wire.
     pub fn expose(&self) -> &str {
         &self.0
@@ -66,20 +73,25 @@ impl fmt::Display for Secret {
 }
 
 impl SecretRef {
-    /// Reads the value now. Errors say where it was looked for, never what was found.
-    pub fn resolve(&self) -> Result<Secret, String> {
-        match (&self.env, &self.file, &self.secret_key_ref) {
+    /// Reads the value of the property at `at` (e.g. `properties.tokenFrom`) now; a
+    /// `secretKeyRef` is looked up in `secrets`, read when the trigger's TriggerService was
+    /// applied. An unreadable or empty secret is an error naming the property and where the value
+    /// was looked for, never what was found.
+    pub fn resolve(&self, secrets: &ClusterSecrets, at: &str) -> Result<Secret, String> {
+        let secret = match (&self.env, &self.file, &self.secret_key_ref) {
             (Some(name), None, None) => {
                 std::env::var(name).map(Secret).map_err(|_| format!("environment variable {name} is not set"))
             }
             (None, Some(path), None) => std::fs::read_to_string(path)
                 .map(|text| Secret(text.trim_end_matches(['\n', '\r']).to_string()))
                 .map_err(|e| format!("cannot read secret file {path}: {e}")),
-            (None, None, Some(key)) => Err(format!(
-                "secretKeyRef {}/{} needs a cluster; locally use {{env: NAME}} or {{file: PATH}}",
-                key.name, key.key
-            )),
+            (None, None, Some(reference)) => secrets.get(reference),
             _ => Err("give exactly one of env, file or secretKeyRef".to_string()),
+        };
+        match secret {
+            Ok(secret) if secret.expose().is_empty() => Err(format!("{at}: the secret is empty")),
+            Ok(secret) => Ok(secret),
+            Err(error) => Err(format!("{at}: {error}")),
         }
     }
 }
@@ -104,22 +116,39 @@ mod tests {
         assert!(err.contains("missing field `url`"), "{err}");
     }
 
+    fn file_ref(path: &std::path::Path) -> SecretRef {
+        SecretRef { env: None, file: Some(path.display().to_string()), secret_key_ref: None }
+    }
+
     #[test]
     fn secrets_resolve_from_files_and_never_print() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("token");
         std::fs::write(&path, "s3cret\n").unwrap();
-        let secret =
-            SecretRef { env: None, file: Some(path.display().to_string()), secret_key_ref: None }.resolve().unwrap();
+        let secret = file_ref(&path).resolve(&ClusterSecrets::default(), "properties.tokenFrom").unwrap();
         assert_eq!(secret.expose(), "s3cret");
         assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
     }
 
     #[test]
-    fn missing_env_secret_names_the_variable_only() {
+    fn unreadable_or_empty_secrets_name_the_property_only() {
         let err = SecretRef { env: Some("KTRIGGER_TEST_UNSET_VAR".into()), file: None, secret_key_ref: None }
-            .resolve()
+            .resolve(&ClusterSecrets::default(), "properties.tokenFrom")
             .unwrap_err();
-        assert_eq!(err, "environment variable KTRIGGER_TEST_UNSET_VAR is not set");
+        assert_eq!(err, "properties.tokenFrom: environment variable KTRIGGER_TEST_UNSET_VAR is not set");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty");
+        std::fs::write(&path, "\n").unwrap();
+        let err = file_ref(&path).resolve(&ClusterSecrets::default(), "properties.secretFrom").unwrap_err();
+        assert_eq!(err, "properties.secretFrom: the secret is empty");
+        let reference = SecretKeyRef { name: "slack".into(), key: "url".into() };
+        let err = SecretRef { env: None, file: None, secret_key_ref: Some(reference) }
+            .resolve(&ClusterSecrets::default(), "properties.webhookUrlFrom")
+            .unwrap_err();
+        assert!(err.starts_with("properties.webhookUrlFrom: secretKeyRef slack/url: no cluster"), "{err}");
+        let err = SecretRef { env: Some("A".into()), file: Some("b".into()), secret_key_ref: None }
+            .resolve(&ClusterSecrets::default(), "properties.tokenFrom")
+            .unwrap_err();
+        assert_eq!(err, "properties.tokenFrom: give exactly one of env, file or secretKeyRef");
     }
 }

@@ -10,6 +10,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, SharedEvent, TriggerId};
+use crate::secrets::ClusterSecrets;
 use crate::template::TemplateScope;
 
 /// What a source or destination is told when it is built.
@@ -22,6 +23,15 @@ pub struct BuildContext {
     /// The ServiceAccount (in the trigger's namespace) that destinations changing the cluster act
     /// as: the TriggerService's `serviceAccountName`. `None`: the engine's own identity.
     pub service_account: Option<String>,
+    /// Values of the Kubernetes Secrets the trigger's properties refer to (`secretKeyRef`).
+    pub secrets: ClusterSecrets,
+}
+
+impl BuildContext {
+    /// The context of `trigger`: not a dry run, the engine's own identity, no Secrets read.
+    pub fn new(trigger: TriggerId) -> Self {
+        BuildContext { trigger, dry_run: false, service_account: None, secrets: ClusterSecrets::default() }
+    }
 }
 
 /// Where a source sends the events it produces.

@@ -8,10 +8,12 @@ use async_trait::async_trait;
 use ktrigger_api::{DedupSpec, DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::Event;
+use ktrigger_core::properties::{Secret, SecretKeyRef, SecretRef};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, PropertyDoc, Receipt,
     Registry, Source, SourceError, SourceFactory, TypeDoc,
 };
+use ktrigger_core::secrets::SecretReader;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -81,7 +83,10 @@ static RECORDER_DOC: TypeDoc = TypeDoc {
     name: "recorder",
     aliases: &[],
     summary: "test recorder",
-    properties: &[PropertyDoc { name: "panic", required: false, description: "panic on delivery" }],
+    properties: &[
+        PropertyDoc { name: "panic", required: false, description: "panic on delivery" },
+        PropertyDoc { name: "tokenFrom", required: false, description: "a secret appended to the trigger name" },
+    ],
     example: "type: recorder",
 };
 
@@ -90,11 +95,13 @@ impl DestinationFactory for RecorderFactory {
         &RECORDER_DOC
     }
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        Ok(Arc::new(Recorder {
-            trigger: context.trigger.trigger.clone(),
-            received: self.0.clone(),
-            panics: properties["panic"] == json!(true),
-        }))
+        let mut label = context.trigger.trigger.clone();
+        if let Some(reference) = properties.get("tokenFrom") {
+            let reference: SecretRef = serde_json::from_value(reference.clone()).map_err(|e| e.to_string())?;
+            let token = reference.resolve(&context.secrets, "properties.tokenFrom")?;
+            label = format!("{label}:{}", token.expose());
+        }
+        Ok(Arc::new(Recorder { trigger: label, received: self.0.clone(), panics: properties["panic"] == json!(true) }))
     }
 }
 
@@ -106,6 +113,10 @@ struct Harness {
 
 impl Harness {
     fn new() -> Self {
+        Harness::with_secrets(None)
+    }
+
+    fn with_secrets(reader: Option<Arc<dyn SecretReader>>) -> Self {
         let (feed, _) = broadcast::channel(64);
         let received = Received::default();
         let mut registry = Registry::default();
@@ -115,7 +126,11 @@ impl Harness {
             source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
             ..Default::default()
         };
-        Harness { engine: Engine::new(Arc::new(registry), options), feed, received }
+        let mut engine = Engine::new(Arc::new(registry), options);
+        if let Some(reader) = reader {
+            engine = engine.with_secret_reader(reader);
+        }
+        Harness { engine, feed, received }
     }
 
     async fn publish(&self, object: Value) {
@@ -164,11 +179,14 @@ fn spec(triggers: Vec<Trigger>) -> TriggerServiceSpec {
 #[tokio::test]
 async fn a_panicking_destination_does_not_stop_a_sibling_trigger() {
     let mut h = Harness::new();
-    let report = h.engine.apply(
-        "ns",
-        "svc",
-        &spec(vec![trigger("broken", None, json!({"panic": true})), trigger("healthy", None, json!({}))]),
-    );
+    let report = h
+        .engine
+        .apply(
+            "ns",
+            "svc",
+            &spec(vec![trigger("broken", None, json!({"panic": true})), trigger("healthy", None, json!({}))]),
+        )
+        .await;
     assert_eq!(report.started.len(), 2);
     h.publish(json!({"n": 1})).await;
     h.publish(json!({"n": 2})).await;
@@ -183,11 +201,17 @@ async fn a_panicking_destination_does_not_stop_a_sibling_trigger() {
 #[tokio::test]
 async fn an_invalid_filter_is_skipped_and_siblings_still_fire() {
     let mut h = Harness::new();
-    let report = h.engine.apply(
-        "ns",
-        "svc",
-        &spec(vec![trigger("bad", Some("object.n >"), json!({})), trigger("good", Some("object.n > 1"), json!({}))]),
-    );
+    let report = h
+        .engine
+        .apply(
+            "ns",
+            "svc",
+            &spec(vec![
+                trigger("bad", Some("object.n >"), json!({})),
+                trigger("good", Some("object.n > 1"), json!({})),
+            ]),
+        )
+        .await;
     assert_eq!(report.skipped.len(), 1);
     let problem = report.skipped[0].to_string();
     assert!(problem.starts_with("trigger ns/svc/bad: triggers[0].filter: line 1, column"), "{problem}");
@@ -204,7 +228,7 @@ async fn an_invalid_filter_is_skipped_and_siblings_still_fire() {
 #[tokio::test]
 async fn filter_errors_count_as_not_matched_never_as_a_pass() {
     let mut h = Harness::new();
-    h.engine.apply("ns", "svc", &spec(vec![trigger("t", Some("object.missing.field == 1"), json!({}))]));
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", Some("object.missing.field == 1"), json!({}))])).await;
     h.publish(json!({"n": 1})).await;
     h.publish(json!({"missing": {"field": 1}})).await;
     assert_eq!(h.wait_for(1).await, [("t".to_string(), json!({"missing": {"field": 1}}))]);
@@ -215,7 +239,7 @@ async fn filter_errors_count_as_not_matched_never_as_a_pass() {
 #[tokio::test]
 async fn a_panicking_source_is_restarted_and_keeps_delivering() {
     let mut h = Harness::new();
-    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))]));
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))])).await;
     h.publish(json!({"panic": true})).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     h.publish(json!({"n": 1})).await;
@@ -230,7 +254,7 @@ async fn dedup_fires_once_per_key_within_the_window() {
     let mut h = Harness::new();
     let mut t = trigger("t", None, json!({}));
     t.dedup = Some(DedupSpec { key: "object.pod".into(), window: "10m".into() });
-    h.engine.apply("ns", "svc", &spec(vec![t]));
+    h.engine.apply("ns", "svc", &spec(vec![t])).await;
     for pod in ["a", "a", "b", "a"] {
         h.publish(json!({"pod": pod})).await;
     }
@@ -244,11 +268,13 @@ async fn dedup_fires_once_per_key_within_the_window() {
 #[tokio::test]
 async fn reapplying_an_unchanged_trigger_keeps_it_and_a_changed_one_restarts() {
     let mut h = Harness::new();
-    h.engine.apply("ns", "svc", &spec(vec![trigger("a", None, json!({})), trigger("b", None, json!({}))]));
+    h.engine.apply("ns", "svc", &spec(vec![trigger("a", None, json!({})), trigger("b", None, json!({}))])).await;
     h.publish(json!({"n": 1})).await;
     h.wait_for(2).await;
-    let report =
-        h.engine.apply("ns", "svc", &spec(vec![trigger("a", None, json!({})), trigger("b", Some("true"), json!({}))]));
+    let report = h
+        .engine
+        .apply("ns", "svc", &spec(vec![trigger("a", None, json!({})), trigger("b", Some("true"), json!({}))]))
+        .await;
     assert_eq!(report.unchanged.len(), 1);
     assert_eq!(report.started.len(), 1);
     let status = h.engine.status("ns", "svc");
@@ -278,7 +304,7 @@ async fn unknown_types_are_reported_with_the_known_ones() {
 #[tokio::test]
 async fn shutdown_drains_queued_deliveries() {
     let mut h = Harness::new();
-    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))]));
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))])).await;
     for n in 0..20 {
         h.publish(json!({"n": n})).await;
     }
@@ -294,7 +320,7 @@ async fn debounce_fires_once_with_the_latest_event_after_a_quiet_period() {
     let mut h = Harness::new();
     let mut t = trigger("t", None, json!({}));
     t.debounce = Some("300ms".into());
-    h.engine.apply("ns", "svc", &spec(vec![t]));
+    h.engine.apply("ns", "svc", &spec(vec![t])).await;
     for n in 1..=3 {
         h.publish(json!({"n": n})).await;
     }
@@ -312,7 +338,7 @@ async fn rate_limited_events_are_counted_not_delivered() {
     let mut h = Harness::new();
     let mut t = trigger("t", None, json!({}));
     t.rate_limit = Some(ktrigger_api::RateLimitSpec { per_minute: 2, burst: None });
-    h.engine.apply("ns", "svc", &spec(vec![t]));
+    h.engine.apply("ns", "svc", &spec(vec![t])).await;
     for n in 1..=4 {
         h.publish(json!({"n": n})).await;
     }
@@ -320,4 +346,79 @@ async fn rate_limited_events_are_counted_not_delivered() {
     assert_eq!(h.wait_for(2).await, [("t".to_string(), json!({"n": 1})), ("t".to_string(), json!({"n": 2}))]);
     let snapshot = &h.engine.snapshot()[0].1;
     assert_eq!((snapshot.matched, snapshot.filtered, snapshot.fired), (4, 2, 2));
+}
+
+/// Secrets by name (keys ignored), changeable while the engine runs.
+#[derive(Default)]
+struct Vault(Mutex<std::collections::BTreeMap<String, String>>);
+
+#[async_trait]
+impl SecretReader for Vault {
+    async fn read(&self, namespace: &str, _: Option<&str>, reference: &SecretKeyRef) -> Result<Secret, String> {
+        let values = self.0.lock().unwrap();
+        let value =
+            values.get(&reference.name).ok_or_else(|| format!("Secret {namespace}/{} not found", reference.name))?;
+        Ok(Secret::new(value.clone()))
+    }
+}
+
+#[tokio::test]
+async fn secrets_are_read_on_apply_and_a_changed_value_restarts_only_its_trigger() {
+    let vault = Arc::new(Vault::default());
+    let mut h = Harness::with_secrets(Some(vault.clone()));
+    let uses = trigger("uses", None, json!({"tokenFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}));
+    let spec = spec(vec![uses, trigger("plain", None, json!({}))]);
+    let ids = |report: &[(ktrigger_core::event::TriggerId, String)]| -> Vec<String> {
+        report.iter().map(|(id, _)| id.trigger.clone()).collect()
+    };
+
+    let report = h.engine.apply("ns", "svc", &spec).await;
+    assert!(report.secrets_unreadable);
+    assert_eq!(ids(&report.started), ["plain"]);
+    assert_eq!(
+        report.skipped[0].messages,
+        ["triggers[0].destinations[0]: properties.tokenFrom: Secret ns/api not found"]
+    );
+
+    vault.0.lock().unwrap().insert("api".into(), "one".into());
+    let report = h.engine.apply("ns", "svc", &spec).await;
+    assert!(!report.secrets_unreadable && report.skipped.is_empty());
+    assert_eq!((ids(&report.started), report.unchanged.len()), (vec!["uses".to_string()], 1));
+    let report = h.engine.apply("ns", "svc", &spec).await;
+    assert_eq!((report.started.len(), report.unchanged.len()), (0, 2), "nothing changed");
+
+    vault.0.lock().unwrap().insert("api".into(), "two".into());
+    let report = h.engine.apply("ns", "svc", &spec).await;
+    assert_eq!(ids(&report.started), ["uses"]);
+    assert_eq!(report.unchanged.iter().map(|id| id.trigger.as_str()).collect::<Vec<_>>(), ["plain"]);
+    h.publish(json!({"n": 1})).await;
+    let received = h.wait_for(2).await;
+    assert_eq!(received, [("plain".to_string(), json!({"n": 1})), ("uses:two".to_string(), json!({"n": 1}))]);
+}
+
+#[tokio::test]
+async fn without_a_secret_reader_a_secret_key_ref_is_skipped_with_the_reason() {
+    let mut h = Harness::new();
+    let uses = trigger("uses", None, json!({"tokenFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}));
+    let report = h.engine.apply("ns", "svc", &spec(vec![uses])).await;
+    assert!(!report.secrets_unreadable, "nothing was read, so nothing can be read again");
+    let message = &report.skipped[0].messages[0];
+    assert!(
+        message.starts_with("triggers[0].destinations[0]: properties.tokenFrom: secretKeyRef api/token: no cluster"),
+        "{message}"
+    );
+    assert!(
+        h.engine
+            .check(
+                "ns",
+                "svc",
+                &spec(vec![trigger(
+                    "uses",
+                    None,
+                    json!({"tokenFrom": {"secretKeyRef": {"name": "api", "key": "token"}}})
+                )])
+            )
+            .is_empty(),
+        "offline checks accept references unread"
+    );
 }

@@ -23,14 +23,13 @@ use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
 };
+use ktrigger_core::secrets::ClusterSecrets;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::http;
-use crate::message::{
-    Answer, Message, MessageSpec, SecretUrl, as_strs, code_of, post_json, resolve_secret, webhook_url,
-};
+use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, code_of, post_json, webhook_url};
 
 /// Documentation of the `dingtalk` destination.
 pub static DOC: TypeDoc = TypeDoc {
@@ -150,10 +149,10 @@ impl DestinationFactory for DingTalkFactory {
         &DOC
     }
 
-    fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: DingTalkProperties = parse_properties(properties)?;
         let client = http::client_or_shared(self.client.as_ref())?;
-        Ok(Arc::new(DingTalk::new(props, client)?))
+        Ok(Arc::new(DingTalk::new(props, &context.secrets, client)?))
     }
 }
 
@@ -172,19 +171,19 @@ struct DingTalk {
 }
 
 impl DingTalk {
-    fn new(props: DingTalkProperties, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: DingTalkProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
         for (index, mobile) in props.at_mobiles.iter().enumerate() {
             if mobile.trim().is_empty() || mobile.chars().any(char::is_whitespace) {
                 return Err(format!("properties.atMobiles[{index}]: not a mobile number"));
             }
         }
-        let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref())?;
+        let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let mut redactions = url.fragments();
         let secret = props
             .secret_from
             .as_ref()
-            .map(|reference| resolve_secret(reference, "properties.secretFrom"))
+            .map(|reference| reference.resolve(secrets, "properties.secretFrom"))
             .transpose()?;
         if let Some(secret) = &secret {
             redactions.push(secret.expose().to_string());
@@ -380,7 +379,12 @@ mod tests {
     }
 
     fn concrete(properties: Value) -> DingTalk {
-        DingTalk::new(parse_properties(&properties).unwrap(), http::shared_client().unwrap()).unwrap()
+        DingTalk::new(
+            parse_properties(&properties).unwrap(),
+            &ClusterSecrets::default(),
+            http::shared_client().unwrap(),
+        )
+        .unwrap()
     }
 
     #[tokio::test]

@@ -17,6 +17,7 @@ use ktrigger_core::properties::{SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
 };
+use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::template::Template;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
@@ -227,9 +228,9 @@ impl DestinationFactory for EmailFactory {
         &DOC
     }
 
-    fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: EmailProperties = parse_properties(properties)?;
-        Ok(Arc::new(Email::new(props)?))
+        Ok(Arc::new(Email::new(props, &context.secrets)?))
     }
 }
 
@@ -250,7 +251,7 @@ struct Email {
 }
 
 impl Email {
-    fn new(props: EmailProperties) -> Result<Self, String> {
+    fn new(props: EmailProperties, secrets: &ClusterSecrets) -> Result<Self, String> {
         let host = props.host.trim().to_string();
         if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
             return Err(format!("properties.host: {:?} is not a host name or IP address", props.host));
@@ -280,8 +281,8 @@ impl Email {
         let credentials = match (&props.username_from, &props.password_from) {
             (None, None) => None,
             (Some(user), Some(password)) => {
-                let user = user.resolve().map_err(|e| format!("properties.usernameFrom: {e}"))?;
-                let password = password.resolve().map_err(|e| format!("properties.passwordFrom: {e}"))?;
+                let user = user.resolve(secrets, "properties.usernameFrom")?;
+                let password = password.resolve(secrets, "properties.passwordFrom")?;
                 Some((user.expose().to_string(), password.expose().to_string()))
             }
             (Some(_), None) => return Err("properties.passwordFrom: needed with usernameFrom".into()),
@@ -457,7 +458,7 @@ mod tests {
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
-        EmailFactory::new().build(&properties, &BuildContext { trigger, dry_run: false, service_account: None })
+        EmailFactory::new().build(&properties, &BuildContext::new(trigger))
     }
 
     fn request_render(destination: &Arc<dyn Destination>, event: &Event) -> Value {

@@ -15,7 +15,6 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::event::TriggerId;
 use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
@@ -189,7 +188,7 @@ impl DestinationFactory for KagentFactory {
         }
         let props: KagentProperties = parse_properties(properties)?;
         let client = http::client_or_shared(self.client.as_ref())?;
-        Ok(Arc::new(Kagent::new(props, &context.trigger, client)?))
+        Ok(Arc::new(Kagent::new(props, context, client)?))
     }
 }
 
@@ -212,12 +211,12 @@ struct Kagent {
 }
 
 impl Kagent {
-    fn new(props: KagentProperties, trigger: &TriggerId, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: KagentProperties, context: &BuildContext, client: reqwest::Client) -> Result<Self, String> {
         let name = props.agent_ref.name.trim();
         check_name(name).map_err(|e| format!("properties.agentRef.name: {e}"))?;
         let namespace = match props.agent_ref.namespace.as_deref().map(str::trim) {
             Some(namespace) => namespace,
-            None if !trigger.namespace.is_empty() => trigger.namespace.as_str(),
+            None if !context.trigger.namespace.is_empty() => context.trigger.namespace.as_str(),
             None => {
                 return Err("properties.agentRef.namespace: required when the TriggerService has no namespace".into());
             }
@@ -273,7 +272,7 @@ impl Kagent {
             if header == CONTENT_TYPE || header == CONTENT_LENGTH || header == HOST {
                 return Err(format!("{at}: this header is set by ktrigger"));
             }
-            let secret = reference.resolve().map_err(|e| format!("{at}: {e}"))?;
+            let secret = reference.resolve(&context.secrets, &at)?;
             let mut value = HeaderValue::from_str(secret.expose())
                 .map_err(|_| format!("{at}: the secret's value is not a valid header value"))?;
             value.set_sensitive(true);
@@ -290,7 +289,7 @@ impl Kagent {
             wait: props.wait,
             headers,
             secrets,
-            trigger: trigger.trigger.clone(),
+            trigger: context.trigger.trigger.clone(),
             client,
             sessions: Mutex::new(HashMap::new()),
         })
@@ -610,20 +609,20 @@ fn is_label(label: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::Event;
+    use ktrigger_core::event::{Event, TriggerId};
 
     fn trigger(namespace: &str) -> TriggerId {
         TriggerId { namespace: namespace.into(), service: "restart-doctor".into(), trigger: "crashloop".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        let context = BuildContext { trigger: trigger("apps"), dry_run: false, service_account: None };
+        let context = BuildContext::new(trigger("apps"));
         KagentFactory::new().build(&properties, &context)
     }
 
     fn kagent(properties: Value) -> Kagent {
         let props = parse_properties(&properties).unwrap();
-        Kagent::new(props, &trigger("apps"), http::shared_client().unwrap()).unwrap()
+        Kagent::new(props, &BuildContext::new(trigger("apps")), http::shared_client().unwrap()).unwrap()
     }
 
     #[test]
@@ -688,7 +687,7 @@ mod tests {
             let err = build(properties.clone()).err().unwrap_or_else(|| panic!("{properties} loaded"));
             assert!(err.contains(expected), "{properties}: {err}");
         }
-        let context = BuildContext { trigger: trigger(""), dry_run: false, service_account: None };
+        let context = BuildContext::new(trigger(""));
         let err =
             KagentFactory::new().build(&json!({"agentRef": {"name": "a"}, "prompt": "x"}), &context).err().unwrap();
         assert_eq!(err, "properties.agentRef.namespace: required when the TriggerService has no namespace");

@@ -183,7 +183,7 @@ mod tests {
     }
 
     fn context() -> BuildContext {
-        BuildContext { trigger: trigger(), dry_run: false, service_account: None }
+        BuildContext::new(trigger())
     }
 
     fn buffer_factory() -> (LogFactory, Arc<Mutex<Vec<u8>>>) {

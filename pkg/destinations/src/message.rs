@@ -10,8 +10,9 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::properties::{Secret, SecretRef};
+use ktrigger_core::properties::SecretRef;
 use ktrigger_core::registry::{DeliveryError, DeliveryRequest, Receipt};
+use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::template::Template;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, StatusCode, Url};
@@ -273,19 +274,13 @@ impl fmt::Display for SecretUrl {
     }
 }
 
-/// Reads the secret `reference` of the property at `at` (e.g. `properties.secretFrom`); an
-/// unreadable or empty secret is an error naming the property, never the value.
-pub fn resolve_secret(reference: &SecretRef, at: &str) -> Result<Secret, String> {
-    let secret = reference.resolve().map_err(|e| format!("{at}: {e}"))?;
-    if secret.expose().is_empty() {
-        return Err(format!("{at}: the secret is empty"));
-    }
-    Ok(secret)
-}
-
 /// The webhook URL from `webhookUrl` (a literal) or `webhookUrlFrom` (a secret reference):
 /// exactly one of them, an http or https URL. Errors never contain the URL.
-pub fn webhook_url(literal: Option<&str>, reference: Option<&SecretRef>) -> Result<SecretUrl, String> {
+pub fn webhook_url(
+    literal: Option<&str>,
+    reference: Option<&SecretRef>,
+    secrets: &ClusterSecrets,
+) -> Result<SecretUrl, String> {
     match (literal, reference) {
         (Some(_), Some(_)) => {
             Err("properties.webhookUrlFrom: give either webhookUrl or webhookUrlFrom, not both".into())
@@ -293,7 +288,7 @@ pub fn webhook_url(literal: Option<&str>, reference: Option<&SecretRef>) -> Resu
         (None, None) => Err("properties.webhookUrl: required (or webhookUrlFrom, a secret reference)".into()),
         (Some(text), None) => parse_url(text, "properties.webhookUrl").map(SecretUrl),
         (None, Some(reference)) => {
-            let secret = resolve_secret(reference, "properties.webhookUrlFrom")?;
+            let secret = reference.resolve(secrets, "properties.webhookUrlFrom")?;
             parse_url(secret.expose(), "properties.webhookUrlFrom: the secret's value").map(SecretUrl)
         }
     }
@@ -526,7 +521,7 @@ pub(crate) mod testing {
 
     /// A build context for [`trigger`].
     pub fn context() -> BuildContext {
-        BuildContext { trigger: trigger(), dry_run: false, service_account: None }
+        BuildContext::new(trigger())
     }
 
     /// A core/v1 Event about a restarting Pod, recognised by the `pod-restart` preset.
@@ -655,18 +650,19 @@ mod tests {
 
     #[test]
     fn webhook_urls_are_checked_and_never_shown() {
-        let err = webhook_url(None, None).unwrap_err();
+        let none = ClusterSecrets::default();
+        let err = webhook_url(None, None, &none).unwrap_err();
         assert!(err.starts_with("properties.webhookUrl: required"), "{err}");
-        let err = webhook_url(Some("ftp://hooks.example.com/T0/B0/secret-path"), None).unwrap_err();
+        let err = webhook_url(Some("ftp://hooks.example.com/T0/B0/secret-path"), None, &none).unwrap_err();
         assert_eq!(err, "properties.webhookUrl: the scheme must be http or https");
-        let err = webhook_url(Some("not a url secret-path"), None).unwrap_err();
+        let err = webhook_url(Some("not a url secret-path"), None, &none).unwrap_err();
         assert!(err.starts_with("properties.webhookUrl: not a valid URL") && !err.contains("secret-path"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
         let file =
             secret_file(&dir, "url", "https://hooks.example.com/services/T0/B0/abcdefghijklmnop?token=0123456789");
         let reference = SecretRef { env: None, file: Some(file), secret_key_ref: None };
-        let url = webhook_url(None, Some(&reference)).unwrap();
+        let url = webhook_url(None, Some(&reference), &none).unwrap();
         assert_eq!(format!("{url:?} {url}"), "<redacted> <redacted>");
         let fragments = url.fragments();
         assert!(fragments.contains(&"abcdefghijklmnop".to_string()) && fragments.contains(&"0123456789".to_string()));
@@ -674,20 +670,21 @@ mod tests {
 
         let bad = secret_file(&dir, "bad", "hooks.example.com/secret-path");
         let reference = SecretRef { env: None, file: Some(bad), secret_key_ref: None };
-        let err = webhook_url(None, Some(&reference)).unwrap_err();
+        let err = webhook_url(None, Some(&reference), &none).unwrap_err();
         assert!(err.starts_with("properties.webhookUrlFrom: the secret's value: not a valid URL"), "{err}");
         assert!(!err.contains("secret-path"), "{err}");
     }
 
     #[test]
     fn unreadable_or_empty_secrets_are_errors_naming_the_property() {
+        let none = ClusterSecrets::default();
         let reference = SecretRef { env: Some("KTRIGGER_TEST_CHAT_UNSET".into()), file: None, secret_key_ref: None };
-        let err = webhook_url(None, Some(&reference)).unwrap_err();
+        let err = webhook_url(None, Some(&reference), &none).unwrap_err();
         assert_eq!(err, "properties.webhookUrlFrom: environment variable KTRIGGER_TEST_CHAT_UNSET is not set");
         let dir = tempfile::tempdir().unwrap();
         let empty = SecretRef { env: None, file: Some(secret_file(&dir, "empty", "")), secret_key_ref: None };
-        let err = resolve_secret(&empty, "properties.secretFrom").unwrap_err();
-        assert_eq!(err, "properties.secretFrom: the secret is empty");
+        let err = webhook_url(None, Some(&empty), &none).unwrap_err();
+        assert_eq!(err, "properties.webhookUrlFrom: the secret is empty");
     }
 
     #[test]

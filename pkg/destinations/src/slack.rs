@@ -13,15 +13,14 @@ use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
 };
+use ktrigger_core::secrets::ClusterSecrets;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http;
-use crate::message::{
-    Answer, MessageSpec, SecretUrl, Summary, as_strs, parse_url, post_json, resolve_secret, truncate, webhook_url,
-};
+use crate::message::{Answer, MessageSpec, SecretUrl, Summary, as_strs, parse_url, post_json, truncate, webhook_url};
 
 /// Documentation of the `slack` destination.
 pub static DOC: TypeDoc = TypeDoc {
@@ -139,10 +138,10 @@ impl DestinationFactory for SlackFactory {
         &DOC
     }
 
-    fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: SlackProperties = parse_properties(properties)?;
         let client = http::client_or_shared(self.client.as_ref())?;
-        Ok(Arc::new(Slack::new(props, client)?))
+        Ok(Arc::new(Slack::new(props, &context.secrets, client)?))
     }
 }
 
@@ -166,7 +165,7 @@ struct Slack {
 }
 
 impl Slack {
-    fn new(props: SlackProperties, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: SlackProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
         let message = MessageSpec::new(None, props.message.as_deref())?;
         for (value, property) in
             [(&props.channel, "channel"), (&props.username, "username"), (&props.icon_emoji, "iconEmoji")]
@@ -192,7 +191,7 @@ impl Slack {
                     base.set_path(&format!("{}/", base.path()));
                 }
                 let url = base.join("chat.postMessage").map_err(|e| format!("properties.apiUrl: {e}"))?;
-                let token = resolve_secret(reference, "properties.tokenFrom")?;
+                let token = reference.resolve(secrets, "properties.tokenFrom")?;
                 if HeaderValue::from_str(&format!("Bearer {}", token.expose())).is_err() {
                     return Err("properties.tokenFrom: the secret's value is not a valid header value".into());
                 }
@@ -206,7 +205,7 @@ impl Slack {
                 if !has_webhook {
                     return Err("properties.webhookUrl: required (or webhookUrlFrom, or tokenFrom with channel)".into());
                 }
-                let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref())?;
+                let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
                 let redactions = url.fragments();
                 (Endpoint::Webhook(url), redactions)
             }
@@ -557,18 +556,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let secret = "https://hooks.slack.com/services/T0001/B0002/debugsecret0123456789";
         let props = parse_properties(&json!({"webhookUrlFrom": {"file": secret_file(&dir, "url", secret)}})).unwrap();
-        let slack = Slack::new(props, http::shared_client().unwrap()).unwrap();
+        let slack = Slack::new(props, &ClusterSecrets::default(), http::shared_client().unwrap()).unwrap();
         let debug = format!("{slack:?}");
         assert!(debug.contains("webhook: <redacted>") && !debug.contains("debugsecret"), "{debug}");
         assert!(!render(&slack, &k8s_event()).to_string().contains("debugsecret"));
 
         let props = parse_properties(&json!({"webhookUrl": secret})).unwrap();
-        let slack = Slack::new(props, http::shared_client().unwrap()).unwrap();
+        let slack = Slack::new(props, &ClusterSecrets::default(), http::shared_client().unwrap()).unwrap();
         assert!(!format!("{slack:?}").contains("debugsecret"));
 
         let props =
             parse_properties(&json!({"tokenFrom": {"file": token_file(&dir, TOKEN)}, "channel": "C1"})).unwrap();
-        let slack = Slack::new(props, http::shared_client().unwrap()).unwrap();
+        let slack = Slack::new(props, &ClusterSecrets::default(), http::shared_client().unwrap()).unwrap();
         let debug = format!("{slack:?}");
         assert!(debug.contains("https://slack.com/api/chat.postMessage") && !debug.contains(TOKEN), "{debug}");
     }
@@ -596,6 +595,6 @@ mod tests {
         let err = build_err(json!({"webhookUrlFrom": {"env": "KTRIGGER_TEST_SLACK_UNSET"}}));
         assert_eq!(err, "properties.webhookUrlFrom: environment variable KTRIGGER_TEST_SLACK_UNSET is not set");
         let err = build_err(json!({"tokenFrom": {"secretKeyRef": {"name": "slack", "key": "token"}}, "channel": "c"}));
-        assert!(err.starts_with("properties.tokenFrom: secretKeyRef slack/token needs a cluster"), "{err}");
+        assert!(err.starts_with("properties.tokenFrom: secretKeyRef slack/token: no cluster to read it from"), "{err}");
     }
 }

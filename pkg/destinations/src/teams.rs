@@ -12,6 +12,7 @@ use ktrigger_core::properties::{SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
 };
+use ktrigger_core::secrets::ClusterSecrets;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -95,10 +96,10 @@ impl DestinationFactory for TeamsFactory {
         &DOC
     }
 
-    fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: TeamsProperties = parse_properties(properties)?;
         let client = http::client_or_shared(self.client.as_ref())?;
-        Ok(Arc::new(Teams::new(props, client)?))
+        Ok(Arc::new(Teams::new(props, &context.secrets, client)?))
     }
 }
 
@@ -111,9 +112,9 @@ struct Teams {
 }
 
 impl Teams {
-    fn new(props: TeamsProperties, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: TeamsProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
-        let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref())?;
+        let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let redactions = url.fragments();
         Ok(Teams { url, message, client, redactions })
     }
@@ -329,8 +330,12 @@ mod tests {
     #[test]
     fn debug_and_render_never_show_the_url() {
         let url = format!("https://prod.westeurope.logic.azure.com{FLOW_PATH}?sig={SIG}");
-        let teams =
-            Teams::new(parse_properties(&json!({"webhookUrl": url})).unwrap(), http::shared_client().unwrap()).unwrap();
+        let teams = Teams::new(
+            parse_properties(&json!({"webhookUrl": url})).unwrap(),
+            &ClusterSecrets::default(),
+            http::shared_client().unwrap(),
+        )
+        .unwrap();
         let debug = format!("{teams:?}");
         assert_eq!(debug, "Teams { url: <redacted>, .. }");
         let rendered = render(&teams, &k8s_event()).to_string();

@@ -170,7 +170,7 @@ impl DestinationFactory for WebhookFactory {
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: WebhookProperties = parse_properties(properties)?;
         let client = http::client_or_shared(self.client.as_ref())?;
-        Ok(Arc::new(Webhook::new(props, &context.trigger, client)?))
+        Ok(Arc::new(Webhook::new(props, context, client)?))
     }
 }
 
@@ -195,7 +195,7 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn new(props: WebhookProperties, trigger: &TriggerId, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: WebhookProperties, context: &BuildContext, client: reqwest::Client) -> Result<Self, String> {
         let url = Url::parse(&props.url).map_err(|e| format!("properties.url: not a valid URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("properties.url: the scheme must be http or https, not {}", url.scheme()));
@@ -226,7 +226,7 @@ impl Webhook {
                     HeaderValue::from_str(text).map_err(|_| format!("{at}: not a valid header value"))?
                 }
                 HeaderSpec::Secret(reference) => {
-                    let secret = reference.resolve().map_err(|e| format!("{at}: {e}"))?;
+                    let secret = reference.resolve(&context.secrets, &at)?;
                     let mut value = HeaderValue::from_str(secret.expose())
                         .map_err(|_| format!("{at}: the secret's value is not a valid header value"))?;
                     value.set_sensitive(true);
@@ -250,11 +250,7 @@ impl Webhook {
         let signature = match props.signature {
             None => None,
             Some(signature) => {
-                let key =
-                    signature.secret_from.resolve().map_err(|e| format!("properties.signature.secretFrom: {e}"))?;
-                if key.expose().is_empty() {
-                    return Err("properties.signature.secretFrom: the secret is empty".into());
-                }
+                let key = signature.secret_from.resolve(&context.secrets, "properties.signature.secretFrom")?;
                 let name = signature.header.as_deref().unwrap_or(DEFAULT_SIGNATURE_HEADER);
                 let header = HeaderName::from_bytes(name.as_bytes())
                     .map_err(|_| format!("properties.signature.header: {name:?} is not a valid header name"))?;
@@ -271,7 +267,7 @@ impl Webhook {
             body,
             content_type,
             signature,
-            source: cloudevents_source(trigger),
+            source: cloudevents_source(&context.trigger),
             client,
         })
     }

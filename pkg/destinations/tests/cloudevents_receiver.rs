@@ -44,7 +44,7 @@ fn webhook(properties: Value) -> Arc<dyn Destination> {
     let mut registry = Registry::default();
     ktrigger_destinations::register(&mut registry);
     let factory = registry.destination("webhook").expect("webhook is registered");
-    factory.build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None }).unwrap()
+    factory.build(&properties, &BuildContext::new(trigger())).unwrap()
 }
 
 fn pod_event() -> Event {

@@ -79,7 +79,7 @@ fn email(properties: Value) -> Arc<dyn Destination> {
     let mut registry = Registry::default();
     ktrigger_destinations::register(&mut registry);
     let factory = registry.destination("email").expect("email is registered");
-    factory.build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None }).unwrap()
+    factory.build(&properties, &BuildContext::new(trigger())).unwrap()
 }
 
 fn restart_event() -> Event {

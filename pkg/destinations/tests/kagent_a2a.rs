@@ -50,7 +50,7 @@ fn kagent(properties: Value) -> Arc<dyn Destination> {
     let mut registry = Registry::default();
     ktrigger_destinations::register(&mut registry);
     let factory = registry.destination("kagent").expect("kagent is registered");
-    factory.build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None }).unwrap()
+    factory.build(&properties, &BuildContext::new(trigger())).unwrap()
 }
 
 /// A core/v1 Event of a crash-looping pod, as the pod-restart preset sees it.

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_core::event::{Event, TriggerId};
+use ktrigger_core::properties::SecretKeyRef;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
+use ktrigger_core::secrets::SecretReader;
 use ktrigger_destinations::kube::bump_app::PUBLISH_VERSION;
+use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_destinations::kube::{KubeTarget, NEEDS_CLUSTER};
 use ktrigger_testcluster::{Faults, TestCluster};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
@@ -25,37 +28,41 @@ const KUBECONFIG_VAR: &str = "KTRIGGER_TEST_KUBECONFIG";
 /// `KTRIGGER_TEST_KUBECONFIG`; the namespace is deleted when this is dropped.
 struct Env {
     cluster: Option<TestCluster>,
+    config: kube::Config,
     client: Client,
     namespace: String,
     registry: Registry,
 }
 
-async fn client_from(path: &str) -> Client {
-    let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("KTRIGGER_TEST_KUBECONFIG is readable");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
+async fn config_from(kubeconfig: kube::config::Kubeconfig) -> kube::Config {
+    kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default())
         .await
-        .expect("KTRIGGER_TEST_KUBECONFIG is usable");
-    Client::try_from(config).expect("a client for KTRIGGER_TEST_KUBECONFIG")
+        .expect("the kubeconfig is usable")
 }
 
 impl Env {
     async fn start() -> Env {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let (cluster, client) = match std::env::var(KUBECONFIG_VAR) {
-            Ok(path) => (None, client_from(&path).await),
+        let (cluster, config) = match std::env::var(KUBECONFIG_VAR) {
+            Ok(path) => {
+                let kubeconfig =
+                    kube::config::Kubeconfig::read_from(path).expect("KTRIGGER_TEST_KUBECONFIG is readable");
+                (None, config_from(kubeconfig).await)
+            }
             Err(_) => {
                 let cluster = TestCluster::start().await;
-                let client = cluster.client().await;
-                (Some(cluster), client)
+                let kubeconfig = kube::config::Kubeconfig::from_yaml(&cluster.kubeconfig_yaml()).unwrap();
+                (Some(cluster), config_from(kubeconfig).await)
             }
         };
+        let client = Client::try_from(config.clone()).expect("a client for the cluster");
         let namespace = format!("kt-dest-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let object = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
         namespaces.create(&PostParams::default(), &object).await.expect("create the test namespace");
         let mut registry = Registry::default();
         ktrigger_destinations::register_kube(&mut registry, KubeTarget::new(Some(client.clone())));
-        Env { cluster, client, namespace, registry }
+        Env { cluster, config, client, namespace, registry }
     }
 
     /// The test cluster's fault injector; `None` against a real cluster (the test then stops).
@@ -68,7 +75,7 @@ impl Env {
     }
 
     fn destination(&self, kind: &str, properties: Value) -> Arc<dyn Destination> {
-        let context = BuildContext { trigger: self.trigger(), dry_run: false, service_account: None };
+        let context = BuildContext::new(self.trigger());
         self.registry.destination(kind).unwrap().build(&properties, &context).unwrap()
     }
 
@@ -162,12 +169,15 @@ impl Drop for Env {
     fn drop(&mut self) {
         // Only a real cluster keeps anything: delete the namespace from a runtime of our own,
         // since the test's runtime may be gone (or panicking) by now.
-        let Ok(path) = std::env::var(KUBECONFIG_VAR) else { return };
-        let namespace = self.namespace.clone();
+        if self.cluster.is_some() {
+            return;
+        }
+        let (namespace, config) = (self.namespace.clone(), self.config.clone());
         let cleanup = std::thread::spawn(move || {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                let namespaces: Api<Namespace> = Api::all(client_from(&path).await);
+                let Ok(client) = Client::try_from(config) else { return };
+                let namespaces: Api<Namespace> = Api::all(client);
                 let _ = namespaces.delete(&namespace, &DeleteParams::default()).await;
             });
         });
@@ -456,7 +466,7 @@ async fn without_a_cluster_deliveries_fail_permanently() {
     let mut registry = Registry::default();
     ktrigger_destinations::register(&mut registry);
     let trigger = TriggerId { namespace: "apps".into(), service: "svc".into(), trigger: "t".into() };
-    let context = BuildContext { trigger: trigger.clone(), dry_run: false, service_account: None };
+    let context = BuildContext::new(trigger.clone());
     let destination = registry
         .destination("patch-resource")
         .unwrap()
@@ -467,4 +477,55 @@ async fn without_a_cluster_deliveries_fail_permanently() {
     let result = destination.deliver(&DeliveryRequest { id: "d", trigger: &trigger, event: &event, attempt: 1 }).await;
 
     assert_eq!(result.unwrap_err(), DeliveryError::permanent(NEEDS_CLUSTER));
+}
+
+/// Creates Secret `name` with `data` (string values) in the test namespace.
+async fn secret(env: &Env, name: &str, data: Value) {
+    let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
+    let object = serde_json::from_value(json!({"metadata": {"name": name}, "stringData": data})).unwrap();
+    secrets.create(&PostParams::default(), &object).await.expect("create the Secret");
+}
+
+#[tokio::test]
+async fn secret_key_refs_are_read_in_the_trigger_service_namespace() {
+    let env = Env::start().await;
+    secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t", "binary": "ok"})).await;
+    let reader =
+        KubeSecretReader::new(KubeTarget::new(Some(env.client.clone())).with_identities(env.config.clone(), false));
+    let reference = |name: &str, key: &str| SecretKeyRef { name: name.into(), key: key.into() };
+
+    let value = reader.read(&env.namespace, None, &reference("chat", "url")).await.unwrap();
+    assert_eq!(value.expose(), "https://hooks.example.test/T0/B0/s3cr3t");
+
+    let missing_key = reader.read(&env.namespace, None, &reference("chat", "token")).await.unwrap_err();
+    assert_eq!(missing_key, format!("Secret {}/chat has no key \"token\"", env.namespace));
+    let missing = reader.read(&env.namespace, None, &reference("nope", "url")).await.unwrap_err();
+    assert_eq!(missing, format!("Secret {}/nope not found", env.namespace));
+    assert!(!missing_key.contains("s3cr3t") && !missing.contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn a_service_account_reads_secrets_as_itself_and_a_refusal_is_reported() {
+    let env = Env::start().await;
+    secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t"})).await;
+    let reader =
+        KubeSecretReader::new(KubeTarget::new(Some(env.client.clone())).with_identities(env.config.clone(), false));
+    let reference = SecretKeyRef { name: "chat".into(), key: "url".into() };
+    // A real cluster refuses because the ServiceAccount has no Role; the test cluster is told to.
+    if let Some(faults) = env.faults() {
+        faults.forbid("get", "secrets");
+    }
+
+    let refused = reader.read(&env.namespace, Some("notifier"), &reference).await.unwrap_err();
+
+    let prefix = format!("reading Secret {ns}/chat as ServiceAccount {ns}/notifier was refused: ", ns = env.namespace);
+    assert!(refused.starts_with(&prefix), "{refused}");
+    assert!(!refused.contains("s3cr3t"), "{refused}");
+    if let Some(cluster) = &env.cluster {
+        let user = format!("system:serviceaccount:{}:notifier", env.namespace);
+        let asked = cluster.requests().iter().any(|r| {
+            r.method == "GET" && r.uri.contains("/secrets/chat") && r.impersonate_user.as_deref() == Some(user.as_str())
+        });
+        assert!(asked, "the Secret was read as {user}");
+    }
 }

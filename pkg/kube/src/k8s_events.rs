@@ -289,11 +289,7 @@ mod tests {
     use super::*;
 
     fn context() -> BuildContext {
-        BuildContext {
-            trigger: TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() },
-            dry_run: false,
-            service_account: None,
-        }
+        BuildContext::new(TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() })
     }
 
     fn interest(properties: Value) -> Arc<EventsInterest> {

@@ -48,11 +48,11 @@ struct Running {
 
 impl Harness {
     fn start(&self, source_type: &str, properties: Value, old_object: bool) -> Running {
-        let context = BuildContext {
-            trigger: TriggerId { namespace: "test".into(), service: "svc".into(), trigger: source_type.into() },
-            dry_run: false,
-            service_account: None,
-        };
+        let context = BuildContext::new(TriggerId {
+            namespace: "test".into(),
+            service: "svc".into(),
+            trigger: source_type.into(),
+        });
         let factory = self.registry.source(source_type).unwrap();
         let source = factory.build_for(&properties, &context, SourceNeeds { old_object }).unwrap();
         let (sink, events) = EventSink::channel(1024);

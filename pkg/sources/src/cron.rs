@@ -185,11 +185,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     fn context() -> BuildContext {
-        BuildContext {
-            trigger: TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() },
-            dry_run: false,
-            service_account: None,
-        }
+        BuildContext::new(TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() })
     }
 
     fn load_error(properties: Value) -> String {

@@ -15,6 +15,7 @@ use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::event::{Event, TriggerId};
 use ktrigger_core::properties::{SecretRef, parse_properties};
 use ktrigger_core::registry::{BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc};
+use ktrigger_core::secrets::ClusterSecrets;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use serde::Deserialize;
@@ -148,7 +149,7 @@ impl HttpPoller {
         let key = compile(props.key.as_deref(), "item", "key")?;
         let kinds = event_kinds(props.events.as_deref())?;
         // Secrets are read last, so that every other mistake is reported without needing them.
-        let headers = headers(&props.headers, props.body.is_some())?;
+        let headers = headers(&props.headers, props.body.is_some(), &context.secrets)?;
         crate::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
@@ -204,7 +205,11 @@ fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, String> {
 }
 
 /// The request headers: literals and resolved secrets (marked sensitive), plus JSON defaults.
-fn headers(configured: &BTreeMap<String, Value>, has_body: bool) -> Result<HeaderMap, String> {
+fn headers(
+    configured: &BTreeMap<String, Value>,
+    has_body: bool,
+    secrets: &ClusterSecrets,
+) -> Result<HeaderMap, String> {
     let mut map = HeaderMap::new();
     map.insert(ACCEPT, HeaderValue::from_static("application/json"));
     if has_body {
@@ -225,12 +230,12 @@ fn headers(configured: &BTreeMap<String, Value>, has_body: bool) -> Result<Heade
                 };
                 let reference: SecretRef =
                     serde_json::from_value(Value::Object(fields)).map_err(|e| format!("{property}: {e}"))?;
-                let secret = reference.resolve().map_err(|e| format!("{property}: {e}"))?;
+                let secret = reference.resolve(secrets, &property)?;
                 (format!("{prefix}{}", secret.expose()), true)
             }
             _ => {
                 return Err(format!(
-                    "{property}: must be a string or a secret such as {{env: NAME}} or {{file: PATH}}"
+                    "{property}: must be a string or a secret such as {{env: NAME}}, {{file: PATH}} or {{secretKeyRef: {{name, key}}}}"
                 ));
             }
         };
@@ -509,11 +514,7 @@ mod tests {
     }
 
     fn context() -> BuildContext {
-        BuildContext {
-            trigger: TriggerId { namespace: "ns".into(), service: "s".into(), trigger: "t".into() },
-            dry_run: false,
-            service_account: None,
-        }
+        BuildContext::new(TriggerId { namespace: "ns".into(), service: "s".into(), trigger: "t".into() })
     }
 
     fn poller(properties: Value) -> Result<HttpPoller, String> {

@@ -82,15 +82,11 @@ mod tests {
         let listener = WebhookListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let mut registry = Registry::default();
         register(&mut registry, listener);
-        let context = ktrigger_core::registry::BuildContext {
-            trigger: ktrigger_core::event::TriggerId {
-                namespace: "apps".into(),
-                service: "svc".into(),
-                trigger: "t".into(),
-            },
-            dry_run: false,
-            service_account: None,
-        };
+        let context = ktrigger_core::registry::BuildContext::new(ktrigger_core::event::TriggerId {
+            namespace: "apps".into(),
+            service: "svc".into(),
+            trigger: "t".into(),
+        });
         for doc in registry.source_docs() {
             let value: serde_json::Value = serde_yaml::from_str(doc.example).unwrap();
             let source = &value["source"];

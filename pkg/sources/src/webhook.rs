@@ -163,7 +163,7 @@ impl SourceFactory for WebhookFactory {
         let auth = match props.auth {
             None => None,
             Some(AuthSpec::Bearer { token_from }) => {
-                let token = resolve(&token_from, "properties.auth.tokenFrom")?;
+                let token = token_from.resolve(&context.secrets, "properties.auth.tokenFrom")?;
                 Some(Arc::new(Auth::Bearer { token }))
             }
             Some(AuthSpec::Hmac { secret_from, header, prefix }) => {
@@ -171,7 +171,7 @@ impl SourceFactory for WebhookFactory {
                 let header = HeaderName::from_bytes(header_text.as_bytes())
                     .map_err(|_| format!("properties.auth.header: {header_text:?} is not a valid header name"))?;
                 let prefix = prefix.unwrap_or_else(|| DEFAULT_HMAC_PREFIX.to_string());
-                let secret = resolve(&secret_from, "properties.auth.secretFrom")?;
+                let secret = secret_from.resolve(&context.secrets, "properties.auth.secretFrom")?;
                 Some(Arc::new(Auth::Hmac { secret, header, prefix }))
             }
         };
@@ -183,14 +183,6 @@ impl SourceFactory for WebhookFactory {
             cloud_event_object: props.cloud_event_object,
         }))
     }
-}
-
-fn resolve(reference: &SecretRef, property: &str) -> Result<Secret, String> {
-    let secret = reference.resolve().map_err(|e| format!("{property}: {e}"))?;
-    if secret.expose().is_empty() {
-        return Err(format!("{property}: the secret is empty"));
-    }
-    Ok(secret)
 }
 
 /// Checks a configured path and returns it normalised.
@@ -278,11 +270,8 @@ mod tests {
         }
 
         fn build(&self, trigger: &str, properties: Value) -> Result<Arc<dyn Source>, String> {
-            let context = BuildContext {
-                trigger: TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: trigger.into() },
-                dry_run: false,
-                service_account: None,
-            };
+            let context =
+                BuildContext::new(TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: trigger.into() });
             WebhookFactory::new(self.listener.clone()).build(&properties, &context)
         }
 

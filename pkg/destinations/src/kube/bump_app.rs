@@ -341,8 +341,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        BumpAppFactory::new(KubeTarget::new(None))
-            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None })
+        BumpAppFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext::new(trigger()))
     }
 
     fn render(destination: &Arc<dyn Destination>, object: Value) -> Result<Value, DeliveryError> {

@@ -303,8 +303,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        CreateEventFactory::new(KubeTarget::new(None))
-            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None })
+        CreateEventFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext::new(trigger()))
     }
 
     #[test]

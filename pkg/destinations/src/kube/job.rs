@@ -364,8 +364,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        JobFactory::new(KubeTarget::new(None))
-            .build(&properties, &BuildContext { trigger: trigger(), dry_run: false, service_account: None })
+        JobFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext::new(trigger()))
     }
 
     #[test]

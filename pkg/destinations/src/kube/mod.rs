@@ -27,6 +27,7 @@ pub mod bump_app;
 pub mod create_event;
 pub mod job;
 pub mod patch_resource;
+pub mod secrets;
 
 /// Why a delivery fails when ktrigger runs without a cluster.
 pub const NEEDS_CLUSTER: &str = "this destination needs a cluster: run with --kubeconfig or in a cluster";
@@ -90,9 +91,14 @@ impl KubeTarget {
 
     /// The target one trigger's destination acts on, following [`KubeTarget::with_identities`].
     pub fn for_trigger(&self, context: &BuildContext) -> Result<KubeTarget, String> {
-        let namespace = &context.trigger.namespace;
+        self.acting_as(&context.trigger.namespace, context.service_account.as_deref())
+    }
+
+    /// The target for a TriggerService in `namespace` that names `service_account` (or none),
+    /// following [`KubeTarget::with_identities`].
+    pub fn acting_as(&self, namespace: &str, service_account: Option<&str>) -> Result<KubeTarget, String> {
         let mut target = self.clone();
-        match &context.service_account {
+        match service_account {
             Some(account) if namespace.is_empty() => {
                 return Err(format!(
                     "serviceAccountName {account:?} needs a namespaced TriggerService (the ServiceAccount lives in it)"
@@ -114,7 +120,7 @@ impl KubeTarget {
                 }
                 (None, None) => {}
             },
-            None if !self.cluster_wide && !namespace.is_empty() => target.home = Some(namespace.clone()),
+            None if !self.cluster_wide && !namespace.is_empty() => target.home = Some(namespace.to_string()),
             None => {}
         }
         Ok(target)
@@ -342,9 +348,8 @@ mod tests {
 
     fn context(namespace: &str, service_account: Option<&str>) -> BuildContext {
         BuildContext {
-            trigger: TriggerId { namespace: namespace.into(), service: "s".into(), trigger: "t".into() },
-            dry_run: false,
             service_account: service_account.map(String::from),
+            ..BuildContext::new(TriggerId { namespace: namespace.into(), service: "s".into(), trigger: "t".into() })
         }
     }
 
@@ -380,11 +385,8 @@ mod tests {
     fn docs_are_complete_and_their_examples_load() {
         let mut registry = Registry::default();
         register(&mut registry, KubeTarget::new(None));
-        let context = BuildContext {
-            trigger: TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() },
-            dry_run: false,
-            service_account: None,
-        };
+        let context =
+            BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
         let docs = registry.destination_docs();
         assert_eq!(docs.len(), 4);
         for doc in docs {
@@ -401,7 +403,7 @@ mod tests {
         let mut registry = Registry::default();
         register(&mut registry, KubeTarget::new(None));
         let trigger = TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() };
-        let context = BuildContext { trigger: trigger.clone(), dry_run: false, service_account: None };
+        let context = BuildContext::new(trigger.clone());
         let event = Event::new(
             "resource-watcher",
             "update",

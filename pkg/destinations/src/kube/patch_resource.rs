@@ -361,11 +361,8 @@ mod tests {
     use ktrigger_core::event::{Event, TriggerId};
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        let context = BuildContext {
-            trigger: TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() },
-            dry_run: false,
-            service_account: None,
-        };
+        let context =
+            BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
         PatchResourceFactory::new(KubeTarget::new(None)).build(&properties, &context)
     }
 

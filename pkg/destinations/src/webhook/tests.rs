@@ -98,7 +98,7 @@ fn trigger() -> TriggerId {
 }
 
 fn context() -> BuildContext {
-    BuildContext { trigger: trigger(), dry_run: false, service_account: None }
+    BuildContext::new(trigger())
 }
 
 fn event() -> Event {
@@ -121,7 +121,7 @@ fn build_err(properties: Value) -> String {
 
 /// A built destination with its concrete type, for looking at its Debug output.
 fn build_concrete(properties: Value) -> Webhook {
-    Webhook::new(parse_properties(&properties).unwrap(), &trigger(), http::shared_client().unwrap()).unwrap()
+    Webhook::new(parse_properties(&properties).unwrap(), &context(), http::shared_client().unwrap()).unwrap()
 }
 
 async fn deliver(destination: &Arc<dyn Destination>, event: &Event, id: &str) -> Result<Receipt, DeliveryError> {

@@ -1,0 +1,71 @@
+//! Reading `secretKeyRef` values from the cluster, as the TriggerService's identity: its
+//! `serviceAccountName` through impersonation, or the engine's own identity, always in the
+//! TriggerService's namespace.
+
+use std::time::Duration;
+
+use ::kube::Api;
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::Secret as KubeSecret;
+use ktrigger_core::properties::{Secret, SecretKeyRef};
+use ktrigger_core::secrets::SecretReader;
+
+use super::KubeTarget;
+
+/// How long reading one Secret may take before the trigger is reported as not loadable.
+const READ_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Reads Secrets through the same identities as the Kubernetes destinations (see
+/// [`KubeTarget::with_identities`]).
+#[derive(Debug, Clone)]
+pub struct KubeSecretReader {
+    target: KubeTarget,
+}
+
+impl KubeSecretReader {
+    /// A reader acting through `target`.
+    pub fn new(target: KubeTarget) -> Self {
+        KubeSecretReader { target }
+    }
+}
+
+#[async_trait]
+impl SecretReader for KubeSecretReader {
+    async fn read(
+        &self,
+        namespace: &str,
+        service_account: Option<&str>,
+        reference: &SecretKeyRef,
+    ) -> Result<Secret, String> {
+        let SecretKeyRef { name, key } = reference;
+        let target = self.target.acting_as(namespace, service_account)?;
+        let client = target.client().map_err(|_| {
+            format!(
+                "secretKeyRef {name}/{key}: no cluster to read it from; run with --kubeconfig or in a cluster, \
+                 or use {{env: NAME}} or {{file: PATH}}"
+            )
+        })?;
+        let namespace = if namespace.is_empty() { client.default_namespace() } else { namespace };
+        let identity = match service_account {
+            Some(account) => format!("ServiceAccount {namespace}/{account}"),
+            None => "ktrigger's own identity".to_string(),
+        };
+        let api: Api<KubeSecret> = Api::namespaced(client.clone(), namespace);
+        let found = match tokio::time::timeout(READ_TIMEOUT, api.get_opt(name)).await {
+            Err(_) => return Err(format!("reading Secret {namespace}/{name} timed out after {READ_TIMEOUT:?}")),
+            Ok(Err(::kube::Error::Api(status))) if status.code == 403 => {
+                return Err(format!("reading Secret {namespace}/{name} as {identity} was refused: {}", status.message));
+            }
+            Ok(Err(error)) => return Err(format!("reading Secret {namespace}/{name} failed: {error}")),
+            Ok(Ok(None)) => return Err(format!("Secret {namespace}/{name} not found")),
+            Ok(Ok(Some(secret))) => secret,
+        };
+        let bytes = found
+            .data
+            .and_then(|mut data| data.remove(key))
+            .ok_or_else(|| format!("Secret {namespace}/{name} has no key {key:?}"))?;
+        String::from_utf8(bytes.0)
+            .map(Secret::new)
+            .map_err(|_| format!("Secret {namespace}/{name}: the value of key {key:?} is not UTF-8 text"))
+    }
+}
