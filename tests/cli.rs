@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Running, ktrigger, repo, write_config};
+use support::{Running, example_env, ktrigger, repo, write_config};
 
 fn output(args: &[&str]) -> (i32, String, String) {
     let out = ktrigger().args(args).output().unwrap();
@@ -21,30 +21,12 @@ fn every_example_validates() {
     let mut command = ktrigger();
     command.args(["validate", "-f", examples.to_str().unwrap()]);
     // Examples read credentials from `{env: NAME}`: give each variable a placeholder value.
-    for name in example_env_names(&examples) {
-        command.env(name, "https://placeholder.invalid/credential");
-    }
+    command.envs(example_env());
     let out = command.output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
     assert!(stdout.contains("no problems"), "{stdout}");
     assert!(!stderr.contains("warning"), "examples hold only TriggerServices: {stderr}");
-}
-
-/// Every `env: NAME` referenced by the example files.
-fn example_env_names(dir: &std::path::Path) -> Vec<String> {
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
-        for part in text.split("env:").skip(1) {
-            let name: String =
-                part.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
-            if !name.is_empty() {
-                names.push(name);
-            }
-        }
-    }
-    names
 }
 
 #[test]

@@ -3,25 +3,14 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::cluster::{Env, WAIT};
-use support::{Running, get, post, repo, write_config};
-
-fn kubectl(env: &Env, args: &[&str]) -> (bool, String) {
-    let output = Command::new("kubectl")
-        .args(["--kubeconfig", env.kubeconfig()])
-        .args(args)
-        .output()
-        .expect("kubectl is installed (the tests use the real kubectl)");
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    (output.status.success(), text)
-}
+use support::{Running, get, post, write_config};
 
 fn status(env: &Env) -> Value {
-    let (ok, text) = kubectl(env, &["get", "triggerservice", "svc", "-n", &env.namespace, "-o", "json"]);
+    let (ok, text) = env.kubectl(&["get", "triggerservice", "svc", "-n", &env.namespace, "-o", "json"]);
     if !ok {
         return Value::Null;
     }
@@ -66,12 +55,7 @@ spec:
 #[test]
 fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let env = Env::new("controller");
-    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
-    let (ok, text) = kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]);
-    assert!(ok, "kubectl apply of the CRD: {text}");
-    let (ok, text) =
-        kubectl(&env, &["wait", "--for", "condition=established", "crd/triggerservices.ktrigger.dev", "--timeout=30s"]);
-    assert!(ok, "CRD established: {text}");
+    env.install_trigger_service_crd();
 
     let running = Running::start_controller(&[
         "--kubeconfig",
@@ -90,7 +74,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     }
 
     let (_dir, path) = write_config(SERVICE);
-    let (ok, text) = kubectl(&env, &["apply", "-n", &env.namespace, "-f", path.to_str().unwrap()]);
+    let (ok, text) = env.kubectl(&["apply", "-n", &env.namespace, "-f", path.to_str().unwrap()]);
     assert!(ok, "kubectl apply of the TriggerService: {text}");
     running.stdout.wait_until("deliveries of the valid trigger", WAIT, |t| t.contains("/svc/tick\""));
     let status = wait_status(&env, "Ready=False naming the broken trigger", |s| {
@@ -115,7 +99,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     );
     assert!(text.contains(&latency), "{latency} missing from:\n{text}");
 
-    let (ok, table) = kubectl(&env, &["get", "kts", "-n", &env.namespace]);
+    let (ok, table) = env.kubectl(&["get", "kts", "-n", &env.namespace]);
     assert!(ok, "{table}");
     let header = table.lines().next().unwrap_or_default();
     for column in ["NAME", "READY", "TRIGGERS", "FIRED", "FAILED", "AGE"] {
@@ -123,7 +107,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     }
     assert!(table.contains("2/3"), "{table}");
 
-    let (ok, text) = kubectl(&env, &["delete", "triggerservice", "svc", "-n", &env.namespace]);
+    let (ok, text) = env.kubectl(&["delete", "triggerservice", "svc", "-n", &env.namespace]);
     assert!(ok, "{text}");
     std::thread::sleep(Duration::from_millis(1500));
     let after_delete = tick_lines(&running);
@@ -160,8 +144,7 @@ fn wait_for_tick(running: &Running, more_than: usize) {
 #[test]
 fn only_the_leader_delivers_and_a_follower_takes_over_when_it_dies() {
     let env = Env::new("leader");
-    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
-    assert!(kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]).0);
+    env.install_trigger_service_crd();
     let args = [
         "--kubeconfig",
         env.kubeconfig(),
@@ -179,7 +162,7 @@ fn only_the_leader_delivers_and_a_follower_takes_over_when_it_dies() {
     assert!(follower.stderr.text().contains("waiting to lead"), "{}", follower.stderr.text());
 
     let (_dir, path) = write_config(SERVICE);
-    assert!(kubectl(&env, &["apply", "-n", &env.namespace, "-f", path.to_str().unwrap()]).0);
+    assert!(env.kubectl(&["apply", "-n", &env.namespace, "-f", path.to_str().unwrap()]).0);
     wait_for_tick(&leader, 2);
     assert_eq!(tick_lines(&follower), 0, "the follower delivers nothing while the leader runs");
 
@@ -189,37 +172,8 @@ fn only_the_leader_delivers_and_a_follower_takes_over_when_it_dies() {
     assert_eq!(follower.stop(), Some(0));
 }
 
-fn trigger_status(env: &Env, service: &str, trigger: &str) -> Value {
-    let (ok, text) = kubectl(env, &["get", "triggerservice", service, "-n", &env.namespace, "-o", "json"]);
-    if !ok {
-        return Value::Null;
-    }
-    let object: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-    let triggers = object["status"]["triggers"].as_array().cloned().unwrap_or_default();
-    triggers.into_iter().find(|t| t["name"] == trigger).unwrap_or(Value::Null)
-}
-
-fn wait_trigger(env: &Env, service: &str, trigger: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
-        let status = trigger_status(env, service, trigger);
-        if check(&status) {
-            return status;
-        }
-        assert!(start.elapsed() < WAIT, "timed out waiting for {what}; status of {trigger}: {status:#}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-/// `kubectl apply` of a YAML document in `namespace`.
-fn apply(env: &Env, namespace: &str, yaml: &str) {
-    let (_dir, path) = write_config(yaml);
-    let (ok, text) = kubectl(env, &["apply", "-n", namespace, "-f", path.to_str().unwrap()]);
-    assert!(ok, "kubectl apply: {text}");
-}
-
 fn configmap_data(env: &Env, namespace: &str, name: &str) -> Value {
-    let (ok, text) = kubectl(env, &["get", "configmap", name, "-n", namespace, "-o", "json"]);
+    let (ok, text) = env.kubectl(&["get", "configmap", name, "-n", namespace, "-o", "json"]);
     assert!(ok, "{text}");
     serde_json::from_str::<Value>(&text).unwrap()["data"].clone()
 }
@@ -242,10 +196,9 @@ fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
     let other = format!("{}-other", env.namespace);
     let _cleanup = support::cluster::NamespaceGuard::create(&env, &other);
     for namespace in [env.namespace.as_str(), other.as_str()] {
-        apply(&env, namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: target}\ndata: {v: \"1\"}\n");
+        env.apply(namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: target}\ndata: {v: \"1\"}\n");
     }
-    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
-    assert!(kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]).0);
+    env.install_trigger_service_crd();
     let running = Running::start_controller(&[
         "--kubeconfig",
         env.kubeconfig(),
@@ -261,23 +214,23 @@ fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
         patch_trigger("home", &env.namespace),
         patch_trigger("away", &other)
     );
-    apply(&env, &env.namespace, &own);
+    env.apply(&env.namespace, &own);
     let away =
-        wait_trigger(&env, "own", "away", "a refused cross-namespace patch", |t| t["deadLettered"].as_u64() >= Some(1));
+        env.wait_trigger("own", "away", "a refused cross-namespace patch", |t| t["deadLettered"].as_u64() >= Some(1));
     let error = away["lastError"].as_str().unwrap_or_default();
     assert!(error.contains("not allowed outside the TriggerService's namespace"), "{away:#}");
-    wait_trigger(&env, "own", "home", "a patch at home", |t| t["fired"].as_u64() >= Some(1));
+    env.wait_trigger("own", "home", "a patch at home", |t| t["fired"].as_u64() >= Some(1));
     let start = Instant::now();
     while configmap_data(&env, &env.namespace, "target")["touched"] != "yes" {
         assert!(start.elapsed() < WAIT, "the patch in the TriggerService's own namespace was not made");
         std::thread::sleep(Duration::from_millis(200));
     }
     assert!(configmap_data(&env, &other, "target")["touched"].is_null(), "nothing was patched elsewhere");
-    assert!(kubectl(&env, &["delete", "triggerservice", "own", "-n", &env.namespace]).0);
+    assert!(env.kubectl(&["delete", "triggerservice", "own", "-n", &env.namespace]).0);
 
     // With serviceAccountName: the ServiceAccount's identity; what it may not do is refused by
     // the API server, reported, and not performed.
-    apply(&env, &env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
+    env.apply(&env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
     if let Some(cluster) = &env.cluster {
         // The test cluster has no RBAC: refuse the patch the way an unbound ServiceAccount would be.
         cluster.faults().forbid("patch", "configmaps");
@@ -286,8 +239,8 @@ fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
         "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {{name: robot}}\nspec:\n  serviceAccountName: robot\n  triggers:{}\n",
         patch_trigger("away", &other)
     );
-    apply(&env, &env.namespace, &as_robot);
-    let away = wait_trigger(&env, "robot", "away", "a forbidden patch", |t| t["deadLettered"].as_u64() >= Some(1));
+    env.apply(&env.namespace, &as_robot);
+    let away = env.wait_trigger("robot", "away", "a forbidden patch", |t| t["deadLettered"].as_u64() >= Some(1));
     assert!(away["lastError"].as_str().unwrap_or_default().contains("forbidden"), "{away:#}");
     assert!(configmap_data(&env, &other, "target")["touched"].is_null(), "the forbidden patch was not performed");
     if let Some(cluster) = &env.cluster {
@@ -325,8 +278,7 @@ spec:
 #[test]
 fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_readable() {
     let env = Env::new("secrets");
-    let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
-    assert!(kubectl(&env, &["apply", "-f", crd.to_str().unwrap()]).0);
+    env.install_trigger_service_crd();
     let running = Running::start_controller(&[
         "--kubeconfig",
         env.kubeconfig(),
@@ -338,19 +290,18 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_re
     let path = format!("/hooks/{}", env.namespace);
 
     // The Secret does not exist yet: the trigger is not loaded, and its status says why.
-    apply(&env, &env.namespace, &secret_hook("own", &path, None));
-    let hook = wait_trigger(&env, "own", "hook", "the missing Secret reported", |t| t["ready"] == false);
+    env.apply(&env.namespace, &secret_hook("own", &path, None));
+    let hook = env.wait_trigger("own", "hook", "the missing Secret reported", |t| t["ready"] == false);
     let expected = format!("Secret {}/hook-auth not found", env.namespace);
     assert!(hook["lastError"].as_str().unwrap_or_default().contains(&expected), "{hook:#}");
 
     // Once it exists, the controller reads it again and the trigger starts.
     let token = format!("s3cr3t-{}", support::cluster::uuid_suffix());
-    apply(
-        &env,
+    env.apply(
         &env.namespace,
         &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: hook-auth}}\nstringData: {{token: {token}}}\n"),
     );
-    wait_trigger(&env, "own", "hook", "the trigger loaded with the Secret", |t| t["ready"] == true);
+    env.wait_trigger("own", "hook", "the trigger loaded with the Secret", |t| t["ready"] == true);
     let url = format!("{}{path}", running.webhook_url());
     let body = r#"{"deploy": "checkout"}"#;
     assert_eq!(post(&url, &[("Authorization", "Bearer wrong")], body).0, 401);
@@ -359,13 +310,13 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_re
     running.stdout.wait_for("checkout", WAIT);
 
     // As a ServiceAccount: read with its identity; a refusal is reported, naming it.
-    apply(&env, &env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
+    env.apply(&env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
     if let Some(cluster) = &env.cluster {
         // The test cluster has no RBAC: refuse the read the way an unbound ServiceAccount would be.
         cluster.faults().forbid("get", "secrets");
     }
-    apply(&env, &env.namespace, &secret_hook("robot", &format!("{path}-robot"), Some("robot")));
-    let hook = wait_trigger(&env, "robot", "hook", "the refused read reported", |t| t["ready"] == false);
+    env.apply(&env.namespace, &secret_hook("robot", &format!("{path}-robot"), Some("robot")));
+    let hook = env.wait_trigger("robot", "hook", "the refused read reported", |t| t["ready"] == false);
     let refused = format!("as ServiceAccount {}/robot was refused", env.namespace);
     assert!(hook["lastError"].as_str().unwrap_or_default().contains(&refused), "{hook:#}");
     if let Some(cluster) = &env.cluster {
@@ -377,9 +328,9 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_re
     }
 
     // The value is nowhere but on the wire.
-    let (ok, events) = kubectl(&env, &["get", "events.events.k8s.io", "-n", &env.namespace, "-o", "json"]);
+    let (ok, events) = env.kubectl(&["get", "events.events.k8s.io", "-n", &env.namespace, "-o", "json"]);
     assert!(ok, "{events}");
-    let (ok, services) = kubectl(&env, &["get", "triggerservices", "-n", &env.namespace, "-o", "json"]);
+    let (ok, services) = env.kubectl(&["get", "triggerservices", "-n", &env.namespace, "-o", "json"]);
     assert!(ok, "{services}");
     assert!(events.contains("InvalidTrigger"), "the missing Secret was reported as an Event: {events}");
     let (logs, output) = (running.stderr.clone(), running.stdout.clone());

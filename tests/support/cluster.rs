@@ -2,7 +2,8 @@
 //! `KTRIGGER_TEST_KUBECONFIG`, with a namespace of the test's own that is deleted afterwards.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -12,7 +13,7 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
-use super::{Running, write_config};
+use super::{Running, repo, write_config};
 
 /// How long end-to-end tests wait for something before they fail.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -123,6 +124,59 @@ impl Env {
 
     pub fn events(&self) -> Api<KubeEvent> {
         Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Runs the real kubectl on this cluster: whether it succeeded, and its stdout and stderr.
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new("kubectl")
+            .args(["--kubeconfig", self.kubeconfig()])
+            .args(args)
+            .output()
+            .expect("kubectl is installed (the tests use the real kubectl)");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
+    /// `kubectl apply` of YAML text in `namespace`; fails the test with kubectl's answer.
+    pub fn apply(&self, namespace: &str, yaml: &str) {
+        let (_dir, path) = write_config(yaml);
+        let (ok, text) = self.kubectl(&["apply", "-n", namespace, "-f", path.to_str().unwrap()]);
+        assert!(ok, "kubectl apply: {text}\n{yaml}");
+    }
+
+    /// Installs the TriggerService CRD of `config/crd` with kubectl and waits until it is served.
+    pub fn install_trigger_service_crd(&self) {
+        let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
+        let (ok, text) = self.kubectl(&["apply", "-f", crd.to_str().unwrap()]);
+        assert!(ok, "kubectl apply of the CRD: {text}");
+        let established = ["wait", "--for", "condition=established", "crd/triggerservices.ktrigger.dev"];
+        let (ok, text) = self.kubectl(&[&established[..], &["--timeout=30s"]].concat());
+        assert!(ok, "CRD established: {text}");
+    }
+
+    /// The status entry of `trigger` of TriggerService `service` in the test namespace; null
+    /// while there is none.
+    pub fn trigger_status(&self, service: &str, trigger: &str) -> Value {
+        let (ok, text) = self.kubectl(&["get", "triggerservice", service, "-n", &self.namespace, "-o", "json"]);
+        if !ok {
+            return Value::Null;
+        }
+        let object: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let triggers = object["status"]["triggers"].as_array().cloned().unwrap_or_default();
+        triggers.into_iter().find(|t| t["name"] == trigger).unwrap_or(Value::Null)
+    }
+
+    /// Waits until the status entry of `trigger` passes `check`, and returns it.
+    pub fn wait_trigger(&self, service: &str, trigger: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+        let start = Instant::now();
+        loop {
+            let status = self.trigger_status(service, trigger);
+            if check(&status) {
+                return status;
+            }
+            assert!(start.elapsed() < WAIT, "timed out waiting for {what}; status of {trigger}: {status:#}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

@@ -3,6 +3,9 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod python;
+
+pub use python::{PythonServer, json_lines};
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 /// The repository root.
 pub fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    python::repository_root()
 }
 
 /// A command running the built `ktrigger` binary.
@@ -87,10 +90,16 @@ impl Running {
     /// Starts `ktrigger controller` with `args` (free webhook and health ports are added) and
     /// waits until it reconciles, or waits to lead. Free metrics and health ports are added too.
     pub fn start_controller(args: &[&str]) -> Running {
+        Self::start_controller_with_env(args, &[])
+    }
+
+    /// Like [`Running::start_controller`], with extra environment variables for the process.
+    pub fn start_controller_with_env(args: &[&str], env: &[(String, String)]) -> Running {
         let health = free_port();
         let mut command = ktrigger();
         let metrics = free_port();
-        command.arg("controller").args(args).args(["--webhook-addr", "127.0.0.1:0", "--health-addr", &health]);
+        command.arg("controller").envs(env.iter().map(|(k, v)| (k, v))).args(args);
+        command.args(["--webhook-addr", "127.0.0.1:0", "--health-addr", &health]);
         command.args(["--metrics-addr", &metrics]);
         Self::spawn(command, &["ktrigger controller reconciling", "waiting to lead"])
     }
@@ -154,61 +163,63 @@ fn terminate(child: &Child) {
 
 /// The CloudEvents receiver built on the official Python SDK; stopped when dropped.
 pub struct CloudEventsReceiver {
-    child: Child,
-    /// Where it appends one JSON line per accepted event.
-    pub output: PathBuf,
+    server: PythonServer,
     /// Its URL.
     pub url: String,
-    _dir: tempfile::TempDir,
 }
 
 impl CloudEventsReceiver {
     /// Starts the receiver on a free port. Fails (does not skip) when the SDK is missing.
     pub fn start() -> CloudEventsReceiver {
-        let probe = Command::new("python3").args(["-c", "import cloudevents"]).status().expect("python3 on PATH");
-        assert!(probe.success(), "the cloudevents SDK is missing: run `pip install -r tests/requirements.txt`");
-        let dir = tempfile::tempdir().unwrap();
-        let output = dir.path().join("events.jsonl");
-        let mut child = Command::new("python3")
-            .arg(repo().join("tests/receivers/cloudevents_receiver.py"))
-            .arg(&output)
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("receiver starts");
-        let mut port = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut port).unwrap();
-        let url = format!("http://127.0.0.1:{}/", port.trim());
-        CloudEventsReceiver { child, output, url, _dir: dir }
+        let server = PythonServer::start(
+            "cloudevents_receiver.py",
+            "import cloudevents",
+            "`cloudevents` is",
+            "events.jsonl",
+            &[],
+        );
+        let url = format!("http://127.0.0.1:{}/", server.port);
+        CloudEventsReceiver { server, url }
     }
 
     /// The events accepted so far.
     pub fn events(&self) -> Vec<serde_json::Value> {
-        std::fs::read_to_string(&self.output)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
+        json_lines(&self.server.output)
     }
 
     /// Waits until `count` events were accepted.
     pub fn wait_for(&self, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
-        let start = Instant::now();
-        loop {
-            let events = self.events();
-            if events.len() >= count {
-                return events;
-            }
-            assert!(start.elapsed() < timeout, "receiver got {} of {count} events: {events:#?}", events.len());
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_lines(&self.server.output, count, timeout)
     }
 }
 
-impl Drop for CloudEventsReceiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// Waits until `path` holds `count` JSON lines, and returns them.
+pub fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    let start = Instant::now();
+    loop {
+        let lines = json_lines(path);
+        if lines.len() >= count {
+            return lines;
+        }
+        assert!(start.elapsed() < timeout, "{} has {} of {count} lines: {lines:#?}", path.display(), lines.len());
+        std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// A placeholder value for every `env: NAME` the example files read credentials from.
+pub fn example_env() -> Vec<(String, String)> {
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for part in text.split("env:").skip(1) {
+            let name: String =
+                part.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+            if !name.is_empty() {
+                names.push((name, "https://placeholder.invalid/credential".to_string()));
+            }
+        }
+    }
+    names
 }
 
 /// A loopback address with a port that was free a moment ago.

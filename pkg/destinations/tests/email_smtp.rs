@@ -4,6 +4,7 @@
 //!
 //! Needs `python3` with the packages of `tests/requirements.txt`; fails (never skips) without them.
 
+#[path = "../../../tests/support/python.rs"]
 mod support;
 
 use std::sync::Arc;

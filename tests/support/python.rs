@@ -1,6 +1,9 @@
-//! The real third-party servers the destination tests deliver to: Python programs under
-//! `tests/receivers/` that print their port on their first line and record what they receive.
-//! A missing Python package fails the test with the install command; it never skips it.
+//! The real third-party servers tests deliver to: Python programs under `tests/receivers/` that
+//! print their port on their first line and record what they receive. A missing Python package
+//! fails the test with the install command; it never skips it.
+//!
+//! Shared by the end-to-end tests (`tests/support`) and the destination tests of
+//! `pkg/destinations`, which include this file by path.
 
 #![allow(dead_code)]
 
