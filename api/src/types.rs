@@ -208,6 +208,10 @@ pub struct TriggerStatus {
     /// The last error it met.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// What a destination answered to the latest delivery it accepted, e.g. the task of a kagent
+    /// agent run: `kagent#0: task 9f1c… completed in session 3a7e…`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_delivery: Option<String>,
     /// Current dedup entries.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_events: Vec<ActiveEvent>,

@@ -237,7 +237,8 @@ pub async fn deliver_with_retries(target: &Target, delivery: &Delivery, stats: &
         let result = attempt_once(target, &request).await;
         let error = match result {
             Ok(receipt) => {
-                stats.record_delivered(delivery.fired_at.elapsed());
+                let answer = receipt.detail.as_ref().map(|detail| format!("{}: {detail}", target.label));
+                stats.record_delivered(delivery.fired_at.elapsed(), answer);
                 tracing::info!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
                     attempt, detail = receipt.detail.as_deref().unwrap_or(""), "delivered");
                 return Outcome::Delivered { attempts: attempt, receipt };
@@ -420,6 +421,20 @@ mod tests {
         assert!(gaps[2] > gaps[0], "backoff grows: {gaps:?}");
         assert_eq!(stats.snapshot().failed, 3);
         assert_eq!(stats.snapshot().delivered, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_destination_answered_is_kept_for_status() {
+        let task = Receipt { detail: Some("task 7 completed".into()) };
+        let dest = Scripted::new(vec![Ok(task), Ok(Receipt::default())]);
+        let stats = TriggerStats::default();
+        deliver_with_retries(&target(dest.clone(), 1), &delivery(), &stats).await;
+        assert_eq!(stats.snapshot().last_delivery.as_deref(), Some("scripted#0: task 7 completed"));
+        deliver_with_retries(&target(dest, 1), &delivery(), &stats).await;
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.delivered, 2);
+        assert_eq!(snapshot.last_delivery.as_deref(), Some("scripted#0: task 7 completed"), "kept until a new answer");
+        assert_eq!(snapshot.to_status("t").last_delivery, snapshot.last_delivery);
     }
 
     #[tokio::test(start_paused = true)]

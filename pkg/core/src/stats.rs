@@ -44,6 +44,7 @@ pub struct TriggerStats {
     restarts: AtomicU64,
     last_fired: Mutex<Option<DateTime<Utc>>>,
     last_error: Mutex<Option<String>>,
+    last_delivery: Mutex<Option<String>>,
 }
 
 /// The counters of one trigger at one moment.
@@ -71,6 +72,8 @@ pub struct StatsSnapshot {
     pub last_fired: Option<DateTime<Utc>>,
     /// The last error met.
     pub last_error: Option<String>,
+    /// What a destination answered to the latest accepted delivery that it said something about.
+    pub last_delivery: Option<String>,
 }
 
 impl TriggerStats {
@@ -102,9 +105,13 @@ impl TriggerStats {
         *lock(&self.last_fired) = Some(Utc::now());
     }
 
-    /// Counts a delivery a destination accepted `latency` after its trigger fired.
-    pub fn record_delivered(&self, latency: std::time::Duration) {
+    /// Counts a delivery a destination accepted `latency` after its trigger fired; `answer`
+    /// is what the destination said (e.g. `kagent#0: task 42 completed`), when it said something.
+    pub fn record_delivered(&self, latency: std::time::Duration, answer: Option<String>) {
         self.delivered.fetch_add(1, Ordering::Relaxed);
+        if answer.is_some() {
+            *lock(&self.last_delivery) = answer;
+        }
         let seconds = latency.as_secs_f64();
         let bucket = LATENCY_BUCKETS.iter().position(|bound| seconds <= *bound).unwrap_or(LATENCY_BUCKETS.len());
         self.latency.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -159,6 +166,7 @@ impl TriggerStats {
             restarts: self.restarts.load(Ordering::Relaxed),
             last_fired: *lock(&self.last_fired),
             last_error: lock(&self.last_error).clone(),
+            last_delivery: lock(&self.last_delivery).clone(),
         }
     }
 }
@@ -177,6 +185,7 @@ impl StatsSnapshot {
             restarts: self.restarts,
             last_fired: self.last_fired.map(rfc3339),
             last_error: self.last_error.clone(),
+            last_delivery: self.last_delivery.clone(),
             active_events: Vec::new(),
         }
     }
@@ -196,7 +205,7 @@ mod tests {
     fn delivery_latencies_fall_into_their_buckets() {
         let stats = TriggerStats::default();
         for millis in [3, 40, 40, 90_000] {
-            stats.record_delivered(Duration::from_millis(millis));
+            stats.record_delivered(Duration::from_millis(millis), None);
         }
         let latency = stats.latency();
         assert_eq!(latency.count, 4);
