@@ -57,14 +57,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let env = Env::new("controller");
     env.install_trigger_service_crd();
 
-    let running = Running::start_controller(&[
-        "--kubeconfig",
-        env.kubeconfig(),
-        "--watch-namespaces",
-        &env.namespace,
-        "--status-interval",
-        "300ms",
-    ]);
+    let running = env.start_controller(&[]);
     let health = running.url_after("health probes on ");
     assert_eq!(get(&format!("{health}/healthz")).0, 200);
     let start = Instant::now();
@@ -199,14 +192,7 @@ fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
         env.apply(namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: target}\ndata: {v: \"1\"}\n");
     }
     env.install_trigger_service_crd();
-    let running = Running::start_controller(&[
-        "--kubeconfig",
-        env.kubeconfig(),
-        "--watch-namespaces",
-        &env.namespace,
-        "--status-interval",
-        "300ms",
-    ]);
+    let running = env.start_controller(&[]);
 
     // Without serviceAccountName: the controller's identity, in the TriggerService's namespace only.
     let own = format!(
@@ -279,14 +265,7 @@ spec:
 fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_readable() {
     let env = Env::new("secrets");
     env.install_trigger_service_crd();
-    let running = Running::start_controller(&[
-        "--kubeconfig",
-        env.kubeconfig(),
-        "--watch-namespaces",
-        &env.namespace,
-        "--status-interval",
-        "300ms",
-    ]);
+    let running = env.start_controller(&[]);
     let path = format!("/hooks/{}", env.namespace);
 
     // The Secret does not exist yet: the trigger is not loaded, and its status says why.

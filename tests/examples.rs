@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::cluster::{Env, WAIT};
-use support::{PythonServer, Running, example_env, json_lines, repo, wait_for_lines};
+use support::{PythonServer, example_env, json_lines, repo, wait_for_lines};
 
 /// The example's TriggerService documents, moved to `namespace`.
 fn example(file: &str, namespace: &str) -> Vec<Value> {
@@ -20,13 +20,6 @@ fn example(file: &str, namespace: &str) -> Vec<Value> {
             document
         })
         .collect()
-}
-
-fn start_controller(env: &Env) -> Running {
-    Running::start_controller_with_env(
-        &["--kubeconfig", env.kubeconfig(), "--watch-namespaces", &env.namespace, "--status-interval", "300ms"],
-        &example_env(),
-    )
 }
 
 /// The TriggerService's status once its Ready condition is known.
@@ -47,7 +40,7 @@ fn wait_ready(env: &Env, name: &str) -> Value {
 fn every_example_trigger_service_is_ready_under_the_controller() {
     let env = Env::new("examples");
     env.install_trigger_service_crd();
-    let running = start_controller(&env);
+    let running = env.start_controller(&example_env());
     // The Secret pod-doctor.yaml reads its Slack webhook URL from.
     env.apply(
         &env.namespace,
@@ -126,7 +119,7 @@ fn pod_doctor_sends_restarts_and_oom_kills_to_kagent_and_slack_once_per_window()
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: slack-webhook}}\nstringData: {{url: '{webhook_url}'}}\n"
         ),
     );
-    let running = start_controller(&env);
+    let running = env.start_controller(&example_env());
 
     // The example as written, pointed at this namespace and the local agent.
     let mut service = example("pod-doctor.yaml", &ns).remove(0);

@@ -126,6 +126,13 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
+    /// Starts `ktrigger controller` on this cluster, watching the test namespace and writing
+    /// status every 300 ms, with extra environment variables.
+    pub fn start_controller(&self, env: &[(String, String)]) -> Running {
+        let args = ["--kubeconfig", self.kubeconfig(), "--watch-namespaces", &self.namespace];
+        Running::start_controller_with_env(&[&args[..], &["--status-interval", "300ms"]].concat(), env)
+    }
+
     /// Runs the real kubectl on this cluster: whether it succeeded, and its stdout and stderr.
     pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
         let output = Command::new("kubectl")
