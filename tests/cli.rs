@@ -187,3 +187,28 @@ spec:
     assert_eq!(lines[1]["wouldSend"]["body"]["data"]["object"]["status"], "failed", "{}", lines[1]);
     assert_eq!(running.stop(), Some(0));
 }
+
+#[test]
+fn validate_knows_the_presets_of_an_event_mappings_file() {
+    let (_dir, config) = write_config(
+        "triggers:\n- source: {type: k8s-events, properties: {presets: [crash-storm]}}\n  action: {type: log}\n",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mappings = dir.path().join("mappings.yaml");
+    std::fs::write(&mappings, "mappings:\n- name: crash-storm\n  condition: object.count >= 5\n").unwrap();
+
+    let (code, stdout, _) = output(&["validate", "-f", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(stdout.contains("crash-storm"), "the unknown preset is named: {stdout}");
+
+    let (code, stdout, stderr) =
+        output(&["validate", "-f", config.to_str().unwrap(), "--event-mappings", mappings.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("no problems"), "{stdout}");
+
+    std::fs::write(&mappings, "mappings:\n- name: broken\n  condition: 'object.count >='\n").unwrap();
+    let (code, stdout, stderr) =
+        output(&["validate", "-f", config.to_str().unwrap(), "--event-mappings", mappings.to_str().unwrap()]);
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(stderr.contains("broken"), "a bad mappings file is named with the preset: {stderr}");
+}

@@ -17,12 +17,18 @@ use serde_json::Value;
 
 use ktrigger_sources::WebhookListener;
 
-use crate::registry;
+use crate::offline_registry;
 
 /// `ktrigger validate`: every problem of every file, then a summary; non-zero if any.
-pub fn validate(files: &[PathBuf]) -> anyhow::Result<ExitCode> {
+pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>) -> anyhow::Result<ExitCode> {
     let config = load_paths(files);
-    let engine = Engine::new(Arc::new(registry(WebhookListener::detached())), EngineOptions::default());
+    let mappings = match event_mappings {
+        Some(path) => ktrigger_kube::presets::load_mappings_file(path)?,
+        None => Vec::new(),
+    };
+    let cluster = ktrigger_kube::Cluster::offline_with_mappings(mappings);
+    let registry = offline_registry(WebhookListener::detached(), cluster);
+    let engine = Engine::new(Arc::new(registry), EngineOptions::default());
     let mut problems = config.errors.clone();
     let mut triggers = 0;
     let mut unread = 0;
@@ -107,14 +113,14 @@ pub fn eval(filter: &str, event: &Path) -> anyhow::Result<ExitCode> {
 
 /// `ktrigger sources`.
 pub fn list_sources() -> anyhow::Result<ExitCode> {
-    let registry = registry(WebhookListener::detached());
+    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
     print_docs(&registry.source_docs());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ktrigger destinations`.
 pub fn list_destinations() -> anyhow::Result<ExitCode> {
-    let registry = registry(WebhookListener::detached());
+    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
     print_docs(&registry.destination_docs());
     Ok(ExitCode::SUCCESS)
 }

@@ -44,6 +44,9 @@ enum Command {
         /// Files or directories of TriggerService YAML.
         #[arg(short = 'f', long = "file", required = true)]
         files: Vec<PathBuf>,
+        /// YAML file of custom k8s-events presets, as given to `run` and `controller`.
+        #[arg(long)]
+        event_mappings: Option<PathBuf>,
     },
     /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
     Eval {
@@ -80,7 +83,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::Controller(args) => controller::controller(args).await,
-            Command::Validate { files } => inspect::validate(&files),
+            Command::Validate { files, event_mappings } => inspect::validate(&files, event_mappings.as_deref()),
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
@@ -114,10 +117,11 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// Every source and destination type, with webhook sources served by `webhooks` and
-/// Kubernetes sources checked but never connected (for commands that run nothing).
-fn registry(webhooks: Arc<WebhookListener>) -> Registry {
-    registry_for(webhooks, ktrigger_kube::Cluster::offline(), KubeTarget::new(None))
+/// Every source and destination type, with webhook sources served by `webhooks`, and
+/// Kubernetes ones checked (with the custom presets `cluster` knows) but never connected: for
+/// commands that run nothing.
+fn offline_registry(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster) -> Registry {
+    registry_for(webhooks, cluster, KubeTarget::new(None))
 }
 
 /// An engine that knows every source and destination type, with Kubernetes sources watching

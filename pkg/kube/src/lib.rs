@@ -131,8 +131,13 @@ impl Cluster {
     /// A cluster for checking triggers only (`ktrigger validate`, type listings): properties are
     /// checked, nothing connects, and sources fail if they are ever run.
     pub fn offline() -> Cluster {
+        Cluster::offline_with_mappings(Vec::new())
+    }
+
+    /// Like [`Cluster::offline`], knowing the custom presets of an `--event-mappings` file.
+    pub fn offline_with_mappings(mappings: Vec<CustomPreset>) -> Cluster {
         let reason = "this command does not connect to a cluster".to_string();
-        Cluster::make(Err(reason), None, None, true, HubOptions::default(), Vec::new())
+        Cluster::make(Err(reason), None, None, true, HubOptions::default(), mappings)
     }
 
     /// A cluster reached through `client` (tests and embedding programs).
