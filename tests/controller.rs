@@ -57,7 +57,7 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let env = Env::new("controller");
     env.install_trigger_service_crd();
 
-    let running = env.start_controller(&[]);
+    let running = env.start_controller(&[], &[]);
     let health = running.url_after("health probes on ");
     assert_eq!(get(&format!("{health}/healthz")).0, 200);
     let start = Instant::now();
@@ -192,7 +192,7 @@ fn mutations_stay_in_their_namespace_unless_a_service_account_is_named() {
         env.apply(namespace, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: target}\ndata: {v: \"1\"}\n");
     }
     env.install_trigger_service_crd();
-    let running = env.start_controller(&[]);
+    let running = env.start_controller(&[], &[]);
 
     // Without serviceAccountName: the controller's identity, in the TriggerService's namespace only.
     let own = format!(
@@ -262,10 +262,10 @@ spec:
 }
 
 #[test]
-fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_readable() {
+fn secret_key_refs_are_read_as_the_trigger_service_identity_retried_and_refreshed() {
     let env = Env::new("secrets");
     env.install_trigger_service_crd();
-    let running = env.start_controller(&[]);
+    let running = env.start_controller(&["--secret-refresh", "1s"], &[]);
     let path = format!("/hooks/{}", env.namespace);
 
     // The Secret does not exist yet: the trigger is not loaded, and its status says why.
@@ -287,6 +287,19 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_re
     let (code, text) = post(&url, &[("Authorization", &format!("Bearer {token}"))], body);
     assert!((200..300).contains(&code), "{code} {text}");
     running.stdout.wait_for("checkout", WAIT);
+
+    // A rotated Secret is read again without any change to the TriggerService.
+    let rotated = format!("r0tated-{}", support::cluster::uuid_suffix());
+    env.apply(
+        &env.namespace,
+        &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: hook-auth}}\nstringData: {{token: {rotated}}}\n"),
+    );
+    let start = Instant::now();
+    while post(&url, &[("Authorization", &format!("Bearer {rotated}"))], body).0 == 401 {
+        assert!(start.elapsed() < WAIT, "the rotated token was never accepted");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(post(&url, &[("Authorization", &format!("Bearer {token}"))], body).0, 401, "the old token is refused");
 
     // As a ServiceAccount: read with its identity; a refusal is reported, naming it.
     env.apply(&env.namespace, "apiVersion: v1\nkind: ServiceAccount\nmetadata: {name: robot}\n");
@@ -315,6 +328,6 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_and_retried_until_re
     let (logs, output) = (running.stderr.clone(), running.stdout.clone());
     assert_eq!(running.stop(), Some(0));
     for (place, text) in [("Events", events), ("status", services), ("logs", logs.text()), ("output", output.text())] {
-        assert!(!text.contains(&token), "the Secret's value appears in {place}");
+        assert!(!text.contains(&token) && !text.contains(&rotated), "the Secret's value appears in {place}");
     }
 }

@@ -40,7 +40,7 @@ fn wait_ready(env: &Env, name: &str) -> Value {
 fn every_example_trigger_service_is_ready_under_the_controller() {
     let env = Env::new("examples");
     env.install_trigger_service_crd();
-    let running = env.start_controller(&example_env());
+    let running = env.start_controller(&[], &example_env());
     // The Secret pod-doctor.yaml reads its Slack webhook URL from.
     env.apply(
         &env.namespace,
@@ -119,7 +119,7 @@ fn pod_doctor_sends_restarts_and_oom_kills_to_kagent_and_slack_once_per_window()
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: slack-webhook}}\nstringData: {{url: '{webhook_url}'}}\n"
         ),
     );
-    let running = env.start_controller(&example_env());
+    let running = env.start_controller(&[], &example_env());
 
     // The example as written, pointed at this namespace and the local agent.
     let mut service = example("pod-doctor.yaml", &ns).remove(0);

@@ -127,10 +127,10 @@ impl Env {
     }
 
     /// Starts `ktrigger controller` on this cluster, watching the test namespace and writing
-    /// status every 300 ms, with extra environment variables.
-    pub fn start_controller(&self, env: &[(String, String)]) -> Running {
+    /// status every 300 ms, with extra arguments and environment variables.
+    pub fn start_controller(&self, extra: &[&str], env: &[(String, String)]) -> Running {
         let args = ["--kubeconfig", self.kubeconfig(), "--watch-namespaces", &self.namespace];
-        Running::start_controller_with_env(&[&args[..], &["--status-interval", "300ms"]].concat(), env)
+        Running::start_controller_with_env(&[&args[..], &["--status-interval", "300ms"], extra].concat(), env)
     }
 
     /// Runs the real kubectl on this cluster: whether it succeeded, and its stdout and stderr.

@@ -42,6 +42,10 @@ pub struct ControllerArgs {
     /// How often changed TriggerService statuses are written.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     status_interval: Duration,
+    /// How often the Secrets named by `secretKeyRef` are read again, so that a rotated Secret
+    /// restarts the triggers using it; 0s: only when a TriggerService changes.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    secret_refresh: Duration,
     /// How long deliveries already queued may take to finish after a stop signal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
@@ -194,6 +198,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         namespaces: args.watch_namespaces,
         status_interval: args.status_interval,
         shutdown_grace: args.shutdown_grace,
+        secret_refresh: args.secret_refresh,
     };
     let scope =
         if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };

@@ -6,7 +6,9 @@
 //! triggers whose spec changed. Status is computed from the engine's counters and written on a
 //! fixed tick, only for objects whose status changed: never more than once per tick per object.
 //! A TriggerService naming a Secret that could not be read is applied again on that tick, with
-//! a delay that doubles up to [`SECRET_RETRY_MAX`], until every Secret it names is read.
+//! a delay that doubles up to [`SECRET_RETRY_MAX`], until every Secret it names is read; one whose
+//! Secrets were read is applied again every `secret_refresh`, so that a rotated Secret restarts
+//! the triggers that use it.
 
 pub mod metrics;
 mod status;
@@ -22,6 +24,7 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use ktrigger_api::{TriggerService, TriggerServiceSpec, TriggerServiceStatus};
 use ktrigger_core::engine::{Engine, ShutdownReport};
 use ktrigger_core::prepare::TriggerProblem;
+use ktrigger_core::secrets::trigger_references;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -41,6 +44,8 @@ pub struct ControllerOptions {
     pub status_interval: Duration,
     /// How long queued deliveries may take to finish at shutdown.
     pub shutdown_grace: Duration,
+    /// How often the Secrets a TriggerService names are read again; zero: only on changes.
+    pub secret_refresh: Duration,
 }
 
 impl Default for ControllerOptions {
@@ -49,6 +54,7 @@ impl Default for ControllerOptions {
             namespaces: Vec::new(),
             status_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
+            secret_refresh: Duration::from_secs(600),
         }
     }
 }
@@ -73,12 +79,13 @@ const MAX_NOTE: usize = 1024;
 /// Longest wait before a TriggerService whose Secrets could not be read is applied again.
 pub const SECRET_RETRY_MAX: Duration = Duration::from_secs(300);
 
-/// A TriggerService to apply again because a Secret it names could not be read.
+/// When to apply a TriggerService that names Secrets again, to read them anew.
 #[derive(Debug)]
-struct SecretRetry {
+struct SecretRecheck {
     spec: TriggerServiceSpec,
     at: Instant,
-    delay: Duration,
+    /// The delay of the last failed read, which the next failure doubles; zero after a success.
+    failed_delay: Duration,
 }
 
 /// What the controller knows of one TriggerService.
@@ -95,8 +102,8 @@ struct Service {
     reported: BTreeMap<String, (u64, u64)>,
     /// Per trigger and reason, when the last Kubernetes Event was sent.
     last_event: BTreeMap<(String, &'static str), Instant>,
-    /// Set while a Secret the TriggerService names could not be read.
-    retry: Option<SecretRetry>,
+    /// Set while the TriggerService names Secrets.
+    recheck: Option<SecretRecheck>,
 }
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
@@ -122,6 +129,7 @@ pub async fn run(
     let mut controller = Controller {
         client,
         status_interval: options.status_interval,
+        secret_refresh: options.secret_refresh,
         engine,
         recorder,
         services: BTreeMap::new(),
@@ -144,7 +152,7 @@ pub async fn run(
                 None => break,
             },
             _ = tick.tick() => {
-                controller.retry_secrets().await;
+                controller.recheck_secrets().await;
                 controller.write_statuses().await;
                 controller.publish_events().await;
             }
@@ -157,6 +165,7 @@ pub async fn run(
 struct Controller {
     client: Client,
     status_interval: Duration,
+    secret_refresh: Duration,
     engine: Engine,
     recorder: Recorder,
     /// Kubernetes Events waiting to be published, with the object they are about.
@@ -214,7 +223,7 @@ impl Controller {
         service.uid = uid;
         service.generation = generation;
         service.reference = object.object_ref(&());
-        service.retry = None;
+        service.recheck = None;
         self.load(&key, &object.spec).await;
     }
 
@@ -228,13 +237,19 @@ impl Controller {
             tracing::info!(trigger = %id, "trigger stopped");
         }
         let Some(service) = self.services.get_mut(key) else { return };
-        service.retry = report.secrets_unreadable.then(|| {
-            let delay = match &service.retry {
-                Some(retry) => (retry.delay * 2).min(SECRET_RETRY_MAX),
-                None => self.status_interval,
+        let names_secrets = spec.triggers.iter().any(|t| !trigger_references(t).is_empty());
+        service.recheck = if report.secrets_unreadable {
+            let delay = match &service.recheck {
+                Some(recheck) if !recheck.failed_delay.is_zero() => (recheck.failed_delay * 2).min(SECRET_RETRY_MAX),
+                _ => self.status_interval,
             };
-            SecretRetry { spec: spec.clone(), at: Instant::now() + delay, delay }
-        });
+            Some(SecretRecheck { spec: spec.clone(), at: Instant::now() + delay, failed_delay: delay })
+        } else if names_secrets && !self.secret_refresh.is_zero() {
+            let at = Instant::now() + self.secret_refresh;
+            Some(SecretRecheck { spec: spec.clone(), at, failed_delay: Duration::ZERO })
+        } else {
+            None
+        };
         // Only a new set of problems is worth an Event: retries that fail alike stay quiet.
         if !report.skipped.is_empty() && report.skipped != service.problems {
             let details: Vec<String> =
@@ -244,18 +259,18 @@ impl Controller {
         service.problems = report.skipped;
     }
 
-    /// Applies again the TriggerServices whose Secrets could not be read, once their delay is over.
-    async fn retry_secrets(&mut self) {
+    /// Applies again the TriggerServices whose Secrets are due to be read again.
+    async fn recheck_secrets(&mut self) {
         let now = Instant::now();
         let due: Vec<(Key, TriggerServiceSpec)> = self
             .services
             .iter()
             .filter_map(|(key, service)| {
-                service.retry.as_ref().filter(|r| r.at <= now).map(|r| (key.clone(), r.spec.clone()))
+                service.recheck.as_ref().filter(|r| r.at <= now).map(|r| (key.clone(), r.spec.clone()))
             })
             .collect();
         for (key, spec) in due {
-            tracing::info!(namespace = %key.0, name = %key.1, "reading the TriggerService's Secrets again");
+            tracing::debug!(namespace = %key.0, name = %key.1, "reading the TriggerService's Secrets again");
             self.load(&key, &spec).await;
         }
     }
