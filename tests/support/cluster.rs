@@ -2,6 +2,7 @@
 //! `KTRIGGER_TEST_KUBECONFIG`, with a namespace of the test's own that is deleted afterwards.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
@@ -12,7 +13,7 @@ use kube::core::GroupVersionKind;
 use kube::{Client, Config};
 use serde_json::{Value, json};
 
-use super::{Running, write_config};
+use super::{Running, repo, write_config};
 
 /// How long end-to-end tests wait for something before they fail.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -79,6 +80,28 @@ impl Env {
             .stderr
             .wait_until(&format!("{watches} synced watch(es)"), WAIT, |t| t.matches("watch synced").count() >= watches);
         (running, dir)
+    }
+
+    /// Runs the real `kubectl` against this cluster: whether it succeeded, and what it printed
+    /// (standard output, then standard error).
+    pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        let output = Command::new("kubectl")
+            .args(["--kubeconfig", self.kubeconfig()])
+            .args(args)
+            .output()
+            .expect("kubectl is installed (the tests use the real kubectl)");
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    }
+
+    /// Applies the TriggerService CRD of config/crd with `kubectl` and waits until it is served.
+    pub fn apply_trigger_service_crd(&self) {
+        let crd = repo().join("config/crd/ktrigger.dev_triggerservices.yaml");
+        let (ok, text) = self.kubectl(&["apply", "-f", crd.to_str().unwrap()]);
+        assert!(ok, "kubectl apply of the CRD: {text}");
+        let crd = "crd/triggerservices.ktrigger.dev";
+        let (ok, text) = self.kubectl(&["wait", "--for", "condition=established", crd, "--timeout=30s"]);
+        assert!(ok, "CRD established: {text}");
     }
 
     pub fn configmaps(&self) -> Api<ConfigMap> {
