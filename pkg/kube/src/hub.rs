@@ -10,7 +10,7 @@
 //! `oldObject`. Objects present when the watch starts are not reported, except to subscribers
 //! that asked for `replayExisting`.
 //!
-//! Watch restarts are counted from the requests a watch sends (see [`RestartDetector`]): the
+//! Watch restarts are counted from the requests a watch sends (see `RestartDetector`): the
 //! watcher resumes a stream that ended without telling its consumer.
 
 use std::collections::{HashMap, HashSet};
