@@ -86,6 +86,9 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     assert!(text.contains(&fired), "{fired} missing from:\n{text}");
     assert!(text.contains("ktrigger_triggers_running 2"), "{text}");
     assert!(text.contains("ktrigger_watches_open 1"), "the ConfigMap trigger's watch is open:\n{text}");
+    // Nothing breaks the test cluster's watches here; a real cluster may time one out.
+    let restarts = if env.external() { "ktrigger_watch_restarts_total " } else { "ktrigger_watch_restarts_total 0" };
+    assert!(text.contains(restarts), "{restarts} missing from:\n{text}");
     let latency = format!(
         "ktrigger_delivery_latency_seconds_count{{namespace=\"{}\",service=\"svc\",trigger=\"tick\"}}",
         env.namespace

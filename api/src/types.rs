@@ -1,11 +1,13 @@
 //! The `TriggerService` custom resource and the types of its spec and status.
 
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// What a TriggerService asks for: a list of triggers, each a source, a filter and destinations.
+// The other types derive `KubeSchema` for their rules; this one cannot: it copies the struct to
+// derive the schema, and the copy of `worker` (never serialized) would be dead code.
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "ktrigger.dev",
@@ -26,6 +28,7 @@ pub struct TriggerServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// The triggers of this service; names are unique within it.
+    #[schemars(length(max = crate::schema::MAX_TRIGGERS), transform = crate::schema::unique_trigger_names)]
     pub triggers: Vec<Trigger>,
     /// kube-trigger's worker settings: accepted for compatibility and ignored.
     #[serde(default, skip_serializing)]
@@ -34,11 +37,23 @@ pub struct TriggerServiceSpec {
 }
 
 /// One source → filter → destinations chain.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(
+    validation = Rule::new(crate::schema::HAS_DESTINATION)
+        .message("at least one destination is required (destinations, or kube-trigger's action)")
+        .field_path(".destinations")
+        .reason(Reason::FieldValueRequired),
+    validation = Rule::new(crate::schema::DESTINATIONS_OR_ACTION)
+        .message("set either destinations or action, not both")
+        .field_path(".action")
+)]
 pub struct Trigger {
     /// Unique name within the TriggerService; `trigger-<index>` when omitted (kube-trigger files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::schema::MAX_NAME), transform = crate::schema::not_nullable)]
+    #[x_kube(validation = Rule::new(crate::schema::NAME_FORM)
+        .message("use lower-case letters, digits, '-' or '.', not starting or ending with '-'"))]
     pub name: Option<String>,
     /// Where events come from.
     pub source: SourceSpec,
@@ -56,9 +71,11 @@ pub struct Trigger {
     pub debounce: Option<String>,
     /// Where matching events are delivered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = crate::schema::MAX_DESTINATIONS))]
     pub destinations: Vec<DestinationSpec>,
     /// kube-trigger's single destination; an alias of a one-element `destinations`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = crate::schema::not_nullable)]
     pub action: Option<DestinationSpec>,
     /// Receives deliveries that failed for good.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,11 +83,15 @@ pub struct Trigger {
 }
 
 /// A source type and its free-form properties.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
     /// Source type name, e.g. `cron`, `webhook`, `resource-watcher`.
     #[serde(rename = "type")]
+    #[schemars(length(max = crate::schema::MAX_TYPE))]
+    #[x_kube(validation = Rule::new(crate::schema::NOT_BLANK)
+        .message("a source type is required")
+        .reason(Reason::FieldValueRequired))]
     pub type_name: String,
     /// Type-specific settings (see `ktrigger sources`).
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -79,11 +100,15 @@ pub struct SourceSpec {
 }
 
 /// A destination type, its free-form properties and how deliveries to it are retried.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationSpec {
     /// Destination type name, e.g. `webhook`, `log`, `kagent`.
     #[serde(rename = "type")]
+    #[schemars(length(max = crate::schema::MAX_TYPE))]
+    #[x_kube(validation = Rule::new(crate::schema::NOT_BLANK)
+        .message("a destination type is required")
+        .reason(Reason::FieldValueRequired))]
     pub type_name: String,
     /// Type-specific settings (see `ktrigger destinations`).
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -97,6 +122,7 @@ pub struct DestinationSpec {
     pub timeout: Option<String>,
     /// Deliveries that may wait for this destination before new ones are dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub queue_size: Option<u32>,
 }
 
@@ -106,6 +132,7 @@ pub struct DestinationSpec {
 pub struct RetrySpec {
     /// Attempts in all, the first included.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max_attempts: Option<u32>,
     /// Delay before the first retry, e.g. `1s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,10 +143,14 @@ pub struct RetrySpec {
 }
 
 /// Deduplication: events with the same key within `window` fire once.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DedupSpec {
     /// CEL expression computing the key, e.g. `object.metadata.name`.
+    #[schemars(length(max = crate::schema::MAX_EXPRESSION))]
+    #[x_kube(validation = Rule::new(crate::schema::NOT_BLANK)
+        .message("a dedup key expression is required")
+        .reason(Reason::FieldValueRequired))]
     pub key: String,
     /// How long a key stays firing after its last repeat, e.g. `10m`.
     pub window: String,
@@ -130,9 +161,11 @@ pub struct DedupSpec {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RateLimitSpec {
     /// Events that may fire per minute.
+    #[schemars(range(min = 1))]
     pub per_minute: u32,
     /// Events that may fire at once; defaults to `perMinute`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub burst: Option<u32>,
 }
 

@@ -10,7 +10,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
-use ktrigger_controller::metrics::{EngineCollector, WatchCounts};
+use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::engine::EngineOptions;
 use ktrigger_sources::WebhookListener;
@@ -176,7 +176,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let engine =
         engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, EngineOptions::default());
     let hub = cluster.clone();
-    let watch_counts: WatchCounts = Arc::new(move || (hub.hub().open_watches(), hub.hub().watches_opened()));
+    let watch_counts: WatchCounts = Arc::new(move || {
+        let hub = hub.hub();
+        WatchStats { open: hub.open_watches(), opened: hub.watches_opened(), restarts: hub.watch_restarts() }
+    });
     let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let metrics_server =

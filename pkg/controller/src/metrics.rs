@@ -13,8 +13,19 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-/// Open watches now and watch requests opened since start, from the Kubernetes sources.
-pub type WatchCounts = Arc<dyn Fn() -> (usize, u64) + Send + Sync>;
+/// The Kubernetes watches of the sources (the WatchHub's) at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WatchStats {
+    /// Watches open now.
+    pub open: usize,
+    /// Watches opened since start.
+    pub opened: u64,
+    /// Times a watch was re-established since start: resumed, re-listed or retried.
+    pub restarts: u64,
+}
+
+/// Reads the [`WatchStats`] on every scrape.
+pub type WatchCounts = Arc<dyn Fn() -> WatchStats + Send + Sync>;
 
 /// A per-trigger counter: metric name, help, and how to read it from the trigger's counters.
 type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
@@ -115,7 +126,7 @@ impl Collector for EngineCollector {
             running.metric_type(),
         )?)?;
         if let Some(watches) = &self.watches {
-            let (open, opened) = watches();
+            let WatchStats { open, opened, restarts } = watches();
             let open = ConstGauge::new(i64::try_from(open).unwrap_or(i64::MAX));
             open.encode(encoder.encode_descriptor(
                 "ktrigger_watches_open",
@@ -130,6 +141,14 @@ impl Collector for EngineCollector {
                 None,
                 opened.metric_type(),
             )?)?;
+            let restarts = ConstCounter::new(restarts);
+            restarts.encode(encoder.encode_descriptor(
+                "ktrigger_watch_restarts",
+                "Kubernetes watches re-established since start: resumed after their stream ended, \
+                 re-listed after 410 Gone, or retried after a failed request",
+                None,
+                restarts.metric_type(),
+            )?)?;
         }
         Ok(())
     }
@@ -141,12 +160,15 @@ mod tests {
 
     #[test]
     fn an_idle_engine_exports_zero_triggers_and_the_watch_counts() {
-        let registry = EngineCollector::registry(EngineObserver::default(), Some(Arc::new(|| (1, 3))));
+        let stats = WatchStats { open: 1, opened: 3, restarts: 2 };
+        let registry = EngineCollector::registry(EngineObserver::default(), Some(Arc::new(move || stats)));
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(text.contains("ktrigger_triggers_running 0"), "{text}");
         assert!(text.contains("ktrigger_watches_open 1"), "{text}");
         assert!(text.contains("ktrigger_watch_requests_total 3"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_watch_restarts counter"), "{text}");
+        assert!(text.contains("ktrigger_watch_restarts_total 2"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_fired counter"), "{text}");
     }
 }

@@ -9,6 +9,9 @@
 //! occurrence count. Full copies of the previous object are kept only while a subscriber needs
 //! `oldObject`. Objects present when the watch starts are not reported, except to subscribers
 //! that asked for `replayExisting`.
+//!
+//! Watch restarts are counted from the requests a watch sends (see `RestartDetector`): the
+//! watcher resumes a stream that ended without telling its consumer.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -229,6 +232,7 @@ struct Shared {
     watches: Mutex<HashMap<WatchKey, Entry>>,
     next_id: AtomicU64,
     opened: AtomicU64,
+    restarts: Arc<AtomicU64>,
 }
 
 /// Shares Kubernetes watches between triggers. Cheap to clone.
@@ -252,6 +256,7 @@ impl WatchHub {
                 watches: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(1),
                 opened: AtomicU64::new(0),
+                restarts: Arc::new(AtomicU64::new(0)),
             }),
         }
     }
@@ -271,7 +276,7 @@ impl WatchHub {
         let entry = watches.entry(key.clone()).or_insert_with(|| {
             let total = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
             tracing::info!(watch = %key, watches_opened = total, "opening watch");
-            start_watch(client.clone(), key.clone())
+            start_watch(client.clone(), key.clone(), self.shared.restarts.clone())
         });
         entry.subscribers += 1;
         let _ = entry.commands.send(Command::Join(id, subscriber));
@@ -304,6 +309,13 @@ impl WatchHub {
     /// counts again).
     pub fn watches_opened(&self) -> u64 {
         self.shared.opened.load(Ordering::Relaxed)
+    }
+
+    /// Times a watch was re-established since the hub was made: resumed after its stream ended,
+    /// re-listed after 410 Gone, or retried after a failed list or watch request. Each attempt
+    /// counts, a failed one too.
+    pub fn watch_restarts(&self) -> u64 {
+        self.shared.restarts.load(Ordering::Relaxed)
     }
 
     fn leave(&self, key: &WatchKey, id: u64) {
@@ -349,16 +361,71 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-fn start_watch(client: Client, key: WatchKey) -> Entry {
+/// Tells, from the requests of one watch, which of them restart it.
+///
+/// kube-runtime's watcher lists, then watches from the list's resourceVersion. It lists again
+/// after 410 Gone or a failed list, and sends a new watch request when a stream ended or a watch
+/// request failed; of these only the re-list shows in its events. So every list after the first
+/// one and every watch request that does not directly follow a list is a restart. Pages of a
+/// list (with a `continue` token) belong to the list.
+#[derive(Debug, Default)]
+struct RestartDetector {
+    listed: bool,
+    after_list: bool,
+}
+
+impl RestartDetector {
+    /// Whether the list or watch request with this query string restarts the watch.
+    fn restarts(&mut self, query: &str) -> bool {
+        let (mut watch, mut page) = (false, false);
+        for (key, value) in form_urlencoded::parse(query.as_bytes()) {
+            match &*key {
+                "watch" => watch = value == "true" || value == "1",
+                "continue" => page = !value.is_empty(),
+                _ => {}
+            }
+        }
+        if watch {
+            !std::mem::take(&mut self.after_list)
+        } else if page {
+            false
+        } else {
+            self.after_list = true;
+            std::mem::replace(&mut self.listed, true)
+        }
+    }
+}
+
+/// A client that sends through `client` and counts the requests that restart the watch of `key`.
+fn restart_counting(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> Client {
+    let namespace = client.default_namespace().to_string();
+    let detector = Arc::new(Mutex::new(RestartDetector::default()));
+    let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
+        if lock(&detector).restarts(request.uri().query().unwrap_or_default()) {
+            let total = restarts.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::debug!(watch = %key, watch_restarts = total, "watch restarting");
+        }
+        let client = client.clone();
+        async move { client.send(request).await }
+    });
+    Client::new(service, namespace)
+}
+
+fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> Entry {
     let (commands, receiver) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::default());
     let cancel = CancellationToken::new();
-    let api: Api<DynamicObject> = match &key.namespace {
-        Some(ns) => Api::namespaced_with(client, ns, &key.resource),
-        None => Api::all_with(client, &key.resource),
+    let api_for = |client: Client| -> Api<DynamicObject> {
+        match &key.namespace {
+            Some(ns) => Api::namespaced_with(client, ns, &key.resource),
+            None => Api::all_with(client, &key.resource),
+        }
     };
+    let watched = api_for(restart_counting(client.clone(), key.clone(), restarts));
+    let api = api_for(client);
     let task = WatchTask {
         key,
+        watched,
         api,
         subscribers: Vec::new(),
         known: HashMap::new(),
@@ -400,6 +467,9 @@ struct Member {
 
 struct WatchTask {
     key: WatchKey,
+    /// What the watcher lists and watches through: its restarts are counted.
+    watched: Api<DynamicObject>,
+    /// What replays list through.
     api: Api<DynamicObject>,
     subscribers: Vec<Member>,
     known: HashMap<String, Known>,
@@ -422,7 +492,7 @@ impl WatchTask {
         if !self.key.fields.is_empty() {
             config = config.fields(&self.key.fields);
         }
-        let mut stream = watcher(self.api.clone(), config).default_backoff().boxed();
+        let mut stream = watcher(self.watched.clone(), config).default_backoff().boxed();
         loop {
             tokio::select! {
                 biased;
@@ -822,6 +892,23 @@ mod tests {
             if m.contains("connection refused")));
         // No error for longer than the watcher's longest backoff: it works again.
         assert_eq!(health.verdict(start + Duration::from_secs(60), allowed), Verdict::Fine);
+    }
+
+    #[test]
+    fn restarts_are_the_lists_after_the_first_and_the_watches_that_follow_no_list() {
+        let mut detector = RestartDetector::default();
+        let sent = [
+            ("limit=500", false),                                             // the first list
+            ("limit=500&continue=abc", false),                                // its second page
+            ("watch=true&resourceVersion=7&allowWatchBookmarks=true", false), // the watch after it
+            ("watch=true&resourceVersion=9", true),                           // resumed after the stream ended
+            ("watch=1&resourceVersion=9", true),                              // retried after it failed
+            ("limit=500", true),                                              // re-listed after 410 Gone
+            ("watch=true&resourceVersion=12", false),                         // the watch after the re-list
+        ];
+        for (query, restarts) in sent {
+            assert_eq!(detector.restarts(query), restarts, "{query}");
+        }
     }
 
     #[test]

@@ -282,6 +282,47 @@ async fn a_dropped_stream_resumes_without_loss_or_duplicates() {
     all.stop().await;
 }
 
+impl Harness {
+    /// Waits until the hub has counted `n` watch restarts and the watch is open again.
+    async fn wait_for_restarts(&self, n: u64) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.kube.hub().watch_restarts() < n {
+            assert!(tokio::time::Instant::now() < deadline, "{n} watch restarts in time");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.wait_for_watches("configmaps", 1).await;
+        assert_eq!(self.kube.hub().watch_restarts(), n, "no more restarts than the faults cause");
+    }
+}
+
+#[tokio::test]
+async fn watch_restarts_count_resumed_relisted_and_retried_watches() {
+    let h = harness(HubOptions::default()).await;
+    let mut creates = h.start("resource-watcher", cm_watcher("apps", &["create"]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    assert_eq!(h.kube.hub().watch_restarts(), 0);
+
+    // The stream ends: the watch resumes from where it was.
+    h.cluster.faults().drop_watches("configmaps");
+    h.wait_for_restarts(1).await;
+    // The resumed watch gets 410 Gone: the resumption, then the re-list.
+    h.cluster.faults().gone_on_next_watch("configmaps");
+    h.cluster.faults().drop_watches("configmaps");
+    h.wait_for_restarts(3).await;
+    // The resumed watch fails with a 500: the failed resumption, then its retry.
+    h.cluster.faults().fail_next(1, "configmaps");
+    h.cluster.faults().drop_watches("configmaps");
+    h.wait_for_restarts(5).await;
+
+    h.create_configmap("apps", "after", json!({})).await;
+    assert_eq!(creates.next_pair().await, pair("create", "after"));
+    // Bookmarks and a quiet stream restart nothing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(h.kube.hub().watch_restarts(), 5);
+    assert_eq!(h.kube.hub().watches_opened(), 1, "restarts are not new watches");
+    creates.stop().await;
+}
+
 #[tokio::test]
 async fn an_unknown_kind_fails_on_its_trigger_and_works_once_its_crd_exists() {
     let h = harness(HubOptions::default()).await;

@@ -6,8 +6,10 @@
 //! few more) and every resource a CustomResourceDefinition registers: list with label and field
 //! selectors and pagination, watch with resourceVersion replay and bookmarks, get, create,
 //! update, merge/JSON/strategic/apply patches, delete, and the status subresource. Objects are
-//! plain JSON: nothing is validated against a schema and no controller runs (no garbage
-//! collection, no pods behind deployments).
+//! plain JSON. Custom resources get what their CRD's schema asks of the API server's CEL
+//! validation: `x-kubernetes-validations` rules are enforced, and `null`s in fields that are not
+//! `nullable` dropped (see the `validation` module for what is not enforced); built-in resources
+//! are not validated. No controller runs (no garbage collection, no pods behind deployments).
 //!
 //! The server runs on the tokio runtime that calls [`TestCluster::start`]: a test must keep that
 //! runtime running while other processes talk to the cluster, so run `kubectl` or a built binary
@@ -32,6 +34,7 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod validation;
 mod watch;
 
 use std::io;

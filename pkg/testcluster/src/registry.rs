@@ -1,10 +1,12 @@
 //! The resources the test cluster serves: the built-in ones and those registered by CRDs.
 
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
 use crate::status::ApiError;
+use crate::validation::Schema;
 
 /// The group of CustomResourceDefinitions.
 pub(crate) const CRD_GROUP: &str = "apiextensions.k8s.io";
@@ -30,6 +32,8 @@ pub(crate) struct VersionDef {
     pub name: String,
     pub status: bool,
     pub columns: Vec<PrinterColumn>,
+    /// What a CRD's schema makes the cluster enforce on this version's objects.
+    pub schema: Option<Arc<Schema>>,
 }
 
 /// A resource type: where it is served and how it is named.
@@ -60,7 +64,7 @@ impl ResourceDef {
     ) -> Self {
         ResourceDef {
             group: group.to_string(),
-            versions: vec![VersionDef { name: version.to_string(), status, columns: Vec::new() }],
+            versions: vec![VersionDef { name: version.to_string(), status, columns: Vec::new(), schema: None }],
             plural: plural.to_string(),
             singular: kind.to_lowercase(),
             kind: kind.to_string(),
@@ -368,7 +372,8 @@ pub(crate) fn crd_resource(crd: &Value) -> Result<ResourceDef, ApiError> {
     };
     let top_status = crd.pointer("/spec/subresources/status").is_some();
     let mut versions = Vec::new();
-    for v in crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten() {
+    let mut schema_errors = Vec::new();
+    for (index, v) in crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten().enumerate() {
         if v.get("served").and_then(Value::as_bool) == Some(false) {
             continue;
         }
@@ -388,16 +393,30 @@ pub(crate) fn crd_resource(crd: &Value) -> Result<ResourceDef, ApiError> {
                 priority: c.get("priority").and_then(Value::as_i64).unwrap_or(0),
             })
             .collect();
+        let schema = match v.pointer("/schema/openAPIV3Schema") {
+            Some(schema) => match Schema::compile(schema, &format!("spec.versions[{index}].schema.openAPIV3Schema")) {
+                Ok(schema) => Some(Arc::new(schema)),
+                Err(errors) => {
+                    schema_errors.extend(errors);
+                    None
+                }
+            },
+            None => None,
+        };
         versions.push(VersionDef {
             name: version.to_string(),
             status: top_status || v.pointer("/subresources/status").is_some(),
             columns,
+            schema,
         });
+    }
+    if !schema_errors.is_empty() {
+        return Err(ApiError::invalid_fields(CRD_GROUP, "CustomResourceDefinition", name, &schema_errors));
     }
     if let Some(v) = str_at(crd, "/spec/version")
         && versions.is_empty()
     {
-        versions.push(VersionDef { name: v.to_string(), status: top_status, columns: Vec::new() });
+        versions.push(VersionDef { name: v.to_string(), status: top_status, columns: Vec::new(), schema: None });
     }
     if versions.is_empty() {
         return Err(invalid("spec.versions", "Required value: must have at least one served version"));

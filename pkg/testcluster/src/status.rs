@@ -1,6 +1,57 @@
 //! API errors, rendered as `Status` objects the way the API server renders them.
 
+use std::fmt;
+
 use serde_json::{Value, json};
+
+/// One invalid field, as the API server lists it among the causes of an Invalid `Status`.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct FieldError {
+    /// `FieldValueInvalid`, `FieldValueRequired`, `FieldValueForbidden` or `FieldValueDuplicate`.
+    pub reason: &'static str,
+    /// The field's path, e.g. `spec.triggers[0].name`; `<nil>` for the object itself.
+    pub field: String,
+    /// What is wrong, e.g. `Invalid value: "object": must be set`.
+    pub body: String,
+}
+
+impl FieldError {
+    fn new(reason: &'static str, field: &str, body: String) -> Self {
+        let field = if field.is_empty() { "<nil>".to_string() } else { field.to_string() };
+        FieldError { reason, field, body }
+    }
+
+    /// A value that is not allowed; `value` is what the API server shows of it (for CEL rules,
+    /// the schema type of the value).
+    pub fn invalid(field: &str, value: &str, detail: &str) -> Self {
+        Self::new("FieldValueInvalid", field, with_detail(format!("Invalid value: {value:?}"), detail))
+    }
+
+    /// A value that is missing.
+    pub fn required(field: &str, detail: &str) -> Self {
+        Self::new("FieldValueRequired", field, with_detail("Required value".to_string(), detail))
+    }
+
+    /// A value that is not permitted here.
+    pub fn forbidden(field: &str, detail: &str) -> Self {
+        Self::new("FieldValueForbidden", field, with_detail("Forbidden".to_string(), detail))
+    }
+
+    /// A value that must be unique and is not; the API server shows no detail for these.
+    pub fn duplicate(field: &str, value: &str) -> Self {
+        Self::new("FieldValueDuplicate", field, format!("Duplicate value: {value:?}"))
+    }
+}
+
+fn with_detail(head: String, detail: &str) -> String {
+    if detail.is_empty() { head } else { format!("{head}: {detail}") }
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.body)
+    }
+}
 
 /// A failed request: the HTTP code and the `Status` reason and message.
 #[derive(Clone, Debug, PartialEq)]
@@ -62,6 +113,31 @@ impl ApiError {
     /// 422 for an object that fails validation.
     pub fn invalid(group: &str, kind: &str, name: &str, detail: &str) -> Self {
         Self::new(422, "Invalid", format!("{kind} \"{name}\" is invalid: {detail}")).with_details(group, kind, name)
+    }
+
+    /// 422 for an object with invalid fields: the message lists them (each once) after
+    /// `Kind.group "name" is invalid`, and the details hold one cause per field error, which is
+    /// what `kubectl` prints.
+    pub fn invalid_fields(group: &str, kind: &str, name: &str, errors: &[FieldError]) -> Self {
+        let mut distinct: Vec<String> = Vec::new();
+        for text in errors.iter().map(FieldError::to_string) {
+            if !distinct.contains(&text) {
+                distinct.push(text);
+            }
+        }
+        let listed = match distinct.as_slice() {
+            [one] => one.clone(),
+            many => format!("[{}]", many.join(", ")),
+        };
+        let qualified = if group.is_empty() { kind.to_string() } else { format!("{kind}.{group}") };
+        let mut error = Self::new(422, "Invalid", format!("{qualified} \"{name}\" is invalid: {listed}"))
+            .with_details(group, kind, name);
+        let causes: Vec<Value> =
+            errors.iter().map(|e| json!({"reason": e.reason, "message": e.body, "field": e.field})).collect();
+        if let Some(details) = &mut error.details {
+            details["causes"] = json!(causes);
+        }
+        error
     }
 
     /// 400 for a malformed request.

@@ -349,6 +349,7 @@ impl Store {
         if def.has_status(version) {
             object.as_object_mut().expect("object").remove("status");
         }
+        Self::admit(def, version, &mut object, None)?;
         let crd = self.crd_hook(def, &mut object, &created)?;
         if def.group.is_empty() && def.plural == "namespaces" {
             object["status"] = json!({"phase": "Active"});
@@ -361,6 +362,15 @@ impl Store {
             self.registry.register_crd(crd);
         }
         Ok(stored)
+    }
+
+    /// Applies what the CRD's schema of `version` enforces (nothing for built-in resources) to an
+    /// object about to be stored; `old` is the stored object on updates.
+    fn admit(def: &ResourceDef, version: &str, object: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+        let Some(schema) = def.version(version).and_then(|v| v.schema.as_deref()) else { return Ok(()) };
+        schema.admit(object, old).map_err(|errors| {
+            ApiError::invalid_fields(&def.group, &def.kind, meta_str(object, "name").unwrap_or_default(), &errors)
+        })
     }
 
     /// For CRDs: validates the object, fills in its status and returns the resource it defines.
@@ -455,6 +465,7 @@ impl Store {
             object
         };
         Self::normalize(def, version, &mut new);
+        Self::admit(def, version, &mut new, Some(&old))?;
         metadata_mut(&mut new).insert("resourceVersion".into(), json!(old_rv));
         if !status_only && spec_part(&new) != spec_part(&old) {
             let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0) + 1;

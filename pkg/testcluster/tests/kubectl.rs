@@ -171,6 +171,55 @@ spec:
 }
 
 #[tokio::test]
+async fn kubectl_shows_the_message_of_a_broken_validation_rule() {
+    let cluster = TestCluster::start().await;
+    let kubectl = Kubectl::new(&cluster);
+    let crd = kubectl.write(
+        "crd.yaml",
+        r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: ranges.example.io
+spec:
+  group: example.io
+  scope: Namespaced
+  names: {plural: ranges, singular: range, kind: Range}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              x-kubernetes-validations:
+                - {rule: "self.min <= self.max", message: "min must not exceed max"}
+              properties:
+                min: {type: integer}
+                max: {type: integer}
+"#,
+    );
+    kubectl.ok(&["apply", "-f", path(&crd)]).await;
+    kubectl.ok(&["wait", "--for=condition=Established", "crd/ranges.example.io", "--timeout=10s"]).await;
+    let range = |min: i64| {
+        format!("apiVersion: example.io/v1\nkind: Range\nmetadata:\n  name: r\nspec: {{min: {min}, max: 3}}\n")
+    };
+    let bad = kubectl.write("bad.yaml", &range(5));
+    let output = kubectl.run(&["apply", "-f", path(&bad)]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains(r#"The Range "r" is invalid: spec: Invalid value: "object": min must not exceed max"#),
+        "{stderr}"
+    );
+    let good = kubectl.write("good.yaml", &range(1));
+    let out = kubectl.ok(&["apply", "-f", path(&good)]).await;
+    assert!(out.contains("range.example.io/r created"), "{out}");
+}
+
+#[tokio::test]
 async fn kubectl_reapplies_a_deployment_with_a_strategic_merge_patch() {
     let cluster = TestCluster::start().await;
     let kubectl = Kubectl::new(&cluster);
