@@ -142,6 +142,8 @@ fn engine_with(
     Engine::new(Arc::new(registry_for(webhooks, cluster, target)), options).with_secret_reader(secrets)
 }
 
+/// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources
+/// on `cluster`, Kubernetes destinations acting on `target`.
 fn registry_for(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, target: KubeTarget) -> Registry {
     let mut registry = Registry::default();
     ktrigger_sources::register(&mut registry, webhooks);
