@@ -81,10 +81,7 @@ impl ClusterSecrets {
     pub fn get(&self, reference: &SecretKeyRef) -> Result<Secret, String> {
         let SecretKeyRef { name, key } = reference;
         match &self.0 {
-            Lookup::Offline => Err(format!(
-                "secretKeyRef {name}/{key}: no cluster to read it from; run with --kubeconfig or in a cluster, \
-                 or use {{env: NAME}} or {{file: PATH}}"
-            )),
+            Lookup::Offline => Err(no_cluster(reference)),
             Lookup::Read(values) => values
                 .get(reference)
                 .cloned()
@@ -111,6 +108,15 @@ impl ClusterSecrets {
             }
         }
     }
+}
+
+/// Why `reference` cannot be read without a cluster, and what to do instead.
+pub fn no_cluster(reference: &SecretKeyRef) -> String {
+    let SecretKeyRef { name, key } = reference;
+    format!(
+        "secretKeyRef {name}/{key}: no cluster to read it from; run with --kubeconfig or in a cluster, \
+         or use {{env: NAME}} or {{file: PATH}}"
+    )
 }
 
 /// Every `secretKeyRef` anywhere in a trigger's source and destination properties.

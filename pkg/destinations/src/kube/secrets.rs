@@ -8,7 +8,7 @@ use ::kube::Api;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
 use ktrigger_core::properties::{Secret, SecretKeyRef};
-use ktrigger_core::secrets::SecretReader;
+use ktrigger_core::secrets::{SecretReader, no_cluster};
 
 use super::KubeTarget;
 
@@ -39,12 +39,7 @@ impl SecretReader for KubeSecretReader {
     ) -> Result<Secret, String> {
         let SecretKeyRef { name, key } = reference;
         let target = self.target.acting_as(namespace, service_account)?;
-        let client = target.client().map_err(|_| {
-            format!(
-                "secretKeyRef {name}/{key}: no cluster to read it from; run with --kubeconfig or in a cluster, \
-                 or use {{env: NAME}} or {{file: PATH}}"
-            )
-        })?;
+        let client = target.client().map_err(|_| no_cluster(reference))?;
         let namespace = if namespace.is_empty() { client.default_namespace() } else { namespace };
         let identity = match service_account {
             Some(account) => format!("ServiceAccount {namespace}/{account}"),
@@ -67,5 +62,20 @@ impl SecretReader for KubeSecretReader {
         String::from_utf8(bytes.0)
             .map(Secret::new)
             .map_err(|_| format!("Secret {namespace}/{name}: the value of key {key:?} is not UTF-8 text"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn without_a_cluster_the_reader_says_what_to_use_instead() {
+        let reader = KubeSecretReader::new(KubeTarget::new(None));
+        let reference = SecretKeyRef { name: "slack".into(), key: "url".into() };
+        let error = reader.read("apps", None, &reference).await.unwrap_err();
+        assert_eq!(error, no_cluster(&reference));
+        let error = reader.read("", Some("robot"), &reference).await.unwrap_err();
+        assert!(error.contains("serviceAccountName \"robot\" needs a namespaced TriggerService"), "{error}");
     }
 }
