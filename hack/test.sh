@@ -41,7 +41,7 @@ echo "hack/test.sh: Kubernetes end-to-end suites on the real kube-apiserver (KTR
 # tests that use tests/support/cluster.rs, and the library tests that read the variable.
 e2e=()
 for file in tests/*.rs; do
-  grep -q 'cluster::Env' "$file" && e2e+=(--test "$(basename "$file" .rs)")
+  grep -q 'support::cluster' "$file" && e2e+=(--test "$(basename "$file" .rs)")
 done
 cargo test --locked -p ktrigger "${e2e[@]}"
 for manifest in pkg/*/Cargo.toml; do

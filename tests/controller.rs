@@ -143,7 +143,7 @@ fn only_the_leader_delivers_and_a_follower_takes_over_when_it_dies() {
     env.install_trigger_service_crd();
     let args = [
         "--kubeconfig",
-        env.kubeconfig(),
+        env.controller_kubeconfig(),
         "--watch-namespaces",
         &env.namespace,
         "--leader-elect",

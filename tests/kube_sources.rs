@@ -363,21 +363,34 @@ fn bad_selectors_and_forbidden_lists_are_reported_on_their_triggers() {
         cm_trigger("bad-selector", ns, "        labelSelector: 'app in web'\n"),
         cm_trigger("fine", ns, ""),
     ));
-    if let Some(cluster) = &env.cluster {
-        cluster.faults().forbid("list", "secrets");
+    // The identity may watch ConfigMaps but not Secrets: on a real cluster the `tenant` user with
+    // a Role saying so, refused by the real authorizer; the test cluster has no RBAC and is told
+    // to refuse.
+    let tenant = env.tenant_kubeconfig();
+    match (&env.cluster, &tenant) {
+        (Some(cluster), _) => cluster.faults().forbid("list", "secrets"),
+        (None, Some(_)) => env.grant_tenant(
+            "configmaps-only",
+            json!([{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list", "watch"]}]),
+        ),
+        (None, None) => {}
     }
-    let (running, _dir) = env.run(&config, &[], 1);
+    let kubeconfig = tenant.as_ref().map_or(env.kubeconfig(), |path| path.to_str().unwrap());
+    let (running, _dir) = env.run_as(kubeconfig, &config, &[], 1);
     let stderr = running.stderr.text();
     assert!(
         stderr.contains("skipped trigger e2e/bad-selector") && stderr.contains("properties.labelSelector"),
         "{stderr}"
     );
-    if env.external() {
-        eprintln!("skipped the RBAC part: the test cluster injects the 403");
+    if env.external() && tenant.is_none() {
+        eprintln!("skipped the RBAC part: no `tenant` context in KTRIGGER_TEST_KUBECONFIG to be refused as");
     } else {
         let stderr = running.stderr.wait_for("403", WAIT);
         let line = stderr.lines().find(|l| l.contains("source stopped") && l.contains("403")).unwrap();
         assert!(line.contains("trigger=e2e/secrets") && line.contains("RBAC"), "{line}");
+        if tenant.is_some() {
+            assert!(line.contains("tenant") && line.contains("secrets"), "the real authorizer refused: {line}");
+        }
     }
     env.create_configmap("still-works", json!({}));
     assert_eq!(wait_deliveries(&running, "fine", 1), [pair("create", "still-works")]);

@@ -3,9 +3,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_testcluster::TestCluster;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -14,6 +16,9 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 
 use super::{Running, repo, write_config};
+
+/// The kubeconfig context of an authenticated user without permissions (../shared/realk8s).
+pub const TENANT: &str = "tenant";
 
 /// How long end-to-end tests wait for something before they fail.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -31,7 +36,17 @@ pub struct Env {
     /// The test's own namespace.
     pub namespace: String,
     crds: Vec<String>,
+    /// The kubeconfig `ktrigger controller` runs with, made on first use.
+    controller_identity: OnceLock<ControllerIdentity>,
     _dir: tempfile::TempDir,
+}
+
+/// Who the controller runs as: on a real cluster whose kubeconfig has a `tenant` context (as
+/// ../shared/realk8s makes), that user bound to exactly the RBAC the install ships, so that what
+/// the shipped roles lack, and every refusal, comes from the real authorizer.
+struct ControllerIdentity {
+    kubeconfig: PathBuf,
+    binding: Option<String>,
 }
 
 impl Env {
@@ -58,7 +73,16 @@ impl Env {
         let namespaces: Api<Namespace> = Api::all(client.clone());
         let body = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
         runtime.block_on(namespaces.create(&PostParams::default(), &body)).expect("the test namespace is created");
-        Env { runtime, cluster, client, kubeconfig, namespace, crds: Vec::new(), _dir: dir }
+        Env {
+            runtime,
+            cluster,
+            client,
+            kubeconfig,
+            namespace,
+            crds: Vec::new(),
+            controller_identity: OnceLock::new(),
+            _dir: dir,
+        }
     }
 
     pub fn external(&self) -> bool {
@@ -72,8 +96,19 @@ impl Env {
     /// Starts `ktrigger run` on `config` against this cluster, with `extra` arguments, and waits
     /// until `watches` watches have synced.
     pub fn run(&self, config: &str, extra: &[&str], watches: usize) -> (Running, tempfile::TempDir) {
+        self.run_as(self.kubeconfig(), config, extra, watches)
+    }
+
+    /// Like [`run`](Self::run), with the identity of `kubeconfig`.
+    pub fn run_as(
+        &self,
+        kubeconfig: &str,
+        config: &str,
+        extra: &[&str],
+        watches: usize,
+    ) -> (Running, tempfile::TempDir) {
         let (dir, path) = write_config(config);
-        let mut args = vec!["-f", path.to_str().unwrap(), "--kubeconfig", self.kubeconfig()];
+        let mut args = vec!["-f", path.to_str().unwrap(), "--kubeconfig", kubeconfig];
         args.extend_from_slice(extra);
         let running = Running::start(&args);
         running
@@ -126,10 +161,107 @@ impl Env {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Starts `ktrigger controller` on this cluster, watching the test namespace and writing
-    /// status every 300 ms, with extra arguments and environment variables.
+    /// The kubeconfig to run `ktrigger controller` with. On the test cluster (no RBAC), the
+    /// test's own. On a real cluster with a `tenant` context: that user, bound to the ClusterRole
+    /// of config/rbac/role.yaml and, in the test namespace, to the leader election Role — the
+    /// install's RBAC and nothing more.
+    pub fn controller_kubeconfig(&self) -> &str {
+        let identity = self.controller_identity.get_or_init(|| self.make_controller_identity());
+        identity.kubeconfig.to_str().unwrap()
+    }
+
+    /// On a real cluster whose kubeconfig has a `tenant` context: a kubeconfig acting as that
+    /// user (authenticated, with no permissions but those a test grants). `None` on the test
+    /// cluster, which has no RBAC.
+    pub fn tenant_kubeconfig(&self) -> Option<PathBuf> {
+        if !self.external() {
+            return None;
+        }
+        let mut config: Value = serde_yaml::from_str(&std::fs::read_to_string(&self.kubeconfig).unwrap()).unwrap();
+        let has_tenant = config["contexts"].as_array().is_some_and(|c| c.iter().any(|c| c["name"] == TENANT));
+        if !has_tenant {
+            eprintln!("note: the kubeconfig has no `{TENANT}` context; the test runs as its current one");
+            return None;
+        }
+        config["current-context"] = json!(TENANT);
+        let path = self._dir.path().join("tenant-kubeconfig");
+        std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+        Some(path)
+    }
+
+    /// Grants the `tenant` user `rules` in the test namespace (a Role and its RoleBinding named
+    /// `name`).
+    pub fn grant_tenant(&self, name: &str, rules: Value) {
+        let role = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": name, "namespace": self.namespace}, "rules": rules,
+        });
+        let binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": name, "namespace": self.namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "User", "name": TENANT, "apiGroup": "rbac.authorization.k8s.io"}],
+        });
+        let apply = PatchParams::apply("ktrigger-e2e").force();
+        self.runtime.block_on(async {
+            let roles: Api<Role> = Api::namespaced(self.client.clone(), &self.namespace);
+            roles.patch(name, &apply, &Patch::Apply(&role)).await.unwrap();
+            let bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &self.namespace);
+            bindings.patch(name, &apply, &Patch::Apply(&binding)).await.unwrap();
+        });
+    }
+
+    fn make_controller_identity(&self) -> ControllerIdentity {
+        let Some(path) = self.tenant_kubeconfig() else {
+            return ControllerIdentity { kubeconfig: self.kubeconfig.clone(), binding: None };
+        };
+        let binding = format!("ktrigger-e2e-{}", self.namespace);
+        let shipped = |file: &str| -> Value {
+            let text = std::fs::read_to_string(repo().join("config/rbac").join(file)).unwrap();
+            serde_yaml::from_str(&text).unwrap()
+        };
+        let mut role = shipped("role.yaml");
+        let role_name = role["metadata"]["name"].as_str().unwrap().to_string();
+        role["metadata"]["labels"] = json!({"app.kubernetes.io/part-of": "ktrigger"});
+        let mut election = shipped("leader_election_role.yaml");
+        election["metadata"]["namespace"] = json!(self.namespace);
+        let subject = json!([{"kind": "User", "name": TENANT, "apiGroup": "rbac.authorization.k8s.io"}]);
+        let cluster_binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": binding},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
+            "subjects": subject,
+        });
+        let election_binding = json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "ktrigger-leader-election", "namespace": self.namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                        "name": election["metadata"]["name"]},
+            "subjects": subject,
+        });
+        let apply = PatchParams::apply("ktrigger-e2e").force();
+        self.runtime.block_on(async {
+            let cluster_roles: Api<ClusterRole> = Api::all(self.client.clone());
+            cluster_roles
+                .patch(&role_name, &apply, &Patch::Apply(&role))
+                .await
+                .expect("the shipped ClusterRole applies");
+            let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+            bindings.patch(&binding, &apply, &Patch::Apply(&cluster_binding)).await.unwrap();
+            let roles: Api<Role> = Api::namespaced(self.client.clone(), &self.namespace);
+            let name = election["metadata"]["name"].as_str().unwrap();
+            roles.patch(name, &apply, &Patch::Apply(&election)).await.unwrap();
+            let role_bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &self.namespace);
+            role_bindings.patch("ktrigger-leader-election", &apply, &Patch::Apply(&election_binding)).await.unwrap();
+        });
+        ControllerIdentity { kubeconfig: path, binding: Some(binding) }
+    }
+
+    /// Starts `ktrigger controller` on this cluster as [`controller_kubeconfig`](Self::controller_kubeconfig),
+    /// watching the test namespace and writing status every 300 ms, with extra arguments and
+    /// environment variables.
     pub fn start_controller(&self, extra: &[&str], env: &[(String, String)]) -> Running {
-        let args = ["--kubeconfig", self.kubeconfig(), "--watch-namespaces", &self.namespace];
+        let args = ["--kubeconfig", self.controller_kubeconfig(), "--watch-namespaces", &self.namespace];
         Running::start_controller_with_env(&[&args[..], &["--status-interval", "300ms"], extra].concat(), env)
     }
 
@@ -194,6 +326,10 @@ impl Drop for Env {
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         for crd in &self.crds {
             let _ = self.runtime.block_on(crds.delete(crd, &DeleteParams::default()));
+        }
+        if let Some(binding) = self.controller_identity.get().and_then(|identity| identity.binding.as_ref()) {
+            let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+            let _ = self.runtime.block_on(bindings.delete(binding, &DeleteParams::default()));
         }
     }
 }
