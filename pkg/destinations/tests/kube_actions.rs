@@ -65,11 +65,31 @@ impl Env {
         Env { cluster, config, client, namespace, registry }
     }
 
-    /// The test cluster's fault injector; `None` against a real cluster (the test then stops).
+    /// The test cluster's fault injector; `None` against a real cluster.
     fn faults(&self) -> Option<&Faults> {
         self.cluster.as_ref().map(TestCluster::faults)
     }
 
+    /// A client acting as the kubeconfig's `tenant` user (authenticated, without permissions),
+    /// when a real cluster's kubeconfig has that context (../shared/realk8s makes one).
+    async fn tenant_client(&self) -> Option<Client> {
+        let path = std::env::var(KUBECONFIG_VAR).ok()?;
+        let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("KTRIGGER_TEST_KUBECONFIG is readable");
+        if !kubeconfig.contexts.iter().any(|c| c.name == "tenant") {
+            return None;
+        }
+        let options = kube::config::KubeConfigOptions { context: Some("tenant".into()), ..Default::default() };
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await.expect("the tenant context");
+        Some(Client::try_from(config).expect("a client for the tenant context"))
+    }
+}
+
+/// Says why a test that needs the test cluster's fault injection stops on a real cluster.
+fn skipped_without_faults() {
+    eprintln!("skipped: fault injection needs the test cluster (KTRIGGER_TEST_KUBECONFIG is set)");
+}
+
+impl Env {
     fn trigger(&self) -> TriggerId {
         TriggerId { namespace: self.namespace.clone(), service: "svc".into(), trigger: "on-change".into() }
     }
@@ -258,10 +278,25 @@ async fn a_missing_target_is_a_permanent_failure() {
 #[tokio::test]
 async fn a_forbidden_patch_fails_permanently_with_the_api_server_message() {
     let env = Env::start().await;
-    let Some(faults) = env.faults() else { return };
     let source = env.configmap("web", json!({}), json!({})).await;
-    faults.forbid("patch", "configmaps");
-    let destination = env.destination("patch-resource", json!({"patch": {"data": {"a": "b"}}}));
+    let properties = json!({"patch": {"data": {"a": "b"}}});
+    // The test cluster is told to refuse; a real one refuses the `tenant` user, who has no Role.
+    let destination = match (env.faults(), env.tenant_client().await) {
+        (Some(faults), _) => {
+            faults.forbid("patch", "configmaps");
+            env.destination("patch-resource", properties)
+        }
+        (None, Some(tenant)) => {
+            let mut registry = Registry::default();
+            ktrigger_destinations::register_kube(&mut registry, KubeTarget::new(Some(tenant)));
+            let context = BuildContext::new(env.trigger());
+            registry.destination("patch-resource").unwrap().build(&properties, &context).unwrap()
+        }
+        (None, None) => {
+            eprintln!("skipped: no `tenant` context in KTRIGGER_TEST_KUBECONFIG to be refused as");
+            return;
+        }
+    };
 
     let reason = permanent(env.deliver(&destination, "d-1", source).await);
 
@@ -272,7 +307,7 @@ async fn a_forbidden_patch_fails_permanently_with_the_api_server_message() {
 #[tokio::test]
 async fn conflicts_and_server_errors_are_transient() {
     let env = Env::start().await;
-    let Some(faults) = env.faults() else { return };
+    let Some(faults) = env.faults() else { return skipped_without_faults() };
     let source = env.configmap("web", json!({}), json!({})).await;
     let destination = env.destination("patch-resource", json!({"patch": {"data": {"a": "b"}}}));
 
@@ -297,7 +332,9 @@ async fn conflicts_and_server_errors_are_transient() {
 #[tokio::test]
 async fn dry_run_renders_the_request_without_calling_the_cluster() {
     let env = Env::start().await;
-    let Some(cluster) = &env.cluster else { return };
+    let Some(cluster) = &env.cluster else {
+        return eprintln!("skipped: it counts requests in the test cluster's request log");
+    };
     let destination =
         env.destination("patch-resource", json!({"type": "merge", "patch": {"data": {"n": "{{ event.type }}"}}}));
     let trigger = env.trigger();
