@@ -12,7 +12,9 @@
 # The real server gets a port of its own (REALK8S_PORT, default 16443; etcd on REALK8S_ETCD_PORT,
 # default 12379), starts empty and is stopped at the end, also when tests fail. Its first start on a
 # machine builds kube-apiserver from source (10-15 minutes; cached in ~/.cache/realk8s after).
-# The end-to-end tests use real third-party receivers from PyPI, installed here.
+# The end-to-end tests use real third-party receivers from PyPI, installed here into a virtual
+# environment under target/ (a stock Debian Python refuses system-wide pip installs), whose
+# python3 comes first on PATH for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +24,11 @@ case "$mode" in
   *) echo "usage: bash hack/test.sh [--real | --no-real]" >&2; exit 2 ;;
 esac
 
-python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+venv=${CARGO_TARGET_DIR:-target}/test-venv
+[ -x "$venv/bin/python3" ] || python3 -m venv "$venv"
+"$venv/bin/python3" -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+PATH=$(cd "$venv/bin" && pwd):$PATH
+export PATH
 
 if [ "$mode" != --real ]; then
   cargo test --workspace --locked
