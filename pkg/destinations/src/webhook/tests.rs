@@ -353,7 +353,7 @@ async fn connection_refused_is_transient() {
 #[tokio::test]
 async fn a_server_that_never_answers_is_cut_by_the_client_timeout() {
     let receiver = Receiver::start().await;
-    let client = http::http_client(Some(Duration::from_millis(300))).unwrap();
+    let client = http::http_client(Some(Duration::from_millis(300)), Default::default()).unwrap();
     let destination =
         WebhookFactory::with_client(client).build(&json!({"url": receiver.url("/hang")}), &context()).unwrap();
     let started = std::time::Instant::now();
