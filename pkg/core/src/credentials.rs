@@ -78,7 +78,7 @@ impl CredentialPolicy {
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
         match &*self.0 {
             Rules::Unrestricted => {
-                read_bounded(Path::new(path)).map_err(|e| format!("cannot read secret file {path}: {e}"))
+                read_bounded(Path::new(path)).map_err(|e| format!("cannot read {path}: {e}"))
             }
             Rules::Restricted { dirs, .. } => {
                 let refused = || {

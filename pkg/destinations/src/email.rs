@@ -492,6 +492,23 @@ mod tests {
         EmailFactory::new().build(&properties, &BuildContext::new(trigger))
     }
 
+    #[tokio::test]
+    async fn a_server_the_egress_policy_refuses_is_a_permanent_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let properties = json!({"host": "localhost", "port": port, "tls": "none", "from": "a@example.com", "to": "b@example.com"});
+        let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
+        let factory = EmailFactory::with_egress(Arc::new(EgressPolicy::shared(&[])));
+        let email = factory.build(&properties, &BuildContext::new(trigger.clone())).unwrap();
+        let event = Event::new("cron", "fire", json!({}));
+        let request = DeliveryRequest { id: "d/1", trigger: &trigger, event: &event, attempt: 1 };
+        let error = email.deliver(&request).await.unwrap_err();
+        assert!(matches!(error, DeliveryError::Permanent { .. }), "{error:?}");
+        assert!(error.to_string().ends_with("is refused by the egress policy (loopback)"), "{error}");
+        let accepted = tokio::time::timeout(std::time::Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was made");
+    }
+
     fn request_render(destination: &Arc<dyn Destination>, event: &Event) -> Value {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
         let request = DeliveryRequest { id: "d/1", trigger: &trigger, event, attempt: 1 };

@@ -28,39 +28,29 @@ pub mod webhook;
 /// `slack`, `teams`, `dingtalk` and `lark`, and the Kubernetes ones without a cluster (see
 /// [`register_kube`]). Network destinations connect where [`EgressPolicy::local`] allows.
 pub fn register(registry: &mut Registry) {
-    add_all(registry, None, Arc::new(EgressPolicy::local()));
+    registry.add_destination(Arc::new(log::LogFactory::stdout()));
+    registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
+    registry.add_destination(Arc::new(kagent::KagentFactory::new()));
+    registry.add_destination(Arc::new(email::EmailFactory::new()));
+    registry.add_destination(Arc::new(slack::SlackFactory::new()));
+    registry.add_destination(Arc::new(teams::TeamsFactory::new()));
+    registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
+    registry.add_destination(Arc::new(lark::LarkFactory::new()));
+    kube::register(registry, kube::KubeTarget::new(None));
 }
 
-/// Like [`register`], with the network destinations (HTTP and email) connecting only where
-/// `egress` allows, through one HTTP client.
+/// Replaces the network destinations (`webhook`, `kagent`, `slack`, `teams`, `dingtalk`, `lark`
+/// and `email`) by ones that connect only where `egress` allows, the HTTP ones through one client.
 pub fn register_with_egress(registry: &mut Registry, egress: Arc<EgressPolicy>) -> Result<(), String> {
     let client = http::http_client(None, egress.clone())?;
-    add_all(registry, Some(client), egress);
-    Ok(())
-}
-
-fn add_all(registry: &mut Registry, client: Option<reqwest::Client>, egress: Arc<EgressPolicy>) {
-    registry.add_destination(Arc::new(log::LogFactory::stdout()));
-    match client {
-        Some(client) => {
-            registry.add_destination(Arc::new(webhook::WebhookFactory::with_client(client.clone())));
-            registry.add_destination(Arc::new(kagent::KagentFactory::with_client(client.clone())));
-            registry.add_destination(Arc::new(slack::SlackFactory::with_client(client.clone())));
-            registry.add_destination(Arc::new(teams::TeamsFactory::with_client(client.clone())));
-            registry.add_destination(Arc::new(dingtalk::DingTalkFactory::with_client(client.clone())));
-            registry.add_destination(Arc::new(lark::LarkFactory::with_client(client)));
-        }
-        None => {
-            registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
-            registry.add_destination(Arc::new(kagent::KagentFactory::new()));
-            registry.add_destination(Arc::new(slack::SlackFactory::new()));
-            registry.add_destination(Arc::new(teams::TeamsFactory::new()));
-            registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
-            registry.add_destination(Arc::new(lark::LarkFactory::new()));
-        }
-    }
+    registry.add_destination(Arc::new(webhook::WebhookFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(kagent::KagentFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(slack::SlackFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(teams::TeamsFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(dingtalk::DingTalkFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(lark::LarkFactory::with_client(client)));
     registry.add_destination(Arc::new(email::EmailFactory::with_egress(egress)));
-    kube::register(registry, kube::KubeTarget::new(None));
+    Ok(())
 }
 
 /// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event` and `job`

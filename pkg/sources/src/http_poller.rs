@@ -574,6 +574,7 @@ fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use axum::Router;
     use axum::extract::State;
@@ -748,6 +749,135 @@ mod tests {
         assert_eq!(headers["accept"], "application/json");
     }
 
+    /// Serves every connection one response of `total` bytes of `[0,0,…` (not closed, so not
+    /// JSON), written in 64 KiB pieces as the client reads, with a Content-Length when asked.
+    /// Counts the bytes written.
+    async fn serve_large(total: usize, content_length: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = written.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let length = if content_length { format!("Content-Length: {total}\r\n") } else { String::new() };
+                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n");
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let piece = format!("[{}", "0,".repeat(32 * 1024 - 1));
+                    while counter.load(Ordering::SeqCst) < total {
+                        if socket.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(piece.len(), Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (addr, written)
+    }
+
+    async fn outcome(poller: &HttpPoller) -> Flow {
+        let (sink, _events) = EventSink::channel(64);
+        poller.poll(&sink).await
+    }
+
+    fn failure(flow: Flow) -> String {
+        match flow {
+            Flow::Failed(reason) => reason,
+            other => panic!("expected a source error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_over_max_response_bytes_is_a_source_error_and_is_not_read_to_the_end() {
+        let total = 64 * 1024 * 1024;
+        let (addr, written) = serve_large(total, false).await;
+        let poller = poller(json!({"url": format!("http://{addr}/"), "maxResponseBytes": 1048576})).unwrap();
+        let reason = failure(outcome(&poller).await);
+        assert!(reason.starts_with("the response is larger than maxResponseBytes (1048576 bytes)"), "{reason}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = written.load(Ordering::SeqCst);
+        assert!(sent < total / 2, "the poller stopped reading: the server wrote {sent} of {total} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_content_length_over_max_response_bytes_is_refused_before_reading() {
+        let (addr, _) = serve_large(2 * 1024 * 1024, true).await;
+        let poller = poller(json!({"url": format!("http://{addr}/"), "maxResponseBytes": 1048576})).unwrap();
+        assert!(failure(outcome(&poller).await).contains("larger than maxResponseBytes"));
+    }
+
+    #[tokio::test]
+    async fn the_parsed_size_of_a_response_counts_against_max_response_bytes() {
+        let served = Served::default();
+        let small = format!("[{}0]", "0,".repeat(100_000));
+        served.set(200, small.clone());
+        let addr = serve(served.clone()).await;
+        let url = format!("http://{addr}/items");
+        let tight = poller(json!({"url": url, "items": "response", "maxResponseBytes": 10 * small.len()})).unwrap();
+        let reason = failure(outcome(&tight).await);
+        assert!(reason.starts_with("the parsed response takes more than maxResponseBytes"), "{reason}");
+        let roomy =
+            poller(json!({"url": url, "items": "response", "maxResponseBytes": 20 * small.len(), "maxItems": 10000}))
+                .unwrap();
+        assert!(failure(outcome(&roomy).await).contains("more than maxItems (10000)"));
+    }
+
+    #[tokio::test]
+    async fn more_items_than_max_items_is_a_source_error_and_keeps_nothing() {
+        let served = Served::default();
+        served.json(json!([1, 2, 3, 4]));
+        let addr = serve(served.clone()).await;
+        let poller = poller(json!({"url": format!("http://{addr}/items"), "items": "response", "maxItems": 3})).unwrap();
+        let reason = failure(outcome(&poller).await);
+        assert!(reason.starts_with("the response has 4 items, more than maxItems (3)"), "{reason}");
+        assert!(poller.seen.lock().unwrap().is_none());
+        served.json(json!([1, 2, 3]));
+        assert_eq!(outcome(&poller).await, Flow::Continue);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_so_headers_stay_with_the_origin() {
+        let elsewhere = Served::default();
+        elsewhere.json(json!({}));
+        let other = serve(elsewhere.clone()).await;
+        let redirect = Router::new().route(
+            "/items",
+            any(move || async move {
+                (StatusCode::FOUND, [("location", format!("http://{other}/items"))], "").into_response()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, redirect).await });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "s3cret").unwrap();
+        let key = dir.path().join("key").display().to_string();
+        let poller = poller(json!({"url": format!("http://{addr}/items"), "headers": {"X-Api-Key": {"file": key}}}))
+            .unwrap();
+        assert_eq!(outcome(&poller).await, Flow::Continue, "a redirect skips the poll");
+        assert!(elsewhere.requests.lock().unwrap().is_empty(), "nothing reached the other origin");
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_is_a_source_error_naming_the_rule() {
+        let served = Served::default();
+        served.json(json!({}));
+        let addr = serve(served.clone()).await;
+        let properties = json!({"url": format!("http://localhost:{}/items", addr.port())});
+        let refusing = HttpPoller::new(&properties, &context(), Arc::new(EgressPolicy::shared(&[]))).unwrap();
+        let reason = failure(outcome(&refusing).await);
+        assert!(reason.starts_with("connection refused: "), "{reason}");
+        assert!(reason.ends_with("is refused by the egress policy (loopback)"), "{reason}");
+        assert!(served.requests.lock().unwrap().is_empty());
+    }
+
     // Real time: with tokio's paused clock, a request waiting on the socket could see its timeout
     // fire early, because paused time jumps ahead whenever the runtime is idle.
     #[tokio::test]
@@ -827,5 +957,9 @@ mod tests {
         assert!(e.starts_with("properties.headers.X-Token:") && e.contains("vault"), "{e}");
         assert!(err(json!({"url": url, "headers": {"X-Count": 5}})).starts_with("properties.headers.X-Count: must be"));
         assert!(err(json!({"url": url, "intervall": "5s"})).contains("intervall"));
+        for (property, value) in [("maxResponseBytes", 0), ("maxResponseBytes", 16 * 1024 * 1024 + 1), ("maxItems", 0)] {
+            let e = err(json!({"url": url, property: value}));
+            assert!(e.starts_with(&format!("properties.{property}: must be between 1 and")), "{e}");
+        }
     }
 }

@@ -399,7 +399,7 @@ fn invalid_properties_are_refused_with_the_property_named() {
         (json!({"url": "http://h/", "signature": {}}), "properties.signature: missing field `secretFrom`"),
         (
             json!({"url": "http://h/", "signature": {"secretFrom": {"file": "/nonexistent/ktrigger-key"}}}),
-            "properties.signature.secretFrom: cannot read secret file /nonexistent/ktrigger-key",
+            "properties.signature.secretFrom: cannot read /nonexistent/ktrigger-key",
         ),
     ];
     for (properties, expected) in cases {
