@@ -24,7 +24,8 @@ enum Answer {
     Large(usize),
 }
 
-/// An HTTP server on 127.0.0.1 recording the requests it receives.
+/// An HTTP server on 127.0.0.1 recording the requests it receives (connections that sent nothing
+/// are not requests).
 struct Server {
     port: u16,
     requests: Arc<Mutex<Vec<String>>>,
@@ -82,6 +83,10 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<String>>, writ
             }
         }
     }
+    // A connection the egress policy closed right after connecting sent nothing: not a request.
+    if request.is_empty() {
+        return;
+    }
     seen.lock().unwrap().push(String::from_utf8_lossy(&request).to_string());
     let head = match answer {
         Answer::Ok => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string(),
@@ -133,7 +138,8 @@ fn the_controller_refuses_a_loopback_destination_unless_egress_allow_names_it() 
     let tick = env.wait_trigger("hook", "tick", "a refused delivery dead-lettered at once", |t| {
         t["deadLettered"].as_u64() >= Some(1)
     });
-    assert_eq!(last_error(&tick), "connection refused: 127.0.0.1 is refused by the egress policy (loopback)");
+    let error = last_error(&tick);
+    assert!(error.ends_with("connection refused: 127.0.0.1 is refused by the egress policy (loopback)"), "{error}");
     assert!(receiver.requests().is_empty(), "nothing reached the receiver");
     assert_eq!(refusing.stop(), Some(0));
 
@@ -215,10 +221,7 @@ spec:
     );
     env.apply(&env.namespace, &service);
     let poll = env.wait_trigger("big", "poll", "the limit reported", |t| !last_error(t).is_empty());
-    assert!(
-        last_error(&poll).starts_with("the response is larger than maxResponseBytes (4194304 bytes)"),
-        "{poll:#}"
-    );
+    assert!(last_error(&poll).contains("the response is larger than maxResponseBytes (4194304 bytes)"), "{poll:#}");
     eprintln!(
         "16 MiB response: the server wrote {} bytes before the poller stopped reading; controller peak RSS {}",
         server.written.load(Ordering::SeqCst),
@@ -228,8 +231,9 @@ spec:
 
 /// A TriggerService whose triggers each send a header read from one of `files` (never fired).
 fn file_headers(files: &[(&str, &str)]) -> String {
-    let mut text = "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {name: files}\nspec:\n  triggers:\n"
-        .to_string();
+    let mut text =
+        "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {name: files}\nspec:\n  triggers:\n"
+            .to_string();
     for (name, file) in files {
         text.push_str(&format!(
             "  - name: {name}\n    source: {{type: cron, properties: {{schedule: \"0 0 1 1 *\"}}}}\n    \
@@ -265,10 +269,12 @@ fn the_controller_refuses_file_credentials_alike_for_existing_and_missing_paths_
     env.apply(&env.namespace, &service);
     let message = |trigger: &str, path: &str| {
         let status = env.wait_trigger("files", trigger, "the file refused", |t| t["ready"] == false);
-        last_error(&status).replace(path, "PATH")
+        // The message without the trigger's position (`triggers[N].destinations[0]: `).
+        let error = last_error(&status).replace(path, "PATH");
+        error.find("properties.").map_or(error.clone(), |at| error[at..].to_string())
     };
     let expected = message("missing", &missing);
-    assert!(expected.contains("properties.headers.X-Token: file PATH cannot be read"), "{expected}");
+    assert!(expected.starts_with("properties.headers.X-Token: file PATH cannot be read"), "{expected}");
     assert!(expected.contains("--allow-credential-files"), "{expected}");
     assert_eq!(message("existing", &existing), expected);
     assert_eq!(message("inside", &inside), expected);

@@ -77,9 +77,7 @@ impl CredentialPolicy {
     /// The content of file `path` (at most [`MAX_FILE_BYTES`]), or why it cannot be used.
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
         match &*self.0 {
-            Rules::Unrestricted => {
-                read_bounded(Path::new(path)).map_err(|e| format!("cannot read {path}: {e}"))
-            }
+            Rules::Unrestricted => read_bounded(Path::new(path)).map_err(|e| format!("cannot read {path}: {e}")),
             Rules::Restricted { dirs, .. } => {
                 let refused = || {
                     format!(

@@ -90,12 +90,9 @@ impl EgressPolicy {
     /// Kubernetes API server's addresses) refused.
     pub fn shared(api_server: &[IpAddr]) -> Self {
         let mut policy = EgressPolicy::local();
-        for (text, rule) in [
-            ("127.0.0.0/8", "loopback"),
-            ("::1/128", "loopback"),
-            ("0.0.0.0/8", "this host"),
-            ("::/128", "this host"),
-        ] {
+        for (text, rule) in
+            [("127.0.0.0/8", "loopback"), ("::1/128", "loopback"), ("0.0.0.0/8", "this host"), ("::/128", "this host")]
+        {
             policy.refused.push((net(text), rule));
         }
         for address in api_server {

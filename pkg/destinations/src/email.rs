@@ -496,7 +496,8 @@ mod tests {
     async fn a_server_the_egress_policy_refuses_is_a_permanent_failure() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let properties = json!({"host": "localhost", "port": port, "tls": "none", "from": "a@example.com", "to": "b@example.com"});
+        let properties =
+            json!({"host": "localhost", "port": port, "tls": "none", "from": "a@example.com", "to": "b@example.com"});
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
         let factory = EmailFactory::with_egress(Arc::new(EgressPolicy::shared(&[])));
         let email = factory.build(&properties, &BuildContext::new(trigger.clone())).unwrap();

@@ -190,7 +190,8 @@ impl HttpPoller {
         let items = compile(props.items.as_deref(), "response", "items")?;
         let key = compile(props.key.as_deref(), "item", "key")?;
         let kinds = event_kinds(props.events.as_deref())?;
-        let max_bytes = limit(props.max_response_bytes, DEFAULT_RESPONSE_BYTES, MAX_RESPONSE_BYTES, "maxResponseBytes")?;
+        let max_bytes =
+            limit(props.max_response_bytes, DEFAULT_RESPONSE_BYTES, MAX_RESPONSE_BYTES, "maxResponseBytes")?;
         let max_items = limit(props.max_items, DEFAULT_ITEMS, MAX_ITEMS, "maxItems")?;
         // Secrets are read last, so that every other mistake is reported without needing them.
         let headers = headers(&props.headers, props.body.is_some(), &context.secrets)?;
@@ -765,7 +766,9 @@ mod tests {
                     let mut request = vec![0; 4096];
                     let _ = socket.read(&mut request).await;
                     let length = if content_length { format!("Content-Length: {total}\r\n") } else { String::new() };
-                    let head = format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n");
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n"
+                    );
                     if socket.write_all(head.as_bytes()).await.is_err() {
                         return;
                     }
@@ -834,7 +837,8 @@ mod tests {
         let served = Served::default();
         served.json(json!([1, 2, 3, 4]));
         let addr = serve(served.clone()).await;
-        let poller = poller(json!({"url": format!("http://{addr}/items"), "items": "response", "maxItems": 3})).unwrap();
+        let poller =
+            poller(json!({"url": format!("http://{addr}/items"), "items": "response", "maxItems": 3})).unwrap();
         let reason = failure(outcome(&poller).await);
         assert!(reason.starts_with("the response has 4 items, more than maxItems (3)"), "{reason}");
         assert!(poller.seen.lock().unwrap().is_none());
@@ -859,8 +863,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("key"), "s3cret").unwrap();
         let key = dir.path().join("key").display().to_string();
-        let poller = poller(json!({"url": format!("http://{addr}/items"), "headers": {"X-Api-Key": {"file": key}}}))
-            .unwrap();
+        let poller =
+            poller(json!({"url": format!("http://{addr}/items"), "headers": {"X-Api-Key": {"file": key}}})).unwrap();
         assert_eq!(outcome(&poller).await, Flow::Continue, "a redirect skips the poll");
         assert!(elsewhere.requests.lock().unwrap().is_empty(), "nothing reached the other origin");
     }
@@ -957,7 +961,8 @@ mod tests {
         assert!(e.starts_with("properties.headers.X-Token:") && e.contains("vault"), "{e}");
         assert!(err(json!({"url": url, "headers": {"X-Count": 5}})).starts_with("properties.headers.X-Count: must be"));
         assert!(err(json!({"url": url, "intervall": "5s"})).contains("intervall"));
-        for (property, value) in [("maxResponseBytes", 0), ("maxResponseBytes", 16 * 1024 * 1024 + 1), ("maxItems", 0)] {
+        for (property, value) in [("maxResponseBytes", 0), ("maxResponseBytes", 16 * 1024 * 1024 + 1), ("maxItems", 0)]
+        {
             let e = err(json!({"url": url, property: value}));
             assert!(e.starts_with(&format!("properties.{property}: must be between 1 and")), "{e}");
         }

@@ -40,20 +40,6 @@ pub fn parse(text: &[u8], budget: usize) -> Result<Value, ParseError> {
     }
 }
 
-/// Estimated size in memory of a parsed tree, counted as [`parse`] charges it.
-pub fn size_of_tree(value: &Value) -> usize {
-    size_of::<Value>()
-        + match value {
-            Value::String(text) => text.len(),
-            Value::Array(items) => items.iter().map(size_of_tree).fold(0, usize::saturating_add),
-            Value::Object(fields) => fields
-                .iter()
-                .map(|(key, field)| key.len() + size_of::<String>() + MAP_ENTRY_OVERHEAD + size_of_tree(field))
-                .fold(0, usize::saturating_add),
-            _ => 0,
-        }
-}
-
 #[derive(Clone, Copy)]
 struct Budgeted<'a> {
     left: &'a Cell<usize>,
@@ -145,6 +131,20 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    /// Estimated size in memory of a parsed tree, counted as [`parse`] charges it.
+    fn size_of_tree(value: &Value) -> usize {
+        size_of::<Value>()
+            + match value {
+                Value::String(text) => text.len(),
+                Value::Array(items) => items.iter().map(size_of_tree).fold(0, usize::saturating_add),
+                Value::Object(fields) => fields
+                    .iter()
+                    .map(|(key, field)| key.len() + size_of::<String>() + MAP_ENTRY_OVERHEAD + size_of_tree(field))
+                    .fold(0, usize::saturating_add),
+                _ => 0,
+            }
+    }
 
     #[test]
     fn documents_within_the_budget_parse_as_serde_json_does() {
