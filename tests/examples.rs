@@ -22,6 +22,13 @@ fn example(file: &str, namespace: &str) -> Vec<Value> {
         .collect()
 }
 
+/// `--allow-credential-env` for every variable the examples read credentials from (the controller
+/// refuses `{env: NAME}` references otherwise), then `extra`.
+fn controller_args(extra: &[&str]) -> Vec<String> {
+    let names = example_env().into_iter().flat_map(|(name, _)| ["--allow-credential-env".to_string(), name]);
+    names.chain(extra.iter().map(|arg| arg.to_string())).collect()
+}
+
 /// The TriggerService's status once its Ready condition is known.
 fn wait_ready(env: &Env, name: &str) -> Value {
     let start = Instant::now();
@@ -40,7 +47,8 @@ fn wait_ready(env: &Env, name: &str) -> Value {
 fn every_example_trigger_service_is_ready_under_the_controller() {
     let env = Env::new("examples");
     env.install_trigger_service_crd();
-    let running = env.start_controller(&[], &example_env());
+    let args = controller_args(&[]);
+    let running = env.start_controller(&args.iter().map(String::as_str).collect::<Vec<_>>(), &example_env());
     // The Secret pod-doctor.yaml reads its Slack webhook URL from.
     env.apply(
         &env.namespace,
@@ -119,7 +127,9 @@ fn pod_doctor_sends_restarts_and_oom_kills_to_kagent_and_slack_once_per_window()
             "apiVersion: v1\nkind: Secret\nmetadata: {{name: slack-webhook}}\nstringData: {{url: '{webhook_url}'}}\n"
         ),
     );
-    let running = env.start_controller(&[], &example_env());
+    // The agent and the Slack receiver listen on loopback, which the controller refuses by default.
+    let args = controller_args(&["--egress-allow", "127.0.0.1/32"]);
+    let running = env.start_controller(&args.iter().map(String::as_str).collect::<Vec<_>>(), &example_env());
 
     // The example as written, pointed at this namespace and the local agent.
     let mut service = example("pod-doctor.yaml", &ns).remove(0);

@@ -138,6 +138,11 @@ impl Running {
         self.child.wait().unwrap();
     }
 
+    /// The process id.
+    pub fn id(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Sends SIGTERM and waits for the exit; returns the exit code.
     pub fn stop(mut self) -> Option<i32> {
         terminate(&self.child);

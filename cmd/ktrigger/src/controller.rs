@@ -2,6 +2,7 @@
 //! metrics and optional leader election.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,12 +13,14 @@ use axum::routing::get;
 use clap::Args;
 use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
+use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
 use ktrigger_sources::WebhookListener;
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
+use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::run::{parse_duration, wait_for_signal};
 
@@ -49,6 +52,17 @@ pub struct ControllerArgs {
     /// How long deliveries already queued may take to finish after a stop signal.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
+    /// Where sources and destinations may connect.
+    #[command(flatten)]
+    egress: EgressArgs,
+    /// Directory whose files `{file: PATH}` credential references may read (repeatable). Without
+    /// one, TriggerServices cannot read any file of the controller (its own token included).
+    #[arg(long = "allow-credential-files", value_name = "DIR")]
+    allow_credential_files: Vec<PathBuf>,
+    /// Prefix of the environment variables `{env: NAME}` credential references may read
+    /// (repeatable). Without one, TriggerServices cannot read the controller's environment.
+    #[arg(long = "allow-credential-env", value_name = "PREFIX")]
+    allow_credential_env: Vec<String>,
     /// Let TriggerServices without `serviceAccountName` act (patch, create) outside their own
     /// namespace with the controller's identity. Off: they may act only in their namespace.
     #[arg(long)]
@@ -160,6 +174,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
         return Ok(ExitCode::from(2));
     };
+    let credentials = CredentialPolicy::restricted(&args.allow_credential_files, &args.allow_credential_env)
+        .map_err(anyhow::Error::msg)?;
+    let egress = args.egress.shared(&cluster).await;
     let stop = CancellationToken::new();
     let webhooks = WebhookListener::bind(args.webhook_addr).await?;
     let listener = webhooks.spawn(stop.clone());
@@ -173,8 +190,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     let health_server = serve(health, probes, &stop);
-    let engine =
-        engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, EngineOptions::default());
+    let options = EngineOptions { credentials, ..EngineOptions::default() };
+    let engine = engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, options, egress)?;
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod controller;
+mod egress;
 mod inspect;
 mod run;
 
@@ -10,6 +11,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
 use ktrigger_destinations::kube::KubeTarget;
@@ -38,7 +40,7 @@ enum Command {
     /// Run triggers from files (or the built-in quickstart when no file is given).
     Run(run::RunArgs),
     /// Reconcile TriggerService objects in a cluster (the in-cluster mode).
-    Controller(controller::ControllerArgs),
+    Controller(Box<controller::ControllerArgs>),
     /// Check files and list every problem; exits non-zero when there is one.
     Validate {
         /// Files or directories of TriggerService YAML.
@@ -82,7 +84,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(args).await,
-            Command::Controller(args) => controller::controller(args).await,
+            Command::Controller(args) => controller::controller(*args).await,
             Command::Validate { files, event_mappings } => inspect::validate(&files, event_mappings.as_deref()),
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
@@ -127,19 +129,24 @@ fn offline_registry(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Clus
 /// An engine that knows every source and destination type, with Kubernetes sources watching
 /// `cluster`. Kubernetes destinations, and the reading of `secretKeyRef` values, act as a
 /// trigger's ServiceAccount when it names one; otherwise with this process's identity, only in
-/// the TriggerService's namespace unless `cluster_wide`.
+/// the TriggerService's namespace unless `cluster_wide`. Network sources and destinations connect
+/// only where `egress` allows.
 fn engine_with(
     webhooks: Arc<WebhookListener>,
     cluster: ktrigger_kube::Cluster,
     cluster_wide: bool,
     options: EngineOptions,
-) -> Engine {
+    egress: Arc<EgressPolicy>,
+) -> anyhow::Result<Engine> {
     let mut target = KubeTarget::new(cluster.kube_client());
     if let Some(config) = cluster.kube_config() {
         target = target.with_identities(config, cluster_wide);
     }
     let secrets = Arc::new(KubeSecretReader::new(target.clone()));
-    Engine::new(Arc::new(registry_for(webhooks, cluster, target)), options).with_secret_reader(secrets)
+    let mut registry = registry_for(webhooks, cluster, target);
+    ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;
+    ktrigger_sources::register_http_poller(&mut registry, egress);
+    Ok(Engine::new(Arc::new(registry), options).with_secret_reader(secrets))
 }
 
 /// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources

@@ -12,6 +12,7 @@ use ktrigger_sources::WebhookListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
+use crate::egress::EgressArgs;
 use crate::engine_with;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
@@ -35,6 +36,9 @@ pub struct RunArgs {
     /// How to reach a cluster, for Kubernetes sources and destinations.
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Where sources and destinations may connect.
+    #[command(flatten)]
+    egress: EgressArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -56,7 +60,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect().await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
-    let mut engine = engine_with(webhooks.clone(), cluster.clone(), true, options);
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), true, options, args.egress.local())?;
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cel::{CelExpr, Vars};
+use crate::credentials::CredentialPolicy;
 use crate::delivery::{Delivery, DeliveryQueue, MemoryQueue, Target, panic_message, run_worker};
 use crate::event::{SharedEvent, TriggerId};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
@@ -37,11 +38,17 @@ pub struct EngineOptions {
     pub dry_run: bool,
     /// First and longest delay before a failed source is started again.
     pub source_backoff: (Duration, Duration),
+    /// Which of this process's files and variables `{file}` and `{env}` references may read.
+    pub credentials: CredentialPolicy,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dry_run: false, source_backoff: (Duration::from_secs(1), Duration::from_secs(60)) }
+        EngineOptions {
+            dry_run: false,
+            source_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            credentials: CredentialPolicy::default(),
+        }
     }
 }
 
@@ -162,7 +169,8 @@ impl Engine {
         let secrets = match &self.secrets {
             Some(reader) => ClusterSecrets::read(reader.as_ref(), namespace, spec).await,
             None => ClusterSecrets::default(),
-        };
+        }
+        .with_credentials(self.options.credentials.clone());
         let (prepared, skipped) =
             prepare_service(&self.registry, namespace, service, spec, self.options.dry_run, &secrets);
         let mut report = ApplyReport { secrets_unreadable: secrets.any_unreadable(), ..ApplyReport::default() };

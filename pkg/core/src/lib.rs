@@ -5,7 +5,9 @@
 
 pub mod cel;
 pub mod config;
+pub mod credentials;
 pub mod delivery;
+pub mod egress;
 pub mod engine;
 pub mod event;
 pub mod prepare;

@@ -75,16 +75,15 @@ impl fmt::Display for Secret {
 impl SecretRef {
     /// Reads the value of the property at `at` (e.g. `properties.tokenFrom`) now; a
     /// `secretKeyRef` is looked up in `secrets`, read when the trigger's TriggerService was
-    /// applied. An unreadable or empty secret is an error naming the property and where the value
+    /// applied, and `env` and `file` are read as `secrets`' credential policy allows. An unreadable or empty secret is an error naming the property and where the value
     /// was looked for, never what was found.
     pub fn resolve(&self, secrets: &ClusterSecrets, at: &str) -> Result<Secret, String> {
         let secret = match (&self.env, &self.file, &self.secret_key_ref) {
-            (Some(name), None, None) => {
-                std::env::var(name).map(Secret).map_err(|_| format!("environment variable {name} is not set"))
-            }
-            (None, Some(path), None) => std::fs::read_to_string(path)
-                .map(|text| Secret(text.trim_end_matches(['\n', '\r']).to_string()))
-                .map_err(|e| format!("cannot read secret file {path}: {e}")),
+            (Some(name), None, None) => secrets.credentials().read_env(name).map(Secret),
+            (None, Some(path), None) => secrets.credentials().read_file(path).and_then(|bytes| {
+                let text = String::from_utf8(bytes).map_err(|_| format!("secret file {path} is not UTF-8 text"))?;
+                Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()))
+            }),
             (None, None, Some(reference)) => secrets.get(reference),
             _ => Err("give exactly one of env, file or secretKeyRef".to_string()),
         };
@@ -99,6 +98,7 @@ impl SecretRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::CredentialPolicy;
     use serde_json::json;
 
     #[derive(Debug, Deserialize)]
@@ -128,6 +128,20 @@ mod tests {
         let secret = file_ref(&path).resolve(&ClusterSecrets::default(), "properties.tokenFrom").unwrap();
         assert_eq!(secret.expose(), "s3cret");
         assert_eq!(format!("{secret:?} {secret}"), "<redacted> <redacted>");
+    }
+
+    #[test]
+    fn the_credential_policy_of_the_secrets_decides_which_files_resolve() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "s3cret\n").unwrap();
+        let refusing = ClusterSecrets::default().with_credentials(CredentialPolicy::restricted(&[], &[]).unwrap());
+        let err = file_ref(&path).resolve(&refusing, "properties.headers.X-Token").unwrap_err();
+        assert!(err.starts_with("properties.headers.X-Token: file "), "{err}");
+        assert!(err.contains("--allow-credential-files") && !err.contains("s3cret"), "{err}");
+        let policy = CredentialPolicy::restricted(&[dir.path().to_path_buf()], &[]).unwrap();
+        let allowing = ClusterSecrets::default().with_credentials(policy);
+        assert_eq!(file_ref(&path).resolve(&allowing, "properties.headers.X-Token").unwrap().expose(), "s3cret");
     }
 
     #[test]

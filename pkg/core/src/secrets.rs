@@ -14,6 +14,7 @@ use async_trait::async_trait;
 use ktrigger_api::{Trigger, TriggerServiceSpec};
 use serde_json::Value;
 
+use crate::credentials::CredentialPolicy;
 use crate::properties::{Secret, SecretKeyRef};
 
 /// Reads one key of a Kubernetes Secret.
@@ -44,9 +45,10 @@ enum Lookup {
     Unchecked,
 }
 
-/// The Secret values a TriggerService's triggers may use. Never prints a value.
+/// The Secret values a TriggerService's triggers may use, and which of this process's files and
+/// variables they may read. Never prints a value.
 #[derive(Clone, Default)]
-pub struct ClusterSecrets(Lookup);
+pub struct ClusterSecrets(Lookup, CredentialPolicy);
 
 impl fmt::Debug for ClusterSecrets {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -62,7 +64,17 @@ impl fmt::Debug for ClusterSecrets {
 impl ClusterSecrets {
     /// For offline checks: every reference is accepted without being read.
     pub fn unchecked() -> Self {
-        ClusterSecrets(Lookup::Unchecked)
+        ClusterSecrets(Lookup::Unchecked, CredentialPolicy::default())
+    }
+
+    /// The same values, with `{env}` and `{file}` references read under `policy`.
+    pub fn with_credentials(self, policy: CredentialPolicy) -> Self {
+        ClusterSecrets(self.0, policy)
+    }
+
+    /// What `{env}` and `{file}` references may read.
+    pub fn credentials(&self) -> &CredentialPolicy {
+        &self.1
     }
 
     /// Reads every `secretKeyRef` in `spec`'s properties through `reader`, once each, as the
@@ -74,7 +86,7 @@ impl ClusterSecrets {
             let value = reader.read(namespace, account, &reference).await;
             values.insert(reference, value);
         }
-        ClusterSecrets(Lookup::Read(Arc::new(values)))
+        ClusterSecrets(Lookup::Read(Arc::new(values)), CredentialPolicy::default())
     }
 
     /// The value of `reference`, or why there is none.

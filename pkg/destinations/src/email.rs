@@ -6,6 +6,9 @@
 //! private CA. Every attempt of a delivery sends the same `Message-ID`, so receivers can tell a
 //! retry from a new message.
 //!
+//! The server's name is resolved through the egress policy at every delivery and the connection
+//! goes to an allowed address only; a server whose every address is refused fails permanently.
+//!
 //! SMTP outcomes: a 5xx reply is permanent, a 4xx reply transient; connection, TLS and timeout
 //! errors are transient; a server lacking STARTTLS or a usable AUTH mechanism is permanent.
 
@@ -13,6 +16,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ktrigger_core::egress::{EgressError, EgressPolicy};
 use ktrigger_core::properties::{SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
@@ -213,13 +217,20 @@ impl TryFrom<Value> for Addresses {
 }
 
 /// Builds `email` destinations.
-#[derive(Clone, Copy, Default)]
-pub struct EmailFactory;
+#[derive(Clone, Default)]
+pub struct EmailFactory {
+    egress: Arc<EgressPolicy>,
+}
 
 impl EmailFactory {
-    /// A factory.
+    /// A factory whose destinations connect where [`EgressPolicy::local`] allows.
     pub fn new() -> Self {
-        EmailFactory
+        EmailFactory::default()
+    }
+
+    /// A factory whose destinations connect only where `egress` allows.
+    pub fn with_egress(egress: Arc<EgressPolicy>) -> Self {
+        EmailFactory { egress }
     }
 }
 
@@ -230,7 +241,7 @@ impl DestinationFactory for EmailFactory {
 
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
         let props: EmailProperties = parse_properties(properties)?;
-        Ok(Arc::new(Email::new(props, &context.secrets)?))
+        Ok(Arc::new(Email::new(props, &context.secrets, self.egress.clone())?))
     }
 }
 
@@ -247,11 +258,14 @@ struct Email {
     html: Option<Template>,
     /// The password, only to scrub it from failure reasons.
     password: Option<String>,
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    credentials: Option<Credentials>,
+    /// TLS set up for `host`, whichever of its addresses the connection goes to.
+    tls_setup: Tls,
+    egress: Arc<EgressPolicy>,
 }
 
 impl Email {
-    fn new(props: EmailProperties, secrets: &ClusterSecrets) -> Result<Self, String> {
+    fn new(props: EmailProperties, secrets: &ClusterSecrets, egress: Arc<EgressPolicy>) -> Result<Self, String> {
         let host = props.host.trim().to_string();
         if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
             return Err(format!("properties.host: {:?} is not a host name or IP address", props.host));
@@ -301,7 +315,7 @@ impl Email {
                 http::install_crypto_provider();
                 let mut parameters = TlsParameters::builder(host.clone());
                 if let Some(path) = &props.ca_file {
-                    let pem = std::fs::read(path).map_err(|e| format!("properties.caFile: cannot read {path}: {e}"))?;
+                    let pem = secrets.credentials().read_file(path).map_err(|e| format!("properties.caFile: {e}"))?;
                     let certificate = Certificate::from_pem(&pem)
                         .map_err(|e| format!("properties.caFile: {path} holds no PEM certificate: {e}"))?;
                     parameters = parameters.add_root_certificate(certificate);
@@ -312,12 +326,8 @@ impl Email {
             }
         };
 
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host.clone()).port(port).tls(tls);
-        let mut password = None;
-        if let Some((user, secret)) = credentials {
-            password = Some(secret.clone());
-            builder = builder.credentials(Credentials::new(user, secret));
-        }
+        let password = credentials.as_ref().map(|(_, secret)| secret.clone());
+        let credentials = credentials.map(|(user, secret)| Credentials::new(user, secret));
 
         Ok(Email {
             host,
@@ -330,8 +340,29 @@ impl Email {
             body,
             html,
             password,
-            transport: builder.build(),
+            credentials,
+            tls_setup: tls,
+            egress,
         })
+    }
+
+    /// A transport to an address of the server that the egress policy allows, resolved now so
+    /// that a changed DNS record is checked too.
+    async fn transport(&self) -> Result<AsyncSmtpTransport<Tokio1Executor>, DeliveryError> {
+        let addresses = self.egress.resolve(&self.host, self.port).await.map_err(|error| match error {
+            EgressError::Refused(refused) => DeliveryError::permanent(format!("connection refused: {refused}")),
+            lookup => DeliveryError::transient(format!("SMTP: {lookup}")),
+        })?;
+        let Some(address) = addresses.first() else {
+            return Err(DeliveryError::transient(format!("SMTP: {} has no address", self.host)));
+        };
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.ip().to_string())
+            .port(self.port)
+            .tls(self.tls_setup.clone());
+        if let Some(credentials) = &self.credentials {
+            builder = builder.credentials(credentials.clone());
+        }
+        Ok(builder.build())
     }
 
     /// Subject, plain body and HTML body of the message for `request`.
@@ -399,7 +430,7 @@ impl Destination for Email {
 
     async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
         let message = self.message(request)?;
-        match self.transport.send(message).await {
+        match self.transport().await?.send(message).await {
             Ok(response) => {
                 let said = response.message().collect::<Vec<_>>().join(" ");
                 let detail = format!("SMTP {} {}", response.code(), http::snippet(&said));
@@ -459,6 +490,24 @@ mod tests {
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
         EmailFactory::new().build(&properties, &BuildContext::new(trigger))
+    }
+
+    #[tokio::test]
+    async fn a_server_the_egress_policy_refuses_is_a_permanent_failure() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let properties =
+            json!({"host": "localhost", "port": port, "tls": "none", "from": "a@example.com", "to": "b@example.com"});
+        let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
+        let factory = EmailFactory::with_egress(Arc::new(EgressPolicy::shared(&[])));
+        let email = factory.build(&properties, &BuildContext::new(trigger.clone())).unwrap();
+        let event = Event::new("cron", "fire", json!({}));
+        let request = DeliveryRequest { id: "d/1", trigger: &trigger, event: &event, attempt: 1 };
+        let error = email.deliver(&request).await.unwrap_err();
+        assert!(matches!(error, DeliveryError::Permanent { .. }), "{error:?}");
+        assert!(error.to_string().ends_with("is refused by the egress policy (loopback)"), "{error}");
+        let accepted = tokio::time::timeout(std::time::Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was made");
     }
 
     fn request_render(destination: &Arc<dyn Destination>, event: &Event) -> Value {

@@ -1,12 +1,14 @@
 //! The HTTP client of every HTTP destination, and how HTTP outcomes map to delivery outcomes.
 //!
 //! Responses: 2xx is a success; 408, 429 and 5xx are transient (with `Retry-After` honoured);
-//! any other status is permanent. Connection errors and timeouts are transient. Reasons carry the
-//! status and a short snippet of the response body, never request headers, URLs or credentials.
+//! any other status is permanent. Connection errors and timeouts are transient, except a
+//! connection the egress policy refuses, which is permanent. Reasons carry the status and a short
+//! snippet of the response body, never request headers, URLs or credentials.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
+use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
 use ktrigger_core::registry::{DeliveryError, Receipt};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -29,13 +31,17 @@ pub fn install_crypto_provider() {
 }
 
 /// A new HTTP client: rustls over ring, connect timeout [`CONNECT_TIMEOUT`], redirects not
-/// followed (they could carry secret headers elsewhere), and an overall `timeout` when given.
-/// Delivery timeouts are normally enforced by the engine, so destinations pass `None`.
-pub fn http_client(timeout: Option<Duration>) -> Result<reqwest::Client, String> {
+/// followed (they could carry secret headers elsewhere), connections only where `egress` allows
+/// (names resolved through it, and the peer of every connection checked), and an overall
+/// `timeout` when given. Delivery timeouts are normally enforced by the engine, so destinations
+/// pass `None`.
+pub fn http_client(timeout: Option<Duration>, egress: Arc<EgressPolicy>) -> Result<reqwest::Client, String> {
     install_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(EgressResolver(egress.clone()))
+        .connector_layer(EgressLayer(egress))
         .user_agent(concat!("ktrigger/", env!("CARGO_PKG_VERSION")));
     if let Some(timeout) = timeout {
         builder = builder.timeout(timeout);
@@ -51,10 +57,11 @@ pub fn client_or_shared(client: Option<&reqwest::Client>) -> Result<reqwest::Cli
     }
 }
 
-/// The client shared by all destinations of the process (one connection pool, one TLS setup).
+/// The client shared by destinations registered without an egress policy of their own: one
+/// connection pool, one TLS setup, the [`EgressPolicy::local`] policy of `ktrigger run`.
 pub fn shared_client() -> Result<reqwest::Client, String> {
     static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
-    CLIENT.get_or_init(|| http_client(None)).clone()
+    CLIENT.get_or_init(|| http_client(None, Arc::new(EgressPolicy::local()))).clone()
 }
 
 /// Sends `request` and classifies the outcome; the receipt says `HTTP <status>`.
@@ -111,8 +118,12 @@ pub fn is_transient_status(status: StatusCode) -> bool {
 }
 
 /// Classifies a failure to get a response: timeouts and connection errors are transient, a
-/// request that cannot be built is permanent. The reason never contains the URL.
+/// request that cannot be built or a connection the egress policy refuses is permanent. The
+/// reason never contains the URL.
 pub fn classify_error(error: &reqwest::Error) -> DeliveryError {
+    if let Some(refused) = find_refusal(error) {
+        return DeliveryError::permanent(format!("connection refused: {refused}"));
+    }
     let what = if error.is_timeout() {
         "request timed out"
     } else if error.is_connect() {
@@ -261,9 +272,31 @@ mod tests {
         assert_eq!(error.to_string(), "echo: token=<redacted>");
     }
 
+    #[tokio::test]
+    async fn refused_addresses_fail_permanently_whether_named_or_literal() {
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+
+        let shared = EgressPolicy::shared(&[]);
+        let refusing = http_client(None, Arc::new(shared.clone())).unwrap();
+        for url in [format!("http://127.0.0.1:{port}/"), format!("http://localhost:{port}/")] {
+            let error = send(refusing.get(&url)).await.unwrap_err();
+            assert!(matches!(error, DeliveryError::Permanent { .. }), "{url}: {error:?}");
+            assert!(error.to_string().contains("is refused by the egress policy (loopback)"), "{url}: {error}");
+            assert!(!error.to_string().contains(&port.to_string()), "no URL in the reason: {error}");
+        }
+
+        let allow = vec![ktrigger_core::egress::parse_cidr("127.0.0.1").unwrap()];
+        let allowing = http_client(None, Arc::new(shared.with_rules(allow, vec![]))).unwrap();
+        let receipt = send(allowing.get(format!("http://127.0.0.1:{port}/"))).await.unwrap();
+        assert_eq!(receipt.detail.as_deref(), Some("HTTP 200"));
+    }
+
     #[test]
     fn clients_build_with_ring_only() {
-        http_client(Some(Duration::from_secs(1))).unwrap();
+        http_client(Some(Duration::from_secs(1)), Arc::default()).unwrap();
         shared_client().unwrap();
         assert!(rustls::crypto::CryptoProvider::get_default().is_some());
     }

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::registry::Registry;
 
 pub mod dingtalk;
@@ -25,7 +26,7 @@ pub mod webhook;
 
 /// Adds every destination type of this crate to `registry`: `log`, `webhook`, `kagent`, `email`,
 /// `slack`, `teams`, `dingtalk` and `lark`, and the Kubernetes ones without a cluster (see
-/// [`register_kube`]).
+/// [`register_kube`]). Network destinations connect where [`EgressPolicy::local`] allows.
 pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(log::LogFactory::stdout()));
     registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
@@ -36,6 +37,20 @@ pub fn register(registry: &mut Registry) {
     registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
     registry.add_destination(Arc::new(lark::LarkFactory::new()));
     kube::register(registry, kube::KubeTarget::new(None));
+}
+
+/// Replaces the network destinations (`webhook`, `kagent`, `slack`, `teams`, `dingtalk`, `lark`
+/// and `email`) by ones that connect only where `egress` allows, the HTTP ones through one client.
+pub fn register_with_egress(registry: &mut Registry, egress: Arc<EgressPolicy>) -> Result<(), String> {
+    let client = http::http_client(None, egress.clone())?;
+    registry.add_destination(Arc::new(webhook::WebhookFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(kagent::KagentFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(slack::SlackFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(teams::TeamsFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(dingtalk::DingTalkFactory::with_client(client.clone())));
+    registry.add_destination(Arc::new(lark::LarkFactory::with_client(client)));
+    registry.add_destination(Arc::new(email::EmailFactory::with_egress(egress)));
+    Ok(())
 }
 
 /// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event` and `job`

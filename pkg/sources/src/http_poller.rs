@@ -5,6 +5,13 @@
 //! the source, so they survive a restart of `run` but not of the process. A poll that fails (HTTP
 //! error, timeout, a body that is not JSON, an `items` expression that fails) is logged and
 //! skipped: the recorded items stay as they were and the next poll compares against them.
+//!
+//! Bounded: a response is read up to `maxResponseBytes`, and its parsed JSON tree is charged
+//! against the same limit as it is built (a tree takes several times the bytes of its text), so
+//! neither can grow past it; at most `maxItems` items are kept. A poll over a limit, or to an
+//! address the egress policy refuses, is a source error (shown in the trigger's status) and the
+//! source is started again after a backoff. Redirects are not followed, so request headers
+//! (credentials included) only ever go to the configured URL's origin.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -12,6 +19,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ktrigger_core::cel::{CelExpr, Vars};
+use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
 use ktrigger_core::event::{Event, TriggerId};
 use ktrigger_core::properties::{SecretRef, parse_properties};
 use ktrigger_core::registry::{BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc};
@@ -23,10 +31,18 @@ use serde_json::Value;
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
+use crate::json_budget;
+
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Responses larger than this are refused (the poll is skipped).
+/// Default of `maxResponseBytes`.
+const DEFAULT_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Largest `maxResponseBytes` a trigger may ask for.
 const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+/// Default of `maxItems`.
+const DEFAULT_ITEMS: usize = 1000;
+/// Largest `maxItems` a trigger may ask for.
+const MAX_ITEMS: usize = 10_000;
 
 static DOC: TypeDoc = TypeDoc {
     name: "http-poller",
@@ -78,6 +94,19 @@ static DOC: TypeDoc = TypeDoc {
             description: "Which of create, update, delete fire; default [create, update]. `object` is the item \
                 (the last seen item for delete); updates also set `oldObject`.",
         },
+        PropertyDoc {
+            name: "maxResponseBytes",
+            required: false,
+            description: "Memory one response may take: the bytes read, and again its parsed JSON, each counted \
+                as it comes (a parsed document takes several times its text). Over it the poll is a source \
+                error. Default 4194304 (4 MiB), at most 16777216.",
+        },
+        PropertyDoc {
+            name: "maxItems",
+            required: false,
+            description: "Most items one response may hold (and the poller keeps); more is a source error. \
+                Default 1000, at most 10000.",
+        },
     ],
     example: "source:
   type: http-poller
@@ -114,11 +143,24 @@ struct Properties {
     fire_on_start: bool,
     #[serde(default)]
     events: Option<Vec<String>>,
+    #[serde(default)]
+    max_response_bytes: Option<usize>,
+    #[serde(default)]
+    max_items: Option<usize>,
 }
 
 /// Builds `http-poller` sources.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct HttpPollerFactory;
+#[derive(Debug, Clone, Default)]
+pub struct HttpPollerFactory {
+    egress: Arc<EgressPolicy>,
+}
+
+impl HttpPollerFactory {
+    /// A factory whose pollers connect only where `egress` allows.
+    pub fn with_egress(egress: Arc<EgressPolicy>) -> Self {
+        HttpPollerFactory { egress }
+    }
+}
 
 impl SourceFactory for HttpPollerFactory {
     fn doc(&self) -> &'static TypeDoc {
@@ -126,13 +168,13 @@ impl SourceFactory for HttpPollerFactory {
     }
 
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
-        Ok(Arc::new(HttpPoller::new(properties, context)?))
+        Ok(Arc::new(HttpPoller::new(properties, context, self.egress.clone())?))
     }
 }
 
 impl HttpPoller {
     /// Checks the properties, reads the secrets and builds the HTTP client.
-    fn new(properties: &Value, context: &BuildContext) -> Result<HttpPoller, String> {
+    fn new(properties: &Value, context: &BuildContext, egress: Arc<EgressPolicy>) -> Result<HttpPoller, String> {
         let props: Properties = parse_properties(properties)?;
         let url = Url::parse(&props.url).map_err(|e| format!("properties.url: invalid URL: {e}"))?;
         if !matches!(url.scheme(), "http" | "https") {
@@ -148,11 +190,17 @@ impl HttpPoller {
         let items = compile(props.items.as_deref(), "response", "items")?;
         let key = compile(props.key.as_deref(), "item", "key")?;
         let kinds = event_kinds(props.events.as_deref())?;
+        let max_bytes =
+            limit(props.max_response_bytes, DEFAULT_RESPONSE_BYTES, MAX_RESPONSE_BYTES, "maxResponseBytes")?;
+        let max_items = limit(props.max_items, DEFAULT_ITEMS, MAX_ITEMS, "maxItems")?;
         // Secrets are read last, so that every other mistake is reported without needing them.
         let headers = headers(&props.headers, props.body.is_some(), &context.secrets)?;
         crate::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(EgressResolver(egress.clone()))
+            .connector_layer(EgressLayer(egress))
             .build()
             .map_err(|e| format!("properties: cannot build the HTTP client: {e}"))?;
         let target = format!("{}{}", url.origin().ascii_serialization(), url.path());
@@ -169,8 +217,18 @@ impl HttpPoller {
             key,
             fire_on_start: props.fire_on_start,
             kinds,
+            max_bytes,
+            max_items,
             seen: Mutex::new(None),
         })
+    }
+}
+
+fn limit(value: Option<usize>, default: usize, most: usize, property: &str) -> Result<usize, String> {
+    match value {
+        None => Ok(default),
+        Some(value) if (1..=most).contains(&value) => Ok(value),
+        Some(_) => Err(format!("properties.{property}: must be between 1 and {most}")),
     }
 }
 
@@ -279,6 +337,16 @@ struct Change {
 enum Flow {
     Continue,
     Stopped,
+    /// Over a limit or refused by the egress policy: polling again the same way cannot help soon.
+    Failed(String),
+}
+
+/// Why a poll did not produce items.
+enum PollError {
+    /// Logged; the next poll may do better.
+    Skipped(String),
+    /// Reported as a source error.
+    Failed(String),
 }
 
 /// A configured poller and the items it saw last.
@@ -296,6 +364,10 @@ struct HttpPoller {
     key: Option<CelExpr>,
     fire_on_start: bool,
     kinds: HashSet<Kind>,
+    /// Memory one response may take, as bytes read and as parsed JSON.
+    max_bytes: usize,
+    /// Most items of one response.
+    max_items: usize,
     /// Items of the last successful poll by key; `None` before the first one.
     seen: Mutex<Option<BTreeMap<String, Value>>>,
 }
@@ -316,8 +388,10 @@ impl Source for HttpPoller {
                 () = cancel.cancelled() => return Ok(()),
                 flow = self.poll(&sink) => flow,
             };
-            if flow == Flow::Stopped {
-                return Ok(());
+            match flow {
+                Flow::Continue => {}
+                Flow::Stopped => return Ok(()),
+                Flow::Failed(reason) => return Err(SourceError(reason)),
             }
         }
     }
@@ -326,19 +400,13 @@ impl Source for HttpPoller {
 impl HttpPoller {
     /// One poll: fetch, extract the items, fire for the differences.
     async fn poll(&self, sink: &EventSink) -> Flow {
-        let response = match self.fetch().await {
-            Ok(response) => response,
-            Err(reason) => {
-                tracing::warn!(trigger = %self.trigger, url = %self.target, "poll skipped: {reason}");
-                return Flow::Continue;
-            }
-        };
-        let items = match self.extract(&response) {
+        let items = match self.fetch().await.and_then(|response| self.extract(&response)) {
             Ok(items) => items,
-            Err(reason) => {
+            Err(PollError::Skipped(reason)) => {
                 tracing::warn!(trigger = %self.trigger, url = %self.target, "poll skipped: {reason}");
                 return Flow::Continue;
             }
+            Err(PollError::Failed(reason)) => return Flow::Failed(reason),
         };
         for change in self.changes(items) {
             if self.kinds.contains(&change.kind) {
@@ -353,36 +421,67 @@ impl HttpPoller {
         Flow::Continue
     }
 
-    async fn fetch(&self) -> Result<Value, String> {
+    async fn fetch(&self) -> Result<Value, PollError> {
         let mut request = self.client.request(self.method.clone(), self.url.clone()).headers(self.headers.clone());
         if let Some(body) = &self.body {
             request = request.body(body.clone());
         }
-        let mut response = request.send().await.map_err(|e| e.without_url().to_string())?;
+        let mut response = request.send().await.map_err(request_error)?;
         let status = response.status();
+        if status.is_redirection() {
+            return Err(PollError::Skipped(format!("HTTP status {status} (redirects are not followed)")));
+        }
         if !status.is_success() {
-            return Err(format!("HTTP status {status}"));
+            return Err(PollError::Skipped(format!("HTTP status {status}")));
+        }
+        let too_large = || {
+            PollError::Failed(format!(
+                "the response is larger than maxResponseBytes ({} bytes); raise properties.maxResponseBytes \
+                 (at most {MAX_RESPONSE_BYTES}) or ask for less",
+                self.max_bytes
+            ))
+        };
+        if response.content_length().is_some_and(|length| length > self.max_bytes as u64) {
+            return Err(too_large());
         }
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.without_url().to_string())? {
-            if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
-                return Err(format!("response larger than {MAX_RESPONSE_BYTES} bytes"));
+        while let Some(chunk) = response.chunk().await.map_err(request_error)? {
+            if body.len().saturating_add(chunk.len()) > self.max_bytes {
+                return Err(too_large());
             }
             body.extend_from_slice(&chunk);
         }
-        serde_json::from_slice(&body).map_err(|e| format!("response is not JSON: {e}"))
+        match json_budget::parse(&body, self.max_bytes) {
+            Ok(value) => Ok(value),
+            Err(json_budget::ParseError::OverBudget) => Err(PollError::Failed(format!(
+                "the parsed response takes more than maxResponseBytes ({} bytes) in memory; raise \
+                 properties.maxResponseBytes (at most {MAX_RESPONSE_BYTES}) or ask for less",
+                self.max_bytes
+            ))),
+            Err(json_budget::ParseError::Invalid(e)) => Err(PollError::Skipped(format!("response is not JSON: {e}"))),
+        }
     }
 
     /// The items of a response with their keys, in response order, first of each key only.
-    fn extract(&self, response: &Value) -> Result<Vec<(String, Value)>, String> {
+    fn extract(&self, response: &Value) -> Result<Vec<(String, Value)>, PollError> {
         let list = match &self.items {
             None => vec![response.clone()],
             Some(expr) => match expr.eval_json(&Vars::from_json(&[("response", response)])) {
                 Ok(Value::Array(list)) => list,
-                Ok(other) => return Err(format!("items must return a list, got {}", kind_of(&other))),
-                Err(e) => return Err(format!("items: {e}")),
+                Ok(other) => {
+                    return Err(PollError::Skipped(format!("items must return a list, got {}", kind_of(&other))));
+                }
+                Err(e) => return Err(PollError::Skipped(format!("items: {e}"))),
             },
         };
+        if list.len() > self.max_items {
+            return Err(PollError::Failed(format!(
+                "the response has {} items, more than maxItems ({}); raise properties.maxItems (at most \
+                 {MAX_ITEMS}) or select fewer with properties.items",
+                list.len(),
+                self.max_items
+            )));
+        }
         let mut keys = HashSet::new();
         let mut items = Vec::with_capacity(list.len());
         for (index, item) in list.into_iter().enumerate() {
@@ -453,6 +552,15 @@ impl HttpPoller {
     }
 }
 
+/// Why a request got no response: a refusal of the egress policy is a source error, anything else
+/// skips the poll. Never names the URL.
+fn request_error(error: reqwest::Error) -> PollError {
+    match find_refusal(&error) {
+        Some(refused) => PollError::Failed(format!("connection refused: {refused}")),
+        None => PollError::Skipped(error.without_url().to_string()),
+    }
+}
+
 fn kind_of(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
@@ -467,6 +575,7 @@ fn kind_of(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     use axum::Router;
     use axum::extract::State;
@@ -519,7 +628,7 @@ mod tests {
 
     fn poller(properties: Value) -> Result<HttpPoller, String> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        HttpPoller::new(&properties, &context())
+        HttpPoller::new(&properties, &context(), Arc::default())
     }
 
     /// Polls once and returns every event fired.
@@ -641,6 +750,138 @@ mod tests {
         assert_eq!(headers["accept"], "application/json");
     }
 
+    /// Serves every connection one response of `total` bytes of `[0,0,…` (not closed, so not
+    /// JSON), written in 64 KiB pieces as the client reads, with a Content-Length when asked.
+    /// Counts the bytes written.
+    async fn serve_large(total: usize, content_length: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let written = Arc::new(AtomicUsize::new(0));
+        let counter = written.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let mut request = vec![0; 4096];
+                    let _ = socket.read(&mut request).await;
+                    let length = if content_length { format!("Content-Length: {total}\r\n") } else { String::new() };
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{length}Connection: close\r\n\r\n"
+                    );
+                    if socket.write_all(head.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    let piece = format!("[{}", "0,".repeat(32 * 1024 - 1));
+                    while counter.load(Ordering::SeqCst) < total {
+                        if socket.write_all(piece.as_bytes()).await.is_err() {
+                            return;
+                        }
+                        counter.fetch_add(piece.len(), Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        (addr, written)
+    }
+
+    async fn outcome(poller: &HttpPoller) -> Flow {
+        let (sink, _events) = EventSink::channel(64);
+        poller.poll(&sink).await
+    }
+
+    fn failure(flow: Flow) -> String {
+        match flow {
+            Flow::Failed(reason) => reason,
+            other => panic!("expected a source error, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_response_over_max_response_bytes_is_a_source_error_and_is_not_read_to_the_end() {
+        let total = 64 * 1024 * 1024;
+        let (addr, written) = serve_large(total, false).await;
+        let poller = poller(json!({"url": format!("http://{addr}/"), "maxResponseBytes": 1048576})).unwrap();
+        let reason = failure(outcome(&poller).await);
+        assert!(reason.starts_with("the response is larger than maxResponseBytes (1048576 bytes)"), "{reason}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let sent = written.load(Ordering::SeqCst);
+        assert!(sent < total / 2, "the poller stopped reading: the server wrote {sent} of {total} bytes");
+    }
+
+    #[tokio::test]
+    async fn a_content_length_over_max_response_bytes_is_refused_before_reading() {
+        let (addr, _) = serve_large(2 * 1024 * 1024, true).await;
+        let poller = poller(json!({"url": format!("http://{addr}/"), "maxResponseBytes": 1048576})).unwrap();
+        assert!(failure(outcome(&poller).await).contains("larger than maxResponseBytes"));
+    }
+
+    #[tokio::test]
+    async fn the_parsed_size_of_a_response_counts_against_max_response_bytes() {
+        let served = Served::default();
+        let small = format!("[{}0]", "0,".repeat(100_000));
+        served.set(200, small.clone());
+        let addr = serve(served.clone()).await;
+        let url = format!("http://{addr}/items");
+        let tight = poller(json!({"url": url, "items": "response", "maxResponseBytes": 10 * small.len()})).unwrap();
+        let reason = failure(outcome(&tight).await);
+        assert!(reason.starts_with("the parsed response takes more than maxResponseBytes"), "{reason}");
+        let roomy =
+            poller(json!({"url": url, "items": "response", "maxResponseBytes": 20 * small.len(), "maxItems": 10000}))
+                .unwrap();
+        assert!(failure(outcome(&roomy).await).contains("more than maxItems (10000)"));
+    }
+
+    #[tokio::test]
+    async fn more_items_than_max_items_is_a_source_error_and_keeps_nothing() {
+        let served = Served::default();
+        served.json(json!([1, 2, 3, 4]));
+        let addr = serve(served.clone()).await;
+        let poller =
+            poller(json!({"url": format!("http://{addr}/items"), "items": "response", "maxItems": 3})).unwrap();
+        let reason = failure(outcome(&poller).await);
+        assert!(reason.starts_with("the response has 4 items, more than maxItems (3)"), "{reason}");
+        assert!(poller.seen.lock().unwrap().is_none());
+        served.json(json!([1, 2, 3]));
+        assert_eq!(outcome(&poller).await, Flow::Continue);
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed_so_headers_stay_with_the_origin() {
+        let elsewhere = Served::default();
+        elsewhere.json(json!({}));
+        let other = serve(elsewhere.clone()).await;
+        let redirect = Router::new().route(
+            "/items",
+            any(move || async move {
+                (StatusCode::FOUND, [("location", format!("http://{other}/items"))], "").into_response()
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, redirect).await });
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("key"), "s3cret").unwrap();
+        let key = dir.path().join("key").display().to_string();
+        let poller =
+            poller(json!({"url": format!("http://{addr}/items"), "headers": {"X-Api-Key": {"file": key}}})).unwrap();
+        assert_eq!(outcome(&poller).await, Flow::Continue, "a redirect skips the poll");
+        assert!(elsewhere.requests.lock().unwrap().is_empty(), "nothing reached the other origin");
+    }
+
+    #[tokio::test]
+    async fn a_refused_address_is_a_source_error_naming_the_rule() {
+        let served = Served::default();
+        served.json(json!({}));
+        let addr = serve(served.clone()).await;
+        let properties = json!({"url": format!("http://localhost:{}/items", addr.port())});
+        let refusing = HttpPoller::new(&properties, &context(), Arc::new(EgressPolicy::shared(&[]))).unwrap();
+        let reason = failure(outcome(&refusing).await);
+        assert!(reason.starts_with("connection refused: "), "{reason}");
+        assert!(reason.ends_with("is refused by the egress policy (loopback)"), "{reason}");
+        assert!(served.requests.lock().unwrap().is_empty());
+    }
+
     // Real time: with tokio's paused clock, a request waiting on the socket could see its timeout
     // fire early, because paused time jumps ahead whenever the runtime is idle.
     #[tokio::test]
@@ -695,7 +936,7 @@ mod tests {
     #[test]
     fn load_errors_name_the_property_and_hide_secrets() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let err = |properties: Value| HttpPollerFactory.build(&properties, &context()).err().unwrap();
+        let err = |properties: Value| HttpPollerFactory::default().build(&properties, &context()).err().unwrap();
         assert!(err(json!({})).contains("missing field `url`"));
         assert!(err(json!({"url": "not a url"})).starts_with("properties.url: invalid URL"));
         assert!(err(json!({"url": "ftp://x/"})).starts_with("properties.url: scheme"));
@@ -720,5 +961,10 @@ mod tests {
         assert!(e.starts_with("properties.headers.X-Token:") && e.contains("vault"), "{e}");
         assert!(err(json!({"url": url, "headers": {"X-Count": 5}})).starts_with("properties.headers.X-Count: must be"));
         assert!(err(json!({"url": url, "intervall": "5s"})).contains("intervall"));
+        for (property, value) in [("maxResponseBytes", 0), ("maxResponseBytes", 16 * 1024 * 1024 + 1), ("maxItems", 0)]
+        {
+            let e = err(json!({"url": url, property: value}));
+            assert!(e.starts_with(&format!("properties.{property}: must be between 1 and")), "{e}");
+        }
     }
 }

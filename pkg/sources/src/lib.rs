@@ -7,10 +7,12 @@
 
 use std::sync::Arc;
 
+use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::registry::{Registry, SourceFactory};
 
 pub mod cron;
 pub mod http_poller;
+mod json_budget;
 pub mod listener;
 pub mod webhook;
 
@@ -43,12 +45,18 @@ pub enum SourcesError {
 pub fn register(registry: &mut Registry, webhooks: Arc<WebhookListener>) {
     let factories: [Arc<dyn SourceFactory>; 3] = [
         Arc::new(cron::CronFactory),
-        Arc::new(http_poller::HttpPollerFactory),
+        Arc::new(http_poller::HttpPollerFactory::default()),
         Arc::new(webhook::WebhookFactory::new(webhooks)),
     ];
     for factory in factories {
         registry.add_source(factory);
     }
+}
+
+/// Replaces the `http-poller` source type by one whose pollers connect only where `egress` allows
+/// ([`register`] uses [`EgressPolicy::local`]).
+pub fn register_http_poller(registry: &mut Registry, egress: Arc<EgressPolicy>) {
+    registry.add_source(Arc::new(http_poller::HttpPollerFactory::with_egress(egress)));
 }
 
 /// Makes sure rustls has a process-wide crypto provider (ring) before an HTTP client is built.

@@ -353,7 +353,7 @@ async fn connection_refused_is_transient() {
 #[tokio::test]
 async fn a_server_that_never_answers_is_cut_by_the_client_timeout() {
     let receiver = Receiver::start().await;
-    let client = http::http_client(Some(Duration::from_millis(300))).unwrap();
+    let client = http::http_client(Some(Duration::from_millis(300)), Default::default()).unwrap();
     let destination =
         WebhookFactory::with_client(client).build(&json!({"url": receiver.url("/hang")}), &context()).unwrap();
     let started = std::time::Instant::now();
@@ -399,7 +399,7 @@ fn invalid_properties_are_refused_with_the_property_named() {
         (json!({"url": "http://h/", "signature": {}}), "properties.signature: missing field `secretFrom`"),
         (
             json!({"url": "http://h/", "signature": {"secretFrom": {"file": "/nonexistent/ktrigger-key"}}}),
-            "properties.signature.secretFrom: cannot read secret file /nonexistent/ktrigger-key",
+            "properties.signature.secretFrom: cannot read /nonexistent/ktrigger-key",
         ),
     ];
     for (properties, expected) in cases {
