@@ -13,13 +13,14 @@ use clap::Args;
 use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::engine::EngineOptions;
-use ktrigger_sources::WebhookListener;
+use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
 use crate::engine_with;
 use crate::run::{parse_duration, wait_for_signal};
+use crate::webhooks::WebhookLimits;
 
 /// Options of `ktrigger controller`.
 #[derive(Debug, Args)]
@@ -30,9 +31,13 @@ pub struct ControllerArgs {
     /// Namespaces whose TriggerServices are reconciled (comma-separated); all when omitted.
     #[arg(long, alias = "namespace", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
-    /// Address of the shared listener for `webhook` sources.
+    /// Address of the shared listener for `webhook` sources; each TriggerService's paths are
+    /// under `/<namespace>/<name>`.
     #[arg(long, default_value = "0.0.0.0:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
     webhook_addr: SocketAddr,
+    /// Limits of the webhook listener.
+    #[command(flatten)]
+    webhook_limits: WebhookLimits,
     /// Address serving `/metrics` (Prometheus text format).
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -46,7 +51,8 @@ pub struct ControllerArgs {
     /// restarts the triggers using it; 0s: only when a TriggerService changes.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     secret_refresh: Duration,
-    /// How long deliveries already queued may take to finish after a stop signal.
+    /// How long deliveries already queued, and requests in flight, may take to finish after a
+    /// stop signal; connections still open then are closed.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
     /// Let TriggerServices without `serviceAccountName` act (patch, create) outside their own
@@ -102,14 +108,15 @@ fn ready(readiness: &Readiness, cluster: &ktrigger_kube::Cluster) -> (StatusCode
     (StatusCode::OK, "ready".into())
 }
 
-/// Serves `router` on `listener` until `stop` fires.
+/// Serves `router` on `listener` until `stop` fires; connections still open `grace` later are closed.
 fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: &CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let server = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
-    tokio::spawn(async move { server.await })
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let limits = ServerLimits { shutdown_grace: grace, ..ServerLimits::default() };
+    tokio::spawn(ktrigger_sources::server::serve(listener, router, limits, stop.clone()))
 }
 
 async fn export(
@@ -161,7 +168,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     };
     let stop = CancellationToken::new();
-    let webhooks = WebhookListener::bind(args.webhook_addr).await?;
+    let options = args.webhook_limits.options(PathScope::PerTriggerService, args.shutdown_grace);
+    let webhooks = WebhookListener::bind_with(args.webhook_addr, options).await?;
     let listener = webhooks.spawn(stop.clone());
     let readiness = Readiness::default();
     let health = tokio::net::TcpListener::bind(args.health_addr).await?;
@@ -172,7 +180,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             move || async move { ready(&readiness, &cluster) }
         }),
     );
-    let health_server = serve(health, probes, &stop);
+    let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let engine =
         engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, EngineOptions::default());
     let hub = cluster.clone();
@@ -182,8 +190,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     });
     let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
-    let metrics_server =
-        serve(metrics_listener, Router::new().route("/metrics", get(move || export(metrics.clone()))), &stop);
+    let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
+    let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);
     eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
     eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
     eprintln!("health probes on http://{}", args.health_addr);
@@ -220,11 +228,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     cancel.cancel();
-    let report = reconciler.await?;
+    // Listeners take no new connection from now on and close what is left when the grace ends.
     stop.cancel();
-    let _ = listener.await;
-    let _ = health_server.await;
-    let _ = metrics_server.await;
+    let (report, _, _, _) = tokio::join!(reconciler, listener, health_server, metrics_server);
+    let report = report?;
     if let Some(Leadership { leading, renewer }) = leadership {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);

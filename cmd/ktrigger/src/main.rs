@@ -4,6 +4,7 @@ mod cluster;
 mod controller;
 mod inspect;
 mod run;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

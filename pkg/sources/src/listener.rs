@@ -51,6 +51,8 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
 /// Time to receive a whole request body by default.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest header, idle or body timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a request waits for a busy trigger to take its event before the answer is 503.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -219,6 +221,22 @@ impl WebhookListener {
 
     /// Binds `addr` with `options`.
     pub async fn bind_with(addr: SocketAddr, options: ListenerOptions) -> Result<Arc<Self>, SourcesError> {
+        let timeouts = [
+            ("header timeout", options.server.header_timeout),
+            ("idle timeout", options.server.idle_timeout),
+            ("body timeout", options.body_timeout),
+        ];
+        for (name, timeout) in timeouts {
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(SourcesError::Limits(format!(
+                    "the {name} must be more than 0s and at most {}s",
+                    MAX_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        if options.server.max_connections == 0 {
+            return Err(SourcesError::Limits("at least one connection must be allowed".into()));
+        }
         if options.max_buffered_bytes < options.max_body_bytes {
             return Err(SourcesError::Limits(format!(
                 "the bytes buffered for all requests ({}) must be at least the largest body ({})",
@@ -392,8 +410,9 @@ impl WebhookListener {
         if declared.is_some_and(|length| length > max as u64) {
             return Err(too_large());
         }
-        let deadline = Instant::now() + self.options.body_timeout;
         let mut body = body;
+        let started = Instant::now();
+        let deadline = started.checked_add(self.options.body_timeout).unwrap_or(started + DEFAULT_BODY_TIMEOUT);
         let mut collected: Vec<u8> = Vec::new();
         let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
@@ -740,6 +759,41 @@ mod tests {
         let detached = WebhookListener::detached();
         assert_eq!(detached.local_addr(), None);
         assert!(matches!(detached.serve(CancellationToken::new()).await, Err(SourcesError::NotBound)));
+    }
+
+    #[tokio::test]
+    async fn contradictory_or_unbounded_limits_are_refused_at_bind() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bind = |options: ListenerOptions| WebhookListener::bind_with(addr, options);
+        let huge = Duration::from_secs(u64::MAX);
+        let server = |f: fn(&mut ServerLimits)| {
+            let mut options = ListenerOptions::default();
+            f(&mut options.server);
+            options
+        };
+        let err = bind(server(|s| s.header_timeout = Duration::from_secs(u64::MAX))).await.unwrap_err();
+        assert!(err.to_string().contains("header timeout"), "{err}");
+        let err = bind(server(|s| s.idle_timeout = Duration::ZERO)).await.unwrap_err();
+        assert!(err.to_string().contains("idle timeout"), "{err}");
+        let err = bind(ListenerOptions { body_timeout: huge, ..Default::default() }).await.unwrap_err();
+        assert!(err.to_string().contains("body timeout"), "{err}");
+        let err = bind(server(|s| s.max_connections = 0)).await.unwrap_err();
+        assert!(err.to_string().contains("connection"), "{err}");
+        let options = ListenerOptions { max_body_bytes: 2048, max_buffered_bytes: 1024, ..Default::default() };
+        assert!(bind(options).await.unwrap_err().to_string().contains("largest body"));
+    }
+
+    #[tokio::test]
+    async fn paths_per_trigger_service_are_under_namespace_and_service() {
+        let id = TriggerId { namespace: "apps".into(), service: "deploys".into(), trigger: "push".into() };
+        let options = ListenerOptions { scope: PathScope::PerTriggerService, ..Default::default() };
+        let scoped = WebhookListener::bind_with("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+        assert_eq!(scoped.route_path(&id, None), "/apps/deploys/push");
+        assert_eq!(scoped.route_path(&id, Some("/hooks/github")), "/apps/deploys/hooks/github");
+        assert_eq!(scoped.route_path(&id, Some("/")), "/apps/deploys");
+        let global = WebhookListener::detached();
+        assert_eq!(global.route_path(&id, None), "/webhooks/apps/deploys/push");
+        assert_eq!(global.route_path(&id, Some("/hooks/github")), "/hooks/github");
     }
 
     #[test]

@@ -188,8 +188,9 @@ impl Activity {
             let idle_since = state.borrow_and_update().idle_since;
             match idle_since {
                 Some(since) => {
+                    let Some(deadline) = since.checked_add(limit) else { return std::future::pending().await };
                     tokio::select! {
-                        _ = tokio::time::sleep_until(since + limit) => return,
+                        _ = tokio::time::sleep_until(deadline) => return,
                         _ = state.changed() => {}
                     }
                 }
