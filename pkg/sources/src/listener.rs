@@ -149,6 +149,9 @@ struct Member {
     sink: Option<EventSink>,
 }
 
+/// A trigger receiving a route's requests, as the request handler sees it.
+type Receiver = (TriggerId, CloudEventObject, EventSink);
+
 /// A trigger's hold on its path from load until dropped; [`Claim::receive`] hands it requests.
 pub(crate) struct Claim {
     listener: Arc<WebhookListener>,
@@ -382,7 +385,7 @@ impl WebhookListener {
     }
 
     /// The gates of `path` with the triggers receiving behind each.
-    fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<(TriggerId, CloudEventObject, EventSink)>)> {
+    fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<Receiver>)> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         list.iter()
