@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use support::cluster::{Env, NamespaceGuard, WAIT};
-use support::{Running, post, write_config};
+use support::{Running, get, post, write_config};
 
 fn sign(key: &str, body: &str) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
@@ -154,6 +154,10 @@ fn each_trigger_service_receives_only_its_own_prefix_and_its_own_auth() {
         !fired(&running, &format!("{}/deploys/open", env.namespace)).iter().any(|_| true),
         "the conflicting trigger never fires"
     );
+    let (code, metrics) = get(&running.url_after("metrics on "));
+    assert_eq!(code, 200);
+    assert!(metrics.contains("ktrigger_webhook_rejected_total{reason=\"duplicate\"} 1\n"), "{metrics}");
+    assert!(metrics.contains("ktrigger_webhook_rejected_total{reason=\"unauthorized\"} 1\n"), "{metrics}");
     assert_eq!(running.stop(), Some(0));
 }
 

@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ClusterArgs;
 use crate::engine_with;
 use crate::run::{parse_duration, wait_for_signal};
-use crate::webhooks::WebhookLimits;
+use crate::webhooks::{WebhookCollector, WebhookLimits};
 
 /// Options of `ktrigger controller`.
 #[derive(Debug, Args)]
@@ -116,7 +116,7 @@ fn serve(
     grace: Duration,
 ) -> tokio::task::JoinHandle<()> {
     let limits = ServerLimits { shutdown_grace: grace, ..ServerLimits::default() };
-    tokio::spawn(ktrigger_sources::server::serve(listener, router, limits, stop.clone()))
+    tokio::spawn(ktrigger_sources::server::serve(listener, router, limits, Arc::default(), stop.clone()))
 }
 
 async fn export(
@@ -188,7 +188,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let hub = hub.hub();
         WatchStats { open: hub.open_watches(), opened: hub.watches_opened(), restarts: hub.watch_restarts() }
     });
-    let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));
+    let mut metrics = EngineCollector::registry(engine.observer(), Some(watch_counts));
+    metrics.register_collector(Box::new(WebhookCollector(webhooks.clone())));
+    let metrics = Arc::new(metrics);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
     let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);

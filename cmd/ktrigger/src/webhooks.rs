@@ -1,12 +1,19 @@
 //! The limits of the shared webhook listener, as flags of `run` and `controller`.
 
+use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use ktrigger_sources::WebhookListener;
 use ktrigger_sources::listener::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_BUFFERED_BYTES, ListenerOptions, MAX_TIMEOUT, PathScope,
 };
 use ktrigger_sources::server::ServerLimits;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
 
 /// Bounds of the webhook listener that no client can outlast.
 #[derive(Debug, Args)]
@@ -58,4 +65,40 @@ fn parse_timeout(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?} is longer than {}s", MAX_TIMEOUT.as_secs()));
     }
     Ok(duration)
+}
+
+/// `/metrics` families of the webhook listener, read from it at scrape time.
+#[derive(Debug)]
+pub struct WebhookCollector(pub Arc<WebhookListener>);
+
+impl Collector for WebhookCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let stats = self.0.stats();
+        let open = ConstGauge::new(i64::try_from(stats.open_connections).unwrap_or(i64::MAX));
+        open.encode(encoder.encode_descriptor(
+            "ktrigger_webhook_connections",
+            "Webhook connections being served now",
+            None,
+            open.metric_type(),
+        )?)?;
+        let rejected = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_webhook_rejected",
+            "Webhook connections cut and requests answered without firing, by reason",
+            None,
+            rejected.metric_type(),
+        )?;
+        let reasons = [
+            ("header_timeout", stats.header_timeouts),
+            ("body_timeout", stats.body_timeouts),
+            ("body_too_large", stats.too_large),
+            ("body_memory", stats.over_budget),
+            ("unauthorized", stats.unauthorized),
+            ("duplicate", stats.duplicates),
+        ];
+        for (reason, value) in reasons {
+            ConstCounter::new(value).encode(family.encode_family(&[("reason", reason)])?)?;
+        }
+        Ok(())
+    }
 }

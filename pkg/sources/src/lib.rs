@@ -16,8 +16,8 @@ mod replay;
 pub mod server;
 pub mod webhook;
 
-pub use listener::{ListenerOptions, PathScope, WebhookListener};
-pub use server::ServerLimits;
+pub use listener::{ListenerOptions, ListenerStats, PathScope, WebhookListener};
+pub use server::{ServerCounters, ServerLimits};
 
 /// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
 #[derive(Debug, thiserror::Error)]

@@ -42,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::SourcesError;
 use crate::replay::SeenIds;
-use crate::server::ServerLimits;
+use crate::server::{ServerCounters, ServerLimits};
 use crate::webhook::{Auth, DeliveryId};
 
 /// Largest request body accepted by default (1 MiB); larger bodies get 413.
@@ -93,10 +93,44 @@ impl Default for ListenerOptions {
     }
 }
 
+/// Requests and connections the listener refused or cut since start, and connections open now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Connections being served now.
+    pub open_connections: usize,
+    /// Connections closed because a request's headers did not arrive in time.
+    pub header_timeouts: u64,
+    /// Requests answered 408: the body did not arrive in time.
+    pub body_timeouts: u64,
+    /// Requests answered 413: the body was over the size limit.
+    pub too_large: u64,
+    /// Requests answered 503 because the listener held too many bodies at once.
+    pub over_budget: u64,
+    /// Requests answered 401.
+    pub unauthorized: u64,
+    /// Requests answered 200 as a delivery already accepted.
+    pub duplicates: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    server: Arc<ServerCounters>,
+    body_timeouts: AtomicU64,
+    too_large: AtomicU64,
+    over_budget: AtomicU64,
+    unauthorized: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
 /// The shared inbound HTTP server of all `webhook` sources.
 pub struct WebhookListener {
     local_addr: Option<SocketAddr>,
     options: ListenerOptions,
+    counters: Counters,
     socket: Mutex<Option<TcpListener>>,
     routes: RwLock<HashMap<String, Vec<Route>>>,
     buffered: Arc<Semaphore>,
@@ -266,6 +300,7 @@ impl WebhookListener {
             routes: RwLock::new(HashMap::new()),
             buffered,
             next_id: AtomicU64::new(1),
+            counters: Counters::default(),
         })
     }
 
@@ -277,6 +312,21 @@ impl WebhookListener {
     /// Where paths live.
     pub fn scope(&self) -> PathScope {
         self.options.scope
+    }
+
+    /// What the listener refused or cut since start, and the connections open now.
+    pub fn stats(&self) -> ListenerStats {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ListenerStats {
+            open_connections: c.server.open(),
+            header_timeouts: c.server.header_timeouts(),
+            body_timeouts: read(&c.body_timeouts),
+            too_large: read(&c.too_large),
+            over_budget: read(&c.over_budget),
+            unauthorized: read(&c.unauthorized),
+            duplicates: read(&c.duplicates),
+        }
     }
 
     /// The paths running webhook triggers listen on, sorted.
@@ -308,9 +358,10 @@ impl WebhookListener {
         let socket =
             self.socket.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(SourcesError::AlreadyServing)?;
         let limits = self.options.server.clone();
+        let counters = self.counters.server.clone();
         let app = Router::new().fallback(handle).with_state(self);
         tracing::info!(%addr, "webhook listener serving");
-        crate::server::serve(socket, app, limits, cancel).await;
+        crate::server::serve(socket, app, limits, counters, cancel).await;
         Ok(())
     }
 
@@ -408,7 +459,10 @@ impl WebhookListener {
         body: Body,
     ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Response> {
         let max = self.options.max_body_bytes;
-        let too_large = || error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes"));
+        let too_large = || {
+            count(&self.counters.too_large);
+            error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes"))
+        };
         let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|length| length > max as u64) {
             return Err(too_large());
@@ -420,7 +474,10 @@ impl WebhookListener {
         let mut held: Option<OwnedSemaphorePermit> = None;
         loop {
             let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => return Err(error(StatusCode::REQUEST_TIMEOUT, "the body was not received in time")),
+                Err(_) => {
+                    count(&self.counters.body_timeouts);
+                    return Err(error(StatusCode::REQUEST_TIMEOUT, "the body was not received in time"));
+                }
                 Ok(None) => break,
                 Ok(Some(Err(e))) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
                 Ok(Some(Ok(frame))) => frame,
@@ -431,6 +488,7 @@ impl WebhookListener {
             }
             let Ok(size) = u32::try_from(chunk.len()) else { return Err(too_large()) };
             let Ok(permit) = self.buffered.clone().try_acquire_many_owned(size) else {
+                count(&self.counters.over_budget);
                 tracing::warn!("webhook listener holds too many request bodies; answering 503");
                 return Err(error(StatusCode::SERVICE_UNAVAILABLE, "too many requests in progress; retry later"));
             };
@@ -485,6 +543,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
     }
     if accepted.is_empty() {
         let reason = refusal.unwrap_or(crate::webhook::NOT_ACCEPTED);
+        count(&listener.counters.unauthorized);
         tracing::info!(path, reason, "webhook request refused");
         return error(StatusCode::UNAUTHORIZED, reason);
     }
@@ -524,6 +583,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         return (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true, "id": events.id}))).into_response();
     }
     if duplicate {
+        count(&listener.counters.duplicates);
         return (StatusCode::OK, axum::Json(json!({"duplicate": true}))).into_response();
     }
     error(StatusCode::SERVICE_UNAVAILABLE, "the trigger on this path is not running or too busy")

@@ -3,6 +3,7 @@
 //! whatever is still open when the grace period ends.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -46,9 +47,50 @@ impl Default for ServerLimits {
     }
 }
 
+/// What a server has seen since start, for metrics.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    open: AtomicUsize,
+    header_timeouts: AtomicU64,
+}
+
+impl ServerCounters {
+    /// Connections being served now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed because a request's headers did not arrive in time.
+    pub fn header_timeouts(&self) -> u64 {
+        self.header_timeouts.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a connection as open while it lives.
+struct Open(Arc<ServerCounters>);
+
+impl Open {
+    fn new(counters: Arc<ServerCounters>) -> Self {
+        counters.open.fetch_add(1, Ordering::Relaxed);
+        Open(counters)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Serves `app` on `socket` until `cancel` fires, then stops accepting, closes idle connections,
 /// lets requests in flight finish for up to `limits.shutdown_grace` and closes the rest.
-pub async fn serve(socket: TcpListener, app: Router, limits: ServerLimits, cancel: CancellationToken) {
+pub async fn serve(
+    socket: TcpListener,
+    app: Router,
+    limits: ServerLimits,
+    counters: Arc<ServerCounters>,
+    cancel: CancellationToken,
+) {
     let slots = Arc::new(Semaphore::new(limits.max_connections.clamp(1, Semaphore::MAX_PERMITS)));
     let connections = TaskTracker::new();
     let closing = CancellationToken::new();
@@ -72,7 +114,12 @@ pub async fn serve(socket: TcpListener, app: Router, limits: ServerLimits, cance
                 }
             },
         };
-        let connection = Connection { limits: limits.clone(), stop: cancel.clone(), closing: closing.clone() };
+        let connection = Connection {
+            limits: limits.clone(),
+            stop: cancel.clone(),
+            closing: closing.clone(),
+            open: Open::new(counters.clone()),
+        };
         connections.spawn(connection.serve(stream, app.clone(), slot));
     }
     drop(socket);
@@ -91,6 +138,8 @@ struct Connection {
     stop: CancellationToken,
     /// The grace period is over: close now.
     closing: CancellationToken,
+    /// Counts the connection while it lives.
+    open: Open,
 }
 
 impl Connection {
@@ -122,6 +171,9 @@ impl Connection {
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
+                        if error.is_timeout() {
+                            self.open.0.header_timeouts.fetch_add(1, Ordering::Relaxed);
+                        }
                         tracing::debug!(%error, "connection closed");
                     }
                     return;
@@ -215,13 +267,21 @@ mod tests {
 
     const WAIT: Duration = Duration::from_secs(10);
 
-    async fn start(limits: ServerLimits) -> (SocketAddr, CancellationToken, tokio::task::JoinHandle<()>) {
+    struct Server {
+        addr: SocketAddr,
+        cancel: CancellationToken,
+        counters: Arc<ServerCounters>,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    async fn start(limits: ServerLimits) -> Server {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let cancel = CancellationToken::new();
         let app = Router::new().route("/", get(|| async { "ok" }));
-        let server = tokio::spawn(serve(socket, app, limits, cancel.clone()));
-        (addr, cancel, server)
+        let counters = Arc::new(ServerCounters::default());
+        let task = tokio::spawn(serve(socket, app, limits, counters.clone(), cancel.clone()));
+        Server { addr, cancel, counters, task }
     }
 
     fn limits(header: u64, idle: u64) -> ServerLimits {
@@ -258,19 +318,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_slow_header_is_cut_by_the_header_timeout() {
-        let (addr, _cancel, _server) = start(limits(300, 5000)).await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let server = start(limits(300, 5000)).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
         stream.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n").await.unwrap();
         let started = Instant::now();
         let answer = read_until_closed(&mut stream).await.expect("the server closes the connection");
         assert!(started.elapsed() >= Duration::from_millis(250), "closed after the timeout, not before");
         assert!(!answer.contains("200 OK"), "{answer}");
+        for _ in 0..100 {
+            if server.counters.header_timeouts() == 1 && server.counters.open() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!((server.counters.header_timeouts(), server.counters.open()), (1, 0), "counted");
     }
 
     #[tokio::test]
     async fn a_kept_alive_connection_is_closed_after_the_idle_timeout() {
-        let (addr, _cancel, _server) = start(limits(5000, 200)).await;
-        let mut stream = TcpStream::connect(addr).await.unwrap();
+        let server = start(limits(5000, 200)).await;
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
         assert!(get_once(&mut stream).await.starts_with("HTTP/1.1 200"));
         let answered = Instant::now();
         assert_eq!(read_until_closed(&mut stream).await.as_deref(), Some(""));
@@ -280,14 +347,15 @@ mod tests {
 
     #[tokio::test]
     async fn connections_over_the_limit_wait_for_a_free_slot() {
-        let (addr, _cancel, _server) = start(ServerLimits { max_connections: 2, ..limits(5000, 5000) }).await;
+        let server = start(ServerLimits { max_connections: 2, ..limits(5000, 5000) }).await;
         let mut held = Vec::new();
         for _ in 0..2 {
-            let mut stream = TcpStream::connect(addr).await.unwrap();
+            let mut stream = TcpStream::connect(server.addr).await.unwrap();
             assert!(get_once(&mut stream).await.starts_with("HTTP/1.1 200"));
             held.push(stream);
         }
-        let mut third = TcpStream::connect(addr).await.unwrap();
+        assert_eq!(server.counters.open(), 2);
+        let mut third = TcpStream::connect(server.addr).await.unwrap();
         third.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
         let mut buffer = [0u8; 256];
         let early = tokio::time::timeout(Duration::from_millis(300), third.read(&mut buffer)).await;
@@ -300,7 +368,8 @@ mod tests {
     #[tokio::test]
     async fn shutdown_closes_connections_still_open_when_the_grace_ends() {
         let grace = Duration::from_millis(300);
-        let (addr, cancel, server) = start(ServerLimits { shutdown_grace: grace, ..limits(60_000, 60_000) }).await;
+        let server = start(ServerLimits { shutdown_grace: grace, ..limits(60_000, 60_000) }).await;
+        let (addr, cancel) = (server.addr, server.cancel.clone());
         let mut slow = Vec::new();
         for _ in 0..5 {
             let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -310,7 +379,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let stopped = Instant::now();
         cancel.cancel();
-        tokio::time::timeout(WAIT, server).await.expect("the server ends").unwrap();
+        tokio::time::timeout(WAIT, server.task).await.expect("the server ends").unwrap();
         assert!(stopped.elapsed() < Duration::from_secs(3), "{:?}", stopped.elapsed());
         for stream in &mut slow {
             assert!(read_until_closed(stream).await.is_some(), "every slow connection is closed");

@@ -561,6 +561,7 @@ mod tests {
         assert_eq!(get.headers()["allow"], "POST");
         assert_eq!(h.post("/e", &[], "not json").await.0, 400);
         assert_eq!(h.post("/e", &[], &format!("\"{}\"", "x".repeat(5000))).await.0, 413);
+        assert_eq!(h.listener.stats().too_large, 1);
         assert!(events.try_recv().is_err());
 
         // The trigger has stopped reading but its path is still registered.
@@ -689,6 +690,7 @@ mod tests {
         let signature = sign_with("k", &format!("v0:{now}:{body}"), "v0=");
         assert_eq!(h.post("/slack", &[("x-slack-signature", &signature)], body).await.0, 401, "no timestamp");
         assert!(events.try_recv().is_err(), "refused requests fire nothing");
+        assert_eq!(h.listener.stats().unauthorized, 4, "refusals are counted");
     }
 
     #[tokio::test]
@@ -711,6 +713,7 @@ mod tests {
         let (status, answer) = post("d-1").await;
         assert_eq!((status, answer), (200, json!({"duplicate": true})));
         assert!(events.try_recv().is_err(), "a repeated delivery is not fired again");
+        assert_eq!(h.listener.stats().duplicates, 1);
         assert_eq!(post("d-2").await.0, 202);
         assert!(events.try_recv().is_ok());
         let (status, _) = h.post("/gh", &[("x-hub-signature-256", &signature)], body).await;
@@ -734,6 +737,7 @@ mod tests {
         let answer = String::from_utf8_lossy(&answer);
         assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
         assert!(events.try_recv().is_err());
+        assert_eq!(h.listener.stats().body_timeouts, 1);
     }
 
     #[tokio::test]
@@ -753,6 +757,7 @@ mod tests {
             }
         }
         assert!(held, "a second large body while 3500 bytes of the first are held is refused with 503");
+        assert!(h.listener.stats().over_budget >= 1);
         drop(stream);
     }
 
