@@ -184,7 +184,7 @@ struct Member {
 }
 
 /// A trigger receiving a route's requests, as the request handler sees it.
-type Receiver = (TriggerId, CloudEventObject, EventSink);
+type Recipient = (TriggerId, CloudEventObject, EventSink);
 
 /// A trigger's hold on its path from load until dropped; [`Claim::receive`] hands it requests.
 pub(crate) struct Claim {
@@ -309,11 +309,6 @@ impl WebhookListener {
         self.local_addr
     }
 
-    /// Where paths live.
-    pub fn scope(&self) -> PathScope {
-        self.options.scope
-    }
-
     /// What the listener refused or cut since start, and the connections open now.
     pub fn stats(&self) -> ListenerStats {
         let c = &self.counters;
@@ -436,7 +431,7 @@ impl WebhookListener {
     }
 
     /// The gates of `path` with the triggers receiving behind each.
-    fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<Receiver>)> {
+    fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<Recipient>)> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         list.iter()
