@@ -158,6 +158,15 @@ fn each_trigger_service_receives_only_its_own_prefix_and_its_own_auth() {
     assert_eq!(code, 200);
     assert!(metrics.contains("ktrigger_webhook_rejected_total{reason=\"duplicate\"} 1\n"), "{metrics}");
     assert!(metrics.contains("ktrigger_webhook_rejected_total{reason=\"unauthorized\"} 1\n"), "{metrics}");
+
+    // Removing the trigger that held the path lets the other one load in the same apply.
+    env.apply(&env.namespace, &tenant("deploys", OPEN));
+    env.wait_trigger("deploys", "open", "the freed path taken", |t| t["ready"] == true);
+    let start = Instant::now();
+    while post(&url_a, &[], r#"{"now": "open"}"#).0 != 202 {
+        assert!(start.elapsed() < WAIT, "the path never reached the open trigger");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     assert_eq!(running.stop(), Some(0));
 }
 

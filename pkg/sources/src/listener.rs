@@ -181,6 +181,8 @@ struct Member {
     trigger: TriggerId,
     cloud_event_object: CloudEventObject,
     sink: Option<EventSink>,
+    /// The trigger has run: it was loaded by an earlier apply.
+    started: bool,
 }
 
 /// A trigger receiving a route's requests, as the request handler sees it.
@@ -221,6 +223,7 @@ impl Claim {
         let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
         let members = routes.get_mut(&self.path).into_iter().flatten().flat_map(|route| &mut route.members);
         if let Some(member) = members.into_iter().find(|member| member.claim == self.id) {
+            member.started |= sink.is_some();
             member.sink = sink;
         }
     }
@@ -397,15 +400,20 @@ impl WebhookListener {
         }
     }
 
-    /// Claims `path` (already complete) for a trigger. Refused when a trigger other than this
-    /// one holds the path with different `auth`; an older version of the same trigger may still
-    /// hold it while it is being replaced.
+    /// Claims `path` (already complete) for a trigger. Refused when another trigger holds the
+    /// path with different `auth`, so the first in document order keeps it. Not counted: an older
+    /// version of the same trigger, and triggers of the same TriggerService that have already
+    /// run, because applying a TriggerService builds all its triggers again before it stops the
+    /// old ones: those that stay hold a new claim by then, and those removed must not block.
     pub(crate) fn claim(self: &Arc<Self>, path: &str, config: RouteConfig) -> Result<Claim, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         let other_auth = list.iter().filter(|route| route.gate.auth.as_deref() != config.auth.as_deref());
-        if let Some(other) = other_auth.flat_map(|route| &route.members).find(|m| m.trigger != config.trigger) {
+        let same_service =
+            |t: &TriggerId| t.namespace == config.trigger.namespace && t.service == config.trigger.service;
+        let blocking = |m: &&Member| m.trigger != config.trigger && !(m.started && same_service(&m.trigger));
+        if let Some(other) = other_auth.flat_map(|route| &route.members).find(blocking) {
             return Err(format!(
                 "{path} is already used by trigger {} with different auth; triggers may share a path only \
                  with equal auth",
@@ -418,6 +426,7 @@ impl WebhookListener {
             trigger: config.trigger.clone(),
             cloud_event_object: config.cloud_event_object,
             sink: None,
+            started: false,
         };
         let list = routes.entry(path.to_string()).or_default();
         match list.iter_mut().find(|route| route.gate.auth.as_deref() == config.auth.as_deref()) {

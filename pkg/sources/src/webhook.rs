@@ -407,7 +407,11 @@ mod tests {
             trigger: &str,
             properties: Value,
         ) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
-            let source = self.build_in(namespace, service, trigger, properties).unwrap();
+            self.run_built(self.build_in(namespace, service, trigger, properties).unwrap()).await
+        }
+
+        /// Runs a built source and waits until it receives requests.
+        async fn run_built(&self, source: Arc<dyn Source>) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
             let (sink, events) = EventSink::channel(8);
             let cancel = CancellationToken::new();
             let before = self.listener.receiving();
@@ -587,7 +591,7 @@ mod tests {
         let (mut events_a, cancel_a) = h.run("a", bearer(&a)).await;
         let (mut events_twin, cancel_twin) = h.run("twin", bearer(&a)).await;
 
-        let err = h.build("b", bearer(&b)).err().unwrap();
+        let err = h.build_in("ns", "svc2", "b", bearer(&b)).err().unwrap();
         assert_eq!(
             err,
             "properties.path: /shared is already used by trigger ns/svc/a with different auth; triggers may share \
@@ -610,9 +614,31 @@ mod tests {
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let (mut events_b, _cancel_b) = h.run("b", bearer(&b)).await;
+        let (mut events_b, _cancel_b) = h.run_in("ns", "svc2", "b", bearer(&b)).await;
         assert_eq!(h.post("/shared", &[("authorization", "Bearer token-b")], "{}").await.0, 202);
         assert!(events_b.try_recv().is_ok(), "a released path can be taken with other auth");
+    }
+
+    #[tokio::test]
+    async fn the_first_trigger_of_a_trigger_service_keeps_a_path_across_applies() {
+        let h = Harness::start().await;
+        let key = h.secret_file("key", "k");
+        let signed = json!({"path": "/p", "auth": {"type": "hmac", "secretFrom": {"file": key}}});
+        let open = json!({"path": "/p"});
+        // First apply: [a (signed), b (open)]: a takes the path, b is not loaded.
+        let a = h.build("a", signed.clone()).unwrap();
+        assert!(h.build("b", open.clone()).err().unwrap().contains("already used by trigger ns/svc/a"));
+        let (_events_a, _cancel_a) = h.run_built(a).await;
+
+        // Next apply with a removed: b is built while the old a still runs, and loads.
+        let b = h.build("b", open.clone());
+        assert!(b.is_ok(), "a trigger being removed does not block: {:?}", b.err());
+        // Were a still in the document after b, its new build would be the one refused.
+        assert!(h.build("a", signed.clone()).err().unwrap().contains("already used by trigger ns/svc/b"));
+
+        // A trigger of another TriggerService that runs on the path still blocks.
+        let err = h.build_in("ns", "other", "c", open).err().unwrap();
+        assert!(err.contains("already used by trigger ns/svc/a"), "{err}");
     }
 
     #[tokio::test]
