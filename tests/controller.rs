@@ -284,7 +284,7 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_retried_and_refreshe
         &format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: hook-auth}}\nstringData: {{token: {token}}}\n"),
     );
     env.wait_trigger("own", "hook", "the trigger loaded with the Secret", |t| t["ready"] == true);
-    let url = format!("{}{path}", running.webhook_url());
+    let url = format!("{}/{}/own{path}", running.webhook_url(), env.namespace);
     let body = r#"{"deploy": "checkout"}"#;
     assert_eq!(post(&url, &[("Authorization", "Bearer wrong")], body).0, 401);
     let (code, text) = post(&url, &[("Authorization", &format!("Bearer {token}"))], body);

@@ -15,7 +15,7 @@ use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
-use ktrigger_sources::WebhookListener;
+use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
@@ -23,6 +23,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::run::{parse_duration, wait_for_signal};
+use crate::webhooks::{WebhookCollector, WebhookLimits};
 
 /// Options of `ktrigger controller`.
 #[derive(Debug, Args)]
@@ -33,9 +34,13 @@ pub struct ControllerArgs {
     /// Namespaces whose TriggerServices are reconciled (comma-separated); all when omitted.
     #[arg(long, alias = "namespace", value_delimiter = ',')]
     watch_namespaces: Vec<String>,
-    /// Address of the shared listener for `webhook` sources.
+    /// Address of the shared listener for `webhook` sources; each TriggerService's paths are
+    /// under `/<namespace>/<name>`.
     #[arg(long, default_value = "0.0.0.0:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
     webhook_addr: SocketAddr,
+    /// Limits of the webhook listener.
+    #[command(flatten)]
+    webhook_limits: WebhookLimits,
     /// Address serving `/metrics` (Prometheus text format).
     #[arg(long, default_value = "0.0.0.0:8080")]
     metrics_addr: SocketAddr,
@@ -49,7 +54,8 @@ pub struct ControllerArgs {
     /// restarts the triggers using it; 0s: only when a TriggerService changes.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
     secret_refresh: Duration,
-    /// How long deliveries already queued may take to finish after a stop signal.
+    /// How long deliveries already queued, and requests in flight, may take to finish after a
+    /// stop signal; connections still open then are closed.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
     /// Where sources and destinations may connect.
@@ -116,14 +122,15 @@ fn ready(readiness: &Readiness, cluster: &ktrigger_kube::Cluster) -> (StatusCode
     (StatusCode::OK, "ready".into())
 }
 
-/// Serves `router` on `listener` until `stop` fires.
+/// Serves `router` on `listener` until `stop` fires; connections still open `grace` later are closed.
 fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     stop: &CancellationToken,
-) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let server = axum::serve(listener, router).with_graceful_shutdown(stop.clone().cancelled_owned());
-    tokio::spawn(async move { server.await })
+    grace: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let limits = ServerLimits { shutdown_grace: grace, ..ServerLimits::default() };
+    tokio::spawn(ktrigger_sources::server::serve(listener, router, limits, Arc::default(), stop.clone()))
 }
 
 async fn export(
@@ -178,7 +185,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let egress = args.egress.shared(&cluster).await;
     let stop = CancellationToken::new();
-    let webhooks = WebhookListener::bind(args.webhook_addr).await?;
+    let options = args.webhook_limits.options(PathScope::PerTriggerService, args.shutdown_grace);
+    let webhooks = WebhookListener::bind_with(args.webhook_addr, options).await?;
     let listener = webhooks.spawn(stop.clone());
     let readiness = Readiness::default();
     let health = tokio::net::TcpListener::bind(args.health_addr).await?;
@@ -189,7 +197,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
             move || async move { ready(&readiness, &cluster) }
         }),
     );
-    let health_server = serve(health, probes, &stop);
+    let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = EngineOptions { credentials, ..EngineOptions::default() };
     let engine = engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, options, egress)?;
     let hub = cluster.clone();
@@ -197,10 +205,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         let hub = hub.hub();
         WatchStats { open: hub.open_watches(), opened: hub.watches_opened(), restarts: hub.watch_restarts() }
     });
-    let metrics = Arc::new(EngineCollector::registry(engine.observer(), Some(watch_counts)));
+    let mut metrics = EngineCollector::registry(engine.observer(), Some(watch_counts));
+    metrics.register_collector(Box::new(WebhookCollector(webhooks.clone())));
+    let metrics = Arc::new(metrics);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
-    let metrics_server =
-        serve(metrics_listener, Router::new().route("/metrics", get(move || export(metrics.clone()))), &stop);
+    let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
+    let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);
     eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
     eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
     eprintln!("health probes on http://{}", args.health_addr);
@@ -237,11 +247,10 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     }
     eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     cancel.cancel();
-    let report = reconciler.await?;
+    // Listeners take no new connection from now on and close what is left when the grace ends.
     stop.cancel();
-    let _ = listener.await;
-    let _ = health_server.await;
-    let _ = metrics_server.await;
+    let (report, _, _, _) = tokio::join!(reconciler, listener, health_server, metrics_server);
+    let report = report?;
     if let Some(Leadership { leading, renewer }) = leadership {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);

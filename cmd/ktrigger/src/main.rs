@@ -5,6 +5,7 @@ mod controller;
 mod egress;
 mod inspect;
 mod run;
+mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -8,12 +8,13 @@ use std::time::Duration;
 use clap::Args;
 use ktrigger_core::config::{LoadedConfig, load_paths, load_text};
 use ktrigger_core::engine::EngineOptions;
-use ktrigger_sources::WebhookListener;
+use ktrigger_sources::{PathScope, WebhookListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
+use crate::webhooks::WebhookLimits;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
@@ -27,10 +28,15 @@ pub struct RunArgs {
     /// Evaluate everything but call no destination; print each decision and what would be sent.
     #[arg(long)]
     dry_run: bool,
-    /// Address of the shared listener for `webhook` sources (port 0 picks a free port).
+    /// Address of the shared listener for `webhook` sources (port 0 picks a free port). Paths
+    /// are used as written in the files.
     #[arg(long, default_value = "127.0.0.1:8090", env = "KTRIGGER_WEBHOOK_ADDR")]
     webhook_addr: SocketAddr,
-    /// How long deliveries already queued may take to finish after a stop signal.
+    /// Limits of the webhook listener.
+    #[command(flatten)]
+    webhook_limits: WebhookLimits,
+    /// How long deliveries already queued, and webhook requests in flight, may take to finish
+    /// after a stop signal; webhook connections still open then are closed.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     shutdown_grace: Duration,
     /// How to reach a cluster, for Kubernetes sources and destinations.
@@ -55,8 +61,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     let stop = CancellationToken::new();
     let uses_webhooks = config.services.iter().flat_map(|s| &s.spec.triggers).any(|t| t.source.type_name == "webhook");
-    let webhooks =
-        if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { WebhookListener::detached() };
+    let webhooks = if uses_webhooks {
+        let options = args.webhook_limits.options(PathScope::Global, args.shutdown_grace);
+        WebhookListener::bind_with(args.webhook_addr, options).await?
+    } else {
+        WebhookListener::detached()
+    };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect().await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
@@ -86,11 +96,14 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
     wait_for_signal().await?;
     eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
-    let report = engine.shutdown(args.shutdown_grace).await;
+    // The listener takes no new connection from now on and closes what is left when the grace ends.
     stop.cancel();
-    if let Some(listener) = listener {
-        let _ = listener.await;
-    }
+    let listener_closed = async {
+        if let Some(listener) = listener {
+            let _ = listener.await;
+        }
+    };
+    let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
     for (id, s) in report.stats {
         eprintln!(
             "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={}",

@@ -14,9 +14,12 @@ pub mod cron;
 pub mod http_poller;
 mod json_budget;
 pub mod listener;
+mod replay;
+pub mod server;
 pub mod webhook;
 
-pub use listener::WebhookListener;
+pub use listener::{ListenerOptions, ListenerStats, PathScope, WebhookListener};
+pub use server::{ServerCounters, ServerLimits};
 
 /// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
 #[derive(Debug, thiserror::Error)]
@@ -35,9 +38,9 @@ pub enum SourcesError {
     /// The webhook listener was made with [`WebhookListener::detached`] and has no socket.
     #[error("the webhook listener is not bound to an address")]
     NotBound,
-    /// The webhook listener stopped with an I/O error.
-    #[error("webhook listener failed: {0}")]
-    Serve(std::io::Error),
+    /// The webhook listener's limits contradict each other.
+    #[error("webhook listener limits: {0}")]
+    Limits(String),
 }
 
 /// Adds the `cron` (alias `cronjob`), `http-poller` and `webhook` source types to `registry`.

@@ -1,45 +1,139 @@
 //! The one HTTP server every `webhook` source shares.
 //!
-//! The binary binds it once ([`WebhookListener::bind`]) and serves it ([`WebhookListener::serve`]);
-//! each webhook source adds its path while it runs and removes it when it stops. Several triggers
-//! may use the same path: a request is then handed to every one of them whose `auth` accepts it.
+//! The binary binds it once ([`WebhookListener::bind`]) and serves it ([`WebhookListener::serve`]).
+//! A webhook source claims its path when it is loaded (so a conflict is a load error in the
+//! trigger's status) and receives the path's requests while it runs.
+//!
+//! Paths: under [`PathScope::PerTriggerService`] (the controller) every path of a TriggerService
+//! lives under `/{namespace}/{service}`, so no request can reach another TriggerService. Under
+//! [`PathScope::Global`] (`ktrigger run`) paths are used as written. Either way a path has one
+//! `auth`: triggers may share it only with equal auth, and a request reaches only the triggers
+//! whose auth accepted it.
 //!
 //! Answers: 202 `{"accepted": true, "id": ...}` once the event was handed to at least one trigger;
-//! 404 for a path no running trigger uses; 405 for a method other than POST; 401 when no trigger
-//! on the path accepts the credentials; 413 for a body over the size limit; 400 for a body that is
-//! not JSON or an invalid CloudEvent; 503 when every trigger on the path has stopped.
+//! 200 `{"duplicate": true}` for a delivery id already accepted within the replay window; 404 for
+//! a path no running trigger uses; 405 for a method other than POST; 401 when the credentials are
+//! not accepted; 408 when the body is not received within the body timeout; 413 for a body over
+//! the size limit; 400 for a body that is not JSON or an invalid CloudEvent; 503 when every trigger
+//! on the path has stopped or is busy, or the listener holds too many request bodies at once.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::header::{ALLOW, CONTENT_TYPE};
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
+use http_body_util::BodyExt;
 use ktrigger_core::event::{Event, SharedEvent, TriggerId};
 use ktrigger_core::registry::EventSink;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SourcesError;
-use crate::webhook::Auth;
+use crate::replay::SeenIds;
+use crate::server::{ServerCounters, ServerLimits};
+use crate::webhook::{Auth, DeliveryId};
 
 /// Largest request body accepted by default (1 MiB); larger bodies get 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Request bodies held in memory at once, all connections together, by default (32 MiB).
+pub const DEFAULT_MAX_BUFFERED_BYTES: usize = 32 * 1024 * 1024;
+/// Time to receive a whole request body by default.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest header, idle or body timeout accepted.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a request waits for a busy trigger to take its event before the answer is 503.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where webhook paths live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PathScope {
+    /// Paths are used as written and shared by every TriggerService (`ktrigger run`).
+    #[default]
+    Global,
+    /// Each TriggerService's paths live under `/{namespace}/{service}` (`ktrigger controller`).
+    PerTriggerService,
+}
+
+/// How the listener routes and what it bounds.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// Where paths live.
+    pub scope: PathScope,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// Request body bytes held at once over all connections; beyond it requests get 503.
+    pub max_buffered_bytes: usize,
+    /// Time to receive a whole request body; slower ones get 408 and the connection is closed.
+    pub body_timeout: Duration,
+    /// Connection limits and timeouts.
+    pub server: ServerLimits,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        ListenerOptions {
+            scope: PathScope::Global,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_buffered_bytes: DEFAULT_MAX_BUFFERED_BYTES,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            server: ServerLimits::default(),
+        }
+    }
+}
+
+/// Requests and connections the listener refused or cut since start, and connections open now.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListenerStats {
+    /// Connections being served now.
+    pub open_connections: usize,
+    /// Connections closed because a request's headers did not arrive in time.
+    pub header_timeouts: u64,
+    /// Requests answered 408: the body did not arrive in time.
+    pub body_timeouts: u64,
+    /// Requests answered 413: the body was over the size limit.
+    pub too_large: u64,
+    /// Requests answered 503 because the listener held too many bodies at once.
+    pub over_budget: u64,
+    /// Requests answered 401.
+    pub unauthorized: u64,
+    /// Requests answered 200 as a delivery already accepted.
+    pub duplicates: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    server: Arc<ServerCounters>,
+    body_timeouts: AtomicU64,
+    too_large: AtomicU64,
+    over_budget: AtomicU64,
+    unauthorized: AtomicU64,
+    duplicates: AtomicU64,
+}
+
+fn count(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
 
 /// The shared inbound HTTP server of all `webhook` sources.
 pub struct WebhookListener {
     local_addr: Option<SocketAddr>,
-    max_body_bytes: usize,
+    options: ListenerOptions,
+    counters: Counters,
     socket: Mutex<Option<TcpListener>>,
-    routes: RwLock<HashMap<String, Vec<Arc<Route>>>>,
+    routes: RwLock<HashMap<String, Vec<Route>>>,
+    buffered: Arc<Semaphore>,
     next_id: AtomicU64,
 }
 
@@ -60,9 +154,9 @@ pub enum CloudEventObject {
     Event,
 }
 
-/// How one running trigger receives requests on a path.
+/// How one trigger receives requests on a path.
 pub(crate) struct RouteConfig {
-    /// The trigger the route belongs to (for logs).
+    /// The trigger the route belongs to.
     pub trigger: TriggerId,
     /// Credentials a request must carry; `None` accepts every request.
     pub auth: Option<Arc<Auth>>,
@@ -70,24 +164,79 @@ pub(crate) struct RouteConfig {
     pub cloud_event_object: CloudEventObject,
 }
 
+/// The triggers sharing one path with one `auth`, and the delivery ids they accepted.
 struct Route {
-    id: u64,
-    config: RouteConfig,
-    sink: EventSink,
+    gate: Arc<Gate>,
+    members: Vec<Member>,
 }
 
-/// Keeps a path registered; dropping it removes the path.
-pub(crate) struct RouteGuard {
+/// What a request must pass to reach a route's triggers.
+struct Gate {
+    auth: Option<Arc<Auth>>,
+    seen: Mutex<SeenIds>,
+}
+
+struct Member {
+    claim: u64,
+    trigger: TriggerId,
+    cloud_event_object: CloudEventObject,
+    sink: Option<EventSink>,
+    /// The trigger has run: it was loaded by an earlier apply.
+    started: bool,
+}
+
+/// A trigger receiving a route's requests, as the request handler sees it.
+type Recipient = (TriggerId, CloudEventObject, EventSink);
+
+/// A trigger's hold on its path from load until dropped; [`Claim::receive`] hands it requests.
+pub(crate) struct Claim {
     listener: Arc<WebhookListener>,
     path: String,
     id: u64,
+    trigger: TriggerId,
+    has_auth: bool,
 }
 
-impl Drop for RouteGuard {
+impl Claim {
+    /// Hands the path's accepted requests to `sink` until the returned guard is dropped.
+    pub(crate) fn receive(&self, sink: EventSink) -> Receiving<'_> {
+        self.set_sink(Some(sink));
+        Receiving(self)
+    }
+
+    /// The trigger holding the path.
+    pub(crate) fn trigger(&self) -> &TriggerId {
+        &self.trigger
+    }
+
+    /// The full path requests are sent to.
+    pub(crate) fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// Whether requests must carry credentials.
+    pub(crate) fn has_auth(&self) -> bool {
+        self.has_auth
+    }
+
+    fn set_sink(&self, sink: Option<EventSink>) {
+        let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
+        let members = routes.get_mut(&self.path).into_iter().flatten().flat_map(|route| &mut route.members);
+        if let Some(member) = members.into_iter().find(|member| member.claim == self.id) {
+            member.started |= sink.is_some();
+            member.sink = sink;
+        }
+    }
+}
+
+impl Drop for Claim {
     fn drop(&mut self) {
         let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
         if let Some(list) = routes.get_mut(&self.path) {
-            list.retain(|route| route.id != self.id);
+            for route in list.iter_mut() {
+                route.members.retain(|member| member.claim != self.id);
+            }
+            list.retain(|route| !route.members.is_empty());
             if list.is_empty() {
                 routes.remove(&self.path);
             }
@@ -95,34 +244,66 @@ impl Drop for RouteGuard {
     }
 }
 
+/// Receives requests for a [`Claim`] while it lives.
+pub(crate) struct Receiving<'a>(&'a Claim);
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.0.set_sink(None);
+    }
+}
+
 impl WebhookListener {
-    /// Binds `addr` (port 0 picks a free port) with the default body limit; serve it with [`Self::serve`].
+    /// Binds `addr` (port 0 picks a free port) with default options; serve it with [`Self::serve`].
     pub async fn bind(addr: SocketAddr) -> Result<Arc<Self>, SourcesError> {
-        Self::bind_with_limit(addr, DEFAULT_MAX_BODY_BYTES).await
+        Self::bind_with(addr, ListenerOptions::default()).await
     }
 
-    /// Binds `addr`, refusing request bodies over `max_body_bytes` with 413.
-    pub async fn bind_with_limit(addr: SocketAddr, max_body_bytes: usize) -> Result<Arc<Self>, SourcesError> {
+    /// Binds `addr` with `options`.
+    pub async fn bind_with(addr: SocketAddr, options: ListenerOptions) -> Result<Arc<Self>, SourcesError> {
+        let timeouts = [
+            ("header timeout", options.server.header_timeout),
+            ("idle timeout", options.server.idle_timeout),
+            ("body timeout", options.body_timeout),
+        ];
+        for (name, timeout) in timeouts {
+            if timeout.is_zero() || timeout > MAX_TIMEOUT {
+                return Err(SourcesError::Limits(format!(
+                    "the {name} must be more than 0s and at most {}s",
+                    MAX_TIMEOUT.as_secs()
+                )));
+            }
+        }
+        if options.server.max_connections == 0 {
+            return Err(SourcesError::Limits("at least one connection must be allowed".into()));
+        }
+        if options.max_buffered_bytes < options.max_body_bytes {
+            return Err(SourcesError::Limits(format!(
+                "the bytes buffered for all requests ({}) must be at least the largest body ({})",
+                options.max_buffered_bytes, options.max_body_bytes
+            )));
+        }
         let socket = TcpListener::bind(addr).await.map_err(|source| SourcesError::Bind { addr, source })?;
         let local_addr = socket.local_addr().map_err(|source| SourcesError::Bind { addr, source })?;
-        Ok(Arc::new(WebhookListener {
-            local_addr: Some(local_addr),
-            max_body_bytes,
-            socket: Mutex::new(Some(socket)),
-            routes: RwLock::new(HashMap::new()),
-            next_id: AtomicU64::new(1),
-        }))
+        Ok(Self::new(Some(local_addr), Some(socket), options))
     }
 
     /// A listener with no socket, for modes that load triggers but never receive requests
-    /// (validation, listing types); webhook sources still register and unregister their paths.
+    /// (validation, listing types); webhook sources still claim and release their paths.
     pub fn detached() -> Arc<Self> {
+        Self::new(None, None, ListenerOptions::default())
+    }
+
+    fn new(local_addr: Option<SocketAddr>, socket: Option<TcpListener>, options: ListenerOptions) -> Arc<Self> {
+        let buffered = Arc::new(Semaphore::new(options.max_buffered_bytes.min(Semaphore::MAX_PERMITS)));
         Arc::new(WebhookListener {
-            local_addr: None,
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            socket: Mutex::new(None),
+            local_addr,
+            options,
+            socket: Mutex::new(socket),
             routes: RwLock::new(HashMap::new()),
+            buffered,
             next_id: AtomicU64::new(1),
+            counters: Counters::default(),
         })
     }
 
@@ -131,26 +312,55 @@ impl WebhookListener {
         self.local_addr
     }
 
+    /// What the listener refused or cut since start, and the connections open now.
+    pub fn stats(&self) -> ListenerStats {
+        let c = &self.counters;
+        let read = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ListenerStats {
+            open_connections: c.server.open(),
+            header_timeouts: c.server.header_timeouts(),
+            body_timeouts: read(&c.body_timeouts),
+            too_large: read(&c.too_large),
+            over_budget: read(&c.over_budget),
+            unauthorized: read(&c.unauthorized),
+            duplicates: read(&c.duplicates),
+        }
+    }
+
     /// The paths running webhook triggers listen on, sorted.
     pub fn paths(&self) -> Vec<String> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        let mut paths: Vec<String> = routes.keys().cloned().collect();
+        let mut paths: Vec<String> = routes
+            .iter()
+            .filter(|(_, list)| list.iter().flat_map(|route| &route.members).any(|member| member.sink.is_some()))
+            .map(|(path, _)| path.clone())
+            .collect();
         paths.sort();
         paths
     }
 
-    /// Serves requests until `cancel` fires, then finishes the requests in flight. Only one call
-    /// may serve a listener; a second one gets [`SourcesError::AlreadyServing`].
+    /// How many triggers receive requests now.
+    #[cfg(test)]
+    pub(crate) fn receiving(&self) -> usize {
+        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        routes.values().flatten().flat_map(|route| &route.members).filter(|member| member.sink.is_some()).count()
+    }
+
+    /// Serves requests until `cancel` fires; then stops accepting, lets requests in flight finish
+    /// and closes the connections still open when the shutdown grace ends. Only one call may
+    /// serve a listener; a second one gets [`SourcesError::AlreadyServing`].
     pub async fn serve(self: Arc<Self>, cancel: CancellationToken) -> Result<(), SourcesError> {
         let Some(addr) = self.local_addr else {
             return Err(SourcesError::NotBound);
         };
         let socket =
             self.socket.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(SourcesError::AlreadyServing)?;
-        let app =
-            Router::new().fallback(handle).layer(DefaultBodyLimit::max(self.max_body_bytes)).with_state(self.clone());
+        let limits = self.options.server.clone();
+        let counters = self.counters.server.clone();
+        let app = Router::new().fallback(handle).with_state(self);
         tracing::info!(%addr, "webhook listener serving");
-        axum::serve(socket, app).with_graceful_shutdown(cancel.cancelled_owned()).await.map_err(SourcesError::Serve)
+        crate::server::serve(socket, app, limits, counters, cancel).await;
+        Ok(())
     }
 
     /// Runs [`Self::serve`] on a new task.
@@ -158,21 +368,141 @@ impl WebhookListener {
         tokio::spawn(self.clone().serve(cancel))
     }
 
-    /// Adds a route for `path` (already normalised) until the returned guard is dropped.
-    pub(crate) fn add_route(self: &Arc<Self>, path: &str, config: RouteConfig, sink: EventSink) -> RouteGuard {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
-        let list = routes.entry(path.to_string()).or_default();
-        if !list.is_empty() {
-            tracing::info!(path, trigger = %config.trigger, "webhook path shared by several triggers; requests fan out");
+    /// The full path of a trigger's webhook: `path` (already checked and normalised) or the
+    /// default, placed where [`Self::scope`] says.
+    pub(crate) fn route_path(&self, trigger: &TriggerId, path: Option<&str>) -> String {
+        match self.options.scope {
+            PathScope::Global => path.map(str::to_string).unwrap_or_else(|| {
+                let mut default = String::from("/webhooks");
+                for segment in [&trigger.namespace, &trigger.service, &trigger.trigger] {
+                    if !segment.is_empty() {
+                        default.push('/');
+                        default.push_str(segment);
+                    }
+                }
+                default
+            }),
+            PathScope::PerTriggerService => {
+                let own = format!("/{}", trigger.trigger);
+                let mut full = String::new();
+                for segment in [&trigger.namespace, &trigger.service] {
+                    if !segment.is_empty() {
+                        full.push('/');
+                        full.push_str(segment);
+                    }
+                }
+                match path.unwrap_or(&own) {
+                    "/" if !full.is_empty() => {}
+                    rest => full.push_str(rest),
+                }
+                full
+            }
         }
-        list.push(Arc::new(Route { id, config, sink }));
-        RouteGuard { listener: self.clone(), path: path.to_string(), id }
     }
 
-    fn routes_for(&self, path: &str) -> Vec<Arc<Route>> {
+    /// Claims `path` (already complete) for a trigger. Refused when another trigger holds the
+    /// path with different `auth`, so the first in document order keeps it. Not counted: an older
+    /// version of the same trigger, and triggers of the same TriggerService that have already
+    /// run, because applying a TriggerService builds all its triggers again before it stops the
+    /// old ones: those that stay hold a new claim by then, and those removed must not block.
+    pub(crate) fn claim(self: &Arc<Self>, path: &str, config: RouteConfig) -> Result<Claim, String> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
+        let other_auth = list.iter().filter(|route| route.gate.auth.as_deref() != config.auth.as_deref());
+        let same_service =
+            |t: &TriggerId| t.namespace == config.trigger.namespace && t.service == config.trigger.service;
+        let blocking = |m: &&Member| m.trigger != config.trigger && !(m.started && same_service(&m.trigger));
+        if let Some(other) = other_auth.flat_map(|route| &route.members).find(blocking) {
+            return Err(format!(
+                "{path} is already used by trigger {} with different auth; triggers may share a path only \
+                 with equal auth",
+                other.trigger
+            ));
+        }
+        let has_auth = config.auth.is_some();
+        let member = Member {
+            claim: id,
+            trigger: config.trigger.clone(),
+            cloud_event_object: config.cloud_event_object,
+            sink: None,
+            started: false,
+        };
+        let list = routes.entry(path.to_string()).or_default();
+        match list.iter_mut().find(|route| route.gate.auth.as_deref() == config.auth.as_deref()) {
+            Some(route) => route.members.push(member),
+            None => {
+                let gate = Arc::new(Gate { auth: config.auth, seen: Mutex::new(SeenIds::default()) });
+                list.push(Route { gate, members: vec![member] });
+            }
+        }
+        Ok(Claim { listener: self.clone(), path: path.to_string(), id, trigger: config.trigger, has_auth })
+    }
+
+    /// The gates of `path` with the triggers receiving behind each.
+    fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<Recipient>)> {
         let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
-        routes.get(path).cloned().unwrap_or_default()
+        let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
+        list.iter()
+            .map(|route| {
+                let receiving = route
+                    .members
+                    .iter()
+                    .filter_map(|m| m.sink.clone().map(|sink| (m.trigger.clone(), m.cloud_event_object, sink)))
+                    .collect();
+                (route.gate.clone(), receiving)
+            })
+            .collect()
+    }
+
+    /// Reads a request body within the size, memory and time limits; the permit holds its bytes
+    /// against the listener's budget until dropped.
+    async fn read_body(
+        &self,
+        headers: &HeaderMap,
+        body: Body,
+    ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), Response> {
+        let max = self.options.max_body_bytes;
+        let too_large = || {
+            count(&self.counters.too_large);
+            error(StatusCode::PAYLOAD_TOO_LARGE, format!("the body is larger than {max} bytes"))
+        };
+        let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|length| length > max as u64) {
+            return Err(too_large());
+        }
+        let mut body = body;
+        let started = Instant::now();
+        let deadline = started.checked_add(self.options.body_timeout).unwrap_or(started + DEFAULT_BODY_TIMEOUT);
+        let mut collected: Vec<u8> = Vec::new();
+        let mut held: Option<OwnedSemaphorePermit> = None;
+        loop {
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => {
+                    count(&self.counters.body_timeouts);
+                    return Err(error(StatusCode::REQUEST_TIMEOUT, "the body was not received in time"));
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => return Err(error(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let Ok(chunk) = frame.into_data() else { continue };
+            if collected.len().saturating_add(chunk.len()) > max {
+                return Err(too_large());
+            }
+            let Ok(size) = u32::try_from(chunk.len()) else { return Err(too_large()) };
+            let Ok(permit) = self.buffered.clone().try_acquire_many_owned(size) else {
+                count(&self.counters.over_budget);
+                tracing::warn!("webhook listener holds too many request bodies; answering 503");
+                return Err(error(StatusCode::SERVICE_UNAVAILABLE, "too many requests in progress; retry later"));
+            };
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+            collected.extend_from_slice(&chunk);
+        }
+        Ok((Bytes::from(collected), held))
     }
 }
 
@@ -183,6 +513,10 @@ pub(crate) fn normalize_path(path: &str) -> &str {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, axum::Json(json!({"error": message.into()}))).into_response()
+}
+
+fn unix_now() -> i64 {
+    Utc::now().timestamp()
 }
 
 async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) -> Response {
@@ -196,36 +530,67 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         response.headers_mut().insert(ALLOW, axum::http::HeaderValue::from_static("POST"));
         return response;
     }
-    let headers = request.headers().clone();
-    let body = match Bytes::from_request(request, &()).await {
-        Ok(body) => body,
-        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
+    let (body, _held) = match listener.read_body(&headers, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
-    let accepted: Vec<&Arc<Route>> = routes
-        .iter()
-        .filter(|route| route.config.auth.as_ref().is_none_or(|auth| auth.verify(&headers, &body)))
-        .collect();
+    let now = unix_now();
+    let mut refusal = None;
+    let mut accepted = Vec::new();
+    for (gate, receivers) in routes {
+        match gate.auth.as_ref().map_or(Ok(None), |auth| auth.verify(&headers, &body, now)) {
+            Ok(delivery) => accepted.push((gate, receivers, delivery)),
+            Err(reason) => refusal = refusal.or(Some(reason)),
+        }
+    }
     if accepted.is_empty() {
-        tracing::info!(path, "webhook request refused: credentials not accepted");
-        return error(StatusCode::UNAUTHORIZED, "credentials not accepted");
+        let reason = refusal.unwrap_or(crate::webhook::NOT_ACCEPTED);
+        count(&listener.counters.unauthorized);
+        tracing::info!(path, reason, "webhook request refused");
+        return error(StatusCode::UNAUTHORIZED, reason);
     }
     let payload = match Payload::parse(&headers, &body) {
         Ok(payload) => payload,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let mut events = EventCache::new(payload);
-    let mut delivered = false;
-    for route in accepted {
-        let event = events.get(route.config.cloud_event_object);
-        if route.sink.send_shared(event).await {
-            tracing::debug!(path, trigger = %route.config.trigger, id = %events.id, "webhook event accepted");
-            delivered = true;
+    let (mut delivered, mut duplicate) = (false, false);
+    for (gate, receivers, delivery) in accepted {
+        if let Some(DeliveryId { id, expires }) = &delivery
+            && !gate.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, *expires, now)
+        {
+            tracing::info!(path, delivery_id = %id, "webhook delivery already accepted; not fired again");
+            duplicate = true;
+            continue;
         }
+        let mut handed = false;
+        for (trigger, cloud_event_object, sink) in receivers {
+            let event = events.get(cloud_event_object);
+            match tokio::time::timeout(HAND_OVER_TIMEOUT, sink.send_shared(event)).await {
+                Ok(true) => {
+                    tracing::debug!(path, %trigger, id = %events.id, "webhook event accepted");
+                    handed = true;
+                }
+                Ok(false) => {}
+                Err(_) => tracing::warn!(path, %trigger, "webhook trigger too busy to take the event"),
+            }
+        }
+        if let (false, Some(DeliveryId { id, .. })) = (handed, &delivery) {
+            // Not fired: a retry of the same delivery must get through.
+            gate.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+        }
+        delivered |= handed;
     }
-    if !delivered {
-        return error(StatusCode::SERVICE_UNAVAILABLE, "the trigger on this path has stopped");
+    if delivered {
+        return (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true, "id": events.id}))).into_response();
     }
-    (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true, "id": events.id}))).into_response()
+    if duplicate {
+        count(&listener.counters.duplicates);
+        return (StatusCode::OK, axum::Json(json!({"duplicate": true}))).into_response();
+    }
+    error(StatusCode::SERVICE_UNAVAILABLE, "the trigger on this path is not running or too busy")
 }
 
 /// A request body read as plain JSON or as a CloudEvent (structured or binary mode).
@@ -461,6 +826,41 @@ mod tests {
         let detached = WebhookListener::detached();
         assert_eq!(detached.local_addr(), None);
         assert!(matches!(detached.serve(CancellationToken::new()).await, Err(SourcesError::NotBound)));
+    }
+
+    #[tokio::test]
+    async fn contradictory_or_unbounded_limits_are_refused_at_bind() {
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let bind = |options: ListenerOptions| WebhookListener::bind_with(addr, options);
+        let huge = Duration::from_secs(u64::MAX);
+        let server = |f: fn(&mut ServerLimits)| {
+            let mut options = ListenerOptions::default();
+            f(&mut options.server);
+            options
+        };
+        let err = bind(server(|s| s.header_timeout = Duration::from_secs(u64::MAX))).await.unwrap_err();
+        assert!(err.to_string().contains("header timeout"), "{err}");
+        let err = bind(server(|s| s.idle_timeout = Duration::ZERO)).await.unwrap_err();
+        assert!(err.to_string().contains("idle timeout"), "{err}");
+        let err = bind(ListenerOptions { body_timeout: huge, ..Default::default() }).await.unwrap_err();
+        assert!(err.to_string().contains("body timeout"), "{err}");
+        let err = bind(server(|s| s.max_connections = 0)).await.unwrap_err();
+        assert!(err.to_string().contains("connection"), "{err}");
+        let options = ListenerOptions { max_body_bytes: 2048, max_buffered_bytes: 1024, ..Default::default() };
+        assert!(bind(options).await.unwrap_err().to_string().contains("largest body"));
+    }
+
+    #[tokio::test]
+    async fn paths_per_trigger_service_are_under_namespace_and_service() {
+        let id = TriggerId { namespace: "apps".into(), service: "deploys".into(), trigger: "push".into() };
+        let options = ListenerOptions { scope: PathScope::PerTriggerService, ..Default::default() };
+        let scoped = WebhookListener::bind_with("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
+        assert_eq!(scoped.route_path(&id, None), "/apps/deploys/push");
+        assert_eq!(scoped.route_path(&id, Some("/hooks/github")), "/apps/deploys/hooks/github");
+        assert_eq!(scoped.route_path(&id, Some("/")), "/apps/deploys");
+        let global = WebhookListener::detached();
+        assert_eq!(global.route_path(&id, None), "/webhooks/apps/deploys/push");
+        assert_eq!(global.route_path(&id, Some("/hooks/github")), "/hooks/github");
     }
 
     #[test]

@@ -1,12 +1,12 @@
 //! The `webhook` source: events from HTTP POST requests to a path of the shared [`WebhookListener`].
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName};
 use hmac::{Hmac, Mac};
-use ktrigger_core::event::TriggerId;
 use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
 use ktrigger_core::registry::{BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc};
 use serde::Deserialize;
@@ -14,7 +14,8 @@ use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
-use crate::listener::{CloudEventObject, RouteConfig, WebhookListener, normalize_path};
+use crate::listener::{Claim, CloudEventObject, RouteConfig, WebhookListener, normalize_path};
+use crate::replay::{DEFAULT_TOLERANCE, MAX_TOLERANCE, SignedContent, check_timestamp};
 
 const DEFAULT_HMAC_HEADER: &str = "X-Signature-256";
 const DEFAULT_HMAC_PREFIX: &str = "sha256=";
@@ -27,9 +28,13 @@ static DOC: TypeDoc = TypeDoc {
         PropertyDoc {
             name: "path",
             required: false,
-            description: "URL path on the shared webhook listener, starting with `/`; a trailing `/` is ignored. \
-                Default `/webhooks/<namespace>/<service>/<trigger>` (`/webhooks/<service>/<trigger>` without a \
-                namespace). Several triggers may share a path: each request goes to every one whose auth accepts it.",
+            description: "URL path starting with `/`; a trailing `/` is ignored, empty, `.` and `..` segments \
+                are refused. Under `ktrigger controller` the URL is `/<namespace>/<service><path>` (default path \
+                `/<trigger>`), so a TriggerService only ever receives requests sent to its own prefix. Under \
+                `ktrigger run` the path is used as it is (default `/webhooks/<namespace>/<service>/<trigger>`, \
+                `/webhooks/<service>/<trigger>` without a namespace). Triggers may share a path only with equal \
+                `auth`; each accepted request then goes to all of them. A trigger whose path is taken by a \
+                trigger with different `auth` is not loaded.",
         },
         PropertyDoc {
             name: "auth",
@@ -39,7 +44,14 @@ static DOC: TypeDoc = TypeDoc {
                 secretFrom: SECRET, header: X-Signature-256, prefix: \"sha256=\"}` wants the hex HMAC-SHA256 of \
                 the raw body in `header` after `prefix` (GitHub: header X-Hub-Signature-256). SECRET is \
                 `{env: NAME}`, `{file: PATH}` or `{secretKeyRef: {name, key}}`, read when the trigger loads. \
-                Failing requests get 401 and fire nothing.",
+                Failing requests get 401 and fire nothing. Replay protection for hmac: `timestampHeader` names a \
+                header with the Unix time in seconds, which must be within `tolerance` (default 5m, 1s to 1h) of \
+                now and is signed; `deliveryIdHeader` names a header with an id unique per delivery (GitHub: \
+                X-GitHub-Delivery): a request whose id was accepted within `tolerance` is answered 200 \
+                `{\"duplicate\": true}` and fires nothing; requests without the header get 401. `signedContent` \
+                says what is signed, with the placeholders `{timestamp}`, `{deliveryId}` and `{body}`: default \
+                `{timestamp}.{body}` with a timestamp header (Stripe), else `{body}`; Slack: `v0:{timestamp}:{body}` \
+                with prefix `v0=`.",
         },
         PropertyDoc {
             name: "cloudEventObject",
@@ -72,68 +84,126 @@ struct Properties {
 }
 
 #[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase", deny_unknown_fields)]
 enum AuthSpec {
     Bearer {
-        #[serde(rename = "tokenFrom")]
         token_from: SecretRef,
     },
     Hmac {
-        #[serde(rename = "secretFrom")]
         secret_from: SecretRef,
         #[serde(default)]
         header: Option<String>,
         #[serde(default)]
         prefix: Option<String>,
+        #[serde(default)]
+        timestamp_header: Option<String>,
+        #[serde(default)]
+        delivery_id_header: Option<String>,
+        #[serde(default)]
+        tolerance: Option<String>,
+        #[serde(default)]
+        signed_content: Option<String>,
     },
 }
 
-/// How a request proves it may fire a webhook trigger.
+/// How a request proves it may fire a webhook trigger. Two triggers may share a path only when
+/// their `Auth` is equal.
+#[derive(PartialEq)]
 pub(crate) enum Auth {
     /// `Authorization: Bearer <token>`.
     Bearer {
         /// The expected token.
         token: Secret,
     },
-    /// Hex HMAC-SHA256 of the raw body, in `header` after `prefix`.
-    Hmac {
-        /// The shared key.
-        secret: Secret,
-        /// Header carrying the signature.
-        header: HeaderName,
-        /// Text before the hex digits, e.g. `sha256=`.
-        prefix: String,
-    },
+    /// Hex HMAC-SHA256 of the signed content, in a header after a prefix.
+    Hmac(HmacAuth),
 }
 
+/// HMAC-SHA256 signatures, optionally with a timestamp window and delivery ids.
+#[derive(PartialEq)]
+pub(crate) struct HmacAuth {
+    /// The shared key.
+    secret: Secret,
+    /// Header carrying the signature.
+    header: HeaderName,
+    /// Text before the hex digits, e.g. `sha256=`.
+    prefix: String,
+    /// What the signature covers.
+    signed: SignedContent,
+    /// Header carrying the request's Unix time in seconds.
+    timestamp_header: Option<HeaderName>,
+    /// Header carrying an id that is unique per delivery.
+    delivery_id_header: Option<HeaderName>,
+    /// How far the timestamp may be from now, and how long delivery ids are remembered.
+    tolerance: Duration,
+}
+
+/// The delivery id of an accepted request and until when (Unix seconds) it must not come again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DeliveryId {
+    /// The header's value.
+    pub id: String,
+    /// Last second at which the same id counts as a replay.
+    pub expires: i64,
+}
+
+/// The answer to a request that carries no valid credentials.
+pub(crate) const NOT_ACCEPTED: &str = "credentials not accepted";
+
 impl Auth {
-    /// Whether the request carries the right credentials; comparisons take constant time.
-    pub(crate) fn verify(&self, headers: &HeaderMap, body: &[u8]) -> bool {
+    /// Checks the request's credentials at `now` (Unix seconds); comparisons take constant time.
+    /// Accepted: the delivery id to remember, if the trigger asks for one. Refused: why, in words
+    /// that reveal nothing of the secret.
+    pub(crate) fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        now: i64,
+    ) -> Result<Option<DeliveryId>, &'static str> {
         match self {
-            Auth::Bearer { token } => headers.get_all(AUTHORIZATION).iter().any(|value| {
-                let Some((scheme, given)) = value.to_str().ok().and_then(|v| v.trim().split_once(' ')) else {
-                    return false;
-                };
-                scheme.eq_ignore_ascii_case("bearer")
-                    && bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
-            }),
-            Auth::Hmac { secret, header, prefix } => {
-                let Some(text) = headers.get(header).and_then(|v| v.to_str().ok()) else {
-                    return false;
-                };
-                let Some(digits) = text.trim().strip_prefix(prefix.as_str()) else {
-                    return false;
-                };
-                let Ok(signature) = hex::decode(digits) else {
-                    return false;
-                };
-                let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(secret.expose().as_bytes()) else {
-                    return false;
-                };
-                mac.update(body);
-                mac.verify_slice(&signature).is_ok()
+            Auth::Bearer { token } => {
+                let accepted = headers.get_all(AUTHORIZATION).iter().any(|value| {
+                    let Some((scheme, given)) = value.to_str().ok().and_then(|v| v.trim().split_once(' ')) else {
+                        return false;
+                    };
+                    scheme.eq_ignore_ascii_case("bearer")
+                        && bool::from(given.trim().as_bytes().ct_eq(token.expose().as_bytes()))
+                });
+                if accepted { Ok(None) } else { Err(NOT_ACCEPTED) }
             }
+            Auth::Hmac(hmac) => hmac.verify(headers, body, now),
         }
+    }
+}
+
+impl HmacAuth {
+    fn verify(&self, headers: &HeaderMap, body: &[u8], now: i64) -> Result<Option<DeliveryId>, &'static str> {
+        let text = |name: &Option<HeaderName>, missing: &'static str| match name {
+            None => Ok(None),
+            Some(name) => match headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim) {
+                Some(value) if !value.is_empty() => Ok(Some(value.to_string())),
+                _ => Err(missing),
+            },
+        };
+        let timestamp = text(&self.timestamp_header, "the request has no timestamp header")?;
+        let delivery_id = text(&self.delivery_id_header, "the request has no delivery-id header")?;
+        let signature = headers
+            .get(&self.header)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|text| text.trim().strip_prefix(self.prefix.as_str()))
+            .and_then(|digits| hex::decode(digits).ok())
+            .ok_or(NOT_ACCEPTED)?;
+        let mut mac =
+            Hmac::<sha2::Sha256>::new_from_slice(self.secret.expose().as_bytes()).map_err(|_| NOT_ACCEPTED)?;
+        let (timestamp_text, id_text) = (timestamp.as_deref().unwrap_or(""), delivery_id.as_deref().unwrap_or(""));
+        self.signed.feed(timestamp_text, id_text, body, |bytes| mac.update(bytes));
+        mac.verify_slice(&signature).map_err(|_| NOT_ACCEPTED)?;
+        let tolerance = i64::try_from(self.tolerance.as_secs()).unwrap_or(i64::MAX);
+        let expires = match &timestamp {
+            Some(text) => check_timestamp(text, now, self.tolerance)?,
+            None => now.saturating_add(tolerance),
+        };
+        Ok(delivery_id.map(|id| DeliveryId { id, expires }))
     }
 }
 
@@ -157,32 +227,77 @@ impl SourceFactory for WebhookFactory {
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
         let props: Properties = parse_properties(properties)?;
         let path = match &props.path {
-            Some(path) => check_path(path).map_err(|e| format!("properties.path: {e}"))?,
-            None => default_path(&context.trigger),
+            Some(path) => Some(check_path(path).map_err(|e| format!("properties.path: {e}"))?),
+            None => None,
         };
+        let path = self.listener.route_path(&context.trigger, path.as_deref());
         let auth = match props.auth {
             None => None,
             Some(AuthSpec::Bearer { token_from }) => {
                 let token = token_from.resolve(&context.secrets, "properties.auth.tokenFrom")?;
                 Some(Arc::new(Auth::Bearer { token }))
             }
-            Some(AuthSpec::Hmac { secret_from, header, prefix }) => {
-                let header_text = header.as_deref().unwrap_or(DEFAULT_HMAC_HEADER);
-                let header = HeaderName::from_bytes(header_text.as_bytes())
-                    .map_err(|_| format!("properties.auth.header: {header_text:?} is not a valid header name"))?;
+            Some(AuthSpec::Hmac {
+                secret_from,
+                header,
+                prefix,
+                timestamp_header,
+                delivery_id_header,
+                tolerance,
+                signed_content,
+            }) => {
+                let header = header_name("header", header.as_deref().unwrap_or(DEFAULT_HMAC_HEADER))?;
+                let timestamp_header = timestamp_header.map(|h| header_name("timestampHeader", &h)).transpose()?;
+                let delivery_id_header = delivery_id_header.map(|h| header_name("deliveryIdHeader", &h)).transpose()?;
+                let tolerance = match tolerance {
+                    None => DEFAULT_TOLERANCE,
+                    Some(text) => check_tolerance(&text).map_err(|e| format!("properties.auth.tolerance: {e}"))?,
+                };
+                let signed = match signed_content {
+                    Some(format) => SignedContent::parse(&format),
+                    None if timestamp_header.is_some() => SignedContent::parse("{timestamp}.{body}"),
+                    None => Ok(SignedContent::body()),
+                }
+                .map_err(|e| format!("properties.auth.signedContent: {e}"))?;
+                if timestamp_header.is_some() != signed.has_timestamp() {
+                    return Err("properties.auth.signedContent: {timestamp} is signed exactly when timestampHeader \
+                        is set; an unsigned timestamp protects nothing"
+                        .into());
+                }
+                if signed.has_delivery_id() && delivery_id_header.is_none() {
+                    return Err("properties.auth.signedContent: {deliveryId} needs deliveryIdHeader".into());
+                }
                 let prefix = prefix.unwrap_or_else(|| DEFAULT_HMAC_PREFIX.to_string());
                 let secret = secret_from.resolve(&context.secrets, "properties.auth.secretFrom")?;
-                Some(Arc::new(Auth::Hmac { secret, header, prefix }))
+                Some(Arc::new(Auth::Hmac(HmacAuth {
+                    secret,
+                    header,
+                    prefix,
+                    signed,
+                    timestamp_header,
+                    delivery_id_header,
+                    tolerance,
+                })))
             }
         };
-        Ok(Arc::new(WebhookSource {
-            listener: self.listener.clone(),
-            path,
-            trigger: context.trigger.clone(),
-            auth,
-            cloud_event_object: props.cloud_event_object,
-        }))
+        let config =
+            RouteConfig { trigger: context.trigger.clone(), auth, cloud_event_object: props.cloud_event_object };
+        let claim = self.listener.claim(&path, config).map_err(|e| format!("properties.path: {e}"))?;
+        Ok(Arc::new(WebhookSource { claim }))
     }
+}
+
+fn header_name(property: &str, text: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(text.as_bytes())
+        .map_err(|_| format!("properties.auth.{property}: {text:?} is not a valid header name"))
+}
+
+fn check_tolerance(text: &str) -> Result<Duration, String> {
+    let tolerance = ktrigger_api::parse_duration(text)?;
+    if tolerance < Duration::from_secs(1) || tolerance > MAX_TOLERANCE {
+        return Err(format!("{text:?} must be between 1s and {}s", MAX_TOLERANCE.as_secs()));
+    }
+    Ok(tolerance)
 }
 
 /// Checks a configured path and returns it normalised.
@@ -193,40 +308,28 @@ fn check_path(path: &str) -> Result<String, String> {
     if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic() || matches!(c, '?' | '#')) {
         return Err(format!("{path:?} contains {bad:?}; use a plain URL path without query or fragment"));
     }
-    Ok(normalize_path(path).to_string())
-}
-
-/// `/webhooks/<namespace>/<service>/<trigger>`, or without the namespace when there is none.
-fn default_path(trigger: &TriggerId) -> String {
-    if trigger.namespace.is_empty() {
-        format!("/webhooks/{}/{}", trigger.service, trigger.trigger)
-    } else {
-        format!("/webhooks/{}/{}/{}", trigger.namespace, trigger.service, trigger.trigger)
+    let path = normalize_path(path);
+    if path.len() > 1 && path[1..].split('/').any(|segment| matches!(segment, "" | "." | "..")) {
+        return Err(format!("{path:?} has an empty, '.' or '..' segment"));
     }
+    Ok(path.to_string())
 }
 
-/// A webhook trigger: its path is registered on the listener while it runs.
+/// A webhook trigger: holds its path on the listener from load until it is dropped, and
+/// receives the path's requests while it runs.
 struct WebhookSource {
-    listener: Arc<WebhookListener>,
-    path: String,
-    trigger: TriggerId,
-    auth: Option<Arc<Auth>>,
-    cloud_event_object: CloudEventObject,
+    claim: Claim,
 }
 
 #[async_trait]
 impl Source for WebhookSource {
     async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
-        let config = RouteConfig {
-            trigger: self.trigger.clone(),
-            auth: self.auth.clone(),
-            cloud_event_object: self.cloud_event_object,
-        };
-        let _route = self.listener.add_route(&self.path, config, sink);
-        if self.auth.is_none() {
-            tracing::warn!(trigger = %self.trigger, path = %self.path, "webhook trigger listening without auth");
+        let _receiving = self.claim.receive(sink);
+        let (trigger, path) = (self.claim.trigger(), self.claim.path());
+        if self.claim.has_auth() {
+            tracing::info!(%trigger, path, "webhook trigger listening");
         } else {
-            tracing::info!(trigger = %self.trigger, path = %self.path, "webhook trigger listening");
+            tracing::warn!(%trigger, path, "webhook trigger listening without auth");
         }
         cancel.cancelled().await;
         Ok(())
@@ -238,11 +341,14 @@ mod tests {
     use std::io::Write;
     use std::time::Duration;
 
-    use ktrigger_core::event::SharedEvent;
+    use chrono::Utc;
+    use ktrigger_core::event::{SharedEvent, TriggerId};
     use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 
     use super::*;
+    use crate::listener::{ListenerOptions, PathScope};
 
     struct Harness {
         listener: Arc<WebhookListener>,
@@ -254,8 +360,19 @@ mod tests {
 
     impl Harness {
         async fn start() -> Harness {
+            Self::start_with(PathScope::Global).await
+        }
+
+        async fn start_with(scope: PathScope) -> Harness {
             crate::ensure_crypto_provider();
-            let listener = WebhookListener::bind_with_limit("127.0.0.1:0".parse().unwrap(), 4096).await.unwrap();
+            let options = ListenerOptions {
+                scope,
+                max_body_bytes: 4096,
+                max_buffered_bytes: 6000,
+                body_timeout: Duration::from_millis(500),
+                ..ListenerOptions::default()
+            };
+            let listener = WebhookListener::bind_with("127.0.0.1:0".parse().unwrap(), options).await.unwrap();
             let stop = CancellationToken::new();
             listener.spawn(stop.clone());
             let dir = tempfile::tempdir().unwrap();
@@ -270,21 +387,38 @@ mod tests {
         }
 
         fn build(&self, trigger: &str, properties: Value) -> Result<Arc<dyn Source>, String> {
-            let context =
-                BuildContext::new(TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: trigger.into() });
-            WebhookFactory::new(self.listener.clone()).build(&properties, &context)
+            self.build_in("ns", "svc", trigger, properties)
         }
 
-        /// Runs a source and waits until its path is registered.
+        fn build_in(&self, namespace: &str, service: &str, trigger: &str, properties: Value) -> BuildResult {
+            let id = TriggerId { namespace: namespace.into(), service: service.into(), trigger: trigger.into() };
+            WebhookFactory::new(self.listener.clone()).build(&properties, &BuildContext::new(id))
+        }
+
         async fn run(&self, trigger: &str, properties: Value) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
-            let source = self.build(trigger, properties).unwrap();
+            self.run_in("ns", "svc", trigger, properties).await
+        }
+
+        /// Runs a source and waits until it receives requests.
+        async fn run_in(
+            &self,
+            namespace: &str,
+            service: &str,
+            trigger: &str,
+            properties: Value,
+        ) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
+            self.run_built(self.build_in(namespace, service, trigger, properties).unwrap()).await
+        }
+
+        /// Runs a built source and waits until it receives requests.
+        async fn run_built(&self, source: Arc<dyn Source>) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
             let (sink, events) = EventSink::channel(8);
             let cancel = CancellationToken::new();
-            let before = self.listener.paths().len();
+            let before = self.listener.receiving();
             let token = cancel.clone();
             tokio::spawn(async move { source.run(sink, token).await });
             for _ in 0..200 {
-                if self.listener.paths().len() > before {
+                if self.listener.receiving() > before {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -307,6 +441,8 @@ mod tests {
             (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
         }
     }
+
+    type BuildResult = Result<Arc<dyn Source>, String>;
 
     impl Drop for Harness {
         fn drop(&mut self) {
@@ -429,6 +565,7 @@ mod tests {
         assert_eq!(get.headers()["allow"], "POST");
         assert_eq!(h.post("/e", &[], "not json").await.0, 400);
         assert_eq!(h.post("/e", &[], &format!("\"{}\"", "x".repeat(5000))).await.0, 413);
+        assert_eq!(h.listener.stats().too_large, 1);
         assert!(events.try_recv().is_err());
 
         // The trigger has stopped reading but its path is still registered.
@@ -446,19 +583,208 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn shared_paths_fan_out_to_the_triggers_whose_auth_accepts() {
+    async fn triggers_share_a_path_only_with_equal_auth() {
         let h = Harness::start().await;
         let a = h.secret_file("a", "token-a");
         let b = h.secret_file("b", "token-b");
-        let (mut events_a, _ca) =
-            h.run("a", json!({"path": "/shared", "auth": {"type": "bearer", "tokenFrom": {"file": a}}})).await;
-        let (mut events_b, _cb) =
-            h.run("b", json!({"path": "/shared", "auth": {"type": "bearer", "tokenFrom": {"file": b}}})).await;
+        let bearer = |file: &str| json!({"path": "/shared", "auth": {"type": "bearer", "tokenFrom": {"file": file}}});
+        let (mut events_a, cancel_a) = h.run("a", bearer(&a)).await;
+        let (mut events_twin, cancel_twin) = h.run("twin", bearer(&a)).await;
+
+        let err = h.build_in("ns", "svc2", "b", bearer(&b)).err().unwrap();
+        assert_eq!(
+            err,
+            "properties.path: /shared is already used by trigger ns/svc/a with different auth; triggers may share \
+             a path only with equal auth"
+        );
+        let err = h.build_in("other", "svc", "open", json!({"path": "/shared"})).err().unwrap();
+        assert!(err.contains("different auth"), "a route without auth cannot join a signed path: {err}");
+
         assert_eq!(h.post("/shared", &[("authorization", "Bearer token-a")], "{}").await.0, 202);
-        assert!(events_a.try_recv().is_ok());
-        assert!(events_b.try_recv().is_err());
-        assert_eq!(h.post("/shared", &[("authorization", "Bearer token-c")], "{}").await.0, 401);
-        assert!(events_a.try_recv().is_err() && events_b.try_recv().is_err());
+        assert!(events_a.try_recv().is_ok() && events_twin.try_recv().is_ok(), "equal auth: both fire");
+        assert_eq!(h.post("/shared", &[("authorization", "Bearer token-b")], "{}").await.0, 401);
+        assert_eq!(h.post("/shared", &[], "{}").await.0, 401);
+        assert!(events_a.try_recv().is_err() && events_twin.try_recv().is_err(), "refused requests fire nothing");
+
+        cancel_a.cancel();
+        cancel_twin.cancel();
+        for _ in 0..200 {
+            if h.listener.receiving() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let (mut events_b, _cancel_b) = h.run_in("ns", "svc2", "b", bearer(&b)).await;
+        assert_eq!(h.post("/shared", &[("authorization", "Bearer token-b")], "{}").await.0, 202);
+        assert!(events_b.try_recv().is_ok(), "a released path can be taken with other auth");
+    }
+
+    #[tokio::test]
+    async fn the_first_trigger_of_a_trigger_service_keeps_a_path_across_applies() {
+        let h = Harness::start().await;
+        let key = h.secret_file("key", "k");
+        let signed = json!({"path": "/p", "auth": {"type": "hmac", "secretFrom": {"file": key}}});
+        let open = json!({"path": "/p"});
+        // First apply: [a (signed), b (open)]: a takes the path, b is not loaded.
+        let a = h.build("a", signed.clone()).unwrap();
+        assert!(h.build("b", open.clone()).err().unwrap().contains("already used by trigger ns/svc/a"));
+        let (_events_a, _cancel_a) = h.run_built(a).await;
+
+        // Next apply with a removed: b is built while the old a still runs, and loads.
+        let b = h.build("b", open.clone());
+        assert!(b.is_ok(), "a trigger being removed does not block: {:?}", b.err());
+        // Were a still in the document after b, its new build would be the one refused.
+        assert!(h.build("a", signed.clone()).err().unwrap().contains("already used by trigger ns/svc/b"));
+
+        // A trigger of another TriggerService that runs on the path still blocks.
+        let err = h.build_in("ns", "other", "c", open).err().unwrap();
+        assert!(err.contains("already used by trigger ns/svc/a"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_new_version_of_the_same_trigger_may_change_its_auth() {
+        let h = Harness::start().await;
+        let old = h.build("t", json!({"path": "/p"})).unwrap();
+        let key = h.secret_file("key", "k");
+        let new = h.build("t", json!({"path": "/p", "auth": {"type": "hmac", "secretFrom": {"file": key}}}));
+        assert!(new.is_ok(), "{:?}", new.err());
+        drop(old);
+    }
+
+    #[tokio::test]
+    async fn per_trigger_service_paths_keep_tenants_apart() {
+        let h = Harness::start_with(PathScope::PerTriggerService).await;
+        let key = h.secret_file("key", "tenant-a-key");
+        let signed = json!({"path": "/hook", "auth": {"type": "hmac", "secretFrom": {"file": key}}});
+        let (mut events_a, _ca) = h.run_in("team-a", "deploys", "signed", signed).await;
+        let (mut events_b, _cb) = h.run_in("team-b", "deploys", "open", json!({"path": "/hook"})).await;
+        let (mut events_default, _cd) = h.run_in("team-b", "deploys", "plain", json!({})).await;
+        assert_eq!(h.listener.paths(), ["/team-a/deploys/hook", "/team-b/deploys/hook", "/team-b/deploys/plain"]);
+
+        let body = r#"{"for": "a"}"#;
+        let signature = sign("tenant-a-key", body);
+        let (status, _) = h.post("/team-a/deploys/hook", &[("x-signature-256", &signature)], body).await;
+        assert_eq!(status, 202);
+        assert_eq!(events_a.try_recv().unwrap().object["for"], "a");
+        assert!(events_b.try_recv().is_err(), "a signed payload for team-a never reaches team-b");
+
+        let (status, body_text) = h.post("/team-a/deploys/hook", &[], body).await;
+        assert_eq!(status, 401, "{body_text}");
+        assert_eq!(h.post("/hook", &[("x-signature-256", &signature)], body).await.0, 404, "no global path");
+        assert!(events_a.try_recv().is_err() && events_b.try_recv().is_err(), "nothing fired");
+
+        assert_eq!(h.post("/team-b/deploys/hook", &[], r#"{"for": "b"}"#).await.0, 202);
+        assert_eq!(events_b.try_recv().unwrap().object["for"], "b");
+        assert!(events_a.try_recv().is_err());
+        assert_eq!(h.post("/team-b/deploys/plain", &[], "{}").await.0, 202);
+        assert!(events_default.try_recv().is_ok(), "the default path is the trigger's name");
+    }
+
+    fn sign_with(secret: &str, content: &str, prefix: &str) -> String {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(content.as_bytes());
+        format!("{prefix}{}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    #[tokio::test]
+    async fn signed_timestamps_must_be_within_the_tolerance() {
+        let h = Harness::start().await;
+        let key = h.secret_file("key", "k");
+        let auth = json!({"type": "hmac", "secretFrom": {"file": key}, "header": "X-Slack-Signature",
+            "prefix": "v0=", "timestampHeader": "X-Slack-Request-Timestamp", "tolerance": "5m",
+            "signedContent": "v0:{timestamp}:{body}"});
+        let (mut events, _cancel) = h.run("slack", json!({"path": "/slack", "auth": auth})).await;
+        let body = r#"{"text": "hi"}"#;
+        let now = Utc::now().timestamp();
+        let hh = &h;
+        let post = |timestamp: i64, signed_timestamp: i64| {
+            let signature = sign_with("k", &format!("v0:{signed_timestamp}:{body}"), "v0=");
+            let timestamp = timestamp.to_string();
+            async move {
+                let headers = [("x-slack-signature", signature.as_str()), ("x-slack-request-timestamp", &timestamp)];
+                hh.post("/slack", &headers, body).await
+            }
+        };
+
+        assert_eq!(post(now, now).await.0, 202);
+        assert!(events.try_recv().is_ok());
+        let (status, answer) = post(now - 400, now - 400).await;
+        assert_eq!(status, 401, "a replay of an old request is refused");
+        assert_eq!(answer["error"], "the request timestamp is outside the allowed window");
+        assert_eq!(post(now + 400, now + 400).await.0, 401, "too far in the future");
+        assert_eq!(post(now, now - 400).await.0, 401, "the timestamp is signed: changing it breaks the signature");
+        let signature = sign_with("k", &format!("v0:{now}:{body}"), "v0=");
+        assert_eq!(h.post("/slack", &[("x-slack-signature", &signature)], body).await.0, 401, "no timestamp");
+        assert!(events.try_recv().is_err(), "refused requests fire nothing");
+        assert_eq!(h.listener.stats().unauthorized, 4, "refusals are counted");
+    }
+
+    #[tokio::test]
+    async fn a_delivery_id_seen_within_the_window_is_answered_but_not_fired_again() {
+        let h = Harness::start().await;
+        let key = h.secret_file("key", "gh");
+        let auth = json!({"type": "hmac", "secretFrom": {"file": key}, "header": "X-Hub-Signature-256",
+            "deliveryIdHeader": "X-GitHub-Delivery"});
+        let (mut events, _cancel) = h.run("github", json!({"path": "/gh", "auth": auth})).await;
+        let body = r#"{"ref": "main"}"#;
+        let signature = sign("gh", body);
+        let hh = &h;
+        let post = |id: &'static str| {
+            let signature = signature.clone();
+            async move { hh.post("/gh", &[("x-hub-signature-256", &signature), ("x-github-delivery", id)], body).await }
+        };
+
+        assert_eq!(post("d-1").await.0, 202);
+        assert!(events.try_recv().is_ok());
+        let (status, answer) = post("d-1").await;
+        assert_eq!((status, answer), (200, json!({"duplicate": true})));
+        assert!(events.try_recv().is_err(), "a repeated delivery is not fired again");
+        assert_eq!(h.listener.stats().duplicates, 1);
+        assert_eq!(post("d-2").await.0, 202);
+        assert!(events.try_recv().is_ok());
+        let (status, _) = h.post("/gh", &[("x-hub-signature-256", &signature)], body).await;
+        assert_eq!(status, 401, "the delivery id is required once configured");
+
+        events.close();
+        assert_eq!(post("d-3").await.0, 503);
+        let (status, _) = post("d-3").await;
+        assert_eq!(status, 503, "an id that fired nothing is not remembered");
+    }
+
+    #[tokio::test]
+    async fn a_slow_body_is_cut_by_the_body_timeout() {
+        let h = Harness::start().await;
+        let (mut events, _cancel) = h.run("t", json!({"path": "/slow"})).await;
+        let mut stream = tokio::net::TcpStream::connect(h.listener.local_addr().unwrap()).await.unwrap();
+        stream.write_all(b"POST /slow HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\n{\"a\":").await.unwrap();
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+        assert!(read.is_ok(), "the server closes the connection");
+        let answer = String::from_utf8_lossy(&answer);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(events.try_recv().is_err());
+        assert_eq!(h.listener.stats().body_timeouts, 1);
+    }
+
+    #[tokio::test]
+    async fn bodies_held_at_once_are_bounded_over_all_connections() {
+        let h = Harness::start().await;
+        let (_events, _cancel) = h.run("t", json!({"path": "/big"})).await;
+        let mut stream = tokio::net::TcpStream::connect(h.listener.local_addr().unwrap()).await.unwrap();
+        let head = "POST /big HTTP/1.1\r\nhost: x\r\ncontent-length: 4000\r\n\r\n";
+        stream.write_all(format!("{head}\"{}", "x".repeat(3500)).as_bytes()).await.unwrap();
+        let mut held = false;
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let (status, _) = h.post("/big", &[], &format!("\"{}\"", "y".repeat(3000))).await;
+            if status == 503 {
+                held = true;
+                break;
+            }
+        }
+        assert!(held, "a second large body while 3500 bytes of the first are held is refused with 503");
+        assert!(h.listener.stats().over_budget >= 1);
+        drop(stream);
     }
 
     #[tokio::test]
@@ -490,5 +816,25 @@ mod tests {
         assert!(err.starts_with("properties.cloudEventObject:"), "{err}");
         let err = h.build("t", json!({"pth": "/x"})).err().unwrap();
         assert!(err.contains("pth"), "{err}");
+        let err = h.build("t", json!({"path": "/a/../b"})).err().unwrap();
+        assert!(err.starts_with("properties.path:") && err.contains(".."), "{err}");
+        let hmac = |extra: Value| {
+            let mut auth = json!({"type": "hmac", "secretFrom": {"file": key}});
+            auth.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            h.build("t", json!({"auth": auth})).err().unwrap_or_default()
+        };
+        let err = hmac(json!({"timestampHeader": "X-Timestamp", "tolerance": "2h"}));
+        assert!(err.starts_with("properties.auth.tolerance:") && err.contains("3600s"), "{err}");
+        let err = hmac(json!({"timestampHeader": "X-Timestamp", "tolerance": "0s"}));
+        assert!(err.starts_with("properties.auth.tolerance:"), "{err}");
+        let err = hmac(json!({"timestampHeader": "X-Timestamp", "signedContent": "{body}"}));
+        assert!(err.starts_with("properties.auth.signedContent:") && err.contains("{timestamp}"), "{err}");
+        let err = hmac(json!({"signedContent": "{timestamp}.{body}"}));
+        assert!(err.starts_with("properties.auth.signedContent:"), "{err}");
+        let err = hmac(json!({"signedContent": "{deliveryId}.{body}"}));
+        assert!(err.contains("deliveryIdHeader"), "{err}");
+        let err = hmac(json!({"deliveryIdHeader": "bad header"}));
+        assert!(err.starts_with("properties.auth.deliveryIdHeader:") && !err.contains("do-not-print"), "{err}");
+        assert_eq!(hmac(json!({"timestampHeader": "X-Timestamp", "deliveryIdHeader": "X-Id"})), "");
     }
 }
