@@ -39,7 +39,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run triggers from files (or the built-in quickstart when no file is given).
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Reconcile TriggerService objects in a cluster (the in-cluster mode).
     Controller(Box<controller::ControllerArgs>),
     /// Check files and list every problem; exits non-zero when there is one.
@@ -84,7 +84,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Run(args) => run::run(args).await,
+            Command::Run(args) => run::run(*args).await,
             Command::Controller(args) => controller::controller(*args).await,
             Command::Validate { files, event_mappings } => inspect::validate(&files, event_mappings.as_deref()),
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
