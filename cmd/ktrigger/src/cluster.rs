@@ -26,13 +26,15 @@ pub struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    /// Connects as the options say; a missing cluster is reported by the triggers that need one.
-    pub async fn connect(&self) -> anyhow::Result<ktrigger_kube::Cluster> {
+    /// Connects as the options say, giving TriggerServices identities by `identities`; a
+    /// missing cluster is reported by the triggers that need one.
+    pub async fn connect(&self, identities: ktrigger_kube::IdentityPolicy) -> anyhow::Result<ktrigger_kube::Cluster> {
         let options = ktrigger_kube::ClusterOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             event_mappings: self.event_mappings.clone(),
             hub: ktrigger_kube::HubOptions { unhealthy_after: self.watch_unhealthy_after },
+            identities,
         };
         Ok(ktrigger_kube::Cluster::connect(&options).await?)
     }

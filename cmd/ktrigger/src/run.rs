@@ -54,9 +54,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let webhooks =
         if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { WebhookListener::detached() };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
-    let cluster = args.cluster.connect().await?;
+    let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
-    let mut engine = engine_with(webhooks.clone(), cluster.clone(), true, options);
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options);
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;

@@ -1,6 +1,10 @@
-//! The WatchHub: one Kubernetes watch per (resource, namespace, label selector, field selector),
-//! however many triggers subscribe to it, with each change fanned out as one shared event to the
-//! triggers that asked for it.
+//! The WatchHub: one Kubernetes watch per (resource, namespace, label selector, field selector,
+//! identity), however many triggers subscribe to it, with each change fanned out as one shared
+//! event to the triggers that asked for it.
+//!
+//! The identity is part of the key so that sharing never widens what a trigger sees: a watch is
+//! opened as its subscribers' identity, and triggers acting as different identities never share
+//! one, so each is listed and watched with exactly what its own RBAC allows.
 //!
 //! A watch is a task around kube-runtime's `watcher` (list, then watch from the list's
 //! resourceVersion, resume after dropped streams, re-list after 410 Gone, exponential backoff
@@ -13,7 +17,7 @@
 //! Watch restarts are counted from the requests a watch sends (see `RestartDetector`): the
 //! watcher resumes a stream that ended without telling its consumer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,6 +35,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::identity::{self, Identity};
 
 /// After an error, a watch that reports no further error for this long is taken to work again:
 /// the watcher retries at least every 30 s (its longest backoff) while it keeps failing.
@@ -50,6 +56,8 @@ pub struct WatchKey {
     pub labels: String,
     /// Canonical field selector; empty for all.
     pub fields: String,
+    /// Who the watch lists and watches as.
+    pub identity: Identity,
 }
 
 impl fmt::Display for WatchKey {
@@ -70,7 +78,7 @@ impl fmt::Display for WatchKey {
         if !self.fields.is_empty() {
             write!(f, " with fields {:?}", self.fields)?;
         }
-        Ok(())
+        write!(f, " as {}", self.identity)
     }
 }
 
@@ -266,22 +274,27 @@ impl WatchHub {
         &self.shared.options
     }
 
-    /// Adds a subscriber to the watch of `key`, starting the watch when it is the first one.
-    /// The subscription ends when the returned handle is dropped; the watch stops with its last
-    /// subscriber. Must be called within a tokio runtime.
-    pub fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Subscription {
+    /// Adds a subscriber to the watch of `key`, starting the watch when it is the first one;
+    /// the watch sends through `client` (this process's own) as `key.identity`. The subscription
+    /// ends when the returned handle is dropped; the watch stops with its last subscriber. Must
+    /// be called within a tokio runtime.
+    pub fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Result<Subscription, String> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let trigger = subscriber.trigger.clone();
         let mut watches = lock(&self.shared.watches);
-        let entry = watches.entry(key.clone()).or_insert_with(|| {
-            let total = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::info!(watch = %key, watches_opened = total, "opening watch");
-            start_watch(client.clone(), key.clone(), self.shared.restarts.clone())
-        });
+        let entry = match watches.entry(key.clone()) {
+            hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            hash_map::Entry::Vacant(vacant) => {
+                let client = identity::client_as(client, &key.identity)?;
+                let total = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(watch = %key, watches_opened = total, "opening watch");
+                vacant.insert(start_watch(client, key.clone(), self.shared.restarts.clone()))
+            }
+        };
         entry.subscribers += 1;
         let _ = entry.commands.send(Command::Join(id, subscriber));
         tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
-        Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone() }
+        Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone() })
     }
 
     /// Watches running now.
@@ -828,7 +841,7 @@ fn describe_error(error: &watcher::Error, key: &WatchKey) -> (String, bool) {
             kube::Error::Api(status) => {
                 let refused = matches!(status.code, 400 | 401 | 403 | 404);
                 let hint = match status.code {
-                    403 => format!(" (RBAC: the identity in use needs list and watch on {})", rbac_target(key)),
+                    403 => format!(" (RBAC: {} needs list and watch on {})", key.identity, rbac_target(key)),
                     401 => " (the credentials in the kubeconfig were not accepted)".to_string(),
                     _ => String::new(),
                 };

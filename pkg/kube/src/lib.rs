@@ -4,7 +4,8 @@
 //! The binary makes one [`Cluster`] from `--kubeconfig`, `--context`, `KUBECONFIG` or the
 //! in-cluster service account, and [`register`]s the source types with it. Loading a trigger only
 //! checks its properties: kinds are resolved by discovery when the source runs, so
-//! `ktrigger validate` works without a cluster ([`Cluster::offline`]).
+//! `ktrigger validate` works without a cluster ([`Cluster::offline`]). Sources list and watch as
+//! their TriggerService's identity ([`identity`]).
 
 #![warn(missing_docs)]
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ktrigger_core::registry::{Registry, SourceError, SourceFactory};
+use ktrigger_core::registry::{BuildContext, Registry, SourceError, SourceFactory};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -24,12 +25,14 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub mod hub;
+pub mod identity;
 pub mod k8s_events;
 pub mod presets;
 pub mod resource_watcher;
 pub mod selector;
 
 pub use hub::{HubOptions, WatchHub};
+pub use identity::{Actor, Identity, IdentityPolicy};
 pub use presets::CustomPreset;
 
 /// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
@@ -69,13 +72,14 @@ pub struct ClusterOptions {
     pub event_mappings: Option<PathBuf>,
     /// The WatchHub's tunables.
     pub hub: HubOptions,
+    /// Who TriggerServices act as ([`IdentityPolicy::local`] for `ktrigger run`).
+    pub identities: IdentityPolicy,
 }
 
 struct ClusterState {
     /// The client, or why there is none.
     client: Result<Client, String>,
-    /// The configuration the client was made from, for clients acting as other identities.
-    config: Option<Config>,
+    identities: IdentityPolicy,
     /// Where the client points, for the start-up report.
     description: Option<String>,
     /// Loading only: a missing cluster is not a load error.
@@ -113,19 +117,16 @@ impl Cluster {
         let (client, description) = match load_config(options).await {
             Ok((config, context)) => {
                 let description = format!("{} (context {context})", config.cluster_url);
-                match Client::try_from(config.clone()) {
-                    Ok(client) => (Ok((client, config)), Some(description)),
+                match Client::try_from(config) {
+                    Ok(client) => (Ok(client), Some(description)),
                     Err(e) => (Err(format!("cannot make a client for {description}: {e}")), None),
                 }
             }
             Err(KubeError::Config(reason)) => (Err(reason), None),
             Err(other) => (Err(other.to_string()), None),
         };
-        let (client, config) = match client {
-            Ok((client, config)) => (Ok(client), Some(config)),
-            Err(reason) => (Err(reason), None),
-        };
-        Ok(Cluster::make(client, config, description, false, options.hub.clone(), mappings))
+        let identities = options.identities.clone();
+        Ok(Cluster::make(client, identities, description, false, options.hub.clone(), mappings))
     }
 
     /// A cluster for checking triggers only (`ktrigger validate`, type listings): properties are
@@ -137,17 +138,23 @@ impl Cluster {
     /// Like [`Cluster::offline`], knowing the custom presets of an `--event-mappings` file.
     pub fn offline_with_mappings(mappings: Vec<CustomPreset>) -> Cluster {
         let reason = "this command does not connect to a cluster".to_string();
-        Cluster::make(Err(reason), None, None, true, HubOptions::default(), mappings)
+        Cluster::make(Err(reason), IdentityPolicy::local(), None, true, HubOptions::default(), mappings)
     }
 
-    /// A cluster reached through `client` (tests and embedding programs).
-    pub fn with_client(client: Client, hub: HubOptions, mappings: Vec<CustomPreset>) -> Cluster {
-        Cluster::make(Ok(client), None, None, false, hub, mappings)
+    /// A cluster reached through `client`, giving TriggerServices identities by `identities`
+    /// (tests and embedding programs).
+    pub fn with_client(
+        client: Client,
+        identities: IdentityPolicy,
+        hub: HubOptions,
+        mappings: Vec<CustomPreset>,
+    ) -> Cluster {
+        Cluster::make(Ok(client), identities, None, false, hub, mappings)
     }
 
     fn make(
         client: Result<Client, String>,
-        config: Option<Config>,
+        identities: IdentityPolicy,
         description: Option<String>,
         offline: bool,
         hub: HubOptions,
@@ -156,7 +163,7 @@ impl Cluster {
         Cluster {
             state: Arc::new(ClusterState {
                 client,
-                config,
+                identities,
                 description,
                 offline,
                 hub: WatchHub::new(hub),
@@ -195,9 +202,9 @@ impl Cluster {
         self.state.client.clone().ok()
     }
 
-    /// The configuration of the client, when it was made from one (not for [`Cluster::with_client`]).
-    pub fn kube_config(&self) -> Option<Config> {
-        self.state.config.clone()
+    /// Who TriggerServices act as on this cluster.
+    pub fn identities(&self) -> &IdentityPolicy {
+        &self.state.identities
     }
 
     /// Why there is no client, when there is none.
@@ -207,6 +214,16 @@ impl Cluster {
 
     fn client(&self) -> Result<Client, SourceError> {
         self.state.client.clone().map_err(|reason| SourceError(format!("no Kubernetes cluster: {reason}")))
+    }
+
+    /// The actor of the trigger being built, by this cluster's [`IdentityPolicy`], and the
+    /// namespace its source watches: `namespace` as written, else the one it is confined to
+    /// (all namespaces when it is not confined). A namespace it may not read is refused.
+    fn scope(&self, context: &BuildContext, namespace: Option<String>) -> Result<(Actor, Option<String>), String> {
+        let actor = self.state.identities.resolve(&context.trigger.namespace, context.service_account.as_deref())?;
+        let namespace = namespace.filter(|ns| !ns.is_empty()).or_else(|| actor.confined_to.clone());
+        actor.check_namespace(namespace.as_deref()).map_err(|e| format!("properties.namespace: {e}"))?;
+        Ok((actor, namespace))
     }
 
     /// Finds the resource of `gvk` by discovery (cached once found) and whether it is namespaced.
