@@ -303,12 +303,15 @@ impl WatchHub {
     }
 
     /// The watches that have been failing for longer than `unhealthy_after`, each with why: what
-    /// `/readyz` reports.
+    /// `/readyz` reports. Refusals (RBAC, a bad selector, an unknown resource) are left out: they
+    /// are the configuration of the triggers on that watch, reported on those triggers, and one
+    /// TriggerService's identity must not make the process unready for every other one.
     pub fn unhealthy(&self) -> Vec<String> {
         let now = Instant::now();
         let watches = lock(&self.shared.watches);
         let mut found: Vec<String> = watches
             .iter()
+            .filter(|(_, entry)| !entry.health.borrow().refused)
             .filter_map(|(key, entry)| match entry.health.borrow().verdict(now, self.shared.options.unhealthy_after) {
                 Verdict::Fine => None,
                 Verdict::Refused(reason) | Verdict::Unhealthy(reason) => Some(format!("{key}: {reason}")),

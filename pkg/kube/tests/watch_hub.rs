@@ -571,5 +571,6 @@ async fn a_refused_watch_names_the_identity_resource_and_namespace() {
             && r.impersonate_user.as_deref() == Some("system:serviceaccount:test:robot")
     });
     assert!(asked, "the refused list was made as the ServiceAccount");
+    assert_eq!(h.kube.hub().unhealthy(), Vec::<String>::new(), "one trigger's refusal leaves readiness alone");
     source.stop().await;
 }
