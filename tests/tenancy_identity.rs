@@ -272,3 +272,85 @@ fn the_default_service_account_acts_for_trigger_services_without_one() {
     assert!(delivered(&running, &env, "defaulted", "secrets").is_empty(), "nothing of the refused watch is delivered");
     assert_eq!(running.stop(), Some(0));
 }
+
+/// Cluster-scoped objects of one test (`kind/name`), deleted when dropped.
+struct ClusterScoped<'a> {
+    env: &'a Env,
+    objects: Vec<String>,
+}
+
+impl Drop for ClusterScoped<'_> {
+    fn drop(&mut self) {
+        for object in &self.objects {
+            let _ = self.env.kubectl(&["delete", object, "--ignore-not-found"]);
+        }
+    }
+}
+
+/// A kubeconfig for the real cluster that authenticates with `token`.
+fn token_kubeconfig(env: &Env, token: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let (ok, text) = env.kubectl(&["config", "view", "--raw", "--minify", "--flatten", "-o", "json"]);
+    assert!(ok, "{text}");
+    let admin: Value = serde_json::from_str(&text).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config", "current-context": "controller",
+        "clusters": [{"name": "real", "cluster": cluster}],
+        "users": [{"name": "controller", "user": {"token": token}}],
+        "contexts": [{"name": "controller", "context": {"cluster": "real", "user": "controller"}}],
+    });
+    write_config(&serde_json::to_string(&kubeconfig).unwrap())
+}
+
+#[test]
+fn the_controller_works_with_only_its_shipped_cluster_role_and_reads_nothing_itself() {
+    let env = Env::new("identity-rbac");
+    if !env.external() {
+        println!("skipped: the test cluster has no RBAC; set KTRIGGER_TEST_KUBECONFIG to a real cluster");
+        return;
+    }
+    env.install_trigger_service_crd();
+    reader_account(&env);
+    let ns = env.namespace.clone();
+    // The rules of config/rbac/role.yaml, under a name of this test's own, bound to a
+    // ServiceAccount the controller runs as.
+    let shipped = std::fs::read_to_string(support::repo().join("config/rbac/role.yaml")).unwrap();
+    let role_name = format!("{ns}-controller");
+    let role = shipped.replace("name: ktrigger-controller", &format!("name: {role_name}"));
+    let _cleanup = ClusterScoped {
+        env: &env,
+        objects: vec![format!("clusterrole/{role_name}"), format!("clusterrolebinding/{role_name}")],
+    };
+    env.apply(&ns, &role);
+    env.apply(
+        &ns,
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: controller}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {role_name}}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {role_name}}}\n\
+             subjects: [{{kind: ServiceAccount, name: controller, namespace: {ns}}}]\n"
+        ),
+    );
+    let (ok, token) = env.kubectl(&["create", "token", "controller", "-n", &ns, "--duration", "1h"]);
+    assert!(ok, "{token}");
+    let (_dir, kubeconfig) = token_kubeconfig(&env, token.trim());
+    let args = ["--kubeconfig", kubeconfig.to_str().unwrap(), "--watch-namespaces", &ns, "--status-interval", "300ms"];
+    let running = Running::start_controller(&args);
+
+    let configs = format!("{{apiVersion: v1, kind: ConfigMap, namespace: {ns}, events: [create]}}");
+    env.apply(&ns, &trigger_service("as-reader", Some(READER), &[("configs", &configs)]));
+    env.apply(&ns, &trigger_service("as-controller", None, &[("configs", &configs)]));
+
+    let own = refusal(&env, "as-controller", "configs");
+    let expected = format!("cannot list v1/configmaps in namespace {ns} as ktrigger's own identity: 403");
+    assert!(own.contains(&expected), "{own}");
+    env.create_configmap("settings", serde_json::json!({}));
+    wait_delivered(&running, &env, "as-reader", "configs", "settings");
+    assert!(delivered(&running, &env, "as-controller", "configs").is_empty());
+    let start = Instant::now();
+    while event_notes(&env, "as-controller", "TriggerRestarted").iter().all(|note| !note.contains(&expected)) {
+        assert!(start.elapsed() < WAIT, "the controller published no Event about the refusal");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(running.stop(), Some(0));
+}
