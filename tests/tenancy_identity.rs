@@ -344,6 +344,7 @@ fn the_controller_works_with_only_its_shipped_cluster_role_and_reads_nothing_its
     let own = refusal(&env, "as-controller", "configs");
     let expected = format!("cannot list v1/configmaps in namespace {ns} as ktrigger's own identity: 403");
     assert!(own.contains(&expected), "{own}");
+    assert!(own.contains("or the TriggerService a spec.serviceAccountName that has them"), "{own}");
     env.create_configmap("settings", serde_json::json!({}));
     wait_delivered(&running, &env, "as-reader", "configs", "settings");
     assert!(delivered(&running, &env, "as-controller", "configs").is_empty());

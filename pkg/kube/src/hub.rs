@@ -844,7 +844,17 @@ fn describe_error(error: &watcher::Error, key: &WatchKey) -> (String, bool) {
             kube::Error::Api(status) => {
                 let refused = matches!(status.code, 400 | 401 | 403 | 404);
                 let hint = match status.code {
-                    403 => format!(" (RBAC: {} needs list and watch on {})", key.identity, rbac_target(key)),
+                    403 => match key.identity {
+                        Identity::Own => format!(
+                            " (RBAC: {} needs list and watch on {}, or the TriggerService a spec.serviceAccountName \
+                             that has them)",
+                            key.identity,
+                            rbac_target(key)
+                        ),
+                        Identity::ServiceAccount { .. } => {
+                            format!(" (RBAC: {} needs list and watch on {})", key.identity, rbac_target(key))
+                        }
+                    },
                     401 => " (the credentials in the kubeconfig were not accepted)".to_string(),
                     _ => String::new(),
                 };
