@@ -355,3 +355,50 @@ fn the_controller_works_with_only_its_shipped_cluster_role_and_reads_nothing_its
     }
     assert_eq!(running.stop(), Some(0));
 }
+
+#[test]
+fn a_watch_serves_another_service_account_only_while_a_review_allows_it() {
+    let env = Env::new("identity-share");
+    if !env.external() {
+        println!("skipped: the test cluster serves no SubjectAccessReviews; set KTRIGGER_TEST_KUBECONFIG");
+        return;
+    }
+    env.install_trigger_service_crd();
+    reader_account(&env);
+    let ns = env.namespace.clone();
+    env.apply(
+        &ns,
+        &format!(
+            "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: second}}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: second-reads-configmaps}}\n\
+             roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: read-configmaps}}\n\
+             subjects: [{{kind: ServiceAccount, name: second, namespace: {ns}}}]\n"
+        ),
+    );
+    let running = env.start_controller(&["--access-review-ttl", "1s"], &[]);
+    let configs = format!("{{apiVersion: v1, kind: ConfigMap, namespace: {ns}, events: [create]}}");
+    env.apply(&ns, &trigger_service("first", Some(READER), &[("configs", &configs)]));
+    running.stderr.wait_for("watch synced", WAIT);
+    env.apply(&ns, &trigger_service("second", Some("second"), &[("configs", &configs)]));
+    running.stderr.wait_for("sharing the watch", WAIT);
+
+    env.create_configmap("both", serde_json::json!({}));
+    wait_delivered(&running, &env, "first", "configs", "both");
+    wait_delivered(&running, &env, "second", "configs", "both");
+    let opened =
+        running.stderr.text().lines().filter(|l| l.contains("opening watch") && l.contains("configmaps")).count();
+    assert_eq!(opened, 1, "one watch serves both ServiceAccounts:\n{}", running.stderr.text());
+
+    let (ok, text) = env.kubectl(&["delete", "rolebinding", "second-reads-configmaps", "-n", &ns]);
+    assert!(ok, "{text}");
+    let revoked = refusal(&env, "second", "configs");
+    let identity = format!("ServiceAccount {ns}/second");
+    assert!(revoked.contains(&identity), "{revoked}");
+    assert!(!revoked.contains(&format!("{ns}/{READER}")), "the other identity is not revealed: {revoked}");
+    env.create_configmap("first-only", serde_json::json!({}));
+    wait_delivered(&running, &env, "first", "configs", "first-only");
+    std::thread::sleep(Duration::from_millis(500));
+    let second = delivered(&running, &env, "second", "configs");
+    assert!(second.iter().all(|line| !line.contains("first-only")), "revoked access still delivers: {second:?}");
+    assert_eq!(running.stop(), Some(0));
+}

@@ -202,6 +202,8 @@ fn controller_rbac_covers_what_the_controller_does() {
         ("events.k8s.io", "events", &["create", "patch"]),
         // Everything a TriggerService reads or does is made as its ServiceAccount.
         ("", "serviceaccounts", &["impersonate"]),
+        // A watch serves another ServiceAccount only when a review says it may list and watch.
+        ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
     ];
     for (group, resource, verbs) in required {
         for verb in *verbs {

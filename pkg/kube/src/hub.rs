@@ -3,8 +3,9 @@
 //! event to the triggers that asked for it.
 //!
 //! The identity is part of the key so that sharing never widens what a trigger sees: a watch is
-//! opened as its subscribers' identity, and triggers acting as different identities never share
-//! one, so each is listed and watched with exactly what its own RBAC allows.
+//! opened as its subscribers' identity. A trigger acting as another ServiceAccount joins it only
+//! as a guest that a SubjectAccessReview allows to list and watch the same objects (see
+//! `access.rs` and `Cluster::subscribe`), asked again every `access_review_ttl`.
 //!
 //! A watch is a task around kube-runtime's `watcher` (list, then watch from the list's
 //! resourceVersion, resume after dropped streams, re-list after 410 Gone, exponential backoff
@@ -60,25 +61,51 @@ pub struct WatchKey {
     pub identity: Identity,
 }
 
+impl WatchKey {
+    /// What is watched, without who watches it: for messages to a trigger that shares a watch
+    /// opened as another identity, which must not learn that identity.
+    pub fn scope(&self) -> impl fmt::Display + '_ {
+        Scope(self)
+    }
+
+    /// Whether `other` watches the same objects (whoever watches them).
+    fn same_scope(&self, other: &WatchKey) -> bool {
+        self.resource == other.resource
+            && self.namespace == other.namespace
+            && self.labels == other.labels
+            && self.fields == other.fields
+    }
+}
+
 impl fmt::Display for WatchKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.resource;
+        write!(f, "{} as {}", self.scope(), self.identity)
+    }
+}
+
+/// A [`WatchKey`] without its identity.
+struct Scope<'a>(&'a WatchKey);
+
+impl fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self.0;
+        let r = &key.resource;
         if r.group.is_empty() {
             write!(f, "{}/{}", r.version, r.plural)?;
         } else {
             write!(f, "{}.{}/{}", r.plural, r.group, r.version)?;
         }
-        match &self.namespace {
+        match &key.namespace {
             Some(ns) => write!(f, " in namespace {ns}")?,
             None => write!(f, " in all namespaces")?,
         }
-        if !self.labels.is_empty() {
-            write!(f, " with labels {:?}", self.labels)?;
+        if !key.labels.is_empty() {
+            write!(f, " with labels {:?}", key.labels)?;
         }
-        if !self.fields.is_empty() {
-            write!(f, " with fields {:?}", self.fields)?;
+        if !key.fields.is_empty() {
+            write!(f, " with fields {:?}", key.fields)?;
         }
-        write!(f, " as {}", self.identity)
+        Ok(())
     }
 }
 
@@ -87,11 +114,15 @@ impl fmt::Display for WatchKey {
 pub struct HubOptions {
     /// How long a watch may keep failing before its subscribers report it unhealthy.
     pub unhealthy_after: Duration,
+    /// How long a SubjectAccessReview that lets a ServiceAccount share a watch opened as another
+    /// identity is trusted before it is asked again; zero: watches are never shared across
+    /// identities.
+    pub access_review_ttl: Duration,
 }
 
 impl Default for HubOptions {
     fn default() -> Self {
-        HubOptions { unhealthy_after: Duration::from_secs(120) }
+        HubOptions { unhealthy_after: Duration::from_secs(120), access_review_ttl: Duration::from_secs(60) }
     }
 }
 
@@ -294,7 +325,22 @@ impl WatchHub {
         entry.subscribers += 1;
         let _ = entry.commands.send(Command::Join(id, subscriber));
         tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
-        Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone() })
+        Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone(), guest: None })
+    }
+
+    /// A running watch of the same objects as `key` opened as another identity, synced and not
+    /// failing: one that a trigger acting as `key.identity` may share once it is allowed to list
+    /// and watch them.
+    pub fn shareable(&self, key: &WatchKey) -> Option<WatchKey> {
+        let watches = lock(&self.shared.watches);
+        watches
+            .iter()
+            .filter(|(other, _)| other.identity != key.identity && other.same_scope(key))
+            .find(|(_, entry)| {
+                let health = entry.health.borrow();
+                health.synced && health.last_error.is_none()
+            })
+            .map(|(other, _)| other.clone())
     }
 
     /// Watches running now.
@@ -353,6 +399,8 @@ pub struct Subscription {
     key: WatchKey,
     id: u64,
     health: watch::Receiver<Health>,
+    /// The subscriber's identity when it shares a watch opened as another one.
+    pub(crate) guest: Option<Identity>,
 }
 
 impl Subscription {

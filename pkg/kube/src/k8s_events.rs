@@ -287,9 +287,9 @@ impl Source for K8sEvents {
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
             };
-            self.cluster.hub().subscribe(&client, key, subscriber)
+            self.cluster.subscribe(&client, key, subscriber).await
         };
-        run_subscribed(&self.slot, subscribe, &cancel, self.cluster.hub().options().unhealthy_after).await
+        run_subscribed(&self.cluster, &self.slot, subscribe, &cancel).await
     }
 }
 

@@ -24,6 +24,7 @@ use kube::{Client, Config};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub mod access;
 pub mod hub;
 pub mod identity;
 pub mod k8s_events;
@@ -32,6 +33,7 @@ pub mod resource_watcher;
 pub mod selector;
 
 pub use hub::{HubOptions, WatchHub};
+use hub::{Subscriber, Subscription, WatchKey};
 pub use identity::{Actor, Identity, IdentityPolicy};
 pub use presets::CustomPreset;
 
@@ -80,6 +82,9 @@ struct ClusterState {
     /// The client, or why there is none.
     client: Result<Client, String>,
     identities: IdentityPolicy,
+    /// Whether ServiceAccounts may share watches opened as other identities; `None` when
+    /// sharing across identities is off or there is no client.
+    reviews: Option<access::AccessReviews>,
     /// Where the client points, for the start-up report.
     description: Option<String>,
     /// Loading only: a missing cluster is not a load error.
@@ -160,10 +165,16 @@ impl Cluster {
         hub: HubOptions,
         mappings: Vec<CustomPreset>,
     ) -> Cluster {
+        let ttl = hub.access_review_ttl;
+        let reviews = match &client {
+            Ok(client) if !ttl.is_zero() => Some(access::AccessReviews::new(client.clone(), ttl)),
+            _ => None,
+        };
         Cluster {
             state: Arc::new(ClusterState {
                 client,
                 identities,
+                reviews,
                 description,
                 offline,
                 hub: WatchHub::new(hub),
@@ -224,6 +235,22 @@ impl Cluster {
         let namespace = namespace.filter(|ns| !ns.is_empty()).or_else(|| actor.confined_to.clone());
         actor.check_namespace(namespace.as_deref()).map_err(|e| format!("properties.namespace: {e}"))?;
         Ok((actor, namespace))
+    }
+
+    /// Subscribes to the watch of `key`, or, for a ServiceAccount that a SubjectAccessReview
+    /// allows to list and watch the same objects, to a running watch of them opened as another
+    /// identity.
+    async fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Result<Subscription, String> {
+        if let Some(reviews) = &self.state.reviews
+            && let Some(host) = self.hub().shareable(&key)
+            && reviews.may_watch(&key.identity, &host).await
+        {
+            tracing::info!(watch = %host, guest = %key.identity, trigger = %subscriber.trigger, "sharing the watch");
+            let mut subscription = self.hub().subscribe(client, host, subscriber)?;
+            subscription.guest = Some(key.identity);
+            return Ok(subscription);
+        }
+        self.hub().subscribe(client, key, subscriber)
     }
 
     /// Finds the resource of `gvk` by discovery (cached once found) and whether it is namespaced.
@@ -338,37 +365,56 @@ type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
 
 /// Subscribes (once) and then waits until `cancel`, failing when the watch is refused or has
 /// been broken for too long; the engine restarts the source after a backoff, and the watch (and
-/// what it knows) stays in place meanwhile.
+/// what it knows) stays in place meanwhile. A trigger sharing a watch opened as another identity
+/// leaves it when a SubjectAccessReview no longer allows it, or when that watch fails (whose
+/// errors name the other identity), and subscribes anew on its next run.
 async fn run_subscribed<F>(
+    cluster: &Cluster,
     slot: &Slot,
     subscribe: F,
     cancel: &CancellationToken,
-    unhealthy_after: Duration,
 ) -> Result<(), SourceError>
 where
     F: Future<Output = Result<hub::Subscription, String>>,
 {
-    let mut health = {
+    let unhealthy_after = cluster.hub().options().unhealthy_after;
+    let (mut health, key, guest) = {
         let mut slot = slot.lock().await;
-        match &*slot {
-            Some(subscription) => subscription.health(),
-            None => {
-                let subscription = tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
-                    subscription = subscribe => subscription.map_err(SourceError)?,
-                };
-                let health = subscription.health();
-                *slot = Some(subscription);
-                health
-            }
-        }
+        let subscription = match slot.take() {
+            Some(subscription) => subscription,
+            None => tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                subscription = subscribe => subscription.map_err(SourceError)?,
+            },
+        };
+        let found = (subscription.health(), subscription.key().clone(), subscription.guest.clone());
+        *slot = Some(subscription);
+        found
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         let verdict = health.borrow().verdict(Instant::now(), unhealthy_after);
-        match verdict {
-            hub::Verdict::Fine => {}
-            hub::Verdict::Refused(reason) | hub::Verdict::Unhealthy(reason) => return Err(SourceError(reason)),
+        match (verdict, &guest) {
+            (hub::Verdict::Fine, _) => {}
+            (hub::Verdict::Refused(_) | hub::Verdict::Unhealthy(_), Some(guest)) => {
+                slot.lock().await.take();
+                return Err(SourceError(format!(
+                    "the shared watch of {} failed; watching as {guest} from the next start",
+                    key.scope()
+                )));
+            }
+            (hub::Verdict::Refused(reason) | hub::Verdict::Unhealthy(reason), None) => {
+                return Err(SourceError(reason));
+            }
+        }
+        if let (Some(guest), Some(reviews)) = (&guest, &cluster.state.reviews)
+            && !reviews.may_watch(guest, &key).await
+        {
+            slot.lock().await.take();
+            return Err(SourceError(format!(
+                "{guest} may no longer list and watch {} (SubjectAccessReview); it stopped sharing the watch",
+                key.scope()
+            )));
         }
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
