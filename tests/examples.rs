@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use support::cluster::{Env, WAIT};
 use support::{PythonServer, example_env, json_lines, repo, wait_for_lines};
 
-/// The example's TriggerService documents, moved to `namespace`.
+/// The example's TriggerService documents, moved to `namespace` with the namespaces their
+/// sources watch.
 fn example(file: &str, namespace: &str) -> Vec<Value> {
     let text = std::fs::read_to_string(repo().join("examples").join(file)).unwrap();
     text.split("\n---")
@@ -17,6 +18,12 @@ fn example(file: &str, namespace: &str) -> Vec<Value> {
         .filter(|document| document["kind"] == "TriggerService" && document["apiVersion"] == "ktrigger.dev/v1alpha1")
         .map(|mut document| {
             document["metadata"]["namespace"] = json!(namespace);
+            for trigger in document["spec"]["triggers"].as_array_mut().into_iter().flatten() {
+                let properties = &mut trigger["source"]["properties"];
+                if properties.get("namespace").is_some() {
+                    properties["namespace"] = json!(namespace);
+                }
+            }
             document
         })
         .collect()
@@ -27,6 +34,48 @@ fn example(file: &str, namespace: &str) -> Vec<Value> {
 fn controller_args(extra: &[&str]) -> Vec<String> {
     let names = example_env().into_iter().flat_map(|(name, _)| ["--allow-credential-env".to_string(), name]);
     names.chain(extra.iter().map(|arg| arg.to_string())).collect()
+}
+
+/// On a real cluster, creates the ServiceAccounts the `documents` name, allowed to read the
+/// whole cluster (`view`) and to edit the test namespace (`edit`); the returned guard removes
+/// the cluster-wide binding. The test cluster has no RBAC: nothing to grant there.
+fn grant_service_accounts<'a>(env: &'a Env, documents: &[Value]) -> Bindings<'a> {
+    let mut bindings = Bindings { env, names: Vec::new() };
+    if !env.external() {
+        return bindings;
+    }
+    let ns = &env.namespace;
+    for account in documents.iter().filter_map(|d| d["spec"]["serviceAccountName"].as_str()) {
+        let binding = format!("{ns}-{account}-view");
+        env.apply(
+            ns,
+            &format!(
+                "apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: {account}}}\n---\n\
+                 apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: {account}-edit}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: edit}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {account}, namespace: {ns}}}]\n---\n\
+                 apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: {binding}}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: view}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {account}, namespace: {ns}}}]\n"
+            ),
+        );
+        bindings.names.push(binding);
+    }
+    bindings
+}
+
+/// ClusterRoleBindings made by a test, deleted when dropped.
+struct Bindings<'a> {
+    env: &'a Env,
+    names: Vec<String>,
+}
+
+impl Drop for Bindings<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self.env.kubectl(&["delete", "clusterrolebinding", name, "--ignore-not-found"]);
+        }
+    }
 }
 
 /// The TriggerService's status once its Ready condition is known.
@@ -59,6 +108,8 @@ fn every_example_trigger_service_is_ready_under_the_controller() {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     files.sort();
+    let documents: Vec<Value> = files.iter().flat_map(|file| example(file, &env.namespace)).collect();
+    let _bindings = grant_service_accounts(&env, &documents);
     let mut applied = Vec::new();
     for file in &files {
         for document in example(file, &env.namespace) {
@@ -133,8 +184,8 @@ fn pod_doctor_sends_restarts_and_oom_kills_to_kagent_and_slack_once_per_window()
 
     // The example as written, pointed at this namespace and the local agent.
     let mut service = example("pod-doctor.yaml", &ns).remove(0);
+    let _bindings = grant_service_accounts(&env, std::slice::from_ref(&service));
     let trigger = &mut service["spec"]["triggers"][0];
-    trigger["source"]["properties"]["namespace"] = json!(ns);
     trigger["destinations"][0]["properties"]["baseUrl"] = json!(format!("http://127.0.0.1:{}", agent.port));
     env.apply(&ns, &serde_yaml::to_string(&service).unwrap());
     wait_ready(&env, "pod-doctor");

@@ -198,17 +198,12 @@ fn controller_rbac_covers_what_the_controller_does() {
     let required: &[(&str, &str, &[&str])] = &[
         ("ktrigger.dev", "triggerservices", &["get", "list", "watch"]),
         ("ktrigger.dev", "triggerservices/status", &["patch", "update"]),
-        ("", "events", &["create", "patch", "get", "list", "watch"]),
-        ("events.k8s.io", "events", &["create", "patch", "get", "list", "watch"]),
+        // The Events it publishes about TriggerServices (kube-runtime's Recorder).
+        ("events.k8s.io", "events", &["create", "patch"]),
+        // Everything a TriggerService reads or does is made as its ServiceAccount.
         ("", "serviceaccounts", &["impersonate"]),
-        // Sources: read-only on the common kinds.
-        ("", "configmaps", &["get", "list", "watch", "patch"]),
-        ("", "secrets", &["get", "list", "watch"]),
-        ("", "pods", &["get", "list", "watch", "patch"]),
-        ("", "nodes", &["get", "list", "watch", "patch"]),
-        ("apps", "deployments", &["get", "list", "watch", "patch"]),
-        ("batch", "jobs", &["get", "list", "watch", "create", "patch"]),
-        ("core.oam.dev", "applications", &["get", "list", "watch", "patch"]),
+        // A watch serves another ServiceAccount only when a review says it may list and watch.
+        ("authorization.k8s.io", "subjectaccessreviews", &["create"]),
     ];
     for (group, resource, verbs) in required {
         for verb in *verbs {
@@ -218,8 +213,30 @@ fn controller_rbac_covers_what_the_controller_does() {
             );
         }
     }
-    for verb in ["create", "update", "patch", "delete"] {
+    // Nothing the tenants' identities do: no Secrets at all, no reading or changing of other kinds.
+    for verb in ["get", "list", "watch", "create", "update", "patch", "delete"] {
         assert!(!allows(role, "", "secrets", verb), "the controller must not {verb} Secrets");
+    }
+    for (group, resource) in [("", "configmaps"), ("", "pods"), ("", "events"), ("apps", "deployments")] {
+        for verb in ["get", "list", "watch", "patch"] {
+            assert!(!allows(role, group, resource, verb), "the controller's own identity must not {verb} {resource}");
+        }
+    }
+    for (group, resource) in [("", "users"), ("", "groups"), ("authentication.k8s.io", "userextras")] {
+        assert!(!allows(role, group, resource, "impersonate"), "the controller may impersonate only ServiceAccounts");
+    }
+    let reads: Vec<&Value> = role
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|rule| strings(&rule["verbs"]).iter().any(|v| matches!(*v, "list" | "watch")))
+        .collect();
+    for rule in reads {
+        assert_eq!(
+            strings(&rule["resources"]),
+            ["triggerservices"],
+            "the controller lists only TriggerServices: {rule}"
+        );
     }
 
     let leases = find(&objects, "Role", "ktrigger-leader-election");
@@ -458,6 +475,7 @@ fn chart_matches_the_manifests() {
     assert_eq!(values["healthPort"], 8081);
     assert_eq!(values["serviceAccount"]["name"], SERVICE_ACCOUNT);
     assert_eq!(values["extraRBAC"], json!([]));
+    assert_eq!(values["defaultServiceAccount"], "");
     let objects = config_objects();
     assert_eq!(values["resources"], controller_container(&objects)["resources"]);
 
@@ -477,6 +495,7 @@ fn chart_matches_the_manifests() {
         "- --webhook-addr=0.0.0.0:{{ .Values.service.webhookPort }}",
         "- --log-format={{ .Values.logFormat }}",
         "- --watch-namespaces=",
+        "- --default-service-account={{ . }}",
         "name: POD_NAMESPACE",
         "fieldPath: metadata.namespace",
         "path: /readyz",
@@ -586,7 +605,7 @@ fn addon_matches_the_manifests() {
 
     let parameter = read("addons/ktrigger/parameter.cue");
     assert!(parameter.contains(&format!("image: *\"{IMAGE}\" | string")), "parameter.cue defaults image to {IMAGE}");
-    for name in ["replicas:", "leaderElect:", "watchNamespaces:"] {
+    for name in ["replicas:", "leaderElect:", "watchNamespaces:", "defaultServiceAccount:"] {
         assert!(parameter.contains(name), "parameter.cue lacks {name}");
     }
 
@@ -611,6 +630,7 @@ fn addon_matches_the_manifests() {
         "\"--webhook-addr=0.0.0.0:8090\"",
         "\"--log-format=json\"",
         "\"--watch-namespaces=\" + strings.Join(parameter.watchNamespaces, \",\")",
+        "\"--default-service-account=\" + parameter.defaultServiceAccount",
         "name: \"POD_NAMESPACE\"",
         "path: \"/readyz\", port: \"health\"",
         "path: \"/healthz\", port: \"health\"",

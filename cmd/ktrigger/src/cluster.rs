@@ -23,16 +23,25 @@ pub struct ClusterArgs {
     /// How long a Kubernetes watch may keep failing before its triggers report it unhealthy.
     #[arg(long, default_value = "2m", value_parser = parse_duration)]
     watch_unhealthy_after: Duration,
+    /// How long a SubjectAccessReview letting a ServiceAccount share a watch opened as another
+    /// identity is trusted before it is asked again; 0s: no sharing across identities.
+    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    access_review_ttl: Duration,
 }
 
 impl ClusterArgs {
-    /// Connects as the options say; a missing cluster is reported by the triggers that need one.
-    pub async fn connect(&self) -> anyhow::Result<ktrigger_kube::Cluster> {
+    /// Connects as the options say, giving TriggerServices identities by `identities`; a
+    /// missing cluster is reported by the triggers that need one.
+    pub async fn connect(&self, identities: ktrigger_kube::IdentityPolicy) -> anyhow::Result<ktrigger_kube::Cluster> {
         let options = ktrigger_kube::ClusterOptions {
             kubeconfig: self.kubeconfig.clone(),
             context: self.context.clone(),
             event_mappings: self.event_mappings.clone(),
-            hub: ktrigger_kube::HubOptions { unhealthy_after: self.watch_unhealthy_after },
+            hub: ktrigger_kube::HubOptions {
+                unhealthy_after: self.watch_unhealthy_after,
+                access_review_ttl: self.access_review_ttl,
+            },
+            identities,
         };
         Ok(ktrigger_kube::Cluster::connect(&options).await?)
     }

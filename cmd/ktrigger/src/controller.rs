@@ -15,6 +15,7 @@ use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
+use ktrigger_kube::IdentityPolicy;
 use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
@@ -69,8 +70,14 @@ pub struct ControllerArgs {
     /// (repeatable). Without one, TriggerServices cannot read the controller's environment.
     #[arg(long = "allow-credential-env", value_name = "PREFIX")]
     allow_credential_env: Vec<String>,
-    /// Let TriggerServices without `serviceAccountName` act (patch, create) outside their own
-    /// namespace with the controller's identity. Off: they may act only in their namespace.
+    /// ServiceAccount (in each TriggerService's namespace) that TriggerServices without
+    /// `serviceAccountName` read and act as; unset: the controller's own identity, confined to
+    /// the TriggerService's namespace.
+    #[arg(long, value_name = "NAME")]
+    default_service_account: Option<String>,
+    /// Let TriggerServices with no identity at all (no `serviceAccountName`, no
+    /// --default-service-account) read and act outside their own namespace with the
+    /// controller's identity. Off: only in their namespace.
     #[arg(long)]
     allow_cluster_wide_actions: bool,
     /// Run only while holding a Lease, so that one of several replicas delivers.
@@ -120,6 +127,21 @@ fn ready(readiness: &Readiness, cluster: &ktrigger_kube::Cluster) -> (StatusCode
         return (StatusCode::SERVICE_UNAVAILABLE, format!("watches failing: {}", unhealthy.join("; ")));
     }
     (StatusCode::OK, "ready".into())
+}
+
+/// The start-up line saying who TriggerServices without `serviceAccountName` act as.
+fn identity_rule(identities: &IdentityPolicy) -> String {
+    match (&identities.default_service_account, identities.confine_own) {
+        (Some(name), _) => {
+            format!("TriggerServices without serviceAccountName act as the ServiceAccount {name} of their namespace")
+        }
+        (None, true) => {
+            "TriggerServices without serviceAccountName act as the controller, only in their own namespace".to_string()
+        }
+        (None, false) => {
+            "TriggerServices without serviceAccountName act as the controller in every namespace".to_string()
+        }
+    }
 }
 
 /// Serves `router` on `listener` until `stop` fires; connections still open `grace` later are closed.
@@ -175,7 +197,9 @@ async fn lost_leadership(leadership: &mut Option<Leadership>) {
 
 /// Runs until SIGINT or SIGTERM.
 pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
-    let cluster = args.cluster.connect().await?;
+    let identities = IdentityPolicy::controller(args.default_service_account.clone(), args.allow_cluster_wide_actions)
+        .map_err(anyhow::Error::msg)?;
+    let cluster = args.cluster.connect(identities).await?;
     let Some(client) = cluster.kube_client() else {
         let reason = cluster.unavailable_reason().unwrap_or("no cluster configured");
         eprintln!("error: the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
@@ -199,7 +223,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     );
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = EngineOptions { credentials, ..EngineOptions::default() };
-    let engine = engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, options, egress)?;
+    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?;
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();
@@ -212,6 +236,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
     let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);
     eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
+    eprintln!("{}", identity_rule(cluster.identities()));
     eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
     eprintln!("health probes on http://{}", args.health_addr);
     eprintln!("metrics on http://{}/metrics", args.metrics_addr);

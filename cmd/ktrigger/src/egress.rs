@@ -37,11 +37,7 @@ impl EgressArgs {
 /// Service address (`KUBERNETES_SERVICE_HOST`).
 async fn api_server_addresses(cluster: &ktrigger_kube::Cluster) -> Vec<IpAddr> {
     let mut addresses = Vec::new();
-    if let Some(config) = cluster.kube_config()
-        && let Some(host) = config.cluster_url.host()
-    {
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = config.cluster_url.port_u16().unwrap_or(443);
+    if let Some((host, port)) = cluster.api_server() {
         match tokio::net::lookup_host((host, port)).await {
             Ok(found) => addresses.extend(found.map(|address| address.ip())),
             Err(e) => tracing::warn!("cannot resolve the API server {host} for the egress policy: {e}"),

@@ -128,21 +128,16 @@ fn offline_registry(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Clus
 }
 
 /// An engine that knows every source and destination type, with Kubernetes sources watching
-/// `cluster`. Kubernetes destinations, and the reading of `secretKeyRef` values, act as a
-/// trigger's ServiceAccount when it names one; otherwise with this process's identity, only in
-/// the TriggerService's namespace unless `cluster_wide`. Network sources and destinations connect
-/// only where `egress` allows.
+/// `cluster`. Kubernetes sources and destinations, and the reading of `secretKeyRef` values, act
+/// as each TriggerService's identity by the cluster's identity policy. Network sources and
+/// destinations connect only where `egress` allows.
 fn engine_with(
     webhooks: Arc<WebhookListener>,
     cluster: ktrigger_kube::Cluster,
-    cluster_wide: bool,
     options: EngineOptions,
     egress: Arc<EgressPolicy>,
 ) -> anyhow::Result<Engine> {
-    let mut target = KubeTarget::new(cluster.kube_client());
-    if let Some(config) = cluster.kube_config() {
-        target = target.with_identities(config, cluster_wide);
-    }
+    let target = KubeTarget::new(cluster.kube_client()).with_identities(cluster.identities().clone());
     let secrets = Arc::new(KubeSecretReader::new(target.clone()));
     let mut registry = registry_for(webhooks, cluster, target);
     ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;

@@ -68,9 +68,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         WebhookListener::detached()
     };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
-    let cluster = args.cluster.connect().await?;
+    let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
     let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
-    let mut engine = engine_with(webhooks.clone(), cluster.clone(), true, options, args.egress.local())?;
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?;
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;

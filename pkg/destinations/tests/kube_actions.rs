@@ -16,6 +16,7 @@ use ktrigger_core::secrets::SecretReader;
 use ktrigger_destinations::kube::bump_app::PUBLISH_VERSION;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_destinations::kube::{KubeTarget, NEEDS_CLUSTER};
+use ktrigger_kube::IdentityPolicy;
 use ktrigger_testcluster::{Faults, TestCluster};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -516,6 +517,12 @@ async fn without_a_cluster_deliveries_fail_permanently() {
     assert_eq!(result.unwrap_err(), DeliveryError::permanent(NEEDS_CLUSTER));
 }
 
+/// The target of `ktrigger controller` without a default ServiceAccount.
+fn controller_target(env: &Env) -> KubeTarget {
+    let identities = IdentityPolicy::controller(None, false).expect("no default to check");
+    KubeTarget::new(Some(env.client.clone())).with_identities(identities)
+}
+
 /// Creates Secret `name` with `data` (string values) in the test namespace.
 async fn secret(env: &Env, name: &str, data: Value) {
     let secrets: Api<Secret> = Api::namespaced(env.client.clone(), &env.namespace);
@@ -527,8 +534,7 @@ async fn secret(env: &Env, name: &str, data: Value) {
 async fn secret_key_refs_are_read_in_the_trigger_service_namespace() {
     let env = Env::start().await;
     secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t", "binary": "ok"})).await;
-    let reader =
-        KubeSecretReader::new(KubeTarget::new(Some(env.client.clone())).with_identities(env.config.clone(), false));
+    let reader = KubeSecretReader::new(controller_target(&env));
     let reference = |name: &str, key: &str| SecretKeyRef { name: name.into(), key: key.into() };
 
     let value = reader.read(&env.namespace, None, &reference("chat", "url")).await.unwrap();
@@ -545,8 +551,7 @@ async fn secret_key_refs_are_read_in_the_trigger_service_namespace() {
 async fn a_service_account_reads_secrets_as_itself_and_a_refusal_is_reported() {
     let env = Env::start().await;
     secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t"})).await;
-    let reader =
-        KubeSecretReader::new(KubeTarget::new(Some(env.client.clone())).with_identities(env.config.clone(), false));
+    let reader = KubeSecretReader::new(controller_target(&env));
     let reference = SecretKeyRef { name: "chat".into(), key: "url".into() };
     // A real cluster refuses because the ServiceAccount has no Role; the test cluster is told to.
     if let Some(faults) = env.faults() {
@@ -563,6 +568,33 @@ async fn a_service_account_reads_secrets_as_itself_and_a_refusal_is_reported() {
         let asked = cluster.requests().iter().any(|r| {
             r.method == "GET" && r.uri.contains("/secrets/chat") && r.impersonate_user.as_deref() == Some(user.as_str())
         });
+        assert!(asked, "the Secret was read as {user}");
+    }
+}
+
+#[tokio::test]
+async fn secrets_of_trigger_services_without_a_service_account_are_read_as_the_default_one() {
+    let env = Env::start().await;
+    secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t"})).await;
+    let identities = IdentityPolicy::controller(Some("ktrigger-default".into()), false).unwrap();
+    let reader = KubeSecretReader::new(KubeTarget::new(Some(env.client.clone())).with_identities(identities));
+    let reference = SecretKeyRef { name: "chat".into(), key: "url".into() };
+    // The default ServiceAccount has no Role on a real cluster; the test cluster is told to refuse.
+    if let Some(faults) = env.faults() {
+        faults.forbid("get", "secrets");
+    }
+
+    let refused = reader.read(&env.namespace, None, &reference).await.unwrap_err();
+
+    let prefix =
+        format!("reading Secret {ns}/chat as ServiceAccount {ns}/ktrigger-default was refused: ", ns = env.namespace);
+    assert!(refused.starts_with(&prefix), "{refused}");
+    if let Some(cluster) = &env.cluster {
+        let user = format!("system:serviceaccount:{}:ktrigger-default", env.namespace);
+        let asked = cluster
+            .requests()
+            .iter()
+            .any(|r| r.uri.contains("/secrets/chat") && r.impersonate_user == Some(user.clone()));
         assert!(asked, "the Secret was read as {user}");
     }
 }

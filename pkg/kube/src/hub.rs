@@ -1,6 +1,11 @@
-//! The WatchHub: one Kubernetes watch per (resource, namespace, label selector, field selector),
-//! however many triggers subscribe to it, with each change fanned out as one shared event to the
-//! triggers that asked for it.
+//! The WatchHub: one Kubernetes watch per (resource, namespace, label selector, field selector,
+//! identity), however many triggers subscribe to it, with each change fanned out as one shared
+//! event to the triggers that asked for it.
+//!
+//! The identity is part of the key so that sharing never widens what a trigger sees: a watch is
+//! opened as its subscribers' identity. A trigger acting as another ServiceAccount joins it only
+//! as a guest that a SubjectAccessReview allows to list and watch the same objects (see
+//! `access.rs` and `Cluster::subscribe`), asked again every `access_review_ttl`.
 //!
 //! A watch is a task around kube-runtime's `watcher` (list, then watch from the list's
 //! resourceVersion, resume after dropped streams, re-list after 410 Gone, exponential backoff
@@ -13,7 +18,7 @@
 //! Watch restarts are counted from the requests a watch sends (see `RestartDetector`): the
 //! watcher resumes a stream that ended without telling its consumer.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, hash_map};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -31,6 +36,8 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+
+use crate::identity::{self, Identity};
 
 /// After an error, a watch that reports no further error for this long is taken to work again:
 /// the watcher retries at least every 30 s (its longest backoff) while it keeps failing.
@@ -50,25 +57,53 @@ pub struct WatchKey {
     pub labels: String,
     /// Canonical field selector; empty for all.
     pub fields: String,
+    /// Who the watch lists and watches as.
+    pub identity: Identity,
+}
+
+impl WatchKey {
+    /// What is watched, without who watches it: for messages to a trigger that shares a watch
+    /// opened as another identity, which must not learn that identity.
+    pub fn scope(&self) -> impl fmt::Display + '_ {
+        Scope(self)
+    }
+
+    /// Whether `other` watches the same objects (whoever watches them).
+    fn same_scope(&self, other: &WatchKey) -> bool {
+        self.resource == other.resource
+            && self.namespace == other.namespace
+            && self.labels == other.labels
+            && self.fields == other.fields
+    }
 }
 
 impl fmt::Display for WatchKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let r = &self.resource;
+        write!(f, "{} as {}", self.scope(), self.identity)
+    }
+}
+
+/// A [`WatchKey`] without its identity.
+struct Scope<'a>(&'a WatchKey);
+
+impl fmt::Display for Scope<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = self.0;
+        let r = &key.resource;
         if r.group.is_empty() {
             write!(f, "{}/{}", r.version, r.plural)?;
         } else {
             write!(f, "{}.{}/{}", r.plural, r.group, r.version)?;
         }
-        match &self.namespace {
+        match &key.namespace {
             Some(ns) => write!(f, " in namespace {ns}")?,
             None => write!(f, " in all namespaces")?,
         }
-        if !self.labels.is_empty() {
-            write!(f, " with labels {:?}", self.labels)?;
+        if !key.labels.is_empty() {
+            write!(f, " with labels {:?}", key.labels)?;
         }
-        if !self.fields.is_empty() {
-            write!(f, " with fields {:?}", self.fields)?;
+        if !key.fields.is_empty() {
+            write!(f, " with fields {:?}", key.fields)?;
         }
         Ok(())
     }
@@ -79,11 +114,15 @@ impl fmt::Display for WatchKey {
 pub struct HubOptions {
     /// How long a watch may keep failing before its subscribers report it unhealthy.
     pub unhealthy_after: Duration,
+    /// How long a SubjectAccessReview that lets a ServiceAccount share a watch opened as another
+    /// identity is trusted before it is asked again; zero: watches are never shared across
+    /// identities.
+    pub access_review_ttl: Duration,
 }
 
 impl Default for HubOptions {
     fn default() -> Self {
-        HubOptions { unhealthy_after: Duration::from_secs(120) }
+        HubOptions { unhealthy_after: Duration::from_secs(120), access_review_ttl: Duration::from_secs(60) }
     }
 }
 
@@ -266,22 +305,42 @@ impl WatchHub {
         &self.shared.options
     }
 
-    /// Adds a subscriber to the watch of `key`, starting the watch when it is the first one.
-    /// The subscription ends when the returned handle is dropped; the watch stops with its last
-    /// subscriber. Must be called within a tokio runtime.
-    pub fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Subscription {
+    /// Adds a subscriber to the watch of `key`, starting the watch when it is the first one;
+    /// the watch sends through `client` (this process's own) as `key.identity`. The subscription
+    /// ends when the returned handle is dropped; the watch stops with its last subscriber. Must
+    /// be called within a tokio runtime.
+    pub fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Result<Subscription, String> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let trigger = subscriber.trigger.clone();
         let mut watches = lock(&self.shared.watches);
-        let entry = watches.entry(key.clone()).or_insert_with(|| {
-            let total = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::info!(watch = %key, watches_opened = total, "opening watch");
-            start_watch(client.clone(), key.clone(), self.shared.restarts.clone())
-        });
+        let entry = match watches.entry(key.clone()) {
+            hash_map::Entry::Occupied(entry) => entry.into_mut(),
+            hash_map::Entry::Vacant(vacant) => {
+                let client = identity::client_as(client, &key.identity)?;
+                let total = self.shared.opened.fetch_add(1, Ordering::Relaxed) + 1;
+                tracing::info!(watch = %key, watches_opened = total, "opening watch");
+                vacant.insert(start_watch(client, key.clone(), self.shared.restarts.clone()))
+            }
+        };
         entry.subscribers += 1;
         let _ = entry.commands.send(Command::Join(id, subscriber));
         tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
-        Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone() }
+        Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone(), guest: None })
+    }
+
+    /// A running watch of the same objects as `key` opened as another identity, synced and not
+    /// failing: one that a trigger acting as `key.identity` may share once it is allowed to list
+    /// and watch them.
+    pub fn shareable(&self, key: &WatchKey) -> Option<WatchKey> {
+        let watches = lock(&self.shared.watches);
+        watches
+            .iter()
+            .filter(|(other, _)| other.identity != key.identity && other.same_scope(key))
+            .find(|(_, entry)| {
+                let health = entry.health.borrow();
+                health.synced && health.last_error.is_none()
+            })
+            .map(|(other, _)| other.clone())
     }
 
     /// Watches running now.
@@ -290,12 +349,15 @@ impl WatchHub {
     }
 
     /// The watches that have been failing for longer than `unhealthy_after`, each with why: what
-    /// `/readyz` reports.
+    /// `/readyz` reports. Refusals (RBAC, a bad selector, an unknown resource) are left out: they
+    /// are the configuration of the triggers on that watch, reported on those triggers, and one
+    /// TriggerService's identity must not make the process unready for every other one.
     pub fn unhealthy(&self) -> Vec<String> {
         let now = Instant::now();
         let watches = lock(&self.shared.watches);
         let mut found: Vec<String> = watches
             .iter()
+            .filter(|(_, entry)| !entry.health.borrow().refused)
             .filter_map(|(key, entry)| match entry.health.borrow().verdict(now, self.shared.options.unhealthy_after) {
                 Verdict::Fine => None,
                 Verdict::Refused(reason) | Verdict::Unhealthy(reason) => Some(format!("{key}: {reason}")),
@@ -337,6 +399,8 @@ pub struct Subscription {
     key: WatchKey,
     id: u64,
     health: watch::Receiver<Health>,
+    /// The subscriber's identity when it shares a watch opened as another one.
+    pub(crate) guest: Option<Identity>,
 }
 
 impl Subscription {
@@ -828,7 +892,17 @@ fn describe_error(error: &watcher::Error, key: &WatchKey) -> (String, bool) {
             kube::Error::Api(status) => {
                 let refused = matches!(status.code, 400 | 401 | 403 | 404);
                 let hint = match status.code {
-                    403 => format!(" (RBAC: the identity in use needs list and watch on {})", rbac_target(key)),
+                    403 => match key.identity {
+                        Identity::Own => format!(
+                            " (RBAC: {} needs list and watch on {}, or the TriggerService a spec.serviceAccountName \
+                             that has them)",
+                            key.identity,
+                            rbac_target(key)
+                        ),
+                        Identity::ServiceAccount { .. } => {
+                            format!(" (RBAC: {} needs list and watch on {})", key.identity, rbac_target(key))
+                        }
+                    },
                     401 => " (the credentials in the kubeconfig were not accepted)".to_string(),
                     _ => String::new(),
                 };

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, occurrences};
 use crate::presets::{self, MappingSpec, Preset};
-use crate::{Cluster, Slot, run_subscribed};
+use crate::{Cluster, Identity, Slot, run_subscribed};
 
 /// The source type name.
 pub const NAME: &str = "k8s-events";
@@ -38,7 +38,12 @@ static DOC: TypeDoc = TypeDoc {
                 both spellings of the renamed fields (involvedObject/regarding, message/note) and `count`, \
                 the occurrence count (count, series.count or deprecatedCount; at least 1).",
         },
-        PropertyDoc { name: "namespace", required: false, description: "Namespace to watch; absent for all" },
+        PropertyDoc {
+            name: "namespace",
+            required: false,
+            description: "Namespace to watch; absent for all (in the controller, the TriggerService's own namespace \
+                when it has no identity)",
+        },
         PropertyDoc {
             name: "types",
             required: false,
@@ -153,6 +158,7 @@ impl SourceFactory for K8sEventsFactory {
         let own = presets::compile_mappings(&props.mappings).map_err(|e| format!("properties.mappings: {e}"))?;
         let presets = presets::resolve(&props.presets, &own, self.cluster.mappings())
             .map_err(|e| format!("properties.presets: {e}"))?;
+        let (actor, namespace) = self.cluster.scope(context, props.namespace)?;
         self.cluster.check_available()?;
         let lower = |list: &[String]| list.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
         let interest = EventsInterest {
@@ -165,7 +171,8 @@ impl SourceFactory for K8sEventsFactory {
             cluster: self.cluster.clone(),
             trigger: context.trigger.clone(),
             resource,
-            namespace: props.namespace.filter(|ns| !ns.is_empty()),
+            identity: actor.identity,
+            namespace,
             interest: Arc::new(interest),
             needs_old: needs.old_object,
             replay_existing: props.replay_existing,
@@ -253,6 +260,7 @@ struct K8sEvents {
     cluster: Cluster,
     trigger: TriggerId,
     resource: ApiResource,
+    identity: Identity,
     namespace: Option<String>,
     interest: Arc<EventsInterest>,
     needs_old: bool,
@@ -270,6 +278,7 @@ impl Source for K8sEvents {
                 namespace: self.namespace.clone(),
                 labels: String::new(),
                 fields: String::new(),
+                identity: self.identity.clone(),
             };
             let subscriber = Subscriber {
                 trigger: self.trigger.clone(),
@@ -278,9 +287,9 @@ impl Source for K8sEvents {
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
             };
-            Ok(self.cluster.hub().subscribe(&client, key, subscriber))
+            self.cluster.subscribe(&client, key, subscriber).await
         };
-        run_subscribed(&self.slot, subscribe, &cancel, self.cluster.hub().options().unhealthy_after).await
+        run_subscribed(&self.cluster, &self.slot, subscribe, &cancel).await
     }
 }
 

@@ -4,7 +4,8 @@
 //! The binary makes one [`Cluster`] from `--kubeconfig`, `--context`, `KUBECONFIG` or the
 //! in-cluster service account, and [`register`]s the source types with it. Loading a trigger only
 //! checks its properties: kinds are resolved by discovery when the source runs, so
-//! `ktrigger validate` works without a cluster ([`Cluster::offline`]).
+//! `ktrigger validate` works without a cluster ([`Cluster::offline`]). Sources list and watch as
+//! their TriggerService's identity ([`identity`]).
 
 #![warn(missing_docs)]
 
@@ -14,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ktrigger_core::registry::{Registry, SourceError, SourceFactory};
+use ktrigger_core::registry::{BuildContext, Registry, SourceError, SourceFactory};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -23,13 +24,17 @@ use kube::{Client, Config};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub mod access;
 pub mod hub;
+pub mod identity;
 pub mod k8s_events;
 pub mod presets;
 pub mod resource_watcher;
 pub mod selector;
 
 pub use hub::{HubOptions, WatchHub};
+use hub::{Subscriber, Subscription, WatchKey};
+pub use identity::{Actor, Identity, IdentityPolicy};
 pub use presets::CustomPreset;
 
 /// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
@@ -69,15 +74,28 @@ pub struct ClusterOptions {
     pub event_mappings: Option<PathBuf>,
     /// The WatchHub's tunables.
     pub hub: HubOptions,
+    /// Who TriggerServices act as ([`IdentityPolicy::local`] for `ktrigger run`).
+    pub identities: IdentityPolicy,
+}
+
+/// Where a configured client points.
+#[derive(Default)]
+struct Reached {
+    description: Option<String>,
+    api_server: Option<(String, u16)>,
 }
 
 struct ClusterState {
     /// The client, or why there is none.
     client: Result<Client, String>,
-    /// The configuration the client was made from, for clients acting as other identities.
-    config: Option<Config>,
+    identities: IdentityPolicy,
+    /// Whether ServiceAccounts may share watches opened as other identities; `None` when
+    /// sharing across identities is off or there is no client.
+    reviews: Option<access::AccessReviews>,
     /// Where the client points, for the start-up report.
     description: Option<String>,
+    /// The API server's host and port, when known from the configuration.
+    api_server: Option<(String, u16)>,
     /// Loading only: a missing cluster is not a load error.
     offline: bool,
     hub: WatchHub,
@@ -110,22 +128,25 @@ impl Cluster {
             Some(path) => presets::load_mappings_file(path)?,
             None => Vec::new(),
         };
-        let (client, description) = match load_config(options).await {
+        let (client, description, api_server) = match load_config(options).await {
             Ok((config, context)) => {
                 let description = format!("{} (context {context})", config.cluster_url);
-                match Client::try_from(config.clone()) {
-                    Ok(client) => (Ok((client, config)), Some(description)),
-                    Err(e) => (Err(format!("cannot make a client for {description}: {e}")), None),
+                let url = &config.cluster_url;
+                let api_server = url.host().map(|host| {
+                    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+                    (host, url.port_u16().unwrap_or(443))
+                });
+                match Client::try_from(config) {
+                    Ok(client) => (Ok(client), Some(description), api_server),
+                    Err(e) => (Err(format!("cannot make a client for {description}: {e}")), None, None),
                 }
             }
-            Err(KubeError::Config(reason)) => (Err(reason), None),
-            Err(other) => (Err(other.to_string()), None),
+            Err(KubeError::Config(reason)) => (Err(reason), None, None),
+            Err(other) => (Err(other.to_string()), None, None),
         };
-        let (client, config) = match client {
-            Ok((client, config)) => (Ok(client), Some(config)),
-            Err(reason) => (Err(reason), None),
-        };
-        Ok(Cluster::make(client, config, description, false, options.hub.clone(), mappings))
+        let identities = options.identities.clone();
+        let reached = Reached { description, api_server };
+        Ok(Cluster::make(client, identities, reached, false, options.hub.clone(), mappings))
     }
 
     /// A cluster for checking triggers only (`ktrigger validate`, type listings): properties are
@@ -137,27 +158,40 @@ impl Cluster {
     /// Like [`Cluster::offline`], knowing the custom presets of an `--event-mappings` file.
     pub fn offline_with_mappings(mappings: Vec<CustomPreset>) -> Cluster {
         let reason = "this command does not connect to a cluster".to_string();
-        Cluster::make(Err(reason), None, None, true, HubOptions::default(), mappings)
+        Cluster::make(Err(reason), IdentityPolicy::local(), Reached::default(), true, HubOptions::default(), mappings)
     }
 
-    /// A cluster reached through `client` (tests and embedding programs).
-    pub fn with_client(client: Client, hub: HubOptions, mappings: Vec<CustomPreset>) -> Cluster {
-        Cluster::make(Ok(client), None, None, false, hub, mappings)
+    /// A cluster reached through `client`, giving TriggerServices identities by `identities`
+    /// (tests and embedding programs).
+    pub fn with_client(
+        client: Client,
+        identities: IdentityPolicy,
+        hub: HubOptions,
+        mappings: Vec<CustomPreset>,
+    ) -> Cluster {
+        Cluster::make(Ok(client), identities, Reached::default(), false, hub, mappings)
     }
 
     fn make(
         client: Result<Client, String>,
-        config: Option<Config>,
-        description: Option<String>,
+        identities: IdentityPolicy,
+        reached: Reached,
         offline: bool,
         hub: HubOptions,
         mappings: Vec<CustomPreset>,
     ) -> Cluster {
+        let ttl = hub.access_review_ttl;
+        let reviews = match &client {
+            Ok(client) if !ttl.is_zero() => Some(access::AccessReviews::new(client.clone(), ttl)),
+            _ => None,
+        };
         Cluster {
             state: Arc::new(ClusterState {
                 client,
-                config,
-                description,
+                identities,
+                reviews,
+                description: reached.description,
+                api_server: reached.api_server,
                 offline,
                 hub: WatchHub::new(hub),
                 mappings,
@@ -195,9 +229,15 @@ impl Cluster {
         self.state.client.clone().ok()
     }
 
-    /// The configuration of the client, when it was made from one (not for [`Cluster::with_client`]).
-    pub fn kube_config(&self) -> Option<Config> {
-        self.state.config.clone()
+    /// The API server's host and port, when the configuration names them (not for
+    /// [`Cluster::with_client`]).
+    pub fn api_server(&self) -> Option<(&str, u16)> {
+        self.state.api_server.as_ref().map(|(host, port)| (host.as_str(), *port))
+    }
+
+    /// Who TriggerServices act as on this cluster.
+    pub fn identities(&self) -> &IdentityPolicy {
+        &self.state.identities
     }
 
     /// Why there is no client, when there is none.
@@ -207,6 +247,32 @@ impl Cluster {
 
     fn client(&self) -> Result<Client, SourceError> {
         self.state.client.clone().map_err(|reason| SourceError(format!("no Kubernetes cluster: {reason}")))
+    }
+
+    /// The actor of the trigger being built, by this cluster's [`IdentityPolicy`], and the
+    /// namespace its source watches: `namespace` as written, else the one it is confined to
+    /// (all namespaces when it is not confined). A namespace it may not read is refused.
+    fn scope(&self, context: &BuildContext, namespace: Option<String>) -> Result<(Actor, Option<String>), String> {
+        let actor = self.state.identities.resolve(&context.trigger.namespace, context.service_account.as_deref())?;
+        let namespace = namespace.filter(|ns| !ns.is_empty()).or_else(|| actor.confined_to.clone());
+        actor.check_namespace(namespace.as_deref()).map_err(|e| format!("properties.namespace: {e}"))?;
+        Ok((actor, namespace))
+    }
+
+    /// Subscribes to the watch of `key`, or, for a ServiceAccount that a SubjectAccessReview
+    /// allows to list and watch the same objects, to a running watch of them opened as another
+    /// identity.
+    async fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Result<Subscription, String> {
+        if let Some(reviews) = &self.state.reviews
+            && let Some(host) = self.hub().shareable(&key)
+            && reviews.may_watch(&key.identity, &host).await
+        {
+            tracing::info!(watch = %host, guest = %key.identity, trigger = %subscriber.trigger, "sharing the watch");
+            let mut subscription = self.hub().subscribe(client, host, subscriber)?;
+            subscription.guest = Some(key.identity);
+            return Ok(subscription);
+        }
+        self.hub().subscribe(client, key, subscriber)
     }
 
     /// Finds the resource of `gvk` by discovery (cached once found) and whether it is namespaced.
@@ -321,37 +387,56 @@ type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
 
 /// Subscribes (once) and then waits until `cancel`, failing when the watch is refused or has
 /// been broken for too long; the engine restarts the source after a backoff, and the watch (and
-/// what it knows) stays in place meanwhile.
+/// what it knows) stays in place meanwhile. A trigger sharing a watch opened as another identity
+/// leaves it when a SubjectAccessReview no longer allows it, or when that watch fails (whose
+/// errors name the other identity), and subscribes anew on its next run.
 async fn run_subscribed<F>(
+    cluster: &Cluster,
     slot: &Slot,
     subscribe: F,
     cancel: &CancellationToken,
-    unhealthy_after: Duration,
 ) -> Result<(), SourceError>
 where
     F: Future<Output = Result<hub::Subscription, String>>,
 {
-    let mut health = {
+    let unhealthy_after = cluster.hub().options().unhealthy_after;
+    let (mut health, key, guest) = {
         let mut slot = slot.lock().await;
-        match &*slot {
-            Some(subscription) => subscription.health(),
-            None => {
-                let subscription = tokio::select! {
-                    () = cancel.cancelled() => return Ok(()),
-                    subscription = subscribe => subscription.map_err(SourceError)?,
-                };
-                let health = subscription.health();
-                *slot = Some(subscription);
-                health
-            }
-        }
+        let subscription = match slot.take() {
+            Some(subscription) => subscription,
+            None => tokio::select! {
+                () = cancel.cancelled() => return Ok(()),
+                subscription = subscribe => subscription.map_err(SourceError)?,
+            },
+        };
+        let found = (subscription.health(), subscription.key().clone(), subscription.guest.clone());
+        *slot = Some(subscription);
+        found
     };
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         let verdict = health.borrow().verdict(Instant::now(), unhealthy_after);
-        match verdict {
-            hub::Verdict::Fine => {}
-            hub::Verdict::Refused(reason) | hub::Verdict::Unhealthy(reason) => return Err(SourceError(reason)),
+        match (verdict, &guest) {
+            (hub::Verdict::Fine, _) => {}
+            (hub::Verdict::Refused(_) | hub::Verdict::Unhealthy(_), Some(guest)) => {
+                slot.lock().await.take();
+                return Err(SourceError(format!(
+                    "the shared watch of {} failed; watching as {guest} from the next start",
+                    key.scope()
+                )));
+            }
+            (hub::Verdict::Refused(reason) | hub::Verdict::Unhealthy(reason), None) => {
+                return Err(SourceError(reason));
+            }
+        }
+        if let (Some(guest), Some(reviews)) = (&guest, &cluster.state.reviews)
+            && !reviews.may_watch(guest, &key).await
+        {
+            slot.lock().await.take();
+            return Err(SourceError(format!(
+                "{guest} may no longer list and watch {} (SubjectAccessReview); it stopped sharing the watch",
+                key.scope()
+            )));
         }
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey};
 use crate::selector::{canonical_fields, merge_labels};
-use crate::{Cluster, Slot, run_subscribed};
+use crate::{Actor, Cluster, Slot, run_subscribed};
 
 /// The source type name.
 pub const NAME: &str = "resource-watcher";
@@ -38,7 +38,8 @@ static DOC: TypeDoc = TypeDoc {
         PropertyDoc {
             name: "namespace",
             required: false,
-            description: "Namespace to watch; empty or absent for all namespaces. Ignored for cluster-scoped kinds.",
+            description: "Namespace to watch; empty or absent for all namespaces (in the controller, the \
+                TriggerService's own namespace when it has no identity). Ignored for cluster-scoped kinds.",
         },
         PropertyDoc {
             name: "events",
@@ -174,12 +175,14 @@ impl SourceFactory for ResourceWatcherFactory {
         } else {
             props.events.clone()
         };
+        let (actor, namespace) = self.cluster.scope(context, props.namespace)?;
         self.cluster.check_available()?;
         Ok(Arc::new(ResourceWatcher {
             cluster: self.cluster.clone(),
             trigger: context.trigger.clone(),
             gvk,
-            namespace: props.namespace.filter(|ns| !ns.is_empty()),
+            actor,
+            namespace,
             labels,
             fields,
             interest: ResourceInterest {
@@ -223,6 +226,7 @@ struct ResourceWatcher {
     cluster: Cluster,
     trigger: TriggerId,
     gvk: GroupVersionKind,
+    actor: Actor,
     namespace: Option<String>,
     labels: String,
     fields: String,
@@ -239,14 +243,25 @@ impl Source for ResourceWatcher {
         let subscribe = async {
             let (resource, namespaced) = self.cluster.resolve(&client, &self.gvk).await?;
             let namespace = match (&self.namespace, namespaced) {
-                (Some(ns), false) => {
-                    tracing::warn!(trigger = %self.trigger, kind = %self.gvk.kind, namespace = %ns,
-                        "the kind is cluster-scoped; namespace ignored");
+                (_, false) => {
+                    self.actor
+                        .check_namespace(None)
+                        .map_err(|e| format!("kind {} is cluster-scoped, and {e}", self.gvk.kind))?;
+                    if let Some(ns) = &self.namespace {
+                        tracing::warn!(trigger = %self.trigger, kind = %self.gvk.kind, namespace = %ns,
+                            "the kind is cluster-scoped; namespace ignored");
+                    }
                     None
                 }
-                (namespace, _) => namespace.clone(),
+                (namespace, true) => namespace.clone(),
             };
-            let key = WatchKey { resource, namespace, labels: self.labels.clone(), fields: self.fields.clone() };
+            let key = WatchKey {
+                resource,
+                namespace,
+                labels: self.labels.clone(),
+                fields: self.fields.clone(),
+                identity: self.actor.identity.clone(),
+            };
             let subscriber = Subscriber {
                 trigger: self.trigger.clone(),
                 sink,
@@ -254,9 +269,9 @@ impl Source for ResourceWatcher {
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
             };
-            Ok(self.cluster.hub().subscribe(&client, key, subscriber))
+            self.cluster.subscribe(&client, key, subscriber).await
         };
-        run_subscribed(&self.slot, subscribe, &cancel, self.cluster.hub().options().unhealthy_after).await
+        run_subscribed(&self.cluster, &self.slot, subscribe, &cancel).await
     }
 }
 
@@ -265,6 +280,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::IdentityPolicy;
 
     fn context() -> BuildContext {
         BuildContext::new(TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() })
@@ -301,8 +317,14 @@ mod tests {
 
     #[test]
     fn no_cluster_is_a_load_error_when_running() {
-        let cluster =
-            Cluster::make(Err("kubeconfig /nope does not exist".into()), None, None, false, Default::default(), vec![]);
+        let cluster = Cluster::make(
+            Err("kubeconfig /nope does not exist".into()),
+            IdentityPolicy::local(),
+            None,
+            false,
+            Default::default(),
+            vec![],
+        );
         let error = ResourceWatcherFactory::new(cluster)
             .build(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), &context())
             .err()

@@ -8,7 +8,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_core::event::{SharedEvent, TriggerId};
 use ktrigger_core::registry::{BuildContext, EventSink, Registry, Source, SourceError, SourceNeeds};
-use ktrigger_kube::{Cluster, HubOptions, register};
+use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, register};
 use ktrigger_testcluster::TestCluster;
 use kube::Client;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
@@ -28,10 +28,14 @@ struct Harness {
 }
 
 async fn harness(options: HubOptions) -> Harness {
+    harness_with(options, IdentityPolicy::local()).await
+}
+
+async fn harness_with(options: HubOptions, identities: IdentityPolicy) -> Harness {
     ktrigger_kube::ensure_crypto_provider();
     let cluster = TestCluster::start().await;
     let client = cluster.client().await;
-    let kube = Cluster::with_client(client.clone(), options, Vec::new());
+    let kube = Cluster::with_client(client.clone(), identities, options, Vec::new());
     let mut registry = Registry::default();
     register(&mut registry, kube.clone());
     Harness { cluster, client, kube, registry }
@@ -48,13 +52,30 @@ struct Running {
 
 impl Harness {
     fn start(&self, source_type: &str, properties: Value, old_object: bool) -> Running {
-        let context = BuildContext::new(TriggerId {
-            namespace: "test".into(),
-            service: "svc".into(),
-            trigger: source_type.into(),
-        });
-        let factory = self.registry.source(source_type).unwrap();
-        let source = factory.build_for(&properties, &context, SourceNeeds { old_object }).unwrap();
+        let source = self.build(source_type, properties, None, SourceNeeds { old_object }).unwrap();
+        self.run(source)
+    }
+
+    /// Builds a source of a TriggerService in namespace `test` naming `service_account`.
+    fn build(
+        &self,
+        source_type: &str,
+        properties: Value,
+        service_account: Option<&str>,
+        needs: SourceNeeds,
+    ) -> Result<Arc<dyn Source>, String> {
+        let context = BuildContext {
+            service_account: service_account.map(String::from),
+            ..BuildContext::new(TriggerId {
+                namespace: "test".into(),
+                service: "svc".into(),
+                trigger: source_type.into(),
+            })
+        };
+        self.registry.source(source_type).unwrap().build_for(&properties, &context, needs)
+    }
+
+    fn run(&self, source: Arc<dyn Source>) -> Running {
         let (sink, events) = EventSink::channel(1024);
         let cancel = CancellationToken::new();
         let task = tokio::spawn({
@@ -379,7 +400,7 @@ async fn a_forbidden_list_is_reported_on_the_trigger() {
 
 #[tokio::test]
 async fn a_watch_broken_for_too_long_is_reported_unhealthy() {
-    let h = harness(HubOptions { unhealthy_after: Duration::from_secs(1) }).await;
+    let h = harness(HubOptions { unhealthy_after: Duration::from_secs(1), ..HubOptions::default() }).await;
     let mut all = h.start("resource-watcher", cm_watcher("apps", &[]), false);
     h.wait_for_watches("configmaps", 1).await;
     h.cluster.faults().fail_next(1000, "configmaps");
@@ -457,4 +478,99 @@ async fn k8s_events_presets_fire_again_when_an_event_repeats() {
     assert_eq!(h.cluster.watch_requests_for("events"), 1);
     restarts.stop().await;
     everything.stop().await;
+}
+
+/// The `Impersonate-User` of every watch request on `plural` so far (`None`: own identity).
+fn watchers_of(cluster: &TestCluster, plural: &str) -> Vec<(Option<String>, String)> {
+    let path = format!("/{plural}?");
+    let mut seen: Vec<(Option<String>, String)> = cluster
+        .requests()
+        .into_iter()
+        .filter(|r| r.uri.contains(&path) && r.uri.contains("watch=true"))
+        .map(|r| (r.impersonate_user, r.uri.split('?').next().unwrap_or_default().to_string()))
+        .collect();
+    seen.sort();
+    seen.dedup();
+    seen
+}
+
+#[tokio::test]
+async fn watches_are_made_as_the_trigger_service_identity_and_not_shared_without_an_access_review() {
+    let policy = IdentityPolicy::controller(Some("watcher".into()), false).unwrap();
+    let h = harness_with(HubOptions::default(), policy).await;
+    let build = |account: Option<&str>| {
+        h.run(h.build("resource-watcher", cm_watcher("test", &[]), account, SourceNeeds::default()).unwrap())
+    };
+    let mut robot = build(Some("robot"));
+    let other_robot = build(Some("robot"));
+    let default = build(None);
+    h.wait_for_watches("configmaps", 2).await;
+
+    let robot_user = "system:serviceaccount:test:robot".to_string();
+    let default_user = "system:serviceaccount:test:watcher".to_string();
+    let path = "/api/v1/namespaces/test/configmaps".to_string();
+    assert_eq!(
+        watchers_of(&h.cluster, "configmaps"),
+        vec![(Some(robot_user), path.clone()), (Some(default_user), path)],
+        "one watch per identity (the test cluster answers no SubjectAccessReview), none as the controller"
+    );
+    assert_eq!(h.kube.hub().open_watches(), 2);
+    h.create_configmap("test", "c1", json!({})).await;
+    assert_eq!(robot.next_pair().await, pair("create", "c1"));
+    robot.stop().await;
+    other_robot.stop().await;
+    default.stop().await;
+}
+
+#[tokio::test]
+async fn a_trigger_service_without_an_identity_reads_only_its_own_namespace() {
+    let h = harness_with(HubOptions::default(), IdentityPolicy::controller(None, false).unwrap()).await;
+    let all = json!({"apiVersion": "v1", "kind": "ConfigMap"});
+    let mut own = h.run(h.build("resource-watcher", all, None, SourceNeeds::default()).unwrap());
+    h.wait_for_watches("configmaps", 1).await;
+    assert_eq!(watchers_of(&h.cluster, "configmaps"), vec![(None, "/api/v1/namespaces/test/configmaps".to_string())]);
+    h.create_configmap("other", "elsewhere", json!({})).await;
+    h.create_configmap("test", "here", json!({})).await;
+    assert_eq!(own.next_pair().await, pair("create", "here"));
+
+    let error = h.build("resource-watcher", cm_watcher("other", &[]), None, SourceNeeds::default()).err().unwrap();
+    assert!(
+        error.starts_with(
+            "properties.namespace: namespace \"other\" is outside the TriggerService's namespace \"test\""
+        ),
+        "{error}"
+    );
+    let events = json!({"namespace": "kube-system"});
+    let error = h.build("k8s-events", events, None, SourceNeeds::default()).err().unwrap();
+    assert!(error.contains("namespace \"kube-system\" is outside"), "{error}");
+
+    let nodes = json!({"apiVersion": "v1", "kind": "Node"});
+    let mut nodes = h.run(h.build("resource-watcher", nodes, None, SourceNeeds::default()).unwrap());
+    let error = nodes.failure().await;
+    assert!(error.starts_with("kind Node is cluster-scoped, and all namespaces or cluster-scoped objects"), "{error}");
+    assert_eq!(h.cluster.watch_requests_for("nodes"), 0, "no Node watch was opened");
+    own.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_watch_names_the_identity_resource_and_namespace() {
+    let h = harness_with(HubOptions::default(), IdentityPolicy::controller(None, false).unwrap()).await;
+    h.cluster.faults().forbid("list", "secrets");
+    let secrets = json!({"apiVersion": "v1", "kind": "Secret", "namespace": "test", "replayExisting": true});
+    let mut source = h.run(h.build("resource-watcher", secrets, Some("robot"), SourceNeeds::default()).unwrap());
+    let error = source.failure().await;
+    assert!(error.starts_with("cannot list v1/secrets in namespace test as ServiceAccount test/robot: 403"), "{error}");
+    assert!(
+        error.ends_with(
+            "(RBAC: ServiceAccount test/robot needs list and watch on secrets (core group) in namespace test)"
+        ),
+        "{error}"
+    );
+    let asked = h.cluster.requests().iter().any(|r| {
+        r.uri.starts_with("/api/v1/namespaces/test/secrets")
+            && r.impersonate_user.as_deref() == Some("system:serviceaccount:test:robot")
+    });
+    assert!(asked, "the refused list was made as the ServiceAccount");
+    assert_eq!(h.kube.hub().unhealthy(), Vec::<String>::new(), "one trigger's refusal leaves readiness alone");
+    source.stop().await;
 }

@@ -5,7 +5,8 @@
 //! discovery resolved. Without a client they still load (so `ktrigger validate` checks their
 //! properties offline) and every delivery fails permanently with [`NEEDS_CLUSTER`].
 //!
-//! They act in the TriggerService's namespace unless told otherwise (see [`default_namespace`]).
+//! They act in the TriggerService's namespace unless told otherwise (see [`default_namespace`]),
+//! as the TriggerService's identity ([`ktrigger_kube::identity`]), the rule its sources follow.
 //! API errors map to delivery outcomes in one place, [`api_error`]: a missing target, a refusal
 //! (403, with the API server's message) or an invalid request are permanent; conflicts, throttling,
 //! server errors and connection failures are transient.
@@ -17,9 +18,10 @@ use ::kube::api::{Api, ApiResource, DynamicObject};
 use ::kube::core::GroupVersionKind;
 use ::kube::core::gvk::GroupVersion;
 use ::kube::discovery::{self, Scope};
-use ::kube::{Client, Config, Error};
+use ::kube::{Client, Error};
 use ktrigger_core::registry::{BuildContext, DeliveryError, Registry};
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_kube::identity::{self, Actor, Identity, IdentityPolicy};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
@@ -58,15 +60,12 @@ pub struct ResolvedKind {
 
 /// The cluster the Kubernetes destinations act on: an optional client, the identity it acts as,
 /// and a discovery cache.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct KubeTarget {
+    /// The client, acting as `actor`.
     client: Option<Client>,
-    /// The configuration to derive ServiceAccount clients from (impersonation).
-    config: Option<Config>,
-    /// Whether the engine's own identity may act outside a TriggerService's namespace.
-    cluster_wide: bool,
-    /// The only namespace this target may act in, when it is restricted to one.
-    home: Option<String>,
+    identities: IdentityPolicy,
+    actor: Actor,
     kinds: Arc<Mutex<HashMap<(String, String), ResolvedKind>>>,
 }
 
@@ -77,16 +76,15 @@ impl std::fmt::Debug for KubeTarget {
 }
 
 impl KubeTarget {
-    /// A target acting through `client` anywhere, or one that refuses every delivery when `None`.
+    /// A target acting through `client` with its own identity anywhere (ServiceAccounts named
+    /// by a TriggerService are still impersonated), or one that refuses every delivery when `None`.
     pub fn new(client: Option<Client>) -> Self {
-        KubeTarget { client, cluster_wide: true, ..KubeTarget::default() }
+        KubeTarget { client, identities: IdentityPolicy::local(), actor: Actor::own(), kinds: Arc::default() }
     }
 
-    /// Honours `serviceAccountName`: triggers that name a ServiceAccount act as it, through
-    /// impersonation with clients made from `config`; the others act with the engine's own
-    /// identity, only in their TriggerService's namespace unless `cluster_wide`.
-    pub fn with_identities(self, config: Config, cluster_wide: bool) -> Self {
-        KubeTarget { config: Some(config), cluster_wide, ..self }
+    /// Gives each TriggerService the identity `identities` says, as its sources get.
+    pub fn with_identities(self, identities: IdentityPolicy) -> Self {
+        KubeTarget { identities, ..self }
     }
 
     /// The target one trigger's destination acts on, following [`KubeTarget::with_identities`].
@@ -97,45 +95,20 @@ impl KubeTarget {
     /// The target for a TriggerService in `namespace` that names `service_account` (or none),
     /// following [`KubeTarget::with_identities`].
     pub fn acting_as(&self, namespace: &str, service_account: Option<&str>) -> Result<KubeTarget, String> {
-        let mut target = self.clone();
-        match service_account {
-            Some(account) if namespace.is_empty() => {
-                return Err(format!(
-                    "serviceAccountName {account:?} needs a namespaced TriggerService (the ServiceAccount lives in it)"
-                ));
-            }
-            Some(account) => match (&self.config, &self.client) {
-                (Some(config), _) => {
-                    let mut config = config.clone();
-                    config.auth_info.impersonate = Some(format!("system:serviceaccount:{namespace}:{account}"));
-                    config.auth_info.impersonate_groups = None;
-                    let client = Client::try_from(config)
-                        .map_err(|e| format!("cannot make a client acting as ServiceAccount {account}: {e}"))?;
-                    target.client = Some(client);
-                }
-                (None, Some(_)) => {
-                    return Err(format!(
-                        "cannot act as ServiceAccount {account:?}: the cluster client was not made from a kubeconfig"
-                    ));
-                }
-                (None, None) => {}
-            },
-            None if !self.cluster_wide && !namespace.is_empty() => target.home = Some(namespace.to_string()),
-            None => {}
-        }
-        Ok(target)
+        let actor = self.identities.resolve(namespace, service_account)?;
+        let client = self.client.as_ref().map(|client| identity::client_as(client, &actor.identity)).transpose()?;
+        Ok(KubeTarget { client, actor, ..self.clone() })
     }
 
-    /// Refuses to act outside the TriggerService's namespace when this target is restricted to
+    /// Who this target acts as.
+    pub fn identity(&self) -> &Identity {
+        &self.actor.identity
+    }
+
+    /// Refuses to act outside the TriggerService's namespace when this target is confined to
     /// it; `namespace` is `None` for cluster-scoped objects.
     pub fn check_namespace(&self, namespace: Option<&str>, action: &str) -> Result<(), DeliveryError> {
-        match &self.home {
-            Some(home) if namespace != Some(home.as_str()) => Err(DeliveryError::permanent(format!(
-                "{action}: not allowed outside the TriggerService's namespace {home:?}: set spec.serviceAccountName \
-                 to act as a ServiceAccount that may, or run the controller with --allow-cluster-wide-actions"
-            ))),
-            _ => Ok(()),
-        }
+        self.actor.check_namespace(namespace).map_err(|e| DeliveryError::permanent(format!("{action}: {e}")))
     }
 
     /// The client, or the permanent "needs a cluster" error.
@@ -353,25 +326,40 @@ mod tests {
         }
     }
 
+    fn controller(default_service_account: Option<&str>, cluster_wide: bool) -> KubeTarget {
+        let policy = IdentityPolicy::controller(default_service_account.map(String::from), cluster_wide).unwrap();
+        KubeTarget::new(None).with_identities(policy)
+    }
+
     #[test]
-    fn without_a_service_account_actions_stay_in_the_trigger_service_namespace() {
-        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
-        let target = KubeTarget::new(None).with_identities(config, false).for_trigger(&context("apps", None)).unwrap();
+    fn without_an_identity_actions_stay_in_the_trigger_service_namespace() {
+        let target = controller(None, false).for_trigger(&context("apps", None)).unwrap();
+        assert_eq!(target.identity(), &Identity::Own);
         assert!(target.check_namespace(Some("apps"), "patch").is_ok());
         let refused = target.check_namespace(Some("kube-system"), "patch ConfigMap kube-system/x").unwrap_err();
         assert!(
-            matches!(&refused, DeliveryError::Permanent { reason } if reason.contains("outside the TriggerService's namespace \"apps\"")),
+            matches!(&refused, DeliveryError::Permanent { reason } if reason.starts_with("patch ConfigMap kube-system/x: namespace \"kube-system\" is outside the TriggerService's namespace \"apps\"")),
             "{refused:?}"
         );
         assert!(target.check_namespace(None, "patch Node n1").is_err(), "cluster-scoped objects are outside too");
     }
 
     #[test]
+    fn the_default_service_account_acts_for_trigger_services_without_one() {
+        let target = controller(Some("ktrigger"), false);
+        let default = target.for_trigger(&context("apps", None)).unwrap();
+        let expected = Identity::ServiceAccount { namespace: "apps".into(), name: "ktrigger".into() };
+        assert_eq!(default.identity(), &expected);
+        assert!(default.check_namespace(Some("other"), "patch").is_ok(), "its RBAC decides, not ktrigger");
+        let named = target.for_trigger(&context("apps", Some("robot"))).unwrap();
+        assert_eq!(named.identity(), &Identity::ServiceAccount { namespace: "apps".into(), name: "robot".into() });
+    }
+
+    #[test]
     fn the_cluster_wide_flag_and_local_files_are_not_restricted() {
-        let config = Config::new("http://127.0.0.1:1".parse().unwrap());
-        let wide = KubeTarget::new(None).with_identities(config.clone(), true).for_trigger(&context("apps", None));
+        let wide = controller(None, true).for_trigger(&context("apps", None));
         assert!(wide.unwrap().check_namespace(Some("other"), "patch").is_ok());
-        let local = KubeTarget::new(None).with_identities(config, false).for_trigger(&context("", None));
+        let local = KubeTarget::new(None).for_trigger(&context("apps", None));
         assert!(local.unwrap().check_namespace(Some("other"), "patch").is_ok());
     }
 

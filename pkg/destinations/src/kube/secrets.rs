@@ -1,6 +1,6 @@
-//! Reading `secretKeyRef` values from the cluster, as the TriggerService's identity: its
-//! `serviceAccountName` through impersonation, or the engine's own identity, always in the
-//! TriggerService's namespace.
+//! Reading `secretKeyRef` values from the cluster, as the TriggerService's identity (its
+//! `serviceAccountName`, the operator's default ServiceAccount, or the engine's own identity),
+//! always in the TriggerService's namespace.
 
 use std::time::Duration;
 
@@ -41,10 +41,7 @@ impl SecretReader for KubeSecretReader {
         let target = self.target.acting_as(namespace, service_account)?;
         let client = target.client().map_err(|_| no_cluster(reference))?;
         let namespace = if namespace.is_empty() { client.default_namespace() } else { namespace };
-        let identity = match service_account {
-            Some(account) => format!("ServiceAccount {namespace}/{account}"),
-            None => "ktrigger's own identity".to_string(),
-        };
+        let identity = target.identity();
         let api: Api<KubeSecret> = Api::namespaced(client.clone(), namespace);
         let found = match tokio::time::timeout(READ_TIMEOUT, api.get_opt(name)).await {
             Err(_) => return Err(format!("reading Secret {namespace}/{name} timed out after {READ_TIMEOUT:?}")),
