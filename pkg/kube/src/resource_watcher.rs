@@ -320,7 +320,7 @@ mod tests {
         let cluster = Cluster::make(
             Err("kubeconfig /nope does not exist".into()),
             IdentityPolicy::local(),
-            None,
+            Default::default(),
             false,
             Default::default(),
             vec![],
