@@ -20,6 +20,9 @@ use super::{Running, repo, write_config};
 /// The kubeconfig context of an authenticated user without permissions (../shared/realk8s).
 pub const TENANT: &str = "tenant";
 
+/// The ServiceAccount `ktrigger controller` runs as on a real cluster, in the test namespace.
+pub const CONTROLLER_ACCOUNT: &str = "ktrigger-controller";
+
 /// How long end-to-end tests wait for something before they fail.
 pub const WAIT: Duration = Duration::from_secs(30);
 
@@ -41,9 +44,8 @@ pub struct Env {
     _dir: tempfile::TempDir,
 }
 
-/// Who the controller runs as: on a real cluster whose kubeconfig has a `tenant` context (as
-/// ../shared/realk8s makes), that user bound to exactly the RBAC the install ships, so that what
-/// the shipped roles lack, and every refusal, comes from the real authorizer.
+/// Who the controller runs as: on a real cluster, a ServiceAccount bound to the RBAC the install
+/// ships, so that what the shipped roles lack, and every refusal, comes from the real authorizer.
 struct ControllerIdentity {
     kubeconfig: PathBuf,
     binding: Option<String>,
@@ -162,9 +164,12 @@ impl Env {
     }
 
     /// The kubeconfig to run `ktrigger controller` with. On the test cluster (no RBAC), the
-    /// test's own. On a real cluster with a `tenant` context: that user, bound to the ClusterRole
-    /// of config/rbac/role.yaml and, in the test namespace, to the leader election Role — the
-    /// install's RBAC and nothing more.
+    /// test's own. On a real cluster: a token of the ServiceAccount `ktrigger-controller` of the
+    /// test namespace, bound to the ClusterRole of config/rbac/role.yaml and to the leader
+    /// election Role as installed, plus `edit` in the test namespace — what an operator grants
+    /// the controller for TriggerServices there that name no ServiceAccount (they act as the
+    /// controller, confined to their namespace). Everything else is refused by the real
+    /// authorizer.
     pub fn controller_kubeconfig(&self) -> &str {
         let identity = self.controller_identity.get_or_init(|| self.make_controller_identity());
         identity.kubeconfig.to_str().unwrap()
@@ -212,48 +217,52 @@ impl Env {
     }
 
     fn make_controller_identity(&self) -> ControllerIdentity {
-        let Some(path) = self.tenant_kubeconfig() else {
+        if !self.external() {
             return ControllerIdentity { kubeconfig: self.kubeconfig.clone(), binding: None };
-        };
+        }
         let binding = format!("ktrigger-e2e-{}", self.namespace);
         let shipped = |file: &str| -> Value {
             let text = std::fs::read_to_string(repo().join("config/rbac").join(file)).unwrap();
             serde_yaml::from_str(&text).unwrap()
         };
-        let mut role = shipped("role.yaml");
+        let role = shipped("role.yaml");
         let role_name = role["metadata"]["name"].as_str().unwrap().to_string();
-        role["metadata"]["labels"] = json!({"app.kubernetes.io/part-of": "ktrigger"});
         let mut election = shipped("leader_election_role.yaml");
         election["metadata"]["namespace"] = json!(self.namespace);
-        let subject = json!([{"kind": "User", "name": TENANT, "apiGroup": "rbac.authorization.k8s.io"}]);
-        let cluster_binding = json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-            "metadata": {"name": binding},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role_name},
-            "subjects": subject,
+        let ns = &self.namespace;
+        let subject = json!([{"kind": "ServiceAccount", "name": CONTROLLER_ACCOUNT, "namespace": ns}]);
+        let role_ref =
+            |kind: &str, name: &str| json!({"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name});
+        let objects = [
+            json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": CONTROLLER_ACCOUNT, "namespace": ns}}),
+            role,
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+                   "metadata": {"name": binding}, "roleRef": role_ref("ClusterRole", &role_name), "subjects": subject}),
+            election.clone(),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "ktrigger-leader-election", "namespace": ns},
+                   "roleRef": role_ref("Role", election["metadata"]["name"].as_str().unwrap()), "subjects": subject}),
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                   "metadata": {"name": "ktrigger-controller-edit", "namespace": ns},
+                   "roleRef": role_ref("ClusterRole", "edit"), "subjects": subject}),
+        ];
+        let yaml = objects.iter().map(|o| serde_yaml::to_string(o).unwrap()).collect::<Vec<_>>().join("---\n");
+        let (_dir, path) = write_config(&yaml);
+        let (ok, text) = self.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", path.to_str().unwrap()]);
+        assert!(ok, "the controller's ServiceAccount and RBAC: {text}");
+        let (ok, token) = self.kubectl(&["create", "token", CONTROLLER_ACCOUNT, "-n", ns, "--duration", "2h"]);
+        assert!(ok, "a token for the controller's ServiceAccount: {token}");
+        let (ok, text) = self.kubectl(&["config", "view", "--raw", "--minify", "--flatten", "-o", "json"]);
+        assert!(ok, "{text}");
+        let current: Value = serde_json::from_str(&text).unwrap();
+        let kubeconfig = json!({
+            "apiVersion": "v1", "kind": "Config", "current-context": "controller",
+            "clusters": [{"name": "e2e", "cluster": current["clusters"][0]["cluster"]}],
+            "users": [{"name": "controller", "user": {"token": token.trim()}}],
+            "contexts": [{"name": "controller", "context": {"cluster": "e2e", "user": "controller", "namespace": ns}}],
         });
-        let election_binding = json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": {"name": "ktrigger-leader-election", "namespace": self.namespace},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                        "name": election["metadata"]["name"]},
-            "subjects": subject,
-        });
-        let apply = PatchParams::apply("ktrigger-e2e").force();
-        self.runtime.block_on(async {
-            let cluster_roles: Api<ClusterRole> = Api::all(self.client.clone());
-            cluster_roles
-                .patch(&role_name, &apply, &Patch::Apply(&role))
-                .await
-                .expect("the shipped ClusterRole applies");
-            let bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
-            bindings.patch(&binding, &apply, &Patch::Apply(&cluster_binding)).await.unwrap();
-            let roles: Api<Role> = Api::namespaced(self.client.clone(), &self.namespace);
-            let name = election["metadata"]["name"].as_str().unwrap();
-            roles.patch(name, &apply, &Patch::Apply(&election)).await.unwrap();
-            let role_bindings: Api<RoleBinding> = Api::namespaced(self.client.clone(), &self.namespace);
-            role_bindings.patch("ktrigger-leader-election", &apply, &Patch::Apply(&election_binding)).await.unwrap();
-        });
+        let path = self._dir.path().join("controller-kubeconfig");
+        std::fs::write(&path, serde_json::to_string(&kubeconfig).unwrap()).unwrap();
         ControllerIdentity { kubeconfig: path, binding: Some(binding) }
     }
 
