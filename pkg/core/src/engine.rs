@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
-use futures::FutureExt;
 use ktrigger_api::{TriggerServiceSpec, TriggerStatus};
 use serde_json::json;
 use tokio::sync::{Mutex, mpsc};
@@ -411,11 +410,11 @@ impl Processor {
             tokio::select! {
                 received = events.recv() => {
                     let Some(event) = received else { break };
-                    if !self.guarded(self.filter_step(&event)).await {
+                    if !self.filter_step(&event).await {
                         continue;
                     }
                     match debounce {
-                        None => self.guarded(self.route(event)).await,
+                        None => self.route(event).await,
                         Some(quiet) => {
                             // Durations are bounded at load; a clock this close to its end fires now.
                             let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
@@ -429,29 +428,16 @@ impl Processor {
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if let Some((event, _)) = pending.take() {
-                        self.guarded(self.route(event)).await;
+                        self.route(event).await;
                     }
                 }
             }
         }
         if let Some((event, _)) = pending.take() {
-            self.guarded(self.route(event)).await;
+            self.route(event).await;
         }
         for (_, queue) in &self.targets {
             queue.close();
-        }
-    }
-
-    /// Runs one step, turning a panic into a counted, logged error instead of a dead trigger.
-    async fn guarded(&self, step: impl Future<Output = bool>) -> bool {
-        match std::panic::AssertUnwindSafe(step).catch_unwind().await {
-            Ok(passed) => passed,
-            Err(panic) => {
-                let reason = format!("event processing panicked: {}", panic_message(&panic));
-                tracing::error!(trigger = %self.id, reason = %reason, "event dropped");
-                self.stats.record_error(&reason);
-                false
-            }
         }
     }
 
