@@ -33,6 +33,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::event::{CONTEXT_NAMES, Event};
+use limits::Budget;
 use value::{Bound, Record};
 
 /// The environment every expression is compiled and run with: the standard library, the
@@ -201,8 +202,6 @@ pub struct CelExpr {
     references: Arc<[String]>,
     /// The estimated cost of one evaluation, see [`limits`].
     cost: u64,
-    /// Whether it loops or calls a function whose work grows faster than its input.
-    loops: bool,
 }
 
 impl fmt::Debug for CelExpr {
@@ -239,20 +238,13 @@ impl CelExpr {
                 limits::ASSUMED_SIZE
             )));
         }
-        let mut rewriter = Rewriter { names, info: &info, scope: Vec::new(), loops: false };
-        rewriter.walk(&mut expr)?;
-        Ok(CelExpr { source: source.into(), expr: Arc::new(expr), references, cost, loops: rewriter.loops })
+        Rewriter { names, info: &info, scope: Vec::new() }.walk(&mut expr)?;
+        Ok(CelExpr { source: source.into(), expr: Arc::new(expr), references, cost })
     }
 
     /// The estimated cost of one evaluation, in the units of [`limits::COST_LIMIT`].
     pub fn estimated_cost(&self) -> u64 {
         self.cost
-    }
-
-    /// Whether one evaluation may take long: it loops, or calls a function whose work grows
-    /// faster than its input. Such expressions are evaluated off the async runtime.
-    pub fn may_run_long(&self) -> bool {
-        self.loops
     }
 
     /// Compiles a filter over the event context names (object, oldObject, event, context, now).
@@ -277,7 +269,13 @@ impl CelExpr {
 
     /// true/false; an evaluation error or a non-bool result is Err(reason) — never a silent pass.
     pub fn eval_bool(&self, vars: &Vars) -> Result<bool, String> {
-        self.evaluate(vars, |val| match val.downcast_ref::<CelBool>() {
+        full(self.eval_bool_within(vars, Budget::FULL))
+    }
+
+    /// Like [`eval_bool`](Self::eval_bool) within `budget`; `None` when a budget smaller than
+    /// the full one ran out (the full budget may still do).
+    pub fn eval_bool_within(&self, vars: &Vars, budget: Budget) -> Option<Result<bool, String>> {
+        self.evaluate(vars, budget, |val| match val.downcast_ref::<CelBool>() {
             Some(b) => Ok(*b.inner()),
             None => Err(format!("expected a bool, got {} {}", val.get_type().name(), short(val))),
         })
@@ -285,7 +283,13 @@ impl CelExpr {
 
     /// The result as a string (strings as-is, ints/uints/doubles/bools formatted, others JSON) — used for dedup keys.
     pub fn eval_string(&self, vars: &Vars) -> Result<String, String> {
-        self.evaluate(vars, |val| match value::scalar_string(val) {
+        full(self.eval_string_within(vars, Budget::FULL))
+    }
+
+    /// Like [`eval_string`](Self::eval_string) within `budget`; `None` when a budget smaller
+    /// than the full one ran out.
+    pub fn eval_string_within(&self, vars: &Vars, budget: Budget) -> Option<Result<String, String>> {
+        self.evaluate(vars, budget, |val| match value::scalar_string(val) {
             Some(text) => Ok(text),
             None => value::to_json(val).map(|json| json.to_string()),
         })
@@ -293,25 +297,36 @@ impl CelExpr {
 
     /// The result converted back to JSON (ints stay ints) — used e.g. to extract a list of items from an HTTP response.
     pub fn eval_json(&self, vars: &Vars) -> Result<Value, String> {
-        self.evaluate(vars, value::to_json)
+        full(self.evaluate(vars, Budget::FULL, value::to_json))
     }
 
-    /// Evaluates the expression against `vars` within the [`limits`] and hands the result to
-    /// `convert`.
-    fn evaluate<T>(&self, vars: &Vars, convert: impl FnOnce(&dyn Val) -> Result<T, String>) -> Result<T, String> {
+    /// Evaluates the expression against `vars` within `budget` and hands the result to
+    /// `convert`; `None` when a budget smaller than the full one ran out.
+    fn evaluate<T>(
+        &self,
+        vars: &Vars,
+        budget: Budget,
+        convert: impl FnOnce(&dyn Val) -> Result<T, String>,
+    ) -> Option<Result<T, String>> {
         let mut context = Context::with_env(Arc::clone(&ENV));
         context.set_variable_resolver(vars);
         let (result, exceeded) = stacker::maybe_grow(limits::EVAL_RED_ZONE, limits::EVAL_STACK, || {
-            limits::metered(|| match cel::Value::resolve_val(&self.expr, &context) {
+            limits::metered(budget, || match cel::Value::resolve_val(&self.expr, &context) {
                 Ok(value) => convert(&*value),
                 Err(error) => Err(error.to_string()),
             })
         });
         match exceeded {
-            Some(limit) => Err(limit.reason()),
-            None => result,
+            Some(_) if budget != Budget::FULL => None,
+            Some(limit) => Some(Err(limit.reason())),
+            None => Some(result),
         }
     }
+}
+
+/// The result of an evaluation with the full budget, which always has one.
+fn full<T>(result: Option<Result<T, String>>) -> Result<T, String> {
+    result.unwrap_or_else(|| Err(limits::Exceeded::Cost.reason()))
 }
 
 /// A cost for a message: saturated estimates say so rather than print 18446744073709551615.
@@ -369,8 +384,6 @@ struct Rewriter<'c> {
     info: &'c SourceInfo,
     /// Variables bound by the enclosing comprehensions.
     scope: Vec<String>,
-    /// Whether the expression loops or calls a metered function other than `+`.
-    loops: bool,
 }
 
 impl Rewriter<'_> {
@@ -403,7 +416,6 @@ impl Rewriter<'_> {
                 call.args.iter_mut().try_for_each(|arg| self.walk(arg))
             }
             Expr::Comprehension(c) => {
-                self.loops = true;
                 let body = limits::body_cost(&[&c.loop_cond, &c.loop_step]);
                 self.walk(&mut c.iter_range)?;
                 let range = std::mem::take(&mut c.iter_range);
@@ -491,7 +503,6 @@ impl Rewriter<'_> {
             }
             _ => return,
         };
-        self.loops = true;
         if let Some(target) = call.target.take() {
             call.args.insert(0, *target);
         }

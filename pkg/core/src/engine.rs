@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::bounded::off_runtime;
+use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::delivery::{Delivery, DeliveryQueue, MemoryQueue, Target, panic_message, run_worker};
 use crate::event::{SharedEvent, TriggerId};
@@ -441,26 +442,32 @@ impl Processor {
         }
     }
 
-    /// Evaluates `expr` for `event` with `eval`: in place when it cannot run long, otherwise off
-    /// the async runtime.
+    /// Evaluates `expr` for `event` with `eval`: in place within a small budget, and when that
+    /// is not enough, again from the start off the async runtime with the full budget.
+    /// Evaluations have no side effects, so starting over changes nothing but where it runs.
     async fn evaluate<T: Send + 'static>(
         &self,
         expr: &CelExpr,
         event: &SharedEvent,
-        eval: fn(&CelExpr, &Vars) -> Result<T, String>,
+        eval: fn(&CelExpr, &Vars, Budget) -> Option<Result<T, String>>,
     ) -> Result<T, String> {
-        if !expr.may_run_long() {
-            return eval(expr, &Vars::for_event(event, &self.id.trigger, Utc::now()));
+        let now = Utc::now();
+        if let Some(done) = eval(expr, &Vars::for_event(event, &self.id.trigger, now), Budget::IN_PLACE) {
+            return done;
         }
         let (expr, event, trigger) = (expr.clone(), event.clone(), self.id.trigger.clone());
-        off_runtime(move || eval(&expr, &Vars::for_event(&event, &trigger, Utc::now()))).await
+        off_runtime(move || {
+            let vars = Vars::for_event(&event, &trigger, now);
+            eval(&expr, &vars, Budget::FULL).unwrap_or_else(|| Err(Exceeded::Cost.reason()))
+        })
+        .await
     }
 
     /// Counts the event and applies the filter; true when it passes.
     async fn filter_step(&self, event: &SharedEvent) -> bool {
         self.stats.record_matched();
         let Some(filter) = &self.filter else { return true };
-        match self.evaluate(filter, event, CelExpr::eval_bool).await {
+        match self.evaluate(filter, event, CelExpr::eval_bool_within).await {
             Ok(true) => true,
             Ok(false) => {
                 self.stats.record_filtered();
@@ -481,7 +488,7 @@ impl Processor {
     async fn route(&self, event: SharedEvent) -> bool {
         let key = match &self.dedup {
             None => None,
-            Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string).await {
+            Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).await {
                 Ok(key) => Some((key, *window)),
                 Err(reason) => {
                     let reason = format!("dedup key could not be evaluated: {reason}");

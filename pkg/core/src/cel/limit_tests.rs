@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use super::limits::{COST_LIMIT, MAX_DEPTH, MAX_EXPRESSION, prescan};
+use super::limits::{Budget, COST_LIMIT, MAX_DEPTH, MAX_EXPRESSION, prescan};
 use super::{CelExpr, Vars};
 use crate::event::Event;
 
@@ -161,8 +161,18 @@ fn the_estimate_multiplies_nested_loops() {
     let two = CelExpr::filter("object.items.all(i, object.items.all(j, i != j))").unwrap();
     assert!(one.estimated_cost() < 1_000, "{}", one.estimated_cost());
     assert!(two.estimated_cost() > 50 * one.estimated_cost(), "{} vs {}", two.estimated_cost(), one.estimated_cost());
-    assert!(one.may_run_long());
-    assert!(!CelExpr::filter("object.a + 'x' == 'bx'").unwrap().may_run_long());
+}
+
+#[test]
+fn a_small_budget_runs_out_where_the_full_one_does_not() {
+    let items: Vec<i64> = (0..3000).collect();
+    let event = Event::new("webhook", "received", json!({"items": items}));
+    let vars = Vars::for_event(&event, "t", chrono::Utc::now());
+    let expr = CelExpr::filter("object.items.exists(i, i == 2999)").unwrap();
+    assert_eq!(expr.eval_bool_within(&vars, Budget::IN_PLACE), None);
+    assert_eq!(expr.eval_bool_within(&vars, Budget::FULL), Some(Ok(true)));
+    let small = CelExpr::filter("object.items[0] == 0 && [1, 2, 3].exists(i, i == 3)").unwrap();
+    assert_eq!(small.eval_bool_within(&vars, Budget::IN_PLACE), Some(Ok(true)));
 }
 
 /// The deepest expressions the limits let through parse, check and evaluate on a thread with

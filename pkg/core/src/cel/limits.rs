@@ -56,8 +56,9 @@ const BYTES_PER_UNIT: u64 = 8;
 ///
 /// Within a bracket, every operator, `.`, `?` and `:` may nest one level deeper, except `&&` and
 /// `||`, whose chains the parser balances (their terms add the logarithm of their count), and
-/// commas, which start over. Each bracket adds its own deepest content. The bound never
-/// underestimates the depth of the parsed expression, macros aside ([`depth`] checks those).
+/// commas, which start over. Each bracket adds its own deepest content. The bound is meant to be
+/// at least the depth the parser reaches; [`depth`] then checks the parsed tree, macros
+/// expanded, and the parser itself runs on a stack of [`PARSE_STACK`].
 pub fn prescan(source: &str) -> Result<(), String> {
     if source.len() > MAX_EXPRESSION {
         return Err(format!("expression is {} bytes long; the limit is {MAX_EXPRESSION}", source.len()));
@@ -335,10 +336,28 @@ thread_local! {
     static METER: Cell<Option<Meter>> = const { Cell::new(None) };
 }
 
-/// Runs `evaluate` with a fresh budget and deadline on this thread; tells which limit stopped
-/// it, if one did.
-pub fn metered<T>(evaluate: impl FnOnce() -> T) -> (T, Option<Exceeded>) {
-    METER.set(Some(Meter { left: COST_LIMIT, deadline: Instant::now() + TIME_LIMIT, exceeded: None }));
+/// How much one evaluation may use: cost units and time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Cost units.
+    pub cost: u64,
+    /// Time.
+    pub time: Duration,
+}
+
+impl Budget {
+    /// The whole budget of one evaluation: [`COST_LIMIT`] and [`TIME_LIMIT`].
+    pub const FULL: Budget = Budget { cost: COST_LIMIT, time: TIME_LIMIT };
+
+    /// What an evaluation may use in place, on the async runtime, before it has to start over
+    /// with the [`FULL`](Budget::FULL) budget off it: well under a millisecond of work. Loops over
+    /// a few hundred elements stay within it.
+    pub const IN_PLACE: Budget = Budget { cost: 5_000, time: Duration::from_millis(1) };
+}
+
+/// Runs `evaluate` with `budget` on this thread; tells which limit stopped it, if one did.
+pub fn metered<T>(budget: Budget, evaluate: impl FnOnce() -> T) -> (T, Option<Exceeded>) {
+    METER.set(Some(Meter { left: budget.cost, deadline: Instant::now() + budget.time, exceeded: None }));
     let result = evaluate();
     let exceeded = METER.take().and_then(|meter| meter.exceeded);
     (result, exceeded)
@@ -347,7 +366,9 @@ pub fn metered<T>(evaluate: impl FnOnce() -> T) -> (T, Option<Exceeded>) {
 /// Uses `units` of the running evaluation's budget; fails once the budget or the time is spent.
 pub fn charge(units: u64) -> Result<(), ExecutionError> {
     let Some(mut meter) = METER.get() else { return Ok(()) };
-    let exceeded = if units > meter.left {
+    let exceeded = if meter.exceeded.is_some() {
+        meter.exceeded
+    } else if units > meter.left {
         Some(Exceeded::Cost)
     } else if Instant::now() > meter.deadline {
         Some(Exceeded::Time)
