@@ -40,7 +40,7 @@ pub const EVAL_RED_ZONE: usize = if cfg!(debug_assertions) { 2 << 20 } else { 51
 pub const EVAL_STACK: usize = 4 << 20;
 
 /// Most cost units one evaluation may use, estimated at load and counted at run time (the
-/// per-call limit of Kubernetes' CEL). About 50-100 ms of work.
+/// per-call limit of Kubernetes' CEL).
 pub const COST_LIMIT: u64 = 1_000_000;
 
 /// Longest time one evaluation may run before it fails.
@@ -49,8 +49,8 @@ pub const TIME_LIMIT: Duration = Duration::from_millis(250);
 /// Elements the estimate assumes for a list, map or string read from the event.
 pub const ASSUMED_SIZE: u64 = 100;
 
-/// Cost units per byte that `+` and `replace` produce: 1 unit per 8 bytes, so the budget also
-/// bounds what one evaluation allocates to a few MiB.
+/// Bytes that `+` and `replace` may produce per cost unit: the budget also bounds what one
+/// evaluation builds that way to about 8 MB.
 const BYTES_PER_UNIT: u64 = 8;
 
 /// Checks the length and an upper bound of the nesting of `source` without parsing it.
