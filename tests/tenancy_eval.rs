@@ -49,6 +49,10 @@ spec:
       properties:
         message: '{{% for i in range(100000) %}}{{% for j in range(100000) %}}x{{% endfor %}}{{% endfor %}}'
       retry: {{maxAttempts: 1}}
+  - name: near-limit
+    source: {{type: webhook, properties: {{path: /near-limit}}}}
+    filter: 'size(lists.range(500000)) > 0'
+    destinations: [{{type: log}}]
   - name: healthy
     source: {{type: webhook, properties: {{path: /healthy}}}}
     destinations: [{{type: log, properties: {{message: 'healthy {{{{ object.n }}}}'}}}}]
@@ -72,6 +76,9 @@ fn validate_refuses_each_bomb_with_the_trigger_and_field() {
         assert!(stdout.contains(expected), "{expected}\n{stdout}");
     }
     assert!(stdout.len() < 4000, "errors quote long expressions in full: {} bytes", stdout.len());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trigger near-limit: triggers[6].filter: estimated cost "), "{stderr}");
+    assert!(stderr.contains(" of the limit 1000000"), "{stderr}");
 }
 
 #[test]
