@@ -8,8 +8,9 @@ mod types;
 mod validate;
 
 pub use document::{Document, DocumentError, parse_documents};
+pub use schema::MAX_EXPRESSION;
 pub use types::*;
-pub use validate::{SpecError, parse_duration, trigger_names, validate_spec};
+pub use validate::{MAX_DURATION, MAX_DURATION_TEXT, SpecError, parse_duration, trigger_names, validate_spec};
 
 use kube::CustomResourceExt;
 

@@ -34,8 +34,9 @@ pub(crate) const MAX_NAME: usize = 63;
 /// Longest source or destination type name (a DNS subdomain's limit, generous for plugins).
 pub(crate) const MAX_TYPE: usize = 253;
 
-/// Longest dedup key expression.
-pub(crate) const MAX_EXPRESSION: usize = 4096;
+/// Longest CEL expression (filter or dedup key), in bytes: the CRD's `maxLength`, and what the
+/// engine refuses before parsing.
+pub const MAX_EXPRESSION: usize = 4096;
 
 /// Explicit trigger names are unique. Estimated ~560,000 (128 × 128 comparisons of 252 bytes).
 pub(crate) const UNIQUE_NAMES: &str =

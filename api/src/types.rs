@@ -59,6 +59,7 @@ pub struct Trigger {
     pub source: SourceSpec,
     /// CEL expression over the event context; every event passes when it is empty or absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::schema::MAX_EXPRESSION))]
     pub filter: Option<String>,
     /// Drop repeats of the same event within a window.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -66,8 +67,9 @@ pub struct Trigger {
     /// Cap the rate at which this trigger fires.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitSpec>,
-    /// Wait for this quiet period (e.g. `5s`) and fire once with the latest event.
+    /// Wait for this quiet period (e.g. `5s`, at most 30 days) and fire once with the latest event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
     pub debounce: Option<String>,
     /// Where matching events are delivered.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -117,8 +119,9 @@ pub struct DestinationSpec {
     /// Retry policy for failed deliveries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
-    /// Time limit of one delivery attempt, e.g. `30s`.
+    /// Time limit of one delivery attempt, e.g. `30s`, at most 30 days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
     pub timeout: Option<String>,
     /// Deliveries that may wait for this destination before new ones are dead-lettered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -134,11 +137,13 @@ pub struct RetrySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_attempts: Option<u32>,
-    /// Delay before the first retry, e.g. `1s`.
+    /// Delay before the first retry, e.g. `1s`, at most 30 days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
     pub backoff: Option<String>,
-    /// Longest delay between attempts, e.g. `2m`.
+    /// Longest delay between attempts, e.g. `2m`, at most 30 days.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
     pub max_backoff: Option<String>,
 }
 
@@ -152,7 +157,8 @@ pub struct DedupSpec {
         .message("a dedup key expression is required")
         .reason(Reason::FieldValueRequired))]
     pub key: String,
-    /// How long a key stays firing after its last repeat, e.g. `10m`.
+    /// How long a key stays firing after its last repeat, e.g. `10m`, at most 30 days.
+    #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
     pub window: String,
 }
 

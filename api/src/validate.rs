@@ -25,12 +25,26 @@ impl fmt::Display for SpecError {
 
 impl std::error::Error for SpecError {}
 
-/// Parses a duration such as `500ms`, `10s`, `2m` or `1h 30m`.
+/// The longest duration anywhere in a TriggerService or on the command line: 30 days. Anything
+/// longer is a typo or an attempt to overflow the clock arithmetic of timers and windows.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
+
+/// Longest duration text: generous for `1h 30m 15s 500ms`, and bounds what the CRD lets through.
+pub const MAX_DURATION_TEXT: usize = 64;
+
+/// Parses a duration such as `500ms`, `10s`, `2m` or `1h 30m`, greater than zero and at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    if text.len() > MAX_DURATION_TEXT {
+        return Err(format!("invalid duration: longer than {MAX_DURATION_TEXT} characters; use e.g. 30s, 5m, 1h"));
+    }
     let duration = humantime::parse_duration(text.trim())
         .map_err(|e| format!("invalid duration {text:?} ({e}); use e.g. 30s, 5m, 1h"))?;
     if duration.is_zero() {
         return Err(format!("duration {text:?} must be greater than zero"));
+    }
+    if duration > MAX_DURATION {
+        return Err(format!("duration {text:?} is longer than the maximum of 30 days"));
     }
     Ok(duration)
 }
@@ -177,6 +191,26 @@ mod tests {
         let mut t = trigger("a");
         t.dedup = Some(DedupSpec { key: "object.x".into(), window: "ten minutes".into() });
         t.debounce = Some("0s".into());
+        let spec = TriggerServiceSpec { triggers: vec![t], ..Default::default() };
+        let fields: Vec<_> = validate_spec(&spec).into_iter().map(|e| e.field).collect();
+        assert_eq!(fields, ["triggers[0].dedup.window", "triggers[0].debounce"]);
+    }
+
+    #[test]
+    fn durations_are_bounded_to_thirty_days() {
+        assert_eq!(parse_duration("30d"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("720h"), Ok(MAX_DURATION));
+        let err = parse_duration("30d 1s").unwrap_err();
+        assert!(err.contains("longer than the maximum of 30 days"), "{err}");
+        let err = parse_duration("500000000000y").unwrap_err();
+        assert!(err.contains("500000000000y"), "{err}");
+    }
+
+    #[test]
+    fn huge_debounce_and_window_are_reported_with_the_field() {
+        let mut t = trigger("a");
+        t.dedup = Some(DedupSpec { key: "object.x".into(), window: "100y".into() });
+        t.debounce = Some("500000000000y".into());
         let spec = TriggerServiceSpec { triggers: vec![t], ..Default::default() };
         let fields: Vec<_> = validate_spec(&spec).into_iter().map(|e| e.field).collect();
         assert_eq!(fields, ["triggers[0].dedup.window", "triggers[0].debounce"]);

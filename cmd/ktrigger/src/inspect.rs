@@ -7,6 +7,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::Utc;
+use ktrigger_api::trigger_names;
+use ktrigger_core::cel::limits::COST_LIMIT;
 use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::config::load_paths;
 use ktrigger_core::engine::{Engine, EngineOptions};
@@ -37,6 +39,21 @@ pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>) -> anyhow::Res
         unread += service.spec.triggers.iter().map(|t| trigger_references(t).len()).sum::<usize>();
         for problem in engine.check(&service.namespace, &service.name, &service.spec) {
             problems.push(format!("{}: {problem}", service.origin));
+        }
+        for (index, (trigger, name)) in service.spec.triggers.iter().zip(trigger_names(&service.spec)).enumerate() {
+            let expressions =
+                [("filter", trigger.filter.as_deref()), ("dedup.key", trigger.dedup.as_ref().map(|d| d.key.as_str()))];
+            for (field, source) in expressions {
+                let Some(cost) = source.and_then(|s| CelExpr::filter(s).ok()).map(|e| e.estimated_cost()) else {
+                    continue;
+                };
+                if cost > COST_LIMIT / 10 {
+                    eprintln!(
+                        "note: {}: trigger {name}: triggers[{index}].{field}: estimated cost {cost} of the limit {COST_LIMIT}",
+                        service.origin
+                    );
+                }
+            }
         }
     }
     for warning in &config.warnings {

@@ -8,8 +8,12 @@
 //! An evaluation error, or a filter that does not return a bool, is an `Err` with its reason,
 //! never a silent pass.
 
+pub mod limits;
+mod metered;
 mod value;
 
+#[cfg(test)]
+mod limit_tests;
 #[cfg(test)]
 mod tests;
 
@@ -29,6 +33,7 @@ use regex::Regex;
 use serde_json::Value;
 
 use crate::event::{CONTEXT_NAMES, Event};
+use limits::Budget;
 use value::{Bound, Record};
 
 /// The environment every expression is compiled and run with: the standard library, the
@@ -45,6 +50,18 @@ static ENV: LazyLock<Arc<Env>> = LazyLock::new(|| {
     for (_, name, op) in FAST_OPERATORS {
         let arity = if name == "@not" { 1 } else { 2 };
         env.add_overload(name, &format!("ktrigger_{}", &name[1..]), (0..arity).map(|_| DYN_TYPE).collect(), op)
+            .expect("no other function has this name");
+    }
+    let metered: [(&str, usize, Function); 6] = [
+        (metered::LOOP, 2, metered::charge_loop),
+        (metered::LISTS_RANGE, 1, metered::lists_range),
+        (metered::REPLACE, 3, metered::replace),
+        (metered::REPLACE, 4, metered::replace),
+        (metered::DISTINCT, 1, metered::distinct),
+        (metered::ADD, 2, metered::add),
+    ];
+    for (name, arity, op) in metered {
+        env.add_overload(name, &format!("ktrigger_{}_{arity}", &name[1..]), (0..arity).map(|_| DYN_TYPE).collect(), op)
             .expect("no other function has this name");
     }
     Arc::new(env)
@@ -183,6 +200,8 @@ pub struct CelExpr {
     /// The parsed expression, macros expanded, as [`Rewriter`] leaves it.
     expr: Arc<IdedExpr>,
     references: Arc<[String]>,
+    /// The estimated cost of one evaluation, see [`limits`].
+    cost: u64,
 }
 
 impl fmt::Debug for CelExpr {
@@ -192,15 +211,40 @@ impl fmt::Debug for CelExpr {
 }
 
 impl CelExpr {
-    /// Compiles once; rejects syntax errors (with position) and references to variables not in `names`.
+    /// Compiles once; rejects syntax errors (with position), references to variables not in
+    /// `names`, and expressions over the [`limits`]: too long, nested too deeply or estimated to
+    /// cost too much.
     pub fn compile(source: &str, names: &[&str]) -> Result<CelExpr, CelError> {
-        let (mut expr, info) =
-            ENV.parser().parse_with_source_info(source).map_err(|errors| syntax_error(source, &errors))?;
+        let at_start = |message: String| CelError { line: 1, column: 1, message };
+        limits::prescan(source).map_err(at_start)?;
+        let parsed = stacker::grow(limits::PARSE_STACK, || ENV.parser().parse_with_source_info(source));
+        let (mut expr, info) = parsed.map_err(|errors| syntax_error(source, &errors))?;
+        if limits::depth(&expr) > limits::MAX_DEPTH {
+            return Err(at_start(format!(
+                "expression is nested too deeply (macros expanded); the limit is {} levels",
+                limits::MAX_DEPTH
+            )));
+        }
         let mut checker = Checker { names, info: &info, scope: Vec::new(), references: Vec::new() };
         checker.walk(&expr)?;
         let references = checker.references.into();
+        let cost = limits::estimate(&expr);
+        if cost > limits::COST_LIMIT {
+            return Err(at_start(format!(
+                "estimated cost {} exceeds the limit of {} (a loop costs its list's size times its body; \
+                 a list read from the event counts as {} elements)",
+                cost_text(cost),
+                limits::COST_LIMIT,
+                limits::ASSUMED_SIZE
+            )));
+        }
         Rewriter { names, info: &info, scope: Vec::new() }.walk(&mut expr)?;
-        Ok(CelExpr { source: source.into(), expr: Arc::new(expr), references })
+        Ok(CelExpr { source: source.into(), expr: Arc::new(expr), references, cost })
+    }
+
+    /// The estimated cost of one evaluation, in the units of [`limits::COST_LIMIT`].
+    pub fn estimated_cost(&self) -> u64 {
+        self.cost
     }
 
     /// Compiles a filter over the event context names (object, oldObject, event, context, now).
@@ -225,7 +269,13 @@ impl CelExpr {
 
     /// true/false; an evaluation error or a non-bool result is Err(reason) — never a silent pass.
     pub fn eval_bool(&self, vars: &Vars) -> Result<bool, String> {
-        self.evaluate(vars, |val| match val.downcast_ref::<CelBool>() {
+        full(self.eval_bool_within(vars, Budget::FULL))
+    }
+
+    /// Like [`eval_bool`](Self::eval_bool) within `budget`; `None` when a budget smaller than
+    /// the full one ran out (the full budget may still do).
+    pub fn eval_bool_within(&self, vars: &Vars, budget: Budget) -> Option<Result<bool, String>> {
+        self.evaluate(vars, budget, |val| match val.downcast_ref::<CelBool>() {
             Some(b) => Ok(*b.inner()),
             None => Err(format!("expected a bool, got {} {}", val.get_type().name(), short(val))),
         })
@@ -233,7 +283,13 @@ impl CelExpr {
 
     /// The result as a string (strings as-is, ints/uints/doubles/bools formatted, others JSON) — used for dedup keys.
     pub fn eval_string(&self, vars: &Vars) -> Result<String, String> {
-        self.evaluate(vars, |val| match value::scalar_string(val) {
+        full(self.eval_string_within(vars, Budget::FULL))
+    }
+
+    /// Like [`eval_string`](Self::eval_string) within `budget`; `None` when a budget smaller
+    /// than the full one ran out.
+    pub fn eval_string_within(&self, vars: &Vars, budget: Budget) -> Option<Result<String, String>> {
+        self.evaluate(vars, budget, |val| match value::scalar_string(val) {
             Some(text) => Ok(text),
             None => value::to_json(val).map(|json| json.to_string()),
         })
@@ -241,16 +297,41 @@ impl CelExpr {
 
     /// The result converted back to JSON (ints stay ints) — used e.g. to extract a list of items from an HTTP response.
     pub fn eval_json(&self, vars: &Vars) -> Result<Value, String> {
-        self.evaluate(vars, value::to_json)
+        full(self.evaluate(vars, Budget::FULL, value::to_json))
     }
 
-    /// Evaluates the expression against `vars` and hands the result to `convert`.
-    fn evaluate<T>(&self, vars: &Vars, convert: impl FnOnce(&dyn Val) -> Result<T, String>) -> Result<T, String> {
+    /// Evaluates the expression against `vars` within `budget` and hands the result to
+    /// `convert`; `None` when a budget smaller than the full one ran out.
+    fn evaluate<T>(
+        &self,
+        vars: &Vars,
+        budget: Budget,
+        convert: impl FnOnce(&dyn Val) -> Result<T, String>,
+    ) -> Option<Result<T, String>> {
         let mut context = Context::with_env(Arc::clone(&ENV));
         context.set_variable_resolver(vars);
-        let result = cel::Value::resolve_val(&self.expr, &context).map_err(|e| e.to_string())?;
-        convert(&*result)
+        let (result, exceeded) = stacker::maybe_grow(limits::EVAL_RED_ZONE, limits::EVAL_STACK, || {
+            limits::metered(budget, || match cel::Value::resolve_val(&self.expr, &context) {
+                Ok(value) => convert(&*value),
+                Err(error) => Err(error.to_string()),
+            })
+        });
+        match exceeded {
+            Some(_) if budget != Budget::FULL => None,
+            Some(limit) => Some(Err(limit.reason())),
+            None => Some(result),
+        }
     }
+}
+
+/// The result of an evaluation with the full budget, which always has one.
+fn full<T>(result: Option<Result<T, String>>) -> Result<T, String> {
+    result.unwrap_or_else(|| Err(limits::Exceeded::Cost.reason()))
+}
+
+/// A cost for a message: saturated estimates say so rather than print 18446744073709551615.
+fn cost_text(cost: u64) -> String {
+    if cost == u64::MAX { "beyond 18 quintillion".to_owned() } else { cost.to_string() }
 }
 
 /// A value, shortened for an error message.
@@ -292,6 +373,8 @@ fn position(info: &SourceInfo, id: u64) -> (usize, usize) {
 /// * `<`, `<=`, `>`, `>=` and `!` go to the [`FAST_OPERATORS`].
 /// * `matches` calls go to [`MATCHES`], and literal patterns are compiled now: an invalid one is
 ///   a compile error at its position rather than an error on every evaluation.
+/// * Loop ranges, `lists.range`, `replace`, `distinct` and `+` go through the [`metered`]
+///   functions, which charge the evaluation's budget before they work.
 /// * Field selections on variables, `object.status.phase`, become index operations,
 ///   `object["status"]["phase"]`: the interpreter resolves a selection chain as a qualified name
 ///   first (joining its segments and probing each prefix as a variable or a type), which costs more
@@ -305,6 +388,7 @@ struct Rewriter<'c> {
 
 impl Rewriter<'_> {
     fn walk(&mut self, expr: &mut IdedExpr) -> Result<(), CelError> {
+        self.meter(expr);
         match &mut expr.expr {
             Expr::Call(call) => {
                 let member = call.target.is_some() && call.args.len() == 1;
@@ -332,7 +416,19 @@ impl Rewriter<'_> {
                 call.args.iter_mut().try_for_each(|arg| self.walk(arg))
             }
             Expr::Comprehension(c) => {
+                let body = limits::body_cost(&[&c.loop_cond, &c.loop_step]);
                 self.walk(&mut c.iter_range)?;
+                let range = std::mem::take(&mut c.iter_range);
+                let cost =
+                    IdedExpr { id: range.id, expr: Expr::Literal(LiteralValue::Int(saturating_int(body).into())) };
+                c.iter_range = IdedExpr {
+                    id: range.id,
+                    expr: Expr::Call(CallExpr {
+                        func_name: metered::LOOP.to_owned(),
+                        target: None,
+                        args: vec![range, cost],
+                    }),
+                };
                 self.walk(&mut c.accu_init)?;
                 let depth = self.scope.len();
                 self.scope.push(c.iter_var.clone());
@@ -383,6 +479,40 @@ impl Rewriter<'_> {
     fn is_variable(&self, name: &str) -> bool {
         self.scope.iter().any(|bound| bound == name) || self.names.contains(&name)
     }
+
+    /// Sends calls whose work can outgrow the budget to their [`metered`] equivalents. The
+    /// accumulating `+` of the `map` and `filter` macros stays: the interpreter appends in place
+    /// there, and the loop already pays for each element.
+    fn meter(&mut self, expr: &mut IdedExpr) {
+        let Expr::Call(call) = &mut expr.expr else { return };
+        let target_is =
+            |name: &str| matches!(call.target.as_deref(), Some(IdedExpr { expr: Expr::Ident(n), .. }) if n == name);
+        let metered = match (call.func_name.as_str(), call.args.len()) {
+            ("range", 1) if target_is("lists") && !self.is_variable("lists") => {
+                call.target = None;
+                metered::LISTS_RANGE
+            }
+            ("replace", 2 | 3) if call.target.is_some() => metered::REPLACE,
+            ("distinct", 0) if call.target.is_some() => metered::DISTINCT,
+            (operators::ADD, 2)
+                if call.target.is_none()
+                    && !matches!(&call.args[0].expr, Expr::Ident(name) if name.starts_with('@')) =>
+            {
+                call.func_name = metered::ADD.to_owned();
+                return;
+            }
+            _ => return,
+        };
+        if let Some(target) = call.target.take() {
+            call.args.insert(0, *target);
+        }
+        call.func_name = metered.to_owned();
+    }
+}
+
+/// `value` as a CEL int, `i64::MAX` when it is larger.
+fn saturating_int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
 }
 
 /// The 1-based line and column (in characters) of the byte `offset` of `source`.

@@ -1,9 +1,8 @@
 //! The supervisor: one isolated set of tasks per trigger (source, event processing, one worker
-//! per destination), each with its own cancellation, panics caught, sources restarted with
-//! backoff, and triggers replaced only when their spec hash changes.
+//! per destination), each with its own cancellation, panics caught, sources and event processing
+//! restarted with backoff, and triggers replaced only when their spec hash changes.
 
 use std::collections::BTreeMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,11 +10,13 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
 use ktrigger_api::{TriggerServiceSpec, TriggerStatus};
 use serde_json::json;
-use tokio::sync::mpsc;
+use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::bounded::off_runtime;
+use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::credentials::CredentialPolicy;
 use crate::delivery::{Delivery, DeliveryQueue, MemoryQueue, Target, panic_message, run_worker};
@@ -305,7 +306,12 @@ impl Engine {
             targets: trigger.targets.into_iter().map(|(target, _)| target).zip(queues.clone()).collect(),
             dry_run,
         };
-        self.tasks.spawn(processor.run(events, trigger.debounce));
+        self.tasks.spawn(supervise_processor(
+            Arc::new(processor),
+            Arc::new(Mutex::new(events)),
+            trigger.debounce,
+            self.options.source_backoff,
+        ));
         let supervisor = supervise_source(
             trigger.id.clone(),
             trigger.source,
@@ -363,6 +369,35 @@ async fn supervise_source(
     }
 }
 
+/// Runs a trigger's event processing until its source is gone; restarts it with backoff when it
+/// panics. The events channel and the queues outlive each run, so a restart loses at most the
+/// event being processed and the one a debounce was holding.
+async fn supervise_processor(
+    processor: Arc<Processor>,
+    events: Arc<Mutex<mpsc::Receiver<SharedEvent>>>,
+    debounce: Option<Duration>,
+    (first, longest): (Duration, Duration),
+) {
+    let backoff = ExponentialBuilder::default().with_min_delay(first).with_max_delay(longest).with_jitter();
+    let mut delays = backoff.without_max_times().build();
+    loop {
+        let started = Instant::now();
+        let run = tokio::spawn(processor.clone().run(events.clone(), debounce));
+        let reason = match run.await {
+            Ok(()) => return,
+            Err(join) if join.is_panic() => format!("event processing panicked: {}", panic_message(&join.into_panic())),
+            Err(_) => "event processing was cancelled".to_string(),
+        };
+        if started.elapsed() >= HEALTHY_RUN {
+            delays = backoff.without_max_times().build();
+        }
+        let wait = delays.next().unwrap_or(longest);
+        processor.stats.record_restart(&reason);
+        tracing::error!(trigger = %processor.id, reason = %reason, restart_in = ?wait, "event processing stopped; restarting");
+        tokio::time::sleep(wait).await;
+    }
+}
+
 struct Processor {
     id: TriggerId,
     filter: Option<CelExpr>,
@@ -376,20 +411,23 @@ struct Processor {
 
 impl Processor {
     /// Reads events until the source is gone, then closes the queues so workers drain and stop.
-    async fn run(self, mut events: mpsc::Receiver<SharedEvent>, debounce: Option<Duration>) {
+    async fn run(self: Arc<Self>, events: Arc<Mutex<mpsc::Receiver<SharedEvent>>>, debounce: Option<Duration>) {
+        let mut events = events.lock().await;
         let mut pending: Option<(SharedEvent, Instant)> = None;
         loop {
             let deadline = pending.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 received = events.recv() => {
                     let Some(event) = received else { break };
-                    if !self.guarded(|p| p.filter_step(&event)) {
+                    if !self.filter_step(&event).await {
                         continue;
                     }
                     match debounce {
-                        None => self.guarded(|p| p.route(event)),
+                        None => self.route(event).await,
                         Some(quiet) => {
-                            if let Some((replaced, _)) = pending.replace((event, Instant::now() + quiet)) {
+                            // Durations are bounded at load; a clock this close to its end fires now.
+                            let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
+                            if let Some((replaced, _)) = pending.replace((event, at)) {
                                 self.stats.record_filtered();
                                 self.report(&replaced, "debounced: a newer event arrived within the quiet period");
                             }
@@ -399,38 +437,45 @@ impl Processor {
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if let Some((event, _)) = pending.take() {
-                        self.guarded(|p| p.route(event));
+                        self.route(event).await;
                     }
                 }
             }
         }
         if let Some((event, _)) = pending.take() {
-            self.guarded(|p| p.route(event));
+            self.route(event).await;
         }
         for (_, queue) in &self.targets {
             queue.close();
         }
     }
 
-    /// Runs one step, turning a panic into a counted, logged error instead of a dead trigger.
-    fn guarded(&self, step: impl FnOnce(&Self) -> bool) -> bool {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| step(self))) {
-            Ok(passed) => passed,
-            Err(panic) => {
-                let reason = format!("event processing panicked: {}", panic_message(&panic));
-                tracing::error!(trigger = %self.id, reason = %reason, "event dropped");
-                self.stats.record_error(&reason);
-                false
-            }
+    /// Evaluates `expr` for `event` with `eval`: in place within a small budget, and when that
+    /// is not enough, again from the start off the async runtime with the full budget.
+    /// Evaluations have no side effects, so starting over changes nothing but where it runs.
+    async fn evaluate<T: Send + 'static>(
+        &self,
+        expr: &CelExpr,
+        event: &SharedEvent,
+        eval: fn(&CelExpr, &Vars, Budget) -> Option<Result<T, String>>,
+    ) -> Result<T, String> {
+        let now = Utc::now();
+        if let Some(done) = eval(expr, &Vars::for_event(event, &self.id.trigger, now), Budget::IN_PLACE) {
+            return done;
         }
+        let (expr, event, trigger) = (expr.clone(), event.clone(), self.id.trigger.clone());
+        off_runtime(move || {
+            let vars = Vars::for_event(&event, &trigger, now);
+            eval(&expr, &vars, Budget::FULL).unwrap_or_else(|| Err(Exceeded::Cost.reason()))
+        })
+        .await
     }
 
     /// Counts the event and applies the filter; true when it passes.
-    fn filter_step(&self, event: &SharedEvent) -> bool {
+    async fn filter_step(&self, event: &SharedEvent) -> bool {
         self.stats.record_matched();
         let Some(filter) = &self.filter else { return true };
-        let vars = Vars::for_event(event, &self.id.trigger, Utc::now());
-        match filter.eval_bool(&vars) {
+        match self.evaluate(filter, event, CelExpr::eval_bool_within).await {
             Ok(true) => true,
             Ok(false) => {
                 self.stats.record_filtered();
@@ -448,10 +493,10 @@ impl Processor {
     }
 
     /// Dedup and rate limit through the shared router, then hand the event to every destination.
-    fn route(&self, event: SharedEvent) -> bool {
+    async fn route(&self, event: SharedEvent) -> bool {
         let key = match &self.dedup {
             None => None,
-            Some((expr, window)) => match expr.eval_string(&Vars::for_event(&event, &self.id.trigger, Utc::now())) {
+            Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).await {
                 Ok(key) => Some((key, *window)),
                 Err(reason) => {
                     let reason = format!("dedup key could not be evaluated: {reason}");

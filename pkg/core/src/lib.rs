@@ -3,6 +3,7 @@
 //!
 //! It knows nothing of Kubernetes: sources and destinations plug in through [`registry`].
 
+pub mod bounded;
 pub mod cel;
 pub mod config;
 pub mod credentials;

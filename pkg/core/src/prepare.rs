@@ -127,7 +127,9 @@ impl Builder<'_> {
     ) -> Option<PreparedTrigger> {
         let filter = match trigger.filter.as_deref().map(str::trim) {
             None | Some("") => None,
-            Some(source) => CelExpr::filter(source).map_err(|e| self.fail("filter", format!("{e} in {source:?}"))).ok(),
+            Some(source) => {
+                CelExpr::filter(source).map_err(|e| self.fail("filter", format!("{e} in {:?}", excerpt(source)))).ok()
+            }
         };
         let dedup = trigger.dedup.as_ref().and_then(|dedup| {
             let key = CelExpr::filter(&dedup.key).map_err(|e| self.fail("dedup.key", e)).ok()?;
@@ -202,6 +204,18 @@ impl Builder<'_> {
         let label = format!("{type_name}#{position}");
         let queue_size = spec.queue_size.map_or(DEFAULT_QUEUE_SIZE, |s| s as usize);
         Some((Target { label, destination, policy }, queue_size))
+    }
+}
+
+/// Most characters of an expression quoted in an error message.
+const EXCERPT: usize = 100;
+
+/// `source`, cut to [`EXCERPT`] characters with `...` when longer: an error quotes the expression
+/// it is about without repeating kilobytes of it.
+fn excerpt(source: &str) -> String {
+    match source.char_indices().nth(EXCERPT) {
+        Some((cut, _)) => format!("{}...", &source[..cut]),
+        None => source.to_owned(),
     }
 }
 

@@ -56,7 +56,8 @@ impl SourceFactory for FeedFactory {
 
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 
-/// Records what it receives; panics when told to by its `panic` property.
+/// Records what it receives; panics when told to by its `panic` property, and renders by
+/// panicking an event that has `renderPanic: true`.
 struct Recorder {
     trigger: String,
     received: Received,
@@ -66,6 +67,9 @@ struct Recorder {
 #[async_trait]
 impl Destination for Recorder {
     fn render(&self, request: &DeliveryRequest<'_>) -> Result<Value, DeliveryError> {
+        if request.event.object["renderPanic"] == json!(true) {
+            panic!("recorder told to panic while rendering");
+        }
         Ok(request.event.object.clone())
     }
     async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
@@ -117,14 +121,19 @@ impl Harness {
     }
 
     fn with_secrets(reader: Option<Arc<dyn SecretReader>>) -> Self {
+        Harness::with_options(reader, false)
+    }
+
+    fn with_options(reader: Option<Arc<dyn SecretReader>>, dry_run: bool) -> Self {
         let (feed, _) = broadcast::channel(64);
         let received = Received::default();
         let mut registry = Registry::default();
         registry.add_source(Arc::new(FeedFactory(feed.clone())));
         registry.add_destination(Arc::new(RecorderFactory(received.clone())));
         let options = EngineOptions {
+            dry_run,
             source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
-            ..Default::default()
+            ..EngineOptions::default()
         };
         let mut engine = Engine::new(Arc::new(registry), options);
         if let Some(reader) = reader {
@@ -421,4 +430,87 @@ async fn without_a_secret_reader_a_secret_key_ref_is_skipped_with_the_reason() {
             .is_empty(),
         "offline checks accept references unread"
     );
+}
+
+#[tokio::test]
+async fn a_panic_in_event_processing_is_counted_and_processing_restarts() {
+    let mut h = Harness::with_options(None, true);
+    h.engine.apply("ns", "svc", &spec(vec![trigger("t", None, json!({}))])).await;
+    h.publish(json!({"renderPanic": true})).await;
+    h.publish(json!({"n": 1})).await;
+    let mut snapshot = h.engine.snapshot()[0].1.clone();
+    for _ in 0..400 {
+        if snapshot.fired >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        snapshot = h.engine.snapshot()[0].1.clone();
+    }
+    assert_eq!((snapshot.matched, snapshot.fired, snapshot.restarts), (2, 2, 1));
+    let error = snapshot.last_error.unwrap();
+    assert!(error.contains("event processing panicked: recorder told to panic while rendering"), "{error}");
+}
+
+#[tokio::test]
+async fn a_runaway_filter_stops_at_its_cost_limit_and_a_sibling_keeps_delivering() {
+    let mut h = Harness::new();
+    let bomb = trigger("bomb", Some("object.items.all(a, object.items.exists(b, b == a))"), json!({}));
+    h.engine.apply("ns", "svc", &spec(vec![bomb, trigger("healthy", None, json!({}))])).await;
+    let items: Vec<i64> = (0..3000).collect();
+    h.publish(json!({"n": 1})).await;
+    h.publish(json!({"items": items})).await;
+    let received = h.wait_for(2).await;
+    assert_eq!(received.iter().map(|(name, _)| name.as_str()).collect::<Vec<_>>(), ["healthy", "healthy"]);
+    let mut bomb = h.engine.status("ns", "svc").into_iter().find(|s| s.name == "bomb").unwrap();
+    for _ in 0..400 {
+        if bomb.filtered >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        bomb = h.engine.status("ns", "svc").into_iter().find(|s| s.name == "bomb").unwrap();
+    }
+    assert_eq!((bomb.matched, bomb.filtered, bomb.fired), (2, 2, 0));
+    let error = bomb.last_error.unwrap();
+    assert!(error.contains("filter could not be evaluated: evaluation exceeded the cost limit of 1000000"), "{error}");
+}
+
+#[tokio::test]
+async fn bombs_are_refused_at_load_with_the_field_and_a_sibling_still_fires() {
+    let mut h = Harness::new();
+    let sum = vec!["1"; 1500].join("+");
+    let items: Vec<String> = (0..300).map(|i| i.to_string()).collect();
+    let list = format!("[{}]", items.join(","));
+    let mut debounce = trigger("debounce", None, json!({}));
+    debounce.debounce = Some("500000000000y".into());
+    let mut window = trigger("window", None, json!({}));
+    window.dedup = Some(DedupSpec { key: "object.n".into(), window: "1000000h".into() });
+    let triggers = vec![
+        trigger("sum", Some(&format!("{sum} > 0")), json!({})),
+        trigger("maps", Some(&format!("size({list}.map(a, {list}.map(b, {list}.map(c, a + b + c)))) > 0")), json!({})),
+        debounce,
+        window,
+        trigger("healthy", None, json!({})),
+    ];
+    let report = h.engine.apply("ns", "svc", &spec(triggers)).await;
+    let problems: Vec<String> = report.skipped.iter().map(ToString::to_string).collect();
+    assert_eq!(problems.len(), 4, "{problems:?}");
+    assert!(
+        problems[0]
+            .starts_with("trigger ns/svc/sum: triggers[0].filter: line 1, column 1: expression is nested too deeply"),
+        "{}",
+        problems[0]
+    );
+    assert!(problems[1].contains("triggers[1].filter: line 1, column 1: estimated cost"), "{}", problems[1]);
+    assert!(
+        problems[2].contains("triggers[2].debounce: duration \"500000000000y\" is longer than the maximum of 30 days"),
+        "{}",
+        problems[2]
+    );
+    assert!(
+        problems[3].contains("triggers[3].dedup.window: duration \"1000000h\" is longer than the maximum of 30 days"),
+        "{}",
+        problems[3]
+    );
+    h.publish(json!({"n": 1})).await;
+    assert_eq!(h.wait_for(1).await, [("healthy".to_string(), json!({"n": 1}))]);
 }
