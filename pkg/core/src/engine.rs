@@ -17,11 +17,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::cel::{CelExpr, Vars};
-use crate::delivery::{Delivery, DeliveryQueue, MemoryQueue, Target, panic_message, run_worker};
+use crate::delivery::{
+    DeliveryQueue, MemoryQueue, QueueBudget, QueueLimits, Target, TriggerBudget, enqueue, panic_message, run_worker,
+};
 use crate::event::{SharedEvent, TriggerId};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
 use crate::registry::{DeliveryRequest, EventSink, Registry, Source};
-use crate::router::{Admission, RateLimit, Router};
+use crate::router::{Admission, DedupCounts, DedupLimits, RateLimit, Router};
 use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
 
@@ -37,11 +39,20 @@ pub struct EngineOptions {
     pub dry_run: bool,
     /// First and longest delay before a failed source is started again.
     pub source_backoff: (Duration, Duration),
+    /// Bytes the delivery queues may hold, per trigger and in all.
+    pub queue_limits: QueueLimits,
+    /// Dedup keys the router keeps, per trigger and in all.
+    pub dedup_limits: DedupLimits,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { dry_run: false, source_backoff: (Duration::from_secs(1), Duration::from_secs(60)) }
+        EngineOptions {
+            dry_run: false,
+            source_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
+            queue_limits: QueueLimits::default(),
+            dedup_limits: DedupLimits::default(),
+        }
     }
 }
 
@@ -73,7 +84,7 @@ pub struct ApplyReport {
 pub struct ShutdownReport {
     /// Final counters of every trigger that was running.
     pub stats: Vec<(TriggerId, StatsSnapshot)>,
-    /// Deliveries still queued when the grace period ended.
+    /// Deliveries still queued or being delivered when the grace period ended.
     pub lost: usize,
 }
 
@@ -82,6 +93,8 @@ pub struct ShutdownReport {
 struct Observed {
     stats: Arc<TriggerStats>,
     queues: Vec<Arc<dyn DeliveryQueue>>,
+    budget: Arc<TriggerBudget>,
+    router: Arc<Router>,
 }
 
 /// A read-only view of the running triggers that other tasks can hold (e.g. a metrics endpoint)
@@ -98,6 +111,10 @@ pub struct TriggerMetrics {
     pub stats: StatsSnapshot,
     /// Deliveries waiting in its destination queues.
     pub queued: usize,
+    /// Estimated bytes its queued and in-flight deliveries hold.
+    pub queued_bytes: u64,
+    /// Its dedup keys.
+    pub dedup: DedupCounts,
     /// Time from firing to accepted delivery.
     pub latency: LatencySnapshot,
 }
@@ -111,6 +128,8 @@ impl EngineObserver {
                 id: id.clone(),
                 stats: observed.stats.snapshot(),
                 queued: observed.queues.iter().map(|q| q.len()).sum(),
+                queued_bytes: observed.budget.held(),
+                dedup: observed.router.counts(id),
                 latency: observed.stats.latency(),
             })
             .collect()
@@ -122,6 +141,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     secrets: Option<Arc<dyn SecretReader>>,
     router: Arc<Router>,
+    budget: Arc<QueueBudget>,
     options: EngineOptions,
     running: BTreeMap<TriggerId, RunningTrigger>,
     problems: BTreeMap<TriggerId, Vec<String>>,
@@ -135,7 +155,8 @@ impl Engine {
         Engine {
             registry,
             secrets: None,
-            router: Arc::new(Router::new()),
+            router: Arc::new(Router::with_limits(options.dedup_limits)),
+            budget: QueueBudget::new(options.queue_limits),
             options,
             running: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -216,6 +237,7 @@ impl Engine {
         for (id, running) in self.running.iter().filter(|(id, _)| id.namespace == namespace && id.service == service) {
             let mut status = running.stats.snapshot().to_status(&id.trigger);
             status.active_events = self.router.active_events(id);
+            status.dedup_evicted = self.router.counts(id).evicted;
             statuses.push(status);
         }
         for (id, messages) in self.problems.iter().filter(|(id, _)| id.namespace == namespace && id.service == service)
@@ -236,7 +258,8 @@ impl Engine {
     }
 
     /// Stops all sources, lets deliveries already queued finish for up to `grace`, and reports
-    /// the final counters and how many deliveries were still waiting when time ran out.
+    /// the final counters and how many deliveries were still waiting or being delivered when
+    /// time ran out.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         let running = std::mem::take(&mut self.running);
         for trigger in running.values() {
@@ -244,9 +267,13 @@ impl Engine {
         }
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
-        let lost = if drained { 0 } else { running.values().flat_map(|t| &t.queues).map(|q| q.len()).sum() };
+        let lost = if drained {
+            0
+        } else {
+            running.values().flat_map(|t| &t.queues).map(|q| q.len().saturating_add(q.in_flight())).sum()
+        };
         if lost > 0 {
-            tracing::error!(lost, "shutdown grace period over; deliveries still waiting are lost");
+            tracing::error!(lost, "shutdown grace period over; deliveries still waiting or in flight are lost");
         }
         let stats = running.into_iter().map(|(id, trigger)| (id, trigger.stats.snapshot())).collect();
         ShutdownReport { stats, lost }
@@ -279,6 +306,7 @@ impl Engine {
         let (sink, events) = EventSink::channel(EVENT_BUFFER);
         let mut queues: Vec<Arc<dyn DeliveryQueue>> = Vec::new();
         let dry_run = self.options.dry_run;
+        let budget = self.budget.trigger();
         for (target, size) in &trigger.targets {
             let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(*size));
             if !dry_run {
@@ -295,6 +323,7 @@ impl Engine {
             router: self.router.clone(),
             stats: stats.clone(),
             targets: trigger.targets.into_iter().map(|(target, _)| target).zip(queues.clone()).collect(),
+            budget: budget.clone(),
             dry_run,
         };
         self.tasks.spawn(processor.run(events, trigger.debounce));
@@ -307,7 +336,7 @@ impl Engine {
             self.options.source_backoff,
         );
         self.tasks.spawn(supervisor);
-        let observed = Observed { stats: stats.clone(), queues: queues.clone() };
+        let observed = Observed { stats: stats.clone(), queues: queues.clone(), budget, router: self.router.clone() };
         crate::stats::lock(&self.observer.0).insert(trigger.id.clone(), observed);
         self.running.insert(trigger.id, RunningTrigger { hash: trigger.hash, cancel, stats, queues });
     }
@@ -363,6 +392,7 @@ struct Processor {
     router: Arc<Router>,
     stats: Arc<TriggerStats>,
     targets: Vec<(Target, Arc<dyn DeliveryQueue>)>,
+    budget: Arc<TriggerBudget>,
     dry_run: bool,
 }
 
@@ -473,17 +503,7 @@ impl Processor {
             self.print_dry_run(&event);
             return true;
         }
-        for (target, queue) in &self.targets {
-            let delivery = Delivery::new(self.id.clone(), event.clone());
-            let id = delivery.id.clone();
-            if let Err(error) = queue.push(delivery) {
-                let reason = format!("{}: {error}", target.label);
-                self.stats.record_failed_attempt(&reason);
-                self.stats.record_dead_lettered();
-                tracing::error!(trigger = %self.id, destination = %target.label, delivery = %id, reason = %reason,
-                    "delivery dead-lettered");
-            }
-        }
+        enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats);
         true
     }
 
