@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
 use crate::engine_with;
+use crate::limits::MemoryArgs;
 use crate::run::{parse_duration, wait_for_signal};
 
 /// Options of `ktrigger controller`.
@@ -65,6 +66,9 @@ pub struct ControllerArgs {
     /// How long a leader's Lease stays valid without renewal (whole seconds, at least 2s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// Memory limits of queues and dedup keys.
+    #[command(flatten)]
+    memory: MemoryArgs,
 }
 
 /// The leadership of this replica: a channel that says whether it holds the Lease, and the
@@ -173,8 +177,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     let health_server = serve(health, probes, &stop);
-    let engine =
-        engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, EngineOptions::default());
+    let engine_options = args.memory.apply(EngineOptions::default());
+    let engine = engine_with(webhooks.clone(), cluster.clone(), args.allow_cluster_wide_actions, engine_options);
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();
@@ -238,7 +242,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if report.lost > 0 {
-        eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
+        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

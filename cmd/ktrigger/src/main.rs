@@ -3,6 +3,7 @@
 mod cluster;
 mod controller;
 mod inspect;
+mod limits;
 mod run;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
 use crate::engine_with;
+use crate::limits::MemoryArgs;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
 const QUICKSTART: &str = include_str!("../../../examples/quickstart.yaml");
@@ -35,6 +36,9 @@ pub struct RunArgs {
     /// How to reach a cluster, for Kubernetes sources and destinations.
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// Memory limits of queues and dedup keys.
+    #[command(flatten)]
+    memory: MemoryArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -55,7 +59,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         if uses_webhooks { WebhookListener::bind(args.webhook_addr).await? } else { WebhookListener::detached() };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect().await?;
-    let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
+    let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
     let mut engine = engine_with(webhooks.clone(), cluster.clone(), true, options);
     let mut started = 0;
     for service in &config.services {
@@ -94,7 +98,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if report.lost > 0 {
-        eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
+        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

@@ -203,5 +203,9 @@ mod tests {
         assert!(text.contains("# TYPE ktrigger_watch_restarts counter"), "{text}");
         assert!(text.contains("ktrigger_watch_restarts_total 2"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_fired counter"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_trigger_queue_byte_limited counter"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_delivery_queue_bytes gauge"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_dedup_keys gauge"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_trigger_dedup_evicted counter"), "{text}");
     }
 }
