@@ -93,8 +93,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     }
     for (id, s) in report.stats {
         eprintln!(
-            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={}",
-            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered
+            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
+            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
         );
     }
     if report.lost > 0 {

@@ -119,8 +119,12 @@ impl Collector for EngineCollector {
             ConstGauge::new(held).encode(family.encode_family(labels)?)?;
         }
         let keys = ConstGauge::new(0i64);
-        let mut family =
-            encoder.encode_descriptor("ktrigger_dedup_keys", "Dedup keys the trigger holds", None, keys.metric_type())?;
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_dedup_keys",
+            "Dedup keys the trigger holds",
+            None,
+            keys.metric_type(),
+        )?;
         for (trigger, labels) in triggers.iter().zip(&labels) {
             let held = i64::try_from(trigger.dedup.keys).unwrap_or(i64::MAX);
             ConstGauge::new(held).encode(family.encode_family(labels)?)?;

@@ -53,7 +53,13 @@ pub struct Delivery {
 impl Delivery {
     /// A new delivery of `event` for `trigger`, fired now, charged to no budget.
     pub fn new(trigger: TriggerId, event: SharedEvent) -> Self {
-        Delivery { id: uuid::Uuid::new_v4().to_string(), trigger, event, fired_at: std::time::Instant::now(), charge: None }
+        Delivery {
+            id: uuid::Uuid::new_v4().to_string(),
+            trigger,
+            event,
+            fired_at: std::time::Instant::now(),
+            charge: None,
+        }
     }
 }
 
@@ -64,7 +70,9 @@ pub enum QueueError {
     #[error("delivery queue is full ({0} waiting)")]
     Full(usize),
     /// The trigger's queued deliveries would hold more bytes than its share of the budget.
-    #[error("queue byte limit: this trigger's queued deliveries hold {held} bytes, an event of {event} more exceeds its limit of {limit}")]
+    #[error(
+        "queue byte limit: this trigger's queued deliveries hold {held} bytes, an event of {event} more exceeds its limit of {limit}"
+    )]
     TriggerBytes {
         /// Bytes the trigger holds already.
         held: u64,
@@ -74,7 +82,9 @@ pub enum QueueError {
         limit: u64,
     },
     /// The queued deliveries of all triggers would hold more bytes than the process allows.
-    #[error("queue byte limit: all triggers' queued deliveries hold {held} bytes, an event of {event} more exceeds the total limit of {limit}")]
+    #[error(
+        "queue byte limit: all triggers' queued deliveries hold {held} bytes, an event of {event} more exceeds the total limit of {limit}"
+    )]
     TotalBytes {
         /// Bytes all triggers hold already.
         held: u64,
@@ -279,7 +289,8 @@ impl Drop for QueueCharge {
 
 /// Adds `bytes` to `counter` unless the sum would exceed `limit`; the current value otherwise.
 fn add_within(counter: &AtomicU64, bytes: u64, limit: u64) -> Result<u64, u64> {
-    counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(bytes).filter(|sum| *sum <= limit))
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(bytes).filter(|sum| *sum <= limit))
 }
 
 fn subtract(counter: &AtomicU64, amount: u64) {

@@ -275,8 +275,14 @@ impl Router {
             }
             None => {
                 let touched = next(&mut state.clock);
-                let entry =
-                    DedupEntry { first_seen: wall, last_seen: wall, last_seen_at: now, last_fired_at: now, window, touched };
+                let entry = DedupEntry {
+                    first_seen: wall,
+                    last_seen: wall,
+                    last_seen_at: now,
+                    last_fired_at: now,
+                    window,
+                    touched,
+                };
                 trigger_state.by_age.insert(touched, key.clone());
                 trigger_state.entries.insert(key, entry);
             }
