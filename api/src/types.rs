@@ -238,6 +238,13 @@ pub struct TriggerStatus {
     /// Deliveries given up on.
     #[serde(default)]
     pub dead_lettered: u64,
+    /// Of `deadLettered`, deliveries refused because the trigger's or the total queue byte
+    /// limit was reached.
+    #[serde(default)]
+    pub queue_byte_limited: u64,
+    /// Dedup keys forgotten before their time to stay within the key limits.
+    #[serde(default)]
+    pub dedup_evicted: u64,
     /// Times the source was restarted after an error or panic.
     #[serde(default)]
     pub restarts: u64,

@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
+use crate::limits::MemoryArgs;
 use crate::run::{parse_duration, wait_for_signal};
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 
@@ -92,6 +93,9 @@ pub struct ControllerArgs {
     /// How long a leader's Lease stays valid without renewal (whole seconds, at least 2s).
     #[arg(long, default_value = "15s", value_parser = parse_duration)]
     lease_duration: Duration,
+    /// Memory limits of queues and dedup keys.
+    #[command(flatten)]
+    memory: MemoryArgs,
 }
 
 /// The leadership of this replica: a channel that says whether it holds the Lease, and the
@@ -222,7 +226,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         }),
     );
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
-    let options = EngineOptions { credentials, ..EngineOptions::default() };
+    let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
     let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?;
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
@@ -289,7 +293,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     if report.lost > 0 {
-        eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
+        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

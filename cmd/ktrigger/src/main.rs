@@ -4,6 +4,7 @@ mod cluster;
 mod controller;
 mod egress;
 mod inspect;
+mod limits;
 mod run;
 mod webhooks;
 

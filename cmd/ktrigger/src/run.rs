@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
+use crate::limits::MemoryArgs;
 use crate::webhooks::WebhookLimits;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
@@ -45,6 +46,9 @@ pub struct RunArgs {
     /// Where sources and destinations may connect.
     #[command(flatten)]
     egress: EgressArgs,
+    /// Memory limits of queues and dedup keys.
+    #[command(flatten)]
+    memory: MemoryArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -69,7 +73,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
-    let options = EngineOptions { dry_run: args.dry_run, ..Default::default() };
+    let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
     let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?;
     let mut started = 0;
     for service in &config.services {
@@ -106,12 +110,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
     for (id, s) in report.stats {
         eprintln!(
-            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={}",
-            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered
+            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
+            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
         );
     }
     if report.lost > 0 {
-        eprintln!("error: {} queued deliveries were not completed before the grace period ended", report.lost);
+        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

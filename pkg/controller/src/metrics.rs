@@ -31,7 +31,7 @@ pub type WatchCounts = Arc<dyn Fn() -> WatchStats + Send + Sync>;
 type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
 
 /// The counters of one trigger, exported as `<name>_total`.
-const COUNTERS: [Counter; 7] = [
+const COUNTERS: [Counter; 8] = [
     ("ktrigger_trigger_matched", "Events the trigger's source produced", |s| s.matched),
     ("ktrigger_trigger_filtered", "Events dropped by filter, dedup, rate limit or debounce", |s| s.filtered),
     ("ktrigger_trigger_filter_errors", "Events whose filter could not be evaluated (not matched)", |s| s.filter_errors),
@@ -39,6 +39,11 @@ const COUNTERS: [Counter; 7] = [
     ("ktrigger_trigger_delivered", "Deliveries a destination accepted", |s| s.delivered),
     ("ktrigger_trigger_failed_attempts", "Failed delivery attempts", |s| s.failed),
     ("ktrigger_trigger_dead_lettered", "Deliveries given up on", |s| s.dead_lettered),
+    (
+        "ktrigger_trigger_queue_byte_limited",
+        "Deliveries dead-lettered because the trigger's or the total queue byte limit was reached",
+        |s| s.queue_byte_limited,
+    ),
 ];
 
 /// Reads the engine (and the watch counts) on every scrape.
@@ -101,6 +106,38 @@ impl Collector for EngineCollector {
         )?;
         for (trigger, labels) in triggers.iter().zip(&labels) {
             ConstGauge::new(i64::try_from(trigger.queued).unwrap_or(i64::MAX)).encode(family.encode_family(labels)?)?;
+        }
+        let bytes = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_delivery_queue_bytes",
+            "Estimated bytes held by the trigger's queued and in-flight deliveries",
+            None,
+            bytes.metric_type(),
+        )?;
+        for (trigger, labels) in triggers.iter().zip(&labels) {
+            let held = i64::try_from(trigger.queued_bytes).unwrap_or(i64::MAX);
+            ConstGauge::new(held).encode(family.encode_family(labels)?)?;
+        }
+        let keys = ConstGauge::new(0i64);
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_dedup_keys",
+            "Dedup keys the trigger holds",
+            None,
+            keys.metric_type(),
+        )?;
+        for (trigger, labels) in triggers.iter().zip(&labels) {
+            let held = i64::try_from(trigger.dedup.keys).unwrap_or(i64::MAX);
+            ConstGauge::new(held).encode(family.encode_family(labels)?)?;
+        }
+        let evicted = ConstCounter::new(0u64);
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_trigger_dedup_evicted",
+            "Dedup keys forgotten early to stay within the per-trigger or total key limit",
+            None,
+            evicted.metric_type(),
+        )?;
+        for (trigger, labels) in triggers.iter().zip(&labels) {
+            ConstCounter::new(trigger.dedup.evicted).encode(family.encode_family(labels)?)?;
         }
         let histogram = Histogram::new(std::iter::empty());
         let mut family = encoder.encode_descriptor(
@@ -170,5 +207,9 @@ mod tests {
         assert!(text.contains("# TYPE ktrigger_watch_restarts counter"), "{text}");
         assert!(text.contains("ktrigger_watch_restarts_total 2"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_fired counter"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_trigger_queue_byte_limited counter"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_delivery_queue_bytes gauge"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_dedup_keys gauge"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_trigger_dedup_evicted counter"), "{text}");
     }
 }

@@ -3,10 +3,14 @@
 //!
 //! The queue is a trait so that a durable backend (a redb file under `--state-dir`) can replace
 //! the in-memory one without touching the worker.
+//!
+//! Queues are bounded in bytes as well as in count: every queued event is charged, once per
+//! trigger however many destinations share it, to that trigger's [`TriggerBudget`], itself part
+//! of one [`QueueBudget`] for the whole process.
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -14,7 +18,7 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures::FutureExt;
 use ktrigger_api::{DestinationSpec, parse_duration};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::Notify;
 
 use crate::event::{Event, SharedEvent, TriggerId};
@@ -25,6 +29,10 @@ use crate::stats::{TriggerStats, lock};
 pub const DEFAULT_QUEUE_SIZE: usize = 1000;
 /// Longest Retry-After we honour; a receiver asking for more is retried after this.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+/// Default bytes one trigger's queued deliveries may hold.
+pub const DEFAULT_MAX_QUEUE_BYTES_PER_TRIGGER: u64 = 8 << 20;
+/// Default bytes the queued deliveries of all triggers may hold together.
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
 
 /// One event on its way to one destination.
 #[derive(Debug, Clone)]
@@ -37,12 +45,21 @@ pub struct Delivery {
     pub event: SharedEvent,
     /// When the trigger fired it, for the delivery latency.
     pub fired_at: std::time::Instant,
+    /// The bytes of the event held against the trigger's queue budget, released once every
+    /// delivery sharing the charge is gone.
+    pub charge: Option<Arc<QueueCharge>>,
 }
 
 impl Delivery {
-    /// A new delivery of `event` for `trigger`, fired now.
+    /// A new delivery of `event` for `trigger`, fired now, charged to no budget.
     pub fn new(trigger: TriggerId, event: SharedEvent) -> Self {
-        Delivery { id: uuid::Uuid::new_v4().to_string(), trigger, event, fired_at: std::time::Instant::now() }
+        Delivery {
+            id: uuid::Uuid::new_v4().to_string(),
+            trigger,
+            event,
+            fired_at: std::time::Instant::now(),
+            charge: None,
+        }
     }
 }
 
@@ -52,6 +69,30 @@ pub enum QueueError {
     /// The queue holds as many deliveries as it may.
     #[error("delivery queue is full ({0} waiting)")]
     Full(usize),
+    /// The trigger's queued deliveries would hold more bytes than its share of the budget.
+    #[error(
+        "queue byte limit: this trigger's queued deliveries hold {held} bytes, an event of {event} more exceeds its limit of {limit}"
+    )]
+    TriggerBytes {
+        /// Bytes the trigger holds already.
+        held: u64,
+        /// Estimated bytes of the refused event.
+        event: u64,
+        /// The trigger's limit now.
+        limit: u64,
+    },
+    /// The queued deliveries of all triggers would hold more bytes than the process allows.
+    #[error(
+        "queue byte limit: all triggers' queued deliveries hold {held} bytes, an event of {event} more exceeds the total limit of {limit}"
+    )]
+    TotalBytes {
+        /// Bytes all triggers hold already.
+        held: u64,
+        /// Estimated bytes of the refused event.
+        event: u64,
+        /// The total limit.
+        limit: u64,
+    },
     /// The queue no longer accepts deliveries (shutting down).
     #[error("delivery queue is closed")]
     Closed,
@@ -71,6 +112,8 @@ pub trait DeliveryQueue: Send + Sync {
     fn close(&self);
     /// Deliveries waiting.
     fn len(&self) -> usize;
+    /// Deliveries popped and not acked yet: being delivered, or waiting for a retry.
+    fn in_flight(&self) -> usize;
     /// Whether nothing is waiting.
     fn is_empty(&self) -> bool {
         self.len() == 0
@@ -84,6 +127,7 @@ pub struct MemoryQueue {
     capacity: usize,
     closed: AtomicBool,
     ready: Notify,
+    in_flight: AtomicUsize,
 }
 
 impl MemoryQueue {
@@ -94,6 +138,7 @@ impl MemoryQueue {
             capacity,
             closed: AtomicBool::new(false),
             ready: Notify::new(),
+            in_flight: AtomicUsize::new(0),
         }
     }
 }
@@ -118,6 +163,7 @@ impl DeliveryQueue for MemoryQueue {
         loop {
             let notified = self.ready.notified();
             if let Some(delivery) = lock(&self.items).pop_front() {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
                 return Some(delivery);
             }
             if self.closed.load(Ordering::Acquire) {
@@ -127,7 +173,9 @@ impl DeliveryQueue for MemoryQueue {
         }
     }
 
-    fn ack(&self, _id: &str) {}
+    fn ack(&self, _id: &str) {
+        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
 
     fn close(&self) {
         self.closed.store(true, Ordering::Release);
@@ -138,6 +186,184 @@ impl DeliveryQueue for MemoryQueue {
     fn len(&self) -> usize {
         lock(&self.items).len()
     }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+}
+
+/// Byte limits of the delivery queues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    /// Most bytes one trigger's queued deliveries may hold.
+    pub per_trigger: u64,
+    /// Most bytes the queued deliveries of all triggers may hold together.
+    pub total: u64,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits { per_trigger: DEFAULT_MAX_QUEUE_BYTES_PER_TRIGGER, total: DEFAULT_MAX_QUEUE_BYTES }
+    }
+}
+
+/// The byte budget that the queues of every trigger share; one per engine.
+#[derive(Debug)]
+pub struct QueueBudget {
+    limits: QueueLimits,
+    held: AtomicU64,
+    triggers: AtomicU64,
+}
+
+impl QueueBudget {
+    /// A budget with nothing held yet.
+    pub fn new(limits: QueueLimits) -> Arc<Self> {
+        Arc::new(QueueBudget { limits, held: AtomicU64::new(0), triggers: AtomicU64::new(0) })
+    }
+
+    /// The budget of one more trigger, counted among the running triggers until it is dropped.
+    pub fn trigger(self: &Arc<Self>) -> Arc<TriggerBudget> {
+        self.triggers.fetch_add(1, Ordering::AcqRel);
+        Arc::new(TriggerBudget { shared: self.clone(), held: AtomicU64::new(0) })
+    }
+
+    /// Bytes the queued deliveries of all triggers hold now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// The most one trigger may hold now. Each running trigger is entitled to an equal part
+    /// of the total, so that triggers filling theirs can never take another's.
+    fn share(&self) -> u64 {
+        let triggers = self.triggers.load(Ordering::Acquire).max(1);
+        self.limits.per_trigger.min(self.limits.total / triggers)
+    }
+}
+
+/// One trigger's part of the [`QueueBudget`].
+#[derive(Debug)]
+pub struct TriggerBudget {
+    shared: Arc<QueueBudget>,
+    held: AtomicU64,
+}
+
+impl TriggerBudget {
+    /// Bytes this trigger's queued deliveries hold now.
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
+    }
+
+    /// Holds `bytes` for one event until the returned charge (shared by the event's
+    /// deliveries) is dropped; refused when this trigger or all triggers would exceed a limit.
+    pub fn charge(self: &Arc<Self>, bytes: u64) -> Result<Arc<QueueCharge>, QueueError> {
+        let limit = self.shared.share();
+        add_within(&self.held, bytes, limit).map_err(|held| QueueError::TriggerBytes { held, event: bytes, limit })?;
+        let total = self.shared.limits.total;
+        if let Err(held) = add_within(&self.shared.held, bytes, total) {
+            subtract(&self.held, bytes);
+            return Err(QueueError::TotalBytes { held, event: bytes, limit: total });
+        }
+        Ok(Arc::new(QueueCharge { budget: self.clone(), bytes }))
+    }
+}
+
+impl Drop for TriggerBudget {
+    fn drop(&mut self) {
+        subtract(&self.shared.triggers, 1);
+    }
+}
+
+/// The bytes of one event held against a trigger's budget; released when dropped.
+#[derive(Debug)]
+pub struct QueueCharge {
+    budget: Arc<TriggerBudget>,
+    bytes: u64,
+}
+
+impl Drop for QueueCharge {
+    fn drop(&mut self) {
+        subtract(&self.budget.held, self.bytes);
+        subtract(&self.budget.shared.held, self.bytes);
+    }
+}
+
+/// Adds `bytes` to `counter` unless the sum would exceed `limit`; the current value otherwise.
+fn add_within(counter: &AtomicU64, bytes: u64, limit: u64) -> Result<u64, u64> {
+    counter
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| held.checked_add(bytes).filter(|sum| *sum <= limit))
+}
+
+fn subtract(counter: &AtomicU64, amount: u64) {
+    let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| Some(held.saturating_sub(amount)));
+}
+
+/// Heap bytes a JSON map entry costs besides its key text and value: the key's `String` and
+/// the map's own bookkeeping, roughly.
+const MAP_ENTRY_OVERHEAD: u64 = 40;
+
+/// An estimate of the memory an event holds: every JSON node, string and key. Counting nodes,
+/// not only text, charges ten thousand small fields what they cost, not their few bytes of JSON.
+pub fn event_bytes(event: &Event) -> u64 {
+    let node = std::mem::size_of::<Value>() as u64;
+    let mut total = std::mem::size_of::<Event>() as u64;
+    let mut pending: Vec<&Value> = vec![&event.object];
+    pending.extend(event.old_object.as_ref());
+    // An explicit stack rather than recursion: the depth of a value is the sender's choice.
+    while let Some(value) = pending.pop() {
+        total = total.saturating_add(node);
+        match value {
+            Value::String(text) => total = total.saturating_add(text.len() as u64),
+            Value::Array(items) => pending.extend(items),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    total = total.saturating_add(key.len() as u64).saturating_add(MAP_ENTRY_OVERHEAD);
+                    pending.push(item);
+                }
+            }
+            Value::Null | Value::Bool(_) | Value::Number(_) => {}
+        }
+    }
+    total
+}
+
+/// Queues `event` for each of a trigger's destinations, charged once to `budget` for all of
+/// them. A delivery that cannot be queued (queue full or closed, byte limit reached) is
+/// dead-lettered at once and counted, so the trigger never waits.
+pub fn enqueue(
+    trigger: &TriggerId,
+    event: &SharedEvent,
+    targets: &[(Target, Arc<dyn DeliveryQueue>)],
+    budget: &Arc<TriggerBudget>,
+    stats: &TriggerStats,
+) {
+    let charge = match budget.charge(event_bytes(event)) {
+        Ok(charge) => charge,
+        Err(error) => {
+            for (target, _) in targets {
+                refuse(trigger, &uuid::Uuid::new_v4().to_string(), target, &error, stats);
+            }
+            return;
+        }
+    };
+    for (target, queue) in targets {
+        let mut delivery = Delivery::new(trigger.clone(), event.clone());
+        delivery.charge = Some(charge.clone());
+        let id = delivery.id.clone();
+        if let Err(error) = queue.push(delivery) {
+            refuse(trigger, &id, target, &error, stats);
+        }
+    }
+}
+
+fn refuse(trigger: &TriggerId, id: &str, target: &Target, error: &QueueError, stats: &TriggerStats) {
+    let reason = format!("{}: {error}", target.label);
+    stats.record_failed_attempt(&reason);
+    stats.record_dead_lettered();
+    if matches!(error, QueueError::TriggerBytes { .. } | QueueError::TotalBytes { .. }) {
+        stats.record_queue_byte_limited();
+    }
+    tracing::error!(trigger = %trigger, destination = %target.label, delivery = %id, reason = %reason,
+        "delivery dead-lettered");
 }
 
 /// How a destination's deliveries are attempted.
@@ -230,9 +456,9 @@ pub struct Target {
 /// A panicking destination counts as a transient failure.
 pub async fn deliver_with_retries(target: &Target, delivery: &Delivery, stats: &TriggerStats) -> Outcome {
     let mut delays = target.policy.delays();
-    let mut attempt = 0;
+    let mut attempt: u32 = 0;
     loop {
-        attempt += 1;
+        attempt = attempt.saturating_add(1);
         let request = DeliveryRequest { id: &delivery.id, trigger: &delivery.trigger, event: &delivery.event, attempt };
         let result = attempt_once(target, &request).await;
         let error = match result {
@@ -340,6 +566,7 @@ async fn send_dead_letter(
         trigger: delivery.trigger.clone(),
         event,
         fired_at: delivery.fired_at,
+        charge: None,
     };
     if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats).await {
         tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
@@ -507,6 +734,116 @@ mod tests {
         run_worker(queue, target(failing, 3), Some(target(letters.clone(), 1)), stats.clone()).await;
         assert_eq!(letters.calls.load(Ordering::SeqCst), 1);
         assert_eq!(stats.snapshot().dead_lettered, 1);
+    }
+
+    fn big_event(bytes: usize) -> SharedEvent {
+        Arc::new(Event::new("feed", "create", json!({"data": "x".repeat(bytes)})))
+    }
+
+    fn queued_targets(count: usize) -> Vec<(Target, Arc<dyn DeliveryQueue>)> {
+        (0..count)
+            .map(|_| {
+                let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(100));
+                (target(Scripted::new(vec![]), 1), queue)
+            })
+            .collect()
+    }
+
+    fn trigger_id() -> TriggerId {
+        TriggerId { namespace: "ns".into(), service: "s".into(), trigger: "t".into() }
+    }
+
+    #[test]
+    fn event_bytes_charge_at_least_the_json_text_and_more_for_many_small_fields() {
+        let big = big_event(900_000);
+        let big_text = serde_json::to_vec(big.as_ref()).unwrap().len() as u64;
+        assert!(event_bytes(&big) >= big_text, "{} < {big_text}", event_bytes(&big));
+        assert!(event_bytes(&big) < big_text + 4096, "a single string costs about its length");
+        let fields: serde_json::Map<String, Value> = (0..10_000).map(|n| (format!("f{n}"), json!(n))).collect();
+        let small = Event::new("feed", "create", Value::Object(fields));
+        let small_text = serde_json::to_vec(&small).unwrap().len() as u64;
+        assert!(event_bytes(&small) > 5 * small_text, "{} vs {small_text}", event_bytes(&small));
+    }
+
+    #[test]
+    fn an_event_shared_by_several_destinations_is_charged_once_and_released_when_all_are_done() {
+        let budget = QueueBudget::new(QueueLimits { per_trigger: 10 << 20, total: 10 << 20 });
+        let trigger = budget.trigger();
+        let targets = queued_targets(3);
+        let event = big_event(100_000);
+        enqueue(&trigger_id(), &event, &targets, &trigger, &TriggerStats::default());
+        assert_eq!(trigger.held(), event_bytes(&event));
+        assert_eq!(budget.held(), event_bytes(&event));
+        let mut popped = Vec::new();
+        for (_, queue) in &targets {
+            popped.push(queue.pop().now_or_never().flatten().unwrap());
+        }
+        popped.truncate(1);
+        assert_eq!(trigger.held(), event_bytes(&event), "held while one delivery is still in flight");
+        drop(popped);
+        assert_eq!(trigger.held(), 0);
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_trigger_over_its_byte_limit_has_its_deliveries_dead_lettered_and_counted() {
+        let event = big_event(100_000);
+        let size = event_bytes(&event);
+        let budget = QueueBudget::new(QueueLimits { per_trigger: 2 * size + size / 2, total: 100 * size });
+        let trigger = budget.trigger();
+        let targets = queued_targets(2);
+        let stats = TriggerStats::default();
+        for _ in 0..5 {
+            enqueue(&trigger_id(), &event, &targets, &trigger, &stats);
+        }
+        assert_eq!(targets[0].1.len(), 2);
+        assert_eq!(targets[1].1.len(), 2);
+        let snapshot = stats.snapshot();
+        assert_eq!(snapshot.queue_byte_limited, 6, "three events refused, for each of two destinations");
+        assert_eq!(snapshot.dead_lettered, 6);
+        assert!(snapshot.last_error.unwrap().contains("queue byte limit: this trigger's queued deliveries"));
+        assert_eq!(trigger.held(), 2 * size);
+    }
+
+    #[test]
+    fn the_total_byte_limit_holds_while_shares_shrink_as_triggers_start() {
+        let budget = QueueBudget::new(QueueLimits { per_trigger: 1000, total: 350 });
+        let first = budget.trigger();
+        let held: Vec<_> = (0..3).map(|_| first.charge(100).unwrap()).collect();
+        let second = budget.trigger();
+        assert!(
+            matches!(second.charge(100), Err(QueueError::TotalBytes { held: 300, event: 100, limit: 350 })),
+            "within the second trigger's share, but over the total"
+        );
+        drop(held);
+        assert!(second.charge(100).is_ok(), "released bytes can be used again");
+        assert_eq!(budget.held(), 0, "the refused charge held nothing; the accepted one was dropped");
+    }
+
+    #[test]
+    fn triggers_filling_the_total_cannot_take_another_triggers_share() {
+        let budget = QueueBudget::new(QueueLimits { per_trigger: 1000, total: 1000 });
+        let hogs: Vec<_> = (0..3).map(|_| budget.trigger()).collect();
+        let quiet = budget.trigger();
+        let mut held = Vec::new();
+        for hog in &hogs {
+            while let Ok(charge) = hog.charge(50) {
+                held.push(charge);
+            }
+        }
+        assert_eq!(budget.held(), 750, "each of four triggers may hold a quarter");
+        assert!(quiet.charge(250).is_ok());
+    }
+
+    #[test]
+    fn a_popped_delivery_is_in_flight_until_acked() {
+        let queue = MemoryQueue::new(4);
+        queue.push(delivery()).unwrap();
+        queue.push(delivery()).unwrap();
+        let popped = queue.pop().now_or_never().flatten().unwrap();
+        assert_eq!((queue.len(), queue.in_flight()), (1, 1));
+        queue.ack(&popped.id);
+        assert_eq!((queue.len(), queue.in_flight()), (1, 0));
     }
 
     #[test]

@@ -19,11 +19,13 @@ use crate::bounded::off_runtime;
 use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::credentials::CredentialPolicy;
-use crate::delivery::{Delivery, DeliveryQueue, MemoryQueue, Target, panic_message, run_worker};
+use crate::delivery::{
+    DeliveryQueue, MemoryQueue, QueueBudget, QueueLimits, Target, TriggerBudget, enqueue, panic_message, run_worker,
+};
 use crate::event::{SharedEvent, TriggerId};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
 use crate::registry::{DeliveryRequest, EventSink, Registry, Source};
-use crate::router::{Admission, RateLimit, Router};
+use crate::router::{Admission, DedupCounts, DedupLimits, RateLimit, Router};
 use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
 
@@ -41,6 +43,10 @@ pub struct EngineOptions {
     pub source_backoff: (Duration, Duration),
     /// Which of this process's files and variables `{file}` and `{env}` references may read.
     pub credentials: CredentialPolicy,
+    /// Bytes the delivery queues may hold, per trigger and in all.
+    pub queue_limits: QueueLimits,
+    /// Dedup keys the router keeps, per trigger and in all.
+    pub dedup_limits: DedupLimits,
 }
 
 impl Default for EngineOptions {
@@ -49,6 +55,8 @@ impl Default for EngineOptions {
             dry_run: false,
             source_backoff: (Duration::from_secs(1), Duration::from_secs(60)),
             credentials: CredentialPolicy::default(),
+            queue_limits: QueueLimits::default(),
+            dedup_limits: DedupLimits::default(),
         }
     }
 }
@@ -81,7 +89,7 @@ pub struct ApplyReport {
 pub struct ShutdownReport {
     /// Final counters of every trigger that was running.
     pub stats: Vec<(TriggerId, StatsSnapshot)>,
-    /// Deliveries still queued when the grace period ended.
+    /// Deliveries still queued or being delivered when the grace period ended.
     pub lost: usize,
 }
 
@@ -90,6 +98,8 @@ pub struct ShutdownReport {
 struct Observed {
     stats: Arc<TriggerStats>,
     queues: Vec<Arc<dyn DeliveryQueue>>,
+    budget: Arc<TriggerBudget>,
+    router: Arc<Router>,
 }
 
 /// A read-only view of the running triggers that other tasks can hold (e.g. a metrics endpoint)
@@ -106,6 +116,10 @@ pub struct TriggerMetrics {
     pub stats: StatsSnapshot,
     /// Deliveries waiting in its destination queues.
     pub queued: usize,
+    /// Estimated bytes its queued and in-flight deliveries hold.
+    pub queued_bytes: u64,
+    /// Its dedup keys.
+    pub dedup: DedupCounts,
     /// Time from firing to accepted delivery.
     pub latency: LatencySnapshot,
 }
@@ -119,6 +133,8 @@ impl EngineObserver {
                 id: id.clone(),
                 stats: observed.stats.snapshot(),
                 queued: observed.queues.iter().map(|q| q.len()).sum(),
+                queued_bytes: observed.budget.held(),
+                dedup: observed.router.counts(id),
                 latency: observed.stats.latency(),
             })
             .collect()
@@ -130,6 +146,7 @@ pub struct Engine {
     registry: Arc<Registry>,
     secrets: Option<Arc<dyn SecretReader>>,
     router: Arc<Router>,
+    budget: Arc<QueueBudget>,
     options: EngineOptions,
     running: BTreeMap<TriggerId, RunningTrigger>,
     problems: BTreeMap<TriggerId, Vec<String>>,
@@ -143,7 +160,8 @@ impl Engine {
         Engine {
             registry,
             secrets: None,
-            router: Arc::new(Router::new()),
+            router: Arc::new(Router::with_limits(options.dedup_limits)),
+            budget: QueueBudget::new(options.queue_limits),
             options,
             running: BTreeMap::new(),
             problems: BTreeMap::new(),
@@ -225,6 +243,7 @@ impl Engine {
         for (id, running) in self.running.iter().filter(|(id, _)| id.namespace == namespace && id.service == service) {
             let mut status = running.stats.snapshot().to_status(&id.trigger);
             status.active_events = self.router.active_events(id);
+            status.dedup_evicted = self.router.counts(id).evicted;
             statuses.push(status);
         }
         for (id, messages) in self.problems.iter().filter(|(id, _)| id.namespace == namespace && id.service == service)
@@ -245,7 +264,8 @@ impl Engine {
     }
 
     /// Stops all sources, lets deliveries already queued finish for up to `grace`, and reports
-    /// the final counters and how many deliveries were still waiting when time ran out.
+    /// the final counters and how many deliveries were still waiting or being delivered when
+    /// time ran out.
     pub async fn shutdown(mut self, grace: Duration) -> ShutdownReport {
         let running = std::mem::take(&mut self.running);
         for trigger in running.values() {
@@ -253,9 +273,13 @@ impl Engine {
         }
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
-        let lost = if drained { 0 } else { running.values().flat_map(|t| &t.queues).map(|q| q.len()).sum() };
+        let lost = if drained {
+            0
+        } else {
+            running.values().flat_map(|t| &t.queues).map(|q| q.len().saturating_add(q.in_flight())).sum()
+        };
         if lost > 0 {
-            tracing::error!(lost, "shutdown grace period over; deliveries still waiting are lost");
+            tracing::error!(lost, "shutdown grace period over; deliveries still waiting or in flight are lost");
         }
         let stats = running.into_iter().map(|(id, trigger)| (id, trigger.stats.snapshot())).collect();
         ShutdownReport { stats, lost }
@@ -288,6 +312,7 @@ impl Engine {
         let (sink, events) = EventSink::channel(EVENT_BUFFER);
         let mut queues: Vec<Arc<dyn DeliveryQueue>> = Vec::new();
         let dry_run = self.options.dry_run;
+        let budget = self.budget.trigger();
         for (target, size) in &trigger.targets {
             let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(*size));
             if !dry_run {
@@ -304,6 +329,7 @@ impl Engine {
             router: self.router.clone(),
             stats: stats.clone(),
             targets: trigger.targets.into_iter().map(|(target, _)| target).zip(queues.clone()).collect(),
+            budget: budget.clone(),
             dry_run,
         };
         self.tasks.spawn(supervise_processor(
@@ -321,7 +347,7 @@ impl Engine {
             self.options.source_backoff,
         );
         self.tasks.spawn(supervisor);
-        let observed = Observed { stats: stats.clone(), queues: queues.clone() };
+        let observed = Observed { stats: stats.clone(), queues: queues.clone(), budget, router: self.router.clone() };
         crate::stats::lock(&self.observer.0).insert(trigger.id.clone(), observed);
         self.running.insert(trigger.id, RunningTrigger { hash: trigger.hash, cancel, stats, queues });
     }
@@ -406,6 +432,7 @@ struct Processor {
     router: Arc<Router>,
     stats: Arc<TriggerStats>,
     targets: Vec<(Target, Arc<dyn DeliveryQueue>)>,
+    budget: Arc<TriggerBudget>,
     dry_run: bool,
 }
 
@@ -526,17 +553,7 @@ impl Processor {
             self.print_dry_run(&event);
             return true;
         }
-        for (target, queue) in &self.targets {
-            let delivery = Delivery::new(self.id.clone(), event.clone());
-            let id = delivery.id.clone();
-            if let Err(error) = queue.push(delivery) {
-                let reason = format!("{}: {error}", target.label);
-                self.stats.record_failed_attempt(&reason);
-                self.stats.record_dead_lettered();
-                tracing::error!(trigger = %self.id, destination = %target.label, delivery = %id, reason = %reason,
-                    "delivery dead-lettered");
-            }
-        }
+        enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats);
         true
     }
 

@@ -4,15 +4,22 @@
 //! repeats within the window of the last fire are dropped but keep the key firing; a repeat
 //! after the window fires again (a still-ongoing incident is re-notified once per window); a
 //! key with no repeat for a whole window is *resolved*, and forgotten one more window later.
+//!
+//! Keys are bounded in length and number: a key longer than [`MAX_DEDUP_KEY_BYTES`] is kept
+//! as a short prefix and its SHA-256, so equal keys still match; a trigger keeps at most
+//! [`DedupLimits::keys_per_trigger`] keys, and all triggers together [`DedupLimits::keys`].
+//! When a limit is reached the least recently seen key goes, taken from the trigger holding the
+//! most keys when the total is reached, so a trigger minting keys cannot push out another's.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::num::NonZeroU32;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ktrigger_api::ActiveEvent;
+use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::event::{TriggerId, rfc3339};
@@ -20,6 +27,14 @@ use crate::stats::lock;
 
 /// Most dedup entries reported per trigger in status.
 pub const MAX_ACTIVE_EVENTS: usize = 20;
+/// Longest dedup key kept as it is; longer ones are kept as a prefix and their hash.
+pub const MAX_DEDUP_KEY_BYTES: usize = 256;
+/// Bytes of a long key kept in front of its hash, so status still says what it was about.
+const HASHED_KEY_PREFIX_BYTES: usize = 64;
+/// Default number of dedup keys one trigger keeps.
+pub const DEFAULT_MAX_DEDUP_KEYS_PER_TRIGGER: usize = 10_000;
+/// Default number of dedup keys all triggers keep together.
+pub const DEFAULT_MAX_DEDUP_KEYS: usize = 50_000;
 
 /// What the router decided for one event of one trigger.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,6 +63,30 @@ impl RateLimit {
     }
 }
 
+/// How many dedup keys the router keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupLimits {
+    /// Most keys one trigger keeps.
+    pub keys_per_trigger: usize,
+    /// Most keys all triggers keep together.
+    pub keys: usize,
+}
+
+impl Default for DedupLimits {
+    fn default() -> Self {
+        DedupLimits { keys_per_trigger: DEFAULT_MAX_DEDUP_KEYS_PER_TRIGGER, keys: DEFAULT_MAX_DEDUP_KEYS }
+    }
+}
+
+/// The dedup state of one trigger as counted for status and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DedupCounts {
+    /// Keys kept now.
+    pub keys: usize,
+    /// Keys forgotten early to stay within the limits.
+    pub evicted: u64,
+}
+
 #[derive(Debug, Clone)]
 struct DedupEntry {
     first_seen: DateTime<Utc>,
@@ -55,6 +94,8 @@ struct DedupEntry {
     last_seen_at: Instant,
     last_fired_at: Instant,
     window: Duration,
+    /// Position in [`TriggerDedup::by_age`].
+    touched: u64,
 }
 
 impl DedupEntry {
@@ -65,31 +106,113 @@ impl DedupEntry {
 
 #[derive(Debug, Default)]
 struct TriggerDedup {
-    entries: HashMap<String, DedupEntry>,
+    entries: HashMap<Arc<str>, DedupEntry>,
+    /// Keys by when they were last seen, oldest first.
+    by_age: BTreeMap<u64, Arc<str>>,
     pruned_at: Option<Instant>,
+    evicted: u64,
 }
 
 impl TriggerDedup {
-    /// Forgets entries quiet for two windows; at most once a second, off the per-event path.
-    fn prune(&mut self, now: Instant) {
+    /// Forgets entries quiet for two windows, at most once a second; the number forgotten.
+    fn prune(&mut self, now: Instant) -> usize {
         if self.pruned_at.is_some_and(|at| now.duration_since(at) < Duration::from_secs(1)) {
-            return;
+            return 0;
         }
         self.pruned_at = Some(now);
-        self.entries.retain(|_, entry| now.duration_since(entry.last_seen_at) <= entry.window * 2);
+        let before = self.entries.len();
+        let by_age = &mut self.by_age;
+        self.entries.retain(|_, entry| {
+            let keep = now.duration_since(entry.last_seen_at) <= entry.window.saturating_mul(2);
+            if !keep {
+                by_age.remove(&entry.touched);
+            }
+            keep
+        });
+        before.saturating_sub(self.entries.len())
+    }
+
+    /// Forgets the least recently seen key; false when there is none.
+    fn evict_oldest(&mut self) -> bool {
+        let Some((_, key)) = self.by_age.pop_first() else { return false };
+        self.entries.remove(&key);
+        self.evicted = self.evicted.saturating_add(1);
+        true
+    }
+
+    /// Moves `key` to the newest end of [`Self::by_age`].
+    fn touch(&mut self, key: &Arc<str>, clock: &mut u64) {
+        if let Some(entry) = self.entries.get_mut(key) {
+            self.by_age.remove(&entry.touched);
+            entry.touched = next(clock);
+            self.by_age.insert(entry.touched, key.clone());
+        }
+    }
+}
+
+fn next(clock: &mut u64) -> u64 {
+    *clock = clock.wrapping_add(1);
+    *clock
+}
+
+#[derive(Debug, Default)]
+struct DedupState {
+    triggers: HashMap<TriggerId, TriggerDedup>,
+    /// Keys of all triggers.
+    keys: usize,
+    /// Orders touches across all triggers.
+    clock: u64,
+}
+
+impl DedupState {
+    /// Makes room for one more key of `trigger`: its own oldest goes when it is at its limit,
+    /// and the oldest of the trigger holding the most keys when all are at the total.
+    fn make_room(&mut self, trigger: &TriggerId, limits: DedupLimits) {
+        let own = self.triggers.get(trigger).map_or(0, |t| t.entries.len());
+        if own >= limits.keys_per_trigger.max(1)
+            && let Some(state) = self.triggers.get_mut(trigger)
+            && state.evict_oldest()
+        {
+            self.keys = self.keys.saturating_sub(1);
+        }
+        if self.keys >= limits.keys.max(1)
+            && let Some(largest) = self.triggers.values_mut().max_by_key(|t| t.entries.len())
+            && largest.evict_oldest()
+        {
+            self.keys = self.keys.saturating_sub(1);
+        }
     }
 }
 
 /// Dedup state of every trigger. One per engine, shared by all triggers.
 #[derive(Debug, Default)]
 pub struct Router {
-    dedup: Mutex<HashMap<TriggerId, TriggerDedup>>,
+    dedup: Mutex<DedupState>,
+    limits: DedupLimits,
+}
+
+/// The key kept for `key`: itself when short, else a prefix and its SHA-256.
+pub fn bounded_key(key: String) -> String {
+    if key.len() <= MAX_DEDUP_KEY_BYTES {
+        return key;
+    }
+    let mut end = HASHED_KEY_PREFIX_BYTES;
+    while !key.is_char_boundary(end) {
+        end = end.saturating_sub(1);
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    format!("{}…sha256:{}", &key[..end], hex::encode(digest))
 }
 
 impl Router {
-    /// An empty router.
+    /// An empty router with the default key limits.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty router keeping at most the keys `limits` allow.
+    pub fn with_limits(limits: DedupLimits) -> Self {
+        Router { limits, ..Self::default() }
     }
 
     /// Decides whether an event of `trigger` fires. `dedup` is the event's key and the window;
@@ -103,34 +226,66 @@ impl Router {
         let Some((key, window)) = dedup else {
             return Self::limit(limit);
         };
+        let key: Arc<str> = Arc::from(bounded_key(key));
         let now = Instant::now();
         let wall = Utc::now();
-        let mut state = lock(&self.dedup);
-        if !state.contains_key(trigger) {
-            state.insert(trigger.clone(), TriggerDedup::default());
+        let mut guard = lock(&self.dedup);
+        let state = &mut *guard;
+        if !state.triggers.contains_key(trigger) {
+            state.triggers.insert(trigger.clone(), TriggerDedup::default());
         }
-        let Some(dedup_state) = state.get_mut(trigger) else { return Self::limit(limit) };
-        dedup_state.prune(now);
-        let entries = &mut dedup_state.entries;
-        if let Some(entry) = entries.get_mut(&key)
-            && now.duration_since(entry.last_fired_at) < window
-        {
-            if !entry.is_firing(now) {
-                entry.first_seen = wall;
+        let pruned = state.triggers.get_mut(trigger).map_or(0, |t| t.prune(now));
+        state.keys = state.keys.saturating_sub(pruned);
+        let known = state.triggers.get(trigger).and_then(|t| t.entries.get(&key)).map(|entry| {
+            let repeat = now.duration_since(entry.last_fired_at) < window;
+            let first_seen = if entry.is_firing(now) { entry.first_seen } else { wall };
+            (repeat, first_seen)
+        });
+        if let Some((true, first_seen)) = known {
+            if let Some(trigger_state) = state.triggers.get_mut(trigger) {
+                if let Some(entry) = trigger_state.entries.get_mut(&key) {
+                    entry.first_seen = first_seen;
+                    entry.last_seen = wall;
+                    entry.last_seen_at = now;
+                    entry.window = window;
+                }
+                trigger_state.touch(&key, &mut state.clock);
             }
-            entry.last_seen = wall;
-            entry.last_seen_at = now;
-            entry.window = window;
-            return Admission::Duplicate { key };
+            return Admission::Duplicate { key: key.to_string() };
         }
         let admission = Self::limit(limit);
-        if admission == Admission::Fire {
-            let first_seen = match entries.get(&key) {
-                Some(entry) if entry.is_firing(now) => entry.first_seen,
-                _ => wall,
-            };
-            entries
-                .insert(key, DedupEntry { first_seen, last_seen: wall, last_seen_at: now, last_fired_at: now, window });
+        if admission != Admission::Fire {
+            return admission;
+        }
+        if known.is_none() {
+            state.make_room(trigger, self.limits);
+            state.keys = state.keys.saturating_add(1);
+        }
+        let Some(trigger_state) = state.triggers.get_mut(trigger) else { return admission };
+        match known {
+            Some((_, first_seen)) => {
+                if let Some(entry) = trigger_state.entries.get_mut(&key) {
+                    entry.first_seen = first_seen;
+                    entry.last_fired_at = now;
+                    entry.last_seen = wall;
+                    entry.last_seen_at = now;
+                    entry.window = window;
+                }
+                trigger_state.touch(&key, &mut state.clock);
+            }
+            None => {
+                let touched = next(&mut state.clock);
+                let entry = DedupEntry {
+                    first_seen: wall,
+                    last_seen: wall,
+                    last_seen_at: now,
+                    last_fired_at: now,
+                    window,
+                    touched,
+                };
+                trigger_state.by_age.insert(touched, key.clone());
+                trigger_state.entries.insert(key, entry);
+            }
         }
         admission
     }
@@ -146,13 +301,15 @@ impl Router {
     pub fn active_events(&self, trigger: &TriggerId) -> Vec<ActiveEvent> {
         let now = Instant::now();
         let state = lock(&self.dedup);
-        let Some(dedup_state) = state.get(trigger) else { return Vec::new() };
-        let mut list: Vec<(&String, &DedupEntry)> = dedup_state.entries.iter().collect();
-        list.sort_by(|a, b| b.1.last_seen_at.cmp(&a.1.last_seen_at).then_with(|| a.0.cmp(b.0)));
-        list.into_iter()
+        let Some(dedup_state) = state.triggers.get(trigger) else { return Vec::new() };
+        dedup_state
+            .by_age
+            .values()
+            .rev()
+            .filter_map(|key| dedup_state.entries.get(key).map(|entry| (key, entry)))
             .take(MAX_ACTIVE_EVENTS)
             .map(|(key, entry)| ActiveEvent {
-                key: key.clone(),
+                key: key.to_string(),
                 state: if entry.is_firing(now) { "firing" } else { "resolved" }.to_string(),
                 first_seen: rfc3339(entry.first_seen),
                 last_seen: rfc3339(entry.last_seen),
@@ -160,9 +317,22 @@ impl Router {
             .collect()
     }
 
+    /// How many keys `trigger` holds and how many it lost to the limits.
+    pub fn counts(&self, trigger: &TriggerId) -> DedupCounts {
+        let state = lock(&self.dedup);
+        state
+            .triggers
+            .get(trigger)
+            .map(|t| DedupCounts { keys: t.entries.len(), evicted: t.evicted })
+            .unwrap_or_default()
+    }
+
     /// Drops the state of a trigger that was removed.
     pub fn forget(&self, trigger: &TriggerId) {
-        lock(&self.dedup).remove(trigger);
+        let mut state = lock(&self.dedup);
+        if let Some(removed) = state.triggers.remove(trigger) {
+            state.keys = state.keys.saturating_sub(removed.entries.len());
+        }
     }
 }
 
@@ -189,7 +359,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(300)).await;
         assert_eq!(router.admit(&id(), dedup("pod-a"), None), Admission::Duplicate { key: "pod-a".into() });
         assert_eq!(router.admit(&id(), dedup("pod-b"), None), Admission::Fire);
-        assert_eq!(states(&router), [("pod-a".into(), "firing".into()), ("pod-b".into(), "firing".into())]);
+        assert_eq!(states(&router), [("pod-b".into(), "firing".into()), ("pod-a".into(), "firing".into())]);
     }
 
     #[tokio::test(start_paused = true)]
@@ -225,6 +395,78 @@ mod tests {
         assert_eq!(states(&router), [("pod-b".into(), "firing".into())]);
         router.forget(&id());
         assert!(router.active_events(&id()).is_empty());
+    }
+
+    fn other() -> TriggerId {
+        TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: "other".into() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn long_keys_are_kept_hashed_and_still_deduplicate() {
+        let router = Router::new();
+        let long = "k".repeat(50_000);
+        assert_eq!(router.admit(&id(), dedup(&long), None), Admission::Fire);
+        let Admission::Duplicate { key } = router.admit(&id(), dedup(&long), None) else { panic!("not a duplicate") };
+        assert!(key.len() <= MAX_DEDUP_KEY_BYTES, "{} bytes kept", key.len());
+        assert!(key.starts_with(&"k".repeat(64)) && key.contains("…sha256:"), "{key}");
+        let differs_at_the_end = format!("{}j", &long[..long.len() - 1]);
+        assert_eq!(router.admit(&id(), dedup(&differs_at_the_end), None), Admission::Fire);
+        assert_eq!(router.counts(&id()).keys, 2);
+    }
+
+    #[test]
+    fn a_long_key_of_multibyte_characters_is_cut_on_a_character_boundary() {
+        let key = bounded_key("é".repeat(1000));
+        assert!(key.starts_with(&"é".repeat(32)), "{key}");
+        assert!(key.len() <= MAX_DEDUP_KEY_BYTES);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_trigger_at_its_key_limit_forgets_its_least_recently_seen_key_and_counts_it() {
+        let router = Router::with_limits(DedupLimits { keys_per_trigger: 2, keys: 100 });
+        router.admit(&id(), dedup("a"), None);
+        router.admit(&id(), dedup("b"), None);
+        assert_eq!(router.admit(&id(), dedup("a"), None), Admission::Duplicate { key: "a".into() });
+        assert_eq!(router.admit(&id(), dedup("c"), None), Admission::Fire);
+        assert_eq!(router.counts(&id()), DedupCounts { keys: 2, evicted: 1 });
+        assert_eq!(router.admit(&id(), dedup("a"), None), Admission::Duplicate { key: "a".into() });
+        assert_eq!(router.admit(&id(), dedup("b"), None), Admission::Fire, "b was forgotten");
+        assert_eq!(router.counts(&id()), DedupCounts { keys: 2, evicted: 2 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_the_total_key_limit_the_trigger_holding_most_keys_loses_its_oldest() {
+        let router = Router::with_limits(DedupLimits { keys_per_trigger: 100, keys: 4 });
+        for key in ["a", "b", "c", "d"] {
+            router.admit(&id(), dedup(key), None);
+        }
+        assert_eq!(router.admit(&other(), dedup("mine"), None), Admission::Fire);
+        assert_eq!(router.counts(&id()), DedupCounts { keys: 3, evicted: 1 });
+        assert_eq!(router.counts(&other()), DedupCounts { keys: 1, evicted: 0 });
+        assert_eq!(router.admit(&id(), dedup("e"), None), Admission::Fire);
+        assert_eq!(router.counts(&other()).keys, 1, "the smaller trigger keeps its key");
+        assert_eq!(router.admit(&other(), dedup("mine"), None), Admission::Duplicate { key: "mine".into() });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgetting_a_trigger_frees_its_keys_for_the_others() {
+        let router = Router::with_limits(DedupLimits { keys_per_trigger: 100, keys: 2 });
+        router.admit(&id(), dedup("a"), None);
+        router.admit(&id(), dedup("b"), None);
+        router.forget(&id());
+        router.admit(&other(), dedup("x"), None);
+        router.admit(&other(), dedup("y"), None);
+        assert_eq!(router.counts(&other()), DedupCounts { keys: 2, evicted: 0 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_longest_window_neither_panics_nor_forgets() {
+        let router = Router::new();
+        let forever = Some(("a".to_string(), Duration::MAX));
+        assert_eq!(router.admit(&id(), forever.clone(), None), Admission::Fire);
+        tokio::time::advance(Duration::from_secs(5)).await;
+        router.admit(&id(), Some(("b".to_string(), Duration::MAX)), None);
+        assert_eq!(router.admit(&id(), forever, None), Admission::Duplicate { key: "a".into() });
     }
 
     #[test]

@@ -41,6 +41,7 @@ pub struct TriggerStats {
     delivered: AtomicU64,
     failed: AtomicU64,
     dead_lettered: AtomicU64,
+    queue_byte_limited: AtomicU64,
     restarts: AtomicU64,
     last_fired: Mutex<Option<DateTime<Utc>>>,
     last_error: Mutex<Option<String>>,
@@ -66,6 +67,8 @@ pub struct StatsSnapshot {
     pub failed: u64,
     /// Deliveries given up on.
     pub dead_lettered: u64,
+    /// Of `dead_lettered`, deliveries refused because a queue byte limit was reached.
+    pub queue_byte_limited: u64,
     /// Times the source was restarted after an error or panic.
     pub restarts: u64,
     /// When the trigger last fired.
@@ -141,6 +144,11 @@ impl TriggerStats {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a delivery refused because a queue byte limit was reached (also dead-lettered).
+    pub fn record_queue_byte_limited(&self) {
+        self.queue_byte_limited.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a restart of the source after it failed.
     pub fn record_restart(&self, reason: &str) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -163,6 +171,7 @@ impl TriggerStats {
             delivered: self.delivered.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
+            queue_byte_limited: self.queue_byte_limited.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             last_fired: *lock(&self.last_fired),
             last_error: lock(&self.last_error).clone(),
@@ -172,7 +181,8 @@ impl TriggerStats {
 }
 
 impl StatsSnapshot {
-    /// The API status entry of trigger `name` (active events are added by the caller).
+    /// The API status entry of trigger `name` (active events and dedup evictions are added by
+    /// the caller).
     pub fn to_status(&self, name: &str) -> TriggerStatus {
         TriggerStatus {
             name: name.to_string(),
@@ -182,11 +192,13 @@ impl StatsSnapshot {
             fired: self.fired,
             failed: self.failed,
             dead_lettered: self.dead_lettered,
+            queue_byte_limited: self.queue_byte_limited,
             restarts: self.restarts,
             last_fired: self.last_fired.map(rfc3339),
             last_error: self.last_error.clone(),
             last_delivery: self.last_delivery.clone(),
             active_events: Vec::new(),
+            ..TriggerStatus::default()
         }
     }
 }

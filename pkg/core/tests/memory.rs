@@ -1,0 +1,186 @@
+//! Memory bounds seen from the engine: a trigger over its queue byte limit leaves the others
+//! alone, and what is still in flight at shutdown is counted as lost.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use ktrigger_api::{DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
+use ktrigger_core::delivery::QueueLimits;
+use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_core::event::Event;
+use ktrigger_core::registry::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, Receipt, Registry,
+    Source, SourceError, SourceFactory, TypeDoc,
+};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Emits whatever the test publishes.
+struct Feed(broadcast::Sender<Value>);
+
+#[async_trait]
+impl Source for Feed {
+    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
+        let mut feed = self.0.subscribe();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                item = feed.recv() => {
+                    let Ok(object) = item else { return Err(SourceError("feed closed".into())) };
+                    sink.send(Event::new("feed", "create", object)).await;
+                }
+            }
+        }
+    }
+}
+
+static FEED_DOC: TypeDoc =
+    TypeDoc { name: "feed", aliases: &[], summary: "test feed", properties: &[], example: "type: feed" };
+
+impl SourceFactory for Feed {
+    fn doc(&self) -> &'static TypeDoc {
+        &FEED_DOC
+    }
+    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
+        Ok(Arc::new(Feed(self.0.clone())))
+    }
+}
+
+/// Records what it receives, or never answers when its `hang` property is true.
+struct Receiver {
+    received: Arc<Mutex<Vec<Value>>>,
+    hangs: bool,
+}
+
+#[async_trait]
+impl Destination for Receiver {
+    fn render(&self, request: &DeliveryRequest<'_>) -> Result<Value, DeliveryError> {
+        Ok(request.event.object.clone())
+    }
+    async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
+        if self.hangs {
+            std::future::pending::<()>().await;
+        }
+        self.received.lock().unwrap().push(request.event.object.clone());
+        Ok(Receipt::default())
+    }
+}
+
+static RECEIVER_DOC: TypeDoc =
+    TypeDoc { name: "receiver", aliases: &[], summary: "test receiver", properties: &[], example: "type: receiver" };
+
+struct ReceiverFactory(Arc<Mutex<Vec<Value>>>);
+
+impl DestinationFactory for ReceiverFactory {
+    fn doc(&self) -> &'static TypeDoc {
+        &RECEIVER_DOC
+    }
+    fn build(&self, properties: &Value, _: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+        Ok(Arc::new(Receiver { received: self.0.clone(), hangs: properties["hang"] == json!(true) }))
+    }
+}
+
+struct Harness {
+    engine: Engine,
+    feed: broadcast::Sender<Value>,
+    received: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Harness {
+    fn new(queue_limits: QueueLimits) -> Self {
+        let (feed, _) = broadcast::channel(256);
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let mut registry = Registry::default();
+        registry.add_source(Arc::new(Feed(feed.clone())));
+        registry.add_destination(Arc::new(ReceiverFactory(received.clone())));
+        let engine = Engine::new(Arc::new(registry), EngineOptions { queue_limits, ..Default::default() });
+        Harness { engine, feed, received }
+    }
+
+    async fn publish(&self, object: Value) {
+        for _ in 0..200 {
+            if self.feed.receiver_count() > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.feed.send(object).unwrap();
+    }
+
+    async fn wait_for(&self, count: usize) -> usize {
+        for _ in 0..400 {
+            if self.received.lock().unwrap().len() >= count {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.received.lock().unwrap().len()
+    }
+}
+
+/// A trigger taking the events addressed `to` it, delivering to a receiver that may hang.
+fn trigger(name: &str, hang: bool) -> Trigger {
+    Trigger {
+        name: Some(name.into()),
+        source: SourceSpec { type_name: "feed".into(), properties: Value::Null },
+        filter: Some(format!("object.to == {name:?}")),
+        destinations: vec![DestinationSpec {
+            type_name: "receiver".into(),
+            properties: json!({"hang": hang}),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn spec(triggers: Vec<Trigger>) -> TriggerServiceSpec {
+    TriggerServiceSpec { triggers, ..Default::default() }
+}
+
+fn payload(to: &str, n: usize) -> Value {
+    json!({"to": to, "n": n, "data": "x".repeat(20_000)})
+}
+
+#[tokio::test]
+async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_deliveries() {
+    // Room for about ten events of 20 KB in all: the hog may fill only its half.
+    let mut h = Harness::new(QueueLimits { per_trigger: 10_000_000, total: 200_000 });
+    h.engine.apply("ns", "hog", &spec(vec![trigger("hog", true)])).await;
+    h.engine.apply("ns", "calm", &spec(vec![trigger("calm", false)])).await;
+    for n in 0..20 {
+        h.publish(payload("hog", n)).await;
+    }
+    for n in 0..20 {
+        h.publish(payload("calm", n)).await;
+        assert_eq!(h.wait_for(n + 1).await, n + 1, "the calm trigger delivers event {n}");
+    }
+    let stats = h.engine.snapshot();
+    let of = |name: &str| stats.iter().find(|(id, _)| id.trigger == name).map(|(_, s)| s.clone()).unwrap();
+    let (hog, calm) = (of("hog"), of("calm"));
+    assert_eq!(hog.fired, 20);
+    assert!(hog.queue_byte_limited >= 15, "at most 4 events of 20 KB fit in its 100 KB: {hog:?}");
+    assert_eq!(hog.dead_lettered, hog.queue_byte_limited);
+    assert_eq!((calm.delivered, calm.queue_byte_limited, calm.dead_lettered), (20, 0, 0));
+    let status = h.engine.status("ns", "hog");
+    assert_eq!(status[0].queue_byte_limited, hog.queue_byte_limited);
+    assert!(status[0].last_error.as_deref().unwrap_or("").contains("queue byte limit"), "{status:?}");
+}
+
+#[tokio::test]
+async fn shutdown_counts_the_delivery_in_flight_as_lost() {
+    let mut h = Harness::new(QueueLimits::default());
+    h.engine.apply("ns", "stuck", &spec(vec![trigger("stuck", true)])).await;
+    for n in 0..3 {
+        h.publish(json!({"to": "stuck", "n": n})).await;
+    }
+    for _ in 0..400 {
+        if h.engine.snapshot()[0].1.fired == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let report = h.engine.shutdown(Duration::from_millis(100)).await;
+    assert_eq!(report.lost, 3, "one being delivered and two waiting");
+}
