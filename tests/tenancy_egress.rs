@@ -5,109 +5,10 @@
 
 mod support;
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
-
 use serde_json::Value;
 use support::cluster::{Env, WAIT};
+use support::http_server::{Answer, TestServer as Server};
 use support::{Running, write_config};
-
-/// What the test server answers.
-#[derive(Clone)]
-enum Answer {
-    Ok,
-    RedirectTo(String),
-    /// A 200 response of this many bytes of `[0,0,…`, written as fast as the client reads.
-    Large(usize),
-}
-
-/// An HTTP server on 127.0.0.1 recording the requests it receives (connections that sent nothing
-/// are not requests).
-struct Server {
-    port: u16,
-    requests: Arc<Mutex<Vec<String>>>,
-    written: Arc<AtomicUsize>,
-}
-
-impl Server {
-    fn start(answer: Answer) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let requests = Arc::new(Mutex::new(Vec::new()));
-        let written = Arc::new(AtomicUsize::new(0));
-        let (seen, counter) = (requests.clone(), written.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().map_while(Result::ok) {
-                let (answer, seen, counter) = (answer.clone(), seen.clone(), counter.clone());
-                std::thread::spawn(move || serve(stream, &answer, &seen, &counter));
-            }
-        });
-        Server { port, requests, written }
-    }
-
-    fn requests(&self) -> Vec<String> {
-        self.requests.lock().unwrap().clone()
-    }
-
-    fn wait_for_requests(&self, count: usize) -> Vec<String> {
-        let start = Instant::now();
-        loop {
-            let requests = self.requests();
-            if requests.len() >= count {
-                return requests;
-            }
-            assert!(start.elapsed() < WAIT, "the server got {} of {count} requests", requests.len());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<String>>, written: &AtomicUsize) {
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-    let mut request = Vec::new();
-    let mut buffer = [0; 4096];
-    while let Ok(read @ 1..) = stream.read(&mut buffer) {
-        request.extend_from_slice(&buffer[..read]);
-        let text = String::from_utf8_lossy(&request).to_string();
-        if let Some((head, body)) = text.split_once("\r\n\r\n") {
-            let length = head
-                .lines()
-                .find_map(|line| line.to_ascii_lowercase().strip_prefix("content-length:").map(str::to_string))
-                .and_then(|value| value.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if body.len() >= length {
-                break;
-            }
-        }
-    }
-    // A connection the egress policy closed right after connecting sent nothing: not a request.
-    if request.is_empty() {
-        return;
-    }
-    seen.lock().unwrap().push(String::from_utf8_lossy(&request).to_string());
-    let head = match answer {
-        Answer::Ok => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string(),
-        Answer::RedirectTo(url) => {
-            format!("HTTP/1.1 302 Found\r\nLocation: {url}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-        }
-        Answer::Large(_) => "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n".into(),
-    };
-    if stream.write_all(head.as_bytes()).is_err() {
-        return;
-    }
-    if let Answer::Large(total) = answer {
-        let piece = format!("[{}", "0,".repeat(32 * 1024 - 1));
-        while written.load(Ordering::SeqCst) < *total {
-            if stream.write_all(piece.as_bytes()).is_err() {
-                return;
-            }
-            written.fetch_add(piece.len(), Ordering::SeqCst);
-        }
-    }
-}
 
 /// A TriggerService `name` whose trigger `tick` sends a webhook to `url` every second.
 fn tick_to(name: &str, url: &str) -> String {
@@ -224,7 +125,7 @@ spec:
     assert!(last_error(&poll).contains("the response is larger than maxResponseBytes (4194304 bytes)"), "{poll:#}");
     eprintln!(
         "16 MiB response: the server wrote {} bytes before the poller stopped reading; controller peak RSS {}",
-        server.written.load(Ordering::SeqCst),
+        server.written(),
         peak_rss(running.id())
     );
 }

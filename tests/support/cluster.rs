@@ -276,8 +276,13 @@ impl Env {
 
     /// Runs the real kubectl on this cluster: whether it succeeded, and its stdout and stderr.
     pub fn kubectl(&self, args: &[&str]) -> (bool, String) {
+        self.kubectl_as(self.kubeconfig(), args)
+    }
+
+    /// Runs the real kubectl with the identity of `kubeconfig`.
+    pub fn kubectl_as(&self, kubeconfig: &str, args: &[&str]) -> (bool, String) {
         let output = Command::new("kubectl")
-            .args(["--kubeconfig", self.kubeconfig()])
+            .args(["--kubeconfig", kubeconfig])
             .args(args)
             .output()
             .expect("kubectl is installed (the tests use the real kubectl)");

@@ -3,11 +3,12 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod http_server;
 pub mod python;
 
 pub use python::{PythonServer, json_lines};
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -252,11 +253,14 @@ pub fn write_config(text: &str) -> (tempfile::TempDir, PathBuf) {
 /// Posts `body` to `url` with extra headers using curl; returns (status, body).
 pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let mut command = Command::new("curl");
-    command.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url, "--data-binary", body]);
+    // The body goes through stdin: an argument is limited to 128 KiB.
+    command.args(["-s", "-o", "-", "-w", "\n%{http_code}", "-X", "POST", url, "--data-binary", "@-"]);
     for (name, value) in headers {
         command.args(["-H", &format!("{name}: {value}")]);
     }
-    let output = command.output().expect("curl runs");
+    let mut child = command.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().expect("curl runs");
+    child.stdin.take().unwrap().write_all(body.as_bytes()).unwrap();
+    let output = child.wait_with_output().expect("curl runs");
     let text = String::from_utf8_lossy(&output.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_string())
