@@ -116,7 +116,9 @@ impl Running {
         let stderr = Captured::follow(child.stderr.take().unwrap());
         let running = Running { child, stdout, stderr };
         running.stderr.wait_until("start-up", Duration::from_secs(60), |t| {
-            ready.iter().any(|marker| t.contains(marker)) || t.contains("error:")
+            // A fatal error is printed as a line of its own starting with `error:`; problems of
+            // single triggers (e.g. a CEL "Syntax error:") are not the end of start-up.
+            ready.iter().any(|marker| t.contains(marker)) || t.lines().any(|line| line.starts_with("error:"))
         });
         running
     }

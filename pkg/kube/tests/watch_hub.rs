@@ -495,30 +495,45 @@ fn watchers_of(cluster: &TestCluster, plural: &str) -> Vec<(Option<String>, Stri
 }
 
 #[tokio::test]
-async fn watches_are_made_as_the_trigger_service_identity_and_not_shared_without_an_access_review() {
-    let policy = IdentityPolicy::controller(Some("watcher".into()), false).unwrap();
-    let h = harness_with(HubOptions::default(), policy).await;
-    let build = |account: Option<&str>| {
-        h.run(h.build("resource-watcher", cm_watcher("test", &[]), account, SourceNeeds::default()).unwrap())
-    };
-    let mut robot = build(Some("robot"));
-    let other_robot = build(Some("robot"));
-    let default = build(None);
-    h.wait_for_watches("configmaps", 2).await;
-
+async fn watches_are_made_as_the_trigger_service_identity_and_shared_only_through_access_reviews() {
     let robot_user = "system:serviceaccount:test:robot".to_string();
     let default_user = "system:serviceaccount:test:watcher".to_string();
     let path = "/api/v1/namespaces/test/configmaps".to_string();
+    let policy = || IdentityPolicy::controller(Some("watcher".into()), false).unwrap();
+
+    // Without access reviews: one watch per identity, none as the controller.
+    let unshared = HubOptions { access_review_ttl: Duration::ZERO, ..HubOptions::default() };
+    let h = harness_with(unshared, policy()).await;
+    let build = |h: &Harness, account: Option<&str>| {
+        h.run(h.build("resource-watcher", cm_watcher("test", &[]), account, SourceNeeds::default()).unwrap())
+    };
+    let mut robot = build(&h, Some("robot"));
+    let other_robot = build(&h, Some("robot"));
+    let default = build(&h, None);
+    h.wait_for_watches("configmaps", 2).await;
     assert_eq!(
         watchers_of(&h.cluster, "configmaps"),
-        vec![(Some(robot_user), path.clone()), (Some(default_user), path)],
-        "one watch per identity (the test cluster answers no SubjectAccessReview), none as the controller"
+        vec![(Some(robot_user.clone()), path.clone()), (Some(default_user), path.clone())],
+        "one watch per identity, none as the controller"
     );
     assert_eq!(h.kube.hub().open_watches(), 2);
     h.create_configmap("test", "c1", json!({})).await;
     assert_eq!(robot.next_pair().await, pair("create", "c1"));
+    for running in [robot, other_robot, default] {
+        running.stop().await;
+    }
+
+    // With them (the test cluster, without RBAC, allows every review): the second identity
+    // joins the watch the first opened.
+    let h = harness_with(HubOptions::default(), policy()).await;
+    let robot = build(&h, Some("robot"));
+    h.wait_for_watches("configmaps", 1).await;
+    let mut default = build(&h, None);
+    h.create_configmap("test", "c2", json!({})).await;
+    assert_eq!(default.next_pair().await, pair("create", "c2"));
+    assert_eq!(watchers_of(&h.cluster, "configmaps"), vec![(Some(robot_user), path)], "one watch, as robot");
+    assert_eq!(h.kube.hub().open_watches(), 1);
     robot.stop().await;
-    other_robot.stop().await;
     default.stop().await;
 }
 

@@ -191,6 +191,9 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Route::Groups => json_response(StatusCode::OK, &shared.store().registry.api_group_list()),
         Route::Group(group) => discovery(shared.store().registry.api_group(&group)),
         Route::Resources(group, version) => discovery(shared.store().registry.api_resource_list(&group, &version)),
+        Route::Resource(path) if path.group == "authorization.k8s.io" && path.plural == "subjectaccessreviews" => {
+            access_review(&shared, &parts.method, body).await
+        }
         Route::Resource(path) => match resource(&shared, &parts.method, &parts.headers, &query, body, path).await {
             Ok(response) => response,
             Err(error) => error.into_response(),
@@ -199,6 +202,28 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         Route::OpenApi(group, version) => discovery(shared.store().registry.openapi_v3_document(&group, &version)),
         Route::Unknown => ApiError::no_route().into_response(),
     }
+}
+
+/// A SubjectAccessReview answered as a cluster without RBAC would: allowed, unless the faults
+/// forbid the verb on the resource (as they make the request itself fail with 403).
+async fn access_review(shared: &Shared, method: &Method, body: Body) -> Response {
+    if method != Method::POST {
+        return ApiError::no_route().into_response();
+    }
+    let Ok(bytes) = axum::body::to_bytes(body, 1024 * 1024).await else {
+        return ApiError::bad_request("the request body could not be read").into_response();
+    };
+    let Ok(mut review) = serde_json::from_slice::<Value>(&bytes) else {
+        return ApiError::bad_request("the body is not a SubjectAccessReview").into_response();
+    };
+    let attributes = &review["spec"]["resourceAttributes"];
+    let verb = attributes["verb"].as_str().unwrap_or_default();
+    let plural = attributes["resource"].as_str().unwrap_or_default();
+    let subresource = attributes["subresource"].as_str().filter(|s| !s.is_empty());
+    let allowed = !shared.faults.is_forbidden(verb, plural, subresource);
+    let reason = if allowed { "the test cluster has no RBAC" } else { "forbidden by the test cluster's faults" };
+    review["status"] = json!({"allowed": allowed, "reason": reason});
+    json_response(StatusCode::CREATED, &review)
 }
 
 fn verb_of(method: &Method, path: &ResourcePath, query: &HashMap<String, String>) -> Result<&'static str, ApiError> {

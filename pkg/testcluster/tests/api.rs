@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::api::authorization::v1::SubjectAccessReview;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Event, Namespace, ObjectReference, Secret};
 use k8s_openapi::api::events::v1::Event as EventsV1;
@@ -556,4 +557,22 @@ async fn the_kube_event_recorder_publishes_and_aggregates_events() {
     assert_eq!(recorded.reason.as_deref(), Some("Fired"));
     assert_eq!(recorded.regarding.as_ref().unwrap().name.as_deref(), Some("target"));
     assert_eq!(recorded.series.as_ref().map(|s| s.count), Some(2));
+}
+
+#[tokio::test]
+async fn subject_access_reviews_are_allowed_unless_a_fault_forbids_the_verb() {
+    let cluster = TestCluster::start().await;
+    let reviews: Api<SubjectAccessReview> = Api::all(cluster.client().await);
+    let review = serde_json::from_value::<SubjectAccessReview>(json!({
+        "spec": {"user": "system:serviceaccount:a:reader",
+                 "resourceAttributes": {"namespace": "a", "verb": "list", "resource": "secrets"}}
+    }))
+    .unwrap();
+
+    let allowed = reviews.create(&PostParams::default(), &review).await.unwrap();
+    cluster.faults().forbid("list", "secrets");
+    let denied = reviews.create(&PostParams::default(), &review).await.unwrap();
+
+    assert!(allowed.status.unwrap().allowed, "no RBAC: everything is allowed");
+    assert!(!denied.status.unwrap().allowed, "a forbidden verb is denied, as the request itself would be");
 }
