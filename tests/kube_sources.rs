@@ -254,7 +254,12 @@ fn fifty_triggers_on_configmaps_in_one_namespace_open_one_watch() {
             cm_trigger(&format!("t{i:02}"), &env.namespace, &format!("        events: [{events}]\n"))
         })
         .collect();
-    let (running, _dir) = env.run(&service(&triggers), &[], 1);
+    let (_config, path) = write_config(&service(&triggers));
+    let args = ["-f", path.to_str().unwrap(), "--kubeconfig", env.kubeconfig()];
+    let running = Running::start_with_env(&args, &[("KTRIGGER_LOG", "info,ktrigger_kube::hub=debug")]);
+    // The shared watch syncs as soon as its first trigger subscribes; the others join it over
+    // the next milliseconds, and only events after a trigger joined reach it.
+    running.stderr.wait_until("50 triggers subscribed", WAIT, |t| t.matches("trigger subscribed").count() >= 50);
     env.create_configmap("one", json!({}));
     env.set_data("one", "2");
     running.stdout.wait_until("34 deliveries", WAIT, |t| t.lines().count() >= 34);

@@ -106,12 +106,10 @@ impl Running {
     }
 
     fn spawn(mut command: Command, ready: &[&str]) -> Running {
-        let mut child = command
-            .env("KTRIGGER_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("ktrigger starts");
+        if !command.get_envs().any(|(name, _)| name == "KTRIGGER_LOG") {
+            command.env("KTRIGGER_LOG", "info");
+        }
+        let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("ktrigger starts");
         let stdout = Captured::follow(child.stdout.take().unwrap());
         let stderr = Captured::follow(child.stderr.take().unwrap());
         let running = Running { child, stdout, stderr };
