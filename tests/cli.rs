@@ -30,6 +30,35 @@ fn every_example_validates() {
 }
 
 #[test]
+fn validate_works_offline_with_unset_credentials_as_warnings_unless_strict() {
+    let examples = repo().join("examples");
+    let mut command = ktrigger();
+    command.args(["validate", "-f", examples.to_str().unwrap()]);
+    for (name, _) in example_env() {
+        command.env_remove(name);
+    }
+    let out = command.output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("no problems"), "{stdout}");
+    assert!(
+        stderr.contains(
+            "warning: environment variable SLACK_WEBHOOK_URL cannot be read here; it is read when the triggers run"
+        ),
+        "{stderr}"
+    );
+
+    command.arg("--strict");
+    let out = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains("properties.webhookUrlFrom: environment variable SLACK_WEBHOOK_URL is not set"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn upstream_kube_trigger_cron_file_validates() {
     let file = repo().join("tests/upstream/kube-trigger/conf-cronjob.yaml");
     let (code, stdout, _) = output(&["validate", "-f", file.to_str().unwrap()]);

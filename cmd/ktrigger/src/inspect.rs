@@ -11,6 +11,7 @@ use ktrigger_api::trigger_names;
 use ktrigger_core::cel::limits::COST_LIMIT;
 use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::config::load_paths;
+use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::{CONTEXT_NAMES, rfc3339};
 use ktrigger_core::registry::TypeDoc;
@@ -22,7 +23,7 @@ use ktrigger_sources::WebhookListener;
 use crate::offline_registry;
 
 /// `ktrigger validate`: every problem of every file, then a summary; non-zero if any.
-pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>) -> anyhow::Result<ExitCode> {
+pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>, strict: bool) -> anyhow::Result<ExitCode> {
     let config = load_paths(files);
     let mappings = match event_mappings {
         Some(path) => ktrigger_kube::presets::load_mappings_file(path)?,
@@ -30,7 +31,11 @@ pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>) -> anyhow::Res
     };
     let cluster = ktrigger_kube::Cluster::offline_with_mappings(mappings);
     let registry = offline_registry(WebhookListener::detached(), cluster);
-    let engine = Engine::new(Arc::new(registry), EngineOptions::default());
+    // Credentials are the running process's business: offline, an unset variable or a missing
+    // file is a warning unless `--strict`.
+    let credentials = if strict { CredentialPolicy::unrestricted() } else { CredentialPolicy::offline() };
+    let engine =
+        Engine::new(Arc::new(registry), EngineOptions { credentials: credentials.clone(), ..Default::default() });
     let mut problems = config.errors.clone();
     let mut triggers = 0;
     let mut unread = 0;
@@ -58,6 +63,11 @@ pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>) -> anyhow::Res
     }
     for warning in &config.warnings {
         eprintln!("warning: {warning}");
+    }
+    for unread in credentials.unread() {
+        eprintln!(
+            "warning: {unread} cannot be read here; it is read when the triggers run (--strict makes this an error)"
+        );
     }
     if unread > 0 {
         eprintln!(

@@ -51,6 +51,9 @@ enum Command {
         /// YAML file of custom k8s-events presets, as given to `run` and `controller`.
         #[arg(long)]
         event_mappings: Option<PathBuf>,
+        /// Unset `{env}` variables and unreadable `{file}` credentials are errors, not warnings.
+        #[arg(long)]
+        strict: bool,
     },
     /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
     Eval {
@@ -87,7 +90,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Controller(args) => controller::controller(*args).await,
-            Command::Validate { files, event_mappings } => inspect::validate(&files, event_mappings.as_deref()),
+            Command::Validate { files, event_mappings, strict } => {
+                inspect::validate(&files, event_mappings.as_deref(), strict)
+            }
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());

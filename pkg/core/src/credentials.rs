@@ -7,10 +7,13 @@
 //! (`--allow-credential-env`). A refusal reads the same whether a path is missing, unreadable or
 //! outside the allowed directories, so that a tenant learns nothing of the controller's files.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+
+use crate::secrets::UNCHECKED_VALUE;
 
 /// Largest credential file read, the size limit of a Kubernetes Secret.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -18,7 +21,14 @@ pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
 #[derive(Debug)]
 enum Rules {
     Unrestricted,
-    Restricted { dirs: Vec<PathBuf>, env_prefixes: Vec<String> },
+    Restricted {
+        dirs: Vec<PathBuf>,
+        env_prefixes: Vec<String>,
+    },
+    /// Checking offline: what cannot be read is noted here, and a stand-in is used.
+    Offline {
+        unread: Mutex<BTreeSet<String>>,
+    },
 }
 
 /// Which process files and environment variables credential references may read. Cheap to clone.
@@ -36,6 +46,28 @@ impl CredentialPolicy {
     /// Every file and variable the process can read may be named (`ktrigger run`).
     pub fn unrestricted() -> Self {
         CredentialPolicy(Arc::new(Rules::Unrestricted))
+    }
+
+    /// For checking files offline (`ktrigger validate`): what can be read is read and checked
+    /// like under [`unrestricted`](Self::unrestricted); an unset variable or an unreadable file
+    /// is noted (see [`unread`](Self::unread)) and a stand-in shaped to pass format checks is
+    /// used instead, so that the rest of the trigger is still checked.
+    pub fn offline() -> Self {
+        CredentialPolicy(Arc::new(Rules::Offline { unread: Mutex::new(BTreeSet::new()) }))
+    }
+
+    /// The variables and files an [`offline`](Self::offline) policy could not read so far, as
+    /// `environment variable NAME` or `file PATH`.
+    pub fn unread(&self) -> Vec<String> {
+        match &*self.0 {
+            Rules::Offline { unread } => crate::stats::lock(unread).iter().cloned().collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    fn stand_in(unread: &Mutex<BTreeSet<String>>, what: String) -> String {
+        crate::stats::lock(unread).insert(what);
+        UNCHECKED_VALUE.to_string()
     }
 
     /// Only files under `dirs` and variables whose name starts with one of `env_prefixes`
@@ -60,6 +92,10 @@ impl CredentialPolicy {
     pub fn read_env(&self, name: &str) -> Result<String, String> {
         match &*self.0 {
             Rules::Unrestricted => std::env::var(name).map_err(|_| format!("environment variable {name} is not set")),
+            Rules::Offline { unread } => {
+                Ok(std::env::var(name)
+                    .unwrap_or_else(|_| Self::stand_in(unread, format!("environment variable {name}"))))
+            }
             Rules::Restricted { env_prefixes, .. } => env_prefixes
                 .iter()
                 .any(|prefix| name.starts_with(prefix.as_str()))
@@ -78,6 +114,8 @@ impl CredentialPolicy {
     pub fn read_file(&self, path: &str) -> Result<Vec<u8>, String> {
         match &*self.0 {
             Rules::Unrestricted => read_bounded(Path::new(path)).map_err(|e| format!("cannot read {path}: {e}")),
+            Rules::Offline { unread } => Ok(read_bounded(Path::new(path))
+                .unwrap_or_else(|_| Self::stand_in(unread, format!("file {path}")).into_bytes())),
             Rules::Restricted { dirs, .. } => {
                 let refused = || {
                     format!(
@@ -117,6 +155,23 @@ mod tests {
         let dirs: Vec<PathBuf> = dirs.iter().map(|d| d.to_path_buf()).collect();
         let prefixes: Vec<String> = prefixes.iter().map(|p| p.to_string()).collect();
         CredentialPolicy::restricted(&dirs, &prefixes).unwrap()
+    }
+
+    #[test]
+    fn offline_reads_what_it_can_and_notes_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("token"), "t0ken").unwrap();
+        let missing = dir.path().join("missing").display().to_string();
+        let policy = CredentialPolicy::offline();
+
+        assert_eq!(policy.read_file(&dir.path().join("token").display().to_string()).unwrap(), b"t0ken");
+        assert_eq!(policy.read_env("PATH").unwrap(), std::env::var("PATH").unwrap());
+        assert_eq!(policy.read_file(&missing).unwrap(), UNCHECKED_VALUE.as_bytes());
+        assert_eq!(policy.read_env("KTRIGGER_TEST_UNSET_VAR").unwrap(), UNCHECKED_VALUE);
+        assert_eq!(
+            policy.unread(),
+            ["environment variable KTRIGGER_TEST_UNSET_VAR".to_string(), format!("file {missing}")]
+        );
     }
 
     #[test]

@@ -177,8 +177,10 @@ impl Engine {
     }
 
     /// Checks a spec without running anything or reading any Secret: the problems of every trigger.
+    /// `{env}` and `{file}` references are read as the engine's credential policy says.
     pub fn check(&self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> Vec<TriggerProblem> {
-        prepare_service(&self.registry, namespace, service, spec, true, &ClusterSecrets::unchecked()).1
+        let secrets = ClusterSecrets::unchecked().with_credentials(self.options.credentials.clone());
+        prepare_service(&self.registry, namespace, service, spec, true, &secrets).1
     }
 
     /// Brings the running triggers of one TriggerService in line with `spec`: reads the Secrets

@@ -32,7 +32,7 @@ pub trait SecretReader: Send + Sync {
 
 /// What stands in for a Secret's value when nothing may be read (`ktrigger validate`): shaped so
 /// that format checks of URLs, tokens and header values pass. Nothing is ever sent with it.
-const UNCHECKED_VALUE: &str = "https://secret-not-read.invalid/";
+pub(crate) const UNCHECKED_VALUE: &str = "https://secret-not-read.invalid/";
 
 #[derive(Clone, Default)]
 enum Lookup {
