@@ -1,58 +1,23 @@
 //! The engine end to end with in-process sources and destinations: isolation, filtering,
 //! dedup, restarts and draining.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::FeedFactory;
 use ktrigger_api::{DedupSpec, DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::event::Event;
 use ktrigger_core::properties::{Secret, SecretKeyRef, SecretRef};
 use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, PropertyDoc, Receipt,
-    Registry, Source, SourceError, SourceFactory, TypeDoc,
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, Registry,
+    TypeDoc,
 };
 use ktrigger_core::secrets::SecretReader;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-
-/// Emits whatever the test publishes; `{"panic": true}` makes the source panic.
-struct Feed(broadcast::Sender<Value>);
-
-#[async_trait]
-impl Source for Feed {
-    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
-        let mut feed = self.0.subscribe();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                item = feed.recv() => {
-                    let Ok(object) = item else { return Err(SourceError("feed closed".into())) };
-                    if object["panic"] == json!(true) {
-                        panic!("feed asked to panic");
-                    }
-                    sink.send(Event::new("feed", "create", object)).await;
-                }
-            }
-        }
-    }
-}
-
-struct FeedFactory(broadcast::Sender<Value>);
-
-static FEED_DOC: TypeDoc =
-    TypeDoc { name: "feed", aliases: &[], summary: "test feed", properties: &[], example: "type: feed" };
-
-impl SourceFactory for FeedFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &FEED_DOC
-    }
-    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
-        Ok(Arc::new(Feed(self.0.clone())))
-    }
-}
 
 type Received = Arc<Mutex<Vec<(String, Value)>>>;
 

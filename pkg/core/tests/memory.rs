@@ -1,52 +1,21 @@
 //! Memory bounds seen from the engine: a trigger over its queue byte limit leaves the others
 //! alone, and what is still in flight at shutdown is counted as lost.
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use common::FeedFactory;
 use ktrigger_api::{DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::delivery::QueueLimits;
 use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::event::Event;
 use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, Receipt, Registry,
-    Source, SourceError, SourceFactory, TypeDoc,
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, Receipt, Registry, TypeDoc,
 };
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
-use tokio_util::sync::CancellationToken;
-
-/// Emits whatever the test publishes.
-struct Feed(broadcast::Sender<Value>);
-
-#[async_trait]
-impl Source for Feed {
-    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
-        let mut feed = self.0.subscribe();
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
-                item = feed.recv() => {
-                    let Ok(object) = item else { return Err(SourceError("feed closed".into())) };
-                    sink.send(Event::new("feed", "create", object)).await;
-                }
-            }
-        }
-    }
-}
-
-static FEED_DOC: TypeDoc =
-    TypeDoc { name: "feed", aliases: &[], summary: "test feed", properties: &[], example: "type: feed" };
-
-impl SourceFactory for Feed {
-    fn doc(&self) -> &'static TypeDoc {
-        &FEED_DOC
-    }
-    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
-        Ok(Arc::new(Feed(self.0.clone())))
-    }
-}
 
 /// Records what it receives, or never answers when its `hang` property is true.
 struct Receiver {
@@ -93,7 +62,7 @@ impl Harness {
         let (feed, _) = broadcast::channel(256);
         let received = Arc::new(Mutex::new(Vec::new()));
         let mut registry = Registry::default();
-        registry.add_source(Arc::new(Feed(feed.clone())));
+        registry.add_source(Arc::new(FeedFactory(feed.clone())));
         registry.add_destination(Arc::new(ReceiverFactory(received.clone())));
         let engine = Engine::new(Arc::new(registry), EngineOptions { queue_limits, ..Default::default() });
         Harness { engine, feed, received }

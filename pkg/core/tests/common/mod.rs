@@ -1,0 +1,47 @@
+//! In-process pieces the engine tests share.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ktrigger_core::event::Event;
+use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError, SourceFactory, TypeDoc};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+/// Emits whatever the test publishes; `{"panic": true}` makes the source panic.
+pub struct Feed(broadcast::Sender<Value>);
+
+#[async_trait]
+impl Source for Feed {
+    async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
+        let mut feed = self.0.subscribe();
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                item = feed.recv() => {
+                    let Ok(object) = item else { return Err(SourceError("feed closed".into())) };
+                    if object["panic"] == json!(true) {
+                        panic!("feed asked to panic");
+                    }
+                    sink.send(Event::new("feed", "create", object)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Builds [`Feed`]s of one test's channel, as source type `feed`.
+pub struct FeedFactory(pub broadcast::Sender<Value>);
+
+static FEED_DOC: TypeDoc =
+    TypeDoc { name: "feed", aliases: &[], summary: "test feed", properties: &[], example: "type: feed" };
+
+impl SourceFactory for FeedFactory {
+    fn doc(&self) -> &'static TypeDoc {
+        &FEED_DOC
+    }
+    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
+        Ok(Arc::new(Feed(self.0.clone())))
+    }
+}
