@@ -120,8 +120,8 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
 #[test]
 fn the_controller_refuses_to_start_without_a_cluster() {
     let output = support::ktrigger()
-        .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--health-addr", &support::free_port()])
-        .args(["--metrics-addr", &support::free_port()])
+        .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--health-addr", "127.0.0.1:0"])
+        .args(["--metrics-addr", "127.0.0.1:0"])
         .args(["--webhook-addr", "127.0.0.1:0"])
         .output()
         .unwrap();

@@ -88,20 +88,20 @@ impl Running {
         Self::spawn(command, &["ktrigger running"])
     }
 
-    /// Starts `ktrigger controller` with `args` (free webhook and health ports are added) and
-    /// waits until it reconciles, or waits to lead. Free metrics and health ports are added too.
+    /// Starts `ktrigger controller` with `args` and waits until it reconciles, or waits to lead.
+    /// Webhooks, health probes and metrics are served on ports the system picks (see
+    /// [`url_after`](Self::url_after)).
     pub fn start_controller(args: &[&str]) -> Running {
         Self::start_controller_with_env(args, &[])
     }
 
     /// Like [`Running::start_controller`], with extra environment variables for the process.
     pub fn start_controller_with_env(args: &[&str], env: &[(String, String)]) -> Running {
-        let health = free_port();
         let mut command = ktrigger();
-        let metrics = free_port();
         command.arg("controller").envs(env.iter().map(|(k, v)| (k, v))).args(args);
-        command.args(["--webhook-addr", "127.0.0.1:0", "--health-addr", &health]);
-        command.args(["--metrics-addr", &metrics]);
+        // Port 0: the controller prints the addresses it was given (no race for a free port).
+        command.args(["--webhook-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"]);
+        command.args(["--metrics-addr", "127.0.0.1:0"]);
         Self::spawn(command, &["ktrigger controller reconciling", "waiting to lead"])
     }
 
@@ -226,12 +226,6 @@ pub fn example_env() -> Vec<(String, String)> {
         }
     }
     names
-}
-
-/// A loopback address with a port that was free a moment ago.
-pub fn free_port() -> String {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    socket.local_addr().unwrap().to_string()
 }
 
 /// Fetches `url` with curl; returns (status, body).

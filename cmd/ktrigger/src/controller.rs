@@ -218,6 +218,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let listener = webhooks.spawn(stop.clone());
     let readiness = Readiness::default();
     let health = tokio::net::TcpListener::bind(args.health_addr).await?;
+    let health_addr = health.local_addr().unwrap_or(args.health_addr);
     let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/readyz",
         get({
@@ -237,13 +238,14 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     metrics.register_collector(Box::new(WebhookCollector(webhooks.clone())));
     let metrics = Arc::new(metrics);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
+    let metrics_addr = metrics_listener.local_addr().unwrap_or(args.metrics_addr);
     let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
     let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);
     eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
     eprintln!("{}", identity_rule(cluster.identities()));
     eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
-    eprintln!("health probes on http://{}", args.health_addr);
-    eprintln!("metrics on http://{}/metrics", args.metrics_addr);
+    eprintln!("health probes on http://{health_addr}");
+    eprintln!("metrics on http://{metrics_addr}/metrics");
     let mut leadership = if args.leader_elect { Some(elect(client.clone(), &args).await?) } else { None };
     if let Some(leadership) = &mut leadership {
         eprintln!("waiting to lead (lease {}/{})", args.lease_namespace, args.lease_name);
