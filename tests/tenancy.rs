@@ -13,24 +13,17 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use support::cluster::{Env, NamespaceGuard, WAIT};
 use support::http_server::{Answer, TestServer};
-use support::{post, repo, write_config};
+use support::{closed_by_server, hmac_signature, last_error, post, repo, write_config};
 
 /// The bystander's signing key, handed to the controller through an allowed variable.
 const BYSTANDER_KEY_VAR: &str = "KTRIGGER_E2E_BYSTANDER_KEY";
-
-fn sign(key: &str, body: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
 
 /// Who writes the attacker's TriggerServices: the `tenant` user with `edit` in `env`'s
 /// namespace on a real cluster, the test's own kubeconfig on the test cluster.
@@ -153,28 +146,13 @@ fn wait_attack(env: &Env, trigger: &str, what: &str, check: impl Fn(&Value) -> b
     env.wait_trigger("attacks", trigger, what, check)
 }
 
-fn last_error(status: &Value) -> String {
-    status["lastError"].as_str().unwrap_or_default().to_string()
-}
-
 /// Sends one signed bystander event numbered by its place in `sent`, and notes when.
 fn bystander_event(url: &str, key: &str, sent: &mut Vec<Instant>) {
     let n = sent.len();
     let body = json!({"deploy": n}).to_string();
     sent.push(Instant::now());
-    let (code, text) = post(url, &[("X-Signature-256", &sign(key, &body))], &body);
+    let (code, text) = post(url, &[("X-Signature-256", &hmac_signature(key, &body))], &body);
     assert!((200..300).contains(&code), "the bystander's event {n} was taken: {code} {text}");
-}
-
-/// Whether the server closed `stream` (end of file or an error on read) within `within`.
-fn closed_by_server(stream: &mut TcpStream, within: Duration) -> bool {
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut buffer = [0u8; 256];
-    match stream.read(&mut buffer) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
-    }
 }
 
 #[test]
@@ -302,7 +280,7 @@ fn a_tenant_with_edit_is_refused_or_contained_in_every_attack_and_a_bystander_ke
         bystander_event(&bystander_url, &key, &mut sent);
     }
     let start = Instant::now();
-    slow.retain_mut(|stream| !closed_by_server(stream, WAIT.saturating_sub(start.elapsed())));
+    slow.retain(|stream| !closed_by_server(stream, WAIT.saturating_sub(start.elapsed())));
     assert!(slow.is_empty(), "{} slow connections were still open after the header timeout", slow.len());
 
     // 8. A redirect is not followed, so the credential header never reaches the other origin.

@@ -5,10 +5,9 @@
 
 mod support;
 
-use serde_json::Value;
 use support::cluster::{Env, WAIT};
 use support::http_server::{Answer, TestServer as Server};
-use support::{Running, write_config};
+use support::{Running, last_error, write_config};
 
 /// A TriggerService `name` whose trigger `tick` sends a webhook to `url` every second.
 fn tick_to(name: &str, url: &str) -> String {
@@ -23,10 +22,6 @@ spec:
     destinations: [{{type: webhook, properties: {{url: "{url}"}}}}]
 "#
     )
-}
-
-fn last_error(status: &Value) -> String {
-    status["lastError"].as_str().unwrap_or_default().to_string()
 }
 
 #[test]

@@ -5,20 +5,13 @@
 
 mod support;
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use hmac::{Hmac, Mac};
 use serde_json::Value;
 use support::cluster::{Env, NamespaceGuard, WAIT};
-use support::{Running, get, post, write_config};
-
-fn sign(key: &str, body: &str) -> String {
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
+use support::{Running, closed_by_server, get, hmac_signature, post, write_config};
 
 /// Log destination lines of `trigger` (`namespace/service/trigger`) printed so far.
 fn fired(running: &Running, trigger: &str) -> Vec<Value> {
@@ -62,24 +55,6 @@ fn post_within(url: &str, body: &str) -> u16 {
         .output()
         .expect("curl runs");
     String::from_utf8_lossy(&output.stdout).trim().parse().unwrap_or(0)
-}
-
-/// Whether the server closed `stream` (read returns end of file or an error) within `within`.
-fn closed_by_server(mut stream: &TcpStream, within: Duration) -> bool {
-    stream.set_read_timeout(Some(within)).unwrap();
-    let mut buffer = [0u8; 512];
-    let start = Instant::now();
-    while start.elapsed() < within {
-        match stream.read(&mut buffer) {
-            Ok(0) => return true,
-            Ok(_) => continue,
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                return false;
-            }
-            Err(_) => return true,
-        }
-    }
-    false
 }
 
 fn tenant(service: &str, triggers: &str) -> String {
@@ -144,7 +119,7 @@ fn each_trigger_service_receives_only_its_own_prefix_and_its_own_auth() {
     running.stdout.wait_until("team b's probe", WAIT, |_| !fired(&running, &trigger_b).is_empty());
 
     let body = r#"{"secret-payload": "for-a"}"#;
-    let signed = [("X-Signature-256", sign(&key, body)), ("X-Delivery", "d-1".to_string())];
+    let signed = [("X-Signature-256", hmac_signature(&key, body)), ("X-Delivery", "d-1".to_string())];
     let signed: Vec<(&str, &str)> = signed.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let (code, text) = post(&url_a, &signed, body);
     assert_eq!(code, 202, "{text}");

@@ -259,3 +259,34 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &str) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap();
     (code.trim().parse().unwrap(), body.to_string())
 }
+
+/// The `sha256=<hex>` HMAC-SHA256 of `body` with `key`, as the webhook source checks it.
+pub fn hmac_signature(key: &str, body: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+/// Whether the server closed `stream` (read returns end of file or an error) within `within`.
+pub fn closed_by_server(mut stream: &std::net::TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buffer = [0u8; 512];
+    let start = Instant::now();
+    while start.elapsed() < within {
+        match stream.read(&mut buffer) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return false;
+            }
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+/// The `lastError` of a trigger's status entry; empty when there is none.
+pub fn last_error(status: &serde_json::Value) -> String {
+    status["lastError"].as_str().unwrap_or_default().to_string()
+}

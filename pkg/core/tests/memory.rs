@@ -69,13 +69,7 @@ impl Harness {
     }
 
     async fn publish(&self, object: Value) {
-        for _ in 0..200 {
-            if self.feed.receiver_count() > 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-        self.feed.send(object).unwrap();
+        common::publish(&self.feed, object).await;
     }
 
     async fn wait_for(&self, count: usize) -> usize {

@@ -1,6 +1,7 @@
 //! In-process pieces the engine tests share.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use ktrigger_core::event::Event;
@@ -44,4 +45,16 @@ impl SourceFactory for FeedFactory {
     fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
         Ok(Arc::new(Feed(self.0.clone())))
     }
+}
+
+/// Publishes `object` on `feed` once a source listens (sources subscribe when they start or
+/// restart), waiting at most a second for one.
+pub async fn publish(feed: &broadcast::Sender<Value>, object: Value) {
+    for _ in 0..200 {
+        if feed.receiver_count() > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    feed.send(object).unwrap();
 }
