@@ -245,6 +245,10 @@ pub struct TriggerStatus {
     /// Dedup keys forgotten before their time to stay within the key limits.
     #[serde(default)]
     pub dedup_evicted: u64,
+    /// Deliveries found in the state store when the trigger started, continued from where a
+    /// previous run left them.
+    #[serde(default)]
+    pub restored_deliveries: u64,
     /// Times the source was restarted after an error or panic.
     #[serde(default)]
     pub restarts: u64,

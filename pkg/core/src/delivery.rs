@@ -1,8 +1,9 @@
 //! Delivery: a bounded queue per destination and a worker that sends with retries, backoff
 //! with jitter, Retry-After, a per-attempt timeout and a visible dead-letter outcome.
 //!
-//! The queue is a trait so that a durable backend (a redb file under `--state-dir`) can replace
-//! the in-memory one without touching the worker.
+//! The queue is a trait: the state store behind the engine (`state`) opens it, in memory or
+//! durable, and the worker does not know which. Delivery ids are deterministic (trigger,
+//! destination and event id), so a retry, a restart or a failover sends the same id.
 //!
 //! Queues are bounded in bytes as well as in count: every queued event is charged, once per
 //! trigger however many destinations share it, to that trigger's [`TriggerBudget`], itself part
@@ -16,13 +17,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
+use chrono::{DateTime, Utc};
 use futures::FutureExt;
 use ktrigger_api::{DestinationSpec, parse_duration};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 
-use crate::event::{Event, SharedEvent, TriggerId};
+use crate::event::{Event, SharedEvent, TriggerId, stable_id};
 use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
+use crate::state::Commit;
 use crate::stats::{TriggerStats, lock};
 
 /// Default number of deliveries waiting per destination.
@@ -37,7 +40,7 @@ pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
 /// One event on its way to one destination.
 #[derive(Debug, Clone)]
 pub struct Delivery {
-    /// Unique id, stable across retries (receivers may dedupe on it).
+    /// Deterministic id, the same across retries, restarts and failover (receivers may dedupe on it).
     pub id: String,
     /// The trigger that fired.
     pub trigger: TriggerId,
@@ -45,19 +48,27 @@ pub struct Delivery {
     pub event: SharedEvent,
     /// When the trigger fired it, for the delivery latency.
     pub fired_at: std::time::Instant,
+    /// Attempts already made (before a restart, for a restored delivery).
+    pub attempts: u32,
+    /// Not to be attempted before this time (the backoff of a restored delivery).
+    pub not_before: Option<DateTime<Utc>>,
     /// The bytes of the event held against the trigger's queue budget, released once every
     /// delivery sharing the charge is gone.
     pub charge: Option<Arc<QueueCharge>>,
 }
 
 impl Delivery {
-    /// A new delivery of `event` for `trigger`, fired now, charged to no budget.
-    pub fn new(trigger: TriggerId, event: SharedEvent) -> Self {
+    /// A new delivery of `event` for `trigger` to the destination labelled `destination`, fired
+    /// now, charged to no budget.
+    pub fn new(trigger: TriggerId, event: SharedEvent, destination: &str) -> Self {
+        let id = stable_id(&[&trigger.to_string(), destination, &event.meta.id]);
         Delivery {
-            id: uuid::Uuid::new_v4().to_string(),
+            id,
             trigger,
             event,
             fired_at: std::time::Instant::now(),
+            attempts: 0,
+            not_before: None,
             charge: None,
         }
     }
@@ -101,10 +112,14 @@ pub enum QueueError {
 /// Where deliveries wait for their destination's worker.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
-    /// Adds a delivery, or refuses at once when full or closed (never blocks the trigger).
-    fn push(&self, delivery: Delivery) -> Result<(), QueueError>;
+    /// Adds a delivery, or refuses at once when full or closed (never blocks the trigger). The
+    /// delivery may be popped at once; the returned commit resolves once it is durable.
+    fn push(&self, delivery: Delivery) -> Result<Commit, QueueError>;
     /// The next delivery; `None` once the queue is closed and empty.
     async fn pop(&self) -> Option<Delivery>;
+    /// Remembers that a popped delivery failed `attempts` times and waits until `next` before
+    /// its next attempt, so that a restart continues its backoff instead of starting over.
+    fn record_attempt(&self, delivery: &Delivery, attempts: u32, next: DateTime<Utc>);
     /// Marks a popped delivery as finished (delivered or dead-lettered) so a durable queue can
     /// forget it; until then it would be redelivered after a restart.
     fn ack(&self, id: &str);
@@ -145,7 +160,7 @@ impl MemoryQueue {
 
 #[async_trait]
 impl DeliveryQueue for MemoryQueue {
-    fn push(&self, delivery: Delivery) -> Result<(), QueueError> {
+    fn push(&self, delivery: Delivery) -> Result<Commit, QueueError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(QueueError::Closed);
         }
@@ -156,7 +171,7 @@ impl DeliveryQueue for MemoryQueue {
         items.push_back(delivery);
         drop(items);
         self.ready.notify_one();
-        Ok(())
+        Ok(Commit::done())
     }
 
     async fn pop(&self) -> Option<Delivery> {
@@ -172,6 +187,8 @@ impl DeliveryQueue for MemoryQueue {
             notified.await;
         }
     }
+
+    fn record_attempt(&self, _delivery: &Delivery, _attempts: u32, _next: DateTime<Utc>) {}
 
     fn ack(&self, _id: &str) {
         let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
@@ -328,31 +345,40 @@ pub fn event_bytes(event: &Event) -> u64 {
 
 /// Queues `event` for each of a trigger's destinations, charged once to `budget` for all of
 /// them. A delivery that cannot be queued (queue full or closed, byte limit reached) is
-/// dead-lettered at once and counted, so the trigger never waits.
+/// dead-lettered at once and counted, so the trigger never waits; the first such reason is
+/// returned beside the commits of the deliveries that were queued.
 pub fn enqueue(
     trigger: &TriggerId,
     event: &SharedEvent,
     targets: &[(Target, Arc<dyn DeliveryQueue>)],
     budget: &Arc<TriggerBudget>,
     stats: &TriggerStats,
-) {
+) -> (Vec<Commit>, Option<String>) {
     let charge = match budget.charge(event_bytes(event)) {
         Ok(charge) => charge,
         Err(error) => {
             for (target, _) in targets {
-                refuse(trigger, &uuid::Uuid::new_v4().to_string(), target, &error, stats);
+                let id = stable_id(&[&trigger.to_string(), &target.label, &event.meta.id]);
+                refuse(trigger, &id, target, &error, stats);
             }
-            return;
+            return (Vec::new(), Some(error.to_string()));
         }
     };
+    let mut commits = Vec::with_capacity(targets.len());
+    let mut refused = None;
     for (target, queue) in targets {
-        let mut delivery = Delivery::new(trigger.clone(), event.clone());
+        let mut delivery = Delivery::new(trigger.clone(), event.clone(), &target.label);
         delivery.charge = Some(charge.clone());
         let id = delivery.id.clone();
-        if let Err(error) = queue.push(delivery) {
-            refuse(trigger, &id, target, &error, stats);
+        match queue.push(delivery) {
+            Ok(commit) => commits.push(commit),
+            Err(error) => {
+                refuse(trigger, &id, target, &error, stats);
+                refused.get_or_insert_with(|| format!("{}: {error}", target.label));
+            }
         }
     }
+    (commits, refused)
 }
 
 fn refuse(trigger: &TriggerId, id: &str, target: &Target, error: &QueueError, stats: &TriggerStats) {
@@ -452,11 +478,24 @@ pub struct Target {
     pub policy: RetryPolicy,
 }
 
-/// Attempts one delivery until it succeeds, fails permanently or runs out of attempts.
+/// Attempts one delivery until it succeeds, fails permanently or runs out of attempts,
+/// continuing from the attempts it already had and waiting until its `not_before`; each failed
+/// attempt that will be retried is passed to `on_retry` with the time of the next one.
 /// A panicking destination counts as a transient failure.
-pub async fn deliver_with_retries(target: &Target, delivery: &Delivery, stats: &TriggerStats) -> Outcome {
+pub async fn deliver_with_retries(
+    target: &Target,
+    delivery: &Delivery,
+    stats: &TriggerStats,
+    on_retry: impl Fn(u32, DateTime<Utc>),
+) -> Outcome {
     let mut delays = target.policy.delays();
-    let mut attempt: u32 = 0;
+    let mut attempt: u32 = delivery.attempts;
+    for _ in 0..attempt.min(target.policy.max_attempts) {
+        delays.next();
+    }
+    if let Some(wait) = delivery.not_before.and_then(|at| (at - Utc::now()).to_std().ok()) {
+        tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
+    }
     loop {
         attempt = attempt.saturating_add(1);
         let request = DeliveryRequest { id: &delivery.id, trigger: &delivery.trigger, event: &delivery.event, attempt };
@@ -487,6 +526,8 @@ pub async fn deliver_with_retries(target: &Target, delivery: &Delivery, stats: &
         };
         tracing::warn!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
             attempt, retry_in = ?wait, error = %error, "delivery attempt failed; retrying");
+        let next = chrono::Duration::from_std(wait).ok().and_then(|wait| Utc::now().checked_add_signed(wait));
+        on_retry(attempt, next.unwrap_or_else(Utc::now));
         tokio::time::sleep(wait).await;
     }
 }
@@ -539,7 +580,8 @@ pub async fn run_worker(
     stats: Arc<TriggerStats>,
 ) {
     while let Some(delivery) = queue.pop().await {
-        let outcome = deliver_with_retries(&target, &delivery, &stats).await;
+        let record = |attempts, next| queue.record_attempt(&delivery, attempts, next);
+        let outcome = deliver_with_retries(&target, &delivery, &stats, record).await;
         if let Outcome::DeadLettered { attempts, reason } = outcome {
             stats.record_dead_lettered();
             tracing::error!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
@@ -566,9 +608,11 @@ async fn send_dead_letter(
         trigger: delivery.trigger.clone(),
         event,
         fired_at: delivery.fired_at,
+        attempts: 0,
+        not_before: None,
         charge: None,
     };
-    if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats).await {
+    if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats, |_, _| {}).await {
         tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
             reason = %reason, "dead-letter delivery failed too");
     }
@@ -627,7 +671,7 @@ mod tests {
 
     fn delivery() -> Delivery {
         let id = TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() };
-        Delivery::new(id, Arc::new(Event::new("cron", "fire", json!({}))))
+        Delivery::new(id, Arc::new(Event::new("cron", "fire", json!({}))), "scripted#0")
     }
 
     #[tokio::test(start_paused = true)]
@@ -639,7 +683,7 @@ mod tests {
             Ok(Receipt::default()),
         ]);
         let stats = TriggerStats::default();
-        let outcome = deliver_with_retries(&target(dest.clone(), 5), &delivery(), &stats).await;
+        let outcome = deliver_with_retries(&target(dest.clone(), 5), &delivery(), &stats, |_, _| {}).await;
         assert!(matches!(outcome, Outcome::Delivered { attempts: 4, .. }), "{outcome:?}");
         let times = lock(&dest.times).clone();
         let gaps: Vec<Duration> = times.windows(2).map(|w| w[1] - w[0]).collect();
@@ -655,9 +699,9 @@ mod tests {
         let task = Receipt { detail: Some("task 7 completed".into()) };
         let dest = Scripted::new(vec![Ok(task), Ok(Receipt::default())]);
         let stats = TriggerStats::default();
-        deliver_with_retries(&target(dest.clone(), 1), &delivery(), &stats).await;
+        deliver_with_retries(&target(dest.clone(), 1), &delivery(), &stats, |_, _| {}).await;
         assert_eq!(stats.snapshot().last_delivery.as_deref(), Some("scripted#0: task 7 completed"));
-        deliver_with_retries(&target(dest, 1), &delivery(), &stats).await;
+        deliver_with_retries(&target(dest, 1), &delivery(), &stats, |_, _| {}).await;
         let snapshot = stats.snapshot();
         assert_eq!(snapshot.delivered, 2);
         assert_eq!(snapshot.last_delivery.as_deref(), Some("scripted#0: task 7 completed"), "kept until a new answer");
@@ -670,7 +714,8 @@ mod tests {
             Err(DeliveryError::Transient { reason: "429".into(), retry_after: Some(Duration::from_secs(42)) }),
             Ok(Receipt::default()),
         ]);
-        let outcome = deliver_with_retries(&target(dest.clone(), 3), &delivery(), &TriggerStats::default()).await;
+        let outcome =
+            deliver_with_retries(&target(dest.clone(), 3), &delivery(), &TriggerStats::default(), |_, _| {}).await;
         assert!(matches!(outcome, Outcome::Delivered { attempts: 2, .. }));
         let times = lock(&dest.times).clone();
         assert_eq!(times[1] - times[0], Duration::from_secs(42));
@@ -680,7 +725,7 @@ mod tests {
     async fn permanent_failures_are_dead_lettered_at_once() {
         let dest = Scripted::new(vec![Err(DeliveryError::permanent("HTTP 400: bad request"))]);
         let stats = TriggerStats::default();
-        let outcome = deliver_with_retries(&target(dest.clone(), 5), &delivery(), &stats).await;
+        let outcome = deliver_with_retries(&target(dest.clone(), 5), &delivery(), &stats, |_, _| {}).await;
         assert_eq!(outcome, Outcome::DeadLettered { attempts: 1, reason: "HTTP 400: bad request".into() });
         assert_eq!(dest.calls.load(Ordering::SeqCst), 1);
     }
@@ -691,14 +736,14 @@ mod tests {
             Err(DeliveryError::transient("connection refused")),
             Err(DeliveryError::transient("HTTP 502")),
         ]);
-        let outcome = deliver_with_retries(&target(dest, 2), &delivery(), &TriggerStats::default()).await;
+        let outcome = deliver_with_retries(&target(dest, 2), &delivery(), &TriggerStats::default(), |_, _| {}).await;
         assert_eq!(outcome, Outcome::DeadLettered { attempts: 2, reason: "HTTP 502".into() });
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_panicking_destination_is_a_failed_attempt() {
         let dest = Scripted::new(vec![]);
-        let outcome = deliver_with_retries(&target(dest, 1), &delivery(), &TriggerStats::default()).await;
+        let outcome = deliver_with_retries(&target(dest, 1), &delivery(), &TriggerStats::default(), |_, _| {}).await;
         assert_eq!(
             outcome,
             Outcome::DeadLettered { attempts: 1, reason: "destination panicked: no more scripted answers".into() }
@@ -719,7 +764,8 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_hanging_destination_times_out() {
-        let outcome = deliver_with_retries(&target(Arc::new(Hanging), 1), &delivery(), &TriggerStats::default()).await;
+        let outcome =
+            deliver_with_retries(&target(Arc::new(Hanging), 1), &delivery(), &TriggerStats::default(), |_, _| {}).await;
         assert_eq!(outcome, Outcome::DeadLettered { attempts: 1, reason: "timed out after 5s".into() });
     }
 

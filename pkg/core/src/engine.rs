@@ -20,13 +20,15 @@ use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::credentials::CredentialPolicy;
 use crate::delivery::{
-    DeliveryQueue, MemoryQueue, QueueBudget, QueueLimits, Target, TriggerBudget, enqueue, panic_message, run_worker,
+    DeliveryQueue, QueueBudget, QueueLimits, Target, TriggerBudget, enqueue, panic_message, run_worker,
 };
-use crate::event::{SharedEvent, TriggerId};
+use crate::event::{SharedEvent, TriggerId, stable_id};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
-use crate::registry::{DeliveryRequest, EventSink, Registry, Source};
+use crate::registry::{DeliveryRequest, Envelope, EventSink, Handled, Registry, Source};
 use crate::router::{Admission, DedupCounts, DedupLimits, RateLimit, Router};
 use crate::secrets::{ClusterSecrets, SecretReader};
+use crate::state::memory::MemoryStore;
+use crate::state::{Commit, StateStore, trigger_prefix};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
 
 /// Events a source may hand over before it waits for its trigger.
@@ -145,6 +147,7 @@ impl EngineObserver {
 pub struct Engine {
     registry: Arc<Registry>,
     secrets: Option<Arc<dyn SecretReader>>,
+    store: Arc<dyn StateStore>,
     router: Arc<Router>,
     budget: Arc<QueueBudget>,
     options: EngineOptions,
@@ -160,6 +163,7 @@ impl Engine {
         Engine {
             registry,
             secrets: None,
+            store: Arc::new(MemoryStore),
             router: Arc::new(Router::with_limits(options.dedup_limits)),
             budget: QueueBudget::new(options.queue_limits),
             options,
@@ -176,11 +180,18 @@ impl Engine {
         Engine { secrets: Some(reader), ..self }
     }
 
+    /// Keeps deliveries, dedup windows and source positions in `store`, so that they survive
+    /// restarts. Without one, nothing survives.
+    pub fn with_store(self, store: Arc<dyn StateStore>) -> Self {
+        Engine { store, ..self }
+    }
+
     /// Checks a spec without running anything or reading any Secret: the problems of every trigger.
     /// `{env}` and `{file}` references are read as the engine's credential policy says.
     pub fn check(&self, namespace: &str, service: &str, spec: &TriggerServiceSpec) -> Vec<TriggerProblem> {
         let secrets = ClusterSecrets::unchecked().with_credentials(self.options.credentials.clone());
-        prepare_service(&self.registry, namespace, service, spec, true, &secrets).1
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore);
+        prepare_service(&self.registry, namespace, service, spec, true, &secrets, &store).1
     }
 
     /// Brings the running triggers of one TriggerService in line with `spec`: reads the Secrets
@@ -192,8 +203,9 @@ impl Engine {
             None => ClusterSecrets::default(),
         }
         .with_credentials(self.options.credentials.clone());
+        let store: Arc<dyn StateStore> = if self.options.dry_run { Arc::new(MemoryStore) } else { self.store.clone() };
         let (prepared, skipped) =
-            prepare_service(&self.registry, namespace, service, spec, self.options.dry_run, &secrets);
+            prepare_service(&self.registry, namespace, service, spec, self.options.dry_run, &secrets, &store);
         let mut report = ApplyReport { secrets_unreadable: secrets.any_unreadable(), ..ApplyReport::default() };
         let mut wanted: Vec<TriggerId> = prepared.iter().map(|p| p.id.clone()).collect();
         wanted.extend(skipped.iter().map(|p| p.id.clone()));
@@ -222,7 +234,7 @@ impl Engine {
                 self.stop(&trigger.id);
             }
             report.started.push((trigger.id.clone(), trigger.summary()));
-            self.start(trigger);
+            self.start(trigger).await;
         }
         report.skipped = skipped;
         report
@@ -308,15 +320,34 @@ impl Engine {
         }
     }
 
-    fn start(&mut self, trigger: PreparedTrigger) {
+    async fn start(&mut self, trigger: PreparedTrigger) {
         let stats = Arc::new(TriggerStats::default());
         let cancel = CancellationToken::new();
         let (sink, events) = EventSink::channel(EVENT_BUFFER);
         let mut queues: Vec<Arc<dyn DeliveryQueue>> = Vec::new();
         let dry_run = self.options.dry_run;
         let budget = self.budget.trigger();
+        let store: Arc<dyn StateStore> = if dry_run { Arc::new(MemoryStore) } else { self.store.clone() };
         for (target, size) in &trigger.targets {
-            let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(*size));
+            let name = format!("{}queue/{}", trigger_prefix(&trigger.id), target.label);
+            let queue = match store.open_queue(&name, *size).await {
+                Ok(queue) => queue,
+                Err(error) => {
+                    tracing::error!(trigger = %trigger.id, destination = %target.label, %error,
+                        "cannot open the stored delivery queue; starting an empty one in memory");
+                    stats.record_restart(&format!("{}: {error}", target.label));
+                    match MemoryStore.open_queue(&name, *size).await {
+                        Ok(queue) => queue,
+                        Err(_) => continue,
+                    }
+                }
+            };
+            let found = queue.len();
+            if found > 0 {
+                tracing::info!(trigger = %trigger.id, destination = %target.label, deliveries = found,
+                    "continuing stored deliveries");
+                stats.record_restored(found);
+            }
             if !dry_run {
                 let worker = run_worker(queue.clone(), target.clone(), trigger.dead_letter.clone(), stats.clone());
                 self.tasks.spawn(worker);
@@ -402,7 +433,7 @@ async fn supervise_source(
 /// event being processed and the one a debounce was holding.
 async fn supervise_processor(
     processor: Arc<Processor>,
-    events: Arc<Mutex<mpsc::Receiver<SharedEvent>>>,
+    events: Arc<Mutex<mpsc::Receiver<Envelope>>>,
     debounce: Option<Duration>,
     (first, longest): (Duration, Duration),
 ) {
@@ -440,19 +471,25 @@ struct Processor {
 
 impl Processor {
     /// Reads events until the source is gone, then closes the queues so workers drain and stop.
-    async fn run(self: Arc<Self>, events: Arc<Mutex<mpsc::Receiver<SharedEvent>>>, debounce: Option<Duration>) {
+    /// Each event's source is told how it was handled once what it caused is stored.
+    async fn run(self: Arc<Self>, events: Arc<Mutex<mpsc::Receiver<Envelope>>>, debounce: Option<Duration>) {
         let mut events = events.lock().await;
         let mut pending: Option<(SharedEvent, Instant)> = None;
         loop {
             let deadline = pending.as_ref().map(|(_, at)| *at);
             tokio::select! {
                 received = events.recv() => {
-                    let Some(event) = received else { break };
-                    if !self.filter_step(&event).await {
+                    let Some(envelope) = received else { break };
+                    let event = envelope.event.clone();
+                    if let Err(reason) = self.filter_step(&event).await {
+                        envelope.answer(Handled::Dropped(reason));
                         continue;
                     }
                     match debounce {
-                        None => self.route(event).await,
+                        None => {
+                            let (handled, commits) = self.route(event).await;
+                            answer_when_stored(envelope, handled, commits);
+                        }
                         Some(quiet) => {
                             // Durations are bounded at load; a clock this close to its end fires now.
                             let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
@@ -460,7 +497,7 @@ impl Processor {
                                 self.stats.record_filtered();
                                 self.report(&replaced, "debounced: a newer event arrived within the quiet period");
                             }
-                            true
+                            envelope.answer(Handled::Held);
                         }
                     };
                 }
@@ -500,29 +537,31 @@ impl Processor {
         .await
     }
 
-    /// Counts the event and applies the filter; true when it passes.
-    async fn filter_step(&self, event: &SharedEvent) -> bool {
+    /// Counts the event and applies the filter; `Err` with why when it does not pass.
+    async fn filter_step(&self, event: &SharedEvent) -> Result<(), String> {
         self.stats.record_matched();
-        let Some(filter) = &self.filter else { return true };
+        let Some(filter) = &self.filter else { return Ok(()) };
         match self.evaluate(filter, event, CelExpr::eval_bool_within).await {
-            Ok(true) => true,
+            Ok(true) => Ok(()),
             Ok(false) => {
                 self.stats.record_filtered();
-                self.report(event, "filter returned false");
-                false
+                let reason = "filter returned false".to_string();
+                self.report(event, &reason);
+                Err(reason)
             }
             Err(reason) => {
                 let reason = format!("filter could not be evaluated: {reason}");
                 self.stats.record_filter_error(&reason);
                 tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
                 self.report(event, &reason);
-                false
+                Err(reason)
             }
         }
     }
 
-    /// Dedup and rate limit through the shared router, then hand the event to every destination.
-    async fn route(&self, event: SharedEvent) -> bool {
+    /// Dedup and rate limit through the shared router, then hand the event to every destination:
+    /// how it was handled, and the writes to wait for before saying so.
+    async fn route(&self, event: SharedEvent) -> (Handled, Vec<Commit>) {
         let key = match &self.dedup {
             None => None,
             Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).await {
@@ -532,7 +571,7 @@ impl Processor {
                     self.stats.record_filter_error(&reason);
                     tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
                     self.report(&event, &reason);
-                    return false;
+                    return (Handled::Dropped(reason), Vec::new());
                 }
             },
         };
@@ -540,23 +579,27 @@ impl Processor {
             Admission::Fire => {}
             Admission::Duplicate { key } => {
                 self.stats.record_filtered();
-                self.report(&event, &format!("duplicate of firing key {key:?}"));
-                return false;
+                let reason = format!("duplicate of firing key {key:?}");
+                self.report(&event, &reason);
+                return (Handled::Dropped(reason), Vec::new());
             }
             Admission::RateLimited => {
                 self.stats.record_filtered();
                 tracing::warn!(trigger = %self.id, event = %event.meta.id, "rate limit reached; event dropped");
-                self.report(&event, "rate limit reached");
-                return false;
+                let reason = "rate limit reached".to_string();
+                self.report(&event, &reason);
+                return (Handled::Dropped(reason), Vec::new());
             }
         }
         self.stats.record_fired();
         if self.dry_run {
             self.print_dry_run(&event);
-            return true;
+            return (Handled::Fired, Vec::new());
         }
-        enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats);
-        true
+        match enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats) {
+            (commits, None) => (Handled::Fired, commits),
+            (commits, Some(refused)) => (Handled::NotStored(refused), commits),
+        }
     }
 
     /// In dry-run, says why an event did not fire; otherwise nothing (the counters say it).
@@ -572,8 +615,8 @@ impl Processor {
     }
 
     fn print_dry_run(&self, event: &SharedEvent) {
-        let id = uuid::Uuid::new_v4().to_string();
         for (target, _) in &self.targets {
+            let id = stable_id(&[&self.id.to_string(), &target.label, &event.meta.id]);
             let request = DeliveryRequest { id: &id, trigger: &self.id, event, attempt: 1 };
             let payload = match target.destination.render(&request) {
                 Ok(payload) => json!({"wouldSend": payload}),
@@ -590,6 +633,25 @@ impl Processor {
             println!("{line}");
         }
     }
+}
+
+/// Tells the event's source how it was handled once `commits` are durable; the processor goes
+/// on meanwhile, so that writes of consecutive events are committed together.
+fn answer_when_stored(envelope: Envelope, handled: Handled, commits: Vec<Commit>) {
+    if envelope.handled.is_none() {
+        return;
+    }
+    if commits.is_empty() {
+        envelope.answer(handled);
+        return;
+    }
+    tokio::spawn(async move {
+        let handled = match Commit::wait_all(commits).await {
+            Ok(()) => handled,
+            Err(error) => Handled::NotStored(error.to_string()),
+        };
+        envelope.answer(handled);
+    });
 }
 
 async fn sleep_until(deadline: Option<Instant>) {

@@ -38,7 +38,8 @@ pub struct EventMeta {
     pub source: String,
     /// When the event happened.
     pub time: DateTime<Utc>,
-    /// Unique id of the event.
+    /// Id of the event: deterministic where the source can make it so (see [`stable_id`]), so
+    /// that the same change seen again after a restart has the same id.
     pub id: String,
     /// The preset that recognised the event (k8s-events sources).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -80,6 +81,12 @@ impl Event {
         }
     }
 
+    /// The same event with the id `id`.
+    pub fn with_id(mut self, id: String) -> Self {
+        self.meta.id = id;
+        self
+    }
+
     /// The `event` variable as seen by `trigger`.
     pub fn event_value(&self, trigger: &str) -> Value {
         let mut value = json!({
@@ -114,6 +121,21 @@ impl Event {
             "now": rfc3339(now),
         })
     }
+}
+
+/// Namespace of the name-based UUIDs of [`stable_id`].
+const STABLE_ID_NAMESPACE: uuid::Uuid = uuid::Uuid::from_u128(0x6b74_7269_6767_6572_8000_0000_0000_0001);
+
+/// A deterministic id made of `parts` (e.g. an object's uid, resourceVersion and change type):
+/// a name-based UUID, equal for equal parts, so a retry, a restart or a failover reproduces it.
+pub fn stable_id(parts: &[&str]) -> String {
+    let mut name = Vec::new();
+    for part in parts {
+        // Length-prefixed, so ("a/b", "c") and ("a", "b/c") differ.
+        name.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        name.extend_from_slice(part.as_bytes());
+    }
+    uuid::Uuid::new_v5(&STABLE_ID_NAMESPACE, &name).to_string()
 }
 
 /// Formats a time the way Kubernetes does (RFC 3339, UTC, `Z`).

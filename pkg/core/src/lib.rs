@@ -16,5 +16,6 @@ pub mod properties;
 pub mod registry;
 pub mod router;
 pub mod secrets;
+pub mod state;
 pub mod stats;
 pub mod template;

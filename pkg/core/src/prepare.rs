@@ -14,6 +14,7 @@ use crate::delivery::{DEFAULT_QUEUE_SIZE, RetryPolicy, Target};
 use crate::event::TriggerId;
 use crate::registry::{BuildContext, Registry, Source, SourceNeeds};
 use crate::secrets::ClusterSecrets;
+use crate::state::{SourceState, StateStore};
 
 /// A trigger whose every part compiled.
 pub struct PreparedTrigger {
@@ -71,7 +72,8 @@ impl fmt::Display for TriggerProblem {
 }
 
 /// Prepares every trigger of one TriggerService, with the values of the Secrets it refers to
-/// already read into `secrets`. Problems in one trigger never stop the others.
+/// already read into `secrets`; sources keep their position in `store`. Problems in one trigger
+/// never stop the others.
 pub fn prepare_service(
     registry: &Registry,
     namespace: &str,
@@ -79,6 +81,7 @@ pub fn prepare_service(
     spec: &TriggerServiceSpec,
     dry_run: bool,
     secrets: &ClusterSecrets,
+    store: &Arc<dyn StateStore>,
 ) -> (Vec<PreparedTrigger>, Vec<TriggerProblem>) {
     let names = trigger_names(spec);
     let mut spec_errors: HashMap<String, Vec<String>> = HashMap::new();
@@ -96,6 +99,7 @@ pub fn prepare_service(
                 dry_run,
                 service_account: spec.service_account_name.clone(),
                 secrets: secrets.clone(),
+                state: SourceState::new(store.clone(), &id),
             };
             let mut builder = Builder { registry, prefix: format!("triggers[{index}]"), messages: &mut messages };
             if let Some(ready) = builder.trigger(trigger, &context, spec) {

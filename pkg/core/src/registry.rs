@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use serde_json::Value;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, SharedEvent, TriggerId};
 use crate::secrets::ClusterSecrets;
+use crate::state::SourceState;
 use crate::template::TemplateScope;
 
 /// What a source or destination is told when it is built.
@@ -25,24 +26,76 @@ pub struct BuildContext {
     pub service_account: Option<String>,
     /// Values of the Kubernetes Secrets the trigger's properties refer to (`secretKeyRef`).
     pub secrets: ClusterSecrets,
+    /// Where the source keeps its position across restarts.
+    pub state: SourceState,
 }
 
 impl BuildContext {
     /// The context of `trigger`: not a dry run, the engine's own identity, no Secrets read.
     pub fn new(trigger: TriggerId) -> Self {
-        BuildContext { trigger, dry_run: false, service_account: None, secrets: ClusterSecrets::default() }
+        BuildContext {
+            trigger,
+            dry_run: false,
+            service_account: None,
+            secrets: ClusterSecrets::default(),
+            state: SourceState::default(),
+        }
+    }
+}
+
+/// How a trigger handled an event its source handed over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Handled {
+    /// It fired: its deliveries are stored (or, in a dry run, printed).
+    Fired,
+    /// It is held by the trigger's debounce, stored, and fires unless a newer event replaces it.
+    Held,
+    /// It did not fire, for this reason (filter false, duplicate, rate limit, debounced).
+    Dropped(String),
+    /// It could not be stored or queued: the source must not commit its position past it, and
+    /// a sender should retry.
+    NotStored(String),
+}
+
+/// One event on its way from a source to its trigger, with where to say how it was handled.
+#[derive(Debug)]
+pub struct Envelope {
+    /// The event.
+    pub event: SharedEvent,
+    /// Told how the event was handled, when the source asked.
+    pub handled: Option<oneshot::Sender<Handled>>,
+}
+
+impl Envelope {
+    /// Tells the source how the event was handled (nothing when it did not ask).
+    pub fn answer(self, handled: Handled) {
+        if let Some(sender) = self.handled {
+            let _ = sender.send(handled);
+        }
+    }
+}
+
+/// How an event handed over with [`EventSink::send_tracked`] will be handled.
+#[derive(Debug)]
+pub struct Tracked(oneshot::Receiver<Handled>);
+
+impl Tracked {
+    /// Waits until the trigger has handled the event; a trigger that stopped first did not
+    /// store it.
+    pub async fn handled(self) -> Handled {
+        self.0.await.unwrap_or_else(|_| Handled::NotStored("the trigger stopped before handling the event".into()))
     }
 }
 
 /// Where a source sends the events it produces.
 #[derive(Debug, Clone)]
 pub struct EventSink {
-    sender: mpsc::Sender<SharedEvent>,
+    sender: mpsc::Sender<Envelope>,
 }
 
 impl EventSink {
     /// A sink and the receiving end the trigger reads from.
-    pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<SharedEvent>) {
+    pub fn channel(capacity: usize) -> (EventSink, mpsc::Receiver<Envelope>) {
         let (sender, receiver) = mpsc::channel(capacity);
         (EventSink { sender }, receiver)
     }
@@ -54,7 +107,16 @@ impl EventSink {
 
     /// Hands an already shared event to the trigger (one event fanned out to several triggers).
     pub async fn send_shared(&self, event: SharedEvent) -> bool {
-        self.sender.send(event).await.is_ok()
+        self.sender.send(Envelope { event, handled: None }).await.is_ok()
+    }
+
+    /// Hands an event to the trigger and returns at once with how to learn how it was handled:
+    /// a source commits its position past the event only once that says it is stored or
+    /// dropped. `None` when the trigger has stopped.
+    pub async fn send_tracked(&self, event: SharedEvent) -> Option<Tracked> {
+        let (handled, receiver) = oneshot::channel();
+        self.sender.send(Envelope { event, handled: Some(handled) }).await.ok()?;
+        Some(Tracked(receiver))
     }
 }
 

@@ -43,6 +43,7 @@ pub struct TriggerStats {
     dead_lettered: AtomicU64,
     queue_byte_limited: AtomicU64,
     restarts: AtomicU64,
+    restored: AtomicU64,
     last_fired: Mutex<Option<DateTime<Utc>>>,
     last_error: Mutex<Option<String>>,
     last_delivery: Mutex<Option<String>>,
@@ -71,6 +72,8 @@ pub struct StatsSnapshot {
     pub queue_byte_limited: u64,
     /// Times the source was restarted after an error or panic.
     pub restarts: u64,
+    /// Deliveries found stored when the trigger started.
+    pub restored: u64,
     /// When the trigger last fired.
     pub last_fired: Option<DateTime<Utc>>,
     /// The last error met.
@@ -88,6 +91,11 @@ impl TriggerStats {
     /// Counts an event produced by the source.
     pub fn record_matched(&self) {
         self.matched.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts deliveries found in the state store when the trigger started.
+    pub fn record_restored(&self, deliveries: usize) {
+        self.restored.fetch_add(deliveries as u64, Ordering::Relaxed);
     }
 
     /// Counts an event that was dropped before firing.
@@ -173,6 +181,7 @@ impl TriggerStats {
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             queue_byte_limited: self.queue_byte_limited.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            restored: self.restored.load(Ordering::Relaxed),
             last_fired: *lock(&self.last_fired),
             last_error: lock(&self.last_error).clone(),
             last_delivery: lock(&self.last_delivery).clone(),
@@ -194,6 +203,7 @@ impl StatsSnapshot {
             dead_lettered: self.dead_lettered,
             queue_byte_limited: self.queue_byte_limited,
             restarts: self.restarts,
+            restored_deliveries: self.restored,
             last_fired: self.last_fired.map(rfc3339),
             last_error: self.last_error.clone(),
             last_delivery: self.last_delivery.clone(),

@@ -22,6 +22,8 @@ use ktrigger_core::registry::{
 };
 use ktrigger_core::router::Router;
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::state::StateStore;
+use ktrigger_core::state::memory::MemoryStore;
 use ktrigger_core::template::{MAX_OUTPUT, Template, TemplateScope};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -394,9 +396,10 @@ proptest! {
         registry.add_source(Arc::new(IdleFactory));
         registry.add_destination(Arc::new(MessageFactory));
         let config = load_text("generated", &text);
+        let store: Arc<dyn StateStore> = Arc::new(MemoryStore);
         for service in &config.services {
             let (prepared, _) =
-                prepare_service(&registry, &service.namespace, &service.name, &service.spec, true, &ClusterSecrets::default());
+                prepare_service(&registry, &service.namespace, &service.name, &service.spec, true, &ClusterSecrets::default(), &store);
             for trigger in prepared {
                 let event = event();
                 let vars = Vars::for_event(&event, &trigger.id.trigger, Utc::now());

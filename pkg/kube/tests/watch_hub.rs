@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_core::event::{SharedEvent, TriggerId};
-use ktrigger_core::registry::{BuildContext, EventSink, Registry, Source, SourceError, SourceNeeds};
+use ktrigger_core::registry::{BuildContext, Envelope, EventSink, Handled, Registry, Source, SourceError, SourceNeeds};
 use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, register};
 use ktrigger_testcluster::TestCluster;
 use kube::Client;
@@ -43,7 +43,7 @@ async fn harness_with(options: HubOptions, identities: IdentityPolicy) -> Harnes
 
 /// One running source and what it sent.
 struct Running {
-    events: mpsc::Receiver<SharedEvent>,
+    events: mpsc::Receiver<Envelope>,
     cancel: CancellationToken,
     task: Option<JoinHandle<Result<(), SourceError>>>,
     source: Arc<dyn Source>,
@@ -109,8 +109,13 @@ impl Harness {
 }
 
 impl Running {
+    /// The next event, answered as a trigger that fired it would.
     async fn next(&mut self) -> SharedEvent {
-        tokio::time::timeout(WAIT, self.events.recv()).await.expect("an event in time").expect("the source runs")
+        let envelope =
+            tokio::time::timeout(WAIT, self.events.recv()).await.expect("an event in time").expect("the source runs");
+        let event = envelope.event.clone();
+        envelope.answer(Handled::Fired);
+        event
     }
 
     /// `(event type, object name)` of the next event.
@@ -122,8 +127,9 @@ impl Running {
     /// Every event until none arrived for `quiet`.
     async fn drain(&mut self, quiet: Duration) -> Vec<(String, String)> {
         let mut seen = Vec::new();
-        while let Ok(Some(event)) = tokio::time::timeout(quiet, self.events.recv()).await {
-            seen.push((event.meta.event_type.clone(), name_of(&event.object)));
+        while let Ok(Some(envelope)) = tokio::time::timeout(quiet, self.events.recv()).await {
+            seen.push((envelope.event.meta.event_type.clone(), name_of(&envelope.event.object)));
+            envelope.answer(Handled::Fired);
         }
         seen
     }

@@ -181,7 +181,7 @@ impl Source for CronSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{SharedEvent, TriggerId};
+    use ktrigger_core::event::TriggerId;
     use tokio::sync::mpsc;
 
     fn context() -> BuildContext {
@@ -197,7 +197,11 @@ mod tests {
     }
 
     /// Runs a source whose wall clock starts at `start` and follows tokio's (paused) clock.
-    fn start(schedule: &str, zone: Option<&str>, start: &str) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
+    fn start(
+        schedule: &str,
+        zone: Option<&str>,
+        start: &str,
+    ) -> (mpsc::Receiver<ktrigger_core::registry::Envelope>, CancellationToken) {
         let clock = Clock::Anchored { wall: at(start), at: Instant::now() };
         let source = CronSource::new(schedule, zone, clock).unwrap();
         let (sink, events) = EventSink::channel(4);
@@ -207,8 +211,8 @@ mod tests {
         (events, cancel)
     }
 
-    async fn next_scheduled(events: &mut mpsc::Receiver<SharedEvent>) -> String {
-        let event = events.recv().await.unwrap();
+    async fn next_scheduled(events: &mut mpsc::Receiver<ktrigger_core::registry::Envelope>) -> String {
+        let event = events.recv().await.unwrap().event;
         assert_eq!((event.meta.source.as_str(), event.meta.event_type.as_str()), ("cron", "fire"));
         event.object["scheduledTime"].as_str().unwrap().to_string()
     }
@@ -242,7 +246,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn fires_every_minute_without_duplicates() {
         let (mut events, cancel) = start("* * * * *", None, "2026-01-01T00:00:30Z");
-        let event = events.recv().await.unwrap();
+        let event = events.recv().await.unwrap().event;
         assert_eq!(
             event.object,
             json!({"schedule": "* * * * *", "timeZone": "UTC", "scheduledTime": "2026-01-01T00:01:00Z",
@@ -266,7 +270,7 @@ mod tests {
     async fn schedules_are_read_in_their_time_zone() {
         // 09:00 in Berlin is 08:00 UTC in winter and 07:00 UTC in summer.
         let (mut events, cancel) = start("0 9 * * *", Some("Europe/Berlin"), "2026-03-27T12:00:00Z");
-        let event = events.recv().await.unwrap();
+        let event = events.recv().await.unwrap().event;
         assert_eq!(event.object["scheduledTime"], "2026-03-28T08:00:00Z");
         assert_eq!(event.object["timeZone"], "Europe/Berlin");
         assert_eq!(next_scheduled(&mut events).await, "2026-03-29T07:00:00Z");

@@ -637,8 +637,8 @@ mod tests {
         assert_eq!(poller.poll(&sink).await, Flow::Continue);
         drop(sink);
         let mut fired = Vec::new();
-        while let Some(event) = events.recv().await {
-            fired.push(event);
+        while let Some(envelope) = events.recv().await {
+            fired.push(envelope.event);
         }
         fired
     }
@@ -919,8 +919,8 @@ mod tests {
         assert!(events.try_recv().is_err(), "one change, one event");
     }
 
-    async fn next_event(events: &mut tokio::sync::mpsc::Receiver<SharedEvent>) -> SharedEvent {
-        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("no event within 10s").unwrap()
+    async fn next_event(events: &mut tokio::sync::mpsc::Receiver<ktrigger_core::registry::Envelope>) -> SharedEvent {
+        tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("no event within 10s").unwrap().event
     }
 
     async fn wait_for_requests(served: &Served, count: usize) {

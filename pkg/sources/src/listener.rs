@@ -10,12 +10,18 @@
 //! `auth`: triggers may share it only with equal auth, and a request reaches only the triggers
 //! whose auth accepted it.
 //!
-//! Answers: 202 `{"accepted": true, "id": ...}` once the event was handed to at least one trigger;
+//! Answers: 202 `{"accepted": true, "id": ..., "fired": ...}` once every trigger that took the
+//! event stored it (or decided not to fire it: then `reason` says why); 503 with Retry-After when
+//! a trigger could not store it (state store unavailable, queue full), so the sender retries;
 //! 200 `{"duplicate": true}` for a delivery id already accepted within the replay window; 404 for
 //! a path no running trigger uses; 405 for a method other than POST; 401 when the credentials are
 //! not accepted; 408 when the body is not received within the body timeout; 413 for a body over
 //! the size limit; 400 for a body that is not JSON or an invalid CloudEvent; 503 when every trigger
 //! on the path has stopped or is busy, or the listener holds too many request bodies at once.
+//!
+//! Event ids: the sender's delivery id (the header the trigger's auth names, else
+//! `Idempotency-Key`) makes a deterministic id, so a retried request is the same event; without
+//! one, the id assigned at acceptance is stored with the deliveries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,13 +32,13 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
-use ktrigger_core::event::{Event, SharedEvent, TriggerId};
-use ktrigger_core::registry::EventSink;
+use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
+use ktrigger_core::registry::{EventSink, Handled};
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -55,6 +61,12 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a request waits for a busy trigger to take its event before the answer is 503.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// What a 503 answer asks the sender to wait before retrying.
+const RETRY_AFTER_SECONDS: &str = "1";
+/// Header a sender may set so that its retries are recognised.
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// Longest sender id taken from a header.
+const MAX_SENDER_ID_BYTES: usize = 256;
 
 /// Where webhook paths live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -555,42 +567,115 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         Ok(payload) => payload,
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
-    let mut events = EventCache::new(payload);
-    let (mut delivered, mut duplicate) = (false, false);
+    let sender_id = sender_id(&headers, &accepted);
+    let mut events = EventCache::new(payload, sender_id.map(|id| stable_id(&["webhook", &path, &id])));
+    let mut outcome = Outcome::default();
     for (gate, receivers, delivery) in accepted {
         if let Some(DeliveryId { id, expires }) = &delivery
             && !gate.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, *expires, now)
         {
             tracing::info!(path, delivery_id = %id, "webhook delivery already accepted; not fired again");
-            duplicate = true;
+            outcome.duplicate = true;
             continue;
         }
-        let mut handed = false;
+        let mut stored = false;
         for (trigger, cloud_event_object, sink) in receivers {
             let event = events.get(cloud_event_object);
-            match tokio::time::timeout(HAND_OVER_TIMEOUT, sink.send_shared(event)).await {
-                Ok(true) => {
-                    tracing::debug!(path, %trigger, id = %events.id, "webhook event accepted");
-                    handed = true;
+            let handed = tokio::time::timeout(HAND_OVER_TIMEOUT, async {
+                let tracked = sink.send_tracked(event).await?;
+                Some(tracked.handled().await)
+            });
+            match handed.await {
+                Ok(Some(handled)) => {
+                    tracing::debug!(path, %trigger, id = %events.id, ?handled, "webhook event handled");
+                    stored |= outcome.add(handled);
                 }
-                Ok(false) => {}
-                Err(_) => tracing::warn!(path, %trigger, "webhook trigger too busy to take the event"),
+                Ok(None) => {}
+                Err(_) => {
+                    tracing::warn!(path, %trigger, "webhook trigger too busy to store the event in time");
+                    outcome.not_stored.get_or_insert_with(|| "the trigger is too busy".into());
+                }
             }
         }
-        if let (false, Some(DeliveryId { id, .. })) = (handed, &delivery) {
-            // Not fired: a retry of the same delivery must get through.
+        if let (false, Some(DeliveryId { id, .. })) = (stored, &delivery) {
+            // Not stored: a retry of the same delivery must get through.
             gate.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
         }
-        delivered |= handed;
     }
-    if delivered {
-        return (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true, "id": events.id}))).into_response();
+    outcome.answer(&listener, &events.id)
+}
+
+/// The sender's own id of a request, when it gives one: the delivery id header the trigger's
+/// auth names (e.g. `X-GitHub-Delivery`), else an `Idempotency-Key` header. A retry of the
+/// request then becomes an event with the same id.
+fn sender_id(headers: &HeaderMap, accepted: &[(Arc<Gate>, Vec<Recipient>, Option<DeliveryId>)]) -> Option<String> {
+    if let Some((_, _, Some(DeliveryId { id, .. }))) = accepted.iter().find(|(_, _, d)| d.is_some()) {
+        return Some(id.clone());
     }
-    if duplicate {
-        count(&listener.counters.duplicates);
-        return (StatusCode::OK, axum::Json(json!({"duplicate": true}))).into_response();
+    headers
+        .get(IDEMPOTENCY_KEY)
+        .and_then(|value| value.to_str().ok())
+        .filter(|key| !key.is_empty() && key.len() <= MAX_SENDER_ID_BYTES)
+        .map(str::to_string)
+}
+
+/// What the triggers on a path did with one request.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Some trigger fired the event (or holds it for its debounce).
+    fired: bool,
+    /// Some trigger stored its decision (fired, held, or dropped by its filter or router).
+    handled: bool,
+    /// Why some trigger could not store the event.
+    not_stored: Option<String>,
+    /// The request repeats a delivery id already accepted.
+    duplicate: bool,
+    /// Why the event did not fire, when no trigger fired it.
+    dropped: Option<String>,
+}
+
+impl Outcome {
+    /// Adds one trigger's answer; true when it took the event (stored, or decided to drop it).
+    fn add(&mut self, handled: Handled) -> bool {
+        match handled {
+            Handled::Fired | Handled::Held => self.fired = true,
+            Handled::Dropped(reason) => {
+                self.dropped.get_or_insert(reason);
+            }
+            Handled::NotStored(reason) => {
+                self.not_stored.get_or_insert(reason);
+                return false;
+            }
+        }
+        self.handled = true;
+        true
     }
-    error(StatusCode::SERVICE_UNAVAILABLE, "the trigger on this path is not running or too busy")
+
+    /// 202 once every trigger that took the request stored it, saying whether it fired; 503 with
+    /// Retry-After when one could not store it; 200 for a repeated delivery id.
+    fn answer(self, listener: &WebhookListener, id: &str) -> Response {
+        if let Some(reason) = self.not_stored {
+            let mut response =
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("the event could not be stored: {reason}; retry later"));
+            response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+            return response;
+        }
+        if self.handled {
+            let mut body = json!({"accepted": true, "id": id, "fired": self.fired});
+            if let (false, Some(reason)) = (self.fired, self.dropped) {
+                body["reason"] = json!(reason);
+            }
+            return (StatusCode::ACCEPTED, axum::Json(body)).into_response();
+        }
+        if self.duplicate {
+            count(&listener.counters.duplicates);
+            return (StatusCode::OK, axum::Json(json!({"duplicate": true}))).into_response();
+        }
+        let mut response =
+            error(StatusCode::SERVICE_UNAVAILABLE, "the trigger on this path is not running or too busy");
+        response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
+        response
+    }
 }
 
 /// A request body read as plain JSON or as a CloudEvent (structured or binary mode).
@@ -679,8 +764,9 @@ struct EventCache {
 }
 
 impl EventCache {
-    fn new(payload: Payload) -> Self {
-        let first = build_event(&payload, CloudEventObject::Data, None);
+    /// The events of `payload`, with the id `id` when the sender gave one.
+    fn new(payload: Payload, id: Option<String>) -> Self {
+        let first = build_event(&payload, CloudEventObject::Data, id.as_deref());
         let id = first.meta.id.clone();
         EventCache { payload, id, built: [Some(Arc::new(first)), None] }
     }
@@ -735,7 +821,6 @@ fn build_event(payload: &Payload, kind: CloudEventObject, id: Option<&str>) -> E
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
 
     fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
         let mut map = HeaderMap::new();
@@ -797,7 +882,7 @@ mod tests {
         {
             attributes.insert(k.into(), json!(v));
         }
-        let mut cache = EventCache::new(Payload::CloudEvent { attributes, data: json!({"d": 1}) });
+        let mut cache = EventCache::new(Payload::CloudEvent { attributes, data: json!({"d": 1}) }, None);
         let data = cache.get(CloudEventObject::Data);
         let whole = cache.get(CloudEventObject::Event);
         assert_eq!(data.object, json!({"d": 1}));

@@ -343,6 +343,7 @@ mod tests {
 
     use chrono::Utc;
     use ktrigger_core::event::{SharedEvent, TriggerId};
+    use ktrigger_core::registry::Handled;
     use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
@@ -410,9 +411,20 @@ mod tests {
             self.run_built(self.build_in(namespace, service, trigger, properties).unwrap()).await
         }
 
-        /// Runs a built source and waits until it receives requests.
+        /// Runs a built source and waits until it receives requests. Each event is passed on and
+        /// answered as a trigger that fired it would.
         async fn run_built(&self, source: Arc<dyn Source>) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {
-            let (sink, events) = EventSink::channel(8);
+            let (sink, mut envelopes) = EventSink::channel(8);
+            let (fired, events) = mpsc::channel(8);
+            tokio::spawn(async move {
+                while let Some(envelope) = envelopes.recv().await {
+                    // A test that closed `events` plays a trigger that stopped: nothing answers.
+                    if fired.send(envelope.event.clone()).await.is_err() {
+                        break;
+                    }
+                    envelope.answer(Handled::Fired);
+                }
+            });
             let cancel = CancellationToken::new();
             let before = self.listener.receiving();
             let token = cancel.clone();
