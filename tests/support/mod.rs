@@ -119,6 +119,12 @@ impl Running {
         Self::spawn(command, &["ktrigger controller reconciling", "waiting to lead"])
     }
 
+    /// Starts `command` (which runs the binary, e.g. through a shell that sets limits) and waits
+    /// until its stderr shows one of `ready`.
+    pub fn spawn_command(command: Command, ready: &[&str]) -> Running {
+        Self::spawn(command, ready)
+    }
+
     fn spawn(mut command: Command, ready: &[&str]) -> Running {
         if !command.get_envs().any(|(name, _)| name == "KTRIGGER_LOG") {
             command.env("KTRIGGER_LOG", "info");

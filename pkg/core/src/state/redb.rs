@@ -8,8 +8,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Instant;
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -32,6 +32,8 @@ const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const FILE_NAME: &str = "state.redb";
 /// Most writes applied in one transaction.
 const MAX_BATCH: usize = 8192;
+/// How often a store whose writes fail tries again without being asked to write.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// One delivery as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -96,7 +98,8 @@ struct Request {
 
 /// What the writer thread and the handles share.
 struct Shared {
-    database: Database,
+    /// `None` after a failed write closed it, until the writer opens it again.
+    database: RwLock<Option<Database>>,
     path: PathBuf,
     /// Why the last commit failed, until one succeeds again.
     failing: Mutex<Option<String>>,
@@ -152,7 +155,7 @@ impl RedbStore {
         };
         let pending = count_deliveries(&database)?;
         let shared = Arc::new(Shared {
-            database,
+            database: RwLock::new(Some(database)),
             path,
             failing: Mutex::new(None),
             commits: AtomicU64::new(0),
@@ -187,9 +190,15 @@ impl RedbStore {
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || read(&shared.database))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("state read failed: {e}")))?
+        tokio::task::spawn_blocking(move || {
+            let database = shared.database.read().unwrap_or_else(|e| e.into_inner());
+            match database.as_ref() {
+                Some(database) => read(database),
+                None => Err(StoreError::Unavailable("the state file is being reopened after a failed write".into())),
+            }
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("state read failed: {e}")))?
     }
 }
 
@@ -260,8 +269,28 @@ fn unavailable(error: impl std::fmt::Display) -> StoreError {
 }
 
 /// Takes every write waiting, commits them together, answers each; until the channel closes.
+/// After a failed commit (disk full, I/O error) redb must be reopened: the writer does so before
+/// its next batch, and at least every [`RETRY_AFTER_FAILURE`] meanwhile, so that health comes
+/// back as soon as writes work again.
 fn write_loop(shared: &Shared, requests: &mpsc::Receiver<Request>) {
-    while let Ok(first) = requests.recv() {
+    loop {
+        let failing = lock(&shared.failing).is_some();
+        let first = if failing {
+            match requests.recv_timeout(RETRY_AFTER_FAILURE) {
+                Ok(request) => Some(request),
+                Err(mpsc::RecvTimeoutError::Timeout) => None,
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            }
+        } else {
+            match requests.recv() {
+                Ok(request) => Some(request),
+                Err(_) => return,
+            }
+        };
+        if failing {
+            reopen(shared);
+        }
+        let Some(first) = first else { continue };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match requests.try_recv() {
@@ -270,7 +299,15 @@ fn write_loop(shared: &Shared, requests: &mpsc::Receiver<Request>) {
             }
         }
         let started = Instant::now();
-        let result = apply(&shared.database, &batch);
+        let result = {
+            let database = shared.database.read().unwrap_or_else(|e| e.into_inner());
+            match database.as_ref() {
+                Some(database) => apply(database, &batch),
+                None => Err(StoreError::Unavailable(
+                    lock(&shared.failing).clone().unwrap_or_else(|| "the state file is not open".into()),
+                )),
+            }
+        };
         let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         shared.commits.fetch_add(1, Ordering::Relaxed);
         shared.commit_micros.fetch_add(micros, Ordering::Relaxed);
@@ -285,7 +322,8 @@ fn write_loop(shared: &Shared, requests: &mpsc::Receiver<Request>) {
             Err(error) => {
                 let mut failing = lock(&shared.failing);
                 if failing.is_none() {
-                    tracing::error!(file = %shared.path.display(), %error, "state store cannot write; sources pause until it can");
+                    tracing::error!(file = %shared.path.display(), %error,
+                        "state store cannot write; nothing more is acknowledged until it can");
                 }
                 *failing = Some(error.to_string());
             }
@@ -295,6 +333,23 @@ fn write_loop(shared: &Shared, requests: &mpsc::Receiver<Request>) {
                 let _ = done.send(result.as_ref().map(|_| ()).map_err(Clone::clone));
             }
         }
+    }
+}
+
+/// Closes the database after a failed write and opens it again; health comes back when that
+/// works (opening commits, so it proves writes work).
+fn reopen(shared: &Shared) {
+    let mut database = shared.database.write().unwrap_or_else(|e| e.into_inner());
+    // The file lock is released only when the old handle is dropped.
+    *database = None;
+    match open_checked(&shared.path) {
+        Ok(reopened) => {
+            *database = Some(reopened);
+            if lock(&shared.failing).take().is_some() {
+                tracing::info!(file = %shared.path.display(), "state store writes work again");
+            }
+        }
+        Err(error) => *lock(&shared.failing) = Some(error.to_string()),
     }
 }
 
