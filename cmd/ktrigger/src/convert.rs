@@ -23,7 +23,8 @@ pub enum Format {
 
 /// Converts every file (directories: their `*.yaml`/`*.yml` files, recursively), prints the
 /// TriggerServices on stdout and the report on stderr. Exits 1 when a document could not be
-/// read or a converted TriggerService does not validate.
+/// read, something could not be converted (e.g. a filter), or a converted TriggerService does not
+/// validate.
 pub fn convert(paths: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
     let mut files = Vec::new();
     for path in paths {
@@ -47,7 +48,9 @@ pub fn convert(paths: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
             file.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "triggers".to_string());
         let conversion = ktrigger_convert::convert_text(&text, &default_name);
         for note in &conversion.notes {
-            eprintln!("note: {origin}: {note}");
+            let level = if note.refused { "error" } else { "note" };
+            failed |= note.refused;
+            eprintln!("{level}: {origin}: {note}");
         }
         for error in &conversion.errors {
             eprintln!("error: {origin}: {error}");

@@ -55,6 +55,7 @@ fn convert_trigger(
     let mut note = |field: &str, message: String| {
         notes.push(Note::new(document, Some(name), &format!("triggers[{index}].{field}"), &message))
     };
+    let mut refusals = Vec::new();
     let mut out = trigger.clone();
     out.name = Some(name.to_string());
     if out.source.type_name == "cronjob" {
@@ -99,13 +100,10 @@ fn convert_trigger(
                 Some(translation.cel)
             }
             Err(reason) => {
-                note(
-                    "filter",
-                    format!(
-                        "not translated ({reason}); the CUE text is kept and will not load until it is rewritten \
-                         in CEL: {text:?}"
-                    ),
+                let message = format!(
+                    "not translated ({reason}); the CUE text is kept for you to rewrite in CEL: {text:?}"
                 );
+                refusals.push(Note::refusal(document, Some(name), &format!("triggers[{index}].filter"), &message));
                 Some(text.to_string())
             }
         },
@@ -125,6 +123,7 @@ fn convert_trigger(
     }
     out.destinations = destinations;
     out.action = None;
+    notes.extend(refusals);
     out
 }
 

@@ -28,12 +28,26 @@ pub struct Note {
     pub field: String,
     /// What changed, or why it could not be kept.
     pub message: String,
+    /// The original could not be kept and the converted trigger must not run as it is (e.g. a
+    /// filter that was not translated).
+    pub refused: bool,
 }
 
 impl Note {
     /// A note about `field` of document `document`.
     pub fn new(document: usize, trigger: Option<&str>, field: &str, message: &str) -> Note {
-        Note { document, trigger: trigger.map(str::to_string), field: field.to_string(), message: message.to_string() }
+        Note {
+            document,
+            trigger: trigger.map(str::to_string),
+            field: field.to_string(),
+            message: message.to_string(),
+            refused: false,
+        }
+    }
+
+    /// A note saying the original could not be kept.
+    pub fn refusal(document: usize, trigger: Option<&str>, field: &str, message: &str) -> Note {
+        Note { refused: true, ..Note::new(document, trigger, field, message) }
     }
 }
 
