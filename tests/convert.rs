@@ -8,7 +8,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::cluster::{Env, WAIT};
+use support::cluster::{CONTROLLER_ACCOUNT, Env, WAIT};
 use support::{PythonServer, json_lines, ktrigger, repo, wait_for_lines, write_config};
 
 /// Runs `ktrigger convert` with `args`: exit code, stdout, stderr.
@@ -243,6 +243,19 @@ fn converted_bump_app_bumps_the_application_named_by_the_label() {
     let ns = env.namespace.clone();
     env.install_trigger_service_crd();
     install_application_crd(&env);
+    if env.external() {
+        // What an operator grants for kube-trigger's action: Applications are outside `edit`.
+        env.apply(
+            &ns,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: bump-apps}}\n\
+                 rules: [{{apiGroups: [core.oam.dev], resources: [applications], verbs: [get, list, patch, update]}}]\n\
+                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: bump-apps}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: bump-apps}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {CONTROLLER_ACCOUNT}, namespace: {ns}}}]\n"
+            ),
+        );
+    }
     let running = env.start_controller(&[], &[]);
     let mut service = converted("kube-trigger/triggerservice-bump-app.yaml").remove(0);
     service["metadata"]["namespace"] = json!(ns);
