@@ -10,6 +10,7 @@
 //! Secrets were read is applied again every `secret_refresh`, so that a rotated Secret restarts
 //! the triggers that use it.
 
+pub mod audit;
 pub mod metrics;
 mod status;
 
@@ -104,6 +105,8 @@ struct Service {
     last_event: BTreeMap<(String, &'static str), Instant>,
     /// Set while the TriggerService names Secrets.
     recheck: Option<SecretRecheck>,
+    /// khook's audit Events: what has been seen and told.
+    audit: audit::AuditTrail,
 }
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
@@ -297,6 +300,17 @@ impl Controller {
         for ((namespace, name), service) in self.services.iter_mut() {
             let triggers = self.engine.status(namespace, name);
             report_failures(service, &triggers, &mut self.outbox);
+            for event in service.audit.observe(&triggers, Instant::now(), EVENT_INTERVAL) {
+                let type_ = if event.warning { EventType::Warning } else { EventType::Normal };
+                let event = Event {
+                    type_,
+                    reason: event.reason.to_string(),
+                    note: Some(truncate_note(event.note)),
+                    action: event.action.to_string(),
+                    secondary: None,
+                };
+                self.outbox.push((service.reference.clone(), event));
+            }
             let status = compute_status(service.generation, triggers, &service.problems, service.written.as_ref(), now);
             if service.written.as_ref() == Some(&status) {
                 continue;
@@ -370,7 +384,18 @@ fn report_failures(
     }
 }
 
-fn warning(reason: &str, action: &str, mut note: String) -> Event {
+fn warning(reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(truncate_note(note)),
+        action: action.to_string(),
+        secondary: None,
+    }
+}
+
+/// `note` cut to what the API server accepts.
+fn truncate_note(mut note: String) -> String {
     if note.len() > MAX_NOTE {
         let mut cut = MAX_NOTE - 3;
         while !note.is_char_boundary(cut) {
@@ -379,13 +404,7 @@ fn warning(reason: &str, action: &str, mut note: String) -> Event {
         note.truncate(cut);
         note.push_str("...");
     }
-    Event {
-        type_: EventType::Warning,
-        reason: reason.to_string(),
-        note: Some(note),
-        action: action.to_string(),
-        secondary: None,
-    }
+    note
 }
 
 fn key_of(object: &TriggerService) -> Key {
