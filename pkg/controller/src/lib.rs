@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod metrics;
+pub mod serve;
 mod status;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -26,7 +27,7 @@ use ktrigger_api::{TriggerService, TriggerServiceSpec, TriggerServiceStatus};
 use ktrigger_core::engine::{Engine, ShutdownReport};
 use ktrigger_core::prepare::TriggerProblem;
 use ktrigger_core::secrets::trigger_references;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
@@ -34,6 +35,7 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+pub use serve::Compat;
 pub use status::{READY, compute_status};
 
 /// How the controller runs.
@@ -47,6 +49,11 @@ pub struct ControllerOptions {
     pub shutdown_grace: Duration,
     /// How often the Secrets a TriggerService names are read again; zero: only on changes.
     pub secret_refresh: Duration,
+    /// Other kinds of objects reconciled through conversion (khook Hooks, kube-trigger
+    /// TriggerServices); none by default.
+    pub serve: Vec<Compat>,
+    /// Where served Hooks call kagent; unset: the kagent destination's default.
+    pub kagent_url: Option<String>,
 }
 
 impl Default for ControllerOptions {
@@ -56,6 +63,8 @@ impl Default for ControllerOptions {
             status_interval: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(30),
             secret_refresh: Duration::from_secs(600),
+            serve: Vec::new(),
+            kagent_url: None,
         }
     }
 }
@@ -105,6 +114,8 @@ struct Service {
     last_event: BTreeMap<(String, &'static str), Instant>,
     /// Set while the TriggerService names Secrets.
     recheck: Option<SecretRecheck>,
+    /// For an object served through conversion: its kind, name, and what could not be converted.
+    served: Option<(Compat, String, Vec<(String, String)>)>,
     /// khook's audit Events: what has been seen and told.
     audit: audit::AuditTrail,
 }
@@ -123,9 +134,23 @@ pub async fn run(
     } else {
         options.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
     };
-    let streams = apis.into_iter().enumerate().map(|(index, api)| {
-        watcher(api, watcher::Config::default()).default_backoff().map(move |event| (index, event)).boxed()
+    let native = apis.into_iter().map(|api| {
+        watcher(api, watcher::Config::default()).default_backoff().map(|e| e.map(|e| map_event(e, Watched::Native))).boxed()
     });
+    let served = options.serve.iter().flat_map(|compat| {
+        let resource = compat.resource();
+        let compat = *compat;
+        let apis: Vec<Api<DynamicObject>> = if options.namespaces.is_empty() {
+            vec![Api::all_with(client.clone(), &resource)]
+        } else {
+            options.namespaces.iter().map(|ns| Api::namespaced_with(client.clone(), ns, &resource)).collect()
+        };
+        apis.into_iter().map(move |api| {
+            let watched = move |object| Watched::Served(compat, object);
+            watcher(api, watcher::Config::default()).default_backoff().map(move |e| e.map(|e| map_event(e, watched))).boxed()
+        })
+    });
+    let streams = native.chain(served).enumerate().map(|(index, stream)| stream.map(move |event| (index, event)));
     let mut events = stream::select_all(streams);
     let unsynced = (0..events.len()).collect();
     let recorder = Recorder::new(client.clone(), Reporter::from("ktrigger-controller"));
@@ -140,6 +165,7 @@ pub async fn run(
         unsynced,
         readiness,
         outbox: Vec::new(),
+        kagent_url: options.kagent_url,
     };
     let mut tick = tokio::time::interval(options.status_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -151,7 +177,7 @@ pub async fn run(
                     controller.handle(stream, event).await;
                     controller.publish_events().await;
                 }
-                Some((_, Err(error))) => tracing::warn!(%error, "TriggerService watch failed; retrying with backoff"),
+                Some((_, Err(error))) => tracing::warn!(%error, "watch of TriggerServices (or served objects) failed; retrying with backoff"),
                 None => break,
             },
             _ = tick.tick() => {
@@ -179,10 +205,17 @@ struct Controller {
     /// Watch streams that have not finished their first list yet.
     unsynced: BTreeSet<usize>,
     readiness: Readiness,
+    kagent_url: Option<String>,
+}
+
+/// An object the controller reconciles: a TriggerService, or an object served through conversion.
+enum Watched {
+    Native(TriggerService),
+    Served(Compat, DynamicObject),
 }
 
 impl Controller {
-    async fn handle(&mut self, stream: usize, event: watcher::Event<TriggerService>) {
+    async fn handle(&mut self, stream: usize, event: watcher::Event<Watched>) {
         match event {
             watcher::Event::Init => {
                 self.listing.insert(stream, BTreeSet::new());
@@ -214,10 +247,14 @@ impl Controller {
         }
     }
 
-    async fn apply(&mut self, stream: usize, object: &TriggerService) {
+    async fn apply(&mut self, stream: usize, object: &Watched) {
         let key = key_of(object);
-        let generation = object.metadata.generation;
-        let uid = object.metadata.uid.clone();
+        let metadata = match object {
+            Watched::Native(object) => &object.metadata,
+            Watched::Served(_, object) => &object.metadata,
+        };
+        let generation = metadata.generation;
+        let uid = metadata.uid.clone();
         let service = self.services.entry(key.clone()).or_default();
         service.stream = stream;
         if service.uid == uid && service.generation == generation && generation.is_some() {
@@ -225,9 +262,25 @@ impl Controller {
         }
         service.uid = uid;
         service.generation = generation;
-        service.reference = object.object_ref(&());
         service.recheck = None;
-        self.load(&key, &object.spec).await;
+        let spec = match object {
+            Watched::Native(object) => {
+                service.reference = object.object_ref(&());
+                object.spec.clone()
+            }
+            Watched::Served(compat, object) => {
+                service.reference = object.object_ref(&compat.resource());
+                let (spec, problems) = compat.convert(object, self.kagent_url.as_deref());
+                if !problems.is_empty() {
+                    let details: Vec<String> = problems.iter().map(|(t, m)| format!("trigger {t}: {m}")).collect();
+                    let note = format!("not converted: {}", details.join(" | "));
+                    self.outbox.push((service.reference.clone(), warning("InvalidTrigger", "Convert", note)));
+                }
+                service.served = Some((*compat, object.name_any(), problems));
+                spec
+            }
+        };
+        self.load(&key, &spec).await;
     }
 
     /// Applies `spec` to the engine and records what could not be loaded.
@@ -300,6 +353,17 @@ impl Controller {
         for ((namespace, name), service) in self.services.iter_mut() {
             let triggers = self.engine.status(namespace, name);
             report_failures(service, &triggers, &mut self.outbox);
+            let mut problems = service.problems.clone();
+            if let Some((_, _, unconverted)) = &service.served {
+                problems.extend(unconverted.iter().map(|(trigger, message)| TriggerProblem {
+                    id: ktrigger_core::event::TriggerId {
+                        namespace: namespace.clone(),
+                        service: name.clone(),
+                        trigger: trigger.clone(),
+                    },
+                    messages: vec![message.clone()],
+                }));
+            }
             for event in service.audit.observe(&triggers, Instant::now(), EVENT_INTERVAL) {
                 let type_ = if event.warning { EventType::Warning } else { EventType::Normal };
                 let event = Event {
@@ -311,21 +375,34 @@ impl Controller {
                 };
                 self.outbox.push((service.reference.clone(), event));
             }
-            let status = compute_status(service.generation, triggers, &service.problems, service.written.as_ref(), now);
+            let status = compute_status(service.generation, triggers, &problems, service.written.as_ref(), now);
             if service.written.as_ref() == Some(&status) {
                 continue;
             }
-            let api: Api<TriggerService> = Api::namespaced(self.client.clone(), namespace);
+            let (value, object_name) = match &service.served {
+                Some((compat, object_name, _)) => (compat.status(&status), object_name.as_str()),
+                None => (json!(status), name.as_str()),
+            };
             // Replace the whole status object: merge patches could not drop fields that went away.
             let patch: json_patch::Patch =
-                match serde_json::from_value(json!([{"op": "add", "path": "/status", "value": status}])) {
+                match serde_json::from_value(json!([{"op": "add", "path": "/status", "value": value}])) {
                     Ok(patch) => patch,
                     Err(error) => {
                         tracing::error!(%error, "status could not be encoded");
                         continue;
                     }
                 };
-            match api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
+            let written = match &service.served {
+                Some((compat, _, _)) => {
+                    let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &compat.resource());
+                    api.patch_status(object_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
+                }
+                None => {
+                    let api: Api<TriggerService> = Api::namespaced(self.client.clone(), namespace);
+                    api.patch_status(object_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
+                }
+            };
+            match written {
                 Ok(_) => service.written = Some(status),
                 Err(kube::Error::Api(response)) if response.code == 404 => {}
                 Err(error) => tracing::warn!(namespace, name, %error, "status could not be written; retrying later"),
@@ -407,6 +484,21 @@ fn truncate_note(mut note: String) -> String {
     note
 }
 
-fn key_of(object: &TriggerService) -> Key {
-    (object.namespace().unwrap_or_default(), object.name_any())
+/// The namespace and the name the engine knows `object` by.
+fn key_of(object: &Watched) -> Key {
+    match object {
+        Watched::Native(object) => (object.namespace().unwrap_or_default(), object.name_any()),
+        Watched::Served(compat, object) => (object.namespace().unwrap_or_default(), compat.engine_name(&object.name_any())),
+    }
+}
+
+/// `event` with its objects turned into `T`.
+fn map_event<K, T>(event: watcher::Event<K>, to: impl Fn(K) -> T) -> watcher::Event<T> {
+    match event {
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(object) => watcher::Event::InitApply(to(object)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+        watcher::Event::Apply(object) => watcher::Event::Apply(to(object)),
+        watcher::Event::Delete(object) => watcher::Event::Delete(to(object)),
+    }
 }
