@@ -10,12 +10,8 @@ use crate::{Note, cue};
 /// kube-trigger's API group and version.
 pub const API_VERSION: &str = "standard.oam.dev/v1alpha1";
 
-/// kube-trigger actions that have no ktrigger destination yet, and what they did.
-const UNSUPPORTED_ACTIONS: [(&str, &str); 3] = [
-    ("record-event", "appended the event to the EventListener named by the object's label"),
-    ("sae-record-event", "recorded the event for Alibaba Cloud SAE"),
-    ("create-event-listener", "created an EventListener named after the object"),
-];
+/// kube-trigger actions that have no ktrigger destination, and what they did.
+const UNSUPPORTED_ACTIONS: [(&str, &str); 1] = [("sae-record-event", "recorded the event for Alibaba Cloud SAE")];
 
 /// `spec` rewritten for ktrigger, with a note for every place where the meaning changes.
 /// `in_cluster` says whether it came from a TriggerService object (namespaced, in the controller).
