@@ -47,16 +47,8 @@ fn every_upstream_file_converts_with_a_report_and_the_output_validates() {
             "kube-trigger let every event through this struct-shaped filter",
         ),
         (
-            "kube-trigger/conf-create-event-listener.yaml: document 1: trigger \"trigger-0\": triggers[0].action.type:",
-            "create-event-listener is not supported",
-        ),
-        (
             "kube-trigger/conf-cronjob.yaml: document 1: trigger \"trigger-0\": triggers[0].action:",
             "absent: kube-trigger did nothing with the events; the converted trigger logs them (type: log)",
-        ),
-        (
-            "kube-trigger/conf-record-event.yaml: document 1: trigger \"trigger-0\": triggers[0].action.type:",
-            "record-event is not supported",
         ),
         ("kube-trigger/sample.yaml: document 1: kind:", "v1/ConfigMap is not a Hook or a TriggerService; skipped"),
         ("kube-trigger/sample.yaml:", "nothing to convert"),
@@ -314,4 +306,120 @@ fn install_application_crd(env: &Env) {
     let (ok, text) =
         env.kubectl(&["wait", "--for", "condition=established", "crd/applications.core.oam.dev", "--timeout=30s"]);
     assert!(ok, "{text}");
+}
+
+/// kube-trigger with conf-create-event-listener.yaml and conf-record-event.yaml: creating a
+/// WorkflowRun labelled `trigger.oam.dev/watch: "true"` creates an EventListener of the same name,
+/// owned by it and with its labels; an update of a Deployment whose readyReplicas equal its
+/// replicas appends `{resource, type: update, timestamp}` to the EventListener named by the
+/// Deployment's `workflowrun.oam.dev/name` label. The converted triggers do the same.
+#[test]
+fn converted_event_listener_examples_create_listeners_and_record_events() {
+    let env = Env::new("convert-listener");
+    let ns = env.namespace.clone();
+    env.install_trigger_service_crd();
+    for crd in [WORKFLOW_RUN_CRD.to_string(), std::fs::read_to_string(repo().join("config/compat/standard.oam.dev_eventlisteners.yaml")).unwrap()] {
+        let (_dir, path) = write_config(&crd);
+        let (ok, text) = env.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", path.to_str().unwrap()]);
+        assert!(ok, "{text}");
+    }
+    for crd in ["crd/workflowruns.core.oam.dev", "crd/eventlisteners.standard.oam.dev"] {
+        let (ok, text) = env.kubectl(&["wait", "--for", "condition=established", crd, "--timeout=30s"]);
+        assert!(ok, "{text}");
+    }
+    if env.external() {
+        // What an operator grants for these actions: WorkflowRuns and EventListeners are outside `edit`.
+        env.apply(
+            &ns,
+            &format!(
+                "apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\nmetadata: {{name: listeners}}\nrules:\n\
+                 - {{apiGroups: [core.oam.dev], resources: [workflowruns], verbs: [get, list, watch]}}\n\
+                 - {{apiGroups: [standard.oam.dev], resources: [eventlisteners], verbs: [get, create, patch, update]}}\n\
+                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata: {{name: listeners}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: listeners}}\n\
+                 subjects: [{{kind: ServiceAccount, name: {CONTROLLER_ACCOUNT}, namespace: {ns}}}]\n"
+            ),
+        );
+    }
+    let running = env.start_controller(&[], &[]);
+    let mut create = converted("kube-trigger/conf-create-event-listener.yaml").remove(0);
+    let record = converted("kube-trigger/conf-record-event.yaml").remove(0);
+    create["metadata"] = json!({"name": "listeners", "namespace": ns});
+    create["spec"]["triggers"][0]["name"] = json!("create-listener");
+    let mut second = record["spec"]["triggers"][0].clone();
+    second["name"] = json!("record");
+    create["spec"]["triggers"].as_array_mut().unwrap().push(second);
+    env.apply(&ns, &serde_yaml::to_string(&create).unwrap());
+    wait_ready(&env, "listeners");
+
+    let workflow_run = |name: &str, labels: Value| {
+        let run = json!({"apiVersion": "core.oam.dev/v1alpha1", "kind": "WorkflowRun",
+                         "metadata": {"name": name, "labels": labels}, "spec": {}});
+        env.apply(&ns, &serde_yaml::to_string(&run).unwrap());
+    };
+    workflow_run("unwatched", json!({}));
+    workflow_run("release-7", json!({"trigger.oam.dev/watch": "true"}));
+    let listener = wait_listener(&env, "release-7", |l| !l.is_null());
+    let run = object(&env, "workflowruns.core.oam.dev", "release-7");
+    assert_eq!(
+        listener["metadata"]["ownerReferences"],
+        json!([{"apiVersion": "core.oam.dev/v1alpha1", "kind": "WorkflowRun", "name": "release-7",
+                "uid": run["metadata"]["uid"], "controller": true}])
+    );
+    assert_eq!(listener["metadata"]["labels"], json!({"trigger.oam.dev/watch": "true"}));
+
+    env.apply(
+        &ns,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, labels: {workflowrun.oam.dev/name: release-7}}\n\
+         spec:\n  replicas: 1\n  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n\
+         \x20   spec: {containers: [{name: app, image: registry.invalid/web:1}]}\n",
+    );
+    let ready = r#"{"status":{"replicas":1,"readyReplicas":1,"updatedReplicas":1,"availableReplicas":1}}"#;
+    let patch = ["patch", "deployment", "web", "-n", &ns, "--subresource=status", "--type=merge", "-p", ready];
+    let (ok, text) = env.kubectl(&patch);
+    assert!(ok, "{text}");
+    let listener = wait_listener(&env, "release-7", |l| l["events"].as_array().is_some_and(|e| !e.is_empty()));
+    let events = listener["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{listener:#}");
+    assert_eq!(
+        events[0]["resource"],
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "namespace": ns})
+    );
+    assert_eq!(events[0]["type"], "update");
+    assert!(events[0]["timestamp"].is_string(), "{listener:#}");
+    assert!(object(&env, "eventlisteners.standard.oam.dev", "unwatched").is_null(), "no listener for the unlabelled run");
+    assert_eq!(running.stop(), Some(0));
+}
+
+const WORKFLOW_RUN_CRD: &str = "apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: workflowruns.core.oam.dev}
+spec:
+  group: core.oam.dev
+  scope: Namespaced
+  names: {plural: workflowruns, singular: workflowrun, kind: WorkflowRun}
+  versions:
+  - name: v1alpha1
+    served: true
+    storage: true
+    schema: {openAPIV3Schema: {type: object, x-kubernetes-preserve-unknown-fields: true}}
+";
+
+/// `kubectl get KIND NAME -o json` in the test namespace, or null.
+fn object(env: &Env, kind: &str, name: &str) -> Value {
+    let (ok, text) = env.kubectl(&["get", kind, name, "-n", &env.namespace, "-o", "json"]);
+    if ok { serde_json::from_str(&text).unwrap() } else { Value::Null }
+}
+
+/// Waits until EventListener `name` passes `check`, and returns it.
+fn wait_listener(env: &Env, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let start = Instant::now();
+    loop {
+        let listener = object(env, "eventlisteners.standard.oam.dev", name);
+        if check(&listener) {
+            return listener;
+        }
+        assert!(start.elapsed() < WAIT, "EventListener {name}: {listener:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
