@@ -99,8 +99,8 @@ fn wait_object(env: &Env, kind: &str, name: &str, what: &str, check: impl Fn(&Va
     }
 }
 
-/// The reasons and notes of the Kubernetes Events about the Hook `name`.
-fn hook_events(env: &Env, name: &str) -> Vec<(String, String)> {
+/// The reasons and notes of the Kubernetes Events about the `kind` `name`.
+fn events_about(env: &Env, kind: &str, name: &str) -> Vec<(String, String)> {
     let (ok, text) = env.kubectl(&["get", "events.events.k8s.io", "-n", &env.namespace, "-o", "json"]);
     assert!(ok, "{text}");
     let list: Value = serde_json::from_str(&text).unwrap();
@@ -108,19 +108,23 @@ fn hook_events(env: &Env, name: &str) -> Vec<(String, String)> {
         .as_array()
         .unwrap()
         .iter()
-        .filter(|e| e["regarding"]["kind"] == "Hook" && e["regarding"]["name"] == name)
+        .filter(|e| e["regarding"]["kind"] == kind && e["regarding"]["name"] == name)
         .map(|e| (e["reason"].as_str().unwrap_or("").to_string(), e["note"].as_str().unwrap_or("").to_string()))
         .collect()
 }
 
 fn wait_hook_event(env: &Env, name: &str, reason: &str) -> Vec<(String, String)> {
+    wait_event(env, "Hook", name, reason)
+}
+
+fn wait_event(env: &Env, kind: &str, name: &str, reason: &str) -> Vec<(String, String)> {
     let start = Instant::now();
     loop {
-        let events = hook_events(env, name);
+        let events = events_about(env, kind, name);
         if events.iter().any(|(r, _)| r == reason) {
             return events;
         }
-        assert!(start.elapsed() < WAIT, "no {reason} Event about Hook {name}: {events:#?}");
+        assert!(start.elapsed() < WAIT, "no {reason} Event about {kind} {name}: {events:#?}");
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -221,6 +225,12 @@ fn a_kube_trigger_trigger_service_applied_with_kubectl_bumps_the_application() {
         o["status"]["conditions"][0]["status"] == "True"
     });
     assert_eq!(service["status"]["readyTriggers"], "1/1", "{service:#}");
+    let events = wait_event(&env, "TriggerService", "kubetrigger-sample-config", "ConvertedWithChanges");
+    let (_, changes) = events.iter().find(|(reason, _)| reason == "ConvertedWithChanges").unwrap();
+    assert!(
+        changes.contains("trigger trigger-0: triggers[0].filter: kube-trigger let every event through this struct-shaped"),
+        "{changes}"
+    );
 
     let patch = r#"{"data":{"content":"edited"}}"#;
     let (ok, text) =

@@ -30,7 +30,7 @@ pub struct TriggerServiceSpec {
     /// The triggers of this service; names are unique within it.
     #[schemars(length(max = crate::schema::MAX_TRIGGERS), transform = crate::schema::unique_trigger_names)]
     pub triggers: Vec<Trigger>,
-    /// kube-trigger's worker settings: accepted for compatibility and ignored.
+    /// kube-trigger's worker settings: read so its files load, never used (loading them warns).
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub worker: Option<Value>,

@@ -270,14 +270,25 @@ impl Controller {
             }
             Watched::Served(compat, object) => {
                 service.reference = object.object_ref(&compat.resource());
-                let (spec, problems) = compat.convert(object, self.kagent_url.as_deref());
-                if !problems.is_empty() {
-                    let details: Vec<String> = problems.iter().map(|(t, m)| format!("trigger {t}: {m}")).collect();
+                let served = compat.convert(object, self.kagent_url.as_deref());
+                if !served.problems.is_empty() {
+                    let details: Vec<String> =
+                        served.problems.iter().map(|(t, m)| format!("trigger {t}: {m}")).collect();
                     let note = format!("not converted: {}", details.join(" | "));
                     self.outbox.push((service.reference.clone(), warning("InvalidTrigger", "Convert", note)));
                 }
-                service.served = Some((*compat, object.name_any(), problems));
-                spec
+                if !served.changes.is_empty() {
+                    let event = Event {
+                        type_: EventType::Normal,
+                        reason: "ConvertedWithChanges".into(),
+                        note: Some(truncate_note(served.changes.join(" | "))),
+                        action: "Convert".into(),
+                        secondary: None,
+                    };
+                    self.outbox.push((service.reference.clone(), event));
+                }
+                service.served = Some((*compat, object.name_any(), served.problems));
+                served.spec
             }
         };
         self.load(&key, &spec).await;

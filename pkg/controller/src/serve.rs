@@ -11,6 +11,19 @@ use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use serde_json::{Value, json};
 
+/// What a served object became.
+#[derive(Debug, Clone, Default)]
+pub struct Served {
+    /// The spec the engine runs.
+    pub spec: TriggerServiceSpec,
+    /// What could not be converted, as (trigger, message); the trigger is [`WHOLE_OBJECT`] when
+    /// nothing could be.
+    pub problems: Vec<(String, String)>,
+    /// Where the converted triggers mean something else than the original, as `ktrigger convert`
+    /// reports it.
+    pub changes: Vec<String>,
+}
+
 /// The trigger named in problems that concern the whole object.
 pub const WHOLE_OBJECT: &str = "(all)";
 
@@ -64,15 +77,14 @@ impl Compat {
         }
     }
 
-    /// The spec that does what `object` asks, and the problems of the conversion as (trigger,
-    /// message), the trigger being [`WHOLE_OBJECT`] when nothing could be converted: triggers that
-    /// could not be converted are left out. Hooks call kagent at `kagent_url`.
-    pub fn convert(
-        self,
-        object: &DynamicObject,
-        kagent_url: Option<&str>,
-    ) -> (TriggerServiceSpec, Vec<(String, String)>) {
-        let whole = |message: String| (TriggerServiceSpec::default(), vec![(WHOLE_OBJECT.to_string(), message)]);
+    /// What `object` becomes: triggers that could not be converted are left out and named in
+    /// `problems`. Hooks call kagent at `kagent_url`.
+    pub fn convert(self, object: &DynamicObject, kagent_url: Option<&str>) -> Served {
+        let whole = |message: String| Served {
+            spec: TriggerServiceSpec::default(),
+            problems: vec![(WHOLE_OBJECT.to_string(), message)],
+            changes: Vec::new(),
+        };
         let value = match serde_json::to_value(object) {
             Ok(value) => value,
             Err(error) => return whole(format!("unreadable object: {error}")),
@@ -96,7 +108,15 @@ impl Compat {
             .filter(|n| n.refused)
             .map(|n| (n.trigger.clone().unwrap_or_else(|| WHOLE_OBJECT.into()), format!("{}: {}", n.field, n.message)))
             .collect();
-        (spec, problems)
+        let changes = notes
+            .iter()
+            .filter(|n| !n.refused)
+            .map(|n| match &n.trigger {
+                Some(trigger) => format!("trigger {trigger}: {}: {}", n.field, n.message),
+                None => format!("{}: {}", n.field, n.message),
+            })
+            .collect();
+        Served { spec, problems, changes }
     }
 
     /// The status of the object in its own shape: khook's `activeEvents` and `lastUpdated` for a
@@ -150,11 +170,11 @@ mod tests {
 
     #[test]
     fn a_hook_is_served_with_the_kagent_url_of_the_controller() {
-        let (spec, problems) = Compat::Khook.convert(&hook(), Some("http://kagent.test:8083"));
-        assert!(problems.is_empty(), "{problems:?}");
-        let destination = &spec.triggers[0].destinations[0];
+        let served = Compat::Khook.convert(&hook(), Some("http://kagent.test:8083"));
+        assert!(served.problems.is_empty() && served.changes.is_empty(), "{served:?}");
+        let destination = &served.spec.triggers[0].destinations[0];
         assert_eq!(destination.properties["baseUrl"], "http://kagent.test:8083");
-        assert_eq!(spec.triggers[0].source.properties["namespace"], "apps");
+        assert_eq!(served.spec.triggers[0].source.properties["namespace"], "apps");
     }
 
     #[test]
@@ -168,7 +188,7 @@ mod tests {
                 {"source": {"type": "cronjob", "properties": {"schedule": "* * * * *"}}, "action": {"type": "log"}}]}
         }))
         .unwrap();
-        let (spec, problems) = Compat::KubeTrigger.convert(&object, None);
+        let Served { spec, problems, .. } = Compat::KubeTrigger.convert(&object, None);
         let names: Vec<_> = spec.triggers.iter().filter_map(|t| t.name.as_deref()).collect();
         assert_eq!(names, ["trigger-1"]);
         assert_eq!(problems.len(), 1);
