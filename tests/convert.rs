@@ -56,7 +56,10 @@ fn every_upstream_file_converts_with_a_report_and_the_output_validates() {
             "kube-trigger/triggerservice-bump-app.yaml: document 1: trigger \"trigger-0\": triggers[0].filter:",
             "kube-trigger let every event through this struct-shaped filter",
         ),
-        ("kube-trigger/triggerservice-record-event.yaml: document 1: spec.worker:", "worker settings ({\"config\":\"mul\"}) are dropped"),
+        (
+            "kube-trigger/triggerservice-record-event.yaml: document 1: spec.worker:",
+            "worker settings ({\"config\":\"mul\"}) are dropped",
+        ),
         (
             "kube-trigger/triggerservice-record-event.yaml: document 1: trigger \"trigger-1\": triggers[1].source.properties.clusters:",
             "watching other clusters ([\"cn-shanghai\"]) is not supported yet",
@@ -76,8 +79,7 @@ fn every_upstream_file_converts_with_a_report_and_the_output_validates() {
     assert!(!stderr.contains("error:"), "{stderr}");
 
     // Six Hooks (one file holds two), four kube-trigger files, two kube-trigger TriggerServices.
-    let documents: Vec<Value> =
-        stdout.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect();
+    let documents: Vec<Value> = stdout.split("\n---\n").map(|d| serde_yaml::from_str(d).unwrap()).collect();
     assert_eq!(documents.len(), 12, "{stdout}");
     assert!(documents.iter().all(|d| d["apiVersion"] == "ktrigger.dev/v1alpha1" && d["kind"] == "TriggerService"));
     let (_dir, path) = write_config(&stdout);
@@ -174,8 +176,7 @@ fn converted_basic_pod_monitoring_calls_the_agent_as_khook_would() {
     let ns = env.namespace.clone();
     env.install_trigger_service_crd();
     let agent = agent();
-    let running =
-        env.start_controller(&["--egress-allow", "127.0.0.1/32"], &[]);
+    let running = env.start_controller(&["--egress-allow", "127.0.0.1/32"], &[]);
     let mut service = converted("khook/basic-pod-monitoring.yaml").remove(0);
     service["metadata"]["namespace"] = json!(ns);
     for trigger in service["spec"]["triggers"].as_array_mut().unwrap() {
@@ -185,14 +186,17 @@ fn converted_basic_pod_monitoring_calls_the_agent_as_khook_would() {
     env.apply(&ns, &serde_yaml::to_string(&service).unwrap());
     wait_ready(&env, "basic-pod-monitoring");
 
-    let backoff = pod_event("web-0.1", &ns, "web-0", "BackOff", "Back-off restarting failed container app in pod web-0");
+    let backoff =
+        pod_event("web-0.1", &ns, "web-0", "BackOff", "Back-off restarting failed container app in pod web-0");
     env.apply(&ns, &serde_yaml::to_string(&backoff).unwrap());
     wait_for_lines(&agent.output, 2, WAIT);
     let mut repeat = backoff.clone();
     repeat["count"] = json!(5);
     repeat["lastTimestamp"] = json!("2026-11-22T10:04:00Z");
     env.apply(&ns, &serde_yaml::to_string(&repeat).unwrap());
-    env.wait_trigger("basic-pod-monitoring", "pod-restart", "the repeat ignored", |t| t["filtered"].as_u64() >= Some(1));
+    env.wait_trigger("basic-pod-monitoring", "pod-restart", "the repeat ignored", |t| {
+        t["filtered"].as_u64() >= Some(1)
+    });
     let oom = pod_event("worker-1.1", &ns, "worker-1", "OOMKilling", "Memory cgroup out of memory: Killed process 42");
     env.apply(&ns, &serde_yaml::to_string(&oom).unwrap());
     env.wait_trigger("basic-pod-monitoring", "oom-kill", "the OOM kill delivered", |t| t["fired"].as_u64() == Some(1));
@@ -268,8 +272,16 @@ fn converted_bump_app_bumps_the_application_named_by_the_label() {
     wait_ready(&env, "kubetrigger-sample-config");
 
     let edit = |name: &str| {
-        let (ok, text) =
-            env.kubectl(&["patch", "configmap", name, "-n", &ns, "--type=merge", "-p", r#"{"data":{"content":"edited"}}"#]);
+        let (ok, text) = env.kubectl(&[
+            "patch",
+            "configmap",
+            name,
+            "-n",
+            &ns,
+            "--type=merge",
+            "-p",
+            r#"{"data":{"content":"edited"}}"#,
+        ]);
         assert!(ok, "{text}");
     };
     edit("unrelated");
@@ -318,7 +330,10 @@ fn converted_event_listener_examples_create_listeners_and_record_events() {
     let env = Env::new("convert-listener");
     let ns = env.namespace.clone();
     env.install_trigger_service_crd();
-    for crd in [WORKFLOW_RUN_CRD.to_string(), std::fs::read_to_string(repo().join("config/compat/standard.oam.dev_eventlisteners.yaml")).unwrap()] {
+    for crd in [
+        WORKFLOW_RUN_CRD.to_string(),
+        std::fs::read_to_string(repo().join("config/compat/standard.oam.dev_eventlisteners.yaml")).unwrap(),
+    ] {
         let (_dir, path) = write_config(&crd);
         let (ok, text) = env.kubectl(&["apply", "--server-side", "--force-conflicts", "-f", path.to_str().unwrap()]);
         assert!(ok, "{text}");
@@ -387,7 +402,10 @@ fn converted_event_listener_examples_create_listeners_and_record_events() {
     );
     assert_eq!(events[0]["type"], "update");
     assert!(events[0]["timestamp"].is_string(), "{listener:#}");
-    assert!(object(&env, "eventlisteners.standard.oam.dev", "unwatched").is_null(), "no listener for the unlabelled run");
+    assert!(
+        object(&env, "eventlisteners.standard.oam.dev", "unwatched").is_null(),
+        "no listener for the unlabelled run"
+    );
     assert_eq!(running.stop(), Some(0));
 }
 

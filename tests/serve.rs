@@ -151,10 +151,8 @@ fn a_hook_applied_with_kubectl_calls_the_agent_once_and_reports_as_khook() {
     let _binding = install_compat(&env);
     let agent = agent();
     let url = format!("http://127.0.0.1:{}", agent.port);
-    let running = env.start_controller(
-        &["--serve", "khook", "--khook-kagent-url", &url, "--egress-allow", "127.0.0.1/32"],
-        &[],
-    );
+    let running =
+        env.start_controller(&["--serve", "khook", "--khook-kagent-url", &url, "--egress-allow", "127.0.0.1/32"], &[]);
     env.apply(&ns, HOOK);
     wait_object(&env, "hook", "pod-monitoring", "the Hook's triggers running", |hook| {
         hook["status"]["conditions"][0]["status"] == "True"
@@ -178,13 +176,18 @@ fn a_hook_applied_with_kubectl_calls_the_agent_once_and_reports_as_khook() {
     env.apply(&ns, &backoff_event(&ns, 5, "2026-11-22T10:04:00Z"));
     let events = wait_hook_event(&env, "pod-monitoring", "DuplicateEventIgnored");
     let duplicate = events.iter().find(|(r, _)| r == "DuplicateEventIgnored").unwrap();
-    assert!(duplicate.1.contains(&format!("duplicate of firing event pod-restart:{ns}:web-0 ignored")), "{duplicate:?}");
+    assert!(
+        duplicate.1.contains(&format!("duplicate of firing event pod-restart:{ns}:web-0 ignored")),
+        "{duplicate:?}"
+    );
 
     let runs: Vec<Value> = json_lines(&agent.output).into_iter().filter(|r| r["kind"] == "message").collect();
     assert_eq!(runs.len(), 1, "one message/send, the repeat ignored: {runs:#?}");
     assert_eq!(
         runs[0]["text"],
-        format!("Pod web-0 in {ns} restarted at 2026-11-22T10:00:00Z: Back-off restarting failed container app in pod web-0")
+        format!(
+            "Pod web-0 in {ns} restarted at 2026-11-22T10:00:00Z: Back-off restarting failed container app in pod web-0"
+        )
     );
     assert_eq!(running.stop(), Some(0));
 }
@@ -228,7 +231,8 @@ fn a_kube_trigger_trigger_service_applied_with_kubectl_bumps_the_application() {
     let events = wait_event(&env, "TriggerService", "kubetrigger-sample-config", "ConvertedWithChanges");
     let (_, changes) = events.iter().find(|(reason, _)| reason == "ConvertedWithChanges").unwrap();
     assert!(
-        changes.contains("trigger trigger-0: triggers[0].filter: kube-trigger let every event through this struct-shaped"),
+        changes
+            .contains("trigger trigger-0: triggers[0].filter: kube-trigger let every event through this struct-shaped"),
         "{changes}"
     );
 
@@ -245,7 +249,8 @@ fn a_kube_trigger_trigger_service_applied_with_kubectl_bumps_the_application() {
         assert!(start.elapsed() < WAIT, "Application 1 was not bumped: {app:#}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let service = wait_object(&env, kind, "kubetrigger-sample-config", "the fire counted", |o| o["status"]["fired"] == 1);
+    let service =
+        wait_object(&env, kind, "kubetrigger-sample-config", "the fire counted", |o| o["status"]["fired"] == 1);
     assert!(service["status"]["lastUpdated"].is_string(), "{service:#}");
     assert_eq!(running.stop(), Some(0));
 }

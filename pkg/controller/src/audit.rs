@@ -101,20 +101,18 @@ impl TriggerTrail {
         let mut current = BTreeMap::new();
         for active in &status.active_events {
             let firing = active.state == "firing";
-            match self.keys.get(&active.key) {
-                Some((was_firing, first, last)) if *was_firing && firing && *first == active.first_seen => {
-                    if *last != active.last_seen {
-                        repeated.push(active);
-                    }
+            let previous = self.keys.get(&active.key);
+            let was_firing = previous.is_some_and(|p| p.0);
+            let same_incident = was_firing && firing && previous.is_some_and(|p| p.1 == active.first_seen);
+            if same_incident {
+                if previous.is_some_and(|p| p.2 != active.last_seen) {
+                    repeated.push(active);
                 }
-                Some((true, _, _)) if !firing => {
-                    self.add(EVENT_RESOLVED, format!("event {} resolved (last seen {})", active.key, active.last_seen));
-                }
-                _ if firing => {
-                    firing_now += 1;
-                    self.add(EVENT_FIRING, format!("event {} firing (first seen {})", active.key, active.first_seen));
-                }
-                _ => {}
+            } else if was_firing && !firing {
+                self.add(EVENT_RESOLVED, format!("event {} resolved (last seen {})", active.key, active.last_seen));
+            } else if firing {
+                firing_now += 1;
+                self.add(EVENT_FIRING, format!("event {} firing (first seen {})", active.key, active.first_seen));
             }
             current.insert(active.key.clone(), (firing, active.first_seen.clone(), active.last_seen.clone()));
         }
@@ -201,7 +199,10 @@ mod tests {
         trail.observe(&[status(1, 1, vec![active("firing", "t1", "t1")])], now, INTERVAL);
         let repeat = trail.observe(&[status(1, 1, vec![active("firing", "t1", "t2")])], now, INTERVAL);
         assert_eq!(reasons(&repeat), [DUPLICATE_EVENT_IGNORED]);
-        assert_eq!(repeat[0].note, "trigger restarts: duplicate of firing event pod-restart:apps:web-0 ignored (seen t2)");
+        assert_eq!(
+            repeat[0].note,
+            "trigger restarts: duplicate of firing event pod-restart:apps:web-0 ignored (seen t2)"
+        );
         let resolved = trail.observe(&[status(1, 1, vec![active("resolved", "t1", "t2")])], now, INTERVAL);
         assert_eq!(reasons(&resolved), [EVENT_RESOLVED]);
     }

@@ -114,8 +114,8 @@ struct Service {
     last_event: BTreeMap<(String, &'static str), Instant>,
     /// Set while the TriggerService names Secrets.
     recheck: Option<SecretRecheck>,
-    /// For an object served through conversion: its kind, name, and what could not be converted.
-    served: Option<(Compat, String, Vec<(String, String)>)>,
+    /// Set for an object served through conversion.
+    served: Option<ServedObject>,
     /// khook's audit Events: what has been seen and told.
     audit: audit::AuditTrail,
 }
@@ -135,7 +135,10 @@ pub async fn run(
         options.namespaces.iter().map(|ns| Api::namespaced(client.clone(), ns)).collect()
     };
     let native = apis.into_iter().map(|api| {
-        watcher(api, watcher::Config::default()).default_backoff().map(|e| e.map(|e| map_event(e, Watched::Native))).boxed()
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(|e| e.map(|e| map_event(e, Watched::Native)))
+            .boxed()
     });
     let served = options.serve.iter().flat_map(|compat| {
         let resource = compat.resource();
@@ -147,7 +150,10 @@ pub async fn run(
         };
         apis.into_iter().map(move |api| {
             let watched = move |object| Watched::Served(compat, object);
-            watcher(api, watcher::Config::default()).default_backoff().map(move |e| e.map(|e| map_event(e, watched))).boxed()
+            watcher(api, watcher::Config::default())
+                .default_backoff()
+                .map(move |e| e.map(|e| map_event(e, watched)))
+                .boxed()
         })
     });
     let streams = native.chain(served).enumerate().map(|(index, stream)| stream.map(move |event| (index, event)));
@@ -206,6 +212,15 @@ struct Controller {
     unsynced: BTreeSet<usize>,
     readiness: Readiness,
     kagent_url: Option<String>,
+}
+
+/// An object served through conversion: its kind, its name, and what could not be converted as
+/// (trigger, message).
+#[derive(Debug)]
+struct ServedObject {
+    compat: Compat,
+    name: String,
+    problems: Vec<(String, String)>,
 }
 
 /// An object the controller reconciles: a TriggerService, or an object served through conversion.
@@ -287,7 +302,8 @@ impl Controller {
                     };
                     self.outbox.push((service.reference.clone(), event));
                 }
-                service.served = Some((*compat, object.name_any(), served.problems));
+                service.served =
+                    Some(ServedObject { compat: *compat, name: object.name_any(), problems: served.problems });
                 served.spec
             }
         };
@@ -365,8 +381,8 @@ impl Controller {
             let triggers = self.engine.status(namespace, name);
             report_failures(service, &triggers, &mut self.outbox);
             let mut problems = service.problems.clone();
-            if let Some((_, _, unconverted)) = &service.served {
-                problems.extend(unconverted.iter().map(|(trigger, message)| TriggerProblem {
+            if let Some(served) = &service.served {
+                problems.extend(served.problems.iter().map(|(trigger, message)| TriggerProblem {
                     id: ktrigger_core::event::TriggerId {
                         namespace: namespace.clone(),
                         service: name.clone(),
@@ -391,7 +407,7 @@ impl Controller {
                 continue;
             }
             let (value, object_name) = match &service.served {
-                Some((compat, object_name, _)) => (compat.status(&status), object_name.as_str()),
+                Some(served) => (served.compat.status(&status), served.name.as_str()),
                 None => (json!(status), name.as_str()),
             };
             // Replace the whole status object: merge patches could not drop fields that went away.
@@ -404,8 +420,9 @@ impl Controller {
                     }
                 };
             let written = match &service.served {
-                Some((compat, _, _)) => {
-                    let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &compat.resource());
+                Some(served) => {
+                    let resource = served.compat.resource();
+                    let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
                     api.patch_status(object_name, &PatchParams::default(), &Patch::<()>::Json(patch)).await.map(|_| ())
                 }
                 None => {
@@ -499,7 +516,9 @@ fn truncate_note(mut note: String) -> String {
 fn key_of(object: &Watched) -> Key {
     match object {
         Watched::Native(object) => (object.namespace().unwrap_or_default(), object.name_any()),
-        Watched::Served(compat, object) => (object.namespace().unwrap_or_default(), compat.engine_name(&object.name_any())),
+        Watched::Served(compat, object) => {
+            (object.namespace().unwrap_or_default(), compat.engine_name(&object.name_any()))
+        }
     }
 }
 

@@ -255,7 +255,10 @@ impl Parser {
                 let at = self.next().map(|t| t.at);
                 let condition = self.expression()?;
                 if !self.is_punct("{") {
-                    return Err(format!("{}: expected `{{` after the `if` condition", at.map(|a| a.to_string()).unwrap_or_default()));
+                    return Err(format!(
+                        "{}: expected `{{` after the `if` condition",
+                        at.map(|a| a.to_string()).unwrap_or_default()
+                    ));
                 }
                 self.position += 1;
                 let body = self.declarations(path, Some("}"))?;
@@ -438,7 +441,11 @@ impl Parser {
                     match self.next() {
                         Some(Token { kind: Kind::Ident(name) | Kind::Str(name), .. }) => path.push(name),
                         Some(other) => {
-                            return Err(format!("{}: expected a field name after `.`, found {}", other.at, other.kind.describe()));
+                            return Err(format!(
+                                "{}: expected a field name after `.`, found {}",
+                                other.at,
+                                other.kind.describe()
+                            ));
                         }
                         None => return Err("expected a field name after `.` at the end of the filter".into()),
                     }

@@ -57,30 +57,30 @@ fn convert_trigger(
     if out.source.type_name == "cronjob" {
         out.source.type_name = "cron".into();
     }
-    if out.source.type_name == "resource-watcher" {
-        if let Some(properties) = out.source.properties.as_object_mut() {
-            if let Some(clusters) = properties.remove("clusters") {
-                let local_only = clusters.as_array().is_some_and(|c| c.iter().all(|c| c.as_str() == Some("local")));
-                if !local_only {
-                    note(
-                        "source.properties.clusters",
-                        format!(
-                            "watching other clusters ({}) is not supported yet; the converted trigger watches \
-                             only the cluster ktrigger runs in",
-                            compact(&clusters)
-                        ),
-                    );
-                }
-            }
-            let namespaced = properties.get("namespace").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty());
-            if in_cluster && !namespaced {
+    if out.source.type_name == "resource-watcher"
+        && let Some(properties) = out.source.properties.as_object_mut()
+    {
+        if let Some(clusters) = properties.remove("clusters") {
+            let local_only = clusters.as_array().is_some_and(|c| c.iter().all(|c| c.as_str() == Some("local")));
+            if !local_only {
                 note(
-                    "source.properties.namespace",
-                    "absent: kube-trigger watched every namespace; the ktrigger controller does too only when the \
-                     TriggerService's identity may (serviceAccountName), else its own namespace"
-                        .into(),
+                    "source.properties.clusters",
+                    format!(
+                        "watching other clusters ({}) is not supported yet; the converted trigger watches \
+                         only the cluster ktrigger runs in",
+                        compact(&clusters)
+                    ),
                 );
             }
+        }
+        let namespaced = properties.get("namespace").and_then(|n| n.as_str()).is_some_and(|n| !n.is_empty());
+        if in_cluster && !namespaced {
+            note(
+                "source.properties.namespace",
+                "absent: kube-trigger watched every namespace; the ktrigger controller does too only when the \
+                 TriggerService's identity may (serviceAccountName), else its own namespace"
+                    .into(),
+            );
         }
     }
     out.filter = match trigger.filter.as_deref().map(str::trim) {
@@ -96,9 +96,8 @@ fn convert_trigger(
                 Some(translation.cel)
             }
             Err(reason) => {
-                let message = format!(
-                    "not translated ({reason}); the CUE text is kept for you to rewrite in CEL: {text:?}"
-                );
+                let message =
+                    format!("not translated ({reason}); the CUE text is kept for you to rewrite in CEL: {text:?}");
                 refusals.push(Note::refusal(document, Some(name), &format!("triggers[{index}].filter"), &message));
                 Some(text.to_string())
             }
@@ -110,8 +109,7 @@ fn convert_trigger(
         None if destinations.is_empty() => {
             note(
                 "action",
-                "absent: kube-trigger did nothing with the events; the converted trigger logs them (type: log)"
-                    .into(),
+                "absent: kube-trigger did nothing with the events; the converted trigger logs them (type: log)".into(),
             );
             destinations.push(DestinationSpec { type_name: "log".into(), ..Default::default() });
         }

@@ -12,8 +12,8 @@ pub mod kube_trigger;
 
 use std::fmt;
 
-use ktrigger_api::{TriggerService, TriggerServiceSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use ktrigger_api::{TriggerService, TriggerServiceSpec};
 use serde::Deserialize;
 use serde_yaml::Value;
 
@@ -54,7 +54,9 @@ impl Note {
 impl fmt::Display for Note {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.trigger {
-            Some(trigger) => write!(f, "document {}: trigger {trigger:?}: {}: {}", self.document, self.field, self.message),
+            Some(trigger) => {
+                write!(f, "document {}: trigger {trigger:?}: {}: {}", self.document, self.field, self.message)
+            }
             None => write!(f, "document {}: {}: {}", self.document, self.field, self.message),
         }
     }
@@ -125,7 +127,9 @@ fn convert_value(value: &Value, index: usize, default_name: &str) -> Result<Opti
         (kube_trigger::API_VERSION, Some("TriggerService")) => {
             Source::KubeTrigger(deserialize(index, "spec.", value.get("spec"))?, true)
         }
-        ("ktrigger.dev/v1alpha1", Some("TriggerService")) => Source::Native(deserialize(index, "spec.", value.get("spec"))?),
+        ("ktrigger.dev/v1alpha1", Some("TriggerService")) => {
+            Source::Native(deserialize(index, "spec.", value.get("spec"))?)
+        }
         (_, Some(kind)) => {
             let message = format!("{api_version}/{kind} is not a Hook or a TriggerService; skipped");
             return Err(Note::new(index, None, "kind", &message));

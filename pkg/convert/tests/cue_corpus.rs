@@ -17,7 +17,11 @@ const TRANSLATED: &[(&str, &str, bool)] = &[
     (r#"context.data.metadata.name == "web-1""#, r#"context.data.metadata.name == "web-1""#, false),
     (r#"context.data.metadata.name != "db""#, r#"context.data.metadata.name != "db""#, false),
     ("context.data.status.replicas > 2", "context.data.status.replicas > 2", false),
-    ("context.data.status.replicas >= 3 && context.data.status.replicas < 10", "context.data.status.replicas >= 3 && context.data.status.replicas < 10", false),
+    (
+        "context.data.status.replicas >= 3 && context.data.status.replicas < 10",
+        "context.data.status.replicas >= 3 && context.data.status.replicas < 10",
+        false,
+    ),
     (
         r#"context.data.metadata.name == "a" || context.data.metadata.namespace == "apps""#,
         r#"context.data.metadata.name == "a" || context.data.metadata.namespace == "apps""#,
@@ -29,11 +33,7 @@ const TRANSLATED: &[(&str, &str, bool)] = &[
     (r#"context.data.metadata.name !~ "^db""#, r#"!context.data.metadata.name.matches("^db")"#, false),
     // Struct constraints: field equality, nested paths, regular expressions.
     (r#"context: data: metadata: name: "web-1""#, r#"context.data.metadata.name == "web-1""#, true),
-    (
-        r#"context: data: metadata: name: =~"web-.*""#,
-        r#"context.data.metadata.name.matches("web-.*")"#,
-        true,
-    ),
+    (r#"context: data: metadata: name: =~"web-.*""#, r#"context.data.metadata.name.matches("web-.*")"#, true),
     (r#"context: data: metadata: name: !~"^db""#, r#"!context.data.metadata.name.matches("^db")"#, true),
     (
         "context: {\n  data: {\n    metadata: namespace: \"apps\"\n    status: phase: \"Failed\"\n  }\n}",
@@ -47,7 +47,11 @@ const TRANSLATED: &[(&str, &str, bool)] = &[
     ),
     // Comparisons and conjunctions of them.
     ("context: data: status: replicas: >2", "context.data.status.replicas > 2", true),
-    ("context: data: status: replicas: >=3 & <10", "context.data.status.replicas >= 3 && context.data.status.replicas < 10", true),
+    (
+        "context: data: status: replicas: >=3 & <10",
+        "context.data.status.replicas >= 3 && context.data.status.replicas < 10",
+        true,
+    ),
     // Disjunctions.
     (
         r#"context: data: status: phase: "Failed" | "Unknown""#,
@@ -86,10 +90,22 @@ const TRANSLATED: &[(&str, &str, bool)] = &[
 
 /// (CUE, the refusal).
 const REFUSED: &[(&str, &str)] = &[
-    (r#"metadata: name: "web-1""#, "line 1, column 1: field `metadata` is not under `context`; kube-trigger filters see only `context`"),
-    (r#"object.metadata.name == "x""#, "line 1, column 1: `object` is not `context` or a value; kube-trigger filters see only `context`"),
-    (r#"strings.HasPrefix(context.data.metadata.name, "web")"#, "line 1, column 1: `strings` is not `context` or a value; kube-trigger filters see only `context`"),
-    (r#"len(context.data.metadata.name) > 3"#, "line 1, column 1: `len` is not `context` or a value; kube-trigger filters see only `context`"),
+    (
+        r#"metadata: name: "web-1""#,
+        "line 1, column 1: field `metadata` is not under `context`; kube-trigger filters see only `context`",
+    ),
+    (
+        r#"object.metadata.name == "x""#,
+        "line 1, column 1: `object` is not `context` or a value; kube-trigger filters see only `context`",
+    ),
+    (
+        r#"strings.HasPrefix(context.data.metadata.name, "web")"#,
+        "line 1, column 1: `strings` is not `context` or a value; kube-trigger filters see only `context`",
+    ),
+    (
+        r#"len(context.data.metadata.name) > 3"#,
+        "line 1, column 1: `len` is not `context` or a value; kube-trigger filters see only `context`",
+    ),
     ("context: data: metadata: name: [\"a\"]", "line 1, column 32: unexpected character '['"),
     ("context: data: {\n  kind: \"Pod\"\n", "missing `}` at the end of the filter"),
     ("context: data: replicas: 1 + 2", "line 1, column 28: unexpected character '+'"),

@@ -262,7 +262,9 @@ impl Destination for RecordEvent {
             // Guarded by the resourceVersion read: a concurrent record is not overwritten.
             let patch = json!({"metadata": {"resourceVersion": listener.metadata.resource_version}, "events": events});
             match api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await {
-                Ok(_) => return Ok(Receipt { detail: Some(format!("recorded the event in EventListener {ns}/{name}")) }),
+                Ok(_) => {
+                    return Ok(Receipt { detail: Some(format!("recorded the event in EventListener {ns}/{name}")) });
+                }
                 Err(error) if is_conflict(&error) => continue,
                 Err(error) => return Err(api_error(error, &action)),
             }
