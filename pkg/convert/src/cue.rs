@@ -252,15 +252,9 @@ impl Parser {
                 continue;
             }
             if matches!(self.peek_kind(), Some(Kind::Ident(word)) if word == "if") {
-                let at = self.next().map(|t| t.at);
-                let condition = self.expression()?;
-                if !self.is_punct("{") {
-                    return Err(format!(
-                        "{}: expected `{{` after the `if` condition",
-                        at.map(|a| a.to_string()).unwrap_or_default()
-                    ));
-                }
                 self.position += 1;
+                let condition = self.expression()?;
+                self.expect("{")?;
                 let body = self.declarations(path, Some("}"))?;
                 let mut all = vec![condition];
                 all.extend(body);

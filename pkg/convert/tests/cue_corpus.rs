@@ -113,6 +113,7 @@ const REFUSED: &[(&str, &str)] = &[
     ("context: data: name: \"unterminated", "line 1, column 22: unterminated or multi-line string"),
     ("context: data: name: string | int & foo", "line 1, column 37: `foo` is not a value this translation knows"),
     ("context: _", "the filter constrains nothing under `context`"),
+    ("if context.data.x == 1 context: data: y: 2", "line 1, column 24: expected `{`, found `context`"),
     ("context.data.metadata.name == \"a\" extra", "line 1, column 35: unexpected `extra`"),
 ];
 
