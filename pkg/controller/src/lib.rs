@@ -9,6 +9,10 @@
 //! a delay that doubles up to [`SECRET_RETRY_MAX`], until every Secret it names is read; one whose
 //! Secrets were read is applied again every `secret_refresh`, so that a rotated Secret restarts
 //! the triggers that use it.
+//!
+//! With [`ControllerOptions::serve`], khook Hooks and kube-trigger TriggerServices are watched too
+//! and reconciled the same way through their conversion ([`serve`]); every object also gets
+//! khook's audit Events ([`audit`]).
 
 pub mod audit;
 pub mod metrics;
