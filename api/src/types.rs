@@ -30,7 +30,7 @@ pub struct TriggerServiceSpec {
     /// The triggers of this service; names are unique within it.
     #[schemars(length(max = crate::schema::MAX_TRIGGERS), transform = crate::schema::unique_trigger_names)]
     pub triggers: Vec<Trigger>,
-    /// kube-trigger's worker settings: accepted for compatibility and ignored.
+    /// kube-trigger's worker settings: read so its files load, never used (loading them warns).
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub worker: Option<Value>,
@@ -197,6 +197,9 @@ pub struct TriggerServiceStatus {
     /// One entry per trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerStatus>,
+    /// When anything in this status last changed (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_updated: Option<String>,
 }
 
 /// A status condition, in the usual Kubernetes shape.
@@ -235,6 +238,12 @@ pub struct TriggerStatus {
     pub fired: u64,
     /// Failed delivery attempts.
     pub failed: u64,
+    /// Deliveries that succeeded.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Events whose filter could not be evaluated (counted as not matched).
+    #[serde(default)]
+    pub filter_errors: u64,
     /// Deliveries given up on.
     #[serde(default)]
     pub dead_lettered: u64,

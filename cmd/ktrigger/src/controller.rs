@@ -13,7 +13,7 @@ use axum::routing::get;
 use clap::Args;
 use k8s_openapi::api::core::v1::ObjectReference;
 use ktrigger_controller::metrics::{EngineCollector, StoreCollector, WatchCounts, WatchStats};
-use ktrigger_controller::{ControllerOptions, Readiness};
+use ktrigger_controller::{Compat, ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
 use ktrigger_core::state::StateStore;
@@ -104,6 +104,15 @@ pub struct ControllerArgs {
     /// Where state survives restarts.
     #[command(flatten)]
     state: StateArgs,
+    /// Also reconcile these kinds of objects, converted as `ktrigger convert` converts them
+    /// (comma-separated): `khook` (kagent.dev/v1alpha2 Hooks), `kube-trigger`
+    /// (standard.oam.dev/v1alpha1 TriggerServices). Their CRDs and RBAC are in config/compat.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    serve: Vec<Compat>,
+    /// Base URL of kagent for served Hooks (khook's kagent API URL); default the kagent
+    /// destination's, http://kagent-controller.kagent:8083.
+    #[arg(long, value_name = "URL")]
+    khook_kagent_url: Option<String>,
 }
 
 /// The leadership of this replica: a channel that says whether it holds the Lease, and the
@@ -279,10 +288,13 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         status_interval: args.status_interval,
         shutdown_grace: args.shutdown_grace,
         secret_refresh: args.secret_refresh,
+        serve: args.serve,
+        kagent_url: args.khook_kagent_url,
     };
     let scope =
         if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };
-    eprintln!("ktrigger controller reconciling TriggerServices in {scope}; press Ctrl-C to stop");
+    let served: String = options.serve.iter().map(|kind| format!(", {kind}")).collect();
+    eprintln!("ktrigger controller reconciling TriggerServices{served} in {scope}; press Ctrl-C to stop");
     let cancel = CancellationToken::new();
     let reconciler = tokio::spawn(ktrigger_controller::run(client, engine, options, readiness, cancel.clone()));
     let lost = tokio::select! {

@@ -2,6 +2,7 @@
 
 mod cluster;
 mod controller;
+mod convert;
 mod egress;
 mod inspect;
 mod limits;
@@ -65,6 +66,16 @@ enum Command {
         #[arg(long)]
         event: PathBuf,
     },
+    /// Convert kube-trigger configs and TriggerServices, and khook Hooks, into TriggerServices;
+    /// prints them on stdout and a report of every change of meaning on stderr.
+    Convert {
+        /// Files or directories to convert.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = convert::Format::Yaml)]
+        output: convert::Format,
+    },
     /// Print the TriggerService CRD.
     Crd,
     /// List every source type with its properties and an example.
@@ -95,6 +106,7 @@ fn main() -> ExitCode {
                 inspect::validate(&files, event_mappings.as_deref(), strict)
             }
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
+            Command::Convert { files, output } => convert::convert(&files, output),
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)

@@ -9,7 +9,8 @@ use ktrigger_core::prepare::TriggerProblem;
 pub const READY: &str = "Ready";
 
 /// The status of one TriggerService: counters per trigger, totals, and a `Ready` condition that
-/// is False with the exact problems when any trigger is invalid or not running.
+/// is False with the exact problems when any trigger is invalid or not running. `lastUpdated`
+/// moves only when something else in the status changed.
 pub fn compute_status(
     generation: Option<i64>,
     triggers: Vec<TriggerStatus>,
@@ -40,7 +41,7 @@ pub fn compute_status(
         .filter(|c| c.status == status)
         .and_then(|c| c.last_transition_time.clone())
         .unwrap_or_else(|| rfc3339(now));
-    TriggerServiceStatus {
+    let mut status = TriggerServiceStatus {
         observed_generation: generation,
         conditions: vec![Condition {
             type_name: READY.to_string(),
@@ -53,7 +54,14 @@ pub fn compute_status(
         fired: triggers.iter().map(|t| t.fired).sum(),
         failed: triggers.iter().map(|t| t.failed).sum(),
         triggers,
-    }
+        last_updated: None,
+    };
+    let unchanged = previous.is_some_and(|p| TriggerServiceStatus { last_updated: None, ..p.clone() } == status);
+    status.last_updated = match previous {
+        Some(previous) if unchanged => previous.last_updated.clone(),
+        _ => Some(rfc3339(now)),
+    };
+    status
 }
 
 #[cfg(test)]
@@ -103,5 +111,17 @@ mod tests {
         assert_eq!(same.conditions[0].last_transition_time, first.conditions[0].last_transition_time);
         let changed = compute_status(None, vec![trigger("a", false, 9)], &[], Some(&same), Utc::now());
         assert_ne!(changed.conditions[0].last_transition_time, first.conditions[0].last_transition_time);
+    }
+
+    #[test]
+    fn last_updated_moves_only_when_the_status_changes() {
+        let earlier = Utc::now() - chrono::TimeDelta::hours(1);
+        let first = compute_status(None, vec![trigger("a", true, 1)], &[], None, earlier);
+        assert_eq!(first.last_updated, Some(rfc3339(earlier)));
+        let same = compute_status(None, vec![trigger("a", true, 1)], &[], Some(&first), Utc::now());
+        assert_eq!(same, first, "nothing changed, not even lastUpdated: no status write");
+        let now = Utc::now();
+        let fired = compute_status(None, vec![trigger("a", true, 2)], &[], Some(&same), now);
+        assert_eq!(fired.last_updated, Some(rfc3339(now)));
     }
 }

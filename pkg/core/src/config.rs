@@ -72,6 +72,13 @@ fn add_text(config: &mut LoadedConfig, origin: &str, default_name: &str, text: &
     for document in documents {
         match document {
             Ok(Document { index, name, namespace, spec }) => {
+                if spec.worker.is_some() {
+                    config.warnings.push(format!(
+                        "{origin}: document {index}: spec.worker: kube-trigger's worker settings are not used: every \
+                         trigger runs in its own task with a delivery queue per destination (retries, timeouts and \
+                         queue sizes are set per destination); `ktrigger convert` drops them"
+                    ));
+                }
                 let namespace = namespace.unwrap_or_default();
                 if !seen.insert((namespace.clone(), name.clone())) {
                     config.errors.push(format!(
@@ -129,8 +136,18 @@ mod tests {
                 "record-event"
             ]
         );
-        // sample.yaml holds ConfigMaps, Applications and an EventListener: skipped, not errors.
-        assert_eq!(config.warnings.len(), 5, "{:#?}", config.warnings);
+        // sample.yaml holds ConfigMaps, Applications and an EventListener: skipped, not errors;
+        // triggerservice-record-event.yaml's worker settings are said to be unused.
+        assert_eq!(config.warnings.len(), 6, "{:#?}", config.warnings);
+        assert!(
+            config.warnings[5].ends_with(
+                "triggerservice-record-event.yaml: document 1: spec.worker: kube-trigger's worker settings are not \
+                 used: every trigger runs in its own task with a delivery queue per destination (retries, timeouts \
+                 and queue sizes are set per destination); `ktrigger convert` drops them"
+            ),
+            "{:#?}",
+            config.warnings
+        );
         let cron = &config.services[2].spec.triggers[0];
         assert_eq!(cron.source.type_name, "cronjob");
         assert!(cron.action.is_none(), "an empty `action:` reads as absent");

@@ -200,6 +200,8 @@ impl StatsSnapshot {
             filtered: self.filtered,
             fired: self.fired,
             failed: self.failed,
+            delivered: self.delivered,
+            filter_errors: self.filter_errors,
             dead_lettered: self.dead_lettered,
             queue_byte_limited: self.queue_byte_limited,
             restarts: self.restarts,

@@ -64,6 +64,12 @@ static DOC: TypeDoc = TypeDoc {
         },
         PropertyDoc { name: "name", required: false, description: "Only the object with this name" },
         PropertyDoc {
+            name: "clusters",
+            required: false,
+            description: "kube-trigger's list of clusters to watch: only `local` (the cluster ktrigger runs in) \
+                is supported; other clusters are refused until multi-cluster sources exist",
+        },
+        PropertyDoc {
             name: "replayExisting",
             required: false,
             description: "Report objects that exist when the trigger starts as create events; default false \
@@ -80,6 +86,9 @@ static DOC: TypeDoc = TypeDoc {
     matchingLabels: {app: shop}
 ",
 };
+
+/// kube-trigger's name of the cluster it runs in.
+const LOCAL_CLUSTER: &str = "local";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -100,6 +109,8 @@ struct Properties {
     name: Option<String>,
     #[serde(default)]
     replay_existing: bool,
+    #[serde(default)]
+    clusters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -155,6 +166,12 @@ impl SourceFactory for ResourceWatcherFactory {
         needs: SourceNeeds,
     ) -> Result<Arc<dyn Source>, String> {
         let props: Properties = parse_properties(properties)?;
+        if let Some(other) = props.clusters.iter().find(|cluster| cluster.as_str() != LOCAL_CLUSTER) {
+            return Err(format!(
+                "properties.clusters: cluster {other:?} cannot be watched: only {LOCAL_CLUSTER:?}, the cluster \
+                 ktrigger runs in, is supported; run a ktrigger in that cluster instead"
+            ));
+        }
         let gvk = parse_gvk(&props.api_version, &props.kind)?;
         let labels = merge_labels(&props.matching_labels, props.label_selector.as_deref())
             .map_err(|e| format!("properties.labelSelector: {e}"))?;
@@ -295,7 +312,8 @@ mod tests {
         let factory = ResourceWatcherFactory::new(Cluster::offline());
         let properties = json!({"apiVersion": "example.com/v1", "kind": "Widget", "namespace": "",
             "events": ["delete"], "matchingLabels": {"app": "x"}, "labelSelector": "tier in (a,b)",
-            "fieldSelector": "metadata.namespace!=kube-system", "name": "w1", "replayExisting": true});
+            "fieldSelector": "metadata.namespace!=kube-system", "name": "w1", "replayExisting": true,
+            "clusters": ["local"]});
         assert!(factory.build(&properties, &context()).is_ok());
     }
 
@@ -309,6 +327,10 @@ mod tests {
             (json!({"apiVersion": "v1", "kind": "Pod", "labelSelector": "app in web"}), "properties.labelSelector"),
             (json!({"apiVersion": "v1", "kind": "Pod", "fieldSelector": "status.phase"}), "properties.fieldSelector"),
             (json!({"apiVersion": "v1", "kind": "Pod", "resync": "1m"}), "unknown field `resync`"),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "clusters": ["local", "cn-shanghai"]}),
+                "properties.clusters: cluster \"cn-shanghai\" cannot be watched: only \"local\"",
+            ),
         ] {
             let error = load_error(properties.clone());
             assert!(error.contains(expected), "{properties}: {error}");
