@@ -805,8 +805,9 @@ fn answer_when_stored(envelope: Envelope, handled: Handled, commits: Vec<Commit>
     if envelope.handled.is_none() {
         return;
     }
-    if commits.is_empty() {
-        envelope.answer(handled);
+    if commits.iter().all(|commit| commit.result_now().is_some()) {
+        let failed = commits.iter().find_map(|commit| commit.result_now().and_then(Result::err));
+        envelope.answer(failed.map_or(handled, |error| Handled::NotStored(error.to_string())));
         return;
     }
     tokio::spawn(async move {
