@@ -1,0 +1,406 @@
+//! What `resource-watcher` and `k8s-events` triggers report after a restart over a durable state
+//! store, against the project's test cluster. A restart is: stop the source, let its watch
+//! close, change things, build and run a new source over the same store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent};
+use ktrigger_core::delivery::{DeliveryQueue, MemoryQueue};
+use ktrigger_core::event::{SharedEvent, TriggerId, stable_id};
+use ktrigger_core::registry::{BuildContext, Envelope, EventSink, Handled, Registry, Source, SourceError, SourceNeeds};
+use ktrigger_core::state::{Commit, SourceState, StateStore, StoreError, StoreMetrics};
+use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, register};
+use ktrigger_testcluster::TestCluster;
+use kube::Client;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+const WAIT: Duration = Duration::from_secs(10);
+const QUIET: Duration = Duration::from_millis(400);
+
+/// A durable store for tests: a map that outlives the sources using it.
+#[derive(Default)]
+struct MapStore {
+    entries: Mutex<BTreeMap<String, Vec<u8>>>,
+}
+
+#[async_trait]
+impl StateStore for MapStore {
+    fn describe(&self) -> String {
+        "map".into()
+    }
+
+    fn durable(&self) -> bool {
+        true
+    }
+
+    async fn open_queue(&self, _name: &str, capacity: usize) -> Result<Arc<dyn DeliveryQueue>, StoreError> {
+        Ok(Arc::new(MemoryQueue::new(capacity)))
+    }
+
+    async fn remove_queue(&self, _name: &str) -> Result<usize, StoreError> {
+        Ok(0)
+    }
+
+    async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
+        let entries = self.entries.lock().unwrap();
+        Ok(entries.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(clone).collect())
+    }
+
+    fn put(&self, key: &str, value: Vec<u8>) -> Commit {
+        self.entries.lock().unwrap().insert(key.to_string(), value);
+        Commit::done()
+    }
+
+    fn delete(&self, key: &str) -> Commit {
+        self.entries.lock().unwrap().remove(key);
+        Commit::done()
+    }
+
+    fn delete_prefix(&self, prefix: &str) -> Commit {
+        self.entries.lock().unwrap().retain(|k, _| !k.starts_with(prefix));
+        Commit::done()
+    }
+
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn metrics(&self) -> StoreMetrics {
+        StoreMetrics::default()
+    }
+}
+
+fn clone((key, value): (&String, &Vec<u8>)) -> (String, Vec<u8>) {
+    (key.clone(), value.clone())
+}
+
+impl MapStore {
+    /// The stored object entries of `trigger`: uid -> entry.
+    fn objects(&self, trigger: &str) -> BTreeMap<String, Value> {
+        let prefix = format!("test/svc/{trigger}/source/obj/");
+        let entries = self.entries.lock().unwrap();
+        entries
+            .iter()
+            .filter_map(|(key, value)| {
+                Some((key.strip_prefix(&prefix)?.to_string(), serde_json::from_slice(value).unwrap()))
+            })
+            .collect()
+    }
+
+    /// Waits until `trigger`'s stored entries satisfy `done`.
+    async fn wait_for(&self, trigger: &str, what: &str, done: impl Fn(&BTreeMap<String, Value>) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !done(&self.objects(trigger)) {
+            assert!(tokio::time::Instant::now() < deadline, "{trigger}: {what}; stored: {:?}", self.objects(trigger));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+struct Harness {
+    cluster: TestCluster,
+    client: Client,
+    registry: Registry,
+    store: Arc<MapStore>,
+}
+
+async fn harness() -> Harness {
+    ktrigger_kube::ensure_crypto_provider();
+    let cluster = TestCluster::start().await;
+    let client = cluster.client().await;
+    let kube = Cluster::with_client(client.clone(), IdentityPolicy::local(), HubOptions::default(), Vec::new());
+    let mut registry = Registry::default();
+    register(&mut registry, kube);
+    Harness { cluster, client, registry, store: Arc::new(MapStore::default()) }
+}
+
+/// One running source of trigger `name` and what it sent.
+struct Running {
+    events: mpsc::Receiver<Envelope>,
+    cancel: CancellationToken,
+    task: Option<JoinHandle<Result<(), SourceError>>>,
+    source: Arc<dyn Source>,
+    sink: EventSink,
+}
+
+impl Harness {
+    fn start(&self, name: &str, source_type: &str, properties: Value, old_object: bool) -> Running {
+        let trigger = TriggerId { namespace: "test".into(), service: "svc".into(), trigger: name.into() };
+        let state = SourceState::new(self.store.clone(), &trigger);
+        let context = BuildContext { state, ..BuildContext::new(trigger) };
+        let source = self
+            .registry
+            .source(source_type)
+            .unwrap()
+            .build_for(&properties, &context, SourceNeeds { old_object })
+            .unwrap();
+        let (sink, events) = EventSink::channel(1024);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn({
+            let (source, sink, cancel) = (source.clone(), sink.clone(), cancel.clone());
+            async move { source.run(sink, cancel).await }
+        });
+        Running { events, cancel, task: Some(task), source, sink }
+    }
+
+    fn configmaps(&self) -> Api<ConfigMap> {
+        Api::namespaced(self.client.clone(), "apps")
+    }
+
+    async fn create_configmap(&self, name: &str) {
+        let cm = serde_json::from_value(json!({"metadata": {"name": name}, "data": {"v": "1"}})).unwrap();
+        self.configmaps().create(&PostParams::default(), &cm).await.unwrap();
+    }
+
+    async fn set_data(&self, name: &str, value: &str) {
+        let patch = Patch::Merge(json!({"data": {"v": value}}));
+        self.configmaps().patch(name, &PatchParams::default(), &patch).await.unwrap();
+    }
+
+    async fn delete_configmap(&self, name: &str) {
+        self.configmaps().delete(name, &DeleteParams::default()).await.unwrap();
+    }
+
+    async fn uid_of(&self, name: &str) -> String {
+        self.configmaps().get(name).await.unwrap().metadata.uid.unwrap()
+    }
+
+    /// Waits until a watch of `plural` runs: the trigger has caught up, later changes are live.
+    async fn wait_for_watches(&self, plural: &str) {
+        assert!(self.cluster.wait_for_watches(plural, 1, WAIT).await, "a watch of {plural} in time");
+    }
+
+    /// Waits until no watch of `plural` is open: every trigger on it stopped.
+    async fn wait_until_closed(&self, plural: &str) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while self.cluster.open_watches_for(plural) > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the watch of {plural} closes");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Running {
+    /// Every event until none arrived for `QUIET`, each answered with `handled`.
+    async fn drain_as(&mut self, handled: Handled) -> Vec<SharedEvent> {
+        let mut seen = Vec::new();
+        while let Ok(Some(envelope)) = tokio::time::timeout(QUIET, self.events.recv()).await {
+            seen.push(envelope.event.clone());
+            envelope.answer(handled.clone());
+        }
+        seen
+    }
+
+    /// Every event until none arrived for `QUIET`, answered as fired.
+    async fn drain(&mut self) -> Vec<SharedEvent> {
+        self.drain_as(Handled::Fired).await
+    }
+
+    /// The result of the current run, which must end within `WAIT`.
+    async fn failure(&mut self) -> String {
+        let task = self.task.take().unwrap();
+        match tokio::time::timeout(WAIT, task).await.expect("the source fails in time").unwrap() {
+            Err(error) => error.0,
+            Ok(()) => panic!("the source stopped without an error"),
+        }
+    }
+
+    /// Runs the same source again, as the engine does after a failure.
+    fn restart(&mut self) {
+        let (source, sink, cancel) = (self.source.clone(), self.sink.clone(), self.cancel.clone());
+        self.task = Some(tokio::spawn(async move { source.run(sink, cancel).await }));
+    }
+
+    async fn stop(mut self) {
+        self.cancel.cancel();
+        if let Some(task) = self.task.take() {
+            task.await.unwrap().unwrap();
+        }
+    }
+}
+
+fn summary(events: &[SharedEvent]) -> Vec<(String, String)> {
+    events
+        .iter()
+        .map(|e| (e.meta.event_type.clone(), e.object["metadata"]["name"].as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+fn pair(kind: &str, name: &str) -> (String, String) {
+    (kind.to_string(), name.to_string())
+}
+
+fn rv(object: &Value) -> &str {
+    object["metadata"]["resourceVersion"].as_str().unwrap()
+}
+
+fn cm_watcher(events: &[&str]) -> Value {
+    json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "events": events})
+}
+
+#[tokio::test]
+async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped() {
+    let h = harness().await;
+    for name in ["same", "changed", "removed"] {
+        h.create_configmap(name).await;
+    }
+    let creates_deletes = h.start("creates-deletes", "resource-watcher", cm_watcher(&["create", "delete"]), false);
+    let updates = h.start("updates", "resource-watcher", cm_watcher(&["update"]), true);
+    // The first start records what exists without reporting it.
+    for trigger in ["creates-deletes", "updates"] {
+        h.store.wait_for(trigger, "three objects recorded", |stored| stored.len() == 3).await;
+    }
+    creates_deletes.stop().await;
+    updates.stop().await;
+    h.wait_until_closed("configmaps").await;
+
+    h.create_configmap("new").await;
+    h.set_data("changed", "2").await;
+    let removed_uid = h.uid_of("removed").await;
+    h.delete_configmap("removed").await;
+
+    let mut creates_deletes = h.start("creates-deletes", "resource-watcher", cm_watcher(&["create", "delete"]), false);
+    let mut updates = h.start("updates", "resource-watcher", cm_watcher(&["update"]), true);
+    let mut seen = creates_deletes.drain().await;
+    seen.sort_by_key(|e| e.meta.event_type.clone());
+    assert_eq!(summary(&seen), [pair("create", "new"), pair("delete", "removed")]);
+    let deleted = &seen[1];
+    assert_eq!(deleted.object["data"]["v"], "1", "a delete while stopped carries the last known object");
+    assert_eq!(deleted.meta.id, stable_id(&[&removed_uid, rv(&deleted.object), "delete"]));
+    let update = updates.drain().await;
+    assert_eq!(summary(&update), [pair("update", "changed")]);
+    assert_eq!(update[0].object["data"]["v"], "2");
+    assert_eq!(update[0].old_object.as_ref().unwrap()["data"]["v"], "1");
+    let changed_uid = h.uid_of("changed").await;
+    assert_eq!(update[0].meta.id, stable_id(&[&changed_uid, rv(&update[0].object), "update"]));
+
+    // Both indexes followed every change, reported to them or not.
+    for trigger in ["creates-deletes", "updates"] {
+        h.store
+            .wait_for(trigger, "same, changed and new", |stored| {
+                stored.len() == 3 && !stored.contains_key(&removed_uid) && stored[&changed_uid]["rv"] == rv(&update[0].object)
+            })
+            .await;
+    }
+    // Once caught up, changes are reported as they happen.
+    h.set_data("same", "3").await;
+    assert_eq!(summary(&updates.drain().await), [pair("update", "same")]);
+    assert!(creates_deletes.drain().await.is_empty());
+    creates_deletes.stop().await;
+    updates.stop().await;
+}
+
+#[tokio::test]
+async fn a_change_the_trigger_could_not_store_is_reported_again_with_the_same_id() {
+    let h = harness().await;
+    let mut running = h.start("creates", "resource-watcher", cm_watcher(&["create"]), false);
+    h.wait_for_watches("configmaps").await;
+    h.create_configmap("a").await;
+    let refused = running.drain_as(Handled::NotStored("disk full".into())).await;
+    assert_eq!(summary(&refused), [pair("create", "a")]);
+    let failure = running.failure().await;
+    assert!(failure.contains("was not stored (disk full)"), "{failure}");
+    assert!(h.store.objects("creates").is_empty(), "the position did not move past the event");
+
+    running.restart();
+    let again = running.drain().await;
+    assert_eq!(summary(&again), [pair("create", "a")]);
+    assert_eq!(again[0].meta.id, refused[0].meta.id);
+    let uid = h.uid_of("a").await;
+    h.store.wait_for("creates", "a recorded", |stored| stored.contains_key(&uid)).await;
+    running.stop().await;
+}
+
+fn kube_event(name: &str, count: u32) -> KubeEvent {
+    serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "apps"},
+        "involvedObject": {"kind": "Pod", "name": name, "namespace": "apps"},
+        "type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container app",
+        "count": count, "firstTimestamp": "2026-01-01T10:00:00Z", "lastTimestamp": format!("2026-01-01T10:0{count}:00Z"),
+    }))
+    .unwrap()
+}
+
+#[tokio::test]
+async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() {
+    let h = harness().await;
+    let api: Api<KubeEvent> = Api::namespaced(h.client.clone(), "apps");
+    let properties = json!({"namespace": "apps", "presets": ["pod-restart"]});
+    let mut running = h.start("restarts", "k8s-events", properties.clone(), false);
+    h.wait_for_watches("events").await;
+    for name in ["old", "crash", "expired"] {
+        api.create(&PostParams::default(), &kube_event(name, 1)).await.unwrap();
+    }
+    assert_eq!(running.drain().await.len(), 3);
+    h.store.wait_for("restarts", "three Events recorded", |stored| stored.len() == 3).await;
+    running.stop().await;
+    h.wait_until_closed("events").await;
+
+    let patch = |count: u32| Patch::Merge(json!({"count": count, "lastTimestamp": format!("2026-01-01T10:0{count}:00Z")}));
+    api.patch("crash", &PatchParams::default(), &patch(2)).await.unwrap();
+    api.patch("crash", &PatchParams::default(), &patch(3)).await.unwrap();
+    let expired = api.get("expired").await.unwrap().metadata.uid.unwrap();
+    api.delete("expired", &DeleteParams::default()).await.unwrap();
+
+    let mut running = h.start("restarts", "k8s-events", properties, false);
+    let fired = running.drain().await;
+    assert_eq!(summary(&fired), [pair("update", "crash")]);
+    assert_eq!(fired[0].object["count"], 3);
+    let crash = api.get("crash").await.unwrap().metadata.uid.unwrap();
+    assert_eq!(fired[0].meta.id, stable_id(&[&crash, "3"]));
+    h.store
+        .wait_for("restarts", "the gone Event forgotten", |stored| {
+            stored.len() == 2 && !stored.contains_key(&expired) && stored[&crash]["occurrences"] == 3
+        })
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test]
+async fn the_stored_index_holds_exactly_the_objects_listed() {
+    let h = harness().await;
+    for i in 0..30 {
+        h.create_configmap(&format!("cm-{i}")).await;
+    }
+    let mut running = h.start("all", "resource-watcher", cm_watcher(&["create", "delete"]), false);
+    h.store.wait_for("all", "30 objects recorded", |stored| stored.len() == 30).await;
+    for i in 0..10 {
+        h.delete_configmap(&format!("cm-{i}")).await;
+    }
+    for i in 30..35 {
+        h.create_configmap(&format!("cm-{i}")).await;
+    }
+    assert_eq!(running.drain().await.len(), 15);
+    running.stop().await;
+    h.wait_until_closed("configmaps").await;
+    for i in 10..20 {
+        h.delete_configmap(&format!("cm-{i}")).await;
+    }
+    for i in 35..40 {
+        h.create_configmap(&format!("cm-{i}")).await;
+    }
+
+    let mut running = h.start("all", "resource-watcher", cm_watcher(&["create", "delete"]), false);
+    assert_eq!(running.drain().await.len(), 15);
+    let listed: BTreeSet<String> = h
+        .configmaps()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|cm| cm.metadata.uid)
+        .collect();
+    assert_eq!(listed.len(), 20);
+    h.store.wait_for("all", "exactly the listed objects", |stored| stored.keys().cloned().collect::<BTreeSet<_>>() == listed).await;
+    let bytes: usize = h.store.objects("all").values().map(|v| serde_json::to_vec(v).unwrap().len()).sum();
+    eprintln!("stored index: {} objects, {} bytes per ConfigMap with its last state", listed.len(), bytes / listed.len());
+    running.stop().await;
+}
