@@ -21,6 +21,11 @@ impl MapStore {
         SourceState::new(store.clone(), &trigger)
     }
 
+    /// Every key stored.
+    pub(crate) fn keys(&self) -> Vec<String> {
+        self.entries.lock().unwrap().keys().cloned().collect()
+    }
+
     /// The value of `key` as text.
     pub(crate) fn text(&self, key: &str) -> Option<String> {
         self.entries.lock().unwrap().get(key).map(|v| String::from_utf8_lossy(v).into_owned())
