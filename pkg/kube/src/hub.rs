@@ -610,7 +610,9 @@ impl Durable {
             {
                 None
             }
-            (ChangeKind::Create | ChangeKind::Update, None) => Some(Change::new(ChangeKind::Create, change.object.clone())),
+            (ChangeKind::Create | ChangeKind::Update, None) => {
+                Some(Change::new(ChangeKind::Create, change.object.clone()))
+            }
             (kind, Some(known)) => {
                 let kind = if kind == ChangeKind::Delete { kind } else { ChangeKind::Update };
                 let mut own = Change::new(kind, change.object.clone());

@@ -285,7 +285,9 @@ async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped(
     for trigger in ["creates-deletes", "updates"] {
         h.store
             .wait_for(trigger, "same, changed and new", |stored| {
-                stored.len() == 3 && !stored.contains_key(&removed_uid) && stored[&changed_uid]["rv"] == rv(&update[0].object)
+                stored.len() == 3
+                    && !stored.contains_key(&removed_uid)
+                    && stored[&changed_uid]["rv"] == rv(&update[0].object)
             })
             .await;
     }
@@ -343,7 +345,8 @@ async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() 
     running.stop().await;
     h.wait_until_closed("events").await;
 
-    let patch = |count: u32| Patch::Merge(json!({"count": count, "lastTimestamp": format!("2026-01-01T10:0{count}:00Z")}));
+    let patch =
+        |count: u32| Patch::Merge(json!({"count": count, "lastTimestamp": format!("2026-01-01T10:0{count}:00Z")}));
     api.patch("crash", &PatchParams::default(), &patch(2)).await.unwrap();
     api.patch("crash", &PatchParams::default(), &patch(3)).await.unwrap();
     let expired = api.get("expired").await.unwrap().metadata.uid.unwrap();
@@ -399,8 +402,16 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
         .filter_map(|cm| cm.metadata.uid)
         .collect();
     assert_eq!(listed.len(), 20);
-    h.store.wait_for("all", "exactly the listed objects", |stored| stored.keys().cloned().collect::<BTreeSet<_>>() == listed).await;
+    h.store
+        .wait_for("all", "exactly the listed objects", |stored| {
+            stored.keys().cloned().collect::<BTreeSet<_>>() == listed
+        })
+        .await;
     let bytes: usize = h.store.objects("all").values().map(|v| serde_json::to_vec(v).unwrap().len()).sum();
-    eprintln!("stored index: {} objects, {} bytes per ConfigMap with its last state", listed.len(), bytes / listed.len());
+    eprintln!(
+        "stored index: {} objects, {} bytes per ConfigMap with its last state",
+        listed.len(),
+        bytes / listed.len()
+    );
     running.stop().await;
 }
