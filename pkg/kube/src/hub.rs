@@ -267,7 +267,7 @@ impl Health {
 }
 
 enum Command {
-    Join(u64, Subscriber, Option<Durable>),
+    Join(u64, Box<(Subscriber, Option<Durable>)>),
     Leave(u64),
 }
 
@@ -347,7 +347,7 @@ impl WatchHub {
             }
         };
         entry.subscribers += 1;
-        let _ = entry.commands.send(Command::Join(id, subscriber, durable));
+        let _ = entry.commands.send(Command::Join(id, Box::new((subscriber, durable))));
         tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
         Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone(), guest: None, failed })
     }
@@ -661,7 +661,7 @@ impl WatchTask {
                 biased;
                 () = cancel.cancelled() => break,
                 command = commands.recv() => match command {
-                    Some(Command::Join(id, subscriber, durable)) => self.join(id, subscriber, durable).await,
+                    Some(Command::Join(id, joining)) => self.join(id, joining.0, joining.1).await,
                     Some(Command::Leave(id)) => self.leave(id),
                     None => break,
                 },

@@ -442,10 +442,8 @@ impl HttpPoller {
             return self.poll_durably(sink, items).await;
         }
         for change in self.changes(items) {
-            if self.kinds.contains(&change.kind) {
-                if !sink.send(self.event(&change)).await {
-                    return Flow::Stopped;
-                }
+            if self.kinds.contains(&change.kind) && !sink.send(self.event(&change)).await {
+                return Flow::Stopped;
             }
             self.apply(change);
         }
