@@ -165,12 +165,16 @@ pub struct Change {
     pub old: Option<Arc<Value>>,
     /// The occurrence count of the previous object (`count` / `series.count` of Events).
     pub old_occurrences: Option<u64>,
+    /// The resourceVersion the object had before it was deleted, when known: deletes are
+    /// identified by it, so that a delete seen live and one found missing after a restart have
+    /// the same id.
+    pub old_resource_version: Option<Box<str>>,
     derived: OnceLock<Value>,
 }
 
 impl Change {
     pub(crate) fn new(kind: ChangeKind, object: Value) -> Self {
-        Change { kind, object, old: None, old_occurrences: None, derived: OnceLock::new() }
+        Change { kind, object, old: None, old_occurrences: None, old_resource_version: None, derived: OnceLock::new() }
     }
 
     /// A view of the object computed once per change and shared by subscribers (the normalized
@@ -617,6 +621,7 @@ impl Durable {
                 let kind = if kind == ChangeKind::Delete { kind } else { ChangeKind::Update };
                 let mut own = Change::new(kind, change.object.clone());
                 own.old_occurrences = Some(known.occurrences);
+                own.old_resource_version = Some(known.resource_version.as_str().into());
                 if needs_old {
                     own.old = known.object.map(Arc::new);
                 }
@@ -791,6 +796,7 @@ impl WatchTask {
                             let object = self.stub(&uid, &known);
                             let mut change = Change::new(ChangeKind::Delete, object);
                             change.old_occurrences = Some(known.occurrences);
+                            change.old_resource_version = Some(known.resource_version);
                             self.dispatch(change, None).await;
                         }
                     }
@@ -823,6 +829,7 @@ impl WatchTask {
                 let mut change = Change::new(ChangeKind::Delete, object);
                 if let Some(known) = known {
                     change.old_occurrences = Some(known.occurrences);
+                    change.old_resource_version = Some(known.resource_version);
                     change.old = known.last;
                 }
                 self.dispatch(change, None).await;
@@ -1077,6 +1084,7 @@ impl WatchTask {
             };
             let mut change = Change::new(ChangeKind::Delete, object);
             change.old_occurrences = Some(own.occurrences);
+            change.old_resource_version = Some(own.resource_version.into());
             self.dispatch(change, Some(&[id])).await;
         }
     }
@@ -1110,10 +1118,14 @@ fn build_event(shape: &EventShape, change: &Change) -> Event {
     event
 }
 
-/// The deterministic id of a change of a resource: uid, resourceVersion (the last one, for
-/// deletes) and change type.
+/// The deterministic id of a change of a resource: uid, resourceVersion (for deletes the last
+/// one before the delete, when known) and change type.
 pub fn change_id(change: &Change) -> String {
-    stable_id(&[&uid_of(&change.object), resource_version(&change.object), change.kind.as_str()])
+    let version = match (change.kind, &change.old_resource_version) {
+        (ChangeKind::Delete, Some(version)) => version,
+        _ => resource_version(&change.object),
+    };
+    stable_id(&[&uid_of(&change.object), version, change.kind.as_str()])
 }
 
 /// The uid of an object, or namespace/name when it has none.

@@ -291,10 +291,17 @@ async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped(
             })
             .await;
     }
-    // Once caught up, changes are reported as they happen.
+    // Once caught up, changes are reported as they happen; a delete is identified by the
+    // resourceVersion before it, as after a restart.
     h.set_data("same", "3").await;
     assert_eq!(summary(&updates.drain().await), [pair("update", "same")]);
     assert!(creates_deletes.drain().await.is_empty());
+    let before = h.configmaps().get("new").await.unwrap().metadata;
+    h.delete_configmap("new").await;
+    let deleted = creates_deletes.drain().await;
+    assert_eq!(summary(&deleted), [pair("delete", "new")]);
+    let (uid, version) = (before.uid.unwrap(), before.resource_version.unwrap());
+    assert_eq!(deleted[0].meta.id, stable_id(&[&uid, &version, "delete"]));
     creates_deletes.stop().await;
     updates.stop().await;
 }
