@@ -75,7 +75,8 @@ static DOC: TypeDoc = TypeDoc {
         PropertyDoc {
             name: "replayExisting",
             required: false,
-            description: "Report Events that exist when the trigger starts; default false",
+            description: "Report Events that exist when the trigger starts; default false. With a state store, \
+                only on the trigger's first start: later starts report what happened while it was not running.",
         },
     ],
     example: "source:

@@ -1,13 +1,14 @@
 //! What `resource-watcher` and `k8s-events` triggers report after a restart over a durable state
-//! store, against the project's test cluster. A restart is: stop the source, let its watch
-//! close, change things, build and run a new source over the same store.
+//! store, against the project's test cluster, or a real cluster when `KTRIGGER_TEST_KUBECONFIG`
+//! names a kubeconfig (each test then works in a namespace of its own). A restart is: stop the
+//! source, let its watch close, change things, build and run a new source over the same store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent};
+use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
 use ktrigger_core::delivery::{DeliveryQueue, MemoryQueue};
 use ktrigger_core::event::{SharedEvent, TriggerId, stable_id};
 use ktrigger_core::registry::{BuildContext, Envelope, EventSink, Handled, Registry, Source, SourceError, SourceNeeds};
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(10);
-const QUIET: Duration = Duration::from_millis(400);
+const QUIET: Duration = Duration::from_millis(500);
 
 /// A durable store for tests: a map that outlives the sources using it.
 #[derive(Default)]
@@ -105,20 +106,38 @@ impl MapStore {
 }
 
 struct Harness {
-    cluster: TestCluster,
+    _cluster: Option<TestCluster>,
     client: Client,
+    kube: Cluster,
     registry: Registry,
     store: Arc<MapStore>,
+    namespace: String,
 }
 
-async fn harness() -> Harness {
+/// A harness on the test cluster, or on the cluster of `KTRIGGER_TEST_KUBECONFIG` in a new
+/// namespace named after `test`.
+async fn harness(test: &str) -> Harness {
     ktrigger_kube::ensure_crypto_provider();
-    let cluster = TestCluster::start().await;
-    let client = cluster.client().await;
+    let (cluster, client, namespace) = match std::env::var("KTRIGGER_TEST_KUBECONFIG") {
+        Ok(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("KTRIGGER_TEST_KUBECONFIG is readable");
+            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
+            let client = Client::try_from(config).unwrap();
+            let namespace = format!("kt-pos-{test}-{}", std::process::id());
+            let object = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+            Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &object).await.unwrap();
+            (None, client, namespace)
+        }
+        Err(_) => {
+            let cluster = TestCluster::start().await;
+            let client = cluster.client().await;
+            (Some(cluster), client, "apps".to_string())
+        }
+    };
     let kube = Cluster::with_client(client.clone(), IdentityPolicy::local(), HubOptions::default(), Vec::new());
     let mut registry = Registry::default();
-    register(&mut registry, kube);
-    Harness { cluster, client, registry, store: Arc::new(MapStore::default()) }
+    register(&mut registry, kube.clone());
+    Harness { _cluster: cluster, client, kube, registry, store: Arc::new(MapStore::default()), namespace }
 }
 
 /// One running source of trigger `name` and what it sent.
@@ -151,11 +170,30 @@ impl Harness {
     }
 
     fn configmaps(&self) -> Api<ConfigMap> {
-        Api::namespaced(self.client.clone(), "apps")
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    fn events(&self) -> Api<KubeEvent> {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// A resource-watcher of the test's ConfigMaps (not the cluster's own, e.g. kube-root-ca.crt).
+    fn cm_watcher(&self, events: &[&str]) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": self.namespace, "events": events,
+            "matchingLabels": {"test": "positions"}})
+    }
+
+    /// Removes the namespace of a real cluster.
+    async fn clean_up(self) {
+        if self._cluster.is_none() {
+            let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+        }
     }
 
     async fn create_configmap(&self, name: &str) {
-        let cm = serde_json::from_value(json!({"metadata": {"name": name}, "data": {"v": "1"}})).unwrap();
+        let cm = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"test": "positions"}},
+            "data": {"v": "1"}}))
+        .unwrap();
         self.configmaps().create(&PostParams::default(), &cm).await.unwrap();
     }
 
@@ -172,35 +210,47 @@ impl Harness {
         self.configmaps().get(name).await.unwrap().metadata.uid.unwrap()
     }
 
-    /// Waits until a watch of `plural` runs: the trigger has caught up, later changes are live.
-    async fn wait_for_watches(&self, plural: &str) {
-        assert!(self.cluster.wait_for_watches(plural, 1, WAIT).await, "a watch of {plural} in time");
+    /// Waits until `running` (trigger `trigger`, on ConfigMaps) has caught up and sees changes
+    /// live: a probe ConfigMap made now is in its index, recorded at catch-up or reported.
+    async fn wait_until_live(&self, trigger: &str, running: &mut Running) {
+        self.create_configmap("probe").await;
+        let uid = self.uid_of("probe").await;
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while !self.store.objects(trigger).contains_key(&uid) {
+            assert!(tokio::time::Instant::now() < deadline, "{trigger} sees the probe in time");
+            if let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_millis(20), running.events.recv()).await {
+                envelope.answer(Handled::Fired);
+            }
+        }
     }
 
-    /// Waits until no watch of `plural` is open: every trigger on it stopped.
-    async fn wait_until_closed(&self, plural: &str) {
+    /// Waits until no watch is open: every trigger stopped.
+    async fn wait_until_closed(&self) {
         let deadline = tokio::time::Instant::now() + WAIT;
-        while self.cluster.open_watches_for(plural) > 0 {
-            assert!(tokio::time::Instant::now() < deadline, "the watch of {plural} closes");
+        while self.kube.hub().open_watches() > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "the watches close");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }
 
 impl Running {
-    /// Every event until none arrived for `QUIET`, each answered with `handled`.
-    async fn drain_as(&mut self, handled: Handled) -> Vec<SharedEvent> {
+    /// `count` events, then every further one until none arrived for `QUIET`, each answered
+    /// with `handled`.
+    async fn collect_as(&mut self, count: usize, handled: Handled) -> Vec<SharedEvent> {
         let mut seen = Vec::new();
-        while let Ok(Some(envelope)) = tokio::time::timeout(QUIET, self.events.recv()).await {
+        loop {
+            let wait = if seen.len() < count { WAIT } else { QUIET };
+            let Ok(Some(envelope)) = tokio::time::timeout(wait, self.events.recv()).await else { break };
             seen.push(envelope.event.clone());
             envelope.answer(handled.clone());
         }
         seen
     }
 
-    /// Every event until none arrived for `QUIET`, answered as fired.
-    async fn drain(&mut self) -> Vec<SharedEvent> {
-        self.drain_as(Handled::Fired).await
+    /// `count` events and any further ones, answered as fired.
+    async fn collect(&mut self, count: usize) -> Vec<SharedEvent> {
+        self.collect_as(count, Handled::Fired).await
     }
 
     /// The result of the current run, which must end within `WAIT`.
@@ -241,40 +291,37 @@ fn rv(object: &Value) -> &str {
     object["metadata"]["resourceVersion"].as_str().unwrap()
 }
 
-fn cm_watcher(events: &[&str]) -> Value {
-    json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "events": events})
-}
-
 #[tokio::test]
 async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped() {
-    let h = harness().await;
+    let h = harness("changes").await;
     for name in ["same", "changed", "removed"] {
         h.create_configmap(name).await;
     }
-    let creates_deletes = h.start("creates-deletes", "resource-watcher", cm_watcher(&["create", "delete"]), false);
-    let updates = h.start("updates", "resource-watcher", cm_watcher(&["update"]), true);
+    let creates_deletes = h.start("creates-deletes", "resource-watcher", h.cm_watcher(&["create", "delete"]), false);
+    let updates = h.start("updates", "resource-watcher", h.cm_watcher(&["update"]), true);
     // The first start records what exists without reporting it.
     for trigger in ["creates-deletes", "updates"] {
         h.store.wait_for(trigger, "three objects recorded", |stored| stored.len() == 3).await;
     }
     creates_deletes.stop().await;
     updates.stop().await;
-    h.wait_until_closed("configmaps").await;
+    h.wait_until_closed().await;
 
     h.create_configmap("new").await;
     h.set_data("changed", "2").await;
     let removed_uid = h.uid_of("removed").await;
     h.delete_configmap("removed").await;
 
-    let mut creates_deletes = h.start("creates-deletes", "resource-watcher", cm_watcher(&["create", "delete"]), false);
-    let mut updates = h.start("updates", "resource-watcher", cm_watcher(&["update"]), true);
-    let mut seen = creates_deletes.drain().await;
+    let mut creates_deletes =
+        h.start("creates-deletes", "resource-watcher", h.cm_watcher(&["create", "delete"]), false);
+    let mut updates = h.start("updates", "resource-watcher", h.cm_watcher(&["update"]), true);
+    let mut seen = creates_deletes.collect(2).await;
     seen.sort_by_key(|e| e.meta.event_type.clone());
     assert_eq!(summary(&seen), [pair("create", "new"), pair("delete", "removed")]);
     let deleted = &seen[1];
     assert_eq!(deleted.object["data"]["v"], "1", "a delete while stopped carries the last known object");
     assert_eq!(deleted.meta.id, stable_id(&[&removed_uid, rv(&deleted.object), "delete"]));
-    let update = updates.drain().await;
+    let update = updates.collect(1).await;
     assert_eq!(summary(&update), [pair("update", "changed")]);
     assert_eq!(update[0].object["data"]["v"], "2");
     assert_eq!(update[0].old_object.as_ref().unwrap()["data"]["v"], "1");
@@ -294,63 +341,74 @@ async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped(
     // Once caught up, changes are reported as they happen; a delete is identified by the
     // resourceVersion before it, as after a restart.
     h.set_data("same", "3").await;
-    assert_eq!(summary(&updates.drain().await), [pair("update", "same")]);
-    assert!(creates_deletes.drain().await.is_empty());
+    assert_eq!(summary(&updates.collect(1).await), [pair("update", "same")]);
     let before = h.configmaps().get("new").await.unwrap().metadata;
     h.delete_configmap("new").await;
-    let deleted = creates_deletes.drain().await;
+    let deleted = creates_deletes.collect(1).await;
     assert_eq!(summary(&deleted), [pair("delete", "new")]);
     let (uid, version) = (before.uid.unwrap(), before.resource_version.unwrap());
     assert_eq!(deleted[0].meta.id, stable_id(&[&uid, &version, "delete"]));
     creates_deletes.stop().await;
     updates.stop().await;
+    h.clean_up().await;
 }
 
 #[tokio::test]
 async fn a_change_the_trigger_could_not_store_is_reported_again_with_the_same_id() {
-    let h = harness().await;
-    let mut running = h.start("creates", "resource-watcher", cm_watcher(&["create"]), false);
-    h.wait_for_watches("configmaps").await;
+    let h = harness("refused").await;
+    let mut running = h.start("creates", "resource-watcher", h.cm_watcher(&["create"]), false);
+    h.wait_until_live("creates", &mut running).await;
     h.create_configmap("a").await;
-    let refused = running.drain_as(Handled::NotStored("disk full".into())).await;
+    let refused = running.collect_as(1, Handled::NotStored("disk full".into())).await;
     assert_eq!(summary(&refused), [pair("create", "a")]);
     let failure = running.failure().await;
     assert!(failure.contains("was not stored (disk full)"), "{failure}");
-    assert!(h.store.objects("creates").is_empty(), "the position did not move past the event");
+    let uid = h.uid_of("a").await;
+    assert!(!h.store.objects("creates").contains_key(&uid), "the position did not move past the event");
 
     running.restart();
-    let again = running.drain().await;
+    let again = running.collect(1).await;
     assert_eq!(summary(&again), [pair("create", "a")]);
     assert_eq!(again[0].meta.id, refused[0].meta.id);
-    let uid = h.uid_of("a").await;
     h.store.wait_for("creates", "a recorded", |stored| stored.contains_key(&uid)).await;
     running.stop().await;
+    h.clean_up().await;
 }
 
-fn kube_event(name: &str, count: u32) -> KubeEvent {
+fn kube_event(namespace: &str, name: &str, count: u32) -> KubeEvent {
     serde_json::from_value(json!({
-        "metadata": {"name": name, "namespace": "apps"},
-        "involvedObject": {"kind": "Pod", "name": name, "namespace": "apps"},
+        "metadata": {"name": name, "namespace": namespace},
+        "involvedObject": {"kind": "Pod", "name": name, "namespace": namespace},
         "type": "Warning", "reason": "BackOff", "message": "Back-off restarting failed container app",
-        "count": count, "firstTimestamp": "2026-01-01T10:00:00Z", "lastTimestamp": format!("2026-01-01T10:0{count}:00Z"),
+        "count": count, "firstTimestamp": "2026-01-01T10:00:00Z",
+        "lastTimestamp": format!("2026-01-01T10:0{count}:00Z"),
     }))
     .unwrap()
 }
 
 #[tokio::test]
 async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() {
-    let h = harness().await;
-    let api: Api<KubeEvent> = Api::namespaced(h.client.clone(), "apps");
-    let properties = json!({"namespace": "apps", "presets": ["pod-restart"]});
+    let h = harness("events").await;
+    let api = h.events();
+    let properties = json!({"namespace": h.namespace, "presets": ["pod-restart"]});
     let mut running = h.start("restarts", "k8s-events", properties.clone(), false);
-    h.wait_for_watches("events").await;
-    for name in ["old", "crash", "expired"] {
-        api.create(&PostParams::default(), &kube_event(name, 1)).await.unwrap();
+    // Live once an Event made now is in the index, recorded at catch-up or reported.
+    api.create(&PostParams::default(), &kube_event(&h.namespace, "probe", 1)).await.unwrap();
+    let probe = api.get("probe").await.unwrap().metadata.uid.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !h.store.objects("restarts").contains_key(&probe) {
+        assert!(tokio::time::Instant::now() < deadline, "the probe Event is seen in time");
+        if let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_millis(20), running.events.recv()).await {
+            envelope.answer(Handled::Fired);
+        }
     }
-    assert_eq!(running.drain().await.len(), 3);
-    h.store.wait_for("restarts", "three Events recorded", |stored| stored.len() == 3).await;
+    for name in ["old", "crash", "expired"] {
+        api.create(&PostParams::default(), &kube_event(&h.namespace, name, 1)).await.unwrap();
+    }
+    assert_eq!(running.collect(3).await.len(), 3);
+    h.store.wait_for("restarts", "four Events recorded", |stored| stored.len() == 4).await;
     running.stop().await;
-    h.wait_until_closed("events").await;
+    h.wait_until_closed().await;
 
     let patch =
         |count: u32| Patch::Merge(json!({"count": count, "lastTimestamp": format!("2026-01-01T10:0{count}:00Z")}));
@@ -360,26 +418,28 @@ async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() 
     api.delete("expired", &DeleteParams::default()).await.unwrap();
 
     let mut running = h.start("restarts", "k8s-events", properties, false);
-    let fired = running.drain().await;
+    let fired = running.collect(1).await;
     assert_eq!(summary(&fired), [pair("update", "crash")]);
     assert_eq!(fired[0].object["count"], 3);
     let crash = api.get("crash").await.unwrap().metadata.uid.unwrap();
     assert_eq!(fired[0].meta.id, stable_id(&[&crash, "3"]));
     h.store
         .wait_for("restarts", "the gone Event forgotten", |stored| {
-            stored.len() == 2 && !stored.contains_key(&expired) && stored[&crash]["occurrences"] == 3
+            stored.len() == 3 && !stored.contains_key(&expired) && stored[&crash]["occurrences"] == 3
         })
         .await;
     running.stop().await;
+    h.clean_up().await;
 }
 
 #[tokio::test]
 async fn the_stored_index_holds_exactly_the_objects_listed() {
-    let h = harness().await;
+    let h = harness("bounds").await;
     for i in 0..30 {
         h.create_configmap(&format!("cm-{i}")).await;
     }
-    let mut running = h.start("all", "resource-watcher", cm_watcher(&["create", "delete"]), false);
+    let watcher = h.cm_watcher(&["create", "delete"]);
+    let mut running = h.start("all", "resource-watcher", watcher.clone(), false);
     h.store.wait_for("all", "30 objects recorded", |stored| stored.len() == 30).await;
     for i in 0..10 {
         h.delete_configmap(&format!("cm-{i}")).await;
@@ -387,9 +447,9 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
     for i in 30..35 {
         h.create_configmap(&format!("cm-{i}")).await;
     }
-    assert_eq!(running.drain().await.len(), 15);
+    assert_eq!(running.collect(15).await.len(), 15);
     running.stop().await;
-    h.wait_until_closed("configmaps").await;
+    h.wait_until_closed().await;
     for i in 10..20 {
         h.delete_configmap(&format!("cm-{i}")).await;
     }
@@ -397,11 +457,11 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
         h.create_configmap(&format!("cm-{i}")).await;
     }
 
-    let mut running = h.start("all", "resource-watcher", cm_watcher(&["create", "delete"]), false);
-    assert_eq!(running.drain().await.len(), 15);
+    let mut running = h.start("all", "resource-watcher", watcher, false);
+    assert_eq!(running.collect(15).await.len(), 15);
     let listed: BTreeSet<String> = h
         .configmaps()
-        .list(&ListParams::default())
+        .list(&ListParams::default().labels("test=positions"))
         .await
         .unwrap()
         .items
@@ -421,4 +481,5 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
         bytes / listed.len()
     );
     running.stop().await;
+    h.clean_up().await;
 }
