@@ -6,6 +6,7 @@ mod egress;
 mod inspect;
 mod limits;
 mod run;
+mod state;
 mod webhooks;
 
 use std::path::PathBuf;

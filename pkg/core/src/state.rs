@@ -8,7 +8,7 @@
 //! write the event caused has resolved.
 
 pub mod memory;
-
+pub mod redb;
 
 use std::sync::Arc;
 
