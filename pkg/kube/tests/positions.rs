@@ -1,18 +1,18 @@
 //! What `resource-watcher` and `k8s-events` triggers report after a restart over a durable state
 //! store, against the project's test cluster, or a real cluster when `KTRIGGER_TEST_KUBECONFIG`
-//! names a kubeconfig (each test then works in a namespace of its own). A restart is: stop the
-//! source, let its watch close, change things, build and run a new source over the same store.
+//! names a kubeconfig (each test then works in a namespace of its own). The state store is the
+//! embedded one, in a temporary directory. A restart is: stop the source, let its watch close,
+//! change things, build and run a new source over the same store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
-use ktrigger_core::delivery::{DeliveryQueue, MemoryQueue};
 use ktrigger_core::event::{SharedEvent, TriggerId, stable_id};
 use ktrigger_core::registry::{BuildContext, Envelope, EventSink, Handled, Registry, Source, SourceError, SourceNeeds};
-use ktrigger_core::state::{Commit, SourceState, StateStore, StoreError, StoreMetrics};
+use ktrigger_core::state::redb::RedbStore;
+use ktrigger_core::state::{SourceState, StateStore};
 use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, register};
 use ktrigger_testcluster::TestCluster;
 use kube::Client;
@@ -25,92 +25,13 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(10);
 const QUIET: Duration = Duration::from_millis(500);
 
-/// A durable store for tests: a map that outlives the sources using it.
-#[derive(Default)]
-struct MapStore {
-    entries: Mutex<BTreeMap<String, Vec<u8>>>,
-}
-
-#[async_trait]
-impl StateStore for MapStore {
-    fn describe(&self) -> String {
-        "map".into()
-    }
-
-    fn durable(&self) -> bool {
-        true
-    }
-
-    async fn open_queue(&self, _name: &str, capacity: usize) -> Result<Arc<dyn DeliveryQueue>, StoreError> {
-        Ok(Arc::new(MemoryQueue::new(capacity)))
-    }
-
-    async fn remove_queue(&self, _name: &str) -> Result<usize, StoreError> {
-        Ok(0)
-    }
-
-    async fn load(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>, StoreError> {
-        let entries = self.entries.lock().unwrap();
-        Ok(entries.range(prefix.to_string()..).take_while(|(k, _)| k.starts_with(prefix)).map(clone).collect())
-    }
-
-    fn put(&self, key: &str, value: Vec<u8>) -> Commit {
-        self.entries.lock().unwrap().insert(key.to_string(), value);
-        Commit::done()
-    }
-
-    fn delete(&self, key: &str) -> Commit {
-        self.entries.lock().unwrap().remove(key);
-        Commit::done()
-    }
-
-    fn delete_prefix(&self, prefix: &str) -> Commit {
-        self.entries.lock().unwrap().retain(|k, _| !k.starts_with(prefix));
-        Commit::done()
-    }
-
-    fn health(&self) -> Result<(), String> {
-        Ok(())
-    }
-
-    fn metrics(&self) -> StoreMetrics {
-        StoreMetrics::default()
-    }
-}
-
-fn clone((key, value): (&String, &Vec<u8>)) -> (String, Vec<u8>) {
-    (key.clone(), value.clone())
-}
-
-impl MapStore {
-    /// The stored object entries of `trigger`: uid -> entry.
-    fn objects(&self, trigger: &str) -> BTreeMap<String, Value> {
-        let prefix = format!("test/svc/{trigger}/source/obj/");
-        let entries = self.entries.lock().unwrap();
-        entries
-            .iter()
-            .filter_map(|(key, value)| {
-                Some((key.strip_prefix(&prefix)?.to_string(), serde_json::from_slice(value).unwrap()))
-            })
-            .collect()
-    }
-
-    /// Waits until `trigger`'s stored entries satisfy `done`.
-    async fn wait_for(&self, trigger: &str, what: &str, done: impl Fn(&BTreeMap<String, Value>) -> bool) {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while !done(&self.objects(trigger)) {
-            assert!(tokio::time::Instant::now() < deadline, "{trigger}: {what}; stored: {:?}", self.objects(trigger));
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
 struct Harness {
     _cluster: Option<TestCluster>,
     client: Client,
     kube: Cluster,
     registry: Registry,
-    store: Arc<MapStore>,
+    store: Arc<RedbStore>,
+    _dir: tempfile::TempDir,
     namespace: String,
 }
 
@@ -137,7 +58,9 @@ async fn harness(test: &str) -> Harness {
     let kube = Cluster::with_client(client.clone(), IdentityPolicy::local(), HubOptions::default(), Vec::new());
     let mut registry = Registry::default();
     register(&mut registry, kube.clone());
-    Harness { _cluster: cluster, client, kube, registry, store: Arc::new(MapStore::default()), namespace }
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = RedbStore::open(dir.path()).unwrap();
+    Harness { _cluster: cluster, client, kube, registry, store: Arc::new(store), _dir: dir, namespace }
 }
 
 /// One running source of trigger `name` and what it sent.
@@ -150,6 +73,29 @@ struct Running {
 }
 
 impl Harness {
+    /// The stored object entries of `trigger`: uid -> entry.
+    async fn objects(&self, trigger: &str) -> BTreeMap<String, Value> {
+        let prefix = format!("test/svc/{trigger}/source/obj/");
+        let entries = self.store.load(&prefix).await.unwrap();
+        entries
+            .into_iter()
+            .map(|(key, value)| (key[prefix.len()..].to_string(), serde_json::from_slice(&value).unwrap()))
+            .collect()
+    }
+
+    /// Waits until `trigger`'s stored entries satisfy `done`.
+    async fn wait_for(&self, trigger: &str, what: &str, done: impl Fn(&BTreeMap<String, Value>) -> bool) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let stored = self.objects(trigger).await;
+            if done(&stored) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{trigger}: {what}; stored: {stored:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     fn start(&self, name: &str, source_type: &str, properties: Value, old_object: bool) -> Running {
         let trigger = TriggerId { namespace: "test".into(), service: "svc".into(), trigger: name.into() };
         let state = SourceState::new(self.store.clone(), &trigger);
@@ -216,7 +162,7 @@ impl Harness {
         self.create_configmap("probe").await;
         let uid = self.uid_of("probe").await;
         let deadline = tokio::time::Instant::now() + WAIT;
-        while !self.store.objects(trigger).contains_key(&uid) {
+        while !self.objects(trigger).await.contains_key(&uid) {
             assert!(tokio::time::Instant::now() < deadline, "{trigger} sees the probe in time");
             if let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_millis(20), running.events.recv()).await {
                 envelope.answer(Handled::Fired);
@@ -301,7 +247,7 @@ async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped(
     let updates = h.start("updates", "resource-watcher", h.cm_watcher(&["update"]), true);
     // The first start records what exists without reporting it.
     for trigger in ["creates-deletes", "updates"] {
-        h.store.wait_for(trigger, "three objects recorded", |stored| stored.len() == 3).await;
+        h.wait_for(trigger, "three objects recorded", |stored| stored.len() == 3).await;
     }
     creates_deletes.stop().await;
     updates.stop().await;
@@ -330,13 +276,12 @@ async fn resource_watchers_get_exactly_the_changes_made_while_they_were_stopped(
 
     // Both indexes followed every change, reported to them or not.
     for trigger in ["creates-deletes", "updates"] {
-        h.store
-            .wait_for(trigger, "same, changed and new", |stored| {
-                stored.len() == 3
-                    && !stored.contains_key(&removed_uid)
-                    && stored[&changed_uid]["rv"] == rv(&update[0].object)
-            })
-            .await;
+        h.wait_for(trigger, "same, changed and new", |stored| {
+            stored.len() == 3
+                && !stored.contains_key(&removed_uid)
+                && stored[&changed_uid]["rv"] == rv(&update[0].object)
+        })
+        .await;
     }
     // Once caught up, changes are reported as they happen; a delete is identified by the
     // resourceVersion before it, as after a restart.
@@ -364,13 +309,13 @@ async fn a_change_the_trigger_could_not_store_is_reported_again_with_the_same_id
     let failure = running.failure().await;
     assert!(failure.contains("was not stored (disk full)"), "{failure}");
     let uid = h.uid_of("a").await;
-    assert!(!h.store.objects("creates").contains_key(&uid), "the position did not move past the event");
+    assert!(!h.objects("creates").await.contains_key(&uid), "the position did not move past the event");
 
     running.restart();
     let again = running.collect(1).await;
     assert_eq!(summary(&again), [pair("create", "a")]);
     assert_eq!(again[0].meta.id, refused[0].meta.id);
-    h.store.wait_for("creates", "a recorded", |stored| stored.contains_key(&uid)).await;
+    h.wait_for("creates", "a recorded", |stored| stored.contains_key(&uid)).await;
     running.stop().await;
     h.clean_up().await;
 }
@@ -396,7 +341,7 @@ async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() 
     api.create(&PostParams::default(), &kube_event(&h.namespace, "probe", 1)).await.unwrap();
     let probe = api.get("probe").await.unwrap().metadata.uid.unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
-    while !h.store.objects("restarts").contains_key(&probe) {
+    while !h.objects("restarts").await.contains_key(&probe) {
         assert!(tokio::time::Instant::now() < deadline, "the probe Event is seen in time");
         if let Ok(Some(envelope)) = tokio::time::timeout(Duration::from_millis(20), running.events.recv()).await {
             envelope.answer(Handled::Fired);
@@ -406,7 +351,7 @@ async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() 
         api.create(&PostParams::default(), &kube_event(&h.namespace, name, 1)).await.unwrap();
     }
     assert_eq!(running.collect(3).await.len(), 3);
-    h.store.wait_for("restarts", "four Events recorded", |stored| stored.len() == 4).await;
+    h.wait_for("restarts", "four Events recorded", |stored| stored.len() == 4).await;
     running.stop().await;
     h.wait_until_closed().await;
 
@@ -423,11 +368,10 @@ async fn k8s_events_that_repeated_while_stopped_fire_once_and_old_ones_do_not() 
     assert_eq!(fired[0].object["count"], 3);
     let crash = api.get("crash").await.unwrap().metadata.uid.unwrap();
     assert_eq!(fired[0].meta.id, stable_id(&[&crash, "3"]));
-    h.store
-        .wait_for("restarts", "the gone Event forgotten", |stored| {
-            stored.len() == 3 && !stored.contains_key(&expired) && stored[&crash]["occurrences"] == 3
-        })
-        .await;
+    h.wait_for("restarts", "the gone Event forgotten", |stored| {
+        stored.len() == 3 && !stored.contains_key(&expired) && stored[&crash]["occurrences"] == 3
+    })
+    .await;
     running.stop().await;
     h.clean_up().await;
 }
@@ -440,7 +384,7 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
     }
     let watcher = h.cm_watcher(&["create", "delete"]);
     let mut running = h.start("all", "resource-watcher", watcher.clone(), false);
-    h.store.wait_for("all", "30 objects recorded", |stored| stored.len() == 30).await;
+    h.wait_for("all", "30 objects recorded", |stored| stored.len() == 30).await;
     for i in 0..10 {
         h.delete_configmap(&format!("cm-{i}")).await;
     }
@@ -469,12 +413,9 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
         .filter_map(|cm| cm.metadata.uid)
         .collect();
     assert_eq!(listed.len(), 20);
-    h.store
-        .wait_for("all", "exactly the listed objects", |stored| {
-            stored.keys().cloned().collect::<BTreeSet<_>>() == listed
-        })
+    h.wait_for("all", "exactly the listed objects", |stored| stored.keys().cloned().collect::<BTreeSet<_>>() == listed)
         .await;
-    let bytes: usize = h.store.objects("all").values().map(|v| serde_json::to_vec(v).unwrap().len()).sum();
+    let bytes: usize = h.objects("all").await.values().map(|v| serde_json::to_vec(v).unwrap().len()).sum();
     eprintln!(
         "stored index: {} objects, {} bytes per ConfigMap with its last state",
         listed.len(),
