@@ -26,6 +26,9 @@ const OBJECT_PREFIX: &str = "obj/";
 const WRITE_QUEUE: usize = 1024;
 /// Writes sent to the store and not yet durable.
 const IN_FLIGHT: usize = 64;
+/// Largest stored entry with the object's last state; a larger object is stored with its
+/// identity only, so that a few huge objects cannot fill the store.
+pub const MAX_KEPT_OBJECT_BYTES: usize = 128 * 1024;
 
 /// What a trigger remembers of one object.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,9 +77,15 @@ impl Stored {
         }
     }
 
-    /// The bytes this entry takes in the store.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The bytes this entry takes in the store: without the last state when that is larger
+    /// than [`MAX_KEPT_OBJECT_BYTES`].
+    pub fn encode(mut self) -> Vec<u8> {
+        let bytes = serde_json::to_vec(&self).unwrap_or_default();
+        if bytes.len() <= MAX_KEPT_OBJECT_BYTES || self.object.is_none() {
+            return bytes;
+        }
+        self.object = None;
+        serde_json::to_vec(&self).unwrap_or_default()
     }
 }
 
@@ -202,5 +211,38 @@ async fn write_in_order(
             failed.send_replace(Some(format!("cannot store the watch position: {error}")));
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn config_map(data: &str) -> Value {
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"v": data},
+            "metadata": {"name": "a", "namespace": "apps", "uid": "u-1", "resourceVersion": "7",
+                "managedFields": [{"manager": "kubectl", "fieldsV1": {"f:data": {}}}]}})
+    }
+
+    #[test]
+    fn entries_keep_the_last_state_without_managed_fields() {
+        let stored = Stored::of(&config_map("1"), true);
+        let object = stored.object.as_ref().unwrap();
+        assert!(object["metadata"].get("managedFields").is_none());
+        assert_eq!(object["data"]["v"], "1");
+        let decoded: Stored = serde_json::from_slice(&stored.clone().encode()).unwrap();
+        assert_eq!(decoded, stored);
+        assert!(Stored::of(&config_map("1"), false).object.is_none());
+    }
+
+    #[test]
+    fn a_huge_object_is_stored_with_its_identity_only() {
+        let stored = Stored::of(&config_map(&"x".repeat(MAX_KEPT_OBJECT_BYTES)), true);
+        let bytes = stored.encode();
+        assert!(bytes.len() < 200, "{} bytes", bytes.len());
+        let decoded: Stored = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!((decoded.resource_version.as_str(), decoded.name.as_str(), decoded.object), ("7", "a", None));
     }
 }
