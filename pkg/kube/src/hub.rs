@@ -1035,13 +1035,17 @@ impl WatchTask {
                 let object = self.to_value(object);
                 let uid = uid_of(&object);
                 listed.insert(uid.clone());
-                let Some(known) = self.known.get(&uid) else {
-                    // Newer than the watch's position: it reports the create soon.
+                let own = stored.remove(&uid);
+                let ahead = self.known.get(&uid).map(|known| *known.resource_version != *resource_version(&object));
+                let Some(durable) = self.durable(id) else { return };
+                let Some(ahead) = ahead else {
+                    // Newer than the watch's position: it reports the object soon, seen by the
+                    // subscriber relative to what it knows.
+                    if let Some(own) = own {
+                        durable.behind.insert(uid, Some(own));
+                    }
                     continue;
                 };
-                let ahead = *known.resource_version != *resource_version(&object);
-                let own = stored.remove(&uid);
-                let Some(durable) = self.durable(id) else { return };
                 if ahead {
                     // The watch reports this change soon; the subscriber sees it relative to
                     // what it knows.
