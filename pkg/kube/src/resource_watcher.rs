@@ -10,12 +10,14 @@ use ktrigger_core::properties::parse_properties;
 use ktrigger_core::registry::{
     BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
 };
+use ktrigger_core::state::SourceState;
 use kube::core::GroupVersionKind;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey};
+use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, change_id};
+use crate::position::Position;
 use crate::selector::{canonical_fields, merge_labels};
 use crate::{Actor, Cluster, Slot, run_subscribed};
 
@@ -73,7 +75,8 @@ static DOC: TypeDoc = TypeDoc {
             name: "replayExisting",
             required: false,
             description: "Report objects that exist when the trigger starts as create events; default false \
-                (only changes after the start are reported)",
+                (only changes after the start are reported). With a state store, only on the trigger's first \
+                start: later starts report what changed while it was not running.",
         },
     ],
     example: "source:
@@ -209,6 +212,7 @@ impl SourceFactory for ResourceWatcherFactory {
             },
             needs_old: needs.old_object,
             replay_existing: props.replay_existing,
+            state: context.state.clone(),
             slot: Slot::default(),
         }))
     }
@@ -235,6 +239,7 @@ impl Interest for ResourceInterest {
             preset: None,
             derived: false,
             time: None,
+            id: change_id(change),
         })
     }
 }
@@ -250,6 +255,7 @@ struct ResourceWatcher {
     interest: ResourceInterest,
     needs_old: bool,
     replay_existing: bool,
+    state: SourceState,
     slot: Slot,
 }
 
@@ -279,12 +285,16 @@ impl Source for ResourceWatcher {
                 fields: self.fields.clone(),
                 identity: self.actor.identity.clone(),
             };
+            // The last state of objects is kept only where a delete or `oldObject` shows it.
+            let keep_objects = self.interest.delete || self.needs_old;
+            let position = Position::load(self.state.clone(), key.scope().to_string(), keep_objects).await?;
             let subscriber = Subscriber {
                 trigger: self.trigger.clone(),
                 sink,
                 interest: Box::new(self.interest),
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
+                position,
             };
             self.cluster.subscribe(&client, key, subscriber).await
         };
