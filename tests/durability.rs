@@ -240,7 +240,8 @@ fn sigkill_five_times_during_1000_configmap_updates_loses_none_and_repeats_only_
     let state_dir = state.path().to_str().unwrap();
     let config = configmap_config(&env.namespace, &receiver);
     let extra = ["--state-dir", state_dir];
-    let (mut running, _dir) = env.run(&config, &extra, 1);
+    let (first, _dir) = env.run(&config, &extra, 1);
+    let mut running = Some(first);
     let updated = std::sync::atomic::AtomicUsize::new(0);
     std::thread::scope(|scope| {
         scope.spawn(|| {
@@ -255,11 +256,11 @@ fn sigkill_five_times_during_1000_configmap_updates_loses_none_and_repeats_only_
             while updated.load(std::sync::atomic::Ordering::SeqCst) < target {
                 std::thread::sleep(Duration::from_millis(5));
             }
-            running.kill();
+            running.take().expect("running").kill();
             let restarted = Instant::now();
             let (next, dir) = env.run(&config, &extra, 1);
             println!("kill {kill} after {target} updates; running again (watch synced) in {:?}", restarted.elapsed());
-            running = next;
+            running = Some(next);
             drop(dir);
         }
     });
@@ -288,5 +289,5 @@ fn sigkill_five_times_during_1000_configmap_updates_loses_none_and_repeats_only_
     for (name, seen) in &ids {
         assert_eq!(seen.len(), 1, "{name}: every repeat carries the id of its first attempt: {seen:?}");
     }
-    running.stop();
+    running.expect("running").stop();
 }
