@@ -6,6 +6,10 @@
 //!    embedded store, each in a fresh process. The ratio is durable / memory.
 //! 2. **State size with dedup keys**: `--keys` events with distinct dedup keys; the size of the
 //!    state file once they are stored.
+//! 3. **Watched objects and catching up**: on the in-process test cluster, `--objects`
+//!    ConfigMaps watched by one resource-watcher trigger (updates, with `oldObject`); the size
+//!    of the state file once they are indexed; then every one of them updated while ktrigger is
+//!    stopped, and the time from the restart to the last of those updates delivered.
 //!
 //! It prints figures and asserts nothing. Run it through `hack/bench-durable.sh`.
 
@@ -22,10 +26,17 @@ struct Options {
     events: usize,
     senders: usize,
     keys: usize,
+    objects: usize,
 }
 
 fn options() -> Options {
-    let mut options = Options { ktrigger: "target/release/ktrigger".into(), events: 20_000, senders: 16, keys: 10_000 };
+    let mut options = Options {
+        ktrigger: "target/release/ktrigger".into(),
+        events: 20_000,
+        senders: 16,
+        keys: 10_000,
+        objects: 10_000,
+    };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
         let value = args.next().unwrap_or_default();
@@ -35,7 +46,10 @@ fn options() -> Options {
             "--events" => options.events = number(),
             "--senders" => options.senders = number(),
             "--keys" => options.keys = number(),
-            other => panic!("unknown option {other}; known: --ktrigger PATH --events N --senders N --keys N"),
+            "--objects" => options.objects = number(),
+            other => {
+                panic!("unknown option {other}; known: --ktrigger PATH --events N --senders N --keys N --objects N")
+            }
         }
     }
     options
@@ -104,10 +118,16 @@ fn write_config(dir: &Path, receiver: u16, dedup: bool) -> String {
 
 /// Starts `ktrigger run` and waits until it runs.
 fn start(options: &Options, config: &str, port: u16, state: &str) -> Child {
+    start_with(options, config, port, state, &[], "ktrigger running")
+}
+
+/// Starts `ktrigger run` with `extra` arguments and waits for a line containing `ready`.
+fn start_with(options: &Options, config: &str, port: u16, state: &str, extra: &[&str], ready: &str) -> Child {
     let mut child = Command::new(&options.ktrigger)
         .args(["run", "-f", config, "--webhook-addr", &format!("127.0.0.1:{port}"), "--state-dir", state])
+        .args(extra)
         .args(["--max-queue-bytes", "1Gi", "--max-queue-bytes-per-trigger", "1Gi"])
-        .env("KTRIGGER_LOG", "error")
+        .env("KTRIGGER_LOG", "info,ktrigger_core::delivery=warn")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -119,7 +139,7 @@ fn start(options: &Options, config: &str, port: u16, state: &str) -> Child {
         if line.starts_with("error") {
             panic!("ktrigger failed to start: {line}");
         }
-        if line.contains("ktrigger running") {
+        if line.contains(ready) {
             break;
         }
     }
@@ -204,6 +224,89 @@ fn throughput(options: &Options, state: &str) -> f64 {
     rate
 }
 
+/// Size of the state file under `dir`.
+fn state_size(dir: &Path) -> u64 {
+    std::fs::metadata(dir.join("state.redb")).map(|m| m.len()).unwrap_or(0)
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1048576.0
+}
+
+/// Part 3: state size with `--objects` watched ConfigMaps, and the catch-up after all of them
+/// changed while ktrigger was stopped.
+fn watched_objects(options: &Options) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let cluster = runtime.block_on(ktrigger_testcluster::TestCluster::start());
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    cluster.write_kubeconfig(&kubeconfig).unwrap();
+    let client = runtime.block_on(cluster.client());
+    let configmaps: Api<ConfigMap> = Api::namespaced(client, "default");
+    runtime.block_on(async {
+        for n in 0..options.objects {
+            let body = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": format!("cm-{n:05}"), "labels": {"app": "bench"}},
+                "data": {"v": "1"},
+            }))
+            .unwrap();
+            configmaps.create(&PostParams::default(), &body).await.unwrap();
+        }
+    });
+    let (receiver_port, count) = receiver();
+    let config = dir.path().join("watch.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {{name: bench}}\nspec:\n  triggers:\n    \
+             - name: updates\n      source:\n        type: resource-watcher\n        properties: {{apiVersion: v1, kind: ConfigMap, \
+             namespace: default, events: [update]}}\n      filter: has(oldObject.data)\n      destinations:\n        \
+             - type: webhook\n          queueSize: 100000\n          properties: {{url: \"http://127.0.0.1:{receiver_port}/\"}}\n"
+        ),
+    )
+    .unwrap();
+    let config = config.to_string_lossy().into_owned();
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().to_str().unwrap();
+    let kube_args = ["--kubeconfig", kubeconfig.to_str().unwrap()];
+    let port = free_port();
+    let empty = state_size(state.path());
+    let child = start_with(options, &config, port, state_dir, &kube_args, "watch synced");
+    // The index is written as the first list is recorded; wait until the file stops growing.
+    let mut size = state_size(state.path());
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = state_size(state.path());
+        if now == size && now > empty {
+            break;
+        }
+        size = now;
+    }
+    stop(child);
+    println!("state size: {} watched ConfigMaps (one data key each, last state kept for oldObject)", options.objects);
+    println!("  state file: {:.1} MiB ({} bytes per object)", mib(size), size / options.objects.max(1) as u64);
+    runtime.block_on(async {
+        for n in 0..options.objects {
+            let patch = Patch::Merge(serde_json::json!({"data": {"v": "2"}}));
+            configmaps.patch(&format!("cm-{n:05}"), &PatchParams::default(), &patch).await.unwrap();
+        }
+    });
+    let started = Instant::now();
+    let child = start_with(options, &config, port, state_dir, &kube_args, "watch synced");
+    wait_for(&count, options.objects);
+    let elapsed = started.elapsed();
+    stop(child);
+    println!("catch-up: {} ConfigMaps updated while ktrigger was stopped", options.objects);
+    println!(
+        "  from the restart to the last of them delivered: {:.2} s ({:.0} updates/s)",
+        elapsed.as_secs_f64(),
+        options.objects as f64 / elapsed.as_secs_f64()
+    );
+}
+
 fn main() {
     let options = options();
     println!(
@@ -223,17 +326,18 @@ fn main() {
     let config = write_config(dir.path(), receiver_port, true);
     let port = free_port();
     let child = start(&options, &config, port, state.path().to_str().unwrap());
-    let before = std::fs::metadata(state.path().join("state.redb")).map(|m| m.len()).unwrap_or(0);
+    let before = state_size(state.path());
     send(port, options.keys, options.senders, |n| format!("{{\"key\":\"checkout-{n:08}\"}}"));
     wait_for(&count, options.keys);
     std::thread::sleep(Duration::from_millis(500));
-    let after = std::fs::metadata(state.path().join("state.redb")).map(|m| m.len()).unwrap_or(0);
+    let after = state_size(state.path());
     stop(child);
     println!("state size: {} dedup keys (each ~20 bytes, window 1h)", options.keys);
     println!(
         "  state file: {:.1} MiB ({:.1} MiB empty; {} bytes per key)",
-        after as f64 / 1048576.0,
-        before as f64 / 1048576.0,
+        mib(after),
+        mib(before),
         after.saturating_sub(before) / options.keys.max(1) as u64
     );
+    watched_objects(&options);
 }
