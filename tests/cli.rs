@@ -25,8 +25,9 @@ fn every_example_validates() {
     let out = command.output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("no problems"), "{stdout}");
-    assert!(!stderr.contains("warning"), "examples hold only TriggerServices: {stderr}");
+    assert!(stdout.contains("no errors, 1 warning(s)"), "the Secret in pod-doctor.yaml: {stdout}");
+    assert!(!stderr.contains("is not a TriggerService"), "examples hold only TriggerServices: {stderr}");
+    assert!(!stderr.contains("cannot be read here"), "every variable is set: {stderr}");
 }
 
 #[test]
@@ -40,10 +41,17 @@ fn validate_works_offline_with_unset_credentials_as_warnings_unless_strict() {
     let out = command.output().unwrap();
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("no problems"), "{stdout}");
+    assert!(stdout.contains("no errors, 12 warning(s)"), "{stdout}");
+    let slack = repo().join("examples/slack.yaml");
+    let expected = format!(
+        "warning: {}:30:9: trigger deploy-failures: spec.triggers[0].destinations[0].properties.webhookUrlFrom: \
+         environment variable SLACK_WEBHOOK_URL cannot be read here; it is read when the triggers run",
+        slack.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
     assert!(
         stderr.contains(
-            "warning: environment variable SLACK_WEBHOOK_URL cannot be read here; it is read when the triggers run"
+            "properties.webhookUrlFrom.secretKeyRef: Secret \"slack-webhook\" key \"url\" is read from the cluster"
         ),
         "{stderr}"
     );
@@ -65,8 +73,7 @@ fn upstream_kube_trigger_cron_file_validates() {
     // The upstream file has an empty `action:` (a TODO): reported, not accepted silently.
     assert_eq!(code, 1, "{stdout}");
     assert!(
-        stdout
-            .contains("trigger conf-cronjob/trigger-0: triggers[0].destinations: at least one destination is required"),
+        stdout.contains("trigger trigger-0: triggers[0].destinations: at least one destination is required"),
         "{stdout}"
     );
 }
@@ -108,19 +115,80 @@ fn validate_lists_every_problem_with_trigger_and_field() {
     let (code, stdout, _) = output(&["validate", "-f", path.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     let expect = [
-        "trigger bad/bad-cel: triggers[0].filter: line 1, column",
-        "trigger bad/bad-cron: triggers[1].source: properties.schedule:",
-        "trigger bad/bad-template: triggers[2].destinations[0]: properties.message: unknown variable(s) pod",
-        "trigger bad/unknown-types: triggers[3].destinations[0].type: unknown destination type \"fax\"",
+        ":9:5: trigger bad-cel: spec.triggers[0].filter: line 1, column",
+        ":12:39: trigger bad-cron: spec.triggers[1].source.properties.schedule:",
+        ":16:45: trigger bad-template: spec.triggers[2].destinations[0].properties.message: unknown variable(s) pod",
+        ":19:21: trigger unknown-types: spec.triggers[3].destinations[0].type: unknown destination type \"fax\"",
         "unknown source type \"carrier-pigeon\"; known types: cron, http-poller, k8s-events, resource-watcher, webhook",
-        "trigger bad/missing-url: triggers[4].destinations[0]: properties",
-        "trigger bad/unknown-variable: triggers[5].filter:",
-        "6 problem(s) found",
+        ": trigger missing-url: spec.triggers[4].destinations[0].properties",
+        ": trigger unknown-variable: spec.triggers[5].filter:",
+        "7 problem(s) found",
     ];
     for needle in expect {
         assert!(stdout.contains(needle), "missing {needle:?} in:\n{stdout}");
     }
-    assert!(!stdout.contains("bad/fine"), "{stdout}");
+    assert!(!stdout.contains("trigger fine"), "{stdout}");
+    assert_eq!(stdout.lines().filter(|line| line.starts_with("error: ")).count(), 7, "one problem per line:\n{stdout}");
+}
+
+const TYPOS: &str = r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: typos}
+spec:
+  triggers:
+  - name: first
+    source: {type: cronn, properties: {schedule: "* * * * *"}}
+    dedup: {key: object.x, window: 10}
+    destinations: [{type: log}]
+  - name: second
+    source: {type: cron, properties: {schedul: "* * * * *"}}
+    filters: "true"
+    destinations: [{type: log}]
+"#;
+
+#[test]
+fn validate_goes_on_past_type_errors_and_suggests_known_names() {
+    let (_dir, path) = write_config(TYPOS);
+    let (code, stdout, _) = output(&["validate", "-f", path.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}");
+    let file = path.display();
+    let expect = [
+        format!("error: {file}:8:14: trigger first: spec.triggers[0].source.type: unknown source type \"cronn\""),
+        format!("error: {file}:9:28: trigger first: spec.triggers[0].dedup.window: invalid type: integer `10`"),
+        format!("error: {file}:12:39: trigger second: spec.triggers[1].source.properties.schedul: unknown field"),
+        format!("error: {file}:13:5: trigger second: spec.triggers[1].filters: unknown field `filters`"),
+    ];
+    let errors: Vec<&str> = stdout.lines().filter(|line| line.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), expect.len(), "{stdout}");
+    for (line, expected) in errors.iter().zip(&expect) {
+        assert!(line.starts_with(expected.as_str()), "{line}\nexpected {expected}");
+    }
+    assert!(errors[0].ends_with("(did you mean `cron`?)"), "{}", errors[0]);
+    assert!(errors[2].ends_with("(did you mean `schedule`?)"), "{}", errors[2]);
+    assert!(errors[3].ends_with("(did you mean `filter`?)"), "{}", errors[3]);
+    assert!(stdout.ends_with("4 problem(s) found\n"), "{stdout}");
+}
+
+#[test]
+fn validate_json_output_gives_each_problem_with_its_position() {
+    let (_dir, path) = write_config(TYPOS);
+    let (code, stdout, stderr) = output(&["validate", "-f", path.to_str().unwrap(), "-o", "json"]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!((report["ok"].as_bool(), report["errors"].as_u64()), (Some(false), Some(4)), "{report}");
+    let first = &report["problems"][0];
+    assert_eq!(first["severity"], "error");
+    assert_eq!(first["file"], path.display().to_string());
+    assert_eq!((first["line"].as_u64(), first["column"].as_u64()), (Some(8), Some(14)));
+    assert_eq!(first["trigger"], "first");
+    assert_eq!(first["field"], "spec.triggers[0].source.type");
+    assert_eq!(first["suggestion"], "cron");
+
+    let (code, stdout, _) = output(&["validate", "-f", path.to_str().unwrap(), "-o", "yaml"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_yaml::from_str(&stdout).unwrap();
+    assert_eq!(report["problems"][3]["field"], "spec.triggers[1].filters");
 }
 
 #[test]
@@ -139,7 +207,7 @@ fn malformed_yaml_names_the_file_and_document() {
     let (_dir, path) = write_config("triggers:\n  - source: {type: cron\n");
     let (code, stdout, _) = output(&["validate", "-f", path.to_str().unwrap()]);
     assert_eq!(code, 1);
-    assert!(stdout.contains(&format!("error: {}: document 1: invalid YAML", path.display())), "{stdout}");
+    assert!(stdout.contains(&format!("error: {}:3:1: invalid YAML", path.display())), "{stdout}");
     let (code, _, stderr) = output(&["run", "-f", path.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
     assert!(stderr.contains("no TriggerService to run"), "{stderr}");

@@ -1,90 +1,19 @@
-//! Commands that look at configuration without running it: validate, eval, sources, destinations.
+//! Commands that look at configuration without running it: eval, sources, destinations.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::Utc;
-use ktrigger_api::trigger_names;
-use ktrigger_core::cel::limits::COST_LIMIT;
 use ktrigger_core::cel::{CelExpr, Vars};
-use ktrigger_core::config::load_paths;
-use ktrigger_core::credentials::CredentialPolicy;
-use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::{CONTEXT_NAMES, rfc3339};
 use ktrigger_core::registry::TypeDoc;
-use ktrigger_core::secrets::trigger_references;
 use serde_json::Value;
 
 use ktrigger_sources::WebhookListener;
 
 use crate::offline_registry;
-
-/// `ktrigger validate`: every problem of every file, then a summary; non-zero if any.
-pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>, strict: bool) -> anyhow::Result<ExitCode> {
-    let config = load_paths(files);
-    let mappings = match event_mappings {
-        Some(path) => ktrigger_kube::presets::load_mappings_file(path)?,
-        None => Vec::new(),
-    };
-    let cluster = ktrigger_kube::Cluster::offline_with_mappings(mappings);
-    let registry = offline_registry(WebhookListener::detached(), cluster);
-    // Credentials are the running process's business: offline, an unset variable or a missing
-    // file is a warning unless `--strict`.
-    let credentials = if strict { CredentialPolicy::unrestricted() } else { CredentialPolicy::offline() };
-    let engine =
-        Engine::new(Arc::new(registry), EngineOptions { credentials: credentials.clone(), ..Default::default() });
-    let mut problems = config.errors.clone();
-    let mut triggers = 0;
-    let mut unread = 0;
-    for service in &config.services {
-        triggers += service.spec.triggers.len();
-        unread += service.spec.triggers.iter().map(|t| trigger_references(t).len()).sum::<usize>();
-        for problem in engine.check(&service.namespace, &service.name, &service.spec) {
-            problems.push(format!("{}: {problem}", service.origin));
-        }
-        for (index, (trigger, name)) in service.spec.triggers.iter().zip(trigger_names(&service.spec)).enumerate() {
-            let expressions =
-                [("filter", trigger.filter.as_deref()), ("dedup.key", trigger.dedup.as_ref().map(|d| d.key.as_str()))];
-            for (field, source) in expressions {
-                let Some(cost) = source.and_then(|s| CelExpr::filter(s).ok()).map(|e| e.estimated_cost()) else {
-                    continue;
-                };
-                if cost > COST_LIMIT / 10 {
-                    eprintln!(
-                        "note: {}: trigger {name}: triggers[{index}].{field}: estimated cost {cost} of the limit {COST_LIMIT}",
-                        service.origin
-                    );
-                }
-            }
-        }
-    }
-    for warning in &config.warnings {
-        eprintln!("warning: {warning}");
-    }
-    for unread in credentials.unread() {
-        eprintln!(
-            "warning: {unread} cannot be read here; it is read when the triggers run (--strict makes this an error)"
-        );
-    }
-    if unread > 0 {
-        eprintln!(
-            "note: {unread} secretKeyRef value(s) are read from the cluster when the triggers load; not checked here"
-        );
-    }
-    for problem in &problems {
-        println!("error: {problem}");
-    }
-    if problems.is_empty() {
-        println!("ok: {} TriggerService(s), {triggers} trigger(s), no problems", config.services.len());
-        Ok(ExitCode::SUCCESS)
-    } else {
-        println!("{} problem(s) found", problems.len());
-        Ok(ExitCode::FAILURE)
-    }
-}
 
 /// `ktrigger eval`: compiles the filter, evaluates it against the document and prints the result.
 pub fn eval(filter: &str, event: &Path) -> anyhow::Result<ExitCode> {

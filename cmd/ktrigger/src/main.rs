@@ -6,6 +6,8 @@ mod egress;
 mod inspect;
 mod limits;
 mod run;
+mod suggest;
+mod validate;
 mod webhooks;
 
 use std::path::PathBuf;
@@ -37,6 +39,14 @@ enum LogFormat {
     Json,
 }
 
+/// How a command prints what it found.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run triggers from files (or the built-in quickstart when no file is given).
@@ -54,6 +64,9 @@ enum Command {
         /// Unset `{env}` variables and unreadable `{file}` credentials are errors, not warnings.
         #[arg(long)]
         strict: bool,
+        /// Output format: one problem per line, or a JSON or YAML report.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
     /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
     Eval {
@@ -90,8 +103,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Controller(args) => controller::controller(*args).await,
-            Command::Validate { files, event_mappings, strict } => {
-                inspect::validate(&files, event_mappings.as_deref(), strict)
+            Command::Validate { files, event_mappings, strict, output } => {
+                validate::validate(&files, event_mappings.as_deref(), strict, output)
             }
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
