@@ -286,6 +286,61 @@ spec:
 }
 
 #[test]
+fn the_webhook_answer_and_a_debug_line_say_why_an_event_did_not_fire() {
+    let config = r#"
+triggers:
+- name: failed-only
+  source: {type: webhook, properties: {path: /hook}}
+  filter: 'object.status == "failed"'
+  dedup: {key: 'object.service', window: 10m}
+  action: {type: log}
+- name: everything
+  source: {type: webhook, properties: {path: /hook}}
+  rateLimit: {perMinute: 1}
+  action: {type: log}
+"#;
+    let (_dir, path) = write_config(config);
+    let running =
+        Running::start_with_env(&["-f", path.to_str().unwrap()], &[("KTRIGGER_LOG", "info,ktrigger_core=debug")]);
+    let url = format!("{}/hook", running.webhook_url());
+    let json = [("Content-Type", "application/json")];
+    let outcomes = |body: &str| {
+        let (code, answer) = support::post(&url, &json, body);
+        assert_eq!(code, 202, "{answer}");
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["decided"], true, "{answer}");
+        let mut outcomes: Vec<(String, String)> = answer["triggers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| (d["trigger"].as_str().unwrap().to_string(), d["outcome"].as_str().unwrap().to_string()))
+            .collect();
+        outcomes.sort();
+        (answer["fired"].as_bool().unwrap(), outcomes)
+    };
+    let pair = |a: &str, b: &str| {
+        vec![("triggers/everything".to_string(), b.to_string()), ("triggers/failed-only".to_string(), a.to_string())]
+    };
+    assert_eq!(outcomes(r#"{"status": "ok", "service": "cart"}"#), (true, pair("filteredOut", "fired")));
+    assert_eq!(outcomes(r#"{"status": "failed", "service": "cart"}"#), (true, pair("fired", "rateLimited")));
+    assert_eq!(outcomes(r#"{"status": "failed", "service": "cart"}"#), (false, pair("duplicate", "rateLimited")));
+    let is_dropped = |line: &str| line.contains("DEBUG") && line.contains("event dropped");
+    let stderr = running.stderr.wait_until("four dropped events", Duration::from_secs(10), |text| {
+        text.lines().filter(|line| is_dropped(line)).count() >= 4
+    });
+    let dropped: Vec<&str> = stderr.lines().filter(|line| is_dropped(line)).collect();
+    assert_eq!(dropped.len(), 4, "one debug line per dropped event:\n{stderr}");
+    assert!(
+        dropped[0].contains("trigger=triggers/failed-only") && dropped[0].contains("filter returned false"),
+        "{}",
+        dropped[0]
+    );
+    assert!(dropped.iter().any(|line| line.contains("rate limit reached")), "{stderr}");
+    assert!(dropped.iter().any(|line| line.contains("duplicate of firing key") && line.contains("cart")), "{stderr}");
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
 fn validate_knows_the_presets_of_an_event_mappings_file() {
     let (_dir, config) = write_config(
         "triggers:\n- source: {type: k8s-events, properties: {presets: [crash-storm]}}\n  action: {type: log}\n",

@@ -228,6 +228,11 @@ pub struct TriggerStatus {
     /// Whether the trigger loaded and its source runs.
     pub ready: bool,
     /// Events its source produced.
+    #[serde(default)]
+    pub received: u64,
+    /// The same as `received`, under its former name; written for one more version so that
+    /// readers of the old field keep working.
+    #[serde(default)]
     pub matched: u64,
     /// Events dropped by the filter, dedup, rate limit or debounce.
     pub filtered: u64,

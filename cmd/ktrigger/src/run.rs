@@ -110,8 +110,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
     for (id, s) in report.stats {
         eprintln!(
-            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
-            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
+            "trigger {id}: received={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
+            s.received, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
         );
     }
     if report.lost > 0 {

@@ -32,7 +32,7 @@ type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
 
 /// The counters of one trigger, exported as `<name>_total`.
 const COUNTERS: [Counter; 8] = [
-    ("ktrigger_trigger_matched", "Events the trigger's source produced", |s| s.matched),
+    ("ktrigger_trigger_received", "Events the trigger's source produced", |s| s.received),
     ("ktrigger_trigger_filtered", "Events dropped by filter, dedup, rate limit or debounce", |s| s.filtered),
     ("ktrigger_trigger_filter_errors", "Events whose filter could not be evaluated (not matched)", |s| s.filter_errors),
     ("ktrigger_trigger_fired", "Events passed on to the destinations", |s| s.fired),

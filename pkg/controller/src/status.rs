@@ -96,6 +96,13 @@ mod tests {
     }
 
     #[test]
+    fn received_is_also_written_under_its_former_name() {
+        let snapshot = ktrigger_core::stats::StatsSnapshot { received: 41, ..Default::default() };
+        let written = serde_json::to_value(snapshot.to_status("a")).unwrap();
+        assert_eq!((written["received"].as_u64(), written["matched"].as_u64()), (Some(41), Some(41)));
+    }
+
+    #[test]
     fn the_transition_time_only_moves_when_the_condition_changes() {
         let earlier = Utc::now() - chrono::TimeDelta::hours(1);
         let first = compute_status(None, vec![trigger("a", true, 0)], &[], None, earlier);

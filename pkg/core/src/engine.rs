@@ -19,6 +19,7 @@ use crate::bounded::off_runtime;
 use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::credentials::CredentialPolicy;
+use crate::decision::{Outcome, decide};
 use crate::delivery::{
     DeliveryQueue, MemoryQueue, QueueBudget, QueueLimits, Target, TriggerBudget, enqueue, panic_message, run_worker,
 };
@@ -456,9 +457,11 @@ impl Processor {
                         Some(quiet) => {
                             // Durations are bounded at load; a clock this close to its end fires now.
                             let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
+                            decide(&event, &self.id, Outcome::Debouncing);
                             if let Some((replaced, _)) = pending.replace((event, at)) {
                                 self.stats.record_filtered();
-                                self.report(&replaced, "debounced: a newer event arrived within the quiet period");
+                                let reason = "debounced: a newer event arrived within the quiet period";
+                                self.report(&replaced, Outcome::Debounced, reason);
                             }
                             true
                         }
@@ -502,20 +505,20 @@ impl Processor {
 
     /// Counts the event and applies the filter; true when it passes.
     async fn filter_step(&self, event: &SharedEvent) -> bool {
-        self.stats.record_matched();
+        self.stats.record_received();
         let Some(filter) = &self.filter else { return true };
         match self.evaluate(filter, event, CelExpr::eval_bool_within).await {
             Ok(true) => true,
             Ok(false) => {
                 self.stats.record_filtered();
-                self.report(event, "filter returned false");
+                self.report(event, Outcome::FilteredOut, "filter returned false");
                 false
             }
             Err(reason) => {
                 let reason = format!("filter could not be evaluated: {reason}");
                 self.stats.record_filter_error(&reason);
                 tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
-                self.report(event, &reason);
+                self.report(event, Outcome::FilterError, &reason);
                 false
             }
         }
@@ -531,7 +534,7 @@ impl Processor {
                     let reason = format!("dedup key could not be evaluated: {reason}");
                     self.stats.record_filter_error(&reason);
                     tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
-                    self.report(&event, &reason);
+                    self.report(&event, Outcome::FilterError, &reason);
                     return false;
                 }
             },
@@ -540,17 +543,18 @@ impl Processor {
             Admission::Fire => {}
             Admission::Duplicate { key } => {
                 self.stats.record_filtered();
-                self.report(&event, &format!("duplicate of firing key {key:?}"));
+                self.report(&event, Outcome::Duplicate, &format!("duplicate of firing key {key:?}"));
                 return false;
             }
             Admission::RateLimited => {
                 self.stats.record_filtered();
                 tracing::warn!(trigger = %self.id, event = %event.meta.id, "rate limit reached; event dropped");
-                self.report(&event, "rate limit reached");
+                self.report(&event, Outcome::RateLimited, "rate limit reached");
                 return false;
             }
         }
         self.stats.record_fired();
+        decide(&event, &self.id, Outcome::Fired);
         if self.dry_run {
             self.print_dry_run(&event);
             return true;
@@ -559,8 +563,10 @@ impl Processor {
         true
     }
 
-    /// In dry-run, says why an event did not fire; otherwise nothing (the counters say it).
-    fn report(&self, event: &SharedEvent, reason: &str) {
+    /// Says why an event did not fire: a debug line, and in dry-run a JSON line on stdout.
+    fn report(&self, event: &SharedEvent, outcome: Outcome, reason: &str) {
+        tracing::debug!(trigger = %self.id, event = %event.meta.id, reason, "event dropped");
+        decide(event, &self.id, outcome);
         if self.dry_run {
             let line = json!({
                 "dryRun": true, "trigger": self.id.to_string(), "event": event.meta.id,

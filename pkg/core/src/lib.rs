@@ -7,6 +7,7 @@ pub mod bounded;
 pub mod cel;
 pub mod config;
 pub mod credentials;
+pub mod decision;
 pub mod delivery;
 pub mod egress;
 pub mod engine;

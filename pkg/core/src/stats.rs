@@ -34,7 +34,7 @@ pub struct LatencySnapshot {
 pub struct TriggerStats {
     latency: LatencyHistogram,
     ready: AtomicBool,
-    matched: AtomicU64,
+    received: AtomicU64,
     filtered: AtomicU64,
     filter_errors: AtomicU64,
     fired: AtomicU64,
@@ -54,7 +54,7 @@ pub struct StatsSnapshot {
     /// Whether the source is running.
     pub ready: bool,
     /// Events the source produced for this trigger.
-    pub matched: u64,
+    pub received: u64,
     /// Events dropped by the filter, dedup, rate limit or debounce.
     pub filtered: u64,
     /// Of `filtered`, events whose filter could not be evaluated (error or non-bool result).
@@ -86,8 +86,8 @@ impl TriggerStats {
     }
 
     /// Counts an event produced by the source.
-    pub fn record_matched(&self) {
-        self.matched.fetch_add(1, Ordering::Relaxed);
+    pub fn record_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts an event that was dropped before firing.
@@ -164,7 +164,7 @@ impl TriggerStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             ready: self.ready.load(Ordering::Relaxed),
-            matched: self.matched.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
             filter_errors: self.filter_errors.load(Ordering::Relaxed),
             fired: self.fired.load(Ordering::Relaxed),
@@ -187,7 +187,8 @@ impl StatsSnapshot {
         TriggerStatus {
             name: name.to_string(),
             ready: self.ready,
-            matched: self.matched,
+            received: self.received,
+            matched: self.received,
             filtered: self.filtered,
             fired: self.fired,
             failed: self.failed,

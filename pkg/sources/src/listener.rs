@@ -10,7 +10,9 @@
 //! `auth`: triggers may share it only with equal auth, and a request reaches only the triggers
 //! whose auth accepted it.
 //!
-//! Answers: 202 `{"accepted": true, "id": ...}` once the event was handed to at least one trigger;
+//! Answers: 202 `{"accepted": true, "id": ..., "fired": ..., "decided": ..., "triggers": [...]}`
+//! once the event was handed to at least one trigger, after each trigger decided (`fired`,
+//! `filteredOut`, `filterError`, `duplicate`, `rateLimited`, `debouncing`) or 2 s passed;
 //! 200 `{"duplicate": true}` for a delivery id already accepted within the replay window; 404 for
 //! a path no running trigger uses; 405 for a method other than POST; 401 when the credentials are
 //! not accepted; 408 when the body is not received within the body timeout; 413 for a body over
@@ -31,6 +33,7 @@ use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
+use ktrigger_core::decision::{Outcome, Ticket};
 use ktrigger_core::event::{Event, SharedEvent, TriggerId};
 use ktrigger_core::registry::EventSink;
 use serde_json::{Map, Value, json};
@@ -55,6 +58,9 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(3600);
 /// How long a request waits for a busy trigger to take its event before the answer is 503.
 const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an accepted request waits for its triggers to decide whether the event fires; the
+/// answer then tells the decisions made so far (`decided: false`).
+const DECISION_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where webhook paths live.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -532,7 +538,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
     }
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
-    let (body, _held) = match listener.read_body(&headers, body).await {
+    let (body, held) = match listener.read_body(&headers, body).await {
         Ok(read) => read,
         Err(response) => return response,
     };
@@ -556,7 +562,9 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         Err(message) => return error(StatusCode::BAD_REQUEST, message),
     };
     let mut events = EventCache::new(payload);
+    let ticket = Ticket::watch(&events.all());
     let (mut delivered, mut duplicate) = (false, false);
+    let mut handed_over = 0usize;
     for (gate, receivers, delivery) in accepted {
         if let Some(DeliveryId { id, expires }) = &delivery
             && !gate.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, *expires, now)
@@ -572,6 +580,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
                 Ok(true) => {
                     tracing::debug!(path, %trigger, id = %events.id, "webhook event accepted");
                     handed = true;
+                    handed_over += 1;
                 }
                 Ok(false) => {}
                 Err(_) => tracing::warn!(path, %trigger, "webhook trigger too busy to take the event"),
@@ -584,7 +593,16 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         delivered |= handed;
     }
     if delivered {
-        return (StatusCode::ACCEPTED, axum::Json(json!({"accepted": true, "id": events.id}))).into_response();
+        let mut answer = json!({"accepted": true, "id": events.id});
+        // The body is in the events now: waiting holds none of the listener's body budget.
+        drop((body, held));
+        if let Some(ticket) = ticket {
+            let decisions = ticket.wait(handed_over, DECISION_TIMEOUT).await;
+            answer["fired"] = json!(decisions.iter().any(|d| d.outcome == Outcome::Fired));
+            answer["decided"] = json!(decisions.len() >= handed_over);
+            answer["triggers"] = json!(decisions);
+        }
+        return (StatusCode::ACCEPTED, axum::Json(answer)).into_response();
     }
     if duplicate {
         count(&listener.counters.duplicates);
@@ -683,6 +701,14 @@ impl EventCache {
         let first = build_event(&payload, CloudEventObject::Data, None);
         let id = first.meta.id.clone();
         EventCache { payload, id, built: [Some(Arc::new(first)), None] }
+    }
+
+    /// Every form of the event a trigger may be handed, built now.
+    fn all(&mut self) -> Vec<SharedEvent> {
+        match self.payload {
+            Payload::Json(_) => vec![self.get(CloudEventObject::Data)],
+            Payload::CloudEvent { .. } => vec![self.get(CloudEventObject::Data), self.get(CloudEventObject::Event)],
+        }
     }
 
     fn get(&mut self, kind: CloudEventObject) -> SharedEvent {
