@@ -286,6 +286,47 @@ spec:
 }
 
 #[test]
+fn eval_takes_the_sample_events_as_objects_or_contexts() {
+    let events = repo().join("examples/events");
+    let sample = |name: &str| events.join(name).to_str().unwrap().to_string();
+    let pod = sample("pod.json");
+    let (code, stdout, _) =
+        output(&["eval", "--filter", "object.status.containerStatuses[0].restartCount >= 3", "--object", &pod]);
+    assert_eq!((code, stdout.trim()), (0, "true"));
+    // A bare object given as --event is detected and read as `object`, with a note.
+    let (code, stdout, stderr) = output(&["eval", "--filter", "object.kind == 'Pod'", "--event", &pod]);
+    assert_eq!((code, stdout.trim()), (0, "true"), "{stderr}");
+    assert!(stderr.contains("read as `object`"), "{stderr}");
+    let filter = "event.preset == 'pod-restart' && object.count >= 3 && object.regarding.name.startsWith('web-')";
+    let (code, stdout, _) = output(&["eval", "--filter", filter, "--event", &sample("k8s-event.json")]);
+    assert_eq!((code, stdout.trim()), (0, "true"));
+    let filter = "object.ref == 'refs/heads/main' && context.data.pusher.name == 'ada'";
+    let (code, stdout, _) = output(&["eval", "--filter", filter, "--object", &sample("webhook.json")]);
+    assert_eq!((code, stdout.trim()), (0, "true"));
+}
+
+#[test]
+fn eval_errors_suggest_has_and_the_right_nesting() {
+    let pod = repo().join("examples/events/pod.json");
+    let (code, stdout, _) =
+        output(&["eval", "--filter", "object.status.phse == 'Running'", "--object", pod.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    let hint = stdout.lines().find(|line| line.starts_with("hint: ")).unwrap_or_else(|| panic!("{stdout}"));
+    assert!(
+        hint.contains("`object.status` has no key `phse` (it has: conditions, containerStatuses, phase)"),
+        "{hint}"
+    );
+    assert!(hint.contains("did you mean `object.status.phase`?"), "{hint}");
+    assert!(hint.contains("use `has(object.status.phse)`"), "{hint}");
+    let (code, stdout, _) = output(&["eval", "--filter", "object.restartCount > 3", "--object", pod.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("the sample has `restartCount` at `object.status.containerStatuses[0].restartCount`"),
+        "{stdout}"
+    );
+}
+
+#[test]
 fn the_webhook_answer_and_a_debug_line_say_why_an_event_did_not_fire() {
     let config = r#"
 triggers:

@@ -3,6 +3,7 @@
 mod cluster;
 mod controller;
 mod egress;
+mod eval;
 mod inspect;
 mod limits;
 mod run;
@@ -68,14 +69,23 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
-    /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
+    /// Evaluate one CEL filter against a sample event (see examples/events/).
+    #[command(after_help = "Examples:\n  \
+        ktrigger eval --filter 'object.status.phase == \"Running\"' --object examples/events/pod.json\n  \
+        ktrigger eval --filter 'event.preset == \"pod-restart\" && object.count >= 3' --event examples/events/k8s-event.json\n  \
+        kubectl get pod web -o json | ktrigger eval --filter 'has(object.status.podIP)' --object -")]
     Eval {
         /// The CEL expression.
         #[arg(long)]
         filter: String,
-        /// JSON or YAML file with `object`, `oldObject`, `event`, `context`, `now`; `-` for stdin.
+        /// JSON or YAML file with some of `object`, `oldObject`, `event`, `context`, `now` (one with
+        /// none of them is read as the object); `-` for stdin.
+        #[arg(long, required_unless_present = "object", conflicts_with = "object")]
+        event: Option<PathBuf>,
+        /// JSON or YAML file of the object alone (a Pod, a Kubernetes Event, a webhook payload);
+        /// `-` for stdin.
         #[arg(long)]
-        event: PathBuf,
+        object: Option<PathBuf>,
     },
     /// Print the TriggerService CRD.
     Crd,
@@ -106,7 +116,14 @@ fn main() -> ExitCode {
             Command::Validate { files, event_mappings, strict, output } => {
                 validate::validate(&files, event_mappings.as_deref(), strict, output)
             }
-            Command::Eval { filter, event } => inspect::eval(&filter, &event),
+            Command::Eval { filter, event, object } => {
+                let sample = match (&object, &event) {
+                    (Some(object), _) => eval::Sample::Object(object),
+                    (None, Some(event)) => eval::Sample::Context(event),
+                    (None, None) => anyhow::bail!("give --event FILE or --object FILE"),
+                };
+                eval::eval(&filter, sample)
+            }
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)

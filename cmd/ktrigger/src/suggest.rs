@@ -38,7 +38,7 @@ fn unknown_name(message: &str) -> Option<(String, Vec<String>)> {
 }
 
 /// The candidate at the smallest edit distance, if that distance is small for the name's length.
-fn closest(unknown: &str, candidates: &[String]) -> Option<String> {
+pub fn closest(unknown: &str, candidates: &[String]) -> Option<String> {
     if unknown.len() > MAX_NAME {
         return None;
     }
