@@ -197,9 +197,53 @@ fn run_skips_invalid_triggers_and_runs_the_rest() {
     let running = Running::start(&["-f", path.to_str().unwrap()]);
     let stderr = running.stderr.text();
     assert!(stderr.contains("loaded  trigger bad/fine: cron → log#0"), "{stderr}");
-    assert_eq!(stderr.matches("skipped trigger bad/").count(), 6, "{stderr}");
+    assert_eq!(stderr.matches("skipped trigger bad/").count(), 6, "one line per skipped trigger: {stderr}");
     running.stdout.wait_for("\"trigger\":\"bad/fine\"", Duration::from_secs(30));
     assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn run_with_log_format_json_prints_only_json_lines() {
+    let config = r#"
+triggers:
+- name: tick
+  source: {type: cron, properties: {schedule: "* * * * * *"}}
+  action: {type: log}
+- name: hook
+  source: {type: webhook, properties: {path: /hook}}
+  action: {type: log}
+- name: broken
+  source: {type: cron, properties: {schedule: "every minute"}}
+  action: {type: log}
+"#;
+    let (_dir, path) = write_config(config);
+    let running = Running::start(&["-f", path.to_str().unwrap(), "--log-format", "json", "--log-level", "debug"]);
+    running.stdout.wait_for("\"trigger\":\"triggers/tick\"", Duration::from_secs(30));
+    let url = format!("{}/hook", running.webhook_url());
+    assert_eq!(support::post(&url, &[("Content-Type", "application/json")], "{}").0, 202);
+    let stderr = running.stderr.text();
+    assert_eq!(running.stop(), Some(0));
+    let lines = support::json_log_lines(&stderr);
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    for expected in [
+        "loaded  trigger triggers/tick",
+        "skipped trigger triggers/broken",
+        "webhook listener on http://",
+        "ktrigger running 2 trigger(s)",
+    ] {
+        assert!(messages.iter().any(|m| m.starts_with(expected)), "{expected} missing from {messages:#?}");
+    }
+    assert_eq!(messages.iter().filter(|m| m.starts_with("skipped trigger")).count(), 1, "one line per skipped trigger");
+    let skipped = lines.iter().find(|l| l["fields"]["trigger"] == "triggers/broken").unwrap();
+    assert_eq!(skipped["level"], "ERROR");
+    assert!(lines.iter().any(|l| l["level"] == "DEBUG"), "--log-level debug lets debug lines through");
+}
+
+#[test]
+fn an_invalid_log_level_is_refused_with_the_flag() {
+    let (code, _, stderr) = output(&["--log-level", "x=verbose", "version"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.starts_with("error: --log-level \"x=verbose\""), "{stderr}");
 }
 
 #[test]

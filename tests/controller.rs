@@ -131,6 +131,18 @@ fn the_controller_refuses_to_start_without_a_cluster() {
     assert!(stderr.contains("/nonexistent/kubeconfig"), "the reason names the kubeconfig: {stderr}");
 }
 
+#[test]
+fn secret_refresh_takes_zero_to_read_secrets_only_when_a_trigger_service_changes() {
+    let output = support::ktrigger()
+        .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--secret-refresh", "0s"])
+        .args(["--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("--secret-refresh"), "0s is accepted: {stderr}");
+    assert!(stderr.contains("the controller needs a cluster"), "it goes on to look for a cluster: {stderr}");
+}
+
 fn wait_for_tick(running: &Running, more_than: usize) {
     running
         .stdout
@@ -333,4 +345,25 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_retried_and_refreshe
     for (place, text) in [("Events", events), ("status", services), ("logs", logs.text()), ("output", output.text())] {
         assert!(!text.contains(&token) && !text.contains(&rotated), "the Secret's value appears in {place}");
     }
+}
+
+#[test]
+fn controller_with_log_format_json_prints_only_json_lines() {
+    let env = Env::new("json-logs");
+    env.install_trigger_service_crd();
+    let running = env.start_controller(&["--log-format", "json"], &[]);
+    env.apply(&env.namespace, SERVICE);
+    wait_status(&env, "the broken trigger reported", |s| s["readyTriggers"] == "2/3");
+    let health = running.url_after("health probes on ");
+    assert_eq!(get(&format!("{health}/healthz")).0, 200);
+    let stderr = running.stderr.text();
+    assert_eq!(running.stop(), Some(0));
+    let lines = support::json_log_lines(&stderr);
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    for expected in
+        ["kubernetes cluster", "webhook listener on http://", "metrics on http://", "ktrigger controller reconciling"]
+    {
+        assert!(messages.iter().any(|m| m.starts_with(expected)), "{expected} missing from {messages:#?}");
+    }
+    assert!(messages.iter().any(|m| m.starts_with("skipped trigger") && m.contains("/svc/broken")), "{messages:#?}");
 }

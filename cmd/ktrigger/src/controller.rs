@@ -24,7 +24,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
-use crate::run::{parse_duration, wait_for_signal};
+use crate::run::{parse_duration, parse_duration_or_zero, wait_for_signal};
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 
 /// Options of `ktrigger controller`.
@@ -54,7 +54,7 @@ pub struct ControllerArgs {
     status_interval: Duration,
     /// How often the Secrets named by `secretKeyRef` are read again, so that a rotated Secret
     /// restarts the triggers using it; 0s: only when a TriggerService changes.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = parse_duration_or_zero)]
     secret_refresh: Duration,
     /// How long deliveries already queued, and requests in flight, may take to finish after a
     /// stop signal; connections still open then are closed.
@@ -206,7 +206,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.connect(identities).await?;
     let Some(client) = cluster.kube_client() else {
         let reason = cluster.unavailable_reason().unwrap_or("no cluster configured");
-        eprintln!("error: the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
+        tracing::error!("the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
         return Ok(ExitCode::from(2));
     };
     let credentials = CredentialPolicy::restricted(&args.allow_credential_files, &args.allow_credential_env)
@@ -241,19 +241,22 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let metrics_addr = metrics_listener.local_addr().unwrap_or(args.metrics_addr);
     let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
     let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);
-    eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
-    eprintln!("{}", identity_rule(cluster.identities()));
-    eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
-    eprintln!("health probes on http://{health_addr}");
-    eprintln!("metrics on http://{metrics_addr}/metrics");
+    let description = cluster.description().unwrap_or("(in-cluster)");
+    tracing::info!(cluster = description, "kubernetes cluster {description}");
+    tracing::info!("{}", identity_rule(cluster.identities()));
+    let webhook_addr = webhooks.local_addr().unwrap_or(args.webhook_addr);
+    tracing::info!(addr = %webhook_addr, "webhook listener on http://{webhook_addr}");
+    tracing::info!(addr = %health_addr, "health probes on http://{health_addr}");
+    tracing::info!(addr = %metrics_addr, "metrics on http://{metrics_addr}/metrics");
+    let lease = format!("{}/{}", args.lease_namespace, args.lease_name);
     let mut leadership = if args.leader_elect { Some(elect(client.clone(), &args).await?) } else { None };
     if let Some(leadership) = &mut leadership {
-        eprintln!("waiting to lead (lease {}/{})", args.lease_namespace, args.lease_name);
+        tracing::info!(lease = %lease, "waiting to lead (lease {lease})");
         if !wait_for_leadership(leadership).await? {
             stop.cancel();
             return Ok(ExitCode::SUCCESS);
         }
-        eprintln!("leading (lease {}/{})", args.lease_namespace, args.lease_name);
+        tracing::info!(lease = %lease, "leading (lease {lease})");
     }
     let options = ControllerOptions {
         namespaces: args.watch_namespaces,
@@ -263,7 +266,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     };
     let scope =
         if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };
-    eprintln!("ktrigger controller reconciling TriggerServices in {scope}; press Ctrl-C to stop");
+    tracing::info!("ktrigger controller reconciling TriggerServices in {scope}; press Ctrl-C to stop");
     let cancel = CancellationToken::new();
     let reconciler = tokio::spawn(ktrigger_controller::run(client, engine, options, readiness, cancel.clone()));
     let lost = tokio::select! {
@@ -274,9 +277,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         _ = lost_leadership(&mut leadership) => true,
     };
     if lost {
-        eprintln!("error: lost the lease to another replica; stopping so that only the leader delivers");
+        tracing::error!("lost the lease to another replica; stopping so that only the leader delivers");
     }
-    eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
+    tracing::info!(grace = ?args.shutdown_grace, "stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     cancel.cancel();
     // Listeners take no new connection from now on and close what is left when the grace ends.
     stop.cancel();
@@ -286,16 +289,20 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);
         match renewer.await {
-            Ok(Ok(_)) => eprintln!("lease released"),
-            Ok(Err(error)) => eprintln!("warning: the lease could not be released: {error}"),
-            Err(error) => eprintln!("warning: the lease renewer failed: {error}"),
+            Ok(Ok(_)) => tracing::info!("lease released"),
+            Ok(Err(error)) => tracing::warn!("the lease could not be released: {error}"),
+            Err(error) => tracing::warn!("the lease renewer failed: {error}"),
         }
     }
     if lost {
         return Ok(ExitCode::FAILURE);
     }
     if report.lost > 0 {
-        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
+        tracing::error!(
+            lost = report.lost,
+            "{} deliveries were not completed before the grace period ended",
+            report.lost
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)

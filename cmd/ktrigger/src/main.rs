@@ -27,9 +27,13 @@ use ktrigger_sources::WebhookListener;
 #[derive(Debug, Parser)]
 #[command(name = "ktrigger", version, about)]
 struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr: text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KTRIGGER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Which log lines to print: a level (error, warn, info, debug, trace) or per-module
+    /// directives such as `info,ktrigger_core=debug`.
+    #[arg(long, global = true, default_value = "info", env = "KTRIGGER_LOG")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -101,11 +105,14 @@ fn main() -> ExitCode {
     // One crypto provider for every TLS client in the process (reqwest, kube).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+        eprintln!("error: --log-level {:?}: {e}", cli.log_level);
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -139,21 +146,23 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KTRIGGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Every log line goes to stderr through one subscriber, so that `--log-format json` prints
+/// nothing but JSON lines there.
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::builder().parse(level).map_err(|e| e.to_string())?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 /// Every source and destination type, with webhook sources served by `webhooks`, and

@@ -55,12 +55,20 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     ktrigger_api::parse_duration(text)
 }
 
+/// A duration as [`parse_duration`] reads it, or zero (`0`, `0s`) to turn something off.
+pub(crate) fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match text.trim().trim_end_matches('s') {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = if args.files.is_empty() { load_text("quickstart", QUICKSTART) } else { load_paths(&args.files) };
     report_config(&config);
     if config.services.is_empty() {
-        eprintln!("error: no TriggerService to run");
+        tracing::error!("no TriggerService to run");
         return Ok(ExitCode::from(2));
     }
     let stop = CancellationToken::new();
@@ -79,27 +87,28 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
         for (id, summary) in &report.started {
-            eprintln!("loaded  trigger {id}: {summary}");
-        }
-        for problem in &report.skipped {
-            eprintln!("skipped trigger {} ({}): {}", problem.id, service.origin, problem.messages.join("; "));
+            tracing::info!(trigger = %id, "loaded  trigger {id}: {summary}");
         }
         started += report.started.len();
     }
     if started == 0 {
-        eprintln!("error: no trigger could be loaded");
+        tracing::error!("no trigger could be loaded");
         return Ok(ExitCode::from(2));
     }
     let mode = if args.dry_run { " (dry run: no destination is called)" } else { "" };
     if let Some(addr) = webhooks.local_addr() {
-        eprintln!("webhook listener on http://{addr}");
+        tracing::info!(%addr, "webhook listener on http://{addr}");
     }
     if let Some(cluster) = cluster.description().filter(|_| uses_cluster(&config)) {
-        eprintln!("kubernetes cluster {cluster}");
+        tracing::info!(cluster, "kubernetes cluster {cluster}");
     }
-    eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
+    tracing::info!(
+        triggers = started,
+        dry_run = args.dry_run,
+        "ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop"
+    );
     wait_for_signal().await?;
-    eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
+    tracing::info!(grace = ?args.shutdown_grace, "stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     // The listener takes no new connection from now on and closes what is left when the grace ends.
     stop.cancel();
     let listener_closed = async {
@@ -109,13 +118,25 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
     for (id, s) in report.stats {
-        eprintln!(
+        tracing::info!(
+            trigger = %id,
+            received = s.received,
+            filtered = s.filtered,
+            fired = s.fired,
+            delivered = s.delivered,
+            failed = s.failed,
+            dead_lettered = s.dead_lettered,
+            queue_byte_limited = s.queue_byte_limited,
             "trigger {id}: received={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
             s.received, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
         );
     }
     if report.lost > 0 {
-        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
+        tracing::error!(
+            lost = report.lost,
+            "{} deliveries were not completed before the grace period ended",
+            report.lost
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -129,10 +150,10 @@ fn uses_cluster(config: &LoadedConfig) -> bool {
 
 fn report_config(config: &LoadedConfig) {
     for warning in &config.warnings {
-        eprintln!("warning: {warning}");
+        tracing::warn!("{warning}");
     }
     for error in &config.errors {
-        eprintln!("skipped: {error}");
+        tracing::error!("skipped: {error}");
     }
 }
 

@@ -210,7 +210,8 @@ impl Engine {
                 self.stop(&problem.id);
                 report.stopped.push(problem.id.clone());
             }
-            tracing::error!(trigger = %problem.id, problems = %problem.messages.join("; "), "trigger skipped");
+            let problems = problem.messages.join("; ");
+            tracing::error!(trigger = %problem.id, problems, "skipped trigger {}: {problems}", problem.id);
             self.problems.insert(problem.id.clone(), problem.messages.clone());
         }
         for trigger in prepared {
