@@ -299,6 +299,57 @@ fn type_listings_document_every_property_with_an_example() {
 }
 
 #[test]
+fn one_type_is_listed_by_name_or_alias_and_as_json_or_yaml() {
+    let (code, text, _) = output(&["sources", "cronjob"]);
+    assert_eq!(code, 0);
+    assert!(text.starts_with("cron (also: cronjob)\n"), "{text}");
+    assert!(text.contains("`event.type` `fire`") && text.contains("scheduledTime"), "{text}");
+    assert!(!text.contains("http-poller"), "only the type asked for: {text}");
+    let (code, json, _) = output(&["destinations", "slack", "-o", "json"]);
+    assert_eq!(code, 0);
+    let docs: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(docs.as_array().map(Vec::len), Some(1), "{docs}");
+    assert_eq!(docs[0]["name"], "slack");
+    assert!(docs[0]["properties"].as_array().unwrap().iter().any(|p| p["name"] == "webhookUrlFrom"), "{docs}");
+    let (code, yaml, _) = output(&["sources", "-o", "yaml"]);
+    assert_eq!(code, 0);
+    let docs: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+    let names: Vec<&str> = docs.as_array().unwrap().iter().filter_map(|d| d["name"].as_str()).collect();
+    assert_eq!(names, ["cron", "http-poller", "k8s-events", "resource-watcher", "webhook"]);
+    let (code, _, stderr) = output(&["sources", "cronn"]);
+    assert_eq!(code, 2);
+    assert!(stderr.starts_with("error: unknown source type \"cronn\" (did you mean `cron`?)"), "{stderr}");
+}
+
+#[test]
+fn completions_are_printed_for_bash_zsh_and_fish() {
+    for (shell, marker) in [("bash", "_ktrigger()"), ("zsh", "#compdef ktrigger"), ("fish", "complete -c ktrigger")] {
+        let (code, script, stderr) = output(&["completions", shell]);
+        assert_eq!(code, 0, "{stderr}");
+        assert!(script.contains(marker), "{shell}: {marker} missing");
+        assert!(script.contains("destinations") && script.contains("validate"), "{shell} completes subcommands");
+    }
+}
+
+#[test]
+fn version_names_the_commit_it_was_built_from() {
+    let (code, text, _) = output(&["version"]);
+    assert_eq!(code, 0);
+    let head = std::process::Command::new("git").args(["rev-parse", "--short=12", "HEAD"]).current_dir(repo()).output();
+    let line = text.trim();
+    assert!(line.starts_with(&format!("ktrigger {} (commit ", env!("CARGO_PKG_VERSION"))), "{line}");
+    match head {
+        // Built from this checkout: the commit is HEAD's, unless HEAD moved since the build.
+        Ok(head) if head.status.success() => {
+            let commit = line.trim_end_matches(')').rsplit(' ').next().unwrap();
+            assert_eq!(commit.len(), 12, "{line}");
+            assert!(commit.chars().all(|c| c.is_ascii_hexdigit()), "{line}");
+        }
+        _ => assert!(line.ends_with("(commit unknown)"), "{line}"),
+    }
+}
+
+#[test]
 fn dry_run_prints_each_decision_and_what_would_be_sent() {
     let config = r#"
 apiVersion: ktrigger.dev/v1alpha1

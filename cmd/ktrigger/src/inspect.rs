@@ -3,38 +3,72 @@
 use std::process::ExitCode;
 
 use ktrigger_core::registry::TypeDoc;
+use serde_json::{Value, json};
 
 use ktrigger_sources::WebhookListener;
 
-use crate::offline_registry;
+use crate::{Output, offline_registry, suggest, write_stdout};
 
-/// `ktrigger sources`.
-pub fn list_sources() -> anyhow::Result<ExitCode> {
+/// `ktrigger sources [TYPE]`.
+pub fn list_sources(name: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
     let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
-    print_docs(&registry.source_docs());
-    Ok(ExitCode::SUCCESS)
+    print_docs("source", registry.source_docs(), name, output)
 }
 
-/// `ktrigger destinations`.
-pub fn list_destinations() -> anyhow::Result<ExitCode> {
+/// `ktrigger destinations [TYPE]`.
+pub fn list_destinations(name: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
     let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
-    print_docs(&registry.destination_docs());
-    Ok(ExitCode::SUCCESS)
+    print_docs("destination", registry.destination_docs(), name, output)
 }
 
-fn print_docs(docs: &[&TypeDoc]) {
-    for doc in docs {
-        let aliases =
-            if doc.aliases.is_empty() { String::new() } else { format!(" (also: {})", doc.aliases.join(", ")) };
-        println!("{}{aliases}\n  {}\n  properties:", doc.name, doc.summary);
-        for property in doc.properties {
-            let required = if property.required { " (required)" } else { "" };
-            println!("    {}{required}: {}", property.name, property.description);
+/// Every type, or the one named (by its name or an alias), as text, JSON or YAML.
+fn print_docs(kind: &str, docs: Vec<&TypeDoc>, name: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
+    let docs = match name {
+        None => docs,
+        Some(name) => {
+            let Some(doc) = docs.iter().find(|d| d.name == name || d.aliases.contains(&name)) else {
+                let known: Vec<String> = docs.iter().map(|d| d.name.to_string()).collect();
+                let hint =
+                    suggest::closest(name, &known).map(|s| format!(" (did you mean `{s}`?)")).unwrap_or_default();
+                anyhow::bail!("unknown {kind} type {name:?}{hint}; known types: {}", known.join(", "));
+            };
+            vec![*doc]
         }
-        println!("  example:");
-        for line in doc.example.trim_end().lines() {
-            println!("    {line}");
-        }
-        println!();
+    };
+    let text = match output {
+        Output::Text => docs.iter().map(|doc| text(doc)).collect(),
+        Output::Json => serde_json::to_string_pretty(&to_json(&docs))? + "\n",
+        Output::Yaml => serde_yaml::to_string(&to_json(&docs))?,
+    };
+    write_stdout(text.as_bytes())
+}
+
+fn to_json(docs: &[&TypeDoc]) -> Value {
+    let docs = docs.iter().map(|doc| {
+        let properties: Vec<Value> = doc
+            .properties
+            .iter()
+            .map(|p| json!({"name": p.name, "required": p.required, "description": p.description}))
+            .collect();
+        json!({
+            "name": doc.name, "aliases": doc.aliases, "summary": doc.summary,
+            "properties": properties, "example": doc.example,
+        })
+    });
+    Value::Array(docs.collect())
+}
+
+fn text(doc: &TypeDoc) -> String {
+    let aliases = if doc.aliases.is_empty() { String::new() } else { format!(" (also: {})", doc.aliases.join(", ")) };
+    let mut text = format!("{}{aliases}\n  {}\n  properties:\n", doc.name, doc.summary);
+    for property in doc.properties {
+        let required = if property.required { " (required)" } else { "" };
+        text.push_str(&format!("    {}{required}: {}\n", property.name, property.description));
     }
+    text.push_str("  example:\n");
+    for line in doc.example.trim_end().lines() {
+        text.push_str(&format!("    {line}\n"));
+    }
+    text.push('\n');
+    text
 }

@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
@@ -23,9 +23,19 @@ use ktrigger_destinations::kube::KubeTarget;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_sources::WebhookListener;
 
+/// The version with the commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("KTRIGGER_GIT_COMMIT"), ")");
+
 /// A Kubernetes-native trigger engine: source → CEL filter → destinations.
 #[derive(Debug, Parser)]
-#[command(name = "ktrigger", version, about)]
+#[command(name = "ktrigger", version = VERSION, about, after_help = "Examples:
+  ktrigger run                                  # the built-in quickstart: no cluster needed
+  ktrigger run -f examples/slack.yaml --dry-run # what would be sent, and why events did not fire
+  ktrigger validate -f examples/ -o json        # every problem, with file:line:column
+  ktrigger eval --filter 'object.status.phase == \"Failed\"' --object examples/events/pod.json
+  ktrigger sources cron                         # one source type: properties and an example
+  ktrigger status -A                            # TriggerServices and their triggers in the cluster
+  ktrigger controller --log-format json         # in a cluster")]
 struct Cli {
     /// Log format on stderr: text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KTRIGGER_LOG_FORMAT")]
@@ -59,6 +69,10 @@ enum Command {
     /// Reconcile TriggerService objects in a cluster (the in-cluster mode).
     Controller(Box<controller::ControllerArgs>),
     /// Check files and list every problem; exits non-zero when there is one.
+    #[command(after_help = "Examples:\n  \
+        ktrigger validate -f examples/\n  \
+        ktrigger validate -f triggers.yaml --strict   # unset {env} variables are errors\n  \
+        ktrigger validate -f triggers/ -o json        # for CI and editors")]
     Validate {
         /// Files or directories of TriggerService YAML.
         #[arg(short = 'f', long = "file", required = true)]
@@ -93,11 +107,40 @@ enum Command {
     },
     /// Print the TriggerService CRD.
     Crd,
-    /// List every source type with its properties and an example.
-    Sources,
-    /// List every destination type with its properties and an example.
-    Destinations,
-    /// Print the version.
+    /// List every source type, or the one named, with its properties and an example.
+    #[command(
+        after_help = "Examples:\n  ktrigger sources\n  ktrigger sources webhook\n  ktrigger sources cron -o json"
+    )]
+    Sources {
+        /// Only this type (a name or an alias).
+        #[arg(value_name = "TYPE")]
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List every destination type, or the one named, with its properties and an example.
+    #[command(
+        after_help = "Examples:\n  ktrigger destinations\n  ktrigger destinations slack\n  ktrigger destinations kagent -o yaml"
+    )]
+    Destinations {
+        /// Only this type (a name or an alias).
+        #[arg(value_name = "TYPE")]
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        ktrigger completions bash > /etc/bash_completion.d/ktrigger\n  \
+        ktrigger completions zsh > \"${fpath[1]}/_ktrigger\"\n  \
+        ktrigger completions fish > ~/.config/fish/completions/ktrigger.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the version and the commit it was built from.
     Version,
 }
 
@@ -116,6 +159,8 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // The long-running commands log; the others print for a person or a script.
+    let logs = matches!(cli.command, Command::Run(_) | Command::Controller(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
@@ -135,20 +180,39 @@ fn main() -> ExitCode {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sources => inspect::list_sources(),
-            Command::Destinations => inspect::list_destinations(),
+            Command::Sources { name, output } => inspect::list_sources(name.as_deref(), output),
+            Command::Destinations { name, output } => inspect::list_destinations(name.as_deref(), output),
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "ktrigger", &mut script);
+                write_stdout(&script)
+            }
             Command::Version => {
-                println!("ktrigger {}", env!("CARGO_PKG_VERSION"));
+                println!("ktrigger {VERSION}");
                 Ok(ExitCode::SUCCESS)
             }
         }
     });
     match result {
         Ok(code) => code,
-        Err(e) => {
+        Err(e) if logs => {
             tracing::error!("{e:#}");
             ExitCode::from(2)
         }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 

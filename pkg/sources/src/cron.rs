@@ -28,7 +28,8 @@ const MAX_SLEEP: Duration = Duration::from_secs(60);
 static DOC: TypeDoc = TypeDoc {
     name: "cron",
     aliases: &["cronjob"],
-    summary: "Fires on a cron schedule (5 fields, or 6 with seconds first) in a time zone",
+    summary: "Fires on a cron schedule (5 fields, or 6 with seconds first) in a time zone. Each fire has \
+        `event.type` `fire` and `object` {schedule, timeZone, scheduledTime, firedTime}",
     properties: &[
         PropertyDoc {
             name: "schedule",
