@@ -247,6 +247,38 @@ fn an_invalid_log_level_is_refused_with_the_flag() {
 }
 
 #[test]
+fn status_reads_the_triggers_of_run_from_its_admin_endpoint() {
+    let config = r#"
+triggers:
+- name: failed-only
+  source: {type: webhook, properties: {path: /hook}}
+  filter: 'object.status == "failed"'
+  action: {type: log}
+"#;
+    let (_dir, path) = write_config(config);
+    let running = Running::start(&["-f", path.to_str().unwrap(), "--admin-addr", "127.0.0.1:0"]);
+    let admin = running.url_after("admin endpoint on ");
+    let url = format!("{}/hook", running.webhook_url());
+    support::post(&url, &[("Content-Type", "application/json")], r#"{"status": "ok"}"#);
+    support::post(&url, &[("Content-Type", "application/json")], r#"{"status": "failed"}"#);
+    let (code, json, stderr) = output(&["status", "--endpoint", &admin, "-o", "json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let rows: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let row = &rows[0];
+    assert_eq!((row["service"].as_str(), row["trigger"].as_str()), (Some("triggers"), Some("failed-only")), "{rows}");
+    assert_eq!(row["pipeline"], "webhook (with filter) → log#0");
+    assert_eq!(
+        (row["received"].as_u64(), row["filtered"].as_u64(), row["fired"].as_u64()),
+        (Some(2), Some(1), Some(1))
+    );
+    let (code, table, _) = output(&["status", "--endpoint", &admin]);
+    assert_eq!(code, 0);
+    assert_eq!(table.lines().count(), 2, "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("-          triggers        True   failed-only"), "{table}");
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
 fn malformed_yaml_names_the_file_and_document() {
     let (_dir, path) = write_config("triggers:\n  - source: {type: cron\n");
     let (code, stdout, _) = output(&["validate", "-f", path.to_str().unwrap()]);

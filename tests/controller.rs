@@ -367,3 +367,53 @@ fn controller_with_log_format_json_prints_only_json_lines() {
     }
     assert!(messages.iter().any(|m| m.starts_with("skipped trigger") && m.contains("/svc/broken")), "{messages:#?}");
 }
+
+#[test]
+fn status_shows_each_trigger_from_the_cluster_also_as_a_kubectl_plugin() {
+    let env = Env::new("status-view");
+    env.install_trigger_service_crd();
+    let running = env.start_controller(&[], &[]);
+    env.apply(&env.namespace, SERVICE);
+    wait_status(&env, "the tick trigger fired", |s| {
+        s["readyTriggers"] == "2/3"
+            && s["triggers"].as_array().is_some_and(|t| t.iter().any(|t| t["fired"].as_u64() > Some(0)))
+    });
+    let status = |args: &[&str]| {
+        let output = support::ktrigger()
+            .args(["status", "--kubeconfig", env.kubeconfig(), "-n", &env.namespace])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let table = status(&[]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE") && lines[0].contains("SOURCE → FILTER → DESTINATIONS"), "{table}");
+    assert_eq!(lines.len(), 4, "a header and one line per trigger:\n{table}");
+    let tick = lines.iter().find(|l| l.contains(" tick ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(tick.contains("svc") && tick.contains("False") && tick.contains("cron → log"), "{tick}");
+    let broken = lines.iter().find(|l| l.contains("broken (not running)")).unwrap_or_else(|| panic!("{table}"));
+    assert!(broken.contains("cron → filter → log"), "{broken}");
+
+    let rows: Value = serde_json::from_str(&status(&["svc", "-o", "json"])).unwrap();
+    let tick = rows.as_array().unwrap().iter().find(|r| r["trigger"] == "tick").unwrap();
+    assert_eq!((tick["service"].as_str(), tick["running"].as_bool()), (Some("svc"), Some(true)), "{tick}");
+    assert!(tick["fired"].as_u64() > Some(0) && tick["lastFired"].is_string(), "{tick}");
+
+    // Installed as kubectl-ktrigger on the PATH, it is a kubectl plugin.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ktrigger"), bin.path().join("kubectl-ktrigger")).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let output = std::process::Command::new("kubectl")
+        .args(["ktrigger", "status", "-n", &env.namespace])
+        .env("PATH", path)
+        .env("KUBECONFIG", env.kubeconfig())
+        .output()
+        .unwrap();
+    let plugin = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{plugin}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(plugin.lines().count(), 4, "{plugin}");
+    assert!(plugin.contains("broken (not running)"), "{plugin}");
+    assert_eq!(running.stop(), Some(0));
+}

@@ -7,6 +7,7 @@ mod eval;
 mod inspect;
 mod limits;
 mod run;
+mod status;
 mod suggest;
 mod validate;
 mod webhooks;
@@ -131,6 +132,10 @@ enum Command {
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
     },
+    /// A table of TriggerServices and their triggers: source → filter → destinations, counters,
+    /// last fire, last error, active events. Also `kubectl ktrigger status` with the binary
+    /// installed as `kubectl-ktrigger`.
+    Status(Box<status::StatusArgs>),
     /// Print a shell completion script.
     #[command(after_help = "Examples:\n  \
         ktrigger completions bash > /etc/bash_completion.d/ktrigger\n  \
@@ -182,6 +187,7 @@ fn main() -> ExitCode {
             }
             Command::Sources { name, output } => inspect::list_sources(name.as_deref(), output),
             Command::Destinations { name, output } => inspect::list_destinations(name.as_deref(), output),
+            Command::Status(args) => status::status(*args).await,
             Command::Completions { shell } => {
                 let mut script = Vec::new();
                 clap_complete::generate(shell, &mut Cli::command(), "ktrigger", &mut script);

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -49,6 +50,10 @@ pub struct RunArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
+    /// Address serving `GET /status` for `ktrigger status --endpoint` (port 0 picks a free
+    /// port); off when not given.
+    #[arg(long, env = "KTRIGGER_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -84,10 +89,12 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
     let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?;
     let mut started = 0;
+    let mut pipelines = std::collections::BTreeMap::new();
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
         for (id, summary) in &report.started {
             tracing::info!(trigger = %id, "loaded  trigger {id}: {summary}");
+            pipelines.insert(id.clone(), summary.clone());
         }
         started += report.started.len();
     }
@@ -99,6 +106,16 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(addr) = webhooks.local_addr() {
         tracing::info!(%addr, "webhook listener on http://{addr}");
     }
+    let admin = match args.admin_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(%addr, "admin endpoint on http://{addr}");
+            let observer = engine.observer();
+            Some(tokio::spawn(crate::status::serve_admin(listener, observer, Arc::new(pipelines), stop.clone())))
+        }
+        None => None,
+    };
     if let Some(cluster) = cluster.description().filter(|_| uses_cluster(&config)) {
         tracing::info!(cluster, "kubernetes cluster {cluster}");
     }
@@ -117,6 +134,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     for (id, s) in report.stats {
         tracing::info!(
             trigger = %id,
