@@ -77,6 +77,9 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let message = status["conditions"][0]["message"].as_str().unwrap();
     assert!(message.starts_with("trigger broken: triggers[1].filter: line 1, column"), "{message}");
     assert_eq!(status["observedGeneration"], 1);
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["type"].as_str(), ready["observedGeneration"].as_i64()), (Some("Ready"), Some(1)), "{ready}");
+    assert!(ready["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "metav1.Condition: {ready}");
 
     let metrics = running.url_after("metrics on ");
     let (code, text) = get(&metrics);
@@ -102,6 +105,10 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
         assert!(header.contains(column), "printer column {column} missing:\n{table}");
     }
     assert!(table.contains("2/3"), "{table}");
+    let row: Vec<&str> = table.lines().find(|l| l.starts_with("svc ")).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(1), Some(&"False"), "the READY column reads the Ready condition:\n{table}");
+    let (ok, all) = env.kubectl(&["get", "ktrigger", "-n", &env.namespace]);
+    assert!(ok && all.contains("svc"), "TriggerServices are in the `ktrigger` category:\n{all}");
 
     let (ok, text) = env.kubectl(&["delete", "triggerservice", "svc", "-n", &env.namespace]);
     assert!(ok, "{text}");
@@ -415,5 +422,58 @@ fn status_shows_each_trigger_from_the_cluster_also_as_a_kubectl_plugin() {
     assert!(output.status.success(), "{plugin}{}", String::from_utf8_lossy(&output.stderr));
     assert_eq!(plugin.lines().count(), 4, "{plugin}");
     assert!(plugin.contains("broken (not running)"), "{plugin}");
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn counters_are_written_at_most_once_per_status_interval_and_an_idle_status_not_at_all() {
+    let env = Env::new("status-rate");
+    env.install_trigger_service_crd();
+    let args = ["--kubeconfig", env.controller_kubeconfig(), "--watch-namespaces", &env.namespace];
+    let running = Running::start_controller(&[&args[..], &["--status-interval", "3s"]].concat());
+    env.apply(
+        &env.namespace,
+        r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: svc}
+spec:
+  triggers:
+  - name: tick
+    source: {type: cron, properties: {schedule: "* * * * * *"}}
+    destinations: [{type: log, properties: {includeObject: false}}]
+---
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: idle}
+spec:
+  triggers:
+  - name: hook
+    source: {type: webhook, properties: {path: /idle}}
+    destinations: [{type: log}]
+"#,
+    );
+    let version = |name: &str| {
+        let (ok, text) = env.kubectl(&["get", "kts", name, "-n", &env.namespace, "-o", "json"]);
+        let object: Value = if ok { serde_json::from_str(&text).unwrap_or(Value::Null) } else { Value::Null };
+        let ready = object["status"]["conditions"][0]["status"] == "True";
+        (ready, object["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string())
+    };
+    let start = Instant::now();
+    while !(version("svc").0 && version("idle").0) {
+        assert!(start.elapsed() < WAIT, "both Ready:\n{}", running.stderr.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut busy, mut idle) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(9) {
+        busy.insert(version("svc").1);
+        idle.insert(version("idle").1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 9 s at one write per 3 s: at most 4 versions seen (the one before, then up to 3 writes).
+    assert!((2..=4).contains(&busy.len()), "{} versions of a firing TriggerService in 9 s: {busy:?}", busy.len());
+    assert_eq!(idle.len(), 1, "an idle TriggerService's status is not rewritten: {idle:?}");
     assert_eq!(running.stop(), Some(0));
 }

@@ -49,8 +49,9 @@ pub struct ControllerArgs {
     /// Address serving `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8081")]
     health_addr: SocketAddr,
-    /// How often changed TriggerService statuses are written.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// The shortest time between two status writes of a TriggerService whose counters alone
+    /// changed; a change of its conditions or of which triggers run is written within a second.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     status_interval: Duration,
     /// How often the Secrets named by `secretKeyRef` are read again, so that a rotated Secret
     /// restarts the triggers using it; 0s: only when a TriggerService changes.

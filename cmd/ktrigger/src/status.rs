@@ -126,7 +126,7 @@ fn rows_of(service: &TriggerService) -> Vec<TriggerRow> {
     let ready = status
         .conditions
         .iter()
-        .find(|c| c.type_name == "Ready")
+        .find(|c| c.type_ == "Ready")
         .map_or_else(|| "Unknown".to_string(), |c| c.status.clone());
     let by_name: BTreeMap<&str, &ktrigger_api::TriggerStatus> =
         status.triggers.iter().map(|t| (t.name.as_str(), t)).collect();

@@ -3,8 +3,10 @@
 //!
 //! Reconciling is driven by one watch per watched namespace (or one for all). A TriggerService is
 //! (re)applied to the engine only when its generation changes; the engine itself restarts only
-//! triggers whose spec changed. Status is computed from the engine's counters and written on a
-//! fixed tick, only for objects whose status changed: never more than once per tick per object.
+//! triggers whose spec changed. Status is computed from the engine's counters every second and
+//! written only when it changed: at once when its state changed (conditions, generation, which
+//! triggers run), and counters at most once per `status_interval`, so that busy triggers do not
+//! churn etcd and wake every watcher of TriggerServices.
 //! A TriggerService naming a Secret that could not be read is applied again on that tick, with
 //! a delay that doubles up to [`SECRET_RETRY_MAX`], until every Secret it names is read; one whose
 //! Secrets were read is applied again every `secret_refresh`, so that a rotated Secret restarts
@@ -33,14 +35,14 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub use status::{READY, compute_status};
+pub use status::{READY, compute_status, state_changed};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
-    /// How often changed statuses are written.
+    /// The shortest time between two writes of a status whose counters alone changed.
     pub status_interval: Duration,
     /// How long queued deliveries may take to finish at shutdown.
     pub shutdown_grace: Duration,
@@ -52,7 +54,7 @@ impl Default for ControllerOptions {
     fn default() -> Self {
         ControllerOptions {
             namespaces: Vec::new(),
-            status_interval: Duration::from_secs(5),
+            status_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             secret_refresh: Duration::from_secs(600),
         }
@@ -98,6 +100,8 @@ struct Service {
     reference: ObjectReference,
     problems: Vec<TriggerProblem>,
     written: Option<TriggerServiceStatus>,
+    /// When `written` was written.
+    written_at: Option<Instant>,
     /// Per trigger, the dead-letter and restart counts already reported by Kubernetes Events.
     reported: BTreeMap<String, (u64, u64)>,
     /// Per trigger and reason, when the last Kubernetes Event was sent.
@@ -105,6 +109,12 @@ struct Service {
     /// Set while the TriggerService names Secrets.
     recheck: Option<SecretRecheck>,
 }
+
+/// The first delay before reading a Secret that could not be read again.
+const SECRET_RETRY_FIRST: Duration = Duration::from_secs(5);
+
+/// How often statuses are computed and a change of state is looked for.
+const STATE_CHECK: Duration = Duration::from_secs(1);
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
 /// `readiness` turns true once every watch has listed its objects.
@@ -138,7 +148,7 @@ pub async fn run(
         readiness,
         outbox: Vec::new(),
     };
-    let mut tick = tokio::time::interval(options.status_interval);
+    let mut tick = tokio::time::interval(STATE_CHECK.min(options.status_interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -241,7 +251,7 @@ impl Controller {
         service.recheck = if report.secrets_unreadable {
             let delay = match &service.recheck {
                 Some(recheck) if !recheck.failed_delay.is_zero() => (recheck.failed_delay * 2).min(SECRET_RETRY_MAX),
-                _ => self.status_interval,
+                _ => self.status_interval.min(SECRET_RETRY_FIRST),
             };
             Some(SecretRecheck { spec: spec.clone(), at: Instant::now() + delay, failed_delay: delay })
         } else if names_secrets && !self.secret_refresh.is_zero() {
@@ -301,6 +311,10 @@ impl Controller {
             if service.written.as_ref() == Some(&status) {
                 continue;
             }
+            let urgent = service.written.as_ref().is_none_or(|written| state_changed(written, &status));
+            if !urgent && service.written_at.is_some_and(|at| at.elapsed() < self.status_interval) {
+                continue;
+            }
             let api: Api<TriggerService> = Api::namespaced(self.client.clone(), namespace);
             // Replace the whole status object: merge patches could not drop fields that went away.
             let patch: json_patch::Patch =
@@ -312,7 +326,10 @@ impl Controller {
                     }
                 };
             match api.patch_status(name, &PatchParams::default(), &Patch::<()>::Json(patch)).await {
-                Ok(_) => service.written = Some(status),
+                Ok(_) => {
+                    service.written = Some(status);
+                    service.written_at = Some(Instant::now());
+                }
                 Err(kube::Error::Api(response)) if response.code == 404 => {}
                 Err(error) => tracing::warn!(namespace, name, %error, "status could not be written; retrying later"),
             }
