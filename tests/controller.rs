@@ -97,6 +97,17 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
         env.namespace
     );
     assert!(text.contains(&latency), "{latency} missing from:\n{text}");
+    let delivered = format!(
+        "ktrigger_destination_delivered_total{{namespace=\"{}\",service=\"svc\",trigger=\"tick\",destination=\"log#0\"}}",
+        env.namespace
+    );
+    assert!(text.contains(&delivered), "{delivered} missing from:\n{text}");
+    for gauge in ["ktrigger_trigger_services{state=\"not_ready\"} 1", "ktrigger_triggers{state=\"invalid\"} 1"] {
+        assert!(text.contains(gauge), "{gauge} missing from:\n{text}");
+    }
+    assert!(text.contains("ktrigger_triggers{state=\"ready\"} 2"), "{text}");
+    let build = format!("ktrigger_build_info{{version=\"{}\",commit=\"", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&build), "{build} missing from:\n{text}");
 
     let (ok, table) = env.kubectl(&["get", "kts", "-n", &env.namespace]);
     assert!(ok, "{table}");

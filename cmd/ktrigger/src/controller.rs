@@ -11,7 +11,9 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
-use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
+use ktrigger_controller::metrics::{
+    EngineCollector, ServiceCollector, ServiceGauges, WatchCounts, WatchStats, register_build_info,
+};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
@@ -237,6 +239,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     });
     let mut metrics = EngineCollector::registry(engine.observer(), Some(watch_counts));
     metrics.register_collector(Box::new(WebhookCollector(webhooks.clone())));
+    let gauges = Arc::new(ServiceGauges::default());
+    metrics.register_collector(Box::new(ServiceCollector(gauges.clone())));
+    register_build_info(&mut metrics, env!("CARGO_PKG_VERSION"), env!("KTRIGGER_GIT_COMMIT"));
     let metrics = Arc::new(metrics);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let metrics_addr = metrics_listener.local_addr().unwrap_or(args.metrics_addr);
@@ -264,6 +269,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         status_interval: args.status_interval,
         shutdown_grace: args.shutdown_grace,
         secret_refresh: args.secret_refresh,
+        gauges,
     };
     let scope =
         if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };

@@ -35,6 +35,8 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{ServiceCounts, ServiceGauges};
+
 pub use status::{READY, compute_status, state_changed};
 
 /// How the controller runs.
@@ -48,6 +50,8 @@ pub struct ControllerOptions {
     pub shutdown_grace: Duration,
     /// How often the Secrets a TriggerService names are read again; zero: only on changes.
     pub secret_refresh: Duration,
+    /// Where the counts of ready and invalid TriggerServices and triggers are kept for `/metrics`.
+    pub gauges: Arc<ServiceGauges>,
 }
 
 impl Default for ControllerOptions {
@@ -57,6 +61,7 @@ impl Default for ControllerOptions {
             status_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             secret_refresh: Duration::from_secs(600),
+            gauges: Arc::default(),
         }
     }
 }
@@ -140,6 +145,7 @@ pub async fn run(
         client,
         status_interval: options.status_interval,
         secret_refresh: options.secret_refresh,
+        gauges: options.gauges.clone(),
         engine,
         recorder,
         services: BTreeMap::new(),
@@ -176,6 +182,7 @@ struct Controller {
     client: Client,
     status_interval: Duration,
     secret_refresh: Duration,
+    gauges: Arc<ServiceGauges>,
     engine: Engine,
     recorder: Recorder,
     /// Kubernetes Events waiting to be published, with the object they are about.
@@ -304,10 +311,12 @@ impl Controller {
 
     async fn write_statuses(&mut self) {
         let now = Utc::now();
+        let mut counts = ServiceCounts::default();
         for ((namespace, name), service) in self.services.iter_mut() {
             let triggers = self.engine.status(namespace, name);
             report_failures(service, &triggers, &mut self.outbox);
             let status = compute_status(service.generation, triggers, &service.problems, service.written.as_ref(), now);
+            count(&mut counts, &status, service.problems.len());
             if service.written.as_ref() == Some(&status) {
                 continue;
             }
@@ -334,7 +343,22 @@ impl Controller {
                 Err(error) => tracing::warn!(namespace, name, %error, "status could not be written; retrying later"),
             }
         }
+        self.gauges.set(counts);
     }
+}
+
+/// Adds one TriggerService, with `invalid` triggers refused, to the counts.
+fn count(counts: &mut ServiceCounts, status: &TriggerServiceStatus, invalid: usize) {
+    let ready = status.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
+    if ready {
+        counts.services_ready += 1;
+    } else {
+        counts.services_not_ready += 1;
+    }
+    let running = status.triggers.iter().filter(|t| t.ready).count();
+    counts.triggers_ready += running;
+    counts.triggers_invalid += invalid;
+    counts.triggers_not_running += status.triggers.len().saturating_sub(running).saturating_sub(invalid);
 }
 
 /// Queues a Kubernetes Event for each trigger whose deliveries were dead-lettered or whose source
