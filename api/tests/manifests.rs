@@ -606,7 +606,9 @@ fn addon_matches_the_manifests() {
         "resources/crd.yaml",
         "resources/rbac.cue",
         "resources/controller.cue",
+        "resources/namespace.cue",
         "definitions/trigger-service.cue",
+        "schemas/component-uischema-trigger-service.yaml",
     ] {
         assert!(root().join(addon).join(file).is_file(), "{addon}/{file} is missing");
     }
@@ -622,6 +624,7 @@ fn addon_matches_the_manifests() {
         "parameter.cue",
         "resources/rbac.cue",
         "resources/controller.cue",
+        "resources/namespace.cue",
         "definitions/trigger-service.cue",
     ] {
         check_cue_balance(file, &read(&format!("{addon}/{file}")));
@@ -636,9 +639,21 @@ fn addon_matches_the_manifests() {
     let template = squeeze(&read("addons/ktrigger/template.cue"));
     assert!(template.starts_with("package main"), "template.cue is in package main");
     assert!(
-        template.contains("kind: \"Application\"") && template.contains("components: [ rbac, controller, ]"),
+        template.contains("kind: \"Application\"") && template.contains("components: [ namespace, rbac, controller, ]"),
         "{template}"
     );
+    for policy in ["type: \"take-over\"", "type: \"shared-resource\"", "type: \"garbage-collect\""] {
+        assert!(template.contains(policy), "template.cue lacks the policy {policy}");
+    }
+    for file in ["resources/rbac.cue", "resources/controller.cue"] {
+        let text = squeeze(&read(&format!("{addon}/{file}")));
+        assert!(text.contains("dependsOn: [\"ktrigger-namespace\"]"), "{file} waits for the namespace");
+    }
+    let namespace = squeeze(&read("addons/ktrigger/resources/namespace.cue"));
+    assert!(namespace.contains("kind: \"Namespace\"") && namespace.contains("name: \"ktrigger-namespace\""));
+    let form = &documents(&read("addons/ktrigger/schemas/component-uischema-trigger-service.yaml"), "uischema")[0];
+    assert_eq!(form[0]["jsonKey"], "triggers");
+    assert_eq!(form[0]["uiType"], "Structs");
 
     let controller = squeeze(&read("addons/ktrigger/resources/controller.cue"));
     for needle in [
@@ -691,7 +706,9 @@ fn addon_matches_the_manifests() {
         "triggers: parameter.triggers".to_string(),
         "serviceAccountName: parameter.serviceAccountName".to_string(),
         "serviceAccountName?: string".to_string(),
-        "triggers: [...{...}]".to_string(),
+        "triggers: [...#Trigger]".to_string(),
+        "source: { // +usage=Source type".to_string(),
+        "destinations?: [...#Destination]".to_string(),
     ] {
         assert!(definition.contains(&needle), "definitions/trigger-service.cue lacks {needle:?}");
     }
