@@ -488,3 +488,52 @@ spec:
     assert_eq!(idle.len(), 1, "an idle TriggerService's status is not rewritten: {idle:?}");
     assert_eq!(running.stop(), Some(0));
 }
+
+#[test]
+fn delivery_metrics_say_which_destination_fails() {
+    let env = Env::new("destination-metrics");
+    env.install_trigger_service_crd();
+    let running = env.start_controller(&[], &[]);
+    env.apply(
+        &env.namespace,
+        r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: svc}
+spec:
+  triggers:
+  - name: tick
+    source: {type: cron, properties: {schedule: "* * * * * *"}}
+    destinations:
+    - {type: log, properties: {includeObject: false}}
+    - type: webhook
+      properties: {url: "http://127.0.0.1:9/closed"}
+      retry: {maxAttempts: 1}
+"#,
+    );
+    let metrics = running.url_after("metrics on ");
+    let series = |name: &str, destination: &str| {
+        format!(
+            "{name}{{namespace=\"{}\",service=\"svc\",trigger=\"tick\",destination=\"{destination}\"}}",
+            env.namespace
+        )
+    };
+    let value = |text: &str, series: &str| -> Option<u64> {
+        text.lines().find_map(|line| line.strip_prefix(series)).and_then(|rest| rest.trim().parse().ok())
+    };
+    let start = Instant::now();
+    let text = loop {
+        let (_, text) = get(&metrics);
+        let dead = value(&text, &series("ktrigger_destination_dead_lettered_total", "webhook#1"));
+        if dead.is_some_and(|n| n > 0) {
+            break text;
+        }
+        assert!(start.elapsed() < WAIT, "no dead letter for webhook#1:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(value(&text, &series("ktrigger_destination_delivered_total", "log#0")).is_some_and(|n| n > 0), "{text}");
+    assert_eq!(value(&text, &series("ktrigger_destination_dead_lettered_total", "log#0")), Some(0), "{text}");
+    assert_eq!(value(&text, &series("ktrigger_destination_delivered_total", "webhook#1")), Some(0), "{text}");
+    assert!(value(&text, &series("ktrigger_destination_failed_attempts_total", "webhook#1")).is_some_and(|n| n > 0));
+    assert_eq!(running.stop(), Some(0));
+}
