@@ -3,8 +3,10 @@
 //!
 //! Reconciling is driven by one watch per watched namespace (or one for all). A TriggerService is
 //! (re)applied to the engine only when its generation changes; the engine itself restarts only
-//! triggers whose spec changed. Status is computed from the engine's counters and written on a
-//! fixed tick, only for objects whose status changed: never more than once per tick per object.
+//! triggers whose spec changed. Status is computed from the engine's counters every second and
+//! written only when it changed: at once when its state changed (conditions, generation, which
+//! triggers run), and counters at most once per `status_interval`, so that busy triggers do not
+//! churn etcd and wake every watcher of TriggerServices.
 //! A TriggerService naming a Secret that could not be read is applied again on that tick, with
 //! a delay that doubles up to [`SECRET_RETRY_MAX`], until every Secret it names is read; one whose
 //! Secrets were read is applied again every `secret_refresh`, so that a rotated Secret restarts
@@ -39,15 +41,17 @@ use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{ServiceCounts, ServiceGauges};
 pub use serve::Compat;
-pub use status::{READY, compute_status};
+
+pub use status::{READY, compute_status, state_changed};
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct ControllerOptions {
     /// Namespaces to watch; empty means all.
     pub namespaces: Vec<String>,
-    /// How often changed statuses are written.
+    /// The shortest time between two writes of a status whose counters alone changed.
     pub status_interval: Duration,
     /// How long queued deliveries may take to finish at shutdown.
     pub shutdown_grace: Duration,
@@ -58,17 +62,20 @@ pub struct ControllerOptions {
     pub serve: Vec<Compat>,
     /// Where served Hooks call kagent; unset: the kagent destination's default.
     pub kagent_url: Option<String>,
+    /// Where the counts of ready and invalid TriggerServices and triggers are kept for `/metrics`.
+    pub gauges: Arc<ServiceGauges>,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
         ControllerOptions {
             namespaces: Vec::new(),
-            status_interval: Duration::from_secs(5),
+            status_interval: Duration::from_secs(30),
             shutdown_grace: Duration::from_secs(30),
             secret_refresh: Duration::from_secs(600),
             serve: Vec::new(),
             kagent_url: None,
+            gauges: Arc::default(),
         }
     }
 }
@@ -112,6 +119,8 @@ struct Service {
     reference: ObjectReference,
     problems: Vec<TriggerProblem>,
     written: Option<TriggerServiceStatus>,
+    /// When `written` was written.
+    written_at: Option<Instant>,
     /// Per trigger, the dead-letter and restart counts already reported by Kubernetes Events.
     reported: BTreeMap<String, (u64, u64)>,
     /// Per trigger and reason, when the last Kubernetes Event was sent.
@@ -123,6 +132,12 @@ struct Service {
     /// khook's audit Events: what has been seen and told.
     audit: audit::AuditTrail,
 }
+
+/// The first delay before reading a Secret that could not be read again.
+const SECRET_RETRY_FIRST: Duration = Duration::from_secs(5);
+
+/// How often statuses are computed and a change of state is looked for.
+const STATE_CHECK: Duration = Duration::from_secs(1);
 
 /// Reconciles TriggerServices into `engine` until `cancel` fires, then drains the engine.
 /// `readiness` turns true once every watch has listed its objects.
@@ -168,6 +183,7 @@ pub async fn run(
         client,
         status_interval: options.status_interval,
         secret_refresh: options.secret_refresh,
+        gauges: options.gauges.clone(),
         engine,
         recorder,
         services: BTreeMap::new(),
@@ -177,7 +193,7 @@ pub async fn run(
         outbox: Vec::new(),
         kagent_url: options.kagent_url,
     };
-    let mut tick = tokio::time::interval(options.status_interval);
+    let mut tick = tokio::time::interval(STATE_CHECK.min(options.status_interval));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -205,6 +221,7 @@ struct Controller {
     client: Client,
     status_interval: Duration,
     secret_refresh: Duration,
+    gauges: Arc<ServiceGauges>,
     engine: Engine,
     recorder: Recorder,
     /// Kubernetes Events waiting to be published, with the object they are about.
@@ -328,7 +345,7 @@ impl Controller {
         service.recheck = if report.secrets_unreadable {
             let delay = match &service.recheck {
                 Some(recheck) if !recheck.failed_delay.is_zero() => (recheck.failed_delay * 2).min(SECRET_RETRY_MAX),
-                _ => self.status_interval,
+                _ => self.status_interval.min(SECRET_RETRY_FIRST),
             };
             Some(SecretRecheck { spec: spec.clone(), at: Instant::now() + delay, failed_delay: delay })
         } else if names_secrets && !self.secret_refresh.is_zero() {
@@ -381,6 +398,7 @@ impl Controller {
 
     async fn write_statuses(&mut self) {
         let now = Utc::now();
+        let mut counts = ServiceCounts::default();
         for ((namespace, name), service) in self.services.iter_mut() {
             let triggers = self.engine.status(namespace, name);
             report_failures(service, &triggers, &mut self.outbox);
@@ -407,7 +425,12 @@ impl Controller {
                 self.outbox.push((service.reference.clone(), event));
             }
             let status = compute_status(service.generation, triggers, &problems, service.written.as_ref(), now);
+            count(&mut counts, &status, problems.len());
             if service.written.as_ref() == Some(&status) {
+                continue;
+            }
+            let urgent = service.written.as_ref().is_none_or(|written| state_changed(written, &status));
+            if !urgent && service.written_at.is_some_and(|at| at.elapsed() < self.status_interval) {
                 continue;
             }
             let (value, object_name) = match &service.served {
@@ -435,12 +458,30 @@ impl Controller {
                 }
             };
             match written {
-                Ok(_) => service.written = Some(status),
+                Ok(_) => {
+                    service.written = Some(status);
+                    service.written_at = Some(Instant::now());
+                }
                 Err(kube::Error::Api(response)) if response.code == 404 => {}
                 Err(error) => tracing::warn!(namespace, name, %error, "status could not be written; retrying later"),
             }
         }
+        self.gauges.set(counts);
     }
+}
+
+/// Adds one TriggerService, with `invalid` triggers refused, to the counts.
+fn count(counts: &mut ServiceCounts, status: &TriggerServiceStatus, invalid: usize) {
+    let ready = status.conditions.iter().any(|c| c.type_ == READY && c.status == "True");
+    if ready {
+        counts.services_ready += 1;
+    } else {
+        counts.services_not_ready += 1;
+    }
+    let running = status.triggers.iter().filter(|t| t.ready).count();
+    counts.triggers_ready += running;
+    counts.triggers_invalid += invalid;
+    counts.triggers_not_running += status.triggers.len().saturating_sub(running).saturating_sub(invalid);
 }
 
 /// Queues a Kubernetes Event for each trigger whose deliveries were dead-lettered or whose source

@@ -46,7 +46,8 @@ const LAST_RUN_KEY: &str = "lastRun";
 static DOC: TypeDoc = TypeDoc {
     name: "cron",
     aliases: &["cronjob"],
-    summary: "Fires on a cron schedule (5 fields, or 6 with seconds first) in a time zone",
+    summary: "Fires on a cron schedule (5 fields, or 6 with seconds first) in a time zone. Each fire has \
+        `event.type` `fire` and `object` {schedule, timeZone, scheduledTime, firedTime}",
     properties: &[
         PropertyDoc {
             name: "schedule",
