@@ -24,6 +24,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::plugins::PluginArgs;
 use crate::run::{parse_duration, wait_for_signal};
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 
@@ -96,6 +97,9 @@ pub struct ControllerArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
+    /// Plugins providing more source and destination types (the file mounted from a ConfigMap).
+    #[command(flatten)]
+    plugins: PluginArgs,
 }
 
 /// The leadership of this replica: a channel that says whether it holds the Lease, and the
@@ -228,7 +232,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     );
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
-    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?;
+    let plugins = args.plugins.start().await?;
+    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress, &plugins)?;
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();
@@ -282,6 +287,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     stop.cancel();
     let (report, _, _, _) = tokio::join!(reconciler, listener, health_server, metrics_server);
     let report = report?;
+    plugins.shutdown().await;
     if let Some(Leadership { leading, renewer }) = leadership {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);

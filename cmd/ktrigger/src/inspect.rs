@@ -16,6 +16,7 @@ use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::{CONTEXT_NAMES, rfc3339};
 use ktrigger_core::registry::TypeDoc;
 use ktrigger_core::secrets::trigger_references;
+use ktrigger_plugin::PluginManager;
 use serde_json::Value;
 
 use ktrigger_sources::WebhookListener;
@@ -23,14 +24,19 @@ use ktrigger_sources::WebhookListener;
 use crate::offline_registry;
 
 /// `ktrigger validate`: every problem of every file, then a summary; non-zero if any.
-pub fn validate(files: &[PathBuf], event_mappings: Option<&Path>, strict: bool) -> anyhow::Result<ExitCode> {
+pub fn validate(
+    files: &[PathBuf],
+    event_mappings: Option<&Path>,
+    strict: bool,
+    plugins: &PluginManager,
+) -> anyhow::Result<ExitCode> {
     let config = load_paths(files);
     let mappings = match event_mappings {
         Some(path) => ktrigger_kube::presets::load_mappings_file(path)?,
         None => Vec::new(),
     };
     let cluster = ktrigger_kube::Cluster::offline_with_mappings(mappings);
-    let registry = offline_registry(WebhookListener::detached(), cluster);
+    let registry = offline_registry(WebhookListener::detached(), cluster, plugins);
     // Credentials are the running process's business: offline, an unset variable or a missing
     // file is a warning unless `--strict`.
     let credentials = if strict { CredentialPolicy::unrestricted() } else { CredentialPolicy::offline() };
@@ -139,15 +145,15 @@ pub fn eval(filter: &str, event: &Path) -> anyhow::Result<ExitCode> {
 }
 
 /// `ktrigger sources`.
-pub fn list_sources() -> anyhow::Result<ExitCode> {
-    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
+pub fn list_sources(plugins: &PluginManager) -> anyhow::Result<ExitCode> {
+    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline(), plugins);
     print_docs(&registry.source_docs());
     Ok(ExitCode::SUCCESS)
 }
 
 /// `ktrigger destinations`.
-pub fn list_destinations() -> anyhow::Result<ExitCode> {
-    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
+pub fn list_destinations(plugins: &PluginManager) -> anyhow::Result<ExitCode> {
+    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline(), plugins);
     print_docs(&registry.destination_docs());
     Ok(ExitCode::SUCCESS)
 }

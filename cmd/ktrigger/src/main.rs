@@ -5,6 +5,7 @@ mod controller;
 mod egress;
 mod inspect;
 mod limits;
+mod plugins;
 mod run;
 mod webhooks;
 
@@ -18,6 +19,7 @@ use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
 use ktrigger_destinations::kube::KubeTarget;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
+use ktrigger_plugin::PluginManager;
 use ktrigger_sources::WebhookListener;
 
 /// A Kubernetes-native trigger engine: source → CEL filter → destinations.
@@ -54,6 +56,9 @@ enum Command {
         /// Unset `{env}` variables and unreadable `{file}` credentials are errors, not warnings.
         #[arg(long)]
         strict: bool,
+        /// Plugins whose types the files may use.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
     },
     /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
     Eval {
@@ -67,9 +72,17 @@ enum Command {
     /// Print the TriggerService CRD.
     Crd,
     /// List every source type with its properties and an example.
-    Sources,
+    Sources {
+        /// Plugins whose types are listed too.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
+    },
     /// List every destination type with its properties and an example.
-    Destinations,
+    Destinations {
+        /// Plugins whose types are listed too.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
+    },
     /// Print the version.
     Version,
 }
@@ -90,16 +103,29 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Controller(args) => controller::controller(*args).await,
-            Command::Validate { files, event_mappings, strict } => {
-                inspect::validate(&files, event_mappings.as_deref(), strict)
+            Command::Validate { files, event_mappings, strict, plugins } => {
+                let plugins = plugins.start().await?;
+                let result = inspect::validate(&files, event_mappings.as_deref(), strict, &plugins);
+                plugins.shutdown().await;
+                result
             }
             Command::Eval { filter, event } => inspect::eval(&filter, &event),
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sources => inspect::list_sources(),
-            Command::Destinations => inspect::list_destinations(),
+            Command::Sources { plugins } => {
+                let plugins = plugins.start().await?;
+                let result = inspect::list_sources(&plugins);
+                plugins.shutdown().await;
+                result
+            }
+            Command::Destinations { plugins } => {
+                let plugins = plugins.start().await?;
+                let result = inspect::list_destinations(&plugins);
+                plugins.shutdown().await;
+                result
+            }
             Command::Version => {
                 println!("ktrigger {}", env!("CARGO_PKG_VERSION"));
                 Ok(ExitCode::SUCCESS)
@@ -129,8 +155,12 @@ fn init_logging(format: LogFormat) {
 /// Every source and destination type, with webhook sources served by `webhooks`, and
 /// Kubernetes ones checked (with the custom presets `cluster` knows) but never connected: for
 /// commands that run nothing.
-fn offline_registry(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster) -> Registry {
-    registry_for(webhooks, cluster, KubeTarget::new(None))
+fn offline_registry(
+    webhooks: Arc<WebhookListener>,
+    cluster: ktrigger_kube::Cluster,
+    plugins: &PluginManager,
+) -> Registry {
+    registry_for(webhooks, cluster, KubeTarget::new(None), plugins)
 }
 
 /// An engine that knows every source and destination type, with Kubernetes sources watching
@@ -142,22 +172,29 @@ fn engine_with(
     cluster: ktrigger_kube::Cluster,
     options: EngineOptions,
     egress: Arc<EgressPolicy>,
+    plugins: &PluginManager,
 ) -> anyhow::Result<Engine> {
     let target = KubeTarget::new(cluster.kube_client()).with_identities(cluster.identities().clone());
     let secrets = Arc::new(KubeSecretReader::new(target.clone()));
-    let mut registry = registry_for(webhooks, cluster, target);
+    let mut registry = registry_for(webhooks, cluster, target, plugins);
     ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;
     ktrigger_sources::register_http_poller(&mut registry, egress);
     Ok(Engine::new(Arc::new(registry), options).with_secret_reader(secrets))
 }
 
 /// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources
-/// on `cluster`, Kubernetes destinations acting on `target`.
-fn registry_for(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, target: KubeTarget) -> Registry {
+/// on `cluster`, Kubernetes destinations acting on `target`, and the types of `plugins`.
+fn registry_for(
+    webhooks: Arc<WebhookListener>,
+    cluster: ktrigger_kube::Cluster,
+    target: KubeTarget,
+    plugins: &PluginManager,
+) -> Registry {
     let mut registry = Registry::default();
     ktrigger_sources::register(&mut registry, webhooks);
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
     ktrigger_destinations::register_kube(&mut registry, target);
+    plugins::add_plugins(&mut registry, plugins);
     registry
 }

@@ -15,6 +15,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::plugins::PluginArgs;
 use crate::webhooks::WebhookLimits;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
@@ -49,6 +50,9 @@ pub struct RunArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
+    /// Plugins providing more source and destination types.
+    #[command(flatten)]
+    plugins: PluginArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -74,7 +78,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
     let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
-    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?;
+    let plugins = args.plugins.start().await?;
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local(), &plugins)?;
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
@@ -108,6 +113,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
+    plugins.shutdown().await;
     for (id, s) in report.stats {
         eprintln!(
             "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",

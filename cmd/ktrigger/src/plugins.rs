@@ -1,0 +1,49 @@
+//! `--plugins`: starting the plugins a file names and adding their types to the registry.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use ktrigger_core::registry::Registry;
+use ktrigger_plugin::connect::Timeouts;
+use ktrigger_plugin::{PluginManager, PluginsFile};
+
+use crate::run::parse_duration;
+
+/// Options naming the plugins.
+#[derive(Debug, Clone, Args)]
+pub struct PluginArgs {
+    /// YAML file naming the plugins to start or connect to, and built-in sources to disable.
+    #[arg(long, value_name = "FILE", env = "KTRIGGER_PLUGINS")]
+    plugins: Option<PathBuf>,
+    /// How long a started plugin may take to print its handshake line.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    plugin_handshake_timeout: Duration,
+    /// Time limit of each Describe, Validate and Health call to a plugin.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    plugin_call_timeout: Duration,
+}
+
+impl PluginArgs {
+    /// Starts every enabled plugin of the file; reports each that fails (its types are then
+    /// unknown, and triggers using them say why).
+    pub async fn start(&self) -> anyhow::Result<PluginManager> {
+        let Some(path) = &self.plugins else {
+            return Ok(PluginManager::empty());
+        };
+        let file = PluginsFile::load(path)?;
+        let timeouts = Timeouts { handshake: self.plugin_handshake_timeout, call: self.plugin_call_timeout };
+        let manager = PluginManager::start(&file, timeouts).await;
+        for error in manager.failed() {
+            eprintln!("error: {error}");
+        }
+        Ok(manager)
+    }
+}
+
+/// Adds the plugins' types to `registry`, reporting types left out.
+pub fn add_plugins(registry: &mut Registry, plugins: &PluginManager) {
+    for problem in ktrigger_plugin::register(registry, plugins) {
+        eprintln!("warning: {problem}");
+    }
+}
