@@ -347,3 +347,46 @@ spec:
     assert!(status["lastError"].as_str().unwrap_or_default().contains("plugin \"sidecar\""), "{status}");
     assert_eq!(running.stop(), Some(0));
 }
+
+#[test]
+fn khook_event_mappings_give_plugin_events_a_severity_and_tags_for_filters_and_templates() {
+    let config = r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: mapped}
+spec:
+  triggers:
+  - name: critical
+    source: {type: counter, properties: {intervalMs: 20, count: 2}}
+    filter: event.severity == "critical" && event.tags.team == "apps"
+    destinations:
+    - type: log
+      properties: {message: "{{ event.severity }} for {{ event.tags.team }}"}
+"#;
+    let (dir, path) = write_config(config);
+    let mappings = dir.path().join("mappings.yaml");
+    std::fs::write(
+        &mappings,
+        r#"
+mappings:
+- eventSource: counter
+  eventType: tick
+  internalType: Tick
+  description: every count of the example plugin
+  severity: critical
+  tags: {team: apps}
+  enabled: true
+- name: evicted
+  condition: object.reason == "Evicted"
+"#,
+    )
+    .unwrap();
+    let plugins = plugins_file(dir.path());
+    let args = ["--plugins", plugins.to_str().unwrap(), "--event-mappings", mappings.to_str().unwrap()];
+    let running = Running::start(&[&args[..], &["-f", path.to_str().unwrap()]].concat());
+    let stdout = running.stdout.wait_until("two mapped events", WAIT, |t| logged_numbers(t).len() >= 2);
+    let first: Value = serde_json::from_str(stdout.lines().next().unwrap()).unwrap();
+    // Without the mapping, the filter's `event.severity` would be an error: nothing would pass.
+    assert_eq!(first["message"], "critical for apps", "{first}");
+    assert_eq!(running.stop(), Some(0));
+}

@@ -191,10 +191,11 @@ fn registry_for(
     plugins: &PluginManager,
 ) -> Registry {
     let mut registry = Registry::default();
+    let mappings = cluster.event_mappings().clone();
     ktrigger_sources::register(&mut registry, webhooks);
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
     ktrigger_destinations::register_kube(&mut registry, target);
-    plugins::add_plugins(&mut registry, plugins);
+    plugins::add_plugins(&mut registry, plugins, &mappings);
     registry
 }

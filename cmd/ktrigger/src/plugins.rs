@@ -1,9 +1,11 @@
 //! `--plugins`: starting the plugins a file names and adding their types to the registry.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
+use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::registry::Registry;
 use ktrigger_plugin::connect::Timeouts;
 use ktrigger_plugin::{PluginManager, PluginsFile};
@@ -41,9 +43,10 @@ impl PluginArgs {
     }
 }
 
-/// Adds the plugins' types to `registry`, reporting types left out.
-pub fn add_plugins(registry: &mut Registry, plugins: &PluginManager) {
-    for problem in ktrigger_plugin::register(registry, plugins) {
+/// Adds the plugins' types to `registry`, their events annotated by `mappings`, reporting types
+/// left out.
+pub fn add_plugins(registry: &mut Registry, plugins: &PluginManager, mappings: &Arc<EventMappings>) {
+    for problem in ktrigger_plugin::register(registry, plugins, mappings) {
         eprintln!("warning: {problem}");
     }
 }

@@ -27,6 +27,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use ktrigger_core::event::{Event, SharedEvent, TriggerId};
+use ktrigger_core::mappings::Annotation;
 use ktrigger_core::registry::EventSink;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
@@ -186,6 +187,8 @@ pub struct EventShape {
     pub derived: bool,
     /// `event.time`, when not the time the change was seen.
     pub time: Option<DateTime<Utc>>,
+    /// `event.severity` and `event.tags` from an event mapping.
+    pub annotation: Option<Arc<Annotation>>,
 }
 
 /// Decides, per subscriber, which changes become events and how they look.
@@ -853,6 +856,9 @@ fn build_event(shape: &EventShape, change: &Change) -> Event {
         event.old_object = change.old.as_deref().cloned();
     }
     event.meta.preset = shape.preset.as_deref().map(str::to_string);
+    if let Some(annotation) = &shape.annotation {
+        annotation.apply(&mut event.meta);
+    }
     if let Some(time) = shape.time {
         event.meta.time = time;
     }

@@ -218,6 +218,7 @@ impl Interest for ResourceInterest {
             preset: None,
             derived: false,
             time: None,
+            annotation: None,
         })
     }
 }
@@ -323,7 +324,7 @@ mod tests {
             Default::default(),
             false,
             Default::default(),
-            vec![],
+            Default::default(),
         );
         let error = ResourceWatcherFactory::new(cluster)
             .build(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), &context())

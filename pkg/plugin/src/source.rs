@@ -6,6 +6,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ktrigger_core::event::Event;
+use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -28,12 +29,24 @@ pub struct PluginSource {
     type_name: &'static str,
     properties_json: String,
     trigger: Trigger,
+    mappings: Arc<EventMappings>,
 }
 
 impl PluginSource {
     /// The source of type `type_name` from `plugin`, with `properties`, for `context`'s trigger.
     pub fn new(plugin: Arc<Plugin>, type_name: &'static str, properties: &Value, context: &BuildContext) -> Self {
-        PluginSource { plugin, type_name, properties_json: properties.to_string(), trigger: trigger(context) }
+        PluginSource {
+            plugin,
+            type_name,
+            properties_json: properties.to_string(),
+            trigger: trigger(context),
+            mappings: Arc::default(),
+        }
+    }
+
+    /// The same source, giving its events the severity and tags `mappings` name for them.
+    pub fn with_mappings(self, mappings: Arc<EventMappings>) -> Self {
+        PluginSource { mappings, ..self }
     }
 
     /// Turns a plugin's event into an engine event with a deterministic id.
@@ -50,6 +63,9 @@ impl PluginSource {
         event.meta.id = if sent.id.is_empty() { self.derived_id(&sent) } else { sent.id };
         if let Ok(time) = DateTime::parse_from_rfc3339(&sent.time) {
             event.meta.time = time.with_timezone(&Utc);
+        }
+        if let Some(annotation) = self.mappings.find(self.type_name, &event.meta.event_type) {
+            annotation.apply(&mut event.meta);
         }
         Ok(event)
     }

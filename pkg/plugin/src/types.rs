@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::registry::{
     BuildContext, Destination, DestinationFactory, Registry, Source, SourceFactory, TypeDoc,
 };
@@ -25,10 +26,16 @@ struct PluginType {
     kind: Kind,
     doc: &'static TypeDoc,
     schema: Option<jsonschema::Validator>,
+    mappings: Arc<EventMappings>,
 }
 
 impl PluginType {
-    fn new(plugin: Arc<Plugin>, kind: Kind, info: &TypeInfo) -> Result<PluginType, PluginError> {
+    fn new(
+        plugin: Arc<Plugin>,
+        kind: Kind,
+        info: &TypeInfo,
+        mappings: &Arc<EventMappings>,
+    ) -> Result<PluginType, PluginError> {
         let invalid = |reason: String| PluginError::Unavailable {
             plugin: plugin.name().to_string(),
             reason: format!("type {:?}: {reason}", info.name),
@@ -54,7 +61,7 @@ impl PluginType {
             properties: &[],
             example: Box::leak(info.example.clone().into_boxed_str()),
         }));
-        Ok(PluginType { plugin, kind, doc, schema })
+        Ok(PluginType { plugin, kind, doc, schema, mappings: mappings.clone() })
     }
 
     /// Checks `properties` against the schema, then asks the plugin; errors name the property.
@@ -143,7 +150,8 @@ impl SourceFactory for SourceType {
 
     fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
         self.0.check(properties, context)?;
-        Ok(Arc::new(PluginSource::new(self.0.plugin.clone(), self.0.doc.name, properties, context)))
+        let source = PluginSource::new(self.0.plugin.clone(), self.0.doc.name, properties, context);
+        Ok(Arc::new(source.with_mappings(self.0.mappings.clone())))
     }
 }
 
@@ -161,9 +169,11 @@ impl DestinationFactory for DestinationType {
 }
 
 /// Adds every type the manager's plugins provide to `registry`, removes the built-in sources the
-/// plugins file disables, and records why plugins that failed are missing. Returns problems
-/// worth reporting: a type that clashes with another or describes itself badly is left out.
-pub fn register(registry: &mut Registry, manager: &PluginManager) -> Vec<String> {
+/// plugins file disables, and records why plugins that failed are missing. Events of plugin
+/// sources get the severity and tags `mappings` give their source and event type. Returns
+/// problems worth reporting: a type that clashes with another or describes itself badly is left
+/// out.
+pub fn register(registry: &mut Registry, manager: &PluginManager, mappings: &Arc<EventMappings>) -> Vec<String> {
     let mut problems = Vec::new();
     for name in manager.disabled_sources() {
         if !registry.remove_source(name) {
@@ -181,7 +191,7 @@ pub fn register(registry: &mut Registry, manager: &PluginManager) -> Vec<String>
                 ));
                 continue;
             }
-            match PluginType::new(plugin.clone(), Kind::Source, info) {
+            match PluginType::new(plugin.clone(), Kind::Source, info, mappings) {
                 Ok(t) => registry.add_source(Arc::new(SourceType(t))),
                 Err(e) => problems.push(e.to_string()),
             }
@@ -195,7 +205,7 @@ pub fn register(registry: &mut Registry, manager: &PluginManager) -> Vec<String>
                 ));
                 continue;
             }
-            match PluginType::new(plugin.clone(), Kind::Destination, info) {
+            match PluginType::new(plugin.clone(), Kind::Destination, info, mappings) {
                 Ok(t) => registry.add_destination(Arc::new(DestinationType(t))),
                 Err(e) => problems.push(e.to_string()),
             }
