@@ -150,12 +150,23 @@ impl PluginManager {
 
 async fn first_start(spec: &PluginSpec, timeouts: Timeouts) -> Result<(Connection, DescribeResponse), PluginError> {
     let mut connection = connect(spec, timeouts).await?;
-    let describe = tokio::time::timeout(timeouts.call, connection.client.describe(DescribeRequest {}));
-    let unavailable = |reason: String| PluginError::Unavailable { plugin: spec.name.clone(), reason };
-    let types = match describe.await {
-        Err(_) => Err(unavailable(format!("Describe did not answer within {:?}", timeouts.call))),
-        Ok(Err(status)) => Err(unavailable(format!("Describe failed: {}", status.message()))),
-        Ok(Ok(response)) => Ok(response.into_inner()),
+    // A sidecar may start after ktrigger: it gets as long to answer as a program to hand shake.
+    let patience = match spec.launch() {
+        Ok(Launch::Address(_)) => timeouts.handshake,
+        _ => Duration::ZERO,
+    };
+    let started = Instant::now();
+    let types = loop {
+        let describe = tokio::time::timeout(timeouts.call, connection.client.describe(DescribeRequest {}));
+        let reason = match describe.await {
+            Ok(Ok(response)) => break Ok(response.into_inner()),
+            Err(_) => format!("Describe did not answer within {:?}", timeouts.call),
+            Ok(Err(status)) => format!("Describe failed: {}", status.message().chars().take(300).collect::<String>()),
+        };
+        if started.elapsed() >= patience {
+            break Err(PluginError::Unavailable { plugin: spec.name.clone(), reason });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     };
     if types.is_err()
         && let Some(child) = connection.child.as_mut()

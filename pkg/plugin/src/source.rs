@@ -60,7 +60,11 @@ impl PluginSource {
             serde_json::from_str(&sent.object_json).map_err(|e| invalid(format!("object_json: {e}")))?;
         let event_type = if sent.r#type.is_empty() { "receive".to_string() } else { cut(&sent.r#type) };
         let mut event = Event::new(self.type_name, &event_type, object);
-        event.meta.id = if sent.id.is_empty() { self.derived_id(&sent) } else { sent.id };
+        event.meta.id = if sent.id.is_empty() {
+            derived_id(self.plugin.name(), &self.trigger, &sent.r#type, &sent.object_json)
+        } else {
+            sent.id
+        };
         if let Ok(time) = DateTime::parse_from_rfc3339(&sent.time) {
             event.meta.time = time.with_timezone(&Utc);
         }
@@ -69,24 +73,18 @@ impl PluginSource {
         }
         Ok(event)
     }
+}
 
-    /// An id for an event the plugin sent without one: the same plugin, trigger, type and object
-    /// always give the same id, so an event sent again is recognised.
-    fn derived_id(&self, sent: &SourceEvent) -> String {
-        let mut hash = Sha256::new();
-        for part in [
-            self.plugin.name(),
-            &self.trigger.namespace,
-            &self.trigger.service,
-            &self.trigger.name,
-            &sent.r#type,
-            &sent.object_json,
-        ] {
-            hash.update((part.len() as u64).to_be_bytes());
-            hash.update(part.as_bytes());
-        }
-        hex::encode(&hash.finalize()[..16])
+/// An id for an event a plugin sent without one: the same plugin, trigger, type and object
+/// always give the same id, so an event sent again is recognised.
+fn derived_id(plugin: &str, trigger: &Trigger, event_type: &str, object_json: &str) -> String {
+    let mut hash = Sha256::new();
+    for part in [plugin, &trigger.namespace, &trigger.service, &trigger.name, event_type, object_json] {
+        // Lengths first, so that ("ab", "c") and ("a", "bc") differ.
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part.as_bytes());
     }
+    hex::encode(&hash.finalize()[..16])
 }
 
 #[async_trait]
@@ -129,5 +127,25 @@ impl Source for PluginSource {
                 return Err(failed("the source stream closed before an acknowledgement".into()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn trigger(name: &str) -> Trigger {
+        Trigger { namespace: "ns".into(), service: "svc".into(), name: name.into() }
+    }
+
+    #[test]
+    fn derived_ids_are_the_same_for_the_same_event_and_differ_otherwise() {
+        let id = derived_id("p", &trigger("t"), "tick", r#"{"n":1}"#);
+        assert_eq!(id, derived_id("p", &trigger("t"), "tick", r#"{"n":1}"#));
+        assert_eq!(id.len(), 32);
+        assert_ne!(id, derived_id("p", &trigger("u"), "tick", r#"{"n":1}"#));
+        assert_ne!(id, derived_id("q", &trigger("t"), "tick", r#"{"n":1}"#));
+        assert_ne!(id, derived_id("p", &trigger("t"), "tick", r#"{"n":2}"#));
+        assert_ne!(derived_id("p", &trigger("t"), "ab", "c"), derived_id("p", &trigger("t"), "a", "bc"));
     }
 }
