@@ -54,7 +54,7 @@ impl Plugin for Example {
             "properties": {
                 "from": {"type": "integer", "minimum": 0},
                 "count": {"type": "integer", "minimum": 1},
-                "intervalMs": {"type": "integer", "minimum": 1}
+                "intervalMs": {"type": "integer", "minimum": 0}
             },
             "required": ["count"],
             "additionalProperties": false
@@ -62,7 +62,7 @@ impl Plugin for Example {
         Ok(Response::new(DescribeResponse {
             sources: vec![TypeInfo {
                 name: "sequence".into(),
-                description: "Numbers from `from` (default 1), `count` of them, one every intervalMs".into(),
+                description: "Numbers from `from` (default 1), `count` of them, one every intervalMs (default 100)".into(),
                 properties_schema: sequence.to_string(),
                 example: "type: sequence\nproperties: {count: 10}\n".into(),
             }],
@@ -128,7 +128,9 @@ impl Plugin for Example {
                 if events.send(Ok(event)).await.is_err() {
                     return;
                 }
-                tokio::time::sleep(interval).await;
+                if !interval.is_zero() {
+                    tokio::time::sleep(interval).await;
+                }
             }
             // Keep the stream open: a source that ends is restarted.
             events.closed().await;
