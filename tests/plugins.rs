@@ -277,6 +277,17 @@ fn plugin_types_are_listed_beside_builtin_ones_and_builtin_kube_sources_can_be_d
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(!text.contains("k8s-events\n") && !text.contains("resource-watcher\n"), "{text}");
     assert!(text.contains("counter\n") && text.contains("cron\n"), "{text}");
+    let events = "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {name: ev}\nspec:\n  triggers:\n  \
+                  - name: restarts\n    source: {type: k8s-events}\n    destinations: [{type: log}]\n";
+    let config = dir.path().join("events.yaml");
+    std::fs::write(&config, events).unwrap();
+    let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        text.contains("trigger ev/restarts: triggers[0].source.type: unknown source type \"k8s-events\""),
+        "{text}"
+    );
+    assert!(text.contains("(types may be missing: source type \"k8s-events\" is in disabledSources"), "{text}");
 }
 
 /// The example plugin run on its own, as a sidecar would be; killed when dropped.
@@ -389,4 +400,20 @@ mappings:
     // Without the mapping, the filter's `event.severity` would be an error: nothing would pass.
     assert_eq!(first["message"], "critical for apps", "{first}");
     assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn the_plugin_example_validates_with_its_plugins_file() {
+    let examples = repo().join("examples/plugins");
+    let plugins = examples.join("plugins.yaml");
+    let config = examples.join("counter-to-jsonl.yaml");
+    plugin_script();
+    let output = ktrigger()
+        .current_dir(repo())
+        .args(["validate", "--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("ok: 1 TriggerService(s), 1 trigger(s), no problems"), "{stdout}");
 }

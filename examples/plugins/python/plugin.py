@@ -193,6 +193,16 @@ def main():
     services.add_PluginServicer_to_server(Plugin(), server)
     port = server.add_insecure_port(args.listen)
     server.start()
+    if os.environ.get("KTRIGGER_PLUGIN_PROTOCOL_VERSION"):
+        # Started by ktrigger: go when it goes, even if it could not stop us (SIGKILL).
+        parent = os.getppid()
+
+        def watch_parent():
+            while os.getppid() == parent:
+                time.sleep(1)
+            os._exit(0)
+
+        threading.Thread(target=watch_parent, daemon=True).start()
     host = args.listen.rsplit(":", 1)[0].replace("0.0.0.0", "127.0.0.1")
     print(f"KTRIGGER_PLUGIN|{PROTOCOL_VERSION}|{host}:{port}", flush=True)
     server.wait_for_termination()

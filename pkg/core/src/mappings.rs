@@ -100,11 +100,6 @@ impl EventMappings {
     pub fn find(&self, source: &str, event_type: &str) -> Option<Arc<Annotation>> {
         self.entries.iter().find(|(s, t, _)| s == source && t == event_type).map(|(_, _, a)| a.clone())
     }
-
-    /// Whether there is no entry.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 fn check_tags(tags: &Value) -> Result<(), String> {

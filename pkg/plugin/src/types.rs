@@ -176,7 +176,9 @@ impl DestinationFactory for DestinationType {
 pub fn register(registry: &mut Registry, manager: &PluginManager, mappings: &Arc<EventMappings>) -> Vec<String> {
     let mut problems = Vec::new();
     for name in manager.disabled_sources() {
-        if !registry.remove_source(name) {
+        if registry.remove_source(name) {
+            registry.add_missing(format!("source type {name:?} is in disabledSources of the plugins file"));
+        } else {
             problems.push(format!("disabledSources: no source type {name:?} to disable"));
         }
     }

@@ -62,7 +62,8 @@ impl Plugin for Example {
         Ok(Response::new(DescribeResponse {
             sources: vec![TypeInfo {
                 name: "sequence".into(),
-                description: "Numbers from `from` (default 1), `count` of them, one every intervalMs (default 100)".into(),
+                description: "Numbers from `from` (default 1), `count` of them, one every intervalMs (default 100)"
+                    .into(),
                 properties_schema: sequence.to_string(),
                 example: "type: sequence\nproperties: {count: 10}\n".into(),
             }],
