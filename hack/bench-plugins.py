@@ -7,7 +7,9 @@ Four runs of `ktrigger run`, each until N deliveries are logged:
   destination: plugin `sequence` source -> plugin `tally` destination
                vs  plugin `sequence` source -> built-in webhook destination (a local HTTP receiver)
 The plugin is the Rust example (examples/plugins/rust), so the figures show the protocol's cost
-rather than an interpreter's. Time runs from "ktrigger running" to the Nth "delivered" log line.
+rather than an interpreter's. Time runs from the trigger's start (the first webhook request, or
+the "loaded" line for the plugin source, which starts producing then) to the Nth "delivered" log
+line.
 """
 
 import argparse
@@ -78,11 +80,13 @@ def measure(args, label, config, feed=None):
         for line in process.stderr:
             if line.startswith("webhook listener on http://"):
                 port = int(line.rsplit(":", 1)[1])
-            elif line.startswith("ktrigger running"):
+            elif line.startswith("loaded  trigger") and not feed:
+                # The plugin source starts producing as soon as its trigger is loaded.
                 start = time.monotonic()
-                if feed:
-                    feeder = threading.Thread(target=feed, args=(port,))
-                    feeder.start()
+            elif line.startswith("ktrigger running") and feed:
+                start = time.monotonic()
+                feeder = threading.Thread(target=feed, args=(port,))
+                feeder.start()
             elif " delivered " in line:
                 delivered += 1
                 if delivered == args.events:
