@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::cluster::{Env, WAIT};
-use support::{PythonServer, example_env, json_lines, repo, wait_for_lines};
+use support::{PythonServer, example_env, example_files, json_lines, repo, wait_for_lines};
 
 /// The example's TriggerService documents, moved to `namespace` with the namespaces their
 /// sources watch.
@@ -103,13 +103,8 @@ fn every_example_trigger_service_is_ready_under_the_controller() {
         &env.namespace,
         "apiVersion: v1\nkind: Secret\nmetadata: {name: slack-webhook}\nstringData: {url: 'https://hooks.slack.test/x'}\n",
     );
-    let mut files: Vec<String> = std::fs::read_dir(repo().join("examples"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        // examples/events/ holds sample events for `ktrigger eval`, not TriggerServices.
-        .filter(|name| name.ends_with(".yaml"))
-        .collect();
-    files.sort();
+    let files: Vec<String> =
+        example_files().iter().map(|path| path.file_name().unwrap().to_string_lossy().into_owned()).collect();
     let documents: Vec<Value> = files.iter().flat_map(|file| example(file, &env.namespace)).collect();
     let _bindings = grant_service_accounts(&env, &documents);
     let mut applied = Vec::new();

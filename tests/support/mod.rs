@@ -247,14 +247,23 @@ pub fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Vec<serde
     }
 }
 
+/// The example TriggerService files directly under `examples/`, sorted. Those under
+/// `examples/plugins/` need their plugin running and are tested with it (tests/plugins.rs);
+/// `examples/events/` holds sample events for `ktrigger eval`.
+pub fn example_files() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.is_file() && path.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    files
+}
+
 /// A placeholder value for every `env: NAME` the example files read credentials from.
 pub fn example_env() -> Vec<(String, String)> {
     let mut names = Vec::new();
-    for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            continue;
-        }
+    for path in example_files() {
         let text = std::fs::read_to_string(path).unwrap();
         for part in text.split("env:").skip(1) {
             let name: String =

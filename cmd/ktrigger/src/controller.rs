@@ -30,6 +30,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::plugins::PluginArgs;
 use crate::run::{parse_duration, parse_duration_or_zero, wait_for_signal};
 use crate::state::StateArgs;
 use crate::webhooks::{WebhookCollector, WebhookLimits};
@@ -107,6 +108,9 @@ pub struct ControllerArgs {
     /// Where state survives restarts.
     #[command(flatten)]
     state: StateArgs,
+    /// Plugins providing more source and destination types (the file mounted from a ConfigMap).
+    #[command(flatten)]
+    plugins: PluginArgs,
     /// Also reconcile these kinds of objects, converted as `ktrigger convert` converts them
     /// (comma-separated): `khook` (kagent.dev/v1alpha2 Hooks), `kube-trigger`
     /// (standard.oam.dev/v1alpha1 TriggerServices). Their CRDs and RBAC are in config/compat.
@@ -258,7 +262,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     );
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
-    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?.with_store(store.clone());
+    let plugins = args.plugins.start(true).await?;
+    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress, &plugins)?.with_store(store.clone());
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();
@@ -325,6 +330,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     stop.cancel();
     let (report, _, _, _) = tokio::join!(reconciler, listener, health_server, metrics_server);
     let report = report?;
+    plugins.shutdown().await;
     if let Some(Leadership { leading, renewer }) = leadership {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);

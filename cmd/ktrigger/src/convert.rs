@@ -10,6 +10,8 @@ use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_sources::WebhookListener;
 
+use ktrigger_plugin::PluginManager;
+
 use crate::offline_registry;
 
 /// Output format of `convert`.
@@ -36,7 +38,11 @@ pub fn convert(paths: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
             files.push(path.clone());
         }
     }
-    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline_with_mappings(vec![]));
+    let registry = offline_registry(
+        WebhookListener::detached(),
+        ktrigger_kube::Cluster::offline_with_mappings(vec![]),
+        &PluginManager::empty(),
+    );
     let options = EngineOptions { credentials: CredentialPolicy::offline(), ..Default::default() };
     let engine = Engine::new(Arc::new(registry), options);
     let mut services = Vec::new();

@@ -7,17 +7,19 @@ use serde_json::{Value, json};
 
 use ktrigger_sources::WebhookListener;
 
+use ktrigger_plugin::PluginManager;
+
 use crate::{Output, offline_registry, suggest, write_stdout};
 
 /// `ktrigger sources [TYPE]`.
-pub fn list_sources(name: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
-    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
+pub fn list_sources(name: Option<&str>, output: Output, plugins: &PluginManager) -> anyhow::Result<ExitCode> {
+    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline(), plugins);
     print_docs("source", registry.source_docs(), name, output)
 }
 
 /// `ktrigger destinations [TYPE]`.
-pub fn list_destinations(name: Option<&str>, output: Output) -> anyhow::Result<ExitCode> {
-    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline());
+pub fn list_destinations(name: Option<&str>, output: Output, plugins: &PluginManager) -> anyhow::Result<ExitCode> {
+    let registry = offline_registry(WebhookListener::detached(), ktrigger_kube::Cluster::offline(), plugins);
     print_docs("destination", registry.destination_docs(), name, output)
 }
 

@@ -7,6 +7,7 @@ mod egress;
 mod eval;
 mod inspect;
 mod limits;
+mod plugins;
 mod run;
 mod state;
 mod status;
@@ -24,6 +25,7 @@ use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
 use ktrigger_destinations::kube::KubeTarget;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
+use ktrigger_plugin::PluginManager;
 use ktrigger_sources::WebhookListener;
 
 /// The version with the commit it was built from (see build.rs).
@@ -89,6 +91,9 @@ enum Command {
         /// Output format: one problem per line, or a JSON or YAML report.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Plugins whose types the files may use.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
     },
     /// Evaluate one CEL filter against a sample event (see examples/events/).
     #[command(after_help = "Examples:\n  \
@@ -131,6 +136,9 @@ enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Plugins whose types are listed too.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
     },
     /// List every destination type, or the one named, with its properties and an example.
     #[command(
@@ -143,6 +151,9 @@ enum Command {
         /// Output format.
         #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
         output: Output,
+        /// Plugins whose types are listed too.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
     },
     /// A table of TriggerServices and their triggers: source → filter → destinations, counters,
     /// last fire, last error, active events. Also `kubectl ktrigger status` with the binary
@@ -182,8 +193,11 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Controller(args) => controller::controller(*args).await,
-            Command::Validate { files, event_mappings, strict, output } => {
-                validate::validate(&files, event_mappings.as_deref(), strict, output)
+            Command::Validate { files, event_mappings, strict, output, plugins } => {
+                let plugins = plugins.start(false).await?;
+                let result = validate::validate(&files, event_mappings.as_deref(), strict, output, &plugins);
+                plugins.shutdown().await;
+                result
             }
             Command::Eval { filter, event, object } => {
                 let sample = match (&object, &event) {
@@ -198,8 +212,18 @@ fn main() -> ExitCode {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sources { name, output } => inspect::list_sources(name.as_deref(), output),
-            Command::Destinations { name, output } => inspect::list_destinations(name.as_deref(), output),
+            Command::Sources { name, output, plugins } => {
+                let plugins = plugins.start(false).await?;
+                let result = inspect::list_sources(name.as_deref(), output, &plugins);
+                plugins.shutdown().await;
+                result
+            }
+            Command::Destinations { name, output, plugins } => {
+                let plugins = plugins.start(false).await?;
+                let result = inspect::list_destinations(name.as_deref(), output, &plugins);
+                plugins.shutdown().await;
+                result
+            }
             Command::Status(args) => status::status(*args).await,
             Command::Completions { shell } => {
                 let mut script = Vec::new();
@@ -251,8 +275,12 @@ fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
 /// Every source and destination type, with webhook sources served by `webhooks`, and
 /// Kubernetes ones checked (with the custom presets `cluster` knows) but never connected: for
 /// commands that run nothing.
-fn offline_registry(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster) -> Registry {
-    registry_for(webhooks, cluster, KubeTarget::new(None))
+fn offline_registry(
+    webhooks: Arc<WebhookListener>,
+    cluster: ktrigger_kube::Cluster,
+    plugins: &PluginManager,
+) -> Registry {
+    registry_for(webhooks, cluster, KubeTarget::new(None), plugins)
 }
 
 /// An engine that knows every source and destination type, with Kubernetes sources watching
@@ -264,22 +292,30 @@ fn engine_with(
     cluster: ktrigger_kube::Cluster,
     options: EngineOptions,
     egress: Arc<EgressPolicy>,
+    plugins: &PluginManager,
 ) -> anyhow::Result<Engine> {
     let target = KubeTarget::new(cluster.kube_client()).with_identities(cluster.identities().clone());
     let secrets = Arc::new(KubeSecretReader::new(target.clone()));
-    let mut registry = registry_for(webhooks, cluster, target);
+    let mut registry = registry_for(webhooks, cluster, target, plugins);
     ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;
     ktrigger_sources::register_http_poller(&mut registry, egress);
     Ok(Engine::new(Arc::new(registry), options).with_secret_reader(secrets))
 }
 
 /// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources
-/// on `cluster`, Kubernetes destinations acting on `target`.
-fn registry_for(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, target: KubeTarget) -> Registry {
+/// on `cluster`, Kubernetes destinations acting on `target`, and the types of `plugins`.
+fn registry_for(
+    webhooks: Arc<WebhookListener>,
+    cluster: ktrigger_kube::Cluster,
+    target: KubeTarget,
+    plugins: &PluginManager,
+) -> Registry {
     let mut registry = Registry::default();
+    let mappings = cluster.event_mappings().clone();
     ktrigger_sources::register(&mut registry, webhooks);
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
     ktrigger_destinations::register_kube(&mut registry, target);
+    plugins::add_plugins(&mut registry, plugins, &mappings);
     registry
 }

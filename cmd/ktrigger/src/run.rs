@@ -16,6 +16,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::plugins::PluginArgs;
 use crate::state::{StateArgs, default_local_dir};
 use crate::webhooks::WebhookLimits;
 
@@ -58,6 +59,9 @@ pub struct RunArgs {
     /// Where state survives restarts.
     #[command(flatten)]
     state: StateArgs,
+    /// Plugins providing more source and destination types.
+    #[command(flatten)]
+    plugins: PluginArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -97,8 +101,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
     let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
     let store = state.store.clone();
+    let plugins = args.plugins.start(true).await?;
     let mut engine =
-        engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?.with_store(state.store);
+        engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local(), &plugins)?.with_store(state.store);
     let mut started = 0;
     let mut pipelines = std::collections::BTreeMap::new();
     for service in &config.services {
@@ -147,6 +152,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
+    plugins.shutdown().await;
     if let Some(admin) = admin {
         let _ = admin.await;
     }

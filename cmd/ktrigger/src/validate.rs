@@ -19,6 +19,8 @@ use ktrigger_sources::WebhookListener;
 use serde::Serialize;
 use serde_json::Value;
 
+use ktrigger_plugin::PluginManager;
+
 use crate::{Output, offline_registry, suggest};
 
 /// How bad a problem is.
@@ -236,13 +238,14 @@ pub fn validate(
     event_mappings: Option<&Path>,
     strict: bool,
     output: Output,
+    plugins: &PluginManager,
 ) -> anyhow::Result<ExitCode> {
     let mappings = match event_mappings {
         Some(path) => ktrigger_kube::presets::load_mappings_file(path)?,
         None => Vec::new(),
     };
     let cluster = ktrigger_kube::Cluster::offline_with_mappings(mappings);
-    let registry = Arc::new(offline_registry(WebhookListener::detached(), cluster));
+    let registry = Arc::new(offline_registry(WebhookListener::detached(), cluster, plugins));
     let (paths, path_errors) = expand_paths(files);
     let mut problems: Vec<Problem> = path_errors
         .into_iter()

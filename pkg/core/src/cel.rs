@@ -650,7 +650,7 @@ enum Slots<'a> {
 }
 
 impl<'a> Vars<'a> {
-    /// The event context of `event` as seen by trigger `trigger`: object, oldObject (null when absent), event {type, source, trigger, time, id, preset?, cluster?}, context {sourceType, event, data (= object), timestamp}, now (a CEL timestamp).
+    /// The event context of `event` as seen by trigger `trigger`: object, oldObject (null when absent), event {type, source, trigger, time, id, preset?, cluster?, severity?, tags?}, context {sourceType, event, data (= object), timestamp}, now (a CEL timestamp).
     pub fn for_event(event: &'a Event, trigger: &'a str, now: DateTime<Utc>) -> Vars<'a> {
         let old_object = event.old_object.as_ref().map_or(Bound::Null(CelNull), Bound::json);
         Vars {

@@ -47,6 +47,12 @@ pub struct EventMeta {
     /// The cluster the event came from, when there are several.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// The severity an event mapping gave events of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<String>,
+    /// The tags (a map or a list of strings) an event mapping gave events of this kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<Value>,
 }
 
 /// One event, built once by its source and shared (behind an `Arc`) by every trigger that sees it.
@@ -57,7 +63,7 @@ pub struct Event {
     /// The previous object on updates, only kept when a trigger asked for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub old_object: Option<Value>,
-    /// Type, source, time, id and optional preset and cluster.
+    /// Type, source, time, id and optional preset, cluster, severity and tags.
     pub meta: EventMeta,
 }
 
@@ -77,6 +83,8 @@ impl Event {
                 id: uuid::Uuid::new_v4().to_string(),
                 preset: None,
                 cluster: None,
+                severity: None,
+                tags: None,
             },
         }
     }
@@ -101,6 +109,12 @@ impl Event {
         }
         if let Some(cluster) = &self.meta.cluster {
             value["cluster"] = json!(cluster);
+        }
+        if let Some(severity) = &self.meta.severity {
+            value["severity"] = json!(severity);
+        }
+        if let Some(tags) = &self.meta.tags {
+            value["tags"] = tags.clone();
         }
         value
     }

@@ -11,6 +11,7 @@ pub mod delivery;
 pub mod egress;
 pub mod engine;
 pub mod event;
+pub mod mappings;
 pub mod prepare;
 pub mod properties;
 pub mod registry;

@@ -180,8 +180,7 @@ impl Builder<'_> {
     fn source(&mut self, trigger: &Trigger, context: &BuildContext, needs: SourceNeeds) -> Option<Arc<dyn Source>> {
         let type_name = &trigger.source.type_name;
         let Some(factory) = self.registry.source(type_name) else {
-            let known = self.registry.source_names().join(", ");
-            self.fail("source.type", format!("unknown source type {type_name:?}; known types: {known}"));
+            self.fail("source.type", self.registry.unknown_type("source", type_name));
             return None;
         };
         factory.build_for(&trigger.source.properties, context, needs).map_err(|e| self.fail("source", e)).ok()
@@ -196,11 +195,7 @@ impl Builder<'_> {
     ) -> Option<(Target, usize)> {
         let type_name = &spec.type_name;
         let Some(factory) = self.registry.destination(type_name) else {
-            let known = self.registry.destination_names().join(", ");
-            self.fail(
-                &format!("{field}.type"),
-                format!("unknown destination type {type_name:?}; known types: {known}"),
-            );
+            self.fail(&format!("{field}.type"), self.registry.unknown_type("destination", type_name));
             return None;
         };
         let destination = factory.build(&spec.properties, context).map_err(|e| self.fail(field, e)).ok()?;

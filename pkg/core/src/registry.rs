@@ -282,6 +282,7 @@ pub trait DestinationFactory: Send + Sync {
 pub struct Registry {
     sources: BTreeMap<&'static str, Arc<dyn SourceFactory>>,
     destinations: BTreeMap<&'static str, Arc<dyn DestinationFactory>>,
+    missing: Vec<String>,
 }
 
 impl Registry {
@@ -329,6 +330,31 @@ impl Registry {
     /// Names of all destination types (aliases excluded), for error messages.
     pub fn destination_names(&self) -> Vec<&'static str> {
         self.destination_docs().iter().map(|d| d.name).collect()
+    }
+
+    /// Removes the source type called `name` with its aliases; false when there is none.
+    pub fn remove_source(&mut self, name: &str) -> bool {
+        let Some(factory) = self.sources.get(name).cloned() else {
+            return false;
+        };
+        self.sources.retain(|_, f| !Arc::ptr_eq(f, &factory));
+        true
+    }
+
+    /// Records why some types may be missing (e.g. a plugin that did not start), for the error
+    /// about an unknown type.
+    pub fn add_missing(&mut self, reason: String) {
+        self.missing.push(reason);
+    }
+
+    /// `unknown {kind} type "x"; known types: ...` plus why types may be missing.
+    pub fn unknown_type(&self, kind: &str, name: &str) -> String {
+        let known = if kind == "source" { self.source_names() } else { self.destination_names() };
+        let mut message = format!("unknown {kind} type {name:?}; known types: {}", known.join(", "));
+        for reason in &self.missing {
+            message.push_str(&format!(" (types may be missing: {reason})"));
+        }
+        message
     }
 }
 

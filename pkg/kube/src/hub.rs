@@ -33,6 +33,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
+use ktrigger_core::mappings::Annotation;
 use ktrigger_core::registry::{EventSink, Tracked};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
@@ -199,6 +200,8 @@ pub struct EventShape {
     pub time: Option<DateTime<Utc>>,
     /// `event.id`: deterministic, so the same change seen again has the same id.
     pub id: String,
+    /// `event.severity` and `event.tags` from an event mapping.
+    pub annotation: Option<Arc<Annotation>>,
 }
 
 /// Decides, per subscriber, which changes become events and how they look.
@@ -1116,6 +1119,9 @@ fn build_event(shape: &EventShape, change: &Change) -> Event {
         event.old_object = change.old.as_deref().cloned();
     }
     event.meta.preset = shape.preset.as_deref().map(str::to_string);
+    if let Some(annotation) = &shape.annotation {
+        annotation.apply(&mut event.meta);
+    }
     if let Some(time) = shape.time {
         event.meta.time = time;
     }

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ktrigger_core::event::{TriggerId, stable_id};
+use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::properties::parse_properties;
 use ktrigger_core::registry::{
     BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
@@ -171,6 +172,7 @@ impl SourceFactory for K8sEventsFactory {
             reasons: lower(&props.reasons),
             kinds: lower(&props.involved_kinds),
             presets: presets.into_iter().map(|p| (Arc::from(p.name()), p)).collect(),
+            mappings: self.cluster.event_mappings().clone(),
         };
         Ok(Arc::new(K8sEvents {
             cluster: self.cluster.clone(),
@@ -193,6 +195,7 @@ struct EventsInterest {
     reasons: Vec<String>,
     kinds: Vec<String>,
     presets: Vec<(Arc<str>, Preset)>,
+    mappings: Arc<EventMappings>,
 }
 
 impl Interest for Arc<EventsInterest> {
@@ -218,7 +221,9 @@ impl Interest for Arc<EventsInterest> {
             Some(self.presets.iter().find(|(_, preset)| preset.matches(event))?.0.clone())
         };
         let id = stable_id(&[&uid_of(&change.object), &occurrences(&change.object).to_string()]);
-        Some(EventShape { source: NAME, event_type, preset, derived: true, time: occurrence_time(event), id })
+        let annotation = preset.as_deref().and_then(|preset| self.mappings.find(NAME, preset));
+        let time = occurrence_time(event);
+        Some(EventShape { source: NAME, event_type, preset, derived: true, time, id, annotation })
     }
 }
 
@@ -321,6 +326,7 @@ mod tests {
             reasons: props.reasons.iter().map(|s| s.to_lowercase()).collect(),
             kinds: props.involved_kinds.iter().map(|s| s.to_lowercase()).collect(),
             presets: presets.into_iter().map(|p| (Arc::from(p.name()), p)).collect(),
+            mappings: Arc::default(),
         })
     }
 
@@ -390,6 +396,21 @@ mod tests {
         assert_eq!(object["involvedObject"]["name"], "api-0");
         assert_eq!(object["message"], "Readiness probe failed: connection refused");
         assert_eq!(object["count"], 5);
+    }
+
+    #[test]
+    fn khook_mappings_give_preset_events_their_severity_and_tags() {
+        let entries = serde_json::from_value(json!([
+            {"eventSource": "kubernetes", "eventType": "pod-restart", "internalType": "PodRestart",
+             "severity": "warning", "tags": {"category": "lifecycle"}, "enabled": true}
+        ]))
+        .unwrap();
+        let mut interest = Arc::into_inner(interest(json!({"presets": ["pod-restart"]}))).unwrap();
+        interest.mappings = Arc::new(EventMappings::new(entries).unwrap());
+        let shape = Arc::new(interest).shape(&Change::new(ChangeKind::Create, backoff(1))).unwrap();
+        let annotation = shape.annotation.unwrap();
+        assert_eq!(annotation.severity.as_deref(), Some("warning"));
+        assert_eq!(annotation.tags, Some(json!({"category": "lifecycle"})));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::registry::{BuildContext, Registry, SourceError, SourceFactory};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -101,6 +102,7 @@ struct ClusterState {
     offline: bool,
     hub: WatchHub,
     mappings: Vec<CustomPreset>,
+    event_mappings: Arc<EventMappings>,
     resources: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
 }
 
@@ -125,9 +127,9 @@ impl Cluster {
     /// triggers that need the cluster fail to load with it while the others run. Fails only when
     /// the event mappings file is bad.
     pub async fn connect(options: &ClusterOptions) -> Result<Cluster, KubeError> {
-        let mappings = match &options.event_mappings {
-            Some(path) => presets::load_mappings_file(path)?,
-            None => Vec::new(),
+        let (mappings, event_mappings) = match &options.event_mappings {
+            Some(path) => (presets::load_mappings_file(path)?, presets::load_event_mappings(path)?),
+            None => (Vec::new(), EventMappings::default()),
         };
         let (client, description, api_server) = match load_config(options).await {
             Ok((config, context)) => {
@@ -147,7 +149,8 @@ impl Cluster {
         };
         let identities = options.identities.clone();
         let reached = Reached { description, api_server };
-        Ok(Cluster::make(client, identities, reached, false, options.hub.clone(), mappings))
+        let hub = options.hub.clone();
+        Ok(Cluster::make(client, identities, reached, false, hub, (mappings, event_mappings)))
     }
 
     /// A cluster for checking triggers only (`ktrigger validate`, type listings): properties are
@@ -159,6 +162,7 @@ impl Cluster {
     /// Like [`Cluster::offline`], knowing the custom presets of an `--event-mappings` file.
     pub fn offline_with_mappings(mappings: Vec<CustomPreset>) -> Cluster {
         let reason = "this command does not connect to a cluster".to_string();
+        let mappings = (mappings, EventMappings::default());
         Cluster::make(Err(reason), IdentityPolicy::local(), Reached::default(), true, HubOptions::default(), mappings)
     }
 
@@ -170,7 +174,7 @@ impl Cluster {
         hub: HubOptions,
         mappings: Vec<CustomPreset>,
     ) -> Cluster {
-        Cluster::make(Ok(client), identities, Reached::default(), false, hub, mappings)
+        Cluster::make(Ok(client), identities, Reached::default(), false, hub, (mappings, EventMappings::default()))
     }
 
     fn make(
@@ -179,7 +183,7 @@ impl Cluster {
         reached: Reached,
         offline: bool,
         hub: HubOptions,
-        mappings: Vec<CustomPreset>,
+        (mappings, event_mappings): (Vec<CustomPreset>, EventMappings),
     ) -> Cluster {
         let ttl = hub.access_review_ttl;
         let reviews = match &client {
@@ -196,6 +200,7 @@ impl Cluster {
                 offline,
                 hub: WatchHub::new(hub),
                 mappings,
+                event_mappings: Arc::new(event_mappings),
                 resources: Mutex::new(HashMap::new()),
             }),
         }
@@ -214,6 +219,11 @@ impl Cluster {
     /// The custom presets of `--event-mappings`.
     pub fn mappings(&self) -> &[CustomPreset] {
         &self.state.mappings
+    }
+
+    /// The khook-format entries of `--event-mappings`: severity and tags by source and event type.
+    pub fn event_mappings(&self) -> &Arc<EventMappings> {
+        &self.state.event_mappings
     }
 
     /// Called when a trigger that needs the cluster loads: an error when there is no cluster.

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use ktrigger_core::cel::{CelExpr, Vars};
+use ktrigger_core::mappings::{EventMapping, EventMappings};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -109,8 +110,45 @@ pub struct MappingSpec {
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum MappingsFile {
-    Wrapped { mappings: Vec<MappingSpec> },
-    List(Vec<MappingSpec>),
+    Wrapped { mappings: Vec<MappingEntry> },
+    List(Vec<MappingEntry>),
+}
+
+/// An entry of a mappings file: a CEL preset, or a khook-format entry giving events a severity
+/// and tags.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum MappingEntry {
+    Preset(MappingSpec),
+    Khook(EventMapping),
+}
+
+/// Reads the entries of a mappings file, both forms.
+fn read_mappings_file(path: &Path) -> Result<(Vec<MappingSpec>, Vec<EventMapping>), KubeError> {
+    let error = |message: String| KubeError::Mappings { path: path.to_path_buf(), message };
+    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
+    let file: MappingsFile = serde_yaml::from_str(&text).map_err(|e| {
+        error(format!(
+            "{e}; expected `mappings: [{{name: NAME, condition: CEL}}]` or khook's \
+             `mappings: [{{eventSource, eventType, severity, tags, ...}}]`"
+        ))
+    })?;
+    let (MappingsFile::Wrapped { mappings } | MappingsFile::List(mappings)) = file;
+    let mut presets = Vec::new();
+    let mut khook = Vec::new();
+    for entry in mappings {
+        match entry {
+            MappingEntry::Preset(spec) => presets.push(spec),
+            MappingEntry::Khook(entry) => khook.push(entry),
+        }
+    }
+    Ok((presets, khook))
+}
+
+/// Reads the khook-format entries of a mappings file: severity and tags by source and event type.
+pub fn load_event_mappings(path: &Path) -> Result<EventMappings, KubeError> {
+    let (_, entries) = read_mappings_file(path)?;
+    EventMappings::new(entries).map_err(|message| KubeError::Mappings { path: path.to_path_buf(), message })
 }
 
 /// Compiles mapping entries; the first bad one is the error.
@@ -118,16 +156,11 @@ pub fn compile_mappings(specs: &[MappingSpec]) -> Result<Vec<CustomPreset>, Stri
     specs.iter().map(|spec| CustomPreset::compile(&spec.name, &spec.condition)).collect()
 }
 
-/// Reads a mappings file: `mappings: [{name, condition, description?}]` (or the bare list).
+/// Reads the presets of a mappings file: `mappings: [{name, condition, description?}]` (or the
+/// bare list); khook-format entries are read by [`load_event_mappings`].
 pub fn load_mappings_file(path: &Path) -> Result<Vec<CustomPreset>, KubeError> {
-    let error = |message: String| KubeError::Mappings { path: path.to_path_buf(), message };
-    let text = std::fs::read_to_string(path).map_err(|e| error(e.to_string()))?;
-    let file: MappingsFile = serde_yaml::from_str(&text)
-        .map_err(|e| error(format!("{e}; expected `mappings: [{{name: NAME, condition: CEL}}]`")))?;
-    let specs = match file {
-        MappingsFile::Wrapped { mappings } | MappingsFile::List(mappings) => mappings,
-    };
-    compile_mappings(&specs).map_err(error)
+    let (specs, _) = read_mappings_file(path)?;
+    compile_mappings(&specs).map_err(|message| KubeError::Mappings { path: path.to_path_buf(), message })
 }
 
 /// Finds each listed preset: the trigger's own mappings first, then the global ones, then the

@@ -240,6 +240,7 @@ impl Interest for ResourceInterest {
             derived: false,
             time: None,
             id: change_id(change),
+            annotation: None,
         })
     }
 }
@@ -355,7 +356,7 @@ mod tests {
             Default::default(),
             false,
             Default::default(),
-            vec![],
+            Default::default(),
         );
         let error = ResourceWatcherFactory::new(cluster)
             .build(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), &context())

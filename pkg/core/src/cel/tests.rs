@@ -209,6 +209,20 @@ fn event_fields_come_from_the_metadata_and_the_trigger_name() {
 }
 
 #[test]
+fn severity_and_tags_of_an_event_mapping_are_visible_to_filters() {
+    let mut event = event();
+    event.meta.severity = Some("critical".into());
+    event.meta.tags = Some(json!({"team": "apps"}));
+    let vars = Vars::for_event(&event, TRIGGER, now());
+    for source in
+        ["event.severity == 'critical'", "event.tags.team == 'apps'", "'team' in event.tags", "size(event) == 7"]
+    {
+        assert_eq!(filter(source).eval_bool(&vars), Ok(true), "{source}");
+    }
+    assert_eq!(filter("has(event.severity)").eval_bool(&Vars::for_event(&self::event(), TRIGGER, now())), Ok(false));
+}
+
+#[test]
 fn old_object_is_null_when_absent_and_the_previous_object_otherwise() {
     assert_true(&["oldObject == null"]);
     let mut event = event();

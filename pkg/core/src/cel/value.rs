@@ -311,7 +311,7 @@ impl Container for JsonVal<'_> {
 }
 
 /// The keys of the `event` record, in order.
-const EVENT_KEYS: [&str; 7] = ["type", "source", "trigger", "time", "id", "preset", "cluster"];
+const EVENT_KEYS: [&str; 9] = ["type", "source", "trigger", "time", "id", "preset", "cluster", "severity", "tags"];
 /// The keys of the kube-trigger compatible `context` record, in order.
 const CONTEXT_KEYS: [&str; 4] = ["sourceType", "event", "data", "timestamp"];
 
@@ -322,7 +322,7 @@ static KEY_VALUES: LazyLock<Vec<CelString<'static>>> =
 /// `event` or `context`, read from the event's metadata on access rather than built as JSON.
 #[derive(Debug, Clone)]
 pub(crate) enum Record<'a> {
-    /// `event`: `{type, source, trigger, time, id, preset?, cluster?}`.
+    /// `event`: `{type, source, trigger, time, id, preset?, cluster?, severity?, tags?}`.
     Event {
         /// The event's metadata.
         meta: &'a EventMeta,
@@ -360,6 +360,8 @@ impl<'a> Record<'a> {
         match (self, key) {
             (Record::Event { meta, .. }, "preset") => meta.preset.is_some(),
             (Record::Event { meta, .. }, "cluster") => meta.cluster.is_some(),
+            (Record::Event { meta, .. }, "severity") => meta.severity.is_some(),
+            (Record::Event { meta, .. }, "tags") => meta.tags.is_some(),
             _ => self.keys().contains(&key),
         }
     }
@@ -376,6 +378,8 @@ impl<'a> Record<'a> {
                 "id" => s(&meta.id),
                 "preset" => meta.preset.as_deref().and_then(s),
                 "cluster" => meta.cluster.as_deref().and_then(s),
+                "severity" => meta.severity.as_deref().and_then(s),
+                "tags" => meta.tags.as_ref().map(Bound::json),
                 _ => None,
             },
             Record::Context { meta, object } => match key {
