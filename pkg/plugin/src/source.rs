@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ktrigger_core::event::Event;
 use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
+use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
@@ -117,11 +117,13 @@ impl Source for PluginSource {
             };
             let event = self.event(sent)?;
             let id = event.meta.id.clone();
-            if !sink.send(event).await {
-                return Ok(());
+            let Some(tracked) = sink.send_tracked(std::sync::Arc::new(event)).await else { return Ok(()) };
+            if let Handled::NotStored(reason) = tracked.handled().await {
+                return Err(failed(format!("an event was not stored ({reason}); the plugin sends it again")));
             }
-            // Only now is the event the engine's: an event lost before this line is sent again by
-            // the plugin, one acknowledged after it is never asked for again.
+            // Only now is the event the engine's (stored, or decided on): an event lost before
+            // this line is sent again by the plugin, one acknowledged after it is never asked for
+            // again.
             let ack = SourceRequest { request: Some(source_request::Request::Ack(Ack { event_id: id })) };
             if requests.send(ack).await.is_err() {
                 return Err(failed("the source stream closed before an acknowledgement".into()));

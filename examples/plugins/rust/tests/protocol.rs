@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::registry::{BuildContext, DeliveryRequest, EventSink, Registry};
+use ktrigger_core::registry::{BuildContext, DeliveryRequest, EventSink, Handled, Registry};
 use ktrigger_plugin::connect::Timeouts;
 use ktrigger_plugin::{PluginManager, PluginsFile};
 use serde_json::json;
@@ -36,7 +36,9 @@ async fn numbers(registry: &Registry, properties: serde_json::Value, wanted: usi
     });
     let mut seen = Vec::new();
     while seen.len() < wanted {
-        let event = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+        let envelope = tokio::time::timeout(Duration::from_secs(10), events.recv()).await.unwrap().unwrap();
+        let event = envelope.event.clone();
+        envelope.answer(Handled::Fired);
         assert_eq!(event.meta.id, format!("sequence-{}", event.object["n"]));
         seen.push(event.object["n"].as_u64().unwrap());
     }
