@@ -20,6 +20,8 @@ pub enum Answer {
     Large(usize),
     /// Nothing: the request is read and the connection held open without an answer.
     Hang,
+    /// 200 `ok`, after this long (a slow receiver).
+    OkAfter(Duration),
 }
 
 /// An HTTP server on 127.0.0.1 recording the requests it receives (connections that sent nothing
@@ -114,6 +116,10 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<(Instant, Stri
         Answer::Hang => {
             std::thread::sleep(Duration::from_secs(3600));
             return;
+        }
+        Answer::OkAfter(delay) => {
+            std::thread::sleep(*delay);
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string()
         }
     };
     if stream.write_all(head.as_bytes()).is_err() {

@@ -15,6 +15,7 @@ use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
+use ktrigger_core::state::StateStore;
 use ktrigger_kube::IdentityPolicy;
 use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
@@ -24,6 +25,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::nats_state::NatsStateArgs;
 use crate::run::{parse_duration, wait_for_signal};
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 
@@ -96,6 +98,11 @@ pub struct ControllerArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
+    // State kept in NATS JetStream for replicas (--state, --state-*).
+    /// Where replicas keep their state.
+    #[command(flatten)]
+    nats_state: NatsStateArgs,
+    // End of the NATS JetStream state flags.
 }
 
 /// The leadership of this replica: a channel that says whether it holds the Lease, and the
@@ -121,10 +128,18 @@ async fn elect(client: kube::Client, args: &ControllerArgs) -> anyhow::Result<Le
 }
 
 /// `/readyz`: ready once this replica leads (or leader election is off) and has listed every
-/// TriggerService, while no Kubernetes watch has been failing for longer than allowed.
-fn ready(readiness: &Readiness, cluster: &ktrigger_kube::Cluster) -> (StatusCode, String) {
+/// TriggerService, while no Kubernetes watch has been failing for longer than allowed and the
+/// state store takes writes.
+fn ready(
+    readiness: &Readiness,
+    cluster: &ktrigger_kube::Cluster,
+    store: Option<&dyn StateStore>,
+) -> (StatusCode, String) {
     if !readiness.is_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not leading, or TriggerServices not listed yet".into());
+    }
+    if let Some(Err(reason)) = store.map(|store| store.health()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason);
     }
     let unhealthy = cluster.hub().unhealthy();
     if !unhealthy.is_empty() {
@@ -212,6 +227,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let credentials = CredentialPolicy::restricted(&args.allow_credential_files, &args.allow_credential_env)
         .map_err(anyhow::Error::msg)?;
     let egress = args.egress.shared(&cluster).await;
+    let store = args.nats_state.connect().await?;
     let stop = CancellationToken::new();
     let options = args.webhook_limits.options(PathScope::PerTriggerService, args.shutdown_grace);
     let webhooks = WebhookListener::bind_with(args.webhook_addr, options).await?;
@@ -222,13 +238,17 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let probes = Router::new().route("/healthz", get(|| async { "ok" })).route(
         "/readyz",
         get({
-            let (readiness, cluster) = (readiness.clone(), cluster.clone());
-            move || async move { ready(&readiness, &cluster) }
+            let (readiness, cluster, store) = (readiness.clone(), cluster.clone(), store.clone());
+            move || async move { ready(&readiness, &cluster, store.as_deref()) }
         }),
     );
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
-    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?;
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?;
+    if let Some(store) = &store {
+        eprintln!("state in {}", store.describe());
+        engine = engine.with_store(store.clone());
+    }
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();

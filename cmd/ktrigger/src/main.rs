@@ -5,6 +5,7 @@ mod controller;
 mod egress;
 mod inspect;
 mod limits;
+mod nats_state;
 mod run;
 mod webhooks;
 
