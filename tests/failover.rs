@@ -32,7 +32,7 @@ fn received(receiver: &TestServer) -> Vec<(Instant, usize, String)> {
 
 /// The `ktrigger_trigger_fired_total` of a replica: events it stored for delivery.
 fn fired(replica: &Running) -> u64 {
-    let (_, text) = get(&format!("{}", replica.url_after("metrics on ")));
+    let (_, text) = get(&replica.url_after("metrics on "));
     text.lines()
         .filter(|line| line.starts_with("ktrigger_trigger_fired_total"))
         .filter_map(|line| line.rsplit(' ').next()?.parse::<u64>().ok())
