@@ -20,6 +20,8 @@ pub enum Answer {
     Large(usize),
     /// Nothing: the request is read and the connection held open without an answer.
     Hang,
+    /// 503, as a receiver that is down; the request is not recorded.
+    Unavailable,
     /// 200 `ok`, after this long (a slow receiver).
     OkAfter(Duration),
 }
@@ -29,6 +31,7 @@ pub enum Answer {
 pub struct TestServer {
     /// Its port.
     pub port: u16,
+    answer: Arc<Mutex<Answer>>,
     requests: Arc<Mutex<Vec<(Instant, String)>>>,
     written: Arc<AtomicUsize>,
 }
@@ -40,14 +43,20 @@ impl TestServer {
         let port = listener.local_addr().unwrap().port();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let written = Arc::new(AtomicUsize::new(0));
-        let (seen, counter) = (requests.clone(), written.clone());
+        let answer = Arc::new(Mutex::new(answer));
+        let (seen, counter, answers) = (requests.clone(), written.clone(), answer.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().map_while(Result::ok) {
-                let (answer, seen, counter) = (answer.clone(), seen.clone(), counter.clone());
-                std::thread::spawn(move || serve(stream, &answer, &seen, &counter));
+                let (answers, seen, counter) = (answers.clone(), seen.clone(), counter.clone());
+                std::thread::spawn(move || serve(stream, &answers, &seen, &counter));
             }
         });
-        TestServer { port, requests, written }
+        TestServer { port, answer, requests, written }
+    }
+
+    /// Answers the requests that arrive from now on with `answer`.
+    pub fn answer_with(&self, answer: Answer) {
+        *self.answer.lock().unwrap() = answer;
     }
 
     /// Its base URL.
@@ -84,7 +93,7 @@ impl TestServer {
     }
 }
 
-fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<(Instant, String)>>, written: &AtomicUsize) {
+fn serve(mut stream: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<(Instant, String)>>, written: &AtomicUsize) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut request = Vec::new();
     let mut buffer = [0; 4096];
@@ -106,8 +115,13 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<(Instant, Stri
     if request.is_empty() {
         return;
     }
+    let answer = answer.lock().unwrap().clone();
+    if let Answer::Unavailable = answer {
+        let _ = stream.write_all(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return;
+    }
     seen.lock().unwrap().push((Instant::now(), String::from_utf8_lossy(&request).to_string()));
-    let head = match answer {
+    let head = match &answer {
         Answer::Ok => "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string(),
         Answer::RedirectTo(url) => {
             format!("HTTP/1.1 302 Found\r\nLocation: {url}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
@@ -117,6 +131,7 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<(Instant, Stri
             std::thread::sleep(Duration::from_secs(3600));
             return;
         }
+        Answer::Unavailable => return,
         Answer::OkAfter(delay) => {
             std::thread::sleep(*delay);
             "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string()
@@ -125,7 +140,7 @@ fn serve(mut stream: TcpStream, answer: &Answer, seen: &Mutex<Vec<(Instant, Stri
     if stream.write_all(head.as_bytes()).is_err() {
         return;
     }
-    if let Answer::Large(total) = answer {
+    if let Answer::Large(total) = &answer {
         let piece = format!("[{}", "0,".repeat(32 * 1024 - 1));
         while written.load(Ordering::SeqCst) < *total {
             if stream.write_all(piece.as_bytes()).is_err() {

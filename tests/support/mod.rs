@@ -20,9 +20,23 @@ pub fn repo() -> PathBuf {
     python::repository_root()
 }
 
-/// A command running the built `ktrigger` binary.
+/// A command running the built `ktrigger` binary, with a state directory of its own (so that
+/// processes running at once never share a state file; a test continuing one sets
+/// `KTRIGGER_STATE_DIR` or `--state-dir` itself).
 pub fn ktrigger() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_ktrigger"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ktrigger"));
+    command.env("KTRIGGER_STATE_DIR", fresh_state_dir());
+    command
+}
+
+/// A new, empty directory for one process's state, under the build's temporary directory.
+pub fn fresh_state_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("state").join(format!("{}-{n}", std::process::id()));
+    // A directory left by an earlier run whose process had the same id.
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// Output collected from a child process while it runs.
@@ -104,6 +118,12 @@ impl Running {
         command.args(["--webhook-addr", "127.0.0.1:0", "--health-addr", "127.0.0.1:0"]);
         command.args(["--metrics-addr", "127.0.0.1:0"]);
         Self::spawn(command, &["ktrigger controller reconciling", "waiting to lead"])
+    }
+
+    /// Starts `command` (which runs the binary, e.g. through a shell that sets limits) and waits
+    /// until its stderr shows one of `ready`.
+    pub fn spawn_command(command: Command, ready: &[&str]) -> Running {
+        Self::spawn(command, ready)
     }
 
     fn spawn(mut command: Command, ready: &[&str]) -> Running {

@@ -11,13 +11,16 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
-use ktrigger_controller::metrics::{EngineCollector, WatchCounts, WatchStats};
+use k8s_openapi::api::core::v1::ObjectReference;
+use ktrigger_controller::metrics::{EngineCollector, StoreCollector, WatchCounts, WatchStats};
 use ktrigger_controller::{ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
 use ktrigger_core::state::StateStore;
+use ktrigger_core::state::redb::MovedAside;
 use ktrigger_kube::IdentityPolicy;
 use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
@@ -27,6 +30,7 @@ use crate::engine_with;
 use crate::limits::MemoryArgs;
 use crate::nats_state::NatsStateArgs;
 use crate::run::{parse_duration, wait_for_signal};
+use crate::state::StateArgs;
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 
 /// Options of `ktrigger controller`.
@@ -98,7 +102,10 @@ pub struct ControllerArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
-    // State kept in NATS JetStream for replicas (--state, --state-*).
+    /// Where state survives restarts.
+    #[command(flatten)]
+    state: StateArgs,
+    // State kept in NATS JetStream for replicas (--state, --state-*), instead of --state-dir.
     /// Where replicas keep their state.
     #[command(flatten)]
     nats_state: NatsStateArgs,
@@ -128,18 +135,13 @@ async fn elect(client: kube::Client, args: &ControllerArgs) -> anyhow::Result<Le
 }
 
 /// `/readyz`: ready once this replica leads (or leader election is off) and has listed every
-/// TriggerService, while no Kubernetes watch has been failing for longer than allowed and the
-/// state store takes writes.
-fn ready(
-    readiness: &Readiness,
-    cluster: &ktrigger_kube::Cluster,
-    store: Option<&dyn StateStore>,
-) -> (StatusCode, String) {
+/// TriggerService, while no Kubernetes watch has been failing for longer than allowed.
+fn ready(readiness: &Readiness, cluster: &ktrigger_kube::Cluster, store: &dyn StateStore) -> (StatusCode, String) {
+    if let Err(reason) = store.health() {
+        return (StatusCode::SERVICE_UNAVAILABLE, reason);
+    }
     if !readiness.is_ready() {
         return (StatusCode::SERVICE_UNAVAILABLE, "not leading, or TriggerServices not listed yet".into());
-    }
-    if let Some(Err(reason)) = store.map(|store| store.health()) {
-        return (StatusCode::SERVICE_UNAVAILABLE, reason);
     }
     let unhealthy = cluster.hub().unhealthy();
     if !unhealthy.is_empty() {
@@ -227,11 +229,25 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let credentials = CredentialPolicy::restricted(&args.allow_credential_files, &args.allow_credential_env)
         .map_err(anyhow::Error::msg)?;
     let egress = args.egress.shared(&cluster).await;
-    let store = args.nats_state.connect().await?;
     let stop = CancellationToken::new();
     let options = args.webhook_limits.options(PathScope::PerTriggerService, args.shutdown_grace);
     let webhooks = WebhookListener::bind_with(args.webhook_addr, options).await?;
     let listener = webhooks.spawn(stop.clone());
+    let store = match args.nats_state.connect().await? {
+        Some(store) => store,
+        None => {
+            let state = args.state.open(None, false)?;
+            if let Some(moved) = &state.moved_aside {
+                eprintln!(
+                    "warning: the state file could not be used ({}); moved to {}",
+                    moved.reason,
+                    moved.to.display()
+                );
+                announce_moved_aside(&client, moved).await;
+            }
+            state.store
+        }
+    };
     let readiness = Readiness::default();
     let health = tokio::net::TcpListener::bind(args.health_addr).await?;
     let health_addr = health.local_addr().unwrap_or(args.health_addr);
@@ -239,16 +255,12 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         "/readyz",
         get({
             let (readiness, cluster, store) = (readiness.clone(), cluster.clone(), store.clone());
-            move || async move { ready(&readiness, &cluster, store.as_deref()) }
+            move || async move { ready(&readiness, &cluster, store.as_ref()) }
         }),
     );
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
-    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?;
-    if let Some(store) = &store {
-        eprintln!("state in {}", store.describe());
-        engine = engine.with_store(store.clone());
-    }
+    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress)?.with_store(store.clone());
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();
@@ -256,6 +268,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     });
     let mut metrics = EngineCollector::registry(engine.observer(), Some(watch_counts));
     metrics.register_collector(Box::new(WebhookCollector(webhooks.clone())));
+    metrics.register_collector(Box::new(StoreCollector(store.clone())));
     let metrics = Arc::new(metrics);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let metrics_addr = metrics_listener.local_addr().unwrap_or(args.metrics_addr);
@@ -266,6 +279,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
     eprintln!("health probes on http://{health_addr}");
     eprintln!("metrics on http://{metrics_addr}/metrics");
+    eprintln!("state: {} ({} deliveries pending)", store.describe(), store.metrics().pending_deliveries);
     let mut leadership = if args.leader_elect { Some(elect(client.clone(), &args).await?) } else { None };
     if let Some(leadership) = &mut leadership {
         eprintln!("waiting to lead (lease {}/{})", args.lease_namespace, args.lease_name);
@@ -314,9 +328,40 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     if lost {
         return Ok(ExitCode::FAILURE);
     }
+    if report.kept > 0 {
+        eprintln!("{} deliveries not completed within the grace period are kept in {}", report.kept, store.describe());
+    }
     if report.lost > 0 {
         eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells the cluster, with a Warning Event on this controller's Pod (POD_NAME, POD_NAMESPACE),
+/// that its state file could not be used and was moved aside.
+async fn announce_moved_aside(client: &kube::Client, moved: &MovedAside) {
+    let (Ok(name), Ok(namespace)) = (std::env::var("POD_NAME"), std::env::var("POD_NAMESPACE")) else { return };
+    let recorder = Recorder::new(client.clone(), Reporter::from("ktrigger-controller"));
+    let pod = ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("Pod".into()),
+        name: Some(name),
+        namespace: Some(namespace),
+        ..ObjectReference::default()
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: "StateFileMovedAside".into(),
+        note: Some(format!(
+            "state file unusable ({}); moved to {}, started a fresh one",
+            moved.reason,
+            moved.to.display()
+        )),
+        action: "OpenState".into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, &pod).await {
+        eprintln!("warning: cannot record the state file Event: {error}");
+    }
 }

@@ -7,6 +7,7 @@ mod inspect;
 mod limits;
 mod nats_state;
 mod run;
+mod state;
 mod webhooks;
 
 use std::path::PathBuf;

@@ -15,7 +15,8 @@ use crate::run::parse_duration;
 #[derive(Debug, Args)]
 pub struct NatsStateArgs {
     /// NATS server (`nats://HOST:PORT`, or `tls://HOST:PORT`) with JetStream enabled, where
-    /// deliveries, dedup windows and source positions are kept; unset: in memory only.
+    /// deliveries, dedup windows and source positions are kept for every replica; when set,
+    /// --state-dir is not used.
     #[arg(long = "state", value_name = "URL", env = "KTRIGGER_STATE")]
     url: Option<String>,
     /// Prefix of the names created in NATS: stream `<prefix>-queues`, KV bucket `<prefix>-state`.

@@ -15,6 +15,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::state::{StateArgs, default_local_dir};
 use crate::webhooks::WebhookLimits;
 
 /// The trigger set `run` uses when no file is given: needs no cluster, shows output in seconds.
@@ -49,6 +50,9 @@ pub struct RunArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
+    /// Where state survives restarts.
+    #[command(flatten)]
+    state: StateArgs,
 }
 
 pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -63,6 +67,10 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!("error: no TriggerService to run");
         return Ok(ExitCode::from(2));
     }
+    let state = args.state.open(default_local_dir(), args.dry_run)?;
+    if let Some(moved) = &state.moved_aside {
+        eprintln!("warning: the state file could not be used ({}); moved to {}", moved.reason, moved.to.display());
+    }
     let stop = CancellationToken::new();
     let uses_webhooks = config.services.iter().flat_map(|s| &s.spec.triggers).any(|t| t.source.type_name == "webhook");
     let webhooks = if uses_webhooks {
@@ -74,7 +82,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
     let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
-    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?;
+    let store = state.store.clone();
+    let mut engine =
+        engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?.with_store(state.store);
     let mut started = 0;
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
@@ -97,6 +107,8 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     if let Some(cluster) = cluster.description().filter(|_| uses_cluster(&config)) {
         eprintln!("kubernetes cluster {cluster}");
     }
+    let pending = store.metrics().pending_deliveries;
+    eprintln!("state: {} ({pending} deliveries pending)", store.describe());
     eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
     wait_for_signal().await?;
     eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
@@ -112,6 +124,13 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         eprintln!(
             "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
             s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
+        );
+    }
+    if report.kept > 0 {
+        eprintln!(
+            "{} deliveries not completed within the grace period are kept in {} for the next start",
+            report.kept,
+            store.describe()
         );
     }
     if report.lost > 0 {

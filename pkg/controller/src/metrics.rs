@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use ktrigger_core::engine::EngineObserver;
+use ktrigger_core::state::StateStore;
 use ktrigger_core::stats::StatsSnapshot;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
@@ -45,6 +46,47 @@ const COUNTERS: [Counter; 8] = [
         |s| s.queue_byte_limited,
     ),
 ];
+
+/// Reads the state store's size, pending deliveries and commit latency on every scrape.
+pub struct StoreCollector(pub Arc<dyn StateStore>);
+
+impl fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("StoreCollector").field(&self.0.describe()).finish()
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let metrics = self.0.metrics();
+        let gauges = [
+            ("ktrigger_state_bytes", "Bytes the state store takes", metrics.bytes),
+            (
+                "ktrigger_state_pending_deliveries",
+                "Deliveries stored and not yet delivered or dead-lettered",
+                metrics.pending_deliveries,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            let gauge = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+            let family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
+            gauge.encode(family)?;
+        }
+        let commits = ConstCounter::new(metrics.commits);
+        let family =
+            encoder.encode_descriptor("ktrigger_state_commits", "State store commits", None, commits.metric_type())?;
+        commits.encode(family)?;
+        let seconds = ConstCounter::new(metrics.commit_seconds);
+        let family = encoder.encode_descriptor(
+            "ktrigger_state_commit_seconds",
+            "Time spent committing state store writes; divided by the commits, the mean write latency",
+            None,
+            seconds.metric_type(),
+        )?;
+        seconds.encode(family)?;
+        Ok(())
+    }
+}
 
 /// Reads the engine (and the watch counts) on every scrape.
 pub struct EngineCollector {

@@ -571,17 +571,29 @@ pub fn dead_letter_event(delivery: &Delivery, label: &str, attempts: u32, reason
     event
 }
 
-/// Runs one destination's worker: pops deliveries until the queue is closed and empty,
-/// delivers each with retries, and sends what fails for good to the dead-letter target.
+/// Runs one destination's worker: pops deliveries until the queue is closed and empty (or `halt`
+/// fires: a delivery interrupted then is not acked, so a durable queue keeps it), delivers each
+/// with retries, and sends what fails for good to the dead-letter target.
 pub async fn run_worker(
     queue: Arc<dyn DeliveryQueue>,
     target: Target,
     dead_letter: Option<Target>,
     stats: Arc<TriggerStats>,
+    halt: tokio_util::sync::CancellationToken,
 ) {
-    while let Some(delivery) = queue.pop().await {
+    loop {
+        let delivery = tokio::select! {
+            () = halt.cancelled() => return,
+            popped = queue.pop() => match popped {
+                Some(delivery) => delivery,
+                None => return,
+            },
+        };
         let record = |attempts, next| queue.record_attempt(&delivery, attempts, next);
-        let outcome = deliver_with_retries(&target, &delivery, &stats, record).await;
+        let outcome = tokio::select! {
+            () = halt.cancelled() => return,
+            outcome = deliver_with_retries(&target, &delivery, &stats, record) => outcome,
+        };
         if let Outcome::DeadLettered { attempts, reason } = outcome {
             stats.record_dead_lettered();
             tracing::error!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
@@ -777,7 +789,8 @@ mod tests {
         queue.push(delivery()).unwrap();
         queue.close();
         let stats = Arc::new(TriggerStats::default());
-        run_worker(queue, target(failing, 3), Some(target(letters.clone(), 1)), stats.clone()).await;
+        run_worker(queue, target(failing, 3), Some(target(letters.clone(), 1)), stats.clone(), Default::default())
+            .await;
         assert_eq!(letters.calls.load(Ordering::SeqCst), 1);
         assert_eq!(stats.snapshot().dead_lettered, 1);
     }

@@ -25,11 +25,21 @@ use crate::delivery::{
 use crate::event::{SharedEvent, TriggerId, stable_id};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
 use crate::registry::{DeliveryRequest, Envelope, EventSink, Handled, Registry, Source};
-use crate::router::{Admission, DedupCounts, DedupLimits, RateLimit, Router};
+use crate::router::{Admission, DedupCounts, DedupLimits, RateLimit, Router, StoredDedup, bounded_key};
 use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::state::memory::MemoryStore;
-use crate::state::{Commit, StateStore, trigger_prefix};
+use crate::state::{Commit, StateStore, StoreError, trigger_prefix};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
+
+/// Where a trigger keeps its dedup entries, under its prefix in the store.
+const DEDUP: &str = "dedup/";
+/// Where a trigger keeps the event its debounce holds.
+const DEBOUNCE: &str = "debounce";
+/// Where a trigger's source keeps its position (see [`crate::state::SourceState`]).
+const SOURCE: &str = "source/";
+
+/// How long shutdown waits for halted workers to end.
+const HALT_WAIT: Duration = Duration::from_secs(1);
 
 /// Events a source may hand over before it waits for its trigger.
 const EVENT_BUFFER: usize = 256;
@@ -91,8 +101,11 @@ pub struct ApplyReport {
 pub struct ShutdownReport {
     /// Final counters of every trigger that was running.
     pub stats: Vec<(TriggerId, StatsSnapshot)>,
-    /// Deliveries still queued or being delivered when the grace period ended.
+    /// Deliveries still queued or being delivered when the grace period ended, lost with the
+    /// process (memory store).
     pub lost: usize,
+    /// The same, kept in the state store for the next start.
+    pub kept: usize,
 }
 
 /// One running trigger as seen from outside the engine (metrics).
@@ -154,6 +167,8 @@ pub struct Engine {
     running: BTreeMap<TriggerId, RunningTrigger>,
     problems: BTreeMap<TriggerId, Vec<String>>,
     tasks: TaskTracker,
+    /// Fired when the shutdown grace period is over: workers stop where they are.
+    halt: CancellationToken,
     observer: EngineObserver,
 }
 
@@ -170,6 +185,7 @@ impl Engine {
             running: BTreeMap::new(),
             problems: BTreeMap::new(),
             tasks: TaskTracker::new(),
+            halt: CancellationToken::new(),
             observer: EngineObserver::default(),
         }
     }
@@ -183,7 +199,11 @@ impl Engine {
     /// Keeps deliveries, dedup windows and source positions in `store`, so that they survive
     /// restarts. Without one, nothing survives.
     pub fn with_store(self, store: Arc<dyn StateStore>) -> Self {
-        Engine { store, ..self }
+        let mut router = Router::with_limits(self.options.dedup_limits);
+        if store.durable() && !self.options.dry_run {
+            router = router.persisting();
+        }
+        Engine { store, router: Arc::new(router), ..self }
     }
 
     /// Checks a spec without running anything or reading any Secret: the problems of every trigger.
@@ -212,7 +232,7 @@ impl Engine {
         for id in self.service_triggers(namespace, service) {
             if !wanted.contains(&id) {
                 self.stop(&id);
-                self.router.forget(&id);
+                self.forget(&id);
                 report.stopped.push(id);
             }
         }
@@ -245,7 +265,7 @@ impl Engine {
         let ids = self.service_triggers(namespace, service);
         for id in &ids {
             self.stop(id);
-            self.router.forget(id);
+            self.forget(id);
         }
         self.problems.retain(|id, _| !(id.namespace == namespace && id.service == service));
         ids
@@ -287,16 +307,26 @@ impl Engine {
         }
         self.tasks.close();
         let drained = tokio::time::timeout(grace, self.tasks.wait()).await.is_ok();
-        let lost = if drained {
+        if !drained {
+            self.halt.cancel();
+        }
+        let left: usize = if drained {
             0
         } else {
             running.values().flat_map(|t| &t.queues).map(|q| q.len().saturating_add(q.in_flight())).sum()
         };
+        let (lost, kept) = if self.store.durable() && !self.options.dry_run { (0, left) } else { (left, 0) };
         if lost > 0 {
             tracing::error!(lost, "shutdown grace period over; deliveries still waiting or in flight are lost");
         }
+        if kept > 0 {
+            tracing::info!(kept, store = %self.store.describe(),
+                "shutdown grace period over; deliveries still waiting or in flight are kept for the next start");
+        }
+        // Halted workers end at their next await; what they held stays in a durable store.
+        let _ = tokio::time::timeout(HALT_WAIT, self.tasks.wait()).await;
         let stats = running.into_iter().map(|(id, trigger)| (id, trigger.stats.snapshot())).collect();
-        ShutdownReport { stats, lost }
+        ShutdownReport { stats, lost, kept }
     }
 
     fn service_triggers(&self, namespace: &str, service: &str) -> Vec<TriggerId> {
@@ -311,6 +341,17 @@ impl Engine {
     /// A view of the running triggers for other tasks.
     pub fn observer(&self) -> EngineObserver {
         self.observer.clone()
+    }
+
+    /// Forgets the dedup state, pending debounce event and source position of a removed
+    /// trigger. Its queued deliveries are still delivered by its workers.
+    fn forget(&self, id: &TriggerId) {
+        self.router.forget(id);
+        if !self.options.dry_run {
+            for kind in [DEDUP, DEBOUNCE, SOURCE] {
+                drop(self.store.delete_prefix(&format!("{}{kind}", trigger_prefix(id))));
+            }
+        }
     }
 
     fn stop(&mut self, id: &TriggerId) {
@@ -328,20 +369,30 @@ impl Engine {
         let dry_run = self.options.dry_run;
         let budget = self.budget.trigger();
         let store: Arc<dyn StateStore> = if dry_run { Arc::new(MemoryStore) } else { self.store.clone() };
+        let prefix = trigger_prefix(&trigger.id);
+        let mut opened = Vec::with_capacity(trigger.targets.len());
         for (target, size) in &trigger.targets {
-            let name = format!("{}queue/{}", trigger_prefix(&trigger.id), target.label);
-            let queue = match store.open_queue(&name, *size).await {
-                Ok(queue) => queue,
+            match store.open_queue(&format!("{prefix}queue/{}", target.label), *size).await {
+                Ok(queue) => opened.push(queue),
                 Err(error) => {
-                    tracing::error!(trigger = %trigger.id, destination = %target.label, %error,
-                        "cannot open the stored delivery queue; starting an empty one in memory");
-                    stats.record_restart(&format!("{}: {error}", target.label));
-                    match MemoryStore.open_queue(&name, *size).await {
-                        Ok(queue) => queue,
-                        Err(_) => continue,
-                    }
+                    let message =
+                        format!("destinations: {}: cannot open its stored delivery queue: {error}", target.label);
+                    tracing::error!(trigger = %trigger.id, reason = %message, "trigger not started");
+                    self.problems.insert(trigger.id.clone(), vec![message]);
+                    return;
                 }
-            };
+            }
+        }
+        let restored = match restore_router_state(store.as_ref(), &self.router, &trigger.id).await {
+            Ok(restored) => restored,
+            Err(error) => {
+                let message = format!("cannot read its stored dedup and debounce state: {error}");
+                tracing::error!(trigger = %trigger.id, reason = %message, "trigger not started");
+                self.problems.insert(trigger.id.clone(), vec![message]);
+                return;
+            }
+        };
+        for ((target, _), queue) in trigger.targets.iter().zip(opened) {
             let found = queue.len();
             if found > 0 {
                 tracing::info!(trigger = %trigger.id, destination = %target.label, deliveries = found,
@@ -349,7 +400,8 @@ impl Engine {
                 stats.record_restored(found);
             }
             if !dry_run {
-                let worker = run_worker(queue.clone(), target.clone(), trigger.dead_letter.clone(), stats.clone());
+                let dead_letter = trigger.dead_letter.clone();
+                let worker = run_worker(queue.clone(), target.clone(), dead_letter, stats.clone(), self.halt.clone());
                 self.tasks.spawn(worker);
             }
             queues.push(queue);
@@ -364,6 +416,9 @@ impl Engine {
             targets: trigger.targets.into_iter().map(|(target, _)| target).zip(queues.clone()).collect(),
             budget: budget.clone(),
             dry_run,
+            store: store.clone(),
+            prefix,
+            held: std::sync::Mutex::new(restored),
         };
         self.tasks.spawn(supervise_processor(
             Arc::new(processor),
@@ -459,6 +514,12 @@ async fn supervise_processor(
 
 struct Processor {
     id: TriggerId,
+    /// Where dedup entries and the debounced event are kept.
+    store: Arc<dyn StateStore>,
+    /// The trigger's prefix in the store.
+    prefix: String,
+    /// The event a debounce held when the previous run stopped, taken by the first run.
+    held: std::sync::Mutex<Option<HeldEvent>>,
     filter: Option<CelExpr>,
     dedup: Option<(CelExpr, Duration)>,
     rate_limit: Option<RateLimit>,
@@ -474,7 +535,11 @@ impl Processor {
     /// Each event's source is told how it was handled once what it caused is stored.
     async fn run(self: Arc<Self>, events: Arc<Mutex<mpsc::Receiver<Envelope>>>, debounce: Option<Duration>) {
         let mut events = events.lock().await;
-        let mut pending: Option<(SharedEvent, Instant)> = None;
+        let held = crate::stats::lock(&self.held).take();
+        let mut pending: Option<(SharedEvent, Instant)> = held.map(|held| {
+            let wait = (held.due - Utc::now()).to_std().unwrap_or_default();
+            (Arc::new(held.event), Instant::now().checked_add(wait).unwrap_or_else(Instant::now))
+        });
         loop {
             let deadline = pending.as_ref().map(|(_, at)| *at);
             tokio::select! {
@@ -493,27 +558,66 @@ impl Processor {
                         Some(quiet) => {
                             // Durations are bounded at load; a clock this close to its end fires now.
                             let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
+                            let commit = self.hold(&event, quiet);
                             if let Some((replaced, _)) = pending.replace((event, at)) {
                                 self.stats.record_filtered();
                                 self.report(&replaced, "debounced: a newer event arrived within the quiet period");
                             }
-                            envelope.answer(Handled::Held);
+                            answer_when_stored(envelope, Handled::Held, vec![commit]);
                         }
                     };
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if let Some((event, _)) = pending.take() {
                         self.route(event).await;
+                        drop(self.store.delete(&format!("{}{DEBOUNCE}", self.prefix)));
                     }
                 }
             }
         }
-        if let Some((event, _)) = pending.take() {
+        // A held event stays stored for the next run when the store keeps it; without one it
+        // fires now rather than be lost.
+        if let Some((event, _)) = pending.take()
+            && !self.store.durable()
+        {
             self.route(event).await;
         }
         for (_, queue) in &self.targets {
             queue.close();
         }
+    }
+
+    /// Stores the event the debounce now holds, due `quiet` from now.
+    fn hold(&self, event: &SharedEvent, quiet: Duration) -> Commit {
+        if !self.store.durable() {
+            return Commit::done();
+        }
+        let due = chrono::Duration::from_std(quiet).ok().and_then(|quiet| Utc::now().checked_add_signed(quiet));
+        let held = HeldEventRef { event, due: due.unwrap_or_else(Utc::now) };
+        match serde_json::to_vec(&held) {
+            Ok(bytes) => self.store.put(&format!("{}{DEBOUNCE}", self.prefix), bytes),
+            Err(error) => Commit::failed(StoreError::Invalid(error.to_string())),
+        }
+    }
+
+    /// Stores the dedup entry of `key` as the router has it now, and forgets the keys the
+    /// router forgot.
+    fn persist_dedup(&self, key: &str) -> Vec<Commit> {
+        if !self.store.durable() {
+            return Vec::new();
+        }
+        let mut commits: Vec<Commit> = self
+            .router
+            .take_removed(&self.id)
+            .into_iter()
+            .map(|removed| self.store.delete(&format!("{}{DEDUP}{removed}", self.prefix)))
+            .collect();
+        if let Some(entry) = self.router.stored_entry(&self.id, key)
+            && let Ok(bytes) = serde_json::to_vec(&entry)
+        {
+            commits.push(self.store.put(&format!("{}{DEDUP}{key}", self.prefix), bytes));
+        }
+        commits
     }
 
     /// Evaluates `expr` for `event` with `eval`: in place within a small budget, and when that
@@ -565,7 +669,7 @@ impl Processor {
         let key = match &self.dedup {
             None => None,
             Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).await {
-                Ok(key) => Some((key, *window)),
+                Ok(key) => Some((bounded_key(key), *window)),
                 Err(reason) => {
                     let reason = format!("dedup key could not be evaluated: {reason}");
                     self.stats.record_filter_error(&reason);
@@ -575,13 +679,19 @@ impl Processor {
                 }
             },
         };
-        match self.router.admit(&self.id, key, self.rate_limit.as_ref()) {
+        let stored_key = key.as_ref().map(|(key, _)| key.clone());
+        let admission = self.router.admit(&self.id, key, self.rate_limit.as_ref());
+        let mut commits = match (&admission, &stored_key) {
+            (Admission::Fire | Admission::Duplicate { .. }, Some(key)) => self.persist_dedup(key),
+            _ => Vec::new(),
+        };
+        match admission {
             Admission::Fire => {}
             Admission::Duplicate { key } => {
                 self.stats.record_filtered();
                 let reason = format!("duplicate of firing key {key:?}");
                 self.report(&event, &reason);
-                return (Handled::Dropped(reason), Vec::new());
+                return (Handled::Dropped(reason), commits);
             }
             Admission::RateLimited => {
                 self.stats.record_filtered();
@@ -596,9 +706,11 @@ impl Processor {
             self.print_dry_run(&event);
             return (Handled::Fired, Vec::new());
         }
-        match enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats) {
-            (commits, None) => (Handled::Fired, commits),
-            (commits, Some(refused)) => (Handled::NotStored(refused), commits),
+        let (queued, refused) = enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats);
+        commits.extend(queued);
+        match refused {
+            None => (Handled::Fired, commits),
+            Some(refused) => (Handled::NotStored(refused), commits),
         }
     }
 
@@ -633,6 +745,58 @@ impl Processor {
             println!("{line}");
         }
     }
+}
+
+/// The event a debounce holds, as stored.
+#[derive(serde::Deserialize)]
+struct HeldEvent {
+    event: crate::event::Event,
+    due: chrono::DateTime<Utc>,
+}
+
+/// [`HeldEvent`] borrowing the live event.
+#[derive(serde::Serialize)]
+struct HeldEventRef<'a> {
+    event: &'a crate::event::Event,
+    due: chrono::DateTime<Utc>,
+}
+
+/// Takes back a trigger's stored dedup entries into `router` (forgetting expired ones in the
+/// store) and returns the event its debounce held, if any.
+async fn restore_router_state(
+    store: &dyn StateStore,
+    router: &Router,
+    id: &TriggerId,
+) -> Result<Option<HeldEvent>, StoreError> {
+    if !store.durable() {
+        return Ok(None);
+    }
+    let prefix = trigger_prefix(id);
+    let dedup_prefix = format!("{prefix}{DEDUP}");
+    let mut entries = Vec::new();
+    for (key, bytes) in store.load(&dedup_prefix).await? {
+        let Some(key) = key.strip_prefix(&dedup_prefix) else { continue };
+        match serde_json::from_slice::<StoredDedup>(&bytes) {
+            Ok(entry) => entries.push((key.to_string(), entry)),
+            Err(error) => tracing::warn!(trigger = %id, key, %error, "a stored dedup entry cannot be read; ignored"),
+        }
+    }
+    let restored = entries.len();
+    for expired in router.restore(id, entries) {
+        drop(store.delete(&format!("{dedup_prefix}{expired}")));
+    }
+    if restored > 0 {
+        tracing::info!(trigger = %id, keys = restored, "dedup windows restored");
+    }
+    let debounce_key = format!("{prefix}{DEBOUNCE}");
+    let held = store.load(&debounce_key).await?.into_iter().find(|(key, _)| *key == debounce_key);
+    Ok(held.and_then(|(_, bytes)| match serde_json::from_slice::<HeldEvent>(&bytes) {
+        Ok(held) => Some(held),
+        Err(error) => {
+            tracing::warn!(trigger = %id, %error, "the stored debounced event cannot be read; ignored");
+            None
+        }
+    }))
 }
 
 /// Tells the event's source how it was handled once `commits` are durable; the processor goes

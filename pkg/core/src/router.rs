@@ -19,6 +19,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use ktrigger_api::ActiveEvent;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
@@ -87,10 +88,26 @@ pub struct DedupCounts {
     pub evicted: u64,
 }
 
+/// A dedup entry as kept in the state store: wall-clock times, so that a restart can tell how
+/// long ago the key fired.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StoredDedup {
+    /// When the current run of the key began.
+    pub first_seen: DateTime<Utc>,
+    /// When the key was last seen.
+    pub last_seen: DateTime<Utc>,
+    /// When the key last fired.
+    pub last_fired: DateTime<Utc>,
+    /// The dedup window, in milliseconds.
+    pub window_ms: u64,
+}
+
 #[derive(Debug, Clone)]
 struct DedupEntry {
     first_seen: DateTime<Utc>,
     last_seen: DateTime<Utc>,
+    last_fired: DateTime<Utc>,
     last_seen_at: Instant,
     last_fired_at: Instant,
     window: Duration,
@@ -111,6 +128,8 @@ struct TriggerDedup {
     by_age: BTreeMap<u64, Arc<str>>,
     pruned_at: Option<Instant>,
     evicted: u64,
+    /// Keys forgotten since the last [`Router::take_removed`], when the router persists.
+    removed: Option<Vec<Arc<str>>>,
 }
 
 impl TriggerDedup {
@@ -122,10 +141,14 @@ impl TriggerDedup {
         self.pruned_at = Some(now);
         let before = self.entries.len();
         let by_age = &mut self.by_age;
-        self.entries.retain(|_, entry| {
+        let removed = &mut self.removed;
+        self.entries.retain(|key, entry| {
             let keep = now.duration_since(entry.last_seen_at) <= entry.window.saturating_mul(2);
             if !keep {
                 by_age.remove(&entry.touched);
+                if let Some(removed) = removed {
+                    removed.push(key.clone());
+                }
             }
             keep
         });
@@ -137,6 +160,9 @@ impl TriggerDedup {
         let Some((_, key)) = self.by_age.pop_first() else { return false };
         self.entries.remove(&key);
         self.evicted = self.evicted.saturating_add(1);
+        if let Some(removed) = &mut self.removed {
+            removed.push(key);
+        }
         true
     }
 
@@ -189,6 +215,8 @@ impl DedupState {
 pub struct Router {
     dedup: Mutex<DedupState>,
     limits: DedupLimits,
+    /// Keep track of forgotten keys, so that their stored copies can be removed.
+    persist: bool,
 }
 
 /// The key kept for `key`: itself when short, else a prefix and its SHA-256.
@@ -215,6 +243,12 @@ impl Router {
         Router { limits, ..Self::default() }
     }
 
+    /// The same router, noting which keys it forgets (see [`Router::take_removed`]) so that a
+    /// state store can forget them too.
+    pub fn persisting(self) -> Self {
+        Router { persist: true, ..self }
+    }
+
     /// Decides whether an event of `trigger` fires. `dedup` is the event's key and the window;
     /// the rate limit is only consumed by events that would otherwise fire.
     pub fn admit(
@@ -232,7 +266,7 @@ impl Router {
         let mut guard = lock(&self.dedup);
         let state = &mut *guard;
         if !state.triggers.contains_key(trigger) {
-            state.triggers.insert(trigger.clone(), TriggerDedup::default());
+            state.triggers.insert(trigger.clone(), self.new_trigger_state());
         }
         let pruned = state.triggers.get_mut(trigger).map_or(0, |t| t.prune(now));
         state.keys = state.keys.saturating_sub(pruned);
@@ -266,6 +300,7 @@ impl Router {
             Some((_, first_seen)) => {
                 if let Some(entry) = trigger_state.entries.get_mut(&key) {
                     entry.first_seen = first_seen;
+                    entry.last_fired = wall;
                     entry.last_fired_at = now;
                     entry.last_seen = wall;
                     entry.last_seen_at = now;
@@ -278,6 +313,7 @@ impl Router {
                 let entry = DedupEntry {
                     first_seen: wall,
                     last_seen: wall,
+                    last_fired: wall,
                     last_seen_at: now,
                     last_fired_at: now,
                     window,
@@ -325,6 +361,78 @@ impl Router {
             .get(trigger)
             .map(|t| DedupCounts { keys: t.entries.len(), evicted: t.evicted })
             .unwrap_or_default()
+    }
+
+    fn new_trigger_state(&self) -> TriggerDedup {
+        TriggerDedup { removed: self.persist.then(Vec::new), ..TriggerDedup::default() }
+    }
+
+    /// The entry of `key` (as [`bounded_key`] made it) of `trigger`, as the store keeps it.
+    pub fn stored_entry(&self, trigger: &TriggerId, key: &str) -> Option<StoredDedup> {
+        let state = lock(&self.dedup);
+        let entry = state.triggers.get(trigger)?.entries.get(key)?;
+        Some(StoredDedup {
+            first_seen: entry.first_seen,
+            last_seen: entry.last_seen,
+            last_fired: entry.last_fired,
+            window_ms: u64::try_from(entry.window.as_millis()).unwrap_or(u64::MAX),
+        })
+    }
+
+    /// The keys of `trigger` forgotten (quiet for two windows, or evicted by the limits) since
+    /// the last call; empty unless the router is [`persisting`](Router::persisting).
+    pub fn take_removed(&self, trigger: &TriggerId) -> Vec<String> {
+        let mut state = lock(&self.dedup);
+        let Some(removed) = state.triggers.get_mut(trigger).and_then(|t| t.removed.as_mut()) else {
+            return Vec::new();
+        };
+        std::mem::take(removed).into_iter().map(|key| key.to_string()).collect()
+    }
+
+    /// Takes back the entries of `trigger` a previous run stored, as they stand now: an entry
+    /// quiet for two windows is dropped, and its key returned so that the store forgets it too.
+    /// The key limits apply as for new keys.
+    pub fn restore(&self, trigger: &TriggerId, mut entries: Vec<(String, StoredDedup)>) -> Vec<String> {
+        // Oldest first, so that the least recently seen keys are the first to go at the limits.
+        entries.sort_by_key(|(_, stored)| stored.last_seen);
+        let now = Instant::now();
+        let wall = Utc::now();
+        let mut expired = Vec::new();
+        let mut state = lock(&self.dedup);
+        for (key, stored) in entries {
+            let window = Duration::from_millis(stored.window_ms);
+            let ago = |time: DateTime<Utc>| (wall - time).to_std().unwrap_or_default();
+            let seen_ago = ago(stored.last_seen);
+            if key.len() > MAX_DEDUP_KEY_BYTES.saturating_mul(2) || seen_ago > window.saturating_mul(2) {
+                expired.push(key);
+                continue;
+            }
+            let at = |ago: Duration| now.checked_sub(ago).unwrap_or(now);
+            if !state.triggers.contains_key(trigger) {
+                let fresh = self.new_trigger_state();
+                state.triggers.insert(trigger.clone(), fresh);
+            }
+            let key: Arc<str> = Arc::from(key);
+            if state.triggers.get(trigger).is_some_and(|t| t.entries.contains_key(&key)) {
+                continue;
+            }
+            state.make_room(trigger, self.limits);
+            state.keys = state.keys.saturating_add(1);
+            let touched = next(&mut state.clock);
+            let Some(trigger_state) = state.triggers.get_mut(trigger) else { continue };
+            let entry = DedupEntry {
+                first_seen: stored.first_seen,
+                last_seen: stored.last_seen,
+                last_fired: stored.last_fired,
+                last_seen_at: at(seen_ago),
+                last_fired_at: at(ago(stored.last_fired)),
+                window,
+                touched,
+            };
+            trigger_state.by_age.insert(touched, key.clone());
+            trigger_state.entries.insert(key, entry);
+        }
+        expired
     }
 
     /// Drops the state of a trigger that was removed.

@@ -9,6 +9,7 @@
 
 pub mod memory;
 pub mod nats;
+pub mod redb;
 
 use std::sync::Arc;
 

@@ -76,6 +76,8 @@ properties:
 
 /// Header carrying the delivery id, stable across the retries of a delivery.
 pub const DELIVERY_ID_HEADER: &str = "x-ktrigger-delivery-id";
+/// Header carrying the delivery id as the IETF Idempotency-Key, so receivers can drop repeats.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "idempotency-key";
 
 /// Default header of the HMAC signature.
 pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Ktrigger-Signature-256";
@@ -276,6 +278,8 @@ impl Webhook {
     fn prepare(&self, request: &DeliveryRequest<'_>) -> Result<(HeaderMap, Vec<u8>), DeliveryError> {
         let mut headers = self.headers.clone();
         headers.insert(HeaderName::from_static(DELIVERY_ID_HEADER), header_value(request.id)?);
+        // The delivery id is deterministic, the same across retries, restarts and failover.
+        headers.insert(HeaderName::from_static(IDEMPOTENCY_KEY_HEADER), header_value(request.id)?);
         let body = match (&self.body, self.format) {
             (None, Format::Cloudevents) => {
                 headers.insert(CONTENT_TYPE, HeaderValue::from_static(CLOUDEVENTS_CONTENT_TYPE));

@@ -149,6 +149,7 @@ async fn sends_a_structured_cloudevent() {
     assert_eq!(request.path, "/hook");
     assert_eq!(request.header("content-type"), Some(CLOUDEVENTS_CONTENT_TYPE));
     assert_eq!(request.header(DELIVERY_ID_HEADER), Some("delivery-1"));
+    assert_eq!(request.header(IDEMPOTENCY_KEY_HEADER), Some("delivery-1"));
     assert!(request.header("ce-id").is_none(), "structured mode has no ce- headers");
     let sent = request.json();
     assert_eq!(sent["specversion"], "1.0");
