@@ -113,6 +113,8 @@ async fn deliveries_come_out_in_order_and_leave_the_stream_once_acked() {
         queue.push(delivery(n)).unwrap().wait().await.unwrap();
     }
     assert_eq!(queue.len(), 20);
+    let metrics = store.metrics();
+    assert!(metrics.commits >= 20 && metrics.commit_seconds > 0.0, "{metrics:?}");
     for n in 0..20 {
         let popped = pop(&queue).await;
         assert_eq!(popped.id, format!("delivery-{n}"));

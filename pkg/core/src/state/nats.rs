@@ -212,8 +212,7 @@ impl Shared {
 /// Sends what [`Shared::publish`] was given, one after the other, and resolves each commit
 /// when its ack arrives.
 async fn publish_in_order(
-    js: jetstream::Context,
-    stats: Arc<Shared>,
+    shared: Arc<Shared>,
     mut requests: mpsc::UnboundedReceiver<Publish>,
     stop: CancellationToken,
 ) {
@@ -224,7 +223,7 @@ async fn publish_in_order(
             request = requests.recv() => {
                 let Some(Publish { subject, headers, payload, done, failed }) = request else { return };
                 let started = Instant::now();
-                let sent = js.publish_with_headers(subject, headers, payload).await;
+                let sent = shared.js.publish_with_headers(subject, headers, payload).await;
                 acks.push(async move {
                     let stored = match sent {
                         Ok(ack) => ack.await.map(|_| ()),
@@ -236,7 +235,7 @@ async fn publish_in_order(
             Some((stored, started, done, failed)) = acks.next(), if !acks.is_empty() => {
                 let result = match stored {
                     Ok(()) => {
-                        stats.stats.record(started);
+                        shared.stats.record(started);
                         Ok(())
                     }
                     Err(error) => {
@@ -336,7 +335,7 @@ impl NatsStore {
         let (writes, requests) = mpsc::unbounded_channel();
         tokio::spawn(write_keys(shared.clone(), requests, stop.clone()));
         tokio::spawn(read_sizes(shared.clone(), stop.clone()));
-        tokio::spawn(publish_in_order(shared.js.clone(), shared.clone(), published, stop.clone()));
+        tokio::spawn(publish_in_order(shared.clone(), published, stop.clone()));
         Ok(NatsStore { shared, url, writes, _stop: Arc::new(stop.drop_guard()) })
     }
 
@@ -367,7 +366,7 @@ impl NatsStore {
     }
 }
 
-/// Longest a `load` may take; the server answers a loopback or LAN read of 10,000 keys far sooner.
+/// Longest a `load` may take before it counts as the store being unavailable.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Reads the size of the stream and bucket for [`StateStore::metrics`] now and then.
