@@ -131,6 +131,8 @@ impl JetStreamQueue {
             .map_err(|error| unavailable(format!("queue {name}: consumer {durable}: {error}")))?;
         let info = consumer.info().await.map_err(|error| unavailable(format!("queue {name}: {error}")))?;
         let waiting = usize::try_from(info.num_pending).unwrap_or(usize::MAX).saturating_add(info.num_ack_pending);
+        // The consumer's own ack wait: one created earlier with another --state-ack-wait keeps it.
+        let ack_wait = info.config.ack_wait;
         let attempts = load_attempts(&shared, &token).await?;
         let stop = CancellationToken::new();
         let inner = Arc::new(Inner {
@@ -150,7 +152,7 @@ impl JetStreamQueue {
             attempts: Mutex::new(attempts),
         });
         tokio::spawn(fetch(inner.clone(), consumer.clone(), stop.clone()));
-        tokio::spawn(keep_in_progress(inner.clone(), consumer, stop.clone()));
+        tokio::spawn(keep_in_progress(inner.clone(), consumer, ack_wait, stop.clone()));
         Ok(JetStreamQueue { inner, _stop: stop.drop_guard() })
     }
 }
@@ -239,8 +241,13 @@ async fn fetch(inner: Arc<Inner>, consumer: Consumer<pull::Config>, stop: Cancel
 
 /// Tells JetStream, more often than its ack wait, that fetched deliveries are still being
 /// worked on, and sets the waiting count from the consumer's figures.
-async fn keep_in_progress(inner: Arc<Inner>, mut consumer: Consumer<pull::Config>, stop: CancellationToken) {
-    let every = (inner.shared.ack_wait / 3).max(Duration::from_millis(100));
+async fn keep_in_progress(
+    inner: Arc<Inner>,
+    mut consumer: Consumer<pull::Config>,
+    ack_wait: Duration,
+    stop: CancellationToken,
+) {
+    let every = (ack_wait / 3).max(Duration::from_millis(100));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
