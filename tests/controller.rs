@@ -77,6 +77,9 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
     let message = status["conditions"][0]["message"].as_str().unwrap();
     assert!(message.starts_with("trigger broken: triggers[1].filter: line 1, column"), "{message}");
     assert_eq!(status["observedGeneration"], 1);
+    let ready = &status["conditions"][0];
+    assert_eq!((ready["type"].as_str(), ready["observedGeneration"].as_i64()), (Some("Ready"), Some(1)), "{ready}");
+    assert!(ready["lastTransitionTime"].as_str().is_some_and(|t| t.ends_with('Z')), "metav1.Condition: {ready}");
 
     let metrics = running.url_after("metrics on ");
     let (code, text) = get(&metrics);
@@ -94,6 +97,17 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
         env.namespace
     );
     assert!(text.contains(&latency), "{latency} missing from:\n{text}");
+    let delivered = format!(
+        "ktrigger_destination_delivered_total{{namespace=\"{}\",service=\"svc\",trigger=\"tick\",destination=\"log#0\"}}",
+        env.namespace
+    );
+    assert!(text.contains(&delivered), "{delivered} missing from:\n{text}");
+    for gauge in ["ktrigger_trigger_services{state=\"not_ready\"} 1", "ktrigger_triggers{state=\"invalid\"} 1"] {
+        assert!(text.contains(gauge), "{gauge} missing from:\n{text}");
+    }
+    assert!(text.contains("ktrigger_triggers{state=\"ready\"} 2"), "{text}");
+    let build = format!("ktrigger_build_info{{version=\"{}\",commit=\"", env!("CARGO_PKG_VERSION"));
+    assert!(text.contains(&build), "{build} missing from:\n{text}");
 
     let (ok, table) = env.kubectl(&["get", "kts", "-n", &env.namespace]);
     assert!(ok, "{table}");
@@ -102,6 +116,10 @@ fn the_controller_runs_applied_trigger_services_and_reports_their_status() {
         assert!(header.contains(column), "printer column {column} missing:\n{table}");
     }
     assert!(table.contains("2/3"), "{table}");
+    let row: Vec<&str> = table.lines().find(|l| l.starts_with("svc ")).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row.get(1), Some(&"False"), "the READY column reads the Ready condition:\n{table}");
+    let (ok, all) = env.kubectl(&["get", "ktrigger", "-n", &env.namespace]);
+    assert!(ok && all.contains("svc"), "TriggerServices are in the `ktrigger` category:\n{all}");
 
     let (ok, text) = env.kubectl(&["delete", "triggerservice", "svc", "-n", &env.namespace]);
     assert!(ok, "{text}");
@@ -129,6 +147,18 @@ fn the_controller_refuses_to_start_without_a_cluster() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("the controller needs a cluster"), "{stderr}");
     assert!(stderr.contains("/nonexistent/kubeconfig"), "the reason names the kubeconfig: {stderr}");
+}
+
+#[test]
+fn secret_refresh_takes_zero_to_read_secrets_only_when_a_trigger_service_changes() {
+    let output = support::ktrigger()
+        .args(["controller", "--kubeconfig", "/nonexistent/kubeconfig", "--secret-refresh", "0s"])
+        .args(["--health-addr", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--webhook-addr", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("--secret-refresh"), "0s is accepted: {stderr}");
+    assert!(stderr.contains("the controller needs a cluster"), "it goes on to look for a cluster: {stderr}");
 }
 
 fn wait_for_tick(running: &Running, more_than: usize) {
@@ -333,4 +363,177 @@ fn secret_key_refs_are_read_as_the_trigger_service_identity_retried_and_refreshe
     for (place, text) in [("Events", events), ("status", services), ("logs", logs.text()), ("output", output.text())] {
         assert!(!text.contains(&token) && !text.contains(&rotated), "the Secret's value appears in {place}");
     }
+}
+
+#[test]
+fn controller_with_log_format_json_prints_only_json_lines() {
+    let env = Env::new("json-logs");
+    env.install_trigger_service_crd();
+    let running = env.start_controller(&["--log-format", "json"], &[]);
+    env.apply(&env.namespace, SERVICE);
+    wait_status(&env, "the broken trigger reported", |s| s["readyTriggers"] == "2/3");
+    let health = running.url_after("health probes on ");
+    assert_eq!(get(&format!("{health}/healthz")).0, 200);
+    let stderr = running.stderr.text();
+    assert_eq!(running.stop(), Some(0));
+    let lines = support::json_log_lines(&stderr);
+    let messages: Vec<&str> = lines.iter().filter_map(|l| l["fields"]["message"].as_str()).collect();
+    for expected in
+        ["kubernetes cluster", "webhook listener on http://", "metrics on http://", "ktrigger controller reconciling"]
+    {
+        assert!(messages.iter().any(|m| m.starts_with(expected)), "{expected} missing from {messages:#?}");
+    }
+    assert!(messages.iter().any(|m| m.starts_with("skipped trigger") && m.contains("/svc/broken")), "{messages:#?}");
+}
+
+#[test]
+fn status_shows_each_trigger_from_the_cluster_also_as_a_kubectl_plugin() {
+    let env = Env::new("status-view");
+    env.install_trigger_service_crd();
+    let running = env.start_controller(&[], &[]);
+    env.apply(&env.namespace, SERVICE);
+    wait_status(&env, "the tick trigger fired", |s| {
+        s["readyTriggers"] == "2/3"
+            && s["triggers"].as_array().is_some_and(|t| t.iter().any(|t| t["fired"].as_u64() > Some(0)))
+    });
+    let status = |args: &[&str]| {
+        let output = support::ktrigger()
+            .args(["status", "--kubeconfig", env.kubeconfig(), "-n", &env.namespace])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let table = status(&[]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NAMESPACE") && lines[0].contains("SOURCE → FILTER → DESTINATIONS"), "{table}");
+    assert_eq!(lines.len(), 4, "a header and one line per trigger:\n{table}");
+    let tick = lines.iter().find(|l| l.contains(" tick ")).unwrap_or_else(|| panic!("{table}"));
+    assert!(tick.contains("svc") && tick.contains("False") && tick.contains("cron → log"), "{tick}");
+    let broken = lines.iter().find(|l| l.contains("broken (not running)")).unwrap_or_else(|| panic!("{table}"));
+    assert!(broken.contains("cron → filter → log"), "{broken}");
+
+    let rows: Value = serde_json::from_str(&status(&["svc", "-o", "json"])).unwrap();
+    let tick = rows.as_array().unwrap().iter().find(|r| r["trigger"] == "tick").unwrap();
+    assert_eq!((tick["service"].as_str(), tick["running"].as_bool()), (Some("svc"), Some(true)), "{tick}");
+    assert!(tick["fired"].as_u64() > Some(0) && tick["lastFired"].is_string(), "{tick}");
+
+    // Installed as kubectl-ktrigger on the PATH, it is a kubectl plugin.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_ktrigger"), bin.path().join("kubectl-ktrigger")).unwrap();
+    let path = format!("{}:{}", bin.path().display(), std::env::var("PATH").unwrap_or_default());
+    let output = std::process::Command::new("kubectl")
+        .args(["ktrigger", "status", "-n", &env.namespace])
+        .env("PATH", path)
+        .env("KUBECONFIG", env.kubeconfig())
+        .output()
+        .unwrap();
+    let plugin = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{plugin}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(plugin.lines().count(), 4, "{plugin}");
+    assert!(plugin.contains("broken (not running)"), "{plugin}");
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn counters_are_written_at_most_once_per_status_interval_and_an_idle_status_not_at_all() {
+    let env = Env::new("status-rate");
+    env.install_trigger_service_crd();
+    let args = ["--kubeconfig", env.controller_kubeconfig(), "--watch-namespaces", &env.namespace];
+    let running = Running::start_controller(&[&args[..], &["--status-interval", "3s"]].concat());
+    env.apply(
+        &env.namespace,
+        r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: svc}
+spec:
+  triggers:
+  - name: tick
+    source: {type: cron, properties: {schedule: "* * * * * *"}}
+    destinations: [{type: log, properties: {includeObject: false}}]
+---
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: idle}
+spec:
+  triggers:
+  - name: hook
+    source: {type: webhook, properties: {path: /idle}}
+    destinations: [{type: log}]
+"#,
+    );
+    let version = |name: &str| {
+        let (ok, text) = env.kubectl(&["get", "kts", name, "-n", &env.namespace, "-o", "json"]);
+        let object: Value = if ok { serde_json::from_str(&text).unwrap_or(Value::Null) } else { Value::Null };
+        let ready = object["status"]["conditions"][0]["status"] == "True";
+        (ready, object["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string())
+    };
+    let start = Instant::now();
+    while !(version("svc").0 && version("idle").0) {
+        assert!(start.elapsed() < WAIT, "both Ready:\n{}", running.stderr.text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    let (mut busy, mut idle) = (std::collections::BTreeSet::new(), std::collections::BTreeSet::new());
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(9) {
+        busy.insert(version("svc").1);
+        idle.insert(version("idle").1);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // 9 s at one write per 3 s: at most 4 versions seen (the one before, then up to 3 writes).
+    assert!((2..=4).contains(&busy.len()), "{} versions of a firing TriggerService in 9 s: {busy:?}", busy.len());
+    assert_eq!(idle.len(), 1, "an idle TriggerService's status is not rewritten: {idle:?}");
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn delivery_metrics_say_which_destination_fails() {
+    let env = Env::new("destination-metrics");
+    env.install_trigger_service_crd();
+    let running = env.start_controller(&[], &[]);
+    env.apply(
+        &env.namespace,
+        r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: svc}
+spec:
+  triggers:
+  - name: tick
+    source: {type: cron, properties: {schedule: "* * * * * *"}}
+    destinations:
+    - {type: log, properties: {includeObject: false}}
+    - type: webhook
+      properties: {url: "http://127.0.0.1:9/closed"}
+      retry: {maxAttempts: 1}
+"#,
+    );
+    let metrics = running.url_after("metrics on ");
+    let series = |name: &str, destination: &str| {
+        format!(
+            "{name}{{namespace=\"{}\",service=\"svc\",trigger=\"tick\",destination=\"{destination}\"}}",
+            env.namespace
+        )
+    };
+    let value = |text: &str, series: &str| -> Option<u64> {
+        text.lines().find_map(|line| line.strip_prefix(series)).and_then(|rest| rest.trim().parse().ok())
+    };
+    let start = Instant::now();
+    let text = loop {
+        let (_, text) = get(&metrics);
+        let dead = value(&text, &series("ktrigger_destination_dead_lettered_total", "webhook#1"));
+        if dead.is_some_and(|n| n > 0) {
+            break text;
+        }
+        assert!(start.elapsed() < WAIT, "no dead letter for webhook#1:\n{text}");
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert!(value(&text, &series("ktrigger_destination_delivered_total", "log#0")).is_some_and(|n| n > 0), "{text}");
+    assert_eq!(value(&text, &series("ktrigger_destination_dead_lettered_total", "log#0")), Some(0), "{text}");
+    assert_eq!(value(&text, &series("ktrigger_destination_delivered_total", "webhook#1")), Some(0), "{text}");
+    assert!(value(&text, &series("ktrigger_destination_failed_attempts_total", "webhook#1")).is_some_and(|n| n > 0));
+    assert_eq!(running.stop(), Some(0));
 }

@@ -45,6 +45,11 @@ fn go() -> PathBuf {
 
 /// Renders charts/ktrigger as release `ktrigger` in `namespace` with hack/helm-template.
 fn helm_template(namespace: &str) -> String {
+    helm_template_with("ktrigger", namespace, None)
+}
+
+/// Renders charts/ktrigger as `release` in `namespace`, with a values file of `values` when given.
+fn helm_template_with(release: &str, namespace: &str, values: Option<&str>) -> String {
     let out = tempfile::tempdir().unwrap();
     let binary = out.path().join("helm-template");
     let build = Command::new(go())
@@ -62,7 +67,14 @@ fn helm_template(namespace: &str) -> String {
         "building hack/helm-template (needs golang-github-masterminds-sprig-dev and golang-k8s-sigs-yaml-dev): {}",
         String::from_utf8_lossy(&build.stderr)
     );
-    let render = Command::new(&binary).arg(repo().join("charts/ktrigger")).args(["ktrigger", namespace]).output();
+    let values_file = out.path().join("values.yaml");
+    let mut render = Command::new(&binary);
+    render.arg(repo().join("charts/ktrigger")).args([release, namespace]);
+    if let Some(values) = values {
+        std::fs::write(&values_file, values).unwrap();
+        render.arg(&values_file);
+    }
+    let render = render.output();
     let render = render.expect("hack/helm-template runs");
     assert!(render.status.success(), "rendering the chart: {}", String::from_utf8_lossy(&render.stderr));
     String::from_utf8(render.stdout).unwrap()
@@ -103,4 +115,92 @@ fn the_helm_chart_renders_and_is_accepted_by_the_api_server() {
     ] {
         assert!(text.contains(object), "{object} is part of the chart:\n{text}");
     }
+}
+
+/// The documents of a YAML stream, as JSON values.
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|de| serde::Deserialize::deserialize(de).unwrap())
+        .filter(|doc: &serde_json::Value| !doc.is_null())
+        .collect()
+}
+
+const OPTIONS: &str = r#"
+rbac: {create: false}
+serviceAccount: {create: false, name: ops-controller}
+podDisruptionBudget: {enabled: true}
+extraArgs: [--status-interval=1m]
+env: [{name: KTRIGGER_LOG, value: "info,ktrigger_core=debug"}]
+podSecurityContext: {runAsUser: null, runAsGroup: null}
+securityContext: {runAsUser: null}
+metrics:
+  serviceMonitor: {enabled: true}
+  prometheusRule: {enabled: true}
+"#;
+
+#[test]
+fn the_chart_names_objects_per_release_and_renders_its_options() {
+    let yaml = helm_template_with("ops", "monitoring", Some(OPTIONS));
+    let docs = documents(&yaml);
+    let kinds: Vec<String> = docs
+        .iter()
+        .map(|d| format!("{}/{}", d["kind"].as_str().unwrap(), d["metadata"]["name"].as_str().unwrap()))
+        .collect();
+    for expected in [
+        "Deployment/ops-ktrigger-controller",
+        "Service/ops-ktrigger-controller",
+        "PodDisruptionBudget/ops-ktrigger-controller",
+        "ServiceMonitor/ops-ktrigger-controller",
+        "PrometheusRule/ops-ktrigger-controller",
+    ] {
+        assert!(kinds.iter().any(|k| k == expected), "{expected} missing from {kinds:?}");
+    }
+    assert!(!kinds.iter().any(|k| k.starts_with("ClusterRole") || k.starts_with("ServiceAccount/")), "{kinds:?}");
+    let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(deployment["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], "ops");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "ops-controller");
+    assert!(pod["securityContext"]["runAsUser"].is_null(), "a platform may assign the user: {pod}");
+    assert!(container_user_is_unset(pod), "{pod}");
+    let container = &pod["containers"][0];
+    let args: Vec<&str> = container["args"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert!(
+        args.contains(&"--status-interval=1m") && args.contains(&"--lease-name=ops-ktrigger-controller"),
+        "{args:?}"
+    );
+    assert!(container["env"].as_array().unwrap().iter().any(|e| e["name"] == "KTRIGGER_LOG"), "{container}");
+    assert!(container["image"].as_str().unwrap().ends_with(":v0.1.0"), "the tag defaults to appVersion: {container}");
+
+    // The chart's alerts are those of config/prometheus.
+    let rule = docs.iter().find(|d| d["kind"] == "PrometheusRule").unwrap();
+    let shipped = documents(&std::fs::read_to_string(repo().join("config/prometheus/prometheusrule.yaml")).unwrap());
+    assert_eq!(rule["spec"], shipped[0]["spec"], "config/prometheus/prometheusrule.yaml and the chart differ");
+    let dashboard: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("config/prometheus/grafana-dashboard.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() >= 8), "{dashboard}");
+}
+
+fn container_user_is_unset(pod: &serde_json::Value) -> bool {
+    let context = &pod["containers"][0]["securityContext"];
+    context["runAsUser"].is_null() && context["runAsNonRoot"] == true
+}
+
+#[test]
+fn the_chart_with_its_options_is_accepted_by_the_api_server() {
+    let env = Env::new("helm-options");
+    if !real_server(&env) {
+        return;
+    }
+    let yaml = helm_template_with("ops", &env.namespace, Some(OPTIONS));
+    // The test server has no Prometheus Operator: its objects are checked by rendering above.
+    let kept: Vec<String> = yaml
+        .split("\n---")
+        .filter(|doc| !doc.contains("kind: ServiceMonitor") && !doc.contains("kind: PrometheusRule"))
+        .map(str::to_string)
+        .collect();
+    let text = dry_run_apply(&env, &kept.join("\n---"), "Helm chart with its options");
+    assert!(text.contains("poddisruptionbudget.policy/ops-ktrigger-controller"), "{text}");
+    assert!(text.contains("deployment.apps/ops-ktrigger-controller"), "{text}");
 }

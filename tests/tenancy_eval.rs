@@ -67,17 +67,17 @@ fn validate_refuses_each_bomb_with_the_trigger_and_field() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{stdout}");
     for expected in [
-        "trigger tenant/sum-3kb: triggers[0].filter: line 1, column 1: expression is nested too deeply",
-        "trigger tenant/sum-40kb: triggers[1].filter: line 1, column 1: expression is 40003 bytes long; the limit is 4096",
-        "trigger tenant/nested-maps: triggers[2].filter: line 1, column 1: estimated cost",
-        "trigger tenant/huge-debounce: triggers[3].debounce: duration \"500000000000y\" is longer than the maximum of 30 days",
+        "trigger sum-3kb: spec.triggers[0].filter: line 1, column 1: expression is nested too deeply",
+        "trigger sum-40kb: spec.triggers[1].filter: line 1, column 1: expression is 40003 bytes long; the limit is 4096",
+        "trigger nested-maps: spec.triggers[2].filter: line 1, column 1: estimated cost",
+        "trigger huge-debounce: spec.triggers[3].debounce: duration \"500000000000y\" is longer than the maximum of 30 days",
         "4 problem(s) found",
     ] {
         assert!(stdout.contains(expected), "{expected}\n{stdout}");
     }
     assert!(stdout.len() < 4000, "errors quote long expressions in full: {} bytes", stdout.len());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("trigger near-limit: triggers[6].filter: estimated cost "), "{stderr}");
+    assert!(stderr.contains("trigger near-limit: spec.triggers[6].filter: estimated cost "), "{stderr}");
     assert!(stderr.contains(" of the limit 1000000"), "{stderr}");
 }
 

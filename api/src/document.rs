@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Deserialize;
 use serde_yaml::Value;
 
+use crate::locate::Position;
 use crate::types::{TriggerFile, TriggerServiceSpec};
 
 /// API versions read as a TriggerService: ours, and kube-trigger's for migration.
@@ -31,6 +32,8 @@ pub enum DocumentError {
     Yaml {
         /// 1-based document position.
         index: usize,
+        /// Where the parser stopped, when it knows.
+        position: Option<Position>,
         /// The parser's message, with line and column.
         message: String,
     },
@@ -64,7 +67,7 @@ impl DocumentError {
 impl fmt::Display for DocumentError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            DocumentError::Yaml { index, message } => write!(f, "document {index}: invalid YAML: {message}"),
+            DocumentError::Yaml { index, message, .. } => write!(f, "document {index}: invalid YAML: {message}"),
             DocumentError::Invalid { index, field, trigger: Some(trigger), message } => {
                 write!(f, "document {index}: trigger {trigger:?}: {field}: {message}")
             }
@@ -80,16 +83,42 @@ impl fmt::Display for DocumentError {
 
 impl std::error::Error for DocumentError {}
 
-/// Reads every document of `text`. Plain `triggers:` files are named `default_name`.
+/// Most problems reported for one document: past a type error, reading goes on without the
+/// offending field, at most this many times.
+pub const MAX_DOCUMENT_PROBLEMS: usize = 100;
+
+/// Reads every document of `text`. Plain `triggers:` files are named `default_name`. A document
+/// with invalid fields gives one error per field and no [`Document`].
 pub fn parse_documents(text: &str, default_name: &str) -> Vec<Result<Document, DocumentError>> {
+    read_documents(text, default_name, false)
+}
+
+/// Like [`parse_documents`], for checking only: after the errors of a document whose invalid
+/// fields could all be left out, comes the document read without them, so that its other triggers
+/// can be checked too. Such a document must never run.
+pub fn check_documents(text: &str, default_name: &str) -> Vec<Result<Document, DocumentError>> {
+    read_documents(text, default_name, true)
+}
+
+fn read_documents(text: &str, default_name: &str, keep_repaired: bool) -> Vec<Result<Document, DocumentError>> {
     let mut out = Vec::new();
     for (offset, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
         let index = offset + 1;
         match Value::deserialize(de) {
             Ok(Value::Null) => {}
-            Ok(value) => out.push(read_document(index, value, default_name)),
+            Ok(value) => {
+                let (document, errors) = read_document(index, value, default_name);
+                let failed = !errors.is_empty();
+                out.extend(errors.into_iter().map(Err));
+                if let Some(document) = document
+                    && (keep_repaired || !failed)
+                {
+                    out.push(Ok(document));
+                }
+            }
             Err(e) => {
-                out.push(Err(DocumentError::Yaml { index, message: e.to_string() }));
+                let position = e.location().map(|l| Position { line: l.line(), column: l.column() });
+                out.push(Err(DocumentError::Yaml { index, position, message: e.to_string() }));
                 // The stream cannot be trusted past a syntax error.
                 break;
             }
@@ -98,7 +127,19 @@ pub fn parse_documents(text: &str, default_name: &str) -> Vec<Result<Document, D
     out
 }
 
-fn read_document(index: usize, value: Value, default_name: &str) -> Result<Document, DocumentError> {
+/// The document (read without its invalid fields, if any could be left out) and its errors.
+fn read_document(index: usize, value: Value, default_name: &str) -> (Option<Document>, Vec<DocumentError>) {
+    match read_kind(index, value, default_name) {
+        Ok(found) => found,
+        Err(error) => (None, vec![error]),
+    }
+}
+
+fn read_kind(
+    index: usize,
+    value: Value,
+    default_name: &str,
+) -> Result<(Option<Document>, Vec<DocumentError>), DocumentError> {
     let text = |v: &Value, key: &str| v.get(key).and_then(Value::as_str).map(str::to_string);
     let kind = text(&value, "kind");
     let api_version = text(&value, "apiVersion").unwrap_or_default();
@@ -112,18 +153,20 @@ fn read_document(index: usize, value: Value, default_name: &str) -> Result<Docum
                 message: "a TriggerService needs a name".into(),
             })?;
             let spec_value = value.get("spec").cloned().unwrap_or(Value::Null);
-            let spec = deserialize::<TriggerServiceSpec>(index, "spec.", &spec_value)?;
-            Ok(Document { index, name, namespace: text(&metadata, "namespace"), spec })
+            let (spec, errors) = deserialize::<TriggerServiceSpec>(index, "spec.", &spec_value);
+            let namespace = text(&metadata, "namespace");
+            Ok((spec.map(|spec| Document { index, name, namespace, spec }), errors))
         }
         Some(kind) => Err(DocumentError::OtherKind { index, kind: format!("{api_version}/{kind}") }),
         None if value.get("triggers").is_some() => {
-            let file = deserialize::<TriggerFile>(index, "", &value)?;
-            Ok(Document {
+            let (file, errors) = deserialize::<TriggerFile>(index, "", &value);
+            let document = file.map(|file| Document {
                 index,
                 name: default_name.to_string(),
                 namespace: None,
                 spec: TriggerServiceSpec { triggers: file.triggers, ..Default::default() },
-            })
+            });
+            Ok((document, errors))
         }
         None => Err(DocumentError::Invalid {
             index,
@@ -134,12 +177,87 @@ fn read_document(index: usize, value: Value, default_name: &str) -> Result<Docum
     }
 }
 
-fn deserialize<T: serde::de::DeserializeOwned>(index: usize, prefix: &str, value: &Value) -> Result<T, DocumentError> {
-    serde_path_to_error::deserialize(value.clone()).map_err(|e| {
-        let path = e.path().to_string();
-        let trigger = trigger_name_at(value, &path);
-        DocumentError::Invalid { index, field: format!("{prefix}{path}"), trigger, message: e.into_inner().to_string() }
-    })
+/// Deserializes `value`, and after each error tries again without the field at fault, so that
+/// one mistake does not hide the next. Gives up when the field cannot be left out (a missing
+/// field of a list item, or of the document itself).
+fn deserialize<T: serde::de::DeserializeOwned>(
+    index: usize,
+    prefix: &str,
+    value: &Value,
+) -> (Option<T>, Vec<DocumentError>) {
+    let mut value = value.clone();
+    let mut errors = Vec::new();
+    let mut removed: Option<(Vec<Segment>, String)> = None;
+    for _ in 0..MAX_DOCUMENT_PROBLEMS {
+        let error = match serde_path_to_error::deserialize(value.clone()) {
+            Ok(parsed) => return (Some(parsed), errors),
+            Err(error) => error,
+        };
+        let path = error.path().clone();
+        let message = error.into_inner().to_string();
+        let segments: Vec<Segment> = path.iter().map(Segment::from).collect();
+        // Leaving out a required field only moves its error to the parent: not a new problem,
+        // but the parent goes next.
+        let consequence = removed
+            .as_ref()
+            .is_some_and(|(parent, key)| *parent == segments && message.starts_with(&format!("missing field `{key}`")));
+        if !consequence {
+            let path = path.to_string();
+            let trigger = trigger_name_at(&value, &path);
+            let field = if path == "." { prefix.trim_end_matches('.').to_string() } else { format!("{prefix}{path}") };
+            errors.push(DocumentError::Invalid { index, field, trigger, message: message.clone() });
+        }
+        let at_fault = if message.starts_with("missing field") { segments } else { unknown_field(segments, &message) };
+        removed = remove(&mut value, &at_fault);
+        if removed.is_none() {
+            return (None, errors);
+        }
+    }
+    (None, errors)
+}
+
+/// One step of a field path, owned so it can be compared across attempts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Item(usize),
+    Other,
+}
+
+impl From<&serde_path_to_error::Segment> for Segment {
+    fn from(segment: &serde_path_to_error::Segment) -> Self {
+        match segment {
+            serde_path_to_error::Segment::Map { key } => Segment::Key(key.clone()),
+            serde_path_to_error::Segment::Seq { index } => Segment::Item(*index),
+            _ => Segment::Other,
+        }
+    }
+}
+
+/// An unknown field's error points at its parent on some paths; the field is named in the message.
+fn unknown_field(mut segments: Vec<Segment>, message: &str) -> Vec<Segment> {
+    if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next())
+        && segments.last() != Some(&Segment::Key(name.to_string()))
+    {
+        segments.push(Segment::Key(name.to_string()));
+    }
+    segments
+}
+
+/// Removes the mapping entry at `path`; returns the parent's path and the key removed, or `None`
+/// when `path` is not a mapping entry.
+fn remove(value: &mut Value, path: &[Segment]) -> Option<(Vec<Segment>, String)> {
+    let (Segment::Key(key), parent) = path.split_last()? else { return None };
+    let mut node = value;
+    for segment in parent {
+        node = match segment {
+            Segment::Key(key) => node.get_mut(key.as_str())?,
+            Segment::Item(index) => node.get_mut(*index)?,
+            Segment::Other => return None,
+        };
+    }
+    node.as_mapping_mut()?.remove(key.as_str())?;
+    Some((parent.to_vec(), key.clone()))
 }
 
 /// The name of the trigger a field path such as `triggers[2].filter` points into.
@@ -203,12 +321,66 @@ spec:
     filters: "true"
     destinations: [{type: log}]
 "#;
-        let err = parse_documents(text, "x").remove(0).unwrap_err();
-        let message = err.to_string();
+        let errors = parse_documents(text, "x");
+        assert_eq!(errors.len(), 1);
+        let message = errors.into_iter().next().unwrap().unwrap_err().to_string();
         assert!(
             message.starts_with("document 1: trigger \"first\": spec.triggers[0].filters: unknown field `filters`"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn every_type_error_of_a_document_is_reported() {
+        let text = r#"
+apiVersion: ktrigger.dev/v1alpha1
+kind: TriggerService
+metadata: {name: a}
+spec:
+  triggers:
+  - name: first
+    source: {type: cron}
+    dedup: {key: x, window: 10}
+    destinations: [{type: log, queueSize: many}]
+  - name: second
+    source: {type: cronn}
+    filters: "true"
+    destinations: [{type: log}]
+"#;
+        let fields: Vec<String> = parse_documents(text, "x")
+            .into_iter()
+            .map(|r| match r.unwrap_err() {
+                DocumentError::Invalid { field, trigger, .. } => format!("{}: {field}", trigger.unwrap()),
+                other => panic!("{other}"),
+            })
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "first: spec.triggers[0].dedup.window",
+                "first: spec.triggers[0].destinations[0].queueSize",
+                "second: spec.triggers[1].filters"
+            ]
+        );
+    }
+
+    #[test]
+    fn checking_keeps_the_document_without_its_invalid_fields_and_running_does_not() {
+        let text = "triggers:\n- source: {type: cron}\n  filters: x\n  action: {type: log}\n";
+        assert!(parse_documents(text, "x").iter().all(Result::is_err));
+        let checked = check_documents(text, "x");
+        assert_eq!(checked.len(), 2);
+        let repaired = checked[1].as_ref().unwrap();
+        assert_eq!(repaired.spec.triggers[0].source.type_name, "cron");
+    }
+
+    #[test]
+    fn a_missing_required_field_is_reported_once() {
+        let text = "triggers:\n- source: {properties: {}}\n  action: {type: log}\n";
+        let results = check_documents(text, "x");
+        assert_eq!(results.len(), 1, "{results:?}");
+        let message = results[0].as_ref().unwrap_err().to_string();
+        assert!(message.contains("triggers[0].source: missing field `type`"), "{message}");
     }
 
     #[test]

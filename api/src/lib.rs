@@ -3,11 +3,13 @@
 //! This crate does no I/O: callers hand it text and get typed specs or precise errors back.
 
 mod document;
+mod locate;
 mod schema;
 mod types;
 mod validate;
 
-pub use document::{Document, DocumentError, parse_documents};
+pub use document::{Document, DocumentError, MAX_DOCUMENT_PROBLEMS, check_documents, parse_documents};
+pub use locate::{FieldPositions, Position, field_positions};
 pub use schema::MAX_EXPRESSION;
 pub use types::*;
 pub use validate::{MAX_DURATION, MAX_DURATION_TEXT, SpecError, parse_duration, trigger_names, validate_spec};

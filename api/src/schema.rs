@@ -97,3 +97,48 @@ pub fn not_nullable(schema: &mut Schema) {
         }
     }
 }
+
+/// `status.conditions`: the standard `metav1.Condition`, as Kubernetes' own types declare it
+/// (status True, False or Unknown; reason in CamelCase), one per `type` (a map list keyed by
+/// `type`, so that server-side apply merges by type).
+pub(crate) fn conditions(_: &mut SchemaGenerator) -> Schema {
+    json_schema!({
+        "type": "array",
+        "maxItems": 16,
+        "x-kubernetes-list-type": "map",
+        "x-kubernetes-list-map-keys": ["type"],
+        "items": {
+            "type": "object",
+            "description": "Condition contains details for one aspect of the current state of this API Resource.",
+            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
+            "properties": {
+                "lastTransitionTime": {
+                    "type": "string",
+                    "format": "date-time",
+                    "description": "When the condition last changed from one status to another."
+                },
+                "message": {"type": "string", "maxLength": 32768, "description": "Details, for a person."},
+                "observedGeneration": {
+                    "type": "integer",
+                    "format": "int64",
+                    "minimum": 0,
+                    "description": "The metadata.generation the condition was set for."
+                },
+                "reason": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": 1024,
+                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+                    "description": "Why, as a CamelCase identifier."
+                },
+                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
+                "type": {
+                    "type": "string",
+                    "maxLength": 316,
+                    "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+                    "description": "Condition type in CamelCase, e.g. Ready."
+                }
+            }
+        }
+    })
+}

@@ -1,5 +1,6 @@
 //! The `TriggerService` custom resource and the types of its spec and status.
 
+pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -20,7 +21,9 @@ use serde_json::Value;
     printcolumn = r#"{"name":"Triggers","type":"string","jsonPath":".status.readyTriggers"}"#,
     printcolumn = r#"{"name":"Fired","type":"integer","jsonPath":".status.fired"}"#,
     printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    category = "all",
+    category = "ktrigger"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerServiceSpec {
@@ -30,7 +33,7 @@ pub struct TriggerServiceSpec {
     /// The triggers of this service; names are unique within it.
     #[schemars(length(max = crate::schema::MAX_TRIGGERS), transform = crate::schema::unique_trigger_names)]
     pub triggers: Vec<Trigger>,
-    /// kube-trigger's worker settings: accepted for compatibility and ignored.
+    /// kube-trigger's worker settings: read so its files load, never used (loading them warns).
     #[serde(default, skip_serializing)]
     #[schemars(skip)]
     pub worker: Option<Value>,
@@ -182,8 +185,10 @@ pub struct TriggerServiceStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// `Ready` is True when every trigger loaded; False with the exact errors otherwise.
+    /// `Ready` is True when every trigger loaded; False with the exact errors otherwise. The
+    /// standard `metav1.Condition`, one per `type`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "crate::schema::conditions")]
     pub conditions: Vec<Condition>,
     /// `ready/total` triggers, for `kubectl get`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,26 +202,9 @@ pub struct TriggerServiceStatus {
     /// One entry per trigger.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub triggers: Vec<TriggerStatus>,
-}
-
-/// A status condition, in the usual Kubernetes shape.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Condition {
-    /// Condition type, e.g. `Ready`.
-    #[serde(rename = "type")]
-    pub type_name: String,
-    /// `True`, `False` or `Unknown`.
-    pub status: String,
-    /// Machine-readable reason.
+    /// When anything in this status last changed (RFC 3339).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// Human-readable details.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// When the status last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_transition_time: Option<String>,
+    pub last_updated: Option<String>,
 }
 
 /// What one trigger has done.
@@ -228,6 +216,11 @@ pub struct TriggerStatus {
     /// Whether the trigger loaded and its source runs.
     pub ready: bool,
     /// Events its source produced.
+    #[serde(default)]
+    pub received: u64,
+    /// The same as `received`, under its former name; written for one more version so that
+    /// readers of the old field keep working.
+    #[serde(default)]
     pub matched: u64,
     /// Events dropped by the filter, dedup, rate limit or debounce.
     pub filtered: u64,
@@ -235,6 +228,12 @@ pub struct TriggerStatus {
     pub fired: u64,
     /// Failed delivery attempts.
     pub failed: u64,
+    /// Deliveries that succeeded.
+    #[serde(default)]
+    pub delivered: u64,
+    /// Events whose filter could not be evaluated (counted as not matched).
+    #[serde(default)]
+    pub filter_errors: u64,
     /// Deliveries given up on.
     #[serde(default)]
     pub dead_lettered: u64,

@@ -473,14 +473,39 @@ fn chart_matches_the_manifests() {
     assert_eq!(values["service"]["metricsPort"], 8080);
     assert_eq!(values["service"]["webhookPort"], 8090);
     assert_eq!(values["healthPort"], 8081);
-    assert_eq!(values["serviceAccount"]["name"], SERVICE_ACCOUNT);
+    // Empty: the release's base name, `ktrigger` for a release of that name.
+    assert_eq!(values["serviceAccount"]["name"], "");
+    assert_eq!(values["rbac"]["create"], true);
     assert_eq!(values["extraRBAC"], json!([]));
+    let pod_security = &values["podSecurityContext"];
+    assert_eq!((pod_security["runAsNonRoot"].as_bool(), pod_security["runAsUser"].as_u64()), (Some(true), Some(65532)));
+    let security = &values["securityContext"];
+    assert_eq!(security["readOnlyRootFilesystem"], true);
+    assert_eq!(security["allowPrivilegeEscalation"], false);
+    assert_eq!(security["capabilities"]["drop"], json!(["ALL"]));
+    assert_eq!(security["seccompProfile"]["type"], "RuntimeDefault");
+    for (name, value) in [
+        ("serviceMonitor", &values["metrics"]["serviceMonitor"]),
+        ("prometheusRule", &values["metrics"]["prometheusRule"]),
+    ] {
+        assert_eq!(value["enabled"], false, "metrics.{name} is off by default");
+    }
     assert_eq!(values["defaultServiceAccount"], "");
     let objects = config_objects();
     assert_eq!(values["resources"], controller_container(&objects)["resources"]);
 
     let templates = root().join("charts/ktrigger/templates");
-    for file in ["_helpers.tpl", "NOTES.txt", "deployment.yaml", "service.yaml", "serviceaccount.yaml", "rbac.yaml"] {
+    for file in [
+        "_helpers.tpl",
+        "NOTES.txt",
+        "deployment.yaml",
+        "service.yaml",
+        "serviceaccount.yaml",
+        "rbac.yaml",
+        "pdb.yaml",
+        "servicemonitor.yaml",
+        "prometheusrule.yaml",
+    ] {
         let text = std::fs::read_to_string(templates.join(file)).unwrap_or_else(|e| panic!("templates/{file}: {e}"));
         check_template_syntax(file, &text);
     }
@@ -500,12 +525,11 @@ fn chart_matches_the_manifests() {
         "fieldPath: metadata.namespace",
         "path: /readyz",
         "path: /healthz",
-        "runAsNonRoot: true",
-        "runAsUser: 65532",
-        "readOnlyRootFilesystem: true",
-        "allowPrivilegeEscalation: false",
-        "drop: [ALL]",
-        "type: RuntimeDefault",
+        "toYaml . | nindent 8",
+        ".Values.podSecurityContext",
+        ".Values.securityContext",
+        ".Values.extraArgs",
+        ".Values.env",
     ] {
         assert!(deployment.contains(needle), "charts/ktrigger/templates/deployment.yaml lacks {needle:?}");
     }
@@ -582,7 +606,9 @@ fn addon_matches_the_manifests() {
         "resources/crd.yaml",
         "resources/rbac.cue",
         "resources/controller.cue",
+        "resources/namespace.cue",
         "definitions/trigger-service.cue",
+        "schemas/component-uischema-trigger-service.yaml",
     ] {
         assert!(root().join(addon).join(file).is_file(), "{addon}/{file} is missing");
     }
@@ -598,6 +624,7 @@ fn addon_matches_the_manifests() {
         "parameter.cue",
         "resources/rbac.cue",
         "resources/controller.cue",
+        "resources/namespace.cue",
         "definitions/trigger-service.cue",
     ] {
         check_cue_balance(file, &read(&format!("{addon}/{file}")));
@@ -612,9 +639,21 @@ fn addon_matches_the_manifests() {
     let template = squeeze(&read("addons/ktrigger/template.cue"));
     assert!(template.starts_with("package main"), "template.cue is in package main");
     assert!(
-        template.contains("kind: \"Application\"") && template.contains("components: [ rbac, controller, ]"),
+        template.contains("kind: \"Application\"") && template.contains("components: [ namespace, rbac, controller, ]"),
         "{template}"
     );
+    for policy in ["type: \"take-over\"", "type: \"shared-resource\"", "type: \"garbage-collect\""] {
+        assert!(template.contains(policy), "template.cue lacks the policy {policy}");
+    }
+    for file in ["resources/rbac.cue", "resources/controller.cue"] {
+        let text = squeeze(&read(&format!("{addon}/{file}")));
+        assert!(text.contains("dependsOn: [\"ktrigger-namespace\"]"), "{file} waits for the namespace");
+    }
+    let namespace = squeeze(&read("addons/ktrigger/resources/namespace.cue"));
+    assert!(namespace.contains("kind: \"Namespace\"") && namespace.contains("name: \"ktrigger-namespace\""));
+    let form = &documents(&read("addons/ktrigger/schemas/component-uischema-trigger-service.yaml"), "uischema")[0];
+    assert_eq!(form[0]["jsonKey"], "triggers");
+    assert_eq!(form[0]["uiType"], "Structs");
 
     let controller = squeeze(&read("addons/ktrigger/resources/controller.cue"));
     for needle in [
@@ -667,7 +706,9 @@ fn addon_matches_the_manifests() {
         "triggers: parameter.triggers".to_string(),
         "serviceAccountName: parameter.serviceAccountName".to_string(),
         "serviceAccountName?: string".to_string(),
-        "triggers: [...{...}]".to_string(),
+        "triggers: [...#Trigger]".to_string(),
+        "source: { // +usage=Source type".to_string(),
+        "destinations?: [...#Destination]".to_string(),
     ] {
         assert!(definition.contains(&needle), "definitions/trigger-service.cue lacks {needle:?}");
     }

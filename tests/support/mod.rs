@@ -81,6 +81,19 @@ impl Captured {
     }
 }
 
+/// Every line of `text` parsed as JSON; fails the test on the first line that is not JSON.
+pub fn json_log_lines(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}\n{text}")))
+        .collect()
+}
+
+/// Whether a stderr line is the error that ends the process: printed by the binary itself (not
+/// a library crate) at level ERROR, or as `error:` before logging starts.
+fn is_fatal(line: &str) -> bool {
+    line.starts_with("error:") || line.contains(" ERROR ktrigger:") || line.contains(" ERROR ktrigger::")
+}
+
 /// A running `ktrigger run`, stopped (SIGTERM) when dropped.
 pub struct Running {
     child: Child,
@@ -137,7 +150,7 @@ impl Running {
         running.stderr.wait_until("start-up", Duration::from_secs(60), |t| {
             // A fatal error is printed as a line of its own starting with `error:`; problems of
             // single triggers (e.g. a CEL "Syntax error:") are not the end of start-up.
-            ready.iter().any(|marker| t.contains(marker)) || t.lines().any(|line| line.starts_with("error:"))
+            ready.iter().any(|marker| t.contains(marker)) || t.lines().any(is_fatal)
         });
         running
     }
@@ -145,8 +158,10 @@ impl Running {
     /// The URL printed after `prefix` in the start-up report, e.g. `webhook listener on `.
     pub fn url_after(&self, prefix: &str) -> String {
         let text = self.stderr.wait_for(prefix, Duration::from_secs(30));
-        let line = text.lines().find(|l| l.starts_with(prefix)).unwrap();
-        line.trim_start_matches(prefix).trim().to_string()
+        let line = text.lines().find(|l| l.contains(prefix)).unwrap();
+        let (_, rest) = line.split_once(prefix).unwrap();
+        // Up to the end of the word: the line is text, or JSON with the message quoted.
+        rest.split(|c: char| c.is_whitespace() || c == '"').next().unwrap_or_default().to_string()
     }
 
     /// The base URL of the webhook listener, from the start-up report.
@@ -237,7 +252,11 @@ pub fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Vec<serde
 pub fn example_env() -> Vec<(String, String)> {
     let mut names = Vec::new();
     for entry in std::fs::read_dir(repo().join("examples")).unwrap() {
-        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            continue;
+        }
+        let text = std::fs::read_to_string(path).unwrap();
         for part in text.split("env:").skip(1) {
             let name: String =
                 part.trim_start().chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();

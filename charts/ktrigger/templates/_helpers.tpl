@@ -1,6 +1,18 @@
-{{/* Name of the chart's objects. */}}
+{{/* The chart's name. */}}
+{{- define "ktrigger.chartName" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Base name of the release's objects: the release name when it holds the chart's name, else
+release-chart; fullnameOverride wins. Two releases never share an object name. */}}
 {{- define "ktrigger.name" -}}
-{{- default "ktrigger" .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else if contains (include "ktrigger.chartName" .) .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name (include "ktrigger.chartName" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* The controller's Deployment, Service, ClusterRole and Lease name. */}}
@@ -13,11 +25,15 @@
 {{- end -}}
 
 {{- define "ktrigger.image" -}}
+{{- if .Values.image.digest -}}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest -}}
+{{- else -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "ktrigger.labels" -}}
-app.kubernetes.io/name: {{ include "ktrigger.name" . }}
+app.kubernetes.io/name: {{ include "ktrigger.chartName" . }}
 app.kubernetes.io/part-of: ktrigger
 app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
@@ -26,6 +42,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{- end -}}
 
 {{- define "ktrigger.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "ktrigger.name" . }}
+app.kubernetes.io/name: {{ include "ktrigger.chartName" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: controller
 {{- end -}}

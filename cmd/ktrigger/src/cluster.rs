@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::run::parse_duration;
+use crate::run::{parse_duration, parse_duration_or_zero};
 
 /// How to reach the cluster and tune its watches.
 #[derive(Debug, Args)]
@@ -25,7 +25,7 @@ pub struct ClusterArgs {
     watch_unhealthy_after: Duration,
     /// How long a SubjectAccessReview letting a ServiceAccount share a watch opened as another
     /// identity is trusted before it is asked again; 0s: no sharing across identities.
-    #[arg(long, default_value = "1m", value_parser = parse_duration)]
+    #[arg(long, default_value = "1m", value_parser = parse_duration_or_zero)]
     access_review_ttl: Duration,
 }
 

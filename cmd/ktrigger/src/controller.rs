@@ -12,8 +12,10 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use clap::Args;
 use k8s_openapi::api::core::v1::ObjectReference;
-use ktrigger_controller::metrics::{EngineCollector, StoreCollector, WatchCounts, WatchStats};
-use ktrigger_controller::{ControllerOptions, Readiness};
+use ktrigger_controller::metrics::{
+    EngineCollector, ServiceCollector, ServiceGauges, StoreCollector, WatchCounts, WatchStats, register_build_info,
+};
+use ktrigger_controller::{Compat, ControllerOptions, Readiness};
 use ktrigger_core::credentials::CredentialPolicy;
 use ktrigger_core::engine::EngineOptions;
 use ktrigger_core::state::StateStore;
@@ -29,7 +31,7 @@ use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
 use crate::nats_state::NatsStateArgs;
-use crate::run::{parse_duration, wait_for_signal};
+use crate::run::{parse_duration, parse_duration_or_zero, wait_for_signal};
 use crate::state::StateArgs;
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 
@@ -55,12 +57,13 @@ pub struct ControllerArgs {
     /// Address serving `/healthz` and `/readyz`.
     #[arg(long, default_value = "0.0.0.0:8081")]
     health_addr: SocketAddr,
-    /// How often changed TriggerService statuses are written.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    /// The shortest time between two status writes of a TriggerService whose counters alone
+    /// changed; a change of its conditions or of which triggers run is written within a second.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     status_interval: Duration,
     /// How often the Secrets named by `secretKeyRef` are read again, so that a rotated Secret
     /// restarts the triggers using it; 0s: only when a TriggerService changes.
-    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    #[arg(long, default_value = "10m", value_parser = parse_duration_or_zero)]
     secret_refresh: Duration,
     /// How long deliveries already queued, and requests in flight, may take to finish after a
     /// stop signal; connections still open then are closed.
@@ -105,6 +108,15 @@ pub struct ControllerArgs {
     /// Where state survives restarts.
     #[command(flatten)]
     state: StateArgs,
+    /// Also reconcile these kinds of objects, converted as `ktrigger convert` converts them
+    /// (comma-separated): `khook` (kagent.dev/v1alpha2 Hooks), `kube-trigger`
+    /// (standard.oam.dev/v1alpha1 TriggerServices). Their CRDs and RBAC are in config/compat.
+    #[arg(long, value_delimiter = ',', value_name = "KINDS")]
+    serve: Vec<Compat>,
+    /// Base URL of kagent for served Hooks (khook's kagent API URL); default the kagent
+    /// destination's, http://kagent-controller.kagent:8083.
+    #[arg(long, value_name = "URL")]
+    khook_kagent_url: Option<String>,
     // State kept in NATS JetStream for replicas (--state, --state-*), instead of --state-dir.
     /// Where replicas keep their state.
     #[command(flatten)]
@@ -223,7 +235,7 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let cluster = args.cluster.connect(identities).await?;
     let Some(client) = cluster.kube_client() else {
         let reason = cluster.unavailable_reason().unwrap_or("no cluster configured");
-        eprintln!("error: the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
+        tracing::error!("the controller needs a cluster ({reason}): use --kubeconfig, KUBECONFIG or run it in a pod");
         return Ok(ExitCode::from(2));
     };
     let credentials = CredentialPolicy::restricted(&args.allow_credential_files, &args.allow_credential_env)
@@ -238,11 +250,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         None => {
             let state = args.state.open(None, false)?;
             if let Some(moved) = &state.moved_aside {
-                eprintln!(
-                    "warning: the state file could not be used ({}); moved to {}",
-                    moved.reason,
-                    moved.to.display()
-                );
+                tracing::warn!(reason = %moved.reason, moved_to = %moved.to.display(),
+                    "the state file could not be used; moved to {}", moved.to.display());
                 announce_moved_aside(&client, moved).await;
             }
             state.store
@@ -269,35 +278,46 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let mut metrics = EngineCollector::registry(engine.observer(), Some(watch_counts));
     metrics.register_collector(Box::new(WebhookCollector(webhooks.clone())));
     metrics.register_collector(Box::new(StoreCollector(store.clone())));
+    let gauges = Arc::new(ServiceGauges::default());
+    metrics.register_collector(Box::new(ServiceCollector(gauges.clone())));
+    register_build_info(&mut metrics, env!("CARGO_PKG_VERSION"), env!("KTRIGGER_GIT_COMMIT"));
     let metrics = Arc::new(metrics);
     let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr).await?;
     let metrics_addr = metrics_listener.local_addr().unwrap_or(args.metrics_addr);
     let metrics_router = Router::new().route("/metrics", get(move || export(metrics.clone())));
     let metrics_server = serve(metrics_listener, metrics_router, &stop, args.shutdown_grace);
-    eprintln!("kubernetes cluster {}", cluster.description().unwrap_or("(in-cluster)"));
-    eprintln!("{}", identity_rule(cluster.identities()));
-    eprintln!("webhook listener on http://{}", webhooks.local_addr().unwrap_or(args.webhook_addr));
-    eprintln!("health probes on http://{health_addr}");
-    eprintln!("metrics on http://{metrics_addr}/metrics");
-    eprintln!("state: {} ({} deliveries pending)", store.describe(), store.metrics().pending_deliveries);
+    let description = cluster.description().unwrap_or("(in-cluster)");
+    tracing::info!(cluster = description, "kubernetes cluster {description}");
+    tracing::info!("{}", identity_rule(cluster.identities()));
+    let webhook_addr = webhooks.local_addr().unwrap_or(args.webhook_addr);
+    tracing::info!(addr = %webhook_addr, "webhook listener on http://{webhook_addr}");
+    tracing::info!(addr = %health_addr, "health probes on http://{health_addr}");
+    tracing::info!(addr = %metrics_addr, "metrics on http://{metrics_addr}/metrics");
+    let pending = store.metrics().pending_deliveries;
+    tracing::info!(store = %store.describe(), pending, "state: {} ({pending} deliveries pending)", store.describe());
+    let lease = format!("{}/{}", args.lease_namespace, args.lease_name);
     let mut leadership = if args.leader_elect { Some(elect(client.clone(), &args).await?) } else { None };
     if let Some(leadership) = &mut leadership {
-        eprintln!("waiting to lead (lease {}/{})", args.lease_namespace, args.lease_name);
+        tracing::info!(lease = %lease, "waiting to lead (lease {lease})");
         if !wait_for_leadership(leadership).await? {
             stop.cancel();
             return Ok(ExitCode::SUCCESS);
         }
-        eprintln!("leading (lease {}/{})", args.lease_namespace, args.lease_name);
+        tracing::info!(lease = %lease, "leading (lease {lease})");
     }
     let options = ControllerOptions {
         namespaces: args.watch_namespaces,
         status_interval: args.status_interval,
         shutdown_grace: args.shutdown_grace,
         secret_refresh: args.secret_refresh,
+        serve: args.serve,
+        kagent_url: args.khook_kagent_url,
+        gauges,
     };
     let scope =
         if options.namespaces.is_empty() { "all namespaces".to_string() } else { options.namespaces.join(", ") };
-    eprintln!("ktrigger controller reconciling TriggerServices in {scope}; press Ctrl-C to stop");
+    let served: String = options.serve.iter().map(|kind| format!(", {kind}")).collect();
+    tracing::info!("ktrigger controller reconciling TriggerServices{served} in {scope}; press Ctrl-C to stop");
     let cancel = CancellationToken::new();
     let reconciler = tokio::spawn(ktrigger_controller::run(client, engine, options, readiness, cancel.clone()));
     let lost = tokio::select! {
@@ -308,9 +328,9 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         _ = lost_leadership(&mut leadership) => true,
     };
     if lost {
-        eprintln!("error: lost the lease to another replica; stopping so that only the leader delivers");
+        tracing::error!("lost the lease to another replica; stopping so that only the leader delivers");
     }
-    eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
+    tracing::info!(grace = ?args.shutdown_grace, "stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     cancel.cancel();
     // Listeners take no new connection from now on and close what is left when the grace ends.
     stop.cancel();
@@ -320,19 +340,24 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
         // Dropping the channel makes the renewer release the Lease for the next replica.
         drop(leading);
         match renewer.await {
-            Ok(Ok(_)) => eprintln!("lease released"),
-            Ok(Err(error)) => eprintln!("warning: the lease could not be released: {error}"),
-            Err(error) => eprintln!("warning: the lease renewer failed: {error}"),
+            Ok(Ok(_)) => tracing::info!("lease released"),
+            Ok(Err(error)) => tracing::warn!("the lease could not be released: {error}"),
+            Err(error) => tracing::warn!("the lease renewer failed: {error}"),
         }
     }
     if lost {
         return Ok(ExitCode::FAILURE);
     }
     if report.kept > 0 {
-        eprintln!("{} deliveries not completed within the grace period are kept in {}", report.kept, store.describe());
+        tracing::info!(kept = report.kept, store = %store.describe(),
+            "{} deliveries not completed within the grace period are kept in {}", report.kept, store.describe());
     }
     if report.lost > 0 {
-        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
+        tracing::error!(
+            lost = report.lost,
+            "{} deliveries were not completed before the grace period ended",
+            report.lost
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -362,6 +387,6 @@ async fn announce_moved_aside(client: &kube::Client, moved: &MovedAside) {
         secondary: None,
     };
     if let Err(error) = recorder.publish(&event, &pod).await {
-        eprintln!("warning: cannot record the state file Event: {error}");
+        tracing::warn!(%error, "cannot record the state file Event");
     }
 }

@@ -2,19 +2,24 @@
 
 mod cluster;
 mod controller;
+mod convert;
 mod egress;
+mod eval;
 mod inspect;
 mod limits;
 mod nats_state;
 mod run;
 mod state;
+mod status;
+mod suggest;
+mod validate;
 mod webhooks;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
@@ -22,13 +27,27 @@ use ktrigger_destinations::kube::KubeTarget;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_sources::WebhookListener;
 
+/// The version with the commit it was built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("KTRIGGER_GIT_COMMIT"), ")");
+
 /// A Kubernetes-native trigger engine: source → CEL filter → destinations.
 #[derive(Debug, Parser)]
-#[command(name = "ktrigger", version, about)]
+#[command(name = "ktrigger", version = VERSION, about, after_help = "Examples:
+  ktrigger run                                  # the built-in quickstart: no cluster needed
+  ktrigger run -f examples/slack.yaml --dry-run # what would be sent, and why events did not fire
+  ktrigger validate -f examples/ -o json        # every problem, with file:line:column
+  ktrigger eval --filter 'object.status.phase == \"Failed\"' --object examples/events/pod.json
+  ktrigger sources cron                         # one source type: properties and an example
+  ktrigger status -A                            # TriggerServices and their triggers in the cluster
+  ktrigger controller --log-format json         # in a cluster")]
 struct Cli {
-    /// Log format on stderr.
+    /// Log format on stderr: text, or one JSON object per line.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "KTRIGGER_LOG_FORMAT")]
     log_format: LogFormat,
+    /// Which log lines to print: a level (error, warn, info, debug, trace) or per-module
+    /// directives such as `info,ktrigger_core=debug`.
+    #[arg(long, global = true, default_value = "info", env = "KTRIGGER_LOG")]
+    log_level: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -39,6 +58,14 @@ enum LogFormat {
     Json,
 }
 
+/// How a command prints what it found.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+    Yaml,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run triggers from files (or the built-in quickstart when no file is given).
@@ -46,6 +73,10 @@ enum Command {
     /// Reconcile TriggerService objects in a cluster (the in-cluster mode).
     Controller(Box<controller::ControllerArgs>),
     /// Check files and list every problem; exits non-zero when there is one.
+    #[command(after_help = "Examples:\n  \
+        ktrigger validate -f examples/\n  \
+        ktrigger validate -f triggers.yaml --strict   # unset {env} variables are errors\n  \
+        ktrigger validate -f triggers/ -o json        # for CI and editors")]
     Validate {
         /// Files or directories of TriggerService YAML.
         #[arg(short = 'f', long = "file", required = true)]
@@ -56,23 +87,78 @@ enum Command {
         /// Unset `{env}` variables and unreadable `{file}` credentials are errors, not warnings.
         #[arg(long)]
         strict: bool,
+        /// Output format: one problem per line, or a JSON or YAML report.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
     },
-    /// Evaluate one CEL filter against a document holding the context names (object, event, ...).
+    /// Evaluate one CEL filter against a sample event (see examples/events/).
+    #[command(after_help = "Examples:\n  \
+        ktrigger eval --filter 'object.status.phase == \"Running\"' --object examples/events/pod.json\n  \
+        ktrigger eval --filter 'event.preset == \"pod-restart\" && object.count >= 3' --event examples/events/k8s-event.json\n  \
+        kubectl get pod web -o json | ktrigger eval --filter 'has(object.status.podIP)' --object -")]
     Eval {
         /// The CEL expression.
         #[arg(long)]
         filter: String,
-        /// JSON or YAML file with `object`, `oldObject`, `event`, `context`, `now`; `-` for stdin.
+        /// JSON or YAML file with some of `object`, `oldObject`, `event`, `context`, `now` (one with
+        /// none of them is read as the object); `-` for stdin.
+        #[arg(long, required_unless_present = "object", conflicts_with = "object")]
+        event: Option<PathBuf>,
+        /// JSON or YAML file of the object alone (a Pod, a Kubernetes Event, a webhook payload);
+        /// `-` for stdin.
         #[arg(long)]
-        event: PathBuf,
+        object: Option<PathBuf>,
+    },
+    /// Convert kube-trigger configs and TriggerServices, and khook Hooks, into TriggerServices;
+    /// prints them on stdout and a report of every change of meaning on stderr.
+    Convert {
+        /// Files or directories to convert.
+        #[arg(short = 'f', long = "file", required = true)]
+        files: Vec<PathBuf>,
+        /// Output format.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = convert::Format::Yaml)]
+        output: convert::Format,
     },
     /// Print the TriggerService CRD.
     Crd,
-    /// List every source type with its properties and an example.
-    Sources,
-    /// List every destination type with its properties and an example.
-    Destinations,
-    /// Print the version.
+    /// List every source type, or the one named, with its properties and an example.
+    #[command(
+        after_help = "Examples:\n  ktrigger sources\n  ktrigger sources webhook\n  ktrigger sources cron -o json"
+    )]
+    Sources {
+        /// Only this type (a name or an alias).
+        #[arg(value_name = "TYPE")]
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// List every destination type, or the one named, with its properties and an example.
+    #[command(
+        after_help = "Examples:\n  ktrigger destinations\n  ktrigger destinations slack\n  ktrigger destinations kagent -o yaml"
+    )]
+    Destinations {
+        /// Only this type (a name or an alias).
+        #[arg(value_name = "TYPE")]
+        name: Option<String>,
+        /// Output format.
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// A table of TriggerServices and their triggers: source → filter → destinations, counters,
+    /// last fire, last error, active events. Also `kubectl ktrigger status` with the binary
+    /// installed as `kubectl-ktrigger`.
+    Status(Box<status::StatusArgs>),
+    /// Print a shell completion script.
+    #[command(after_help = "Examples:\n  \
+        ktrigger completions bash > /etc/bash_completion.d/ktrigger\n  \
+        ktrigger completions zsh > \"${fpath[1]}/_ktrigger\"\n  \
+        ktrigger completions fish > ~/.config/fish/completions/ktrigger.fish")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the version and the commit it was built from.
     Version,
 }
 
@@ -80,36 +166,59 @@ fn main() -> ExitCode {
     // One crypto provider for every TLS client in the process (reqwest, kube).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
+        eprintln!("error: --log-level {:?}: {e}", cli.log_level);
+        return ExitCode::from(2);
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            tracing::error!("cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // The long-running commands log; the others print for a person or a script.
+    let logs = matches!(cli.command, Command::Run(_) | Command::Controller(_));
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run(args) => run::run(*args).await,
             Command::Controller(args) => controller::controller(*args).await,
-            Command::Validate { files, event_mappings, strict } => {
-                inspect::validate(&files, event_mappings.as_deref(), strict)
+            Command::Validate { files, event_mappings, strict, output } => {
+                validate::validate(&files, event_mappings.as_deref(), strict, output)
             }
-            Command::Eval { filter, event } => inspect::eval(&filter, &event),
+            Command::Eval { filter, event, object } => {
+                let sample = match (&object, &event) {
+                    (Some(object), _) => eval::Sample::Object(object),
+                    (None, Some(event)) => eval::Sample::Context(event),
+                    (None, None) => anyhow::bail!("give --event FILE or --object FILE"),
+                };
+                eval::eval(&filter, sample)
+            }
+            Command::Convert { files, output } => convert::convert(&files, output),
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
             }
-            Command::Sources => inspect::list_sources(),
-            Command::Destinations => inspect::list_destinations(),
+            Command::Sources { name, output } => inspect::list_sources(name.as_deref(), output),
+            Command::Destinations { name, output } => inspect::list_destinations(name.as_deref(), output),
+            Command::Status(args) => status::status(*args).await,
+            Command::Completions { shell } => {
+                let mut script = Vec::new();
+                clap_complete::generate(shell, &mut Cli::command(), "ktrigger", &mut script);
+                write_stdout(&script)
+            }
             Command::Version => {
-                println!("ktrigger {}", env!("CARGO_PKG_VERSION"));
+                println!("ktrigger {VERSION}");
                 Ok(ExitCode::SUCCESS)
             }
         }
     });
     match result {
         Ok(code) => code,
+        Err(e) if logs => {
+            tracing::error!("{e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(2)
@@ -117,15 +226,27 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KTRIGGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+/// Writes `bytes` to stdout; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(bytes).and_then(|()| stdout.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
+    }
+}
+
+/// Every log line goes to stderr through one subscriber, so that `--log-format json` prints
+/// nothing but JSON lines there.
+fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::builder().parse(level).map_err(|e| e.to_string())?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    Ok(())
 }
 
 /// Every source and destination type, with webhook sources served by `webhooks`, and

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
@@ -50,6 +51,10 @@ pub struct RunArgs {
     /// Memory limits of queues and dedup keys.
     #[command(flatten)]
     memory: MemoryArgs,
+    /// Address serving `GET /status` for `ktrigger status --endpoint` (port 0 picks a free
+    /// port); off when not given.
+    #[arg(long, env = "KTRIGGER_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
     /// Where state survives restarts.
     #[command(flatten)]
     state: StateArgs,
@@ -59,17 +64,26 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
     ktrigger_api::parse_duration(text)
 }
 
+/// A duration as [`parse_duration`] reads it, or zero (`0`, `0s`) to turn something off.
+pub(crate) fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
+    match text.trim().trim_end_matches('s') {
+        "0" => Ok(Duration::ZERO),
+        _ => parse_duration(text),
+    }
+}
+
 /// Runs until SIGINT or SIGTERM.
 pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let config = if args.files.is_empty() { load_text("quickstart", QUICKSTART) } else { load_paths(&args.files) };
     report_config(&config);
     if config.services.is_empty() {
-        eprintln!("error: no TriggerService to run");
+        tracing::error!("no TriggerService to run");
         return Ok(ExitCode::from(2));
     }
     let state = args.state.open(default_local_dir(), args.dry_run)?;
     if let Some(moved) = &state.moved_aside {
-        eprintln!("warning: the state file could not be used ({}); moved to {}", moved.reason, moved.to.display());
+        tracing::warn!(reason = %moved.reason, moved_to = %moved.to.display(),
+            "the state file could not be used; moved to {}", moved.to.display());
     }
     let stop = CancellationToken::new();
     let uses_webhooks = config.services.iter().flat_map(|s| &s.spec.triggers).any(|t| t.source.type_name == "webhook");
@@ -86,32 +100,45 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut engine =
         engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local())?.with_store(state.store);
     let mut started = 0;
+    let mut pipelines = std::collections::BTreeMap::new();
     for service in &config.services {
         let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
         for (id, summary) in &report.started {
-            eprintln!("loaded  trigger {id}: {summary}");
-        }
-        for problem in &report.skipped {
-            eprintln!("skipped trigger {} ({}): {}", problem.id, service.origin, problem.messages.join("; "));
+            tracing::info!(trigger = %id, "loaded  trigger {id}: {summary}");
+            pipelines.insert(id.clone(), summary.clone());
         }
         started += report.started.len();
     }
     if started == 0 {
-        eprintln!("error: no trigger could be loaded");
+        tracing::error!("no trigger could be loaded");
         return Ok(ExitCode::from(2));
     }
     let mode = if args.dry_run { " (dry run: no destination is called)" } else { "" };
     if let Some(addr) = webhooks.local_addr() {
-        eprintln!("webhook listener on http://{addr}");
+        tracing::info!(%addr, "webhook listener on http://{addr}");
     }
+    let admin = match args.admin_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr).await?;
+            let addr = listener.local_addr().unwrap_or(addr);
+            tracing::info!(%addr, "admin endpoint on http://{addr}");
+            let observer = engine.observer();
+            Some(tokio::spawn(crate::status::serve_admin(listener, observer, Arc::new(pipelines), stop.clone())))
+        }
+        None => None,
+    };
     if let Some(cluster) = cluster.description().filter(|_| uses_cluster(&config)) {
-        eprintln!("kubernetes cluster {cluster}");
+        tracing::info!(cluster, "kubernetes cluster {cluster}");
     }
     let pending = store.metrics().pending_deliveries;
-    eprintln!("state: {} ({pending} deliveries pending)", store.describe());
-    eprintln!("ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop");
+    tracing::info!(store = %store.describe(), pending, "state: {} ({pending} deliveries pending)", store.describe());
+    tracing::info!(
+        triggers = started,
+        dry_run = args.dry_run,
+        "ktrigger running {started} trigger(s){mode}; press Ctrl-C to stop"
+    );
     wait_for_signal().await?;
-    eprintln!("stopping: draining deliveries (up to {:?})", args.shutdown_grace);
+    tracing::info!(grace = ?args.shutdown_grace, "stopping: draining deliveries (up to {:?})", args.shutdown_grace);
     // The listener takes no new connection from now on and closes what is left when the grace ends.
     stop.cancel();
     let listener_closed = async {
@@ -120,21 +147,34 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     };
     let (report, ()) = tokio::join!(engine.shutdown(args.shutdown_grace), listener_closed);
+    if let Some(admin) = admin {
+        let _ = admin.await;
+    }
     for (id, s) in report.stats {
-        eprintln!(
-            "trigger {id}: matched={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
-            s.matched, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
+        tracing::info!(
+            trigger = %id,
+            received = s.received,
+            filtered = s.filtered,
+            fired = s.fired,
+            delivered = s.delivered,
+            failed = s.failed,
+            dead_lettered = s.dead_lettered,
+            queue_byte_limited = s.queue_byte_limited,
+            "trigger {id}: received={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
+            s.received, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
         );
     }
     if report.kept > 0 {
-        eprintln!(
+        tracing::info!(kept = report.kept, store = %store.describe(),
             "{} deliveries not completed within the grace period are kept in {} for the next start",
-            report.kept,
-            store.describe()
-        );
+            report.kept, store.describe());
     }
     if report.lost > 0 {
-        eprintln!("error: {} deliveries were not completed before the grace period ended", report.lost);
+        tracing::error!(
+            lost = report.lost,
+            "{} deliveries were not completed before the grace period ended",
+            report.lost
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
@@ -148,10 +188,10 @@ fn uses_cluster(config: &LoadedConfig) -> bool {
 
 fn report_config(config: &LoadedConfig) {
     for warning in &config.warnings {
-        eprintln!("warning: {warning}");
+        tracing::warn!("{warning}");
     }
     for error in &config.errors {
-        eprintln!("skipped: {error}");
+        tracing::error!("skipped: {error}");
     }
 }
 

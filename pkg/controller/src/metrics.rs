@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ktrigger_core::engine::EngineObserver;
 use ktrigger_core::state::StateStore;
-use ktrigger_core::stats::StatsSnapshot;
+use ktrigger_core::stats::{DestinationCounts, StatsSnapshot};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;
@@ -33,7 +33,7 @@ type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
 
 /// The counters of one trigger, exported as `<name>_total`.
 const COUNTERS: [Counter; 8] = [
-    ("ktrigger_trigger_matched", "Events the trigger's source produced", |s| s.matched),
+    ("ktrigger_trigger_received", "Events the trigger's source produced", |s| s.received),
     ("ktrigger_trigger_filtered", "Events dropped by filter, dedup, rate limit or debounce", |s| s.filtered),
     ("ktrigger_trigger_filter_errors", "Events whose filter could not be evaluated (not matched)", |s| s.filter_errors),
     ("ktrigger_trigger_fired", "Events passed on to the destinations", |s| s.fired),
@@ -127,6 +127,22 @@ impl Collector for EngineCollector {
             let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             for (trigger, labels) in triggers.iter().zip(&labels) {
                 ConstCounter::new(value(&trigger.stats)).encode(family.encode_family(labels)?)?;
+            }
+        }
+        type DestinationCounter = (&'static str, &'static str, fn(&DestinationCounts) -> u64);
+        let per_destination: [DestinationCounter; 3] = [
+            ("ktrigger_destination_delivered", "Deliveries the destination accepted", |c| c.delivered),
+            ("ktrigger_destination_failed_attempts", "Failed delivery attempts to the destination", |c| c.failed),
+            ("ktrigger_destination_dead_lettered", "Deliveries to the destination given up on", |c| c.dead_lettered),
+        ];
+        for (name, help, value) in per_destination {
+            let counter = ConstCounter::new(0u64);
+            let mut family = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            for (trigger, labels) in triggers.iter().zip(&labels) {
+                for (destination, counts) in &trigger.stats.destinations {
+                    let labels = [labels[0], labels[1], labels[2], ("destination", destination.as_str())];
+                    ConstCounter::new(value(counts)).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         let restarts = ConstCounter::new(0u64);
@@ -233,6 +249,76 @@ impl Collector for EngineCollector {
     }
 }
 
+/// How many TriggerServices and triggers the controller sees in each state, as of its last
+/// status computation; exported as gauges.
+#[derive(Debug, Default)]
+pub struct ServiceGauges(std::sync::Mutex<ServiceCounts>);
+
+/// The counts behind [`ServiceGauges`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ServiceCounts {
+    /// TriggerServices whose Ready condition is True.
+    pub services_ready: usize,
+    /// TriggerServices whose Ready condition is not True.
+    pub services_not_ready: usize,
+    /// Triggers running.
+    pub triggers_ready: usize,
+    /// Triggers refused as invalid (Ready False with reason InvalidTriggers).
+    pub triggers_invalid: usize,
+    /// Valid triggers not running (starting, or their source failing).
+    pub triggers_not_running: usize,
+}
+
+impl ServiceGauges {
+    /// Replaces the counts.
+    pub fn set(&self, counts: ServiceCounts) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+    }
+
+    /// The counts now.
+    pub fn get(&self) -> ServiceCounts {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Exports [`ServiceGauges`] as `ktrigger_trigger_services{state}` and `ktrigger_triggers{state}`.
+#[derive(Debug)]
+pub struct ServiceCollector(pub Arc<ServiceGauges>);
+
+impl Collector for ServiceCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), fmt::Error> {
+        let counts = self.0.get();
+        let gauge = |n: usize| ConstGauge::new(i64::try_from(n).unwrap_or(i64::MAX));
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_trigger_services",
+            "TriggerServices by their Ready condition",
+            None,
+            gauge(0).metric_type(),
+        )?;
+        gauge(counts.services_ready).encode(family.encode_family(&[("state", "ready")])?)?;
+        gauge(counts.services_not_ready).encode(family.encode_family(&[("state", "not_ready")])?)?;
+        let mut family = encoder.encode_descriptor(
+            "ktrigger_triggers",
+            "Triggers of the TriggerServices by state",
+            None,
+            gauge(0).metric_type(),
+        )?;
+        gauge(counts.triggers_ready).encode(family.encode_family(&[("state", "ready")])?)?;
+        gauge(counts.triggers_invalid).encode(family.encode_family(&[("state", "invalid")])?)?;
+        gauge(counts.triggers_not_running).encode(family.encode_family(&[("state", "not_running")])?)?;
+        Ok(())
+    }
+}
+
+/// Registers `ktrigger_build_info{version, commit} 1`.
+pub fn register_build_info(registry: &mut Registry, version: &str, commit: &str) {
+    let info = prometheus_client::metrics::info::Info::new(vec![
+        ("version".to_string(), version.to_string()),
+        ("commit".to_string(), commit.to_string()),
+    ]);
+    registry.register("ktrigger_build", "The version and commit ktrigger was built from", info);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -253,5 +339,26 @@ mod tests {
         assert!(text.contains("# TYPE ktrigger_delivery_queue_bytes gauge"), "{text}");
         assert!(text.contains("# TYPE ktrigger_dedup_keys gauge"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_dedup_evicted counter"), "{text}");
+    }
+
+    #[test]
+    fn service_gauges_and_build_info_are_exported() {
+        let gauges = Arc::new(ServiceGauges::default());
+        gauges.set(ServiceCounts {
+            services_ready: 2,
+            services_not_ready: 1,
+            triggers_ready: 5,
+            triggers_invalid: 1,
+            triggers_not_running: 0,
+        });
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ServiceCollector(gauges)));
+        register_build_info(&mut registry, "0.1.0", "abc123");
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        assert!(text.contains("ktrigger_trigger_services{state=\"ready\"} 2"), "{text}");
+        assert!(text.contains("ktrigger_trigger_services{state=\"not_ready\"} 1"), "{text}");
+        assert!(text.contains("ktrigger_triggers{state=\"invalid\"} 1"), "{text}");
+        assert!(text.contains("ktrigger_build_info{version=\"0.1.0\",commit=\"abc123\"} 1"), "{text}");
     }
 }

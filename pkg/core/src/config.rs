@@ -32,20 +32,8 @@ pub struct LoadedConfig {
 /// Reads files, and the `*.yaml`/`*.yml` files of directories (recursively, sorted by name).
 pub fn load_paths(paths: &[PathBuf]) -> LoadedConfig {
     let mut config = LoadedConfig::default();
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            match yaml_files(path) {
-                Ok(found) if found.is_empty() => {
-                    config.errors.push(format!("{}: no .yaml files found", path.display()))
-                }
-                Ok(found) => files.extend(found),
-                Err(e) => config.errors.push(format!("{}: {e}", path.display())),
-            }
-        } else {
-            files.push(path.clone());
-        }
-    }
+    let (files, errors) = expand_paths(paths);
+    config.errors.extend(errors.into_iter().map(|(path, message)| format!("{path}: {message}")));
     for file in files {
         match std::fs::read_to_string(&file) {
             Ok(text) => add_text(&mut config, &file.display().to_string(), &default_name(&file), &text),
@@ -72,6 +60,13 @@ fn add_text(config: &mut LoadedConfig, origin: &str, default_name: &str, text: &
     for document in documents {
         match document {
             Ok(Document { index, name, namespace, spec }) => {
+                if spec.worker.is_some() {
+                    config.warnings.push(format!(
+                        "{origin}: document {index}: spec.worker: kube-trigger's worker settings are not used: every \
+                         trigger runs in its own task with a delivery queue per destination (retries, timeouts and \
+                         queue sizes are set per destination); `ktrigger convert` drops them"
+                    ));
+                }
                 let namespace = namespace.unwrap_or_default();
                 if !seen.insert((namespace.clone(), name.clone())) {
                     config.errors.push(format!(
@@ -87,7 +82,30 @@ fn add_text(config: &mut LoadedConfig, origin: &str, default_name: &str, text: &
     }
 }
 
-fn default_name(path: &Path) -> String {
+/// The files `paths` stand for: files as given, and the `*.yaml`/`*.yml` files of directories
+/// (recursively, sorted by name); and each directory that could not be listed or holds no YAML,
+/// with the reason.
+pub fn expand_paths(paths: &[PathBuf]) -> (Vec<PathBuf>, Vec<(String, String)>) {
+    let mut files = Vec::new();
+    let mut errors = Vec::new();
+    for path in paths {
+        if path.is_dir() {
+            match yaml_files(path) {
+                Ok(found) if found.is_empty() => {
+                    errors.push((path.display().to_string(), "no .yaml files found".into()))
+                }
+                Ok(found) => files.extend(found),
+                Err(e) => errors.push((path.display().to_string(), e.to_string())),
+            }
+        } else {
+            files.push(path.clone());
+        }
+    }
+    (files, errors)
+}
+
+/// The name of a plain `triggers:` file's TriggerService: the file name without extension.
+pub fn default_name(path: &Path) -> String {
     path.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "triggers".to_string())
 }
 
@@ -129,8 +147,18 @@ mod tests {
                 "record-event"
             ]
         );
-        // sample.yaml holds ConfigMaps, Applications and an EventListener: skipped, not errors.
-        assert_eq!(config.warnings.len(), 5, "{:#?}", config.warnings);
+        // sample.yaml holds ConfigMaps, Applications and an EventListener: skipped, not errors;
+        // triggerservice-record-event.yaml's worker settings are said to be unused.
+        assert_eq!(config.warnings.len(), 6, "{:#?}", config.warnings);
+        assert!(
+            config.warnings[5].ends_with(
+                "triggerservice-record-event.yaml: document 1: spec.worker: kube-trigger's worker settings are not \
+                 used: every trigger runs in its own task with a delivery queue per destination (retries, timeouts \
+                 and queue sizes are set per destination); `ktrigger convert` drops them"
+            ),
+            "{:#?}",
+            config.warnings
+        );
         let cron = &config.services[2].spec.triggers[0];
         assert_eq!(cron.source.type_name, "cronjob");
         assert!(cron.action.is_none(), "an empty `action:` reads as absent");

@@ -26,7 +26,7 @@ use tokio::sync::Notify;
 use crate::event::{Event, SharedEvent, TriggerId, stable_id};
 use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
 use crate::state::Commit;
-use crate::stats::{TriggerStats, lock};
+use crate::stats::{DestinationOutcome, TriggerStats, lock};
 
 /// Default number of deliveries waiting per destination.
 pub const DEFAULT_QUEUE_SIZE: usize = 1000;
@@ -385,6 +385,7 @@ fn refuse(trigger: &TriggerId, id: &str, target: &Target, error: &QueueError, st
     let reason = format!("{}: {error}", target.label);
     stats.record_failed_attempt(&reason);
     stats.record_dead_lettered();
+    stats.record_destination(&target.label, DestinationOutcome::DeadLettered);
     if matches!(error, QueueError::TriggerBytes { .. } | QueueError::TotalBytes { .. }) {
         stats.record_queue_byte_limited();
     }
@@ -504,6 +505,7 @@ pub async fn deliver_with_retries(
             Ok(receipt) => {
                 let answer = receipt.detail.as_ref().map(|detail| format!("{}: {detail}", target.label));
                 stats.record_delivered(delivery.fired_at.elapsed(), answer);
+                stats.record_destination(&target.label, DestinationOutcome::Delivered);
                 tracing::info!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
                     attempt, detail = receipt.detail.as_deref().unwrap_or(""), "delivered");
                 return Outcome::Delivered { attempts: attempt, receipt };
@@ -512,6 +514,7 @@ pub async fn deliver_with_retries(
         };
         let reason = format!("{}: {error}", target.label);
         stats.record_failed_attempt(&reason);
+        stats.record_destination(&target.label, DestinationOutcome::Failed);
         let wait = match &error {
             DeliveryError::Permanent { .. } => None,
             DeliveryError::Transient { .. } if attempt >= target.policy.max_attempts => None,
@@ -596,6 +599,7 @@ pub async fn run_worker(
         };
         if let Outcome::DeadLettered { attempts, reason } = outcome {
             stats.record_dead_lettered();
+            stats.record_destination(&target.label, DestinationOutcome::DeadLettered);
             tracing::error!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
                 attempts, reason = %reason, "delivery dead-lettered");
             if let Some(dead_letter) = &dead_letter {

@@ -24,7 +24,7 @@ use crate::delivery::{
 };
 use crate::event::{SharedEvent, TriggerId, stable_id};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
-use crate::registry::{DeliveryRequest, Envelope, EventSink, Handled, Registry, Source};
+use crate::registry::{DeliveryRequest, Envelope, EventSink, Handled, Outcome, Registry, Source};
 use crate::router::{Admission, DedupCounts, DedupLimits, RateLimit, Router, StoredDedup, bounded_key};
 use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::state::memory::MemoryStore;
@@ -241,7 +241,8 @@ impl Engine {
                 self.stop(&problem.id);
                 report.stopped.push(problem.id.clone());
             }
-            tracing::error!(trigger = %problem.id, problems = %problem.messages.join("; "), "trigger skipped");
+            let problems = problem.messages.join("; ");
+            tracing::error!(trigger = %problem.id, problems, "skipped trigger {}: {problems}", problem.id);
             self.problems.insert(problem.id.clone(), problem.messages.clone());
         }
         for trigger in prepared {
@@ -546,8 +547,8 @@ impl Processor {
                 received = events.recv() => {
                     let Some(envelope) = received else { break };
                     let event = envelope.event.clone();
-                    if let Err(reason) = self.filter_step(&event).await {
-                        envelope.answer(Handled::Dropped(reason));
+                    if let Err((outcome, reason)) = self.filter_step(&event).await {
+                        envelope.answer(Handled::Dropped(outcome, reason));
                         continue;
                     }
                     match debounce {
@@ -561,7 +562,8 @@ impl Processor {
                             let commit = self.hold(&event, quiet);
                             if let Some((replaced, _)) = pending.replace((event, at)) {
                                 self.stats.record_filtered();
-                                self.report(&replaced, "debounced: a newer event arrived within the quiet period");
+                                let reason = "debounced: a newer event arrived within the quiet period";
+                                self.report(&replaced, reason);
                             }
                             answer_when_stored(envelope, Handled::Held, vec![commit]);
                         }
@@ -641,9 +643,10 @@ impl Processor {
         .await
     }
 
-    /// Counts the event and applies the filter; `Err` with why when it does not pass.
-    async fn filter_step(&self, event: &SharedEvent) -> Result<(), String> {
-        self.stats.record_matched();
+    /// Counts the event and applies the filter; `Err` with what happened and why when it does
+    /// not pass.
+    async fn filter_step(&self, event: &SharedEvent) -> Result<(), (Outcome, String)> {
+        self.stats.record_received();
         let Some(filter) = &self.filter else { return Ok(()) };
         match self.evaluate(filter, event, CelExpr::eval_bool_within).await {
             Ok(true) => Ok(()),
@@ -651,14 +654,14 @@ impl Processor {
                 self.stats.record_filtered();
                 let reason = "filter returned false".to_string();
                 self.report(event, &reason);
-                Err(reason)
+                Err((Outcome::FilteredOut, reason))
             }
             Err(reason) => {
                 let reason = format!("filter could not be evaluated: {reason}");
                 self.stats.record_filter_error(&reason);
                 tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
                 self.report(event, &reason);
-                Err(reason)
+                Err((Outcome::FilterError, reason))
             }
         }
     }
@@ -675,7 +678,7 @@ impl Processor {
                     self.stats.record_filter_error(&reason);
                     tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
                     self.report(&event, &reason);
-                    return (Handled::Dropped(reason), Vec::new());
+                    return (Handled::Dropped(Outcome::FilterError, reason), Vec::new());
                 }
             },
         };
@@ -691,14 +694,14 @@ impl Processor {
                 self.stats.record_filtered();
                 let reason = format!("duplicate of firing key {key:?}");
                 self.report(&event, &reason);
-                return (Handled::Dropped(reason), commits);
+                return (Handled::Dropped(Outcome::Duplicate, reason), commits);
             }
             Admission::RateLimited => {
                 self.stats.record_filtered();
                 tracing::warn!(trigger = %self.id, event = %event.meta.id, "rate limit reached; event dropped");
                 let reason = "rate limit reached".to_string();
                 self.report(&event, &reason);
-                return (Handled::Dropped(reason), Vec::new());
+                return (Handled::Dropped(Outcome::RateLimited, reason), Vec::new());
             }
         }
         self.stats.record_fired();
@@ -714,8 +717,9 @@ impl Processor {
         }
     }
 
-    /// In dry-run, says why an event did not fire; otherwise nothing (the counters say it).
+    /// Says why an event did not fire: a debug line, and in dry-run a JSON line on stdout.
     fn report(&self, event: &SharedEvent, reason: &str) {
+        tracing::debug!(trigger = %self.id, event = %event.meta.id, reason, "event dropped");
         if self.dry_run {
             let line = json!({
                 "dryRun": true, "trigger": self.id.to_string(), "event": event.meta.id,
@@ -805,8 +809,9 @@ fn answer_when_stored(envelope: Envelope, handled: Handled, commits: Vec<Commit>
     if envelope.handled.is_none() {
         return;
     }
-    if commits.is_empty() {
-        envelope.answer(handled);
+    if commits.iter().all(|commit| commit.result_now().is_some()) {
+        let failed = commits.iter().find_map(|commit| commit.result_now().and_then(Result::err));
+        envelope.answer(failed.map_or(handled, |error| Handled::NotStored(error.to_string())));
         return;
     }
     tokio::spawn(async move {

@@ -51,7 +51,7 @@ impl PreparedTrigger {
     /// `cron → log, webhook`: a one-line summary for `run`'s start-up report.
     pub fn summary(&self) -> String {
         let targets: Vec<&str> = self.targets.iter().map(|(t, _)| t.label.as_str()).collect();
-        let filter = if self.filter.is_some() { " (filtered)" } else { "" };
+        let filter = if self.filter.is_some() { " (with filter)" } else { "" };
         format!("{}{filter} → {}", self.source_type, targets.join(", "))
     }
 }

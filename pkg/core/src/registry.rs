@@ -43,6 +43,21 @@ impl BuildContext {
     }
 }
 
+/// Why a trigger did not fire an event. Only the kind: a reason may quote the event or the filter,
+/// and the kind is what a sender may be told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Outcome {
+    /// The filter returned false.
+    FilteredOut,
+    /// The filter or dedup key could not be evaluated.
+    FilterError,
+    /// A duplicate of a key still firing.
+    Duplicate,
+    /// Over the trigger's rate limit.
+    RateLimited,
+}
+
 /// How a trigger handled an event its source handed over.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Handled {
@@ -50,8 +65,8 @@ pub enum Handled {
     Fired,
     /// It is held by the trigger's debounce, stored, and fires unless a newer event replaces it.
     Held,
-    /// It did not fire, for this reason (filter false, duplicate, rate limit, debounced).
-    Dropped(String),
+    /// It did not fire: what happened, and why in words (for logs, never for the sender).
+    Dropped(Outcome, String),
     /// It could not be stored or queued: the source must not commit its position past it, and
     /// a sender should retry.
     NotStored(String),

@@ -63,6 +63,14 @@ impl Commit {
         Commit(CommitState::Pending(result))
     }
 
+    /// The result, when it is known without waiting.
+    pub fn result_now(&self) -> Option<Result<(), StoreError>> {
+        match &self.0 {
+            CommitState::Done(result) => Some(result.clone()),
+            CommitState::Pending(_) => None,
+        }
+    }
+
     /// Waits until the write is durable.
     pub async fn wait(self) -> Result<(), StoreError> {
         match self.0 {

@@ -1,5 +1,6 @@
 //! Per-trigger counters, read by the status writer and printed by the CLI.
 
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -34,7 +35,7 @@ pub struct LatencySnapshot {
 pub struct TriggerStats {
     latency: LatencyHistogram,
     ready: AtomicBool,
-    matched: AtomicU64,
+    received: AtomicU64,
     filtered: AtomicU64,
     filter_errors: AtomicU64,
     fired: AtomicU64,
@@ -47,6 +48,29 @@ pub struct TriggerStats {
     last_fired: Mutex<Option<DateTime<Utc>>>,
     last_error: Mutex<Option<String>>,
     last_delivery: Mutex<Option<String>>,
+    destinations: Mutex<BTreeMap<String, DestinationCounts>>,
+}
+
+/// What happened to the deliveries of one destination (e.g. `webhook#0`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DestinationCounts {
+    /// Deliveries it accepted.
+    pub delivered: u64,
+    /// Failed attempts.
+    pub failed: u64,
+    /// Deliveries given up on.
+    pub dead_lettered: u64,
+}
+
+/// One thing that happened to a delivery of a destination.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationOutcome {
+    /// Accepted.
+    Delivered,
+    /// An attempt failed.
+    Failed,
+    /// Given up on.
+    DeadLettered,
 }
 
 /// The counters of one trigger at one moment.
@@ -55,7 +79,7 @@ pub struct StatsSnapshot {
     /// Whether the source is running.
     pub ready: bool,
     /// Events the source produced for this trigger.
-    pub matched: u64,
+    pub received: u64,
     /// Events dropped by the filter, dedup, rate limit or debounce.
     pub filtered: u64,
     /// Of `filtered`, events whose filter could not be evaluated (error or non-bool result).
@@ -80,6 +104,8 @@ pub struct StatsSnapshot {
     pub last_error: Option<String>,
     /// What a destination answered to the latest accepted delivery that it said something about.
     pub last_delivery: Option<String>,
+    /// Per destination label, what happened to its deliveries.
+    pub destinations: BTreeMap<String, DestinationCounts>,
 }
 
 impl TriggerStats {
@@ -89,8 +115,8 @@ impl TriggerStats {
     }
 
     /// Counts an event produced by the source.
-    pub fn record_matched(&self) {
-        self.matched.fetch_add(1, Ordering::Relaxed);
+    pub fn record_received(&self) {
+        self.received.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts deliveries found in the state store when the trigger started.
@@ -152,6 +178,19 @@ impl TriggerStats {
         self.dead_lettered.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts what happened to a delivery of the destination `label`. The labels are the
+    /// trigger's own destinations, so the map is bounded by their number.
+    pub fn record_destination(&self, label: &str, outcome: DestinationOutcome) {
+        let mut destinations = lock(&self.destinations);
+        let counts = destinations.entry(label.to_string()).or_default();
+        let counter = match outcome {
+            DestinationOutcome::Delivered => &mut counts.delivered,
+            DestinationOutcome::Failed => &mut counts.failed,
+            DestinationOutcome::DeadLettered => &mut counts.dead_lettered,
+        };
+        *counter = counter.saturating_add(1);
+    }
+
     /// Counts a delivery refused because a queue byte limit was reached (also dead-lettered).
     pub fn record_queue_byte_limited(&self) {
         self.queue_byte_limited.fetch_add(1, Ordering::Relaxed);
@@ -172,7 +211,7 @@ impl TriggerStats {
     pub fn snapshot(&self) -> StatsSnapshot {
         StatsSnapshot {
             ready: self.ready.load(Ordering::Relaxed),
-            matched: self.matched.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
             filtered: self.filtered.load(Ordering::Relaxed),
             filter_errors: self.filter_errors.load(Ordering::Relaxed),
             fired: self.fired.load(Ordering::Relaxed),
@@ -185,6 +224,7 @@ impl TriggerStats {
             last_fired: *lock(&self.last_fired),
             last_error: lock(&self.last_error).clone(),
             last_delivery: lock(&self.last_delivery).clone(),
+            destinations: lock(&self.destinations).clone(),
         }
     }
 }
@@ -196,10 +236,13 @@ impl StatsSnapshot {
         TriggerStatus {
             name: name.to_string(),
             ready: self.ready,
-            matched: self.matched,
+            received: self.received,
+            matched: self.received,
             filtered: self.filtered,
             fired: self.fired,
             failed: self.failed,
+            delivered: self.delivered,
+            filter_errors: self.filter_errors,
             dead_lettered: self.dead_lettered,
             queue_byte_limited: self.queue_byte_limited,
             restarts: self.restarts,

@@ -11,8 +11,8 @@ use ktrigger_api::{Trigger, TriggerServiceSpec};
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::Event;
 use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, Handled, Receipt,
-    Registry, Source, SourceError, SourceFactory, TypeDoc,
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, Handled, Outcome,
+    Receipt, Registry, Source, SourceError, SourceFactory, TypeDoc,
 };
 use ktrigger_core::state::StateStore;
 use ktrigger_core::state::redb::RedbStore;
@@ -212,7 +212,7 @@ async fn a_dedup_key_firing_before_a_restart_does_not_fire_again_inside_its_wind
 
     let second = Run::start(dir.path(), &spec, true).await;
     let handled = second.offer(json!({"id": 2, "key": "a"})).await;
-    assert!(matches!(&handled, Handled::Dropped(reason) if reason.contains("duplicate")), "{handled:?}");
+    assert!(matches!(&handled, Handled::Dropped(Outcome::Duplicate, _)), "{handled:?}");
     assert_eq!(second.offer(json!({"id": 3, "key": "b"})).await, Handled::Fired, "other keys still fire");
     let received = second.wait_for(1).await;
     assert_eq!(received.len(), 1, "{received:?}");

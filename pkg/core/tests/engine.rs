@@ -187,7 +187,7 @@ async fn an_invalid_filter_is_skipped_and_siblings_still_fire() {
     assert_eq!(h.wait_for(1).await, [("good".to_string(), json!({"n": 2}))]);
     let status = h.engine.status("ns", "svc");
     let good = status.iter().find(|s| s.name == "good").unwrap();
-    assert_eq!((good.matched, good.filtered, good.fired), (2, 1, 1));
+    assert_eq!((good.received, good.filtered, good.fired), (2, 1, 1));
     let bad = status.iter().find(|s| s.name == "bad").unwrap();
     assert!(!bad.ready && bad.last_error.as_deref().unwrap().contains("filter"), "{bad:?}");
 }
@@ -200,7 +200,7 @@ async fn filter_errors_count_as_not_matched_never_as_a_pass() {
     h.publish(json!({"missing": {"field": 1}})).await;
     assert_eq!(h.wait_for(1).await, [("t".to_string(), json!({"missing": {"field": 1}}))]);
     let snapshot = &h.engine.snapshot()[0].1;
-    assert_eq!((snapshot.matched, snapshot.filter_errors, snapshot.fired), (2, 1, 1));
+    assert_eq!((snapshot.received, snapshot.filter_errors, snapshot.fired), (2, 1, 1));
 }
 
 #[tokio::test]
@@ -297,7 +297,7 @@ async fn debounce_fires_once_with_the_latest_event_after_a_quiet_period() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     assert_eq!(h.received.lock().unwrap().len(), 1);
     let snapshot = &h.engine.snapshot()[0].1;
-    assert_eq!((snapshot.matched, snapshot.filtered, snapshot.fired), (3, 2, 1));
+    assert_eq!((snapshot.received, snapshot.filtered, snapshot.fired), (3, 2, 1));
 }
 
 #[tokio::test]
@@ -312,7 +312,7 @@ async fn rate_limited_events_are_counted_not_delivered() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(h.wait_for(2).await, [("t".to_string(), json!({"n": 1})), ("t".to_string(), json!({"n": 2}))]);
     let snapshot = &h.engine.snapshot()[0].1;
-    assert_eq!((snapshot.matched, snapshot.filtered, snapshot.fired), (4, 2, 2));
+    assert_eq!((snapshot.received, snapshot.filtered, snapshot.fired), (4, 2, 2));
 }
 
 /// Secrets by name (keys ignored), changeable while the engine runs.
@@ -404,7 +404,7 @@ async fn a_panic_in_event_processing_is_counted_and_processing_restarts() {
         tokio::time::sleep(Duration::from_millis(5)).await;
         snapshot = h.engine.snapshot()[0].1.clone();
     }
-    assert_eq!((snapshot.matched, snapshot.fired, snapshot.restarts), (2, 2, 1));
+    assert_eq!((snapshot.received, snapshot.fired, snapshot.restarts), (2, 2, 1));
     let error = snapshot.last_error.unwrap();
     assert!(error.contains("event processing panicked: recorder told to panic while rendering"), "{error}");
 }
@@ -427,7 +427,7 @@ async fn a_runaway_filter_stops_at_its_cost_limit_and_a_sibling_keeps_delivering
         tokio::time::sleep(Duration::from_millis(5)).await;
         bomb = h.engine.status("ns", "svc").into_iter().find(|s| s.name == "bomb").unwrap();
     }
-    assert_eq!((bomb.matched, bomb.filtered, bomb.fired), (2, 2, 0));
+    assert_eq!((bomb.received, bomb.filtered, bomb.fired), (2, 2, 0));
     let error = bomb.last_error.unwrap();
     assert!(error.contains("filter could not be evaluated: evaluation exceeded the cost limit of 1000000"), "{error}");
 }

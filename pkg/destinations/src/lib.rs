@@ -53,8 +53,9 @@ pub fn register_with_egress(registry: &mut Registry, egress: Arc<EgressPolicy>) 
     Ok(())
 }
 
-/// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event` and `job`
-/// (alias `task`), acting on `target`; without a client every delivery of theirs fails permanently.
+/// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event`, `job`
+/// (alias `task`), `create-event-listener` and `record-event`, acting on `target`; without a
+/// client every delivery of theirs fails permanently.
 pub fn register_kube(registry: &mut Registry, target: kube::KubeTarget) {
     kube::register(registry, target);
 }
@@ -73,6 +74,7 @@ mod tests {
             [
                 "bump-application-revision",
                 "create-event",
+                "create-event-listener",
                 "dingtalk",
                 "email",
                 "job",
@@ -80,6 +82,7 @@ mod tests {
                 "lark",
                 "log",
                 "patch-resource",
+                "record-event",
                 "slack",
                 "teams",
                 "webhook"

@@ -15,6 +15,12 @@
 //! `oldObject`. Objects present when the watch starts are not reported, except to subscribers
 //! that asked for `replayExisting`.
 //!
+//! A trigger whose state store is durable keeps its own index of the objects on the watch (see
+//! `position.rs`). When it subscribes, and the watch has synced, its index is compared with what
+//! the watch knows, listing the objects like a replay does: it gets exactly the creates, updates
+//! and deletes it missed while it was not running. Until it has caught up, changes the watch
+//! reports are told to it relative to its own index, not the watch's.
+//!
 //! Watch restarts are counted from the requests a watch sends (see `RestartDetector`): the
 //! watcher resumes a stream that ended without telling its consumer.
 
@@ -26,8 +32,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use ktrigger_core::event::{Event, SharedEvent, TriggerId};
-use ktrigger_core::registry::EventSink;
+use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
+use ktrigger_core::registry::{EventSink, Tracked};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
@@ -38,6 +44,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{self, Identity};
+use crate::position::{Checkpoints, Position, Stored, Write};
 
 /// After an error, a watch that reports no further error for this long is taken to work again:
 /// the watcher retries at least every 30 s (its longest backoff) while it keeps failing.
@@ -158,12 +165,16 @@ pub struct Change {
     pub old: Option<Arc<Value>>,
     /// The occurrence count of the previous object (`count` / `series.count` of Events).
     pub old_occurrences: Option<u64>,
+    /// The resourceVersion the object had before it was deleted, when known: deletes are
+    /// identified by it, so that a delete seen live and one found missing after a restart have
+    /// the same id.
+    pub old_resource_version: Option<Box<str>>,
     derived: OnceLock<Value>,
 }
 
 impl Change {
     pub(crate) fn new(kind: ChangeKind, object: Value) -> Self {
-        Change { kind, object, old: None, old_occurrences: None, derived: OnceLock::new() }
+        Change { kind, object, old: None, old_occurrences: None, old_resource_version: None, derived: OnceLock::new() }
     }
 
     /// A view of the object computed once per change and shared by subscribers (the normalized
@@ -186,6 +197,8 @@ pub struct EventShape {
     pub derived: bool,
     /// `event.time`, when not the time the change was seen.
     pub time: Option<DateTime<Utc>>,
+    /// `event.id`: deterministic, so the same change seen again has the same id.
+    pub id: String,
 }
 
 /// Decides, per subscriber, which changes become events and how they look.
@@ -204,8 +217,11 @@ pub struct Subscriber {
     pub interest: Box<dyn Interest>,
     /// Whether its filter or templates read `oldObject`.
     pub needs_old: bool,
-    /// Whether objects that exist when it subscribes are reported to it as creates.
+    /// Whether objects that exist when it subscribes are reported to it as creates (on its first
+    /// start only, when it has a `position`).
     pub replay_existing: bool,
+    /// Its stored index of the watch's objects, when its state store is durable.
+    pub position: Option<Position>,
 }
 
 /// The state of one watch, as its subscribers see it.
@@ -255,7 +271,7 @@ impl Health {
 }
 
 enum Command {
-    Join(u64, Subscriber),
+    Join(u64, Box<(Subscriber, Option<Durable>)>),
     Leave(u64),
 }
 
@@ -309,8 +325,20 @@ impl WatchHub {
     /// the watch sends through `client` (this process's own) as `key.identity`. The subscription
     /// ends when the returned handle is dropped; the watch stops with its last subscriber. Must
     /// be called within a tokio runtime.
-    pub fn subscribe(&self, client: &Client, key: WatchKey, subscriber: Subscriber) -> Result<Subscription, String> {
+    pub fn subscribe(
+        &self,
+        client: &Client,
+        key: WatchKey,
+        mut subscriber: Subscriber,
+    ) -> Result<Subscription, String> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (durable, failed) = match subscriber.position.take() {
+            Some(position) => {
+                let (checkpoints, failed) = Checkpoints::start(position.state.clone());
+                (Some(Durable::new(position, checkpoints)), Some(failed))
+            }
+            None => (None, None),
+        };
         let trigger = subscriber.trigger.clone();
         let mut watches = lock(&self.shared.watches);
         let entry = match watches.entry(key.clone()) {
@@ -323,9 +351,9 @@ impl WatchHub {
             }
         };
         entry.subscribers += 1;
-        let _ = entry.commands.send(Command::Join(id, subscriber));
+        let _ = entry.commands.send(Command::Join(id, Box::new((subscriber, durable))));
         tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
-        Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone(), guest: None })
+        Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone(), guest: None, failed })
     }
 
     /// A running watch of the same objects as `key` opened as another identity, synced and not
@@ -401,6 +429,7 @@ pub struct Subscription {
     health: watch::Receiver<Health>,
     /// The subscriber's identity when it shares a watch opened as another one.
     pub(crate) guest: Option<Identity>,
+    failed: Option<watch::Receiver<Option<String>>>,
 }
 
 impl Subscription {
@@ -412,6 +441,13 @@ impl Subscription {
     /// The watch this subscription is on.
     pub fn key(&self) -> &WatchKey {
         &self.key
+    }
+
+    /// Set, with why, when the subscriber's stored index can no longer follow the watch (an
+    /// event was not stored, the store failed): it must subscribe anew to catch up. `None` when
+    /// it keeps no index.
+    pub fn position_failed(&self) -> Option<watch::Receiver<Option<String>>> {
+        self.failed.clone()
     }
 }
 
@@ -497,6 +533,7 @@ fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> Entry
         synced: false,
         listing: None,
         pending_replays: Vec::new(),
+        pending_catch_ups: Vec::new(),
         health: health_tx,
     };
     tokio::spawn(task.run(receiver, cancel.clone()));
@@ -527,6 +564,71 @@ struct Member {
     id: u64,
     subscriber: Subscriber,
     replay: Replay,
+    durable: Option<Durable>,
+}
+
+/// A subscriber's own index of the watch's objects, kept in the state store.
+struct Durable {
+    checkpoints: Checkpoints,
+    scope: String,
+    keep_objects: bool,
+    /// The index loaded at subscription, until the subscriber has caught up with it.
+    stored: Option<HashMap<String, Stored>>,
+    /// Objects the subscriber knows in another state than the watch does (`None`: not at all),
+    /// until the watch reports their next change.
+    behind: HashMap<String, Option<Stored>>,
+    /// Changes are reported to it once it has compared its index with the watch's.
+    caught_up: bool,
+}
+
+impl Durable {
+    fn new(position: Position, checkpoints: Checkpoints) -> Self {
+        Durable {
+            checkpoints,
+            scope: position.scope,
+            keep_objects: position.keep_objects,
+            stored: position.stored,
+            behind: HashMap::new(),
+            caught_up: false,
+        }
+    }
+
+    /// Queues the index write for `change`, made once `tracked` (its event, if it got one) is
+    /// handled.
+    async fn record(&self, tracked: Option<Tracked>, change: &Change) {
+        let uid = uid_of(&change.object);
+        let write = match change.kind {
+            ChangeKind::Create | ChangeKind::Update => Write::Put(uid, Stored::of(&change.object, self.keep_objects)),
+            ChangeKind::Delete => Write::Delete(uid),
+        };
+        self.checkpoints.send(tracked, write).await;
+    }
+
+    /// How a change the watch reports looks to a subscriber that knows the object as `view`;
+    /// `None` when it has nothing to learn from it.
+    fn view(change: &Change, view: Option<Stored>, needs_old: bool) -> Option<Change> {
+        match (change.kind, view) {
+            (ChangeKind::Delete, None) => None,
+            (ChangeKind::Create | ChangeKind::Update, Some(known))
+                if known.resource_version == resource_version(&change.object) =>
+            {
+                None
+            }
+            (ChangeKind::Create | ChangeKind::Update, None) => {
+                Some(Change::new(ChangeKind::Create, change.object.clone()))
+            }
+            (kind, Some(known)) => {
+                let kind = if kind == ChangeKind::Delete { kind } else { ChangeKind::Update };
+                let mut own = Change::new(kind, change.object.clone());
+                own.old_occurrences = Some(known.occurrences);
+                own.old_resource_version = Some(known.resource_version.as_str().into());
+                if needs_old {
+                    own.old = known.object.map(Arc::new);
+                }
+                Some(own)
+            }
+        }
+    }
 }
 
 struct WatchTask {
@@ -544,6 +646,8 @@ struct WatchTask {
     listing: Option<HashSet<String>>,
     /// Subscribers waiting for a replay list.
     pending_replays: Vec<u64>,
+    /// Subscribers with a stored index waiting for the watch to sync to catch up.
+    pending_catch_ups: Vec<u64>,
     health: watch::Sender<Health>,
 }
 
@@ -562,7 +666,7 @@ impl WatchTask {
                 biased;
                 () = cancel.cancelled() => break,
                 command = commands.recv() => match command {
-                    Some(Command::Join(id, subscriber)) => self.join(id, subscriber).await,
+                    Some(Command::Join(id, joining)) => self.join(id, joining.0, joining.1).await,
                     Some(Command::Leave(id)) => self.leave(id),
                     None => break,
                 },
@@ -576,14 +680,23 @@ impl WatchTask {
         tracing::debug!(watch = %self.key, "watch task stopped");
     }
 
-    async fn join(&mut self, id: u64, subscriber: Subscriber) {
-        let replay = match (subscriber.replay_existing, self.synced, self.listing.is_some()) {
+    async fn join(&mut self, id: u64, subscriber: Subscriber, durable: Option<Durable>) {
+        // A subscriber with an index has its replay made by its catch-up.
+        let replay = match (subscriber.replay_existing && durable.is_none(), self.synced, self.listing.is_some()) {
             (false, _, _) => Replay::Done,
             (true, false, false) => Replay::Live,
             (true, _, _) => Replay::Pending,
         };
-        self.subscribers.push(Member { id, subscriber, replay });
+        let catch_up = durable.is_some();
+        self.subscribers.push(Member { id, subscriber, replay, durable });
         self.update_keep_old();
+        if catch_up {
+            if self.synced && self.listing.is_none() {
+                self.catch_up(id).await;
+            } else {
+                self.pending_catch_ups.push(id);
+            }
+        }
         if replay == Replay::Pending {
             self.pending_replays.push(id);
             if self.synced && self.listing.is_none() {
@@ -595,6 +708,7 @@ impl WatchTask {
     fn leave(&mut self, id: u64) {
         self.subscribers.retain(|m| m.id != id);
         self.pending_replays.retain(|p| *p != id);
+        self.pending_catch_ups.retain(|p| *p != id);
         self.update_keep_old();
     }
 
@@ -682,6 +796,7 @@ impl WatchTask {
                             let object = self.stub(&uid, &known);
                             let mut change = Change::new(ChangeKind::Delete, object);
                             change.old_occurrences = Some(known.occurrences);
+                            change.old_resource_version = Some(known.resource_version);
                             self.dispatch(change, None).await;
                         }
                     }
@@ -697,6 +812,9 @@ impl WatchTask {
                         member.replay = Replay::Done;
                     }
                 }
+                for id in std::mem::take(&mut self.pending_catch_ups) {
+                    self.catch_up(id).await;
+                }
                 self.serve_replays().await;
             }
             watcher::Event::Apply(object) => {
@@ -711,6 +829,7 @@ impl WatchTask {
                 let mut change = Change::new(ChangeKind::Delete, object);
                 if let Some(known) = known {
                     change.old_occurrences = Some(known.occurrences);
+                    change.old_resource_version = Some(known.resource_version);
                     change.old = known.last;
                 }
                 self.dispatch(change, None).await;
@@ -752,9 +871,14 @@ impl WatchTask {
         if let Some(last) = &known.last {
             return (**last).clone();
         }
-        let mut metadata = json!({"name": &*known.name, "uid": uid, "resourceVersion": &*known.resource_version});
-        if let Some(ns) = &known.namespace {
-            metadata["namespace"] = json!(&**ns);
+        self.identity_object(uid, &known.name, known.namespace.as_deref(), &known.resource_version)
+    }
+
+    /// An object with only its identity, for deletes of objects whose last state is not kept.
+    fn identity_object(&self, uid: &str, name: &str, namespace: Option<&str>, resource_version: &str) -> Value {
+        let mut metadata = json!({"name": name, "uid": uid, "resourceVersion": resource_version});
+        if let Some(ns) = namespace {
+            metadata["namespace"] = json!(ns);
         }
         json!({
             "apiVersion": self.key.resource.api_version,
@@ -780,13 +904,7 @@ impl WatchTask {
             return;
         }
         let waiting = std::mem::take(&mut self.pending_replays);
-        let mut params = ListParams::default().limit(REPLAY_PAGE);
-        if !self.key.labels.is_empty() {
-            params = params.labels(&self.key.labels);
-        }
-        if !self.key.fields.is_empty() {
-            params = params.fields(&self.key.fields);
-        }
+        let mut params = self.list_params();
         loop {
             let page = match self.api.list(&params).await {
                 Ok(page) => page,
@@ -815,30 +933,175 @@ impl WatchTask {
     }
 
     /// Sends one change to every subscriber that wants it (or only to `only`), building each
-    /// distinct event once.
+    /// distinct event once. Subscribers with an index see it relative to what they know, and
+    /// record it there once they have handled it.
     async fn dispatch(&mut self, change: Change, only: Option<&[u64]>) {
+        let uid = uid_of(&change.object);
         let mut built: Vec<(EventShape, SharedEvent)> = Vec::new();
         let mut closed = Vec::new();
-        for member in &self.subscribers {
+        for member in &mut self.subscribers {
             if only.is_some_and(|ids| !ids.contains(&member.id)) {
                 continue;
             }
-            let Some(shape) = member.subscriber.interest.shape(&change) else { continue };
-            let event = match built.iter().find(|(s, _)| *s == shape) {
-                Some((_, event)) => event.clone(),
-                None => {
-                    let event = Arc::new(build_event(&shape, &change));
-                    built.push((shape, event.clone()));
-                    event
-                }
+            let own = match &mut member.durable {
+                Some(durable) if !durable.caught_up => continue,
+                Some(durable) => match durable.behind.remove(&uid) {
+                    Some(view) => match Durable::view(&change, view, member.subscriber.needs_old) {
+                        Some(own) => Some(own),
+                        None => continue,
+                    },
+                    None => None,
+                },
+                None => None,
             };
-            if !member.subscriber.sink.send_shared(event).await {
-                closed.push(member.id);
+            let seen = own.as_ref().unwrap_or(&change);
+            let event = match member.subscriber.interest.shape(seen) {
+                None => None,
+                Some(shape) if own.is_some() => Some(Arc::new(build_event(&shape, seen))),
+                Some(shape) => Some(match built.iter().find(|(s, _)| *s == shape) {
+                    Some((_, event)) => event.clone(),
+                    None => {
+                        let event = Arc::new(build_event(&shape, seen));
+                        built.push((shape, event.clone()));
+                        event
+                    }
+                }),
+            };
+            let sink = &member.subscriber.sink;
+            match (&member.durable, event) {
+                (None, None) => {}
+                (None, Some(event)) => {
+                    if !sink.send_shared(event).await {
+                        closed.push(member.id);
+                    }
+                }
+                (Some(durable), event) => {
+                    let tracked = match event {
+                        None => None,
+                        Some(event) => match sink.send_tracked(event).await {
+                            Some(tracked) => Some(tracked),
+                            None => {
+                                closed.push(member.id);
+                                continue;
+                            }
+                        },
+                    };
+                    durable.record(tracked, seen).await;
+                }
             }
         }
         if !closed.is_empty() {
             self.subscribers.retain(|m| !closed.contains(&m.id));
         }
+    }
+
+    /// The index of subscriber `id`, when it keeps one.
+    fn durable(&mut self, id: u64) -> Option<&mut Durable> {
+        self.subscribers.iter_mut().find(|m| m.id == id)?.durable.as_mut()
+    }
+
+    /// Brings subscriber `id` up to date with the synced watch: compares its stored index with
+    /// the objects listed now, and reports to it what changed since it was stored. On its first
+    /// start (nothing stored for this watch) it records them instead, or with `replayExisting`
+    /// reports them as creates.
+    async fn catch_up(&mut self, id: u64) {
+        let Some(member) = self.subscribers.iter_mut().find(|m| m.id == id) else { return };
+        let (replay, needs_old) = (member.subscriber.replay_existing, member.subscriber.needs_old);
+        let Some(durable) = member.durable.as_mut() else { return };
+        durable.caught_up = true;
+        let keep_objects = durable.keep_objects;
+        let stored = durable.stored.take();
+        let first = stored.is_none();
+        let mut stored = stored.unwrap_or_default();
+        if first {
+            let scope = durable.scope.clone();
+            durable.checkpoints.send(None, Write::Reset(scope)).await;
+        }
+        let mut listed = HashSet::new();
+        let mut params = self.list_params();
+        loop {
+            let page = match self.api.list(&params).await {
+                Ok(page) => page,
+                Err(error) => {
+                    let reason = format!("cannot list {} to catch up: {error}", self.key.scope());
+                    if let Some(durable) = self.durable(id) {
+                        durable.checkpoints.fail(reason);
+                    }
+                    return;
+                }
+            };
+            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+            for object in page.items {
+                let object = self.to_value(object);
+                let uid = uid_of(&object);
+                listed.insert(uid.clone());
+                let own = stored.remove(&uid);
+                let ahead = self.known.get(&uid).map(|known| *known.resource_version != *resource_version(&object));
+                let Some(durable) = self.durable(id) else { return };
+                let Some(ahead) = ahead else {
+                    // Newer than the watch's position: it reports the object soon, seen by the
+                    // subscriber relative to what it knows.
+                    if let Some(own) = own {
+                        durable.behind.insert(uid, Some(own));
+                    }
+                    continue;
+                };
+                if ahead {
+                    // The watch reports this change soon; the subscriber sees it relative to
+                    // what it knows.
+                    if !first || replay {
+                        durable.behind.insert(uid, own);
+                    }
+                    continue;
+                }
+                if first && !replay {
+                    durable.checkpoints.send(None, Write::Put(uid, Stored::of(&object, keep_objects))).await;
+                    continue;
+                }
+                if let Some(change) = Durable::view(&Change::new(ChangeKind::Create, object), own, needs_old) {
+                    self.dispatch(change, Some(&[id])).await;
+                }
+            }
+            match next {
+                Some(token) => params.continue_token = Some(token),
+                None => break,
+            }
+        }
+        if first {
+            return;
+        }
+        // Known to the watch, gone from the list: the watch reports the delete soon, which
+        // means nothing to a subscriber that never knew the object.
+        let unknown: Vec<String> =
+            self.known.keys().filter(|uid| !listed.contains(*uid) && !stored.contains_key(*uid)).cloned().collect();
+        if let Some(durable) = self.durable(id) {
+            durable.behind.extend(unknown.into_iter().map(|uid| (uid, None)));
+        }
+        // Stored, and unknown to the watch: deleted while the subscriber was not running.
+        for (uid, own) in stored {
+            if self.known.contains_key(&uid) {
+                continue;
+            }
+            let object = match own.object {
+                Some(object) => object,
+                None => self.identity_object(&uid, &own.name, own.namespace.as_deref(), &own.resource_version),
+            };
+            let mut change = Change::new(ChangeKind::Delete, object);
+            change.old_occurrences = Some(own.occurrences);
+            change.old_resource_version = Some(own.resource_version.into());
+            self.dispatch(change, Some(&[id])).await;
+        }
+    }
+
+    fn list_params(&self) -> ListParams {
+        let mut params = ListParams::default().limit(REPLAY_PAGE);
+        if !self.key.labels.is_empty() {
+            params = params.labels(&self.key.labels);
+        }
+        if !self.key.fields.is_empty() {
+            params = params.fields(&self.key.fields);
+        }
+        params
     }
 }
 
@@ -848,7 +1111,7 @@ fn build_event(shape: &EventShape, change: &Change) -> Event {
     } else {
         change.object.clone()
     };
-    let mut event = Event::new(shape.source, shape.event_type, object);
+    let mut event = Event::new(shape.source, shape.event_type, object).with_id(shape.id.clone());
     if change.kind == ChangeKind::Update {
         event.old_object = change.old.as_deref().cloned();
     }
@@ -859,8 +1122,18 @@ fn build_event(shape: &EventShape, change: &Change) -> Event {
     event
 }
 
+/// The deterministic id of a change of a resource: uid, resourceVersion (for deletes the last
+/// one before the delete, when known) and change type.
+pub fn change_id(change: &Change) -> String {
+    let version = match (change.kind, &change.old_resource_version) {
+        (ChangeKind::Delete, Some(version)) => version,
+        _ => resource_version(&change.object),
+    };
+    stable_id(&[&uid_of(&change.object), version, change.kind.as_str()])
+}
+
 /// The uid of an object, or namespace/name when it has none.
-fn uid_of(object: &Value) -> String {
+pub(crate) fn uid_of(object: &Value) -> String {
     let metadata = &object["metadata"];
     match metadata["uid"].as_str() {
         Some(uid) if !uid.is_empty() => uid.to_string(),

@@ -3,23 +3,27 @@
 //!
 //! Every k8s-events trigger on the same API and namespace shares one watch; the filters run on
 //! the events as they arrive. An Event fires when it appears and again each time its occurrence
-//! count (`count`, `series.count`) grows, so a crash loop keeps being reported.
+//! count (`count`, `series.count`) grows, so a crash loop keeps being reported. With a state
+//! store, a trigger remembers the count of each Event it saw: after a restart an Event that
+//! repeated meanwhile fires once, one that did not stays quiet.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ktrigger_core::event::TriggerId;
+use ktrigger_core::event::{TriggerId, stable_id};
 use ktrigger_core::properties::parse_properties;
 use ktrigger_core::registry::{
     BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
 };
+use ktrigger_core::state::SourceState;
 use kube::api::ApiResource;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, occurrences};
+use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, occurrences, uid_of};
+use crate::position::Position;
 use crate::presets::{self, MappingSpec, Preset};
 use crate::{Cluster, Identity, Slot, run_subscribed};
 
@@ -71,7 +75,8 @@ static DOC: TypeDoc = TypeDoc {
         PropertyDoc {
             name: "replayExisting",
             required: false,
-            description: "Report Events that exist when the trigger starts; default false",
+            description: "Report Events that exist when the trigger starts; default false. With a state store, \
+                only on the trigger's first start: later starts report what happened while it was not running.",
         },
     ],
     example: "source:
@@ -176,6 +181,7 @@ impl SourceFactory for K8sEventsFactory {
             interest: Arc::new(interest),
             needs_old: needs.old_object,
             replay_existing: props.replay_existing,
+            state: context.state.clone(),
             slot: Slot::default(),
         }))
     }
@@ -211,7 +217,8 @@ impl Interest for Arc<EventsInterest> {
         } else {
             Some(self.presets.iter().find(|(_, preset)| preset.matches(event))?.0.clone())
         };
-        Some(EventShape { source: NAME, event_type, preset, derived: true, time: occurrence_time(event) })
+        let id = stable_id(&[&uid_of(&change.object), &occurrences(&change.object).to_string()]);
+        Some(EventShape { source: NAME, event_type, preset, derived: true, time: occurrence_time(event), id })
     }
 }
 
@@ -265,6 +272,7 @@ struct K8sEvents {
     interest: Arc<EventsInterest>,
     needs_old: bool,
     replay_existing: bool,
+    state: SourceState,
     slot: Slot,
 }
 
@@ -280,12 +288,15 @@ impl Source for K8sEvents {
                 fields: String::new(),
                 identity: self.identity.clone(),
             };
+            // Per Event its uid, resourceVersion and occurrence count: what tells a repeat.
+            let position = Position::load(self.state.clone(), key.scope().to_string(), false).await?;
             let subscriber = Subscriber {
                 trigger: self.trigger.clone(),
                 sink,
                 interest: Box::new(self.interest.clone()),
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
+                position,
             };
             self.cluster.subscribe(&client, key, subscriber).await
         };

@@ -28,6 +28,7 @@ pub mod access;
 pub mod hub;
 pub mod identity;
 pub mod k8s_events;
+pub mod position;
 pub mod presets;
 pub mod resource_watcher;
 pub mod selector;
@@ -389,7 +390,8 @@ type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
 /// been broken for too long; the engine restarts the source after a backoff, and the watch (and
 /// what it knows) stays in place meanwhile. A trigger sharing a watch opened as another identity
 /// leaves it when a SubjectAccessReview no longer allows it, or when that watch fails (whose
-/// errors name the other identity), and subscribes anew on its next run.
+/// errors name the other identity), and subscribes anew on its next run; so does a trigger whose
+/// stored index stopped following the watch.
 async fn run_subscribed<F>(
     cluster: &Cluster,
     slot: &Slot,
@@ -400,7 +402,7 @@ where
     F: Future<Output = Result<hub::Subscription, String>>,
 {
     let unhealthy_after = cluster.hub().options().unhealthy_after;
-    let (mut health, key, guest) = {
+    let found = {
         let mut slot = slot.lock().await;
         let subscription = match slot.take() {
             Some(subscription) => subscription,
@@ -409,10 +411,16 @@ where
                 subscription = subscribe => subscription.map_err(SourceError)?,
             },
         };
-        let found = (subscription.health(), subscription.key().clone(), subscription.guest.clone());
+        let found = (
+            subscription.health(),
+            subscription.key().clone(),
+            subscription.guest.clone(),
+            subscription.position_failed(),
+        );
         *slot = Some(subscription);
         found
     };
+    let (mut health, key, guest, mut position_failed) = found;
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         let verdict = health.borrow().verdict(Instant::now(), unhealthy_after);
@@ -438,10 +446,21 @@ where
                 key.scope()
             )));
         }
+        if let Some(reason) = position_failed.as_ref().and_then(|failed| failed.borrow().clone()) {
+            // Subscribing anew loads the stored index and reports what it has not recorded.
+            slot.lock().await.take();
+            return Err(SourceError(reason));
+        }
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             changed = health.changed() => if changed.is_err() {
                 return Err(SourceError("the watch stopped".into()));
+            },
+            changed = async { position_failed.as_mut()?.changed().await.ok() }, if position_failed.is_some() => {
+                // The writer ended without failing: its subscriber left the watch.
+                if changed.is_none() {
+                    position_failed = None;
+                }
             },
             _ = tick.tick() => {}
         }

@@ -10,12 +10,14 @@ use ktrigger_core::properties::parse_properties;
 use ktrigger_core::registry::{
     BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
 };
+use ktrigger_core::state::SourceState;
 use kube::core::GroupVersionKind;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey};
+use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, change_id};
+use crate::position::Position;
 use crate::selector::{canonical_fields, merge_labels};
 use crate::{Actor, Cluster, Slot, run_subscribed};
 
@@ -64,10 +66,17 @@ static DOC: TypeDoc = TypeDoc {
         },
         PropertyDoc { name: "name", required: false, description: "Only the object with this name" },
         PropertyDoc {
+            name: "clusters",
+            required: false,
+            description: "kube-trigger's list of clusters to watch: only `local` (the cluster ktrigger runs in) \
+                is supported; other clusters are refused until multi-cluster sources exist",
+        },
+        PropertyDoc {
             name: "replayExisting",
             required: false,
             description: "Report objects that exist when the trigger starts as create events; default false \
-                (only changes after the start are reported)",
+                (only changes after the start are reported). With a state store, only on the trigger's first \
+                start: later starts report what changed while it was not running.",
         },
     ],
     example: "source:
@@ -80,6 +89,9 @@ static DOC: TypeDoc = TypeDoc {
     matchingLabels: {app: shop}
 ",
 };
+
+/// kube-trigger's name of the cluster it runs in.
+const LOCAL_CLUSTER: &str = "local";
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -100,6 +112,8 @@ struct Properties {
     name: Option<String>,
     #[serde(default)]
     replay_existing: bool,
+    #[serde(default)]
+    clusters: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -155,6 +169,12 @@ impl SourceFactory for ResourceWatcherFactory {
         needs: SourceNeeds,
     ) -> Result<Arc<dyn Source>, String> {
         let props: Properties = parse_properties(properties)?;
+        if let Some(other) = props.clusters.iter().find(|cluster| cluster.as_str() != LOCAL_CLUSTER) {
+            return Err(format!(
+                "properties.clusters: cluster {other:?} cannot be watched: only {LOCAL_CLUSTER:?}, the cluster \
+                 ktrigger runs in, is supported; run a ktrigger in that cluster instead"
+            ));
+        }
         let gvk = parse_gvk(&props.api_version, &props.kind)?;
         let labels = merge_labels(&props.matching_labels, props.label_selector.as_deref())
             .map_err(|e| format!("properties.labelSelector: {e}"))?;
@@ -192,6 +212,7 @@ impl SourceFactory for ResourceWatcherFactory {
             },
             needs_old: needs.old_object,
             replay_existing: props.replay_existing,
+            state: context.state.clone(),
             slot: Slot::default(),
         }))
     }
@@ -218,6 +239,7 @@ impl Interest for ResourceInterest {
             preset: None,
             derived: false,
             time: None,
+            id: change_id(change),
         })
     }
 }
@@ -233,6 +255,7 @@ struct ResourceWatcher {
     interest: ResourceInterest,
     needs_old: bool,
     replay_existing: bool,
+    state: SourceState,
     slot: Slot,
 }
 
@@ -262,12 +285,16 @@ impl Source for ResourceWatcher {
                 fields: self.fields.clone(),
                 identity: self.actor.identity.clone(),
             };
+            // The last state of objects is kept only where a delete or `oldObject` shows it.
+            let keep_objects = self.interest.delete || self.needs_old;
+            let position = Position::load(self.state.clone(), key.scope().to_string(), keep_objects).await?;
             let subscriber = Subscriber {
                 trigger: self.trigger.clone(),
                 sink,
                 interest: Box::new(self.interest),
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
+                position,
             };
             self.cluster.subscribe(&client, key, subscriber).await
         };
@@ -295,7 +322,8 @@ mod tests {
         let factory = ResourceWatcherFactory::new(Cluster::offline());
         let properties = json!({"apiVersion": "example.com/v1", "kind": "Widget", "namespace": "",
             "events": ["delete"], "matchingLabels": {"app": "x"}, "labelSelector": "tier in (a,b)",
-            "fieldSelector": "metadata.namespace!=kube-system", "name": "w1", "replayExisting": true});
+            "fieldSelector": "metadata.namespace!=kube-system", "name": "w1", "replayExisting": true,
+            "clusters": ["local"]});
         assert!(factory.build(&properties, &context()).is_ok());
     }
 
@@ -309,6 +337,10 @@ mod tests {
             (json!({"apiVersion": "v1", "kind": "Pod", "labelSelector": "app in web"}), "properties.labelSelector"),
             (json!({"apiVersion": "v1", "kind": "Pod", "fieldSelector": "status.phase"}), "properties.fieldSelector"),
             (json!({"apiVersion": "v1", "kind": "Pod", "resync": "1m"}), "unknown field `resync`"),
+            (
+                json!({"apiVersion": "apps/v1", "kind": "Deployment", "clusters": ["local", "cn-shanghai"]}),
+                "properties.clusters: cluster \"cn-shanghai\" cannot be watched: only \"local\"",
+            ),
         ] {
             let error = load_error(properties.clone());
             assert!(error.contains(expected), "{properties}: {error}");

@@ -2,9 +2,12 @@
 //! changed or disappeared since the previous poll.
 //!
 //! The first poll only records what is there (unless `fireOnStart`). The recorded items live in
-//! the source, so they survive a restart of `run` but not of the process. A poll that fails (HTTP
-//! error, timeout, a body that is not JSON, an `items` expression that fails) is logged and
-//! skipped: the recorded items stay as they were and the next poll compares against them.
+//! the source, so they survive a restart of `run`; with a state store they are also stored (one
+//! entry per item key, written once the trigger has handled the item's event), so a restarted
+//! process compares its first poll with them and fires only what changed meanwhile. A poll that
+//! fails (HTTP error, timeout, a body that is not JSON, an `items` expression that fails) is
+//! logged and skipped: the recorded items stay as they were and the next poll compares against
+//! them.
 //!
 //! Bounded: a response is read up to `maxResponseBytes`, and its parsed JSON tree is charged
 //! against the same limit as it is built (a tree takes several times the bytes of its text), so
@@ -14,20 +17,25 @@
 //! (credentials included) only ever go to the configured URL's origin.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
-use ktrigger_core::event::{Event, TriggerId};
+use ktrigger_core::event::{Event, TriggerId, stable_id};
 use ktrigger_core::properties::{SecretRef, parse_properties};
-use ktrigger_core::registry::{BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc};
+use ktrigger_core::registry::{
+    BuildContext, EventSink, Handled, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc,
+};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::state::{Commit, SourceState};
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::time::MissedTickBehavior;
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +51,10 @@ const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
 const DEFAULT_ITEMS: usize = 1000;
 /// Largest `maxItems` a trigger may ask for.
 const MAX_ITEMS: usize = 10_000;
+/// Key of the stored marker saying the first poll was recorded.
+const POLLED_KEY: &str = "polled";
+/// Prefix of the stored items, followed by the hash of the item key.
+const ITEM_PREFIX: &str = "item/";
 
 static DOC: TypeDoc = TypeDoc {
     name: "http-poller",
@@ -220,6 +232,8 @@ impl HttpPoller {
             max_bytes,
             max_items,
             seen: Mutex::new(None),
+            state: context.state.clone(),
+            restored: AtomicBool::new(false),
         })
     }
 }
@@ -370,6 +384,17 @@ struct HttpPoller {
     max_items: usize,
     /// Items of the last successful poll by key; `None` before the first one.
     seen: Mutex<Option<BTreeMap<String, Value>>>,
+    /// Where the recorded items are kept across restarts.
+    state: SourceState,
+    /// The stored items were read back.
+    restored: AtomicBool,
+}
+
+/// One recorded item as stored.
+#[derive(Serialize, Deserialize)]
+struct StoredItem {
+    key: String,
+    item: Value,
 }
 
 #[async_trait]
@@ -400,6 +425,11 @@ impl Source for HttpPoller {
 impl HttpPoller {
     /// One poll: fetch, extract the items, fire for the differences.
     async fn poll(&self, sink: &EventSink) -> Flow {
+        if self.state.durable()
+            && let Err(reason) = self.restore().await
+        {
+            return Flow::Failed(reason);
+        }
         let items = match self.fetch().await.and_then(|response| self.extract(&response)) {
             Ok(items) => items,
             Err(PollError::Skipped(reason)) => {
@@ -408,17 +438,107 @@ impl HttpPoller {
             }
             Err(PollError::Failed(reason)) => return Flow::Failed(reason),
         };
+        if self.state.durable() {
+            return self.poll_durably(sink, items).await;
+        }
         for change in self.changes(items) {
-            if self.kinds.contains(&change.kind) {
-                let mut event = Event::new("http-poller", change.kind.name(), change.item.clone());
-                event.old_object = change.old.clone();
-                if !sink.send(event).await {
-                    return Flow::Stopped;
-                }
+            if self.kinds.contains(&change.kind) && !sink.send(self.event(&change)).await {
+                return Flow::Stopped;
             }
             self.apply(change);
         }
         Flow::Continue
+    }
+
+    /// Fires for the differences and records each once the trigger has handled its event; an
+    /// event it could not store leaves its item as it was, so the next poll fires it again.
+    async fn poll_durably(&self, sink: &EventSink, items: Vec<(String, Value)>) -> Flow {
+        let first = self.seen.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+        let mut commits = Vec::new();
+        if first {
+            // Waited for, so that it cannot remove what is stored after it.
+            if let Err(error) = self.state.clear().wait().await {
+                return Flow::Failed(format!("cannot store the polled items: {error}"));
+            }
+            commits.push(self.state.put(POLLED_KEY, Vec::new()));
+            if !self.fire_on_start {
+                commits.extend(items.iter().map(|(key, item)| self.store_item(key, item)));
+            }
+        }
+        let mut handed = Vec::new();
+        for change in self.changes(items) {
+            if !self.kinds.contains(&change.kind) {
+                commits.push(self.record(&change));
+                self.apply(change);
+                continue;
+            }
+            match sink.send_tracked(Arc::new(self.event(&change))).await {
+                Some(tracked) => handed.push((tracked, change)),
+                None => return Flow::Stopped,
+            }
+        }
+        let mut outcome = Flow::Continue;
+        for (tracked, change) in handed {
+            match tracked.handled().await {
+                Handled::NotStored(reason) => {
+                    outcome = Flow::Failed(format!("an event was not stored ({reason}); polling again"));
+                    break;
+                }
+                _ => {
+                    commits.push(self.record(&change));
+                    self.apply(change);
+                }
+            }
+        }
+        match Commit::wait_all(commits).await {
+            Ok(()) => outcome,
+            Err(error) => Flow::Failed(format!("cannot store the polled items: {error}")),
+        }
+    }
+
+    /// Reads the items recorded by an earlier run of the trigger, once.
+    async fn restore(&self) -> Result<(), String> {
+        if self.restored.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        let stored = self.state.load().await.map_err(|e| {
+            self.restored.store(false, Ordering::Relaxed);
+            format!("cannot read the recorded items: {e}")
+        })?;
+        if !stored.iter().any(|(key, _)| key == POLLED_KEY) {
+            return Ok(());
+        }
+        let items: BTreeMap<String, Value> = stored
+            .iter()
+            .filter(|(key, _)| key.starts_with(ITEM_PREFIX))
+            .filter_map(|(_, value)| serde_json::from_slice::<StoredItem>(value).ok())
+            .map(|stored| (stored.key, stored.item))
+            .take(MAX_ITEMS)
+            .collect();
+        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(items);
+        Ok(())
+    }
+
+    /// The event of `change`, its id made of the item key, a hash of its content and the kind.
+    fn event(&self, change: &Change) -> Event {
+        let content = hex::encode(Sha256::digest(change.item.to_string()));
+        let id = stable_id(&[&change.key, &content, change.kind.name()]);
+        let mut event = Event::new("http-poller", change.kind.name(), change.item.clone()).with_id(id);
+        event.old_object = change.old.clone();
+        event
+    }
+
+    /// Stores what `change` leaves recorded.
+    fn record(&self, change: &Change) -> Commit {
+        match change.kind {
+            Kind::Create | Kind::Update => self.store_item(&change.key, &change.item),
+            Kind::Delete => self.state.delete(&item_key(&change.key)),
+        }
+    }
+
+    fn store_item(&self, key: &str, item: &Value) -> Commit {
+        let stored = StoredItem { key: key.to_string(), item: item.clone() };
+        self.state.put(&item_key(key), serde_json::to_vec(&stored).unwrap_or_default())
     }
 
     async fn fetch(&self) -> Result<Value, PollError> {
@@ -552,6 +672,11 @@ impl HttpPoller {
     }
 }
 
+/// The store key of an item: item keys may be long (a whole item without `key`), hashes are not.
+fn item_key(key: &str) -> String {
+    format!("{ITEM_PREFIX}{}", hex::encode(Sha256::digest(key)))
+}
+
 /// Why a request got no response: a refusal of the egress policy is a source error, anything else
 /// skips the poll. Never names the URL.
 fn request_error(error: reqwest::Error) -> PollError {
@@ -586,6 +711,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::test_store::MapStore;
 
     /// What the test server answers, and the requests it saw.
     #[derive(Clone, Default)]
@@ -659,6 +785,81 @@ mod tests {
         assert_eq!(fired[0].object, json!({"version": "1.1"}));
         assert_eq!(fired[0].old_object, Some(json!({"version": "1.0"})));
         assert!(poll(&poller).await.is_empty());
+    }
+
+    /// A poller of `properties` whose recorded items are kept in `store`.
+    fn durable_poller(properties: Value, store: &Arc<MapStore>) -> HttpPoller {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let context = BuildContext { state: MapStore::source_state(store), ..context() };
+        HttpPoller::new(&properties, &context, Arc::default()).unwrap()
+    }
+
+    /// Polls once, answering every event with `handled` as it comes; how the poll ended and
+    /// every event fired.
+    async fn poll_answering(poller: &HttpPoller, handled: Handled) -> (Flow, Vec<SharedEvent>) {
+        let (sink, mut events) = EventSink::channel(64);
+        let answering = tokio::spawn(async move {
+            let mut fired = Vec::new();
+            while let Some(envelope) = events.recv().await {
+                fired.push(envelope.event.clone());
+                envelope.answer(handled.clone());
+            }
+            fired
+        });
+        let flow = poller.poll(&sink).await;
+        drop(sink);
+        (flow, answering.await.unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_restarted_poller_fires_only_what_changed_while_it_was_stopped() {
+        let store = Arc::new(MapStore::default());
+        let served = Served::default();
+        served.json(json!({"data": [{"id": 1, "v": "a"}, {"id": 2, "v": "b"}]}));
+        let addr = serve(served.clone()).await;
+        let properties = json!({"url": format!("http://{addr}/items"), "items": "response.data",
+            "key": "string(item.id)", "events": ["create", "update", "delete"]});
+        let first = durable_poller(properties.clone(), &store);
+        assert_eq!(poll_answering(&first, Handled::Fired).await, (Flow::Continue, vec![]), "the first poll records");
+        drop(first);
+
+        let restarted = durable_poller(properties.clone(), &store);
+        assert_eq!(poll_answering(&restarted, Handled::Fired).await, (Flow::Continue, vec![]), "nothing changed");
+        drop(restarted);
+
+        served.json(json!({"data": [{"id": 2, "v": "B"}]}));
+        let restarted = durable_poller(properties, &store);
+        let (flow, fired) = poll_answering(&restarted, Handled::Fired).await;
+        assert_eq!(flow, Flow::Continue);
+        let summary: Vec<(&str, &Value)> =
+            fired.iter().map(|e| (e.meta.event_type.as_str(), &e.object["id"])).collect();
+        assert_eq!(summary, [("update", &json!(2)), ("delete", &json!(1))]);
+        assert_eq!(fired[0].old_object, Some(json!({"id": 2, "v": "b"})));
+        let content = hex::encode(Sha256::digest(json!({"id": 2, "v": "B"}).to_string()));
+        assert_eq!(fired[0].meta.id, stable_id(&["2", &content, "update"]));
+        let items = store.keys().into_iter().filter(|k| k.contains("/source/item/")).count();
+        assert_eq!(items, 1, "the deleted item is no longer stored");
+    }
+
+    #[tokio::test]
+    async fn an_item_the_trigger_could_not_store_fires_again_with_the_same_id() {
+        let store = Arc::new(MapStore::default());
+        let served = Served::default();
+        served.json(json!({"version": "1.0"}));
+        let addr = serve(served.clone()).await;
+        let properties = json!({"url": format!("http://{addr}/items")});
+        let poller = durable_poller(properties.clone(), &store);
+        assert_eq!(poll_answering(&poller, Handled::Fired).await, (Flow::Continue, vec![]));
+
+        served.json(json!({"version": "1.1"}));
+        let (flow, refused) = poll_answering(&poller, Handled::NotStored("queue full".into())).await;
+        assert_eq!(flow, Flow::Failed("an event was not stored (queue full); polling again".into()));
+        let (flow, again) = poll_answering(&poller, Handled::Fired).await;
+        assert_eq!(flow, Flow::Continue);
+        assert_eq!((again.len(), &again[0].meta.id), (1, &refused[0].meta.id));
+
+        let restarted = durable_poller(properties, &store);
+        assert_eq!(poll_answering(&restarted, Handled::Fired).await, (Flow::Continue, vec![]));
     }
 
     #[tokio::test]

@@ -16,6 +16,8 @@ mod json_budget;
 pub mod listener;
 mod replay;
 pub mod server;
+#[cfg(test)]
+mod test_store;
 pub mod webhook;
 
 pub use listener::{ListenerOptions, ListenerStats, PathScope, WebhookListener};

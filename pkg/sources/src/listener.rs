@@ -10,9 +10,12 @@
 //! `auth`: triggers may share it only with equal auth, and a request reaches only the triggers
 //! whose auth accepted it.
 //!
-//! Answers: 202 `{"accepted": true, "id": ..., "fired": ...}` once every trigger that took the
-//! event stored it (or decided not to fire it: then `reason` says why); 503 with Retry-After when
-//! a trigger could not store it (state store unavailable, queue full), so the sender retries;
+//! Answers: 202 `{"accepted": true, "id": ..., "fired": ..., "triggers": [...]}` once every
+//! trigger that took the event stored it or decided not to fire it, with each trigger's outcome
+//! (`fired`, `debouncing`, `filteredOut`, `filterError`, `duplicate`, `rateLimited`: the kind
+//! only, never a reason that could quote the filter or another sender's event); 503 with
+//! Retry-After when a trigger could not store it (state store unavailable, queue full), so the
+//! sender retries;
 //! 200 `{"duplicate": true}` for a delivery id already accepted within the replay window; 404 for
 //! a path no running trigger uses; 405 for a method other than POST; 401 when the credentials are
 //! not accepted; 408 when the body is not received within the body timeout; 413 for a body over
@@ -39,6 +42,7 @@ use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
 use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
 use ktrigger_core::registry::{EventSink, Handled};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -544,7 +548,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
     }
     let (parts, body) = request.into_parts();
     let headers = parts.headers;
-    let (body, _held) = match listener.read_body(&headers, body).await {
+    let (body, held) = match listener.read_body(&headers, body).await {
         Ok(read) => read,
         Err(response) => return response,
     };
@@ -569,7 +573,9 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
     };
     let sender_id = sender_id(&headers, &accepted);
     let mut events = EventCache::new(payload, sender_id.map(|id| stable_id(&["webhook", &path, &id])));
-    let mut outcome = Outcome::default();
+    // The body is in the events now: waiting for the triggers holds none of the body budget.
+    drop((body, held));
+    let mut outcome = Answer::default();
     for (gate, receivers, delivery) in accepted {
         if let Some(DeliveryId { id, expires }) = &delivery
             && !gate.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, *expires, now)
@@ -588,7 +594,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
             match handed.await {
                 Ok(Some(handled)) => {
                     tracing::debug!(path, %trigger, id = %events.id, ?handled, "webhook event handled");
-                    stored |= outcome.add(handled);
+                    stored |= outcome.add(&trigger, handled);
                 }
                 Ok(None) => {}
                 Err(_) => {
@@ -619,35 +625,42 @@ fn sender_id(headers: &HeaderMap, accepted: &[(Arc<Gate>, Vec<Recipient>, Option
         .map(str::to_string)
 }
 
+/// One trigger's decision about a request's event, as the sender is told it.
+#[derive(Debug, Serialize)]
+struct Decision {
+    /// The trigger, `namespace/service/trigger`.
+    trigger: String,
+    /// What it did: `fired`, `debouncing`, or why it did not fire (the kind only).
+    outcome: Value,
+}
+
 /// What the triggers on a path did with one request.
 #[derive(Debug, Default)]
-struct Outcome {
+struct Answer {
     /// Some trigger fired the event (or holds it for its debounce).
     fired: bool,
-    /// Some trigger stored its decision (fired, held, or dropped by its filter or router).
-    handled: bool,
+    /// What each trigger that took the event decided.
+    decisions: Vec<Decision>,
     /// Why some trigger could not store the event.
     not_stored: Option<String>,
     /// The request repeats a delivery id already accepted.
     duplicate: bool,
-    /// Why the event did not fire, when no trigger fired it.
-    dropped: Option<String>,
 }
 
-impl Outcome {
+impl Answer {
     /// Adds one trigger's answer; true when it took the event (stored, or decided to drop it).
-    fn add(&mut self, handled: Handled) -> bool {
-        match handled {
-            Handled::Fired | Handled::Held => self.fired = true,
-            Handled::Dropped(reason) => {
-                self.dropped.get_or_insert(reason);
-            }
+    fn add(&mut self, trigger: &TriggerId, handled: Handled) -> bool {
+        let outcome = match handled {
+            Handled::Fired => json!("fired"),
+            Handled::Held => json!("debouncing"),
+            Handled::Dropped(outcome, _) => json!(outcome),
             Handled::NotStored(reason) => {
                 self.not_stored.get_or_insert(reason);
                 return false;
             }
-        }
-        self.handled = true;
+        };
+        self.fired |= outcome == "fired" || outcome == "debouncing";
+        self.decisions.push(Decision { trigger: trigger.to_string(), outcome });
         true
     }
 
@@ -660,11 +673,8 @@ impl Outcome {
             response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECONDS));
             return response;
         }
-        if self.handled {
-            let mut body = json!({"accepted": true, "id": id, "fired": self.fired});
-            if let (false, Some(reason)) = (self.fired, self.dropped) {
-                body["reason"] = json!(reason);
-            }
+        if !self.decisions.is_empty() {
+            let body = json!({"accepted": true, "id": id, "fired": self.fired, "triggers": self.decisions});
             return (StatusCode::ACCEPTED, axum::Json(body)).into_response();
         }
         if self.duplicate {

@@ -547,23 +547,13 @@ fn age(timestamp: &str) -> String {
     }
 }
 
-/// The value at a simple JSONPath such as `.spec.replicas` or `.status.conditions[0].type`.
+/// The first value a printer column's JSONPath selects, as the API server takes it: Kubernetes'
+/// `.status.conditions[?(@.type=="Ready")].status` form, filters included.
 fn json_path<'a>(object: &'a Value, path: &str) -> Option<&'a Value> {
-    let path = path.trim().trim_start_matches('{').trim_end_matches('}').trim_start_matches('$');
-    let mut current = object;
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (field, index) = match part.split_once('[') {
-            Some((field, rest)) => (field, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (part, None),
-        };
-        if !field.is_empty() {
-            current = current.get(field)?;
-        }
-        if let Some(i) = index {
-            current = current.get(i)?;
-        }
-    }
-    Some(current)
+    use jsonpath_rust::JsonPath;
+    let path = path.trim().trim_start_matches('{').trim_end_matches('}');
+    let path = if path.starts_with('$') { path.to_string() } else { format!("${path}") };
+    object.query(&path).ok()?.into_iter().next()
 }
 
 /// A `meta.k8s.io/v1` `Table` of the objects, as `kubectl get` asks for.
@@ -651,6 +641,11 @@ mod tests {
         assert_eq!(json_path(&object, ".spec.replicas"), Some(&json!(3)));
         assert_eq!(json_path(&object, ".status.conditions[0].type"), Some(&json!("Ready")));
         assert_eq!(json_path(&object, ".spec.missing"), None);
+        let conditions = json!({"status": {"conditions": [
+            {"type": "Synced", "status": "False"}, {"type": "Ready", "status": "True"}]}});
+        let ready = r#".status.conditions[?(@.type=="Ready")].status"#;
+        assert_eq!(json_path(&conditions, ready), Some(&json!("True")));
+        assert_eq!(json_path(&conditions, r#".status.conditions[?(@.type=="Gone")].status"#), None);
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Destinations that act on the Kubernetes API: `patch-resource`, `bump-application-revision`,
-//! `create-event` and `job` (alias `task`).
+//! `create-event`, `job` (alias `task`), and kube-trigger's `create-event-listener` and
+//! `record-event`.
 //!
-//! All four share one [`KubeTarget`]: the client they act through and a cache of the kinds
+//! All of them share one [`KubeTarget`]: the client they act through and a cache of the kinds
 //! discovery resolved. Without a client they still load (so `ktrigger validate` checks their
 //! properties offline) and every delivery fails permanently with [`NEEDS_CLUSTER`].
 //!
@@ -27,6 +28,7 @@ use sha2::{Digest, Sha256};
 
 pub mod bump_app;
 pub mod create_event;
+pub mod event_listener;
 pub mod job;
 pub mod patch_resource;
 pub mod secrets;
@@ -40,12 +42,15 @@ pub const FIELD_MANAGER: &str = "ktrigger";
 /// How many times a write that lost a resourceVersion race is read again and retried.
 const CONFLICT_RETRIES: usize = 3;
 
-/// Adds `patch-resource`, `bump-application-revision`, `create-event` and `job` (alias `task`),
-/// acting on `target`; without a client they load but every delivery fails with [`NEEDS_CLUSTER`].
+/// Adds `patch-resource`, `bump-application-revision`, `create-event`, `job` (alias `task`),
+/// `create-event-listener` and `record-event`, acting on `target`; without a client they load but
+/// every delivery fails with [`NEEDS_CLUSTER`].
 pub fn register(registry: &mut Registry, target: KubeTarget) {
     registry.add_destination(Arc::new(patch_resource::PatchResourceFactory::new(target.clone())));
     registry.add_destination(Arc::new(bump_app::BumpAppFactory::new(target.clone())));
     registry.add_destination(Arc::new(create_event::CreateEventFactory::new(target.clone())));
+    registry.add_destination(Arc::new(event_listener::CreateEventListenerFactory::new(target.clone())));
+    registry.add_destination(Arc::new(event_listener::RecordEventFactory::new(target.clone())));
     registry.add_destination(Arc::new(job::JobFactory::new(target)));
 }
 
@@ -376,9 +381,11 @@ mod tests {
         let context =
             BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
         let docs = registry.destination_docs();
-        assert_eq!(docs.len(), 4);
+        assert_eq!(docs.len(), 6);
         for doc in docs {
-            assert!(!doc.summary.is_empty() && !doc.properties.is_empty(), "{}", doc.name);
+            // create-event-listener takes nothing but the source object.
+            let takes_properties = doc.name != "create-event-listener";
+            assert!(!doc.summary.is_empty() && doc.properties.is_empty() != takes_properties, "{}", doc.name);
             let entry: Value = serde_yaml::from_str(doc.example).unwrap();
             assert_eq!(entry["type"], doc.name);
             registry.destination(doc.name).unwrap().build(&entry["properties"], &context).unwrap();
