@@ -22,6 +22,8 @@ pub enum Answer {
     Hang,
     /// 503, as a receiver that is down; the request is not recorded.
     Unavailable,
+    /// 200 `ok`, after this long (a slow receiver).
+    OkAfter(Duration),
 }
 
 /// An HTTP server on 127.0.0.1 recording the requests it receives (connections that sent nothing
@@ -130,6 +132,10 @@ fn serve(mut stream: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<(Instan
             return;
         }
         Answer::Unavailable => return,
+        Answer::OkAfter(delay) => {
+            std::thread::sleep(*delay);
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok".to_string()
+        }
     };
     if stream.write_all(head.as_bytes()).is_err() {
         return;

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod http_server;
+pub mod nats;
 pub mod python;
 
 pub use python::{PythonServer, json_lines};

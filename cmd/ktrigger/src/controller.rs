@@ -30,6 +30,7 @@ use crate::cluster::ClusterArgs;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
+use crate::nats_state::NatsStateArgs;
 use crate::plugins::PluginArgs;
 use crate::run::{parse_duration, parse_duration_or_zero, wait_for_signal};
 use crate::state::StateArgs;
@@ -120,6 +121,11 @@ pub struct ControllerArgs {
     /// destination's, http://kagent-controller.kagent:8083.
     #[arg(long, value_name = "URL")]
     khook_kagent_url: Option<String>,
+    // State kept in NATS JetStream for replicas (--state, --state-*), instead of --state-dir.
+    /// Where replicas keep their state.
+    #[command(flatten)]
+    nats_state: NatsStateArgs,
+    // End of the NATS JetStream state flags.
 }
 
 /// The leadership of this replica: a channel that says whether it holds the Lease, and the
@@ -243,13 +249,18 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let options = args.webhook_limits.options(PathScope::PerTriggerService, args.shutdown_grace);
     let webhooks = WebhookListener::bind_with(args.webhook_addr, options).await?;
     let listener = webhooks.spawn(stop.clone());
-    let state = args.state.open(None, false)?;
-    if let Some(moved) = &state.moved_aside {
-        tracing::warn!(reason = %moved.reason, moved_to = %moved.to.display(),
-            "the state file could not be used; moved to {}", moved.to.display());
-        announce_moved_aside(&client, moved).await;
-    }
-    let store = state.store;
+    let store = match args.nats_state.connect().await? {
+        Some(store) => store,
+        None => {
+            let state = args.state.open(None, false)?;
+            if let Some(moved) = &state.moved_aside {
+                tracing::warn!(reason = %moved.reason, moved_to = %moved.to.display(),
+                    "the state file could not be used; moved to {}", moved.to.display());
+                announce_moved_aside(&client, moved).await;
+            }
+            state.store
+        }
+    };
     let readiness = Readiness::default();
     let health = tokio::net::TcpListener::bind(args.health_addr).await?;
     let health_addr = health.local_addr().unwrap_or(args.health_addr);

@@ -7,6 +7,7 @@ mod egress;
 mod eval;
 mod inspect;
 mod limits;
+mod nats_state;
 mod plugins;
 mod run;
 mod state;

@@ -8,6 +8,7 @@
 //! write the event caused has resolved.
 
 pub mod memory;
+pub mod nats;
 pub mod redb;
 
 use std::sync::Arc;
@@ -27,6 +28,10 @@ pub enum StoreError {
     /// The store cannot take writes now (disk full, server unreachable); retrying later may work.
     #[error("state store unavailable: {0}")]
     Unavailable(String),
+    /// Another replica wrote the key since this store last read it: the write was refused, so
+    /// that two replicas never both own a key.
+    #[error("state store: write conflict: {0}")]
+    Conflict(String),
     /// Stored data that cannot be read back.
     #[error("state store: invalid stored data: {0}")]
     Invalid(String),
