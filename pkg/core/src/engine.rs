@@ -254,8 +254,10 @@ impl Engine {
             if self.running.contains_key(&trigger.id) {
                 self.stop(&trigger.id);
             }
-            report.started.push((trigger.id.clone(), trigger.summary()));
-            self.start(trigger).await;
+            let (id, summary) = (trigger.id.clone(), trigger.summary());
+            if self.start(trigger).await {
+                report.started.push((id, summary));
+            }
         }
         report.skipped = skipped;
         report
@@ -362,7 +364,9 @@ impl Engine {
         }
     }
 
-    async fn start(&mut self, trigger: PreparedTrigger) {
+    /// Starts a prepared trigger; false when its stored state cannot be read (the reason is then
+    /// among the problems reported in its status).
+    async fn start(&mut self, trigger: PreparedTrigger) -> bool {
         let stats = Arc::new(TriggerStats::default());
         let cancel = CancellationToken::new();
         let (sink, events) = EventSink::channel(EVENT_BUFFER);
@@ -380,7 +384,7 @@ impl Engine {
                         format!("destinations: {}: cannot open its stored delivery queue: {error}", target.label);
                     tracing::error!(trigger = %trigger.id, reason = %message, "trigger not started");
                     self.problems.insert(trigger.id.clone(), vec![message]);
-                    return;
+                    return false;
                 }
             }
         }
@@ -390,7 +394,7 @@ impl Engine {
                 let message = format!("cannot read its stored dedup and debounce state: {error}");
                 tracing::error!(trigger = %trigger.id, reason = %message, "trigger not started");
                 self.problems.insert(trigger.id.clone(), vec![message]);
-                return;
+                return false;
             }
         };
         for ((target, _), queue) in trigger.targets.iter().zip(opened) {
@@ -439,6 +443,7 @@ impl Engine {
         let observed = Observed { stats: stats.clone(), queues: queues.clone(), budget, router: self.router.clone() };
         crate::stats::lock(&self.observer.0).insert(trigger.id.clone(), observed);
         self.running.insert(trigger.id, RunningTrigger { hash: trigger.hash, cancel, stats, queues });
+        true
     }
 }
 
