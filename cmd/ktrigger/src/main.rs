@@ -190,6 +190,8 @@ fn main() -> ExitCode {
         Command::Controller(args) => args.tracing.otlp_endpoint.clone(),
         _ => None,
     };
+    // An empty value is unset, as OpenTelemetry's variables have it.
+    let otlp = otlp.filter(|endpoint| !endpoint.is_empty());
     let traces = match telemetry::init(cli.log_format, &cli.log_level, otlp.as_deref(), runtime.handle()) {
         Ok(traces) => traces,
         Err(e) => {

@@ -680,25 +680,30 @@ impl Processor {
         let span = trace::router_span();
         let key = match &self.dedup {
             None => None,
-            Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).instrument(span.clone()).await {
-                Ok(key) => Some((bounded_key(key), *window)),
-                Err(reason) => {
-                    span.record("decision", "dedup-error");
-                    let reason = format!("dedup key could not be evaluated: {reason}");
-                    self.stats.record_filter_error(&reason);
-                    tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
-                    self.report(&event, &reason);
-                    return (Handled::Dropped(Outcome::FilterError, reason), Vec::new());
+            Some((expr, window)) => {
+                match self.evaluate(expr, &event, CelExpr::eval_string_within).instrument(span.clone()).await {
+                    Ok(key) => Some((bounded_key(key), *window)),
+                    Err(reason) => {
+                        span.record("decision", "dedup-error");
+                        let reason = format!("dedup key could not be evaluated: {reason}");
+                        self.stats.record_filter_error(&reason);
+                        tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
+                        self.report(&event, &reason);
+                        return (Handled::Dropped(Outcome::FilterError, reason), Vec::new());
+                    }
                 }
-            },
+            }
         };
         let stored_key = key.as_ref().map(|(key, _)| key.clone());
         let admission = span.in_scope(|| self.router.admit(&self.id, key, self.rate_limit.as_ref()));
-        span.record("decision", match admission {
-            Admission::Fire => "fire",
-            Admission::Duplicate { .. } => "duplicate",
-            Admission::RateLimited => "rate-limited",
-        });
+        span.record(
+            "decision",
+            match admission {
+                Admission::Fire => "fire",
+                Admission::Duplicate { .. } => "duplicate",
+                Admission::RateLimited => "rate-limited",
+            },
+        );
         // Deliveries are children of the event, not of the decision.
         drop(span);
         let mut commits = match (&admission, &stored_key) {

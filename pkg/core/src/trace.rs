@@ -31,6 +31,7 @@ pub fn router_span() -> Span {
 /// The span of one delivery attempt, a child of `event` (the event's span, or none for a
 /// delivery restored after a restart); `outcome` is recorded once known.
 pub fn deliver_span(event: &Span, destination: &str, delivery: &str, attempt: u32) -> Span {
-    tracing::debug_span!(target: TARGET, parent: event, "deliver", destination, delivery, attempt,
-        outcome = Empty)
+    // OpenTelemetry has signed integers only: an unsigned one would be exported as text.
+    tracing::debug_span!(target: TARGET, parent: event, "deliver", destination, delivery,
+        attempt = i64::from(attempt), outcome = Empty)
 }

@@ -333,7 +333,8 @@ impl Kagent {
             return Ok(id.clone());
         }
         let sent = self.client.post(url.clone()).headers(self.headers.clone()).json(&self.session_body(request));
-        let response = http::traced(sent).send().await.map_err(|e| prefixed("creating the session", http::classify_error(&e)))?;
+        let response =
+            http::traced(sent).send().await.map_err(|e| prefixed("creating the session", http::classify_error(&e)))?;
         let response = http::check(response).await.map_err(|e| prefixed("creating the session", e))?;
         let body = read_json(response).await.map_err(|e| prefixed("creating the session", e))?;
         if body.get("error").and_then(Value::as_bool) == Some(true) {
