@@ -67,8 +67,12 @@ pub fn init(
         return Ok(Tracing(None));
     };
     let provider = provider(endpoint, runtime).map_err(|e| format!("--otlp-endpoint {endpoint:?}: {e}"))?;
+    // Where a span was opened is always `trace.rs`, and thread and busy times say little.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("ktrigger"))
+        .with_location(false)
+        .with_threads(false)
+        .with_tracked_inactivity(false)
         .with_filter(Targets::new().with_target(TARGET, LevelFilter::DEBUG));
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();

@@ -677,25 +677,24 @@ impl Processor {
     /// Dedup and rate limit through the shared router, then hand the event to every destination:
     /// how it was handled, and the writes to wait for before saying so.
     async fn route(&self, event: SharedEvent) -> (Handled, Vec<Commit>) {
+        // Open from here to the decision, which is what its duration measures.
         let span = trace::router_span();
         let key = match &self.dedup {
             None => None,
-            Some((expr, window)) => {
-                match self.evaluate(expr, &event, CelExpr::eval_string_within).instrument(span.clone()).await {
-                    Ok(key) => Some((bounded_key(key), *window)),
-                    Err(reason) => {
-                        span.record("decision", "dedup-error");
-                        let reason = format!("dedup key could not be evaluated: {reason}");
-                        self.stats.record_filter_error(&reason);
-                        tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
-                        self.report(&event, &reason);
-                        return (Handled::Dropped(Outcome::FilterError, reason), Vec::new());
-                    }
+            Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).await {
+                Ok(key) => Some((bounded_key(key), *window)),
+                Err(reason) => {
+                    span.record("decision", "dedup-error");
+                    let reason = format!("dedup key could not be evaluated: {reason}");
+                    self.stats.record_filter_error(&reason);
+                    tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
+                    self.report(&event, &reason);
+                    return (Handled::Dropped(Outcome::FilterError, reason), Vec::new());
                 }
-            }
+            },
         };
         let stored_key = key.as_ref().map(|(key, _)| key.clone());
-        let admission = span.in_scope(|| self.router.admit(&self.id, key, self.rate_limit.as_ref()));
+        let admission = self.router.admit(&self.id, key, self.rate_limit.as_ref());
         span.record(
             "decision",
             match admission {

@@ -333,8 +333,8 @@ impl Kagent {
             return Ok(id.clone());
         }
         let sent = self.client.post(url.clone()).headers(self.headers.clone()).json(&self.session_body(request));
-        let response =
-            http::traced(sent).send().await.map_err(|e| prefixed("creating the session", http::classify_error(&e)))?;
+        let sent = http::traced(sent);
+        let response = sent.send().await.map_err(|e| prefixed("creating the session", http::classify_error(&e)))?;
         let response = http::check(response).await.map_err(|e| prefixed("creating the session", e))?;
         let body = read_json(response).await.map_err(|e| prefixed("creating the session", e))?;
         if body.get("error").and_then(Value::as_bool) == Some(true) {
@@ -373,8 +373,8 @@ impl Kagent {
             None => None,
         };
         let body = self.message_request(request, text, session.as_deref());
-        let sent = self.client.post(self.a2a_url.clone()).headers(self.headers.clone()).json(&body);
-        let response = http::traced(sent).send().await.map_err(|e| http::classify_error(&e))?;
+        let sent = http::traced(self.client.post(self.a2a_url.clone()).headers(self.headers.clone()).json(&body));
+        let response = sent.send().await.map_err(|e| http::classify_error(&e))?;
         let response = http::check(response).await?;
         let answer = read_json(response).await?;
         let mut detail = interpret(&answer)?;
