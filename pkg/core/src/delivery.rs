@@ -929,6 +929,15 @@ mod tests {
     }
 
     #[test]
+    fn an_attempt_span_says_retrying_until_no_attempt_follows() {
+        let ok: Result<Receipt, DeliveryError> = Ok(Receipt { detail: None });
+        assert_eq!(attempt_outcome(&ok, 1, 3), "delivered");
+        assert_eq!(attempt_outcome(&Err(DeliveryError::transient("HTTP 503")), 2, 3), "retrying");
+        assert_eq!(attempt_outcome(&Err(DeliveryError::transient("HTTP 503")), 3, 3), "failed");
+        assert_eq!(attempt_outcome(&Err(DeliveryError::permanent("HTTP 400")), 1, 3), "failed");
+    }
+
+    #[test]
     fn a_full_queue_refuses_instead_of_blocking() {
         let queue = MemoryQueue::new(1);
         queue.push(delivery()).unwrap();
