@@ -42,6 +42,9 @@ pub struct ControllerArgs {
     /// How to reach the cluster.
     #[command(flatten)]
     cluster: ClusterArgs,
+    /// OpenTelemetry tracing.
+    #[command(flatten)]
+    pub tracing: crate::telemetry::TracingArgs,
     /// Namespaces whose TriggerServices are reconciled (comma-separated); all when omitted.
     #[arg(long, alias = "namespace", value_delimiter = ',')]
     watch_namespaces: Vec<String>,

@@ -13,6 +13,7 @@ mod run;
 mod state;
 mod status;
 mod suggest;
+mod telemetry;
 mod validate;
 mod webhooks;
 
@@ -177,15 +178,25 @@ fn main() -> ExitCode {
     // One crypto provider for every TLS client in the process (reqwest, kube).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    if let Err(e) = init_logging(cli.log_format, &cli.log_level) {
-        eprintln!("error: --log-level {:?}: {e}", cli.log_level);
-        return ExitCode::from(2);
-    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(e) => {
-            tracing::error!("cannot start the async runtime: {e}");
+            eprintln!("error: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
+        }
+    };
+    let otlp = match &cli.command {
+        Command::Run(args) => args.tracing.otlp_endpoint.clone(),
+        Command::Controller(args) => args.tracing.otlp_endpoint.clone(),
+        _ => None,
+    };
+    // An empty value is unset, as OpenTelemetry's variables have it.
+    let otlp = otlp.filter(|endpoint| !endpoint.is_empty());
+    let traces = match telemetry::init(cli.log_format, &cli.log_level, otlp.as_deref(), runtime.handle()) {
+        Ok(traces) => traces,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     // The long-running commands log; the others print for a person or a script.
@@ -237,6 +248,7 @@ fn main() -> ExitCode {
             }
         }
     });
+    traces.shutdown();
     match result {
         Ok(code) => code,
         Err(e) if logs => {
@@ -258,19 +270,6 @@ fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
         Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
         _ => Ok(ExitCode::SUCCESS),
     }
-}
-
-/// Every log line goes to stderr through one subscriber, so that `--log-format json` prints
-/// nothing but JSON lines there.
-fn init_logging(format: LogFormat, level: &str) -> Result<(), String> {
-    let filter = tracing_subscriber::EnvFilter::builder().parse(level).map_err(|e| e.to_string())?;
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
 }
 
 /// Every source and destination type, with webhook sources served by `webhooks`, and

@@ -39,6 +39,9 @@ pub struct RunArgs {
     /// Limits of the webhook listener.
     #[command(flatten)]
     webhook_limits: WebhookLimits,
+    /// OpenTelemetry tracing.
+    #[command(flatten)]
+    pub tracing: crate::telemetry::TracingArgs,
     /// How long deliveries already queued, and webhook requests in flight, may take to finish
     /// after a stop signal; webhook connections still open then are closed.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]

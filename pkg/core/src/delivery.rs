@@ -22,11 +22,13 @@ use futures::FutureExt;
 use ktrigger_api::{DestinationSpec, parse_duration};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
+use tracing::Instrument;
 
 use crate::event::{Event, SharedEvent, TriggerId, stable_id};
 use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
 use crate::state::Commit;
 use crate::stats::{DestinationOutcome, TriggerStats, lock};
+use crate::trace;
 
 /// Default number of deliveries waiting per destination.
 pub const DEFAULT_QUEUE_SIZE: usize = 1000;
@@ -55,11 +57,14 @@ pub struct Delivery {
     /// The bytes of the event held against the trigger's queue budget, released once every
     /// delivery sharing the charge is gone.
     pub charge: Option<Arc<QueueCharge>>,
+    /// The span of the event that caused it, parent of each attempt's span; none for a delivery
+    /// restored after a restart. It keeps that span open until the delivery is done.
+    pub span: tracing::Span,
 }
 
 impl Delivery {
     /// A new delivery of `event` for `trigger` to the destination labelled `destination`, fired
-    /// now, charged to no budget.
+    /// now, charged to no budget, within the current span.
     pub fn new(trigger: TriggerId, event: SharedEvent, destination: &str) -> Self {
         let id = stable_id(&[&trigger.to_string(), destination, &event.meta.id]);
         Delivery {
@@ -70,6 +75,7 @@ impl Delivery {
             attempts: 0,
             not_before: None,
             charge: None,
+            span: tracing::Span::current(),
         }
     }
 }
@@ -500,7 +506,10 @@ pub async fn deliver_with_retries(
     loop {
         attempt = attempt.saturating_add(1);
         let request = DeliveryRequest { id: &delivery.id, trigger: &delivery.trigger, event: &delivery.event, attempt };
-        let result = attempt_once(target, &request).await;
+        let span = trace::deliver_span(&delivery.span, &target.label, &delivery.id, attempt);
+        let result = attempt_once(target, &request).instrument(span.clone()).await;
+        span.record("outcome", attempt_outcome(&result, attempt, target.policy.max_attempts));
+        drop(span);
         let error = match result {
             Ok(receipt) => {
                 let answer = receipt.detail.as_ref().map(|detail| format!("{}: {detail}", target.label));
@@ -532,6 +541,15 @@ pub async fn deliver_with_retries(
         let next = chrono::Duration::from_std(wait).ok().and_then(|wait| Utc::now().checked_add_signed(wait));
         on_retry(attempt, next.unwrap_or_else(Utc::now));
         tokio::time::sleep(wait).await;
+    }
+}
+
+/// What an attempt's span records: `delivered`, `retrying`, or `failed` when no attempt follows.
+fn attempt_outcome(result: &Result<Receipt, DeliveryError>, attempt: u32, max_attempts: u32) -> &'static str {
+    match result {
+        Ok(_) => "delivered",
+        Err(DeliveryError::Transient { .. }) if attempt < max_attempts => "retrying",
+        Err(_) => "failed",
     }
 }
 
@@ -627,6 +645,7 @@ async fn send_dead_letter(
         attempts: 0,
         not_before: None,
         charge: None,
+        span: delivery.span.clone(),
     };
     if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats, |_, _| {}).await {
         tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
@@ -907,6 +926,15 @@ mod tests {
         assert_eq!((queue.len(), queue.in_flight()), (1, 1));
         queue.ack(&popped.id);
         assert_eq!((queue.len(), queue.in_flight()), (1, 0));
+    }
+
+    #[test]
+    fn an_attempt_span_says_retrying_until_no_attempt_follows() {
+        let ok: Result<Receipt, DeliveryError> = Ok(Receipt { detail: None });
+        assert_eq!(attempt_outcome(&ok, 1, 3), "delivered");
+        assert_eq!(attempt_outcome(&Err(DeliveryError::transient("HTTP 503")), 2, 3), "retrying");
+        assert_eq!(attempt_outcome(&Err(DeliveryError::transient("HTTP 503")), 3, 3), "failed");
+        assert_eq!(attempt_outcome(&Err(DeliveryError::permanent("HTTP 400")), 1, 3), "failed");
     }
 
     #[test]

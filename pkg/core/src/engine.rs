@@ -14,6 +14,7 @@ use tokio::sync::{Mutex, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use crate::bounded::off_runtime;
 use crate::cel::limits::{Budget, Exceeded};
@@ -30,6 +31,7 @@ use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::state::memory::MemoryStore;
 use crate::state::{Commit, StateStore, StoreError, trigger_prefix};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
+use crate::trace;
 
 /// Where a trigger keeps its dedup entries, under its prefix in the store.
 const DEDUP: &str = "dedup/";
@@ -552,13 +554,14 @@ impl Processor {
                 received = events.recv() => {
                     let Some(envelope) = received else { break };
                     let event = envelope.event.clone();
-                    if let Err((outcome, reason)) = self.filter_step(&event).await {
+                    let span = trace::event_span(&self.id, &event);
+                    if let Err((outcome, reason)) = self.filter_step(&event).instrument(span.clone()).await {
                         envelope.answer(Handled::Dropped(outcome, reason));
                         continue;
                     }
                     match debounce {
                         None => {
-                            let (handled, commits) = self.route(event).await;
+                            let (handled, commits) = self.route(event).instrument(span).await;
                             answer_when_stored(envelope, handled, commits);
                         }
                         Some(quiet) => {
@@ -576,7 +579,8 @@ impl Processor {
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if let Some((event, _)) = pending.take() {
-                        self.route(event).await;
+                        let span = trace::event_span(&self.id, &event);
+                        self.route(event).instrument(span).await;
                         drop(self.store.delete(&format!("{}{DEBOUNCE}", self.prefix)));
                     }
                 }
@@ -653,7 +657,11 @@ impl Processor {
     async fn filter_step(&self, event: &SharedEvent) -> Result<(), (Outcome, String)> {
         self.stats.record_received();
         let Some(filter) = &self.filter else { return Ok(()) };
-        match self.evaluate(filter, event, CelExpr::eval_bool_within).await {
+        let span = trace::filter_span();
+        let result = self.evaluate(filter, event, CelExpr::eval_bool_within).instrument(span.clone()).await;
+        span.record("matched", matches!(result, Ok(true)));
+        drop(span);
+        match result {
             Ok(true) => Ok(()),
             Ok(false) => {
                 self.stats.record_filtered();
@@ -674,11 +682,14 @@ impl Processor {
     /// Dedup and rate limit through the shared router, then hand the event to every destination:
     /// how it was handled, and the writes to wait for before saying so.
     async fn route(&self, event: SharedEvent) -> (Handled, Vec<Commit>) {
+        // Open from here to the decision, which is what its duration measures.
+        let span = trace::router_span();
         let key = match &self.dedup {
             None => None,
             Some((expr, window)) => match self.evaluate(expr, &event, CelExpr::eval_string_within).await {
                 Ok(key) => Some((bounded_key(key), *window)),
                 Err(reason) => {
+                    span.record("decision", "dedup-error");
                     let reason = format!("dedup key could not be evaluated: {reason}");
                     self.stats.record_filter_error(&reason);
                     tracing::warn!(trigger = %self.id, event = %event.meta.id, reason = %reason, "event not matched");
@@ -689,6 +700,16 @@ impl Processor {
         };
         let stored_key = key.as_ref().map(|(key, _)| key.clone());
         let admission = self.router.admit(&self.id, key, self.rate_limit.as_ref());
+        span.record(
+            "decision",
+            match admission {
+                Admission::Fire => "fire",
+                Admission::Duplicate { .. } => "duplicate",
+                Admission::RateLimited => "rate-limited",
+            },
+        );
+        // Deliveries are children of the event, not of the decision.
+        drop(span);
         let mut commits = match (&admission, &stored_key) {
             (Admission::Fire | Admission::Duplicate { .. }, Some(key)) => self.persist_dedup(key),
             _ => Vec::new(),

@@ -20,3 +20,4 @@ pub mod secrets;
 pub mod state;
 pub mod stats;
 pub mod template;
+pub mod trace;

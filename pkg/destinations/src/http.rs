@@ -12,6 +12,7 @@ use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refu
 use ktrigger_core::registry::{DeliveryError, Receipt};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, Response, StatusCode};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// How long establishing a connection (TCP and TLS) may take before the attempt is transient.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -64,9 +65,38 @@ pub fn shared_client() -> Result<reqwest::Client, String> {
     CLIENT.get_or_init(|| http_client(None, Arc::new(EgressPolicy::local()))).clone()
 }
 
-/// Sends `request` and classifies the outcome; the receipt says `HTTP <status>`.
+/// Adds the W3C `traceparent` (and `tracestate`) of the current delivery attempt's span when
+/// tracing is on; without it the span is disabled and the request is left as it is.
+pub fn traced(request: RequestBuilder) -> RequestBuilder {
+    let span = tracing::Span::current();
+    if span.is_disabled() {
+        return request;
+    }
+    let context = span.context();
+    let mut headers = TraceHeaders(Vec::new());
+    opentelemetry::global::get_text_map_propagator(|propagator| propagator.inject_context(&context, &mut headers));
+    headers.0.into_iter().fold(request, |request, (name, value)| request.header(name, value))
+}
+
+/// The headers a propagator writes.
+struct TraceHeaders(Vec<(&'static str, String)>);
+
+impl opentelemetry::propagation::Injector for TraceHeaders {
+    fn set(&mut self, key: &str, value: String) {
+        // Only the trace-context names are taken: a header name must outlive the request builder.
+        let name = match key {
+            "traceparent" => "traceparent",
+            "tracestate" => "tracestate",
+            _ => return,
+        };
+        self.0.push((name, value));
+    }
+}
+
+/// Sends `request` (with the trace context, see [`traced`]) and classifies the outcome; the
+/// receipt says `HTTP <status>`.
 pub async fn send(request: RequestBuilder) -> Result<Receipt, DeliveryError> {
-    match request.send().await {
+    match traced(request).send().await {
         Ok(response) => classify(response).await,
         Err(error) => Err(classify_error(&error)),
     }

@@ -333,6 +333,7 @@ impl Kagent {
             return Ok(id.clone());
         }
         let sent = self.client.post(url.clone()).headers(self.headers.clone()).json(&self.session_body(request));
+        let sent = http::traced(sent);
         let response = sent.send().await.map_err(|e| prefixed("creating the session", http::classify_error(&e)))?;
         let response = http::check(response).await.map_err(|e| prefixed("creating the session", e))?;
         let body = read_json(response).await.map_err(|e| prefixed("creating the session", e))?;
@@ -372,7 +373,7 @@ impl Kagent {
             None => None,
         };
         let body = self.message_request(request, text, session.as_deref());
-        let sent = self.client.post(self.a2a_url.clone()).headers(self.headers.clone()).json(&body);
+        let sent = http::traced(self.client.post(self.a2a_url.clone()).headers(self.headers.clone()).json(&body));
         let response = sent.send().await.map_err(|e| http::classify_error(&e))?;
         let response = http::check(response).await?;
         let answer = read_json(response).await?;

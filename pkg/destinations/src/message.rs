@@ -371,7 +371,7 @@ pub fn code_of(answer: &Value, key: &str) -> Option<i64> {
 /// Sends `payload` as JSON with `request`. A non-2xx status or a transport error is the
 /// delivery error it stands for (see [`http`]); a 2xx answer is returned for the vendor to read.
 pub async fn post_json(request: RequestBuilder, payload: &Value) -> Result<Answer, DeliveryError> {
-    let mut response = request.json(payload).send().await.map_err(|e| http::classify_error(&e))?;
+    let mut response = http::traced(request.json(payload)).send().await.map_err(|e| http::classify_error(&e))?;
     let retry_after = response
         .headers()
         .get(RETRY_AFTER)

@@ -67,6 +67,7 @@ impl StoredDelivery {
             attempts: self.attempts,
             not_before: self.not_before,
             charge: None,
+            span: tracing::Span::none(),
         }
     }
 }

@@ -305,6 +305,7 @@ impl Inner {
             attempts: recorded.map_or(0, |recorded| recorded.attempts),
             not_before: recorded.map(|recorded| recorded.next),
             charge: None,
+            span: tracing::Span::none(),
         };
         lock(&self.fetched).push_back(Held { delivery, sequence, reply });
         self.ready.notify_one();
