@@ -131,8 +131,9 @@ fn a_corrupt_state_file_is_moved_aside_with_a_clear_message_and_a_fresh_one_used
     std::fs::write(state.path().join("state.redb"), &garbage).unwrap();
     let running = start(&path, state.path());
     let text = running.stderr.wait_for("moved to", Duration::from_secs(10));
-    let line = text.lines().find(|l| l.starts_with("warning: the state file could not be used")).expect("a warning");
-    let aside = line.rsplit("moved to ").next().unwrap().trim();
+    let line = text.lines().find(|l| l.contains("the state file could not be used; moved to ")).expect("a warning");
+    assert!(line.contains("WARN"), "{line}");
+    let aside = line.split("moved to ").nth(1).and_then(|rest| rest.split_whitespace().next()).unwrap();
     assert_eq!(std::fs::read_to_string(aside).unwrap(), garbage, "moved aside, not deleted: {line}");
     assert_eq!(post_event(&running, &json!({"n": 1})).1["fired"], true, "the fresh store works");
     receiver.wait_for_requests(1);

@@ -196,7 +196,7 @@ fn a_plugin_that_never_hands_shakes_hits_the_handshake_timeout_naming_plugin_and
     assert!(started.elapsed() < Duration::from_secs(10), "{text}");
     assert!(text.contains("error: plugin \"mute\": bad handshake: no handshake line on stdout within 1s"), "{text}");
     assert!(
-        text.contains("trigger plugged/numbers: triggers[0].source.type: unknown source type \"counter\""),
+        text.contains("trigger numbers: spec.triggers[0].source.type: unknown source type \"counter\""),
         "{text}"
     );
     assert!(text.contains("(types may be missing: plugin \"mute\": bad handshake"), "{text}");
@@ -211,7 +211,7 @@ fn a_bad_handshake_is_quoted_naming_plugin_and_trigger() {
     let expected = "plugin \"chatty\": bad handshake: expected KTRIGGER_PLUGIN|1|<host:port> as the first line of \
                     stdout, got \"hello from a program\"";
     assert!(text.contains(&format!("error: {expected}")), "{text}");
-    assert!(text.contains("trigger plugged/numbers: triggers[0].source.type"), "{text}");
+    assert!(text.contains("trigger numbers: spec.triggers[0].source.type"), "{text}");
     assert!(text.contains(&format!("(types may be missing: {expected})")), "{text}");
 }
 
@@ -224,7 +224,7 @@ fn a_wrong_protocol_version_is_named_with_plugin_and_trigger() {
     assert!(!ok);
     let expected = "plugin \"future\" speaks protocol version 2; this ktrigger speaks version 1";
     assert!(text.contains(&format!("error: {expected}")), "{text}");
-    assert!(text.contains("trigger plugged/numbers: triggers[0].source.type"), "{text}");
+    assert!(text.contains("trigger numbers: spec.triggers[0].source.type"), "{text}");
     assert!(text.contains(&format!("(types may be missing: {expected})")), "{text}");
 }
 
@@ -234,10 +234,10 @@ fn properties_failing_the_plugin_schema_are_errors_naming_plugin_trigger_and_pro
     let plugins = plugins_file(dir.path());
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
     assert!(!ok, "{text}");
-    assert!(text.contains("trigger plugged/numbers: "), "{text}");
-    assert!(text.contains("triggers[0].source: properties.intervalMs: \"fast\" is not of type \"integer\""), "{text}");
+    assert!(text.contains("trigger numbers: "), "{text}");
+    assert!(text.contains("spec.triggers[0].source.properties.intervalMs: \"fast\" is not of type \"integer\""), "{text}");
     assert!(text.contains("(schema of type \"counter\" from plugin \"example\")"), "{text}");
-    assert!(text.contains("triggers[0].destinations[0]: properties: "), "{text}");
+    assert!(text.contains("spec.triggers[0].destinations[0].properties: "), "{text}");
     assert!(text.contains("properties: Additional properties are not allowed ('nmae' was unexpected)"), "{text}");
     assert!(text.contains("properties: \"name\" is a required property"), "{text}");
     assert!(text.contains("(schema of type \"jsonl\" from plugin \"example\")"), "{text}");
@@ -249,7 +249,7 @@ fn the_plugin_validate_call_checks_what_the_schema_cannot() {
     let plugins = plugins_file(dir.path());
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
     assert!(!ok, "{text}");
-    assert!(text.contains("triggers[0].source: intervalMs: at most one hour (3600000) (plugin \"example\")"), "{text}");
+    assert!(text.contains("spec.triggers[0].source.intervalMs: at most one hour (3600000) (plugin \"example\")"), "{text}");
     let (dir, config) = write_config(&counter_service("{intervalMs: 500}", "{type: log}"));
     let plugins = plugins_file(dir.path());
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
@@ -284,7 +284,7 @@ fn plugin_types_are_listed_beside_builtin_ones_and_builtin_kube_sources_can_be_d
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
     assert!(!ok);
     assert!(
-        text.contains("trigger ev/restarts: triggers[0].source.type: unknown source type \"k8s-events\""),
+        text.contains("trigger restarts: spec.triggers[0].source.type: unknown source type \"k8s-events\""),
         "{text}"
     );
     assert!(text.contains("(types may be missing: source type \"k8s-events\" is in disabledSources"), "{text}");
