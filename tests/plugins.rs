@@ -195,10 +195,7 @@ fn a_plugin_that_never_hands_shakes_hits_the_handshake_timeout_naming_plugin_and
     assert!(!ok);
     assert!(started.elapsed() < Duration::from_secs(10), "{text}");
     assert!(text.contains("error: plugin \"mute\": bad handshake: no handshake line on stdout within 1s"), "{text}");
-    assert!(
-        text.contains("trigger numbers: spec.triggers[0].source.type: unknown source type \"counter\""),
-        "{text}"
-    );
+    assert!(text.contains("trigger numbers: spec.triggers[0].source.type: unknown source type \"counter\""), "{text}");
     assert!(text.contains("(types may be missing: plugin \"mute\": bad handshake"), "{text}");
 }
 
@@ -235,7 +232,10 @@ fn properties_failing_the_plugin_schema_are_errors_naming_plugin_trigger_and_pro
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
     assert!(!ok, "{text}");
     assert!(text.contains("trigger numbers: "), "{text}");
-    assert!(text.contains("spec.triggers[0].source.properties.intervalMs: \"fast\" is not of type \"integer\""), "{text}");
+    assert!(
+        text.contains("spec.triggers[0].source.properties.intervalMs: \"fast\" is not of type \"integer\""),
+        "{text}"
+    );
     assert!(text.contains("(schema of type \"counter\" from plugin \"example\")"), "{text}");
     assert!(text.contains("spec.triggers[0].destinations[0].properties: "), "{text}");
     assert!(text.contains("properties: Additional properties are not allowed ('nmae' was unexpected)"), "{text}");
@@ -249,7 +249,10 @@ fn the_plugin_validate_call_checks_what_the_schema_cannot() {
     let plugins = plugins_file(dir.path());
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
     assert!(!ok, "{text}");
-    assert!(text.contains("spec.triggers[0].source.intervalMs: at most one hour (3600000) (plugin \"example\")"), "{text}");
+    assert!(
+        text.contains("spec.triggers[0].source.intervalMs: at most one hour (3600000) (plugin \"example\")"),
+        "{text}"
+    );
     let (dir, config) = write_config(&counter_service("{intervalMs: 500}", "{type: log}"));
     let plugins = plugins_file(dir.path());
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);

@@ -117,9 +117,19 @@ impl Source for PluginSource {
             };
             let event = self.event(sent)?;
             let id = event.meta.id.clone();
-            let Some(tracked) = sink.send_tracked(std::sync::Arc::new(event)).await else { return Ok(()) };
-            if let Handled::NotStored(reason) = tracked.handled().await {
-                return Err(failed(format!("an event was not stored ({reason}); the plugin sends it again")));
+            let handled = tokio::select! {
+                _ = cancel.cancelled() => return Ok(()),
+                handled = async {
+                    let tracked = sink.send_tracked(std::sync::Arc::new(event)).await?;
+                    Some(tracked.handled().await)
+                } => handled,
+            };
+            match handled {
+                None => return Ok(()),
+                Some(Handled::NotStored(reason)) => {
+                    return Err(failed(format!("an event was not stored ({reason}); the plugin sends it again")));
+                }
+                Some(_) => {}
             }
             // Only now is the event the engine's (stored, or decided on): an event lost before
             // this line is sent again by the plugin, one acknowledged after it is never asked for
