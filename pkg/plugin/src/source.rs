@@ -87,6 +87,9 @@ fn derived_id(plugin: &str, trigger: &Trigger, event_type: &str, object_json: &s
     hex::encode(&hash.finalize()[..16])
 }
 
+/// How long a stopping source waits for the plugin to close the stream after its last acknowledgement.
+const CLOSE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[async_trait]
 impl Source for PluginSource {
     async fn run(&self, sink: EventSink, cancel: CancellationToken) -> Result<(), SourceError> {
@@ -107,7 +110,14 @@ impl Source for PluginSource {
         };
         loop {
             let sent = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                _ = cancel.cancelled() => {
+                    // End the request stream so the acknowledgements already sent reach the
+                    // plugin before the call goes away; wait briefly for the plugin to close.
+                    drop(requests);
+                    let _ = tokio::time::timeout(CLOSE_WAIT, async { while let Ok(Some(_)) = events.message().await {} })
+                        .await;
+                    return Ok(());
+                }
                 sent = events.message() => sent,
             };
             let sent = match sent {
@@ -117,12 +127,14 @@ impl Source for PluginSource {
             };
             let event = self.event(sent)?;
             let id = event.meta.id.clone();
+            // An answer already given wins over a stop: its event is acknowledged, not sent again.
             let handled = tokio::select! {
-                _ = cancel.cancelled() => return Ok(()),
+                biased;
                 handled = async {
                     let tracked = sink.send_tracked(std::sync::Arc::new(event)).await?;
                     Some(tracked.handled().await)
                 } => handled,
+                _ = cancel.cancelled() => return Ok(()),
             };
             match handled {
                 None => return Ok(()),
