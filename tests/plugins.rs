@@ -407,9 +407,10 @@ mappings:
 
 #[test]
 fn the_plugin_example_validates_with_its_plugins_file() {
-    let examples = repo().join("examples/plugins");
-    let plugins = examples.join("plugins.yaml");
-    let config = examples.join("counter-to-jsonl.yaml");
+    // Kept beside docs/plugins.md, out of examples/: they need the plugin to validate.
+    let files = repo().join("docs/plugins");
+    let plugins = files.join("plugins.yaml");
+    let config = files.join("counter-to-jsonl.yaml");
     plugin_script();
     let output = ktrigger()
         .current_dir(repo())

@@ -248,8 +248,8 @@ pub fn wait_for_lines(path: &Path, count: usize, timeout: Duration) -> Vec<serde
     }
 }
 
-/// The example TriggerService files directly under `examples/`, sorted. Those under
-/// `examples/plugins/` need their plugin running and are tested with it (tests/plugins.rs);
+/// The example TriggerService files directly under `examples/`, sorted. The plugin example needs
+/// its plugin running and sits in `docs/plugins/` (tested by tests/plugins.rs);
 /// `examples/events/` holds sample events for `ktrigger eval`.
 pub fn example_files() -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("examples"))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """An example ktrigger plugin: a `counter` source and a `jsonl` destination.
 
-Started by ktrigger (see examples/plugins/plugins.yaml), it listens on a free local port and
+Started by ktrigger (see docs/plugins/plugins.yaml), it listens on a free local port and
 prints the handshake line `KTRIGGER_PLUGIN|1|127.0.0.1:PORT`. Run as a sidecar, give it
 `--listen 0.0.0.0:50051` and name that address in the plugins file.
 
