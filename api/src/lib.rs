@@ -12,7 +12,10 @@ pub use document::{Document, DocumentError, MAX_DOCUMENT_PROBLEMS, check_documen
 pub use locate::{FieldPositions, Position, field_positions};
 pub use schema::MAX_EXPRESSION;
 pub use types::*;
-pub use validate::{MAX_DURATION, MAX_DURATION_TEXT, SpecError, parse_duration, trigger_names, validate_spec};
+pub use validate::{
+    MAX_BATCH_EVENTS, MAX_CONCURRENCY, MAX_DURATION, MAX_DURATION_TEXT, SpecError, parse_duration, trigger_names,
+    validate_spec,
+};
 
 use kube::CustomResourceExt;
 

@@ -130,6 +130,57 @@ pub struct DestinationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub queue_size: Option<u32>,
+    /// Deliveries sent to this destination at the same time; default 16, at most 1024.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1024))]
+    pub concurrency: Option<u32>,
+    /// Which deliveries must keep their order: `perObject` (the default for `resource-watcher`
+    /// and `k8s-events` sources) never sends two deliveries of one object at the same time nor
+    /// out of order; `none` (the default for other sources) sends in any order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ordering: Option<DeliveryOrdering>,
+    /// What happens to a new delivery when the queue is full: `backpressure` (default) makes the
+    /// source wait (Kubernetes, cron, http-poller and plugin sources pause; inbound webhooks
+    /// answer 503 with Retry-After); `deadLetter` dead-letters it at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overflow: Option<OverflowPolicy>,
+    /// Send several deliveries in one request (webhook and log destinations only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
+}
+
+/// Which deliveries of one destination keep their order.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum DeliveryOrdering {
+    /// Any order, as many at once as `concurrency` allows.
+    None,
+    /// One delivery at a time per object, in the order the source saw them.
+    PerObject,
+}
+
+/// What a full delivery queue does to new deliveries.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OverflowPolicy {
+    /// The source waits for room (an inbound webhook answers 503 with Retry-After).
+    Backpressure,
+    /// The new delivery is dead-lettered at once.
+    DeadLetter,
+}
+
+/// Batching: up to `maxEvents` deliveries in one request, none waiting more than `maxDelay`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchSpec {
+    /// Most deliveries in one request, 1 to 1000.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_events: u32,
+    /// Longest a delivery waits for others to join its batch, e.g. `100ms`; default `1s`, at
+    /// most 30 days.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
+    pub max_delay: Option<String>,
 }
 
 /// Retry policy: exponential backoff with jitter between `backoff` and `maxBackoff`.

@@ -32,6 +32,12 @@ pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 /// Longest duration text: generous for `1h 30m 15s 500ms`, and bounds what the CRD lets through.
 pub const MAX_DURATION_TEXT: usize = 64;
 
+/// Most deliveries one destination may have in flight at once.
+pub const MAX_CONCURRENCY: u32 = 1024;
+
+/// Most deliveries in one batch.
+pub const MAX_BATCH_EVENTS: u32 = 1000;
+
 /// Parses a duration such as `500ms`, `10s`, `2m` or `1h 30m`, greater than zero and at most
 /// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -153,6 +159,15 @@ fn check_destination(check: &mut Checker, field: &str, destination: &Destination
     check.duration(&format!("{field}.timeout"), destination.timeout.as_ref());
     if destination.queue_size == Some(0) {
         check.fail(&format!("{field}.queueSize"), "must be at least 1".into());
+    }
+    if destination.concurrency.is_some_and(|n| !(1..=MAX_CONCURRENCY).contains(&n)) {
+        check.fail(&format!("{field}.concurrency"), format!("must be between 1 and {MAX_CONCURRENCY}"));
+    }
+    if let Some(batch) = &destination.batch {
+        if !(1..=MAX_BATCH_EVENTS).contains(&batch.max_events) {
+            check.fail(&format!("{field}.batch.maxEvents"), format!("must be between 1 and {MAX_BATCH_EVENTS}"));
+        }
+        check.duration(&format!("{field}.batch.maxDelay"), batch.max_delay.as_ref());
     }
     if let Some(retry) = &destination.retry {
         if retry.max_attempts == Some(0) {

@@ -21,7 +21,8 @@ use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::credentials::CredentialPolicy;
 use crate::delivery::{
-    DeliveryQueue, QueueBudget, QueueLimits, Target, TriggerBudget, enqueue, panic_message, run_worker,
+    DeliveryQueue, QueueBudget, QueueLimits, Room, Target, TriggerBudget, enqueue, event_bytes, panic_message, room,
+    run_worker,
 };
 use crate::event::{SharedEvent, TriggerId, stable_id};
 use crate::prepare::{PreparedTrigger, TriggerProblem, prepare_service};
@@ -42,6 +43,9 @@ const SOURCE: &str = "source/";
 
 /// How long shutdown waits for halted workers to end.
 const HALT_WAIT: Duration = Duration::from_secs(1);
+
+/// How often a source waiting for room in a full delivery queue looks again.
+const ROOM_CHECK: Duration = Duration::from_millis(5);
 
 /// Events a source may hand over before it waits for its trigger.
 const EVENT_BUFFER: usize = 256;
@@ -378,8 +382,8 @@ impl Engine {
         let store: Arc<dyn StateStore> = if dry_run { Arc::new(MemoryStore) } else { self.store.clone() };
         let prefix = trigger_prefix(&trigger.id);
         let mut opened = Vec::with_capacity(trigger.targets.len());
-        for (target, size) in &trigger.targets {
-            match store.open_queue(&format!("{prefix}queue/{}", target.label), *size).await {
+        for target in &trigger.targets {
+            match store.open_queue(&format!("{prefix}queue/{}", target.label), target.flow.queue_size).await {
                 Ok(queue) => opened.push(queue),
                 Err(error) => {
                     let message =
@@ -399,7 +403,7 @@ impl Engine {
                 return false;
             }
         };
-        for ((target, _), queue) in trigger.targets.iter().zip(opened) {
+        for (target, queue) in trigger.targets.iter().zip(opened) {
             let found = queue.len();
             if found > 0 {
                 tracing::info!(trigger = %trigger.id, destination = %target.label, deliveries = found,
@@ -420,7 +424,8 @@ impl Engine {
             rate_limit: trigger.rate_limit.and_then(|(per_minute, burst)| RateLimit::per_minute(per_minute, burst)),
             router: self.router.clone(),
             stats: stats.clone(),
-            targets: trigger.targets.into_iter().map(|(target, _)| target).zip(queues.clone()).collect(),
+            targets: trigger.targets.into_iter().zip(queues.clone()).collect(),
+            cancel: cancel.clone(),
             budget: budget.clone(),
             dry_run,
             store: store.clone(),
@@ -536,6 +541,8 @@ struct Processor {
     targets: Vec<(Target, Arc<dyn DeliveryQueue>)>,
     budget: Arc<TriggerBudget>,
     dry_run: bool,
+    /// Fired when the trigger stops: an event waiting for room in a full queue is given up.
+    cancel: CancellationToken,
 }
 
 impl Processor {
@@ -561,7 +568,7 @@ impl Processor {
                     }
                     match debounce {
                         None => {
-                            let (handled, commits) = self.route(event).instrument(span).await;
+                            let (handled, commits) = self.route(event, envelope.can_wait).instrument(span).await;
                             answer_when_stored(envelope, handled, commits);
                         }
                         Some(quiet) => {
@@ -580,7 +587,7 @@ impl Processor {
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if let Some((event, _)) = pending.take() {
                         let span = trace::event_span(&self.id, &event);
-                        self.route(event).instrument(span).await;
+                        self.route(event, true).instrument(span).await;
                         drop(self.store.delete(&format!("{}{DEBOUNCE}", self.prefix)));
                     }
                 }
@@ -591,7 +598,7 @@ impl Processor {
         if let Some((event, _)) = pending.take()
             && !self.store.durable()
         {
-            self.route(event).await;
+            self.route(event, true).await;
         }
         for (_, queue) in &self.targets {
             queue.close();
@@ -679,9 +686,10 @@ impl Processor {
         }
     }
 
-    /// Dedup and rate limit through the shared router, then hand the event to every destination:
-    /// how it was handled, and the writes to wait for before saying so.
-    async fn route(&self, event: SharedEvent) -> (Handled, Vec<Commit>) {
+    /// Dedup and rate limit through the shared router, then hand the event to every destination
+    /// (waiting for room in full queues when the source `can_wait`): how it was handled, and the
+    /// writes to wait for before saying so.
+    async fn route(&self, event: SharedEvent, can_wait: bool) -> (Handled, Vec<Commit>) {
         // Open from here to the decision, which is what its duration measures.
         let span = trace::router_span();
         let key = match &self.dedup {
@@ -735,11 +743,41 @@ impl Processor {
             self.print_dry_run(&event);
             return (Handled::Fired, Vec::new());
         }
+        if let Err(reason) = self.wait_for_room(&event, can_wait).await {
+            return (Handled::NotStored(reason), commits);
+        }
         let (queued, refused) = enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats);
         commits.extend(queued);
         match refused {
             None => (Handled::Fired, commits),
             Some(refused) => (Handled::NotStored(refused), commits),
+        }
+    }
+
+    /// Waits until the destinations with `overflow: backpressure` have room for `event`,
+    /// looking again every [`ROOM_CHECK`]; `Err` with the reason at once when the source cannot
+    /// wait, or when the trigger stops meanwhile.
+    async fn wait_for_room(&self, event: &SharedEvent, can_wait: bool) -> Result<(), String> {
+        let bytes = event_bytes(event);
+        let mut logged = false;
+        loop {
+            let reason = match room(&self.targets, &self.budget, bytes) {
+                Room::Now => return Ok(()),
+                Room::Later(reason) => reason,
+            };
+            if !can_wait {
+                tracing::debug!(trigger = %self.id, event = %event.meta.id, reason = %reason,
+                    "delivery queue full; the sender is told to retry");
+                return Err(reason);
+            }
+            if !logged {
+                tracing::info!(trigger = %self.id, reason = %reason, "delivery queue full; the source waits for room");
+                logged = true;
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return Err(format!("{reason}; the trigger stopped while waiting")),
+                () = tokio::time::sleep(ROOM_CHECK) => {}
+            }
         }
     }
 

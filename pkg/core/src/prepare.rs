@@ -10,7 +10,7 @@ use std::time::Duration;
 use ktrigger_api::{DestinationSpec, Trigger, TriggerServiceSpec, parse_duration, trigger_names, validate_spec};
 
 use crate::cel::CelExpr;
-use crate::delivery::{DEFAULT_QUEUE_SIZE, RetryPolicy, Target};
+use crate::delivery::{Flow, RetryPolicy, Target};
 use crate::event::TriggerId;
 use crate::registry::{BuildContext, Registry, Source, SourceNeeds};
 use crate::secrets::ClusterSecrets;
@@ -35,8 +35,8 @@ pub struct PreparedTrigger {
     pub rate_limit: Option<(u32, Option<u32>)>,
     /// Quiet period before firing.
     pub debounce: Option<Duration>,
-    /// Destinations with their retry policies and queue sizes.
-    pub targets: Vec<(Target, usize)>,
+    /// Destinations with their retry policies and flows.
+    pub targets: Vec<Target>,
     /// Where deliveries that fail for good go.
     pub dead_letter: Option<Target>,
 }
@@ -50,7 +50,7 @@ impl fmt::Debug for PreparedTrigger {
 impl PreparedTrigger {
     /// `cron → log, webhook`: a one-line summary for `run`'s start-up report.
     pub fn summary(&self) -> String {
-        let targets: Vec<&str> = self.targets.iter().map(|(t, _)| t.label.as_str()).collect();
+        let targets: Vec<&str> = self.targets.iter().map(|t| t.label.as_str()).collect();
         let filter = if self.filter.is_some() { " (with filter)" } else { "" };
         format!("{}{filter} → {}", self.source_type, targets.join(", "))
     }
@@ -139,16 +139,18 @@ impl Builder<'_> {
             let key = CelExpr::filter(&dedup.key).map_err(|e| self.fail("dedup.key", e)).ok()?;
             Some((key, parse_duration(&dedup.window).ok()?))
         });
-        let targets: Vec<(Target, usize)> = trigger
+        let per_object = PER_OBJECT_SOURCES.contains(&trigger.source.type_name.as_str());
+        let targets: Vec<Target> = trigger
             .destinations
             .iter()
             .enumerate()
             .map(|(i, d)| (format!("destinations[{i}]"), d))
             .chain(trigger.action.iter().map(|d| ("action".to_string(), d)))
             .enumerate()
-            .filter_map(|(position, (field, spec))| self.target(&field, position, spec, context))
+            .filter_map(|(position, (field, spec))| self.target(&field, position, spec, context, per_object))
             .collect();
-        let dead_letter = trigger.dead_letter.as_ref().and_then(|d| self.target("deadLetter", 0, d, context));
+        let dead_letter =
+            trigger.dead_letter.as_ref().and_then(|d| self.target("deadLetter", 0, d, context, per_object));
         let needs = SourceNeeds {
             old_object: filter.as_ref().is_some_and(CelExpr::uses_old_object)
                 || dedup.as_ref().is_some_and(|(key, _)| key.uses_old_object())
@@ -173,7 +175,7 @@ impl Builder<'_> {
             rate_limit: trigger.rate_limit.as_ref().map(|r| (r.per_minute, r.burst)),
             debounce: trigger.debounce.as_deref().and_then(|d| parse_duration(d).ok()),
             targets,
-            dead_letter: dead_letter.map(|(target, _)| target),
+            dead_letter,
         })
     }
 
@@ -192,7 +194,8 @@ impl Builder<'_> {
         position: usize,
         spec: &DestinationSpec,
         context: &BuildContext,
-    ) -> Option<(Target, usize)> {
+        per_object: bool,
+    ) -> Option<Target> {
         let type_name = &spec.type_name;
         let Some(factory) = self.registry.destination(type_name) else {
             self.fail(&format!("{field}.type"), self.registry.unknown_type("destination", type_name));
@@ -200,11 +203,24 @@ impl Builder<'_> {
         };
         let destination = factory.build(&spec.properties, context).map_err(|e| self.fail(field, e)).ok()?;
         let policy = RetryPolicy::from_spec(spec).map_err(|e| self.fail(field, e)).ok()?;
+        let flow = Flow::from_spec(spec, per_object).map_err(|e| self.fail(field, e)).ok()?;
+        if flow.batch.is_some() && !destination.batches() {
+            self.fail(
+                &format!("{field}.batch"),
+                format!(
+                    "the {type_name} destination cannot send several deliveries in one request (webhook and log can)"
+                ),
+            );
+            return None;
+        }
         let label = format!("{type_name}#{position}");
-        let queue_size = spec.queue_size.map_or(DEFAULT_QUEUE_SIZE, |s| s as usize);
-        Some((Target { label, destination, policy }, queue_size))
+        Some(Target { label, destination, policy, flow })
     }
 }
+
+/// Source types whose events are changes of Kubernetes objects: their destinations keep the
+/// order of each object's deliveries unless told otherwise.
+const PER_OBJECT_SOURCES: &[&str] = &["resource-watcher", "k8s-events"];
 
 /// Most characters of an expression quoted in an error message.
 const EXCERPT: usize = 100;

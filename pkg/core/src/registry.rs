@@ -79,6 +79,9 @@ pub struct Envelope {
     pub event: SharedEvent,
     /// Told how the event was handled, when the source asked.
     pub handled: Option<oneshot::Sender<Handled>>,
+    /// Whether the source can wait for room in a full delivery queue (its stream pauses); when
+    /// it cannot, the event is answered [`Handled::NotStored`] at once and the sender retries.
+    pub can_wait: bool,
 }
 
 impl Envelope {
@@ -122,15 +125,27 @@ impl EventSink {
 
     /// Hands an already shared event to the trigger (one event fanned out to several triggers).
     pub async fn send_shared(&self, event: SharedEvent) -> bool {
-        self.sender.send(Envelope { event, handled: None }).await.is_ok()
+        self.sender.send(Envelope { event, handled: None, can_wait: true }).await.is_ok()
     }
 
     /// Hands an event to the trigger and returns at once with how to learn how it was handled:
     /// a source commits its position past the event only once that says it is stored or
     /// dropped. `None` when the trigger has stopped.
+    /// The trigger waits for room in its delivery queues, so the source pauses while they are full.
     pub async fn send_tracked(&self, event: SharedEvent) -> Option<Tracked> {
+        self.hand_over(event, true).await
+    }
+
+    /// Like [`send_tracked`](Self::send_tracked), for a source whose sender retries later (an
+    /// inbound webhook): when a delivery queue is full the event is answered
+    /// [`Handled::NotStored`] at once instead of waiting for room.
+    pub async fn offer_tracked(&self, event: SharedEvent) -> Option<Tracked> {
+        self.hand_over(event, false).await
+    }
+
+    async fn hand_over(&self, event: SharedEvent, can_wait: bool) -> Option<Tracked> {
         let (handled, receiver) = oneshot::channel();
-        self.sender.send(Envelope { event, handled: Some(handled) }).await.ok()?;
+        self.sender.send(Envelope { event, handled: Some(handled), can_wait }).await.ok()?;
         Some(Tracked(receiver))
     }
 }
@@ -215,6 +230,19 @@ pub trait Destination: Send + Sync {
 
     /// Sends one delivery attempt.
     async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError>;
+
+    /// Whether [`deliver_batch`](Self::deliver_batch) sends several deliveries in one request;
+    /// `batch:` is refused on destinations that cannot.
+    fn batches(&self) -> bool {
+        false
+    }
+
+    /// Sends one attempt of several deliveries in one request (only called when
+    /// [`batches`](Self::batches) says so).
+    async fn deliver_batch(&self, requests: &[DeliveryRequest<'_>]) -> Result<Receipt, DeliveryError> {
+        let _ = requests;
+        Err(DeliveryError::permanent("this destination cannot send batches"))
+    }
 }
 
 /// Documentation of one property of a source or destination type.

@@ -411,7 +411,7 @@ proptest! {
                     let _ = key.eval_string(&vars);
                 }
                 prop_assert!(trigger.debounce.is_none_or(|d| d <= MAX_DURATION));
-                for (target, _) in &trigger.targets {
+                for target in &trigger.targets {
                     let request = DeliveryRequest { id: "d", trigger: &trigger.id, event: &event, attempt: 1 };
                     let _ = target.destination.render(&request);
                 }

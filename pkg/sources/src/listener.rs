@@ -588,7 +588,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         for (trigger, cloud_event_object, sink) in receivers {
             let event = events.get(cloud_event_object);
             let handed = tokio::time::timeout(HAND_OVER_TIMEOUT, async {
-                let tracked = sink.send_tracked(event).await?;
+                let tracked = sink.offer_tracked(event).await?;
                 Some(tracked.handled().await)
             });
             match handed.await {

@@ -559,8 +559,9 @@ impl DeliveryQueue for RedbQueue {
         }
         let bytes = StoredDelivery::encode(&delivery);
         let mut inner = lock(&self.queue.inner);
-        if inner.waiting.len() >= self.capacity {
-            return Err(QueueError::Full(inner.waiting.len()));
+        let held = inner.waiting.len().saturating_add(inner.in_flight.len());
+        if held >= self.capacity {
+            return Err(QueueError::Full(held));
         }
         let seq = inner.next_seq;
         inner.next_seq = seq.saturating_add(1);

@@ -331,9 +331,9 @@ impl DeliveryQueue for JetStreamQueue {
         if inner.closed.is_cancelled() {
             return Err(QueueError::Closed);
         }
-        let waiting = inner.waiting.load(Ordering::Acquire);
-        if waiting >= inner.capacity {
-            return Err(QueueError::Full(waiting));
+        let held = inner.waiting.load(Ordering::Acquire).saturating_add(lock(&inner.popped).len());
+        if held >= inner.capacity {
+            return Err(QueueError::Full(held));
         }
         let stored =
             StoredRef { schema: SCHEMA_VERSION, id: &delivery.id, trigger: &delivery.trigger, event: &delivery.event };

@@ -7,7 +7,15 @@
 //!
 //! Queues are bounded in bytes as well as in count: every queued event is charged, once per
 //! trigger however many destinations share it, to that trigger's [`TriggerBudget`], itself part
-//! of one [`QueueBudget`] for the whole process.
+//! of one [`QueueBudget`] for the whole process. A queue's capacity counts the deliveries its
+//! worker holds (being sent, or waiting behind another delivery of their object) as well as
+//! those waiting in it, so the worker may take everything out and still be bounded.
+//!
+//! The worker ([`worker`]) sends up to `concurrency` deliveries at once, per object in order
+//! when asked ([`ordering`]), in batches when asked.
+
+pub mod ordering;
+pub mod worker;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -19,10 +27,12 @@ use async_trait::async_trait;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use ktrigger_api::{DestinationSpec, parse_duration};
+use ktrigger_api::{DestinationSpec, OverflowPolicy, parse_duration};
 use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::Instrument;
+
+pub use worker::{Batch, DEFAULT_CONCURRENCY, Flow, run_worker};
 
 use crate::event::{Event, SharedEvent, TriggerId, stable_id};
 use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
@@ -118,8 +128,9 @@ pub enum QueueError {
 /// Where deliveries wait for their destination's worker.
 #[async_trait]
 pub trait DeliveryQueue: Send + Sync {
-    /// Adds a delivery, or refuses at once when full or closed (never blocks the trigger). The
-    /// delivery may be popped at once; the returned commit resolves once it is durable.
+    /// Adds a delivery, or refuses at once when full (waiting and popped deliveries together
+    /// reach the capacity) or closed; never blocks the trigger. The delivery may be popped at
+    /// once; the returned commit resolves once it is durable.
     fn push(&self, delivery: Delivery) -> Result<Commit, QueueError>;
     /// The next delivery; `None` once the queue is closed and empty.
     async fn pop(&self) -> Option<Delivery>;
@@ -171,8 +182,9 @@ impl DeliveryQueue for MemoryQueue {
             return Err(QueueError::Closed);
         }
         let mut items = lock(&self.items);
-        if items.len() >= self.capacity {
-            return Err(QueueError::Full(items.len()));
+        let held = items.len().saturating_add(self.in_flight.load(Ordering::Acquire));
+        if held >= self.capacity {
+            return Err(QueueError::Full(held));
         }
         items.push_back(delivery);
         drop(items);
@@ -276,6 +288,15 @@ impl TriggerBudget {
         self.held.load(Ordering::Acquire)
     }
 
+    /// Whether `bytes` more would fit now, and whether they could ever fit (not more than this
+    /// trigger's share on their own).
+    pub fn room(&self, bytes: u64) -> (bool, bool) {
+        let limit = self.shared.share();
+        let fits = |held: u64, limit: u64| held.checked_add(bytes).is_some_and(|sum| sum <= limit);
+        let now = fits(self.held(), limit) && fits(self.shared.held(), self.shared.limits.total);
+        (now, bytes <= limit)
+    }
+
     /// Holds `bytes` for one event until the returned charge (shared by the event's
     /// deliveries) is dropped; refused when this trigger or all triggers would exceed a limit.
     pub fn charge(self: &Arc<Self>, bytes: u64) -> Result<Arc<QueueCharge>, QueueError> {
@@ -351,8 +372,9 @@ pub fn event_bytes(event: &Event) -> u64 {
 
 /// Queues `event` for each of a trigger's destinations, charged once to `budget` for all of
 /// them. A delivery that cannot be queued (queue full or closed, byte limit reached) is
-/// dead-lettered at once and counted, so the trigger never waits; the first such reason is
-/// returned beside the commits of the deliveries that were queued.
+/// dead-lettered at once and counted (callers that make their source wait check [`room`]
+/// first); the first such reason is returned beside the commits of the deliveries that were
+/// queued.
 pub fn enqueue(
     trigger: &TriggerId,
     event: &SharedEvent,
@@ -474,7 +496,7 @@ pub enum Outcome {
     },
 }
 
-/// A destination together with its name for logs and its retry policy.
+/// A destination together with its name for logs, its retry policy and how its worker sends.
 #[derive(Clone)]
 pub struct Target {
     /// `type` of the destination plus its position, e.g. `webhook#0`.
@@ -483,6 +505,40 @@ pub struct Target {
     pub destination: Arc<dyn Destination>,
     /// Retries and timeout.
     pub policy: RetryPolicy,
+    /// Queue size, concurrency, ordering, overflow policy and batching.
+    pub flow: Flow,
+}
+
+/// Whether an event can be queued now for the destinations that make their source wait
+/// ([`OverflowPolicy::Backpressure`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Room {
+    /// Queue it: there is room, or no destination waits (those without room dead-letter it).
+    Now,
+    /// A waiting destination's queue or the byte budget is full now: why.
+    Later(String),
+}
+
+/// Whether an event of `bytes` fits now in the queues of the destinations that make their source
+/// wait, and in the trigger's byte budget. An event larger than the trigger's whole share can
+/// never fit: it is [`Room::Now`], and [`enqueue`] dead-letters it.
+pub fn room(targets: &[(Target, Arc<dyn DeliveryQueue>)], budget: &TriggerBudget, bytes: u64) -> Room {
+    let mut waiting = targets.iter().filter(|(target, _)| target.flow.overflow == OverflowPolicy::Backpressure);
+    let mut any = false;
+    for (target, queue) in waiting.by_ref() {
+        any = true;
+        let held = queue.len().saturating_add(queue.in_flight());
+        if held >= target.flow.queue_size {
+            return Room::Later(format!("{}: {}", target.label, QueueError::Full(held)));
+        }
+    }
+    if !any {
+        return Room::Now;
+    }
+    match budget.room(bytes) {
+        (false, true) => Room::Later("queue byte limit: this trigger's queued deliveries are at their limit".into()),
+        _ => Room::Now,
+    }
 }
 
 /// Attempts one delivery until it succeeds, fails permanently or runs out of attempts,
@@ -495,35 +551,62 @@ pub async fn deliver_with_retries(
     stats: &TriggerStats,
     on_retry: impl Fn(u32, DateTime<Utc>),
 ) -> Outcome {
+    deliver_all_with_retries(target, std::slice::from_ref(delivery), stats, |_, attempts, next| {
+        on_retry(attempts, next)
+    })
+    .await
+}
+
+/// [`deliver_with_retries`] for deliveries sent together: one request for all of them (a batch)
+/// when there are several, retried as a whole. Counters count each delivery; `on_retry` is
+/// told of each.
+pub async fn deliver_all_with_retries(
+    target: &Target,
+    deliveries: &[Delivery],
+    stats: &TriggerStats,
+    on_retry: impl Fn(&Delivery, u32, DateTime<Utc>),
+) -> Outcome {
+    let Some(first) = deliveries.first() else {
+        return Outcome::Delivered { attempts: 0, receipt: Receipt::default() };
+    };
     let mut delays = target.policy.delays();
-    let mut attempt: u32 = delivery.attempts;
+    let mut attempt: u32 = deliveries.iter().map(|d| d.attempts).max().unwrap_or(0);
     for _ in 0..attempt.min(target.policy.max_attempts) {
         delays.next();
     }
-    if let Some(wait) = delivery.not_before.and_then(|at| (at - Utc::now()).to_std().ok()) {
+    let not_before = deliveries.iter().filter_map(|d| d.not_before).max();
+    if let Some(wait) = not_before.and_then(|at| (at - Utc::now()).to_std().ok()) {
         tokio::time::sleep(wait.min(MAX_RETRY_AFTER)).await;
     }
     loop {
         attempt = attempt.saturating_add(1);
-        let request = DeliveryRequest { id: &delivery.id, trigger: &delivery.trigger, event: &delivery.event, attempt };
-        let span = trace::deliver_span(&delivery.span, &target.label, &delivery.id, attempt);
-        let result = attempt_once(target, &request).instrument(span.clone()).await;
+        let requests: Vec<DeliveryRequest<'_>> = deliveries
+            .iter()
+            .map(|d| DeliveryRequest { id: &d.id, trigger: &d.trigger, event: &d.event, attempt })
+            .collect();
+        let span = trace::deliver_span(&first.span, &target.label, &first.id, attempt);
+        let result = attempt_once(target, &requests).instrument(span.clone()).await;
         span.record("outcome", attempt_outcome(&result, attempt, target.policy.max_attempts));
         drop(span);
         let error = match result {
             Ok(receipt) => {
                 let answer = receipt.detail.as_ref().map(|detail| format!("{}: {detail}", target.label));
-                stats.record_delivered(delivery.fired_at.elapsed(), answer);
-                stats.record_destination(&target.label, DestinationOutcome::Delivered);
-                tracing::info!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
-                    attempt, detail = receipt.detail.as_deref().unwrap_or(""), "delivered");
+                for delivery in deliveries {
+                    stats.record_delivered(delivery.fired_at.elapsed(), answer.clone());
+                    stats.record_destination(&target.label, DestinationOutcome::Delivered);
+                }
+                tracing::info!(trigger = %first.trigger, destination = %target.label, delivery = %first.id,
+                    deliveries = deliveries.len(), attempt, detail = receipt.detail.as_deref().unwrap_or(""),
+                    "delivered");
                 return Outcome::Delivered { attempts: attempt, receipt };
             }
             Err(error) => error,
         };
         let reason = format!("{}: {error}", target.label);
-        stats.record_failed_attempt(&reason);
-        stats.record_destination(&target.label, DestinationOutcome::Failed);
+        for _ in deliveries {
+            stats.record_failed_attempt(&reason);
+            stats.record_destination(&target.label, DestinationOutcome::Failed);
+        }
         let wait = match &error {
             DeliveryError::Permanent { .. } => None,
             DeliveryError::Transient { .. } if attempt >= target.policy.max_attempts => None,
@@ -536,10 +619,12 @@ pub async fn deliver_with_retries(
         let Some(wait) = wait else {
             return Outcome::DeadLettered { attempts: attempt, reason: error.to_string() };
         };
-        tracing::warn!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
-            attempt, retry_in = ?wait, error = %error, "delivery attempt failed; retrying");
+        tracing::warn!(trigger = %first.trigger, destination = %target.label, delivery = %first.id,
+            deliveries = deliveries.len(), attempt, retry_in = ?wait, error = %error, "delivery attempt failed; retrying");
         let next = chrono::Duration::from_std(wait).ok().and_then(|wait| Utc::now().checked_add_signed(wait));
-        on_retry(attempt, next.unwrap_or_else(Utc::now));
+        for delivery in deliveries {
+            on_retry(delivery, attempt, next.unwrap_or_else(Utc::now));
+        }
         tokio::time::sleep(wait).await;
     }
 }
@@ -553,8 +638,12 @@ fn attempt_outcome(result: &Result<Receipt, DeliveryError>, attempt: u32, max_at
     }
 }
 
-async fn attempt_once(target: &Target, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
-    let call = AssertUnwindSafe(target.destination.deliver(request)).catch_unwind();
+async fn attempt_once(target: &Target, requests: &[DeliveryRequest<'_>]) -> Result<Receipt, DeliveryError> {
+    let call = match requests {
+        [single] => target.destination.deliver(single),
+        many => target.destination.deliver_batch(many),
+    };
+    let call = AssertUnwindSafe(call).catch_unwind();
     match tokio::time::timeout(target.policy.timeout, call).await {
         Err(_) => Err(DeliveryError::transient(format!("timed out after {:?}", target.policy.timeout))),
         Ok(Err(panic)) => Err(DeliveryError::transient(format!("destination panicked: {}", panic_message(&panic)))),
@@ -590,67 +679,6 @@ pub fn dead_letter_event(delivery: &Delivery, label: &str, attempts: u32, reason
     event.meta.preset = original.meta.preset.clone();
     event.meta.cluster = original.meta.cluster.clone();
     event
-}
-
-/// Runs one destination's worker: pops deliveries until the queue is closed and empty (or `halt`
-/// fires: a delivery interrupted then is not acked, so a durable queue keeps it), delivers each
-/// with retries, and sends what fails for good to the dead-letter target.
-pub async fn run_worker(
-    queue: Arc<dyn DeliveryQueue>,
-    target: Target,
-    dead_letter: Option<Target>,
-    stats: Arc<TriggerStats>,
-    halt: tokio_util::sync::CancellationToken,
-) {
-    loop {
-        let delivery = tokio::select! {
-            () = halt.cancelled() => return,
-            popped = queue.pop() => match popped {
-                Some(delivery) => delivery,
-                None => return,
-            },
-        };
-        let record = |attempts, next| queue.record_attempt(&delivery, attempts, next);
-        let outcome = tokio::select! {
-            () = halt.cancelled() => return,
-            outcome = deliver_with_retries(&target, &delivery, &stats, record) => outcome,
-        };
-        if let Outcome::DeadLettered { attempts, reason } = outcome {
-            stats.record_dead_lettered();
-            stats.record_destination(&target.label, DestinationOutcome::DeadLettered);
-            tracing::error!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
-                attempts, reason = %reason, "delivery dead-lettered");
-            if let Some(dead_letter) = &dead_letter {
-                send_dead_letter(dead_letter, &delivery, &target.label, attempts, &reason, &stats).await;
-            }
-        }
-        queue.ack(&delivery.id);
-    }
-}
-
-async fn send_dead_letter(
-    dead_letter: &Target,
-    delivery: &Delivery,
-    label: &str,
-    attempts: u32,
-    reason: &str,
-    stats: &TriggerStats,
-) {
-    let event = Arc::new(dead_letter_event(delivery, label, attempts, reason));
-    let letter = Delivery {
-        id: format!("{}-dead-letter", delivery.id),
-        trigger: delivery.trigger.clone(),
-        event,
-        fired_at: delivery.fired_at,
-        attempts: 0,
-        not_before: None,
-        charge: None,
-        span: delivery.span.clone(),
-    };
-    if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats, |_, _| {}).await {
-        tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
-            reason = %reason, "dead-letter delivery failed too");
-    }
 }
 
 #[cfg(test)]
@@ -701,6 +729,7 @@ mod tests {
                 max_backoff: Duration::from_secs(8),
                 timeout: Duration::from_secs(5),
             },
+            flow: Flow::default(),
         }
     }
 
