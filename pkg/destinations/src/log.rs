@@ -171,6 +171,22 @@ impl Destination for LogDestination {
         self.write(&bytes).map_err(|e| DeliveryError::transient(format!("cannot write the log line: {e}")))?;
         Ok(Receipt { detail: Some("logged".into()) })
     }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    /// One line per delivery, all written at once.
+    async fn deliver_batch(&self, requests: &[DeliveryRequest<'_>]) -> Result<Receipt, DeliveryError> {
+        let mut bytes = Vec::new();
+        for request in requests {
+            serde_json::to_writer(&mut bytes, &self.line(request)?)
+                .map_err(|e| DeliveryError::permanent(format!("cannot encode the log line: {e}")))?;
+            bytes.push(b'\n');
+        }
+        self.write(&bytes).map_err(|e| DeliveryError::transient(format!("cannot write the log lines: {e}")))?;
+        Ok(Receipt { detail: Some(format!("logged {}", requests.len())) })
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +210,27 @@ mod tests {
     fn lines(buffer: &Arc<Mutex<Vec<u8>>>) -> Vec<Value> {
         let bytes = buffer.lock().unwrap().clone();
         String::from_utf8(bytes).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_one_line_per_delivery() {
+        let (factory, buffer) = buffer_factory();
+        let destination = factory.build(&serde_json::json!({}), &context()).unwrap();
+        assert!(destination.batches());
+        let events: Vec<Event> =
+            (0..3).map(|n| Event::new("cron", "fire", serde_json::json!({"n": n}))).collect();
+        let ids: Vec<String> = (0..3).map(|n| format!("d{n}")).collect();
+        let id = trigger();
+        let requests: Vec<DeliveryRequest<'_>> = events
+            .iter()
+            .zip(&ids)
+            .map(|(event, delivery)| DeliveryRequest { id: delivery, trigger: &id, event, attempt: 1 })
+            .collect();
+        let receipt = destination.deliver_batch(&requests).await.unwrap();
+        assert_eq!(receipt.detail.as_deref(), Some("logged 3"));
+        let written: Vec<String> =
+            lines(&buffer).iter().map(|line| line["deliveryId"].as_str().unwrap().to_string()).collect();
+        assert_eq!(written, ids);
     }
 
     #[tokio::test]

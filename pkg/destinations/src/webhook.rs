@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use ktrigger_core::event::{TriggerId, rfc3339};
+use ktrigger_core::event::{TriggerId, rfc3339, stable_id};
 use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
 use ktrigger_core::registry::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
@@ -84,6 +84,8 @@ pub const DEFAULT_SIGNATURE_HEADER: &str = "X-Ktrigger-Signature-256";
 
 /// Content type of a structured-mode CloudEvent.
 pub const CLOUDEVENTS_CONTENT_TYPE: &str = "application/cloudevents+json; charset=utf-8";
+/// Content type of a batch of structured-mode CloudEvents.
+pub const CLOUDEVENTS_BATCH_CONTENT_TYPE: &str = "application/cloudevents-batch+json; charset=utf-8";
 
 /// Characters escaped in each segment of the CloudEvents `source` (all but RFC 3986 unreserved).
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
@@ -310,6 +312,41 @@ impl Webhook {
         Ok((headers, body))
     }
 
+    /// The headers and body of one request for several deliveries: a JSON array of what each
+    /// would send (structured CloudEvents as `application/cloudevents-batch+json`; raw contexts
+    /// and rendered bodies, JSON or else strings, as the configured content type). The delivery
+    /// id headers carry an id derived from every delivery's id.
+    fn prepare_batch(&self, requests: &[DeliveryRequest<'_>]) -> Result<(HeaderMap, Vec<u8>), DeliveryError> {
+        let mut headers = self.headers.clone();
+        let ids: Vec<&str> = requests.iter().map(|request| request.id).collect();
+        let id = stable_id(&ids);
+        headers.insert(HeaderName::from_static(DELIVERY_ID_HEADER), header_value(&id)?);
+        headers.insert(HeaderName::from_static(IDEMPOTENCY_KEY_HEADER), header_value(&id)?);
+        let mut items = Vec::with_capacity(requests.len());
+        for request in requests {
+            items.push(match (&self.body, self.format) {
+                (None, Format::Cloudevents) => self.structured_event(request),
+                (None, Format::Raw) => request.event.context_value(&request.trigger.trigger, Utc::now()),
+                (Some(template), _) => {
+                    let body = template
+                        .render(&request.scope())
+                        .map_err(|e| DeliveryError::permanent(format!("properties.body: {e}")))?;
+                    serde_json::from_str(&body).unwrap_or(Value::String(body))
+                }
+            });
+        }
+        let content_type = match (&self.body, self.format) {
+            (None, Format::Cloudevents) => HeaderValue::from_static(CLOUDEVENTS_BATCH_CONTENT_TYPE),
+            _ => self.content_type.clone(),
+        };
+        headers.insert(CONTENT_TYPE, content_type);
+        let body = json_bytes(&Value::Array(items))?;
+        if let Some(signature) = &self.signature {
+            headers.insert(signature.header.clone(), header_value(&sign(signature.key.expose(), &body))?);
+        }
+        Ok((headers, body))
+    }
+
     /// The CloudEvents context attributes of `request`, `datacontenttype` excluded.
     fn attributes(&self, request: &DeliveryRequest<'_>) -> Vec<(&'static str, String)> {
         let event = request.event;
@@ -397,6 +434,16 @@ impl Destination for Webhook {
 
     async fn deliver(&self, request: &DeliveryRequest<'_>) -> Result<Receipt, DeliveryError> {
         let (headers, body) = self.prepare(request)?;
+        let sent = self.client.request(self.method.clone(), self.url.clone()).headers(headers).body(body);
+        http::send(sent).await.map_err(|e| http::redact(e, &self.secret_values()))
+    }
+
+    fn batches(&self) -> bool {
+        true
+    }
+
+    async fn deliver_batch(&self, requests: &[DeliveryRequest<'_>]) -> Result<Receipt, DeliveryError> {
+        let (headers, body) = self.prepare_batch(requests)?;
         let sent = self.client.request(self.method.clone(), self.url.clone()).headers(headers).body(body);
         http::send(sent).await.map_err(|e| http::redact(e, &self.secret_values()))
     }

@@ -415,3 +415,47 @@ fn sources_are_uri_references() {
     assert_eq!(cloudevents_source(&trigger), "ktrigger/local%20file/a%2Fb");
     assert_eq!(cloudevents_source(&super::tests::trigger()), "ktrigger/apps/watch/pods");
 }
+
+async fn deliver_batch(destination: &Arc<dyn Destination>, events: &[Event], ids: &[&str]) -> Receipt {
+    let trigger = trigger();
+    let requests: Vec<DeliveryRequest<'_>> = events
+        .iter()
+        .zip(ids)
+        .map(|(event, id)| DeliveryRequest { id, trigger: &trigger, event, attempt: 1 })
+        .collect();
+    destination.deliver_batch(&requests).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_batch_of_cloudevents_goes_in_batch_mode() {
+    let receiver = Receiver::start().await;
+    let destination = build(json!({"url": receiver.url("/hook")}));
+    assert!(destination.batches());
+    let events = [event(), event()];
+    deliver_batch(&destination, &events, &["d-1", "d-2"]).await;
+    let request = receiver.only_request();
+    assert_eq!(request.header("content-type"), Some(CLOUDEVENTS_BATCH_CONTENT_TYPE));
+    let batch_id = stable_id(&["d-1", "d-2"]);
+    assert_eq!(request.header(IDEMPOTENCY_KEY_HEADER), Some(batch_id.as_str()));
+    let sent = request.json();
+    let ids: Vec<&str> = sent.as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["d-1", "d-2"]);
+    assert_eq!(sent[1]["data"]["event"]["id"], events[1].meta.id);
+}
+
+#[tokio::test]
+async fn a_batch_of_custom_bodies_is_a_json_array_signed_as_a_whole() {
+    let receiver = Receiver::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let key = secret_file(&dir, "key", "k3y");
+    let destination = build(json!({
+        "url": receiver.url("/hook"), "format": "raw",
+        "body": "{\"phase\": \"{{ object.status.phase }}\"}",
+        "signature": {"secretFrom": {"file": key}},
+    }));
+    deliver_batch(&destination, &[event(), event()], &["a", "b"]).await;
+    let request = receiver.only_request();
+    assert_eq!(request.header("content-type"), Some("application/json"));
+    assert_eq!(request.json(), json!([{"phase": "Running"}, {"phase": "Running"}]));
+    assert_eq!(request.header(DEFAULT_SIGNATURE_HEADER), Some(sign("k3y", &request.body).as_str()));
+}
