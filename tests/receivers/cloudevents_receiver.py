@@ -9,6 +9,15 @@ structured and the binary content modes; anything the SDK refuses is answered wi
 the SDK's reason. Each accepted event is appended to OUTPUT_FILE as one JSON line holding its
 attributes plus `data` (or `data_base64` for binary data that is not UTF-8). GET /healthz answers
 200. The server stops on SIGTERM or SIGINT.
+
+Batches (`application/cloudevents-batch+json`, a JSON array of structured events) are parsed
+event by event with the same SDK call and answered once; each line then carries `_batch`, the
+number of events in its request.
+
+For ordering and slow-receiver tests, an event whose data object (or, for a ConfigMap, its
+`data`) holds `delay` (seconds, a number or a string) is answered that long after it arrived,
+and `hang: true` is never answered (well, after an hour). Each line carries `_received` and
+`_answered`, monotonic seconds of its arrival and of its answer; it is written when answered.
 """
 
 import base64
@@ -16,6 +25,7 @@ import json
 import signal
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 try:  # cloudevents 2.x keeps the HTTP binding under cloudevents.v1
@@ -40,6 +50,28 @@ def _record(event):
     return record
 
 
+def _subject(record):
+    """The delivered object: the payload of a webhook event, or a Kubernetes object."""
+    data = record.get("data")
+    subject = data.get("object") if isinstance(data, dict) else None
+    return subject if isinstance(subject, dict) else {}
+
+
+def _delay(record):
+    """Seconds the event asks its answer to wait (`delay` in the object or in its `data`)."""
+    subject = _subject(record)
+    inner = subject.get("data") if isinstance(subject.get("data"), dict) else {}
+    try:
+        return float(subject.get("delay", inner.get("delay", 0)))
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _hangs(record):
+    """Whether the event asks never to be answered."""
+    return _subject(record).get("hang") is True
+
+
 class Handler(BaseHTTPRequestHandler):
     """Parses each POST as a CloudEvent and records it."""
 
@@ -60,18 +92,34 @@ class Handler(BaseHTTPRequestHandler):
             self._answer(404, "not found")
 
     def do_POST(self):  # noqa: N802
+        received = time.monotonic()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length > 0 else b""
         headers = {name: value for name, value in self.headers.items()}
+        content_type = headers.get("Content-Type", headers.get("content-type", ""))
         try:
-            event = from_http(headers, body)
+            if content_type.startswith("application/cloudevents-batch+json"):
+                single = {"Content-Type": "application/cloudevents+json"}
+                events = [from_http(single, json.dumps(item).encode("utf-8")) for item in json.loads(body)]
+            else:
+                events = [from_http(headers, body)]
         except Exception as error:  # the SDK raises several exception types; all mean "not accepted"
             self._answer(400, f"not a CloudEvent: {type(error).__name__}: {error}")
             return
-        line = json.dumps(_record(event), default=str, sort_keys=True)
+        records = [_record(event) for event in events]
+        if any(_hangs(record) for record in records):
+            time.sleep(3600)
+        wait = max(_delay(record) for record in records) - (time.monotonic() - received)
+        if wait > 0:
+            time.sleep(wait)
+        answered = time.monotonic()
+        lines = []
+        for record in records:
+            record.update({"_received": received, "_answered": answered, "_batch": len(records)})
+            lines.append(json.dumps(record, default=str, sort_keys=True))
         with _write_lock:
             with open(self.output_path, "a", encoding="utf-8") as output:
-                output.write(line + "\n")
+                output.write("".join(line + "\n" for line in lines))
                 output.flush()
         self._answer(200, "accepted")
 
