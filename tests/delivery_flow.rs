@@ -65,10 +65,11 @@ fn deliveries_of_one_object_never_overlap_nor_reorder_while_others_go_ahead() {
     let (_dir, path) = write_config(&relay(&receiver.url, "ordering: perObject\n    concurrency: 8"));
     let running = Running::start(&["-f", path.to_str().unwrap()]);
     let url = format!("{}/in", running.webhook_url());
-    // Four objects, five changes each, interleaved; each answer takes 100 ms.
+    // Four objects, five changes each, interleaved; each answer takes half a second, longer
+    // than posting the changes of the other objects in between.
     for seq in 0..5 {
         for uid in ["a", "b", "c", "d"] {
-            let body = json!({"metadata": {"uid": uid}, "seq": seq, "delay": 0.1});
+            let body = json!({"metadata": {"uid": uid}, "seq": seq, "delay": 0.5});
             assert_eq!(post_json(&url, &body).0, 202);
         }
     }
