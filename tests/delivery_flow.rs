@@ -104,7 +104,11 @@ fn a_hanging_receiver_holds_only_its_own_slot() {
         assert_eq!(post_json(&url, &json!({"metadata": {"uid": format!("o{seq}")}, "seq": seq})).0, 202);
     }
     let events = receiver.wait_for(30, WAIT);
-    assert!(started.elapsed() < Duration::from_secs(20), "the others waited for the hanging one: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "the others waited for the hanging one: {:?}",
+        started.elapsed()
+    );
     assert!(events.iter().all(|e| e["data"]["object"]["metadata"]["uid"] != "stuck"));
     running.kill();
 }
@@ -112,7 +116,8 @@ fn a_hanging_receiver_holds_only_its_own_slot() {
 #[test]
 fn a_full_queue_answers_503_with_retry_after_and_dead_letters_nothing() {
     let receiver = CloudEventsReceiver::start();
-    let destination = "queueSize: 2\n    concurrency: 1";
+    // With a dedup key: an event refused for want of room must fire when it comes again.
+    let destination = "queueSize: 2\n    concurrency: 1\n  dedup: {key: 'string(object.seq)', window: 1h}";
     let (_dir, path) = write_config(&relay(&receiver.url, destination));
     let running = Running::start(&["-f", path.to_str().unwrap()]);
     let url = format!("{}/in", running.webhook_url());
@@ -233,7 +238,8 @@ spec:
     }
     running.stderr.wait_for("the source waits for room", WAIT);
     let events = receiver.wait_for(8, WAIT);
-    let mut names: Vec<&str> = events.iter().map(|e| e["data"]["object"]["metadata"]["name"].as_str().unwrap()).collect();
+    let mut names: Vec<&str> =
+        events.iter().map(|e| e["data"]["object"]["metadata"]["name"].as_str().unwrap()).collect();
     names.sort();
     assert_eq!(names, (0..8).map(|n| format!("cm-{n}")).collect::<Vec<_>>());
     let stderr = running.stderr.text();

@@ -126,7 +126,8 @@ pub struct DestinationSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
     pub timeout: Option<String>,
-    /// Deliveries that may wait for this destination before new ones are dead-lettered.
+    /// Deliveries this destination's queue holds, those being sent included; when it is full the
+    /// source waits (`overflow: backpressure`) or new deliveries are dead-lettered (`deadLetter`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub queue_size: Option<u32>,

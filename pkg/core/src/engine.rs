@@ -690,6 +690,13 @@ impl Processor {
     /// (waiting for room in full queues when the source `can_wait`): how it was handled, and the
     /// writes to wait for before saying so.
     async fn route(&self, event: SharedEvent, can_wait: bool) -> (Handled, Vec<Commit>) {
+        // Before dedup and rate limit, so that an event refused for want of room leaves no trace
+        // there and fires when its sender tries again.
+        if !self.dry_run
+            && let Err(reason) = self.wait_for_room(&event, can_wait).await
+        {
+            return (Handled::NotStored(reason), Vec::new());
+        }
         // Open from here to the decision, which is what its duration measures.
         let span = trace::router_span();
         let key = match &self.dedup {
@@ -742,9 +749,6 @@ impl Processor {
         if self.dry_run {
             self.print_dry_run(&event);
             return (Handled::Fired, Vec::new());
-        }
-        if let Err(reason) = self.wait_for_room(&event, can_wait).await {
-            return (Handled::NotStored(reason), commits);
         }
         let (queued, refused) = enqueue(&self.id, &event, &self.targets, &self.budget, &self.stats);
         commits.extend(queued);

@@ -217,8 +217,7 @@ mod tests {
         let (factory, buffer) = buffer_factory();
         let destination = factory.build(&serde_json::json!({}), &context()).unwrap();
         assert!(destination.batches());
-        let events: Vec<Event> =
-            (0..3).map(|n| Event::new("cron", "fire", serde_json::json!({"n": n}))).collect();
+        let events: Vec<Event> = (0..3).map(|n| Event::new("cron", "fire", serde_json::json!({"n": n}))).collect();
         let ids: Vec<String> = (0..3).map(|n| format!("d{n}")).collect();
         let id = trigger();
         let requests: Vec<DeliveryRequest<'_>> = events

@@ -523,17 +523,16 @@ pub enum Room {
 /// wait, and in the trigger's byte budget. An event larger than the trigger's whole share can
 /// never fit: it is [`Room::Now`], and [`enqueue`] dead-letters it.
 pub fn room(targets: &[(Target, Arc<dyn DeliveryQueue>)], budget: &TriggerBudget, bytes: u64) -> Room {
-    let mut waiting = targets.iter().filter(|(target, _)| target.flow.overflow == OverflowPolicy::Backpressure);
-    let mut any = false;
-    for (target, queue) in waiting.by_ref() {
-        any = true;
+    let waiting: Vec<_> =
+        targets.iter().filter(|(target, _)| target.flow.overflow == OverflowPolicy::Backpressure).collect();
+    if waiting.is_empty() {
+        return Room::Now;
+    }
+    for (target, queue) in waiting {
         let held = queue.len().saturating_add(queue.in_flight());
         if held >= target.flow.queue_size {
             return Room::Later(format!("{}: {}", target.label, QueueError::Full(held)));
         }
-    }
-    if !any {
-        return Room::Now;
     }
     match budget.room(bytes) {
         (false, true) => Room::Later("queue byte limit: this trigger's queued deliveries are at their limit".into()),
@@ -964,6 +963,25 @@ mod tests {
         assert_eq!(attempt_outcome(&Err(DeliveryError::transient("HTTP 503")), 2, 3), "retrying");
         assert_eq!(attempt_outcome(&Err(DeliveryError::transient("HTTP 503")), 3, 3), "failed");
         assert_eq!(attempt_outcome(&Err(DeliveryError::permanent("HTTP 400")), 1, 3), "failed");
+    }
+
+    #[test]
+    fn room_counts_deliveries_taken_by_the_worker_and_ignores_dead_letter_destinations() {
+        let budget = QueueBudget::new(QueueLimits::default()).trigger();
+        let mut small = target(Scripted::new(vec![]), 1);
+        small.flow.queue_size = 2;
+        let queue: Arc<dyn DeliveryQueue> = Arc::new(MemoryQueue::new(2));
+        let mut targets = vec![(small, queue.clone())];
+        queue.push(delivery()).unwrap();
+        assert_eq!(room(&targets, &budget, 100), Room::Now);
+        let _taken = queue.pop().now_or_never().flatten().unwrap();
+        queue.push(delivery()).unwrap();
+        assert!(
+            matches!(room(&targets, &budget, 100), Room::Later(reason) if reason.contains("queue is full (2 waiting)"))
+        );
+        assert!(matches!(queue.push(delivery()), Err(QueueError::Full(2))), "the one being sent counts");
+        targets[0].0.flow.overflow = OverflowPolicy::DeadLetter;
+        assert_eq!(room(&targets, &budget, 100), Room::Now, "nothing waits: enqueue dead-letters");
     }
 
     #[test]
