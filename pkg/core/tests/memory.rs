@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use common::FeedFactory;
-use ktrigger_api::{DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
+use ktrigger_api::{DestinationSpec, OverflowPolicy, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::delivery::QueueLimits;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::{
@@ -106,11 +106,18 @@ fn payload(to: &str, n: usize) -> Value {
     json!({"to": to, "n": n, "data": "x".repeat(20_000)})
 }
 
+/// `trigger` whose destination dead-letters what does not fit instead of making its source wait.
+fn dead_lettering(name: &str, hang: bool) -> Trigger {
+    let mut trigger = trigger(name, hang);
+    trigger.destinations[0].overflow = Some(OverflowPolicy::DeadLetter);
+    trigger
+}
+
 #[tokio::test]
 async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_deliveries() {
     // Room for about ten events of 20 KB in all: the hog may fill only its half.
     let mut h = Harness::new(QueueLimits { per_trigger: 10_000_000, total: 200_000 });
-    h.engine.apply("ns", "hog", &spec(vec![trigger("hog", true)])).await;
+    h.engine.apply("ns", "hog", &spec(vec![dead_lettering("hog", true)])).await;
     h.engine.apply("ns", "calm", &spec(vec![trigger("calm", false)])).await;
     for n in 0..20 {
         h.publish(payload("hog", n)).await;
@@ -129,6 +136,26 @@ async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_de
     let status = h.engine.status("ns", "hog");
     assert_eq!(status[0].queue_byte_limited, hog.queue_byte_limited);
     assert!(status[0].last_error.as_deref().unwrap_or("").contains("queue byte limit"), "{status:?}");
+}
+
+#[tokio::test]
+async fn a_trigger_waiting_for_room_does_not_affect_another_triggers_deliveries() {
+    let mut h = Harness::new(QueueLimits { per_trigger: 10_000_000, total: 200_000 });
+    h.engine.apply("ns", "hog", &spec(vec![trigger("hog", true)])).await;
+    h.engine.apply("ns", "calm", &spec(vec![trigger("calm", false)])).await;
+    for n in 0..20 {
+        h.publish(payload("hog", n)).await;
+    }
+    for n in 0..20 {
+        h.publish(payload("calm", n)).await;
+        assert_eq!(h.wait_for(n + 1).await, n + 1, "the calm trigger delivers event {n}");
+    }
+    let stats = h.engine.snapshot();
+    let of = |name: &str| stats.iter().find(|(id, _)| id.trigger == name).map(|(_, s)| s.clone()).unwrap();
+    let (hog, calm) = (of("hog"), of("calm"));
+    assert!(hog.fired < 20, "the hog waits for room with its queue full: {hog:?}");
+    assert_eq!((hog.queue_byte_limited, hog.dead_lettered), (0, 0), "nothing dropped: {hog:?}");
+    assert_eq!((calm.delivered, calm.queue_byte_limited, calm.dead_lettered), (20, 0, 0));
 }
 
 #[tokio::test]
