@@ -124,7 +124,11 @@ fn a_shared_watch_gives_triggers_with_different_selectors_exactly_what_each_sele
     let config = service(&format!(
         "{}{}",
         cm_trigger("shop", ns, "        labelSelector: team=shop\n"),
-        cm_trigger("teams-but-shop", ns, "        labelSelector: team notin (shop),team\n        events: [create, delete]\n"),
+        cm_trigger(
+            "teams-but-shop",
+            ns,
+            "        labelSelector: team notin (shop),team\n        events: [create, delete]\n"
+        ),
     ));
     let (running, _dir) = env.run(&config, &[], 1);
     env.create_configmap("cart", json!({"team": "shop"}));

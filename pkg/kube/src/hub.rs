@@ -48,7 +48,7 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -86,9 +86,7 @@ impl WatchKey {
 
     /// Whether `other` watches the same objects (whoever watches them).
     fn same_scope(&self, other: &WatchKey) -> bool {
-        self.resource == other.resource
-            && self.namespace == other.namespace
-            && self.fields == other.fields
+        self.resource == other.resource && self.namespace == other.namespace && self.fields == other.fields
     }
 }
 
@@ -960,14 +958,22 @@ impl WatchTask {
         })
     }
 
+    /// The object as JSON. Its fields other than the metadata are moved, not copied.
     fn to_value(&self, object: DynamicObject) -> Value {
-        let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
-        if let Some(map) = value.as_object_mut() {
-            // List items come without apiVersion and kind.
-            map.entry("apiVersion").or_insert_with(|| json!(self.key.resource.api_version));
-            map.entry("kind").or_insert_with(|| json!(self.key.resource.kind));
-        }
-        value
+        let DynamicObject { types, metadata, data } = object;
+        let mut map = match data {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        // List items come without apiVersion and kind.
+        let (api_version, kind) = match types {
+            Some(types) => (types.api_version, types.kind),
+            None => (self.key.resource.api_version.clone(), self.key.resource.kind.clone()),
+        };
+        map.insert("apiVersion".into(), Value::String(api_version));
+        map.insert("kind".into(), Value::String(kind));
+        map.insert("metadata".into(), serde_json::to_value(&metadata).unwrap_or_default());
+        Value::Object(map)
     }
 
     /// Lists the objects the watch knows and sends them as creates to subscribers waiting for a

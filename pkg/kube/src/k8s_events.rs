@@ -25,8 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, occurrences, uid_of};
 use crate::position::Position;
-use crate::selector::ObjectSelector;
 use crate::presets::{self, MappingSpec, Preset};
+use crate::selector::ObjectSelector;
 use crate::{Cluster, Identity, Slot, run_subscribed};
 
 /// The source type name.

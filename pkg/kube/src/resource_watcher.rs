@@ -295,12 +295,8 @@ impl Source for ResourceWatcher {
                 }
                 (namespace, true) => namespace.clone(),
             };
-            let key = WatchKey {
-                resource,
-                namespace,
-                fields: self.fields.clone(),
-                identity: self.actor.identity.clone(),
-            };
+            let key =
+                WatchKey { resource, namespace, fields: self.fields.clone(), identity: self.actor.identity.clone() };
             // The last state of objects is kept only where a delete or `oldObject` shows it.
             let keep_objects = self.interest.delete || self.needs_old;
             let scope = format!("{}{}", WatchKey { fields: String::new(), ..key.clone() }.scope(), self.selecting);

@@ -54,8 +54,12 @@ impl Requirement {
             Requirement::NotIn(key, values) => !labels.label(key).is_some_and(|v| values.iter().any(|x| x == v)),
             Requirement::Exists(key) => labels.label(key).is_some(),
             Requirement::DoesNotExist(key) => labels.label(key).is_none(),
-            Requirement::Greater(key, bound) => labels.label(key).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *bound),
-            Requirement::Less(key, bound) => labels.label(key).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *bound),
+            Requirement::Greater(key, bound) => {
+                labels.label(key).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v > *bound)
+            }
+            Requirement::Less(key, bound) => {
+                labels.label(key).and_then(|v| v.parse::<i64>().ok()).is_some_and(|v| v < *bound)
+            }
         }
     }
 }
@@ -174,7 +178,11 @@ pub struct LabelInterner(HashSet<Arc<StoredLabels>>);
 
 impl LabelInterner {
     /// The shared copy of `labels`: `previous` when they did not change, `None` when empty.
-    pub fn intern(&mut self, labels: &Map<String, Value>, previous: Option<&Arc<StoredLabels>>) -> Option<Arc<StoredLabels>> {
+    pub fn intern(
+        &mut self,
+        labels: &Map<String, Value>,
+        previous: Option<&Arc<StoredLabels>>,
+    ) -> Option<Arc<StoredLabels>> {
         if labels.is_empty() {
             return None;
         }

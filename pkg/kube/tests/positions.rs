@@ -144,9 +144,10 @@ impl Harness {
     }
 
     async fn create_labelled(&self, name: &str, tier: &str) {
-        let cm = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"test": "positions", "tier": tier}},
+        let cm =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"test": "positions", "tier": tier}},
             "data": {"v": "1"}}))
-        .unwrap();
+            .unwrap();
         self.configmaps().create(&PostParams::default(), &cm).await.unwrap();
     }
 
