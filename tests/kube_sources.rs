@@ -81,7 +81,7 @@ fn configmap_changes_reach_each_trigger_with_the_event_types_and_labels_it_asked
         cm_trigger("creates", ns, "        events: [create]\n"),
         cm_trigger("updates-deletes-of-e2e", ns, "        events: [update, delete]\n        labelSelector: app=e2e\n"),
     ));
-    let (running, _dir) = env.run(&config, &[], 2);
+    let (running, _dir) = env.run(&config, &[], 1);
 
     env.create_configmap("plain", json!({}));
     env.create_configmap("labelled", json!({"app": "e2e"}));
@@ -110,9 +110,49 @@ fn configmap_changes_reach_each_trigger_with_the_event_types_and_labels_it_asked
         [pair("update", "labelled"), pair("update", "existing"), pair("delete", "labelled")]
     );
     let stderr = running.stderr.text();
-    assert_eq!(stderr.matches("opening watch").count(), 2, "one watch per selector:\n{stderr}");
+    assert_eq!(stderr.matches("opening watch").count(), 1, "one watch whatever the selectors:\n{stderr}");
     if let Some(cluster) = &env.cluster {
-        assert_eq!(cluster.watch_requests_for("configmaps"), 2);
+        assert_eq!(cluster.watch_requests_for("configmaps"), 1);
+    }
+    assert_eq!(running.stop(), Some(0));
+}
+
+#[test]
+fn a_shared_watch_gives_triggers_with_different_selectors_exactly_what_each_selects() {
+    let env = Env::new("selectors");
+    let ns = &env.namespace;
+    let config = service(&format!(
+        "{}{}",
+        cm_trigger("shop", ns, "        labelSelector: team=shop\n"),
+        cm_trigger(
+            "teams-but-shop",
+            ns,
+            "        labelSelector: team notin (shop),team\n        events: [create, delete]\n"
+        ),
+    ));
+    let (running, _dir) = env.run(&config, &[], 1);
+    env.create_configmap("cart", json!({"team": "shop"}));
+    env.create_configmap("pager", json!({"team": "ops"}));
+    env.create_configmap("plain", json!({}));
+    env.set_data("cart", "2");
+    // cart moves from shop to ops: it leaves one selector and enters the other.
+    let patch = Patch::Merge(json!({"metadata": {"labels": {"team": "ops"}}}));
+    env.runtime.block_on(env.configmaps().patch("cart", &PatchParams::default(), &patch)).unwrap();
+    env.set_data("cart", "3");
+    env.delete_configmap("cart");
+
+    let shop = wait_deliveries(&running, "shop", 3);
+    assert_eq!(shop, [pair("create", "cart"), pair("update", "cart"), pair("delete", "cart")]);
+    let left = &lines_of(&running, "shop")[2];
+    assert_eq!(left["object"]["metadata"]["labels"]["team"], "ops", "it left as the object it became");
+    assert_eq!(
+        wait_deliveries(&running, "teams-but-shop", 3),
+        [pair("create", "pager"), pair("create", "cart"), pair("delete", "cart")]
+    );
+    let stderr = running.stderr.text();
+    assert_eq!(stderr.matches("opening watch").count(), 1, "{stderr}");
+    if let Some(cluster) = &env.cluster {
+        assert_eq!(cluster.watch_requests_for("configmaps"), 1);
     }
     assert_eq!(running.stop(), Some(0));
 }

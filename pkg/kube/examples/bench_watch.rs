@@ -1,11 +1,17 @@
 //! Benchmark of `ktrigger run` watching many objects: peak memory and event-to-delivery latency.
 //!
-//! Starts the test cluster, creates `--objects` ConfigMaps in 100 label groups, runs the
-//! `ktrigger` binary given by `--ktrigger` with `--triggers` resource-watcher triggers on them
-//! (each filtering one group, all sharing one watch, delivering to the log destination), then
-//! updates `--updates` ConfigMaps one after the other and times each update from the moment its
-//! request is sent until its delivery line is read from ktrigger's stdout. Prints the figures.
-//! Run it through `hack/bench-watch.sh`.
+//! Default mode (`--mode filters`): starts the test cluster, creates `--objects` ConfigMaps in 100
+//! label groups, runs the `ktrigger` binary given by `--ktrigger` with `--triggers`
+//! resource-watcher triggers on them (each filtering one group with CEL, delivering to the log
+//! destination), then updates `--updates` ConfigMaps one after the other and times each update
+//! from the moment its request is sent until its delivery line is read from ktrigger's stdout.
+//!
+//! `--mode selectors`: the objects are spread over five kinds (ConfigMap, Secret, ServiceAccount,
+//! Endpoints, Lease) and each trigger has its own label selector (`shard=sN`) on one kind; the
+//! figures are the watches ktrigger opened, its peak RSS and the same latencies.
+//!
+//! `--kubeconfig PATH` runs against that cluster (in a namespace of its own, deleted at the end)
+//! instead of the test cluster. Prints the figures. Run it through `hack/bench-watch.sh`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -14,9 +20,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::api::core::v1::Namespace;
 use ktrigger_testcluster::{Config, TestCluster};
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::watcher::{self, watcher};
 use serde_json::json;
 
 const NAMESPACE: &str = "bench";
@@ -27,11 +35,28 @@ struct Options {
     objects: usize,
     triggers: usize,
     updates: usize,
+    selectors: bool,
+    kubeconfig: Option<String>,
 }
 
+/// The kinds of the selectors mode: (apiVersion, kind, plural).
+const KINDS: [(&str, &str, &str); 5] = [
+    ("v1", "ConfigMap", "configmaps"),
+    ("v1", "Secret", "secrets"),
+    ("v1", "ServiceAccount", "serviceaccounts"),
+    ("v1", "Endpoints", "endpoints"),
+    ("coordination.k8s.io/v1", "Lease", "leases"),
+];
+
 fn options() -> Options {
-    let mut options =
-        Options { ktrigger: "target/release/ktrigger".into(), objects: 10_000, triggers: 100, updates: 1_000 };
+    let mut options = Options {
+        ktrigger: "target/release/ktrigger".into(),
+        objects: 10_000,
+        triggers: 100,
+        updates: 1_000,
+        selectors: false,
+        kubeconfig: None,
+    };
     let args: Vec<String> = std::env::args().skip(1).collect();
     for pair in args.chunks(2) {
         let value = pair.get(1).cloned().unwrap_or_default();
@@ -41,26 +66,80 @@ fn options() -> Options {
             "--objects" => options.objects = number(),
             "--triggers" => options.triggers = number(),
             "--updates" => options.updates = number(),
-            other => panic!("unknown option {other}; known: --ktrigger PATH --objects N --triggers N --updates N"),
+            "--kubeconfig" => options.kubeconfig = Some(value.clone()),
+            "--mode" => match value.as_str() {
+                "filters" => options.selectors = false,
+                "selectors" => options.selectors = true,
+                other => panic!("--mode {other}: filters or selectors"),
+            },
+            other => panic!(
+                "unknown option {other}; known: --ktrigger PATH --objects N --triggers N --updates N \
+                 --mode filters|selectors --kubeconfig PATH"
+            ),
         }
     }
     options
 }
 
-fn config(triggers: usize) -> String {
+fn config(options: &Options, namespace: &str) -> String {
     let mut text = String::from(
         "apiVersion: ktrigger.dev/v1alpha1\nkind: TriggerService\nmetadata: {name: bench}\nspec:\n  triggers:\n",
     );
-    for i in 0..triggers {
-        text.push_str(&format!(
-            "  - name: group-{i:03}\n    source:\n      type: resource-watcher\n      properties: {{apiVersion: v1, \
-             kind: ConfigMap, namespace: {NAMESPACE}, events: [update]}}\n    filter: 'object.metadata.labels.group \
-             == \"g{:03}\"'\n    destinations:\n    - type: log\n      properties: {{includeObject: false, \
-             message: \"{{{{ object.metadata.name }}}} {{{{ object.data.v }}}}\"}}\n",
-            i % GROUPS
-        ));
+    for i in 0..options.triggers {
+        if options.selectors {
+            let (api_version, kind, _) = KINDS[i % KINDS.len()];
+            text.push_str(&format!(
+                "  - name: selector-{i:04}\n    source:\n      type: resource-watcher\n      properties: {{apiVersion: \
+                 {api_version}, kind: {kind}, namespace: {namespace}, events: [update], labelSelector: \"shard=s{}\"}}\n    \
+                 destinations:\n    - type: log\n      properties: {{includeObject: false, message: \"{{{{ object.kind \
+                 }}}}/{{{{ object.metadata.name }}}} {{{{ object.metadata.annotations.v }}}}\"}}\n",
+                i / KINDS.len()
+            ));
+        } else {
+            text.push_str(&format!(
+                "  - name: group-{i:03}\n    source:\n      type: resource-watcher\n      properties: {{apiVersion: v1, \
+                 kind: ConfigMap, namespace: {namespace}, events: [update]}}\n    filter: 'object.metadata.labels.group \
+                 == \"g{:03}\"'\n    destinations:\n    - type: log\n      properties: {{includeObject: false, \
+                 message: \"{{{{ object.metadata.name }}}} {{{{ object.data.v }}}}\"}}\n",
+                i % GROUPS
+            ));
+        }
     }
     text
+}
+
+/// Shards (distinct selectors) per kind in the selectors mode.
+fn shards(options: &Options) -> usize {
+    (options.triggers / KINDS.len()).max(1)
+}
+
+/// Object `i`: its kind's index, name and body.
+fn object(options: &Options, i: usize) -> (usize, String, serde_json::Value) {
+    let name = format!("obj-{i:05}");
+    if options.selectors {
+        let kind = i % KINDS.len();
+        let shard = (i / KINDS.len()) % shards(options);
+        let (api_version, kind_name, _) = KINDS[kind];
+        let body = json!({"apiVersion": api_version, "kind": kind_name, "metadata": {"name": name,
+            "labels": {"shard": format!("s{shard}")}, "annotations": {"v": "0", "payload": "x".repeat(256)}}});
+        (kind, name, body)
+    } else {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name,
+            "labels": {"group": format!("g{:03}", i % GROUPS)}}, "data": {"v": "0", "payload": "x".repeat(256)}});
+        (0, name, body)
+    }
+}
+
+fn api_resource(index: usize) -> ApiResource {
+    let (api_version, kind, plural) = KINDS[index];
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    ApiResource {
+        group: group.into(),
+        version: version.into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
+        plural: plural.into(),
+    }
 }
 
 /// Peak and current resident memory of a process, in KiB, from /proc.
@@ -86,30 +165,50 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 async fn main() {
     ktrigger_kube::ensure_crypto_provider();
     let options = options();
-    let cluster = TestCluster::start_with(Config { event_log_capacity: 20_000, ..Config::default() }).await;
-    let client = cluster.client().await;
-    let configmaps: Api<ConfigMap> = Api::namespaced(client.clone(), NAMESPACE);
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    let (cluster, client, namespace) = match &options.kubeconfig {
+        Some(path) => {
+            std::fs::copy(path, &kubeconfig).unwrap_or_else(|e| panic!("cannot read {path}: {e}"));
+            let config = kube::Config::from_custom_kubeconfig(
+                kube::config::Kubeconfig::read_from(path).unwrap(),
+                &Default::default(),
+            )
+            .await
+            .unwrap();
+            let client = Client::try_from(config).unwrap();
+            let namespace = format!("bench-watch-{}", std::process::id());
+            let body = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
+            Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &body).await.unwrap();
+            (None, client, namespace)
+        }
+        None => {
+            let cluster = TestCluster::start_with(Config { event_log_capacity: 20_000, ..Config::default() }).await;
+            cluster.write_kubeconfig(&kubeconfig).unwrap();
+            let client = cluster.client().await;
+            (Some(cluster), client, NAMESPACE.to_string())
+        }
+    };
+    let apis: Vec<Api<DynamicObject>> =
+        (0..KINDS.len()).map(|k| Api::namespaced_with(client.clone(), &namespace, &api_resource(k))).collect();
 
     let started = Instant::now();
     futures::stream::iter(0..options.objects)
         .map(|i| {
-            let api = configmaps.clone();
+            let (kind, _, body) = object(&options, i);
+            let api = apis[kind].clone();
             async move {
-                let body = json!({"metadata": {"name": format!("cm-{i:05}"), "labels": {"group": format!("g{:03}", i % GROUPS)}},
-                                  "data": {"v": "0", "payload": "x".repeat(256)}});
                 api.create(&PostParams::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
             }
         })
         .buffer_unordered(32)
         .collect::<Vec<_>>()
         .await;
-    eprintln!("created {} ConfigMaps in {:.1}s", options.objects, started.elapsed().as_secs_f64());
+    let kinds = if options.selectors { KINDS.len() } else { 1 };
+    eprintln!("created {} objects of {kinds} kind(s) in {:.1}s", options.objects, started.elapsed().as_secs_f64());
 
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    cluster.write_kubeconfig(&kubeconfig).unwrap();
     let file = dir.path().join("bench.yaml");
-    std::fs::write(&file, config(options.triggers)).unwrap();
+    std::fs::write(&file, config(&options, &namespace)).unwrap();
     let mut child = Command::new(&options.ktrigger)
         .args(["run", "-f", file.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()])
         .args(["--webhook-addr", "127.0.0.1:0"])
@@ -136,38 +235,94 @@ async fn main() {
         }
     });
     let stderr = child.stderr.take().unwrap();
-    let (synced_tx, synced_rx) = std::sync::mpsc::channel();
     let stderr_lines: Arc<Mutex<Vec<String>>> = Arc::default();
     std::thread::spawn({
         let stderr_lines = stderr_lines.clone();
         move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("watch synced") {
-                    let _ = synced_tx.send(());
-                }
                 stderr_lines.lock().unwrap().push(line);
             }
         }
     });
+    let count = |what: &str| stderr_lines.lock().unwrap().iter().filter(|l| l.contains(what)).count();
+    // Synced: every watch opened has synced, and no new one opened for a second.
     let start = Instant::now();
-    if synced_rx.recv_timeout(Duration::from_secs(120)).is_err() {
-        let _ = child.kill();
-        panic!("ktrigger did not sync its watch:\n{}", stderr_lines.lock().unwrap().join("\n"));
+    let mut stable_since = Instant::now();
+    let mut last = (0, 0);
+    loop {
+        let now = (count("opening watch"), count("watch synced"));
+        if now != last {
+            (last, stable_since) = (now, Instant::now());
+        } else if now.0 > 0 && now.0 == now.1 && stable_since.elapsed() > Duration::from_secs(1) {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(300) {
+            let _ = child.kill();
+            panic!("ktrigger did not sync its watches:\n{}", stderr_lines.lock().unwrap().join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("ktrigger synced {} objects in {:.2}s", options.objects, start.elapsed().as_secs_f64());
+    let opened = last.0;
+    eprintln!(
+        "ktrigger synced {} objects over {opened} watch(es) in {:.2}s",
+        options.objects,
+        start.elapsed().as_secs_f64()
+    );
     let (after_sync_peak, _) = memory_kib(pid);
+
+    // A plain watch client next to ktrigger: when each update reaches a watcher at all, so that
+    // what ktrigger adds can be told from what the API server takes.
+    let raw: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let raw_ready = Arc::new(tokio::sync::Notify::new());
+    let raw_watches: Vec<_> = (0..kinds)
+        .map(|k| {
+            let (api, raw, ready, selectors) = (apis[k].clone(), raw.clone(), raw_ready.clone(), options.selectors);
+            tokio::spawn(async move {
+                let mut stream = watcher(api, watcher::Config::default()).boxed();
+                while let Some(Ok(event)) = stream.next().await {
+                    let now = Instant::now();
+                    match event {
+                        watcher::Event::InitDone => ready.notify_one(),
+                        watcher::Event::Apply(object) => {
+                            let name = object.metadata.name.clone().unwrap_or_default();
+                            let (kind, value) = if selectors {
+                                let kind = object.types.as_ref().map(|t| t.kind.clone()).unwrap_or_default();
+                                let v = object.metadata.annotations.as_ref().and_then(|a| a.get("v").cloned());
+                                (format!("{kind}/"), v)
+                            } else {
+                                (String::new(), object.data["data"]["v"].as_str().map(str::to_string))
+                            };
+                            if let Some(value) = value {
+                                raw.lock().unwrap().insert(format!("{kind}{name} {value}"), now);
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+            })
+        })
+        .collect();
+    for _ in 0..kinds {
+        raw_ready.notified().await;
+    }
 
     let mut sent = Vec::with_capacity(options.updates);
     for i in 0..options.updates {
-        // Only objects of groups some trigger filters for, so that every update is delivered.
         let mut index = (i * 7919) % options.objects;
-        index -= index % GROUPS - (index % GROUPS) % options.triggers.clamp(1, GROUPS);
-        let name = format!("cm-{index:05}");
+        if !options.selectors {
+            // Only objects of groups some trigger filters for, so that every update is delivered.
+            index -= index % GROUPS - (index % GROUPS) % options.triggers.clamp(1, GROUPS);
+        }
+        let (kind, name, _) = object(&options, index);
         let value = format!("u{i}");
-        let patch = Patch::Merge(json!({"data": {"v": value}}));
+        let (patch, key) = if options.selectors {
+            (json!({"metadata": {"annotations": {"v": value}}}), format!("{}/{name} {value}", KINDS[kind].1))
+        } else {
+            (json!({"data": {"v": value}}), format!("{name} {value}"))
+        };
         let at = Instant::now();
-        configmaps.patch(&name, &PatchParams::default(), &patch).await.unwrap();
-        sent.push((format!("{name} {value}"), at, Instant::now()));
+        apis[kind].patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
+        sent.push((key, at, Instant::now()));
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     while arrivals.lock().unwrap().len() < options.updates {
@@ -186,15 +341,32 @@ async fn main() {
         .filter_map(|(key, _, ack)| arrived.get(key).map(|got| got.saturating_duration_since(*ack)))
         .collect();
     after_ack.sort();
+    let seen_raw = raw.lock().unwrap().clone();
+    let mut added: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(key, _, _)| Some(arrived.get(key)?.saturating_duration_since(*seen_raw.get(key)?)))
+        .collect();
+    added.sort();
+    for task in raw_watches {
+        task.abort();
+    }
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
     let _ = child.wait();
+    if cluster.is_none() {
+        let _ = Api::<Namespace>::all(client.clone()).delete(&namespace, &Default::default()).await;
+    }
 
-    let watch_requests = cluster.watch_requests_for("configmaps");
+    let server = if cluster.is_some() { "test cluster" } else { "API server of --kubeconfig" };
+    let mode = if options.selectors { "a distinct label selector each" } else { "a CEL filter each" };
     println!(
-        "ktrigger run: {} ConfigMaps, {} triggers (one watch), {} updates",
+        "ktrigger run ({server}): {} objects of {kinds} kind(s), {} triggers with {mode}, {} updates",
         options.objects, options.triggers, options.updates
     );
-    println!("  watch requests opened:   {watch_requests}");
+    println!("  watches opened by ktrigger: {opened}");
+    if let Some(cluster) = &cluster {
+        let requests: u64 = (0..kinds).map(|k| cluster.watch_requests_for(KINDS[k].2)).sum();
+        println!("  watch requests received:    {requests}");
+    }
     println!("  peak RSS after sync:     {:.1} MiB", after_sync_peak as f64 / 1024.0);
     println!("  peak RSS at the end:     {:.1} MiB (current {:.1} MiB)", peak as f64 / 1024.0, current as f64 / 1024.0);
     println!("  deliveries received:     {} of {}", latencies.len(), options.updates);
@@ -211,6 +383,16 @@ async fn main() {
             ms(percentile(&after_ack, 0.50)),
             ms(percentile(&after_ack, 0.99)),
             ms(*after_ack.last().unwrap())
+        );
+    }
+    if !added.is_empty() {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        println!(
+            "  added over a plain watch client ({} updates): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+            added.len(),
+            ms(percentile(&added, 0.50)),
+            ms(percentile(&added, 0.99)),
+            ms(*added.last().unwrap())
         );
     }
 }

@@ -1,6 +1,15 @@
-//! The WatchHub: one Kubernetes watch per (resource, namespace, label selector, field selector,
-//! identity), however many triggers subscribe to it, with each change fanned out as one shared
-//! event to the triggers that asked for it.
+//! The WatchHub: one Kubernetes watch per (resource, namespace, identity, and the field selectors
+//! only the API server can evaluate), however many triggers subscribe to it, with each change
+//! fanned out as one shared event to the triggers that asked for it.
+//!
+//! Label selectors and field selectors on `metadata.name` and `metadata.namespace` are evaluated
+//! here, per subscriber, as a watch selected by the API server would: a change that moves an
+//! object into a subscriber's selector reaches it as a create, one that moves it out as a delete
+//! (of the object as it is now), and replays and catch-ups only list selected objects. To tell
+//! whether the previous state was selected, the watch remembers each object's labels (objects
+//! with the same labels share one copy). A trigger on one namespace joins a synced, working watch
+//! of all namespaces opened as the same identity rather than opening its own: that identity has
+//! shown it may read them all, and the trigger still sees its namespace only.
 //!
 //! The identity is part of the key so that sharing never widens what a trigger sees: a watch is
 //! opened as its subscribers' identity. A trigger acting as another ServiceAccount joins it only
@@ -39,13 +48,14 @@ use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::identity::{self, Identity};
 use crate::position::{Checkpoints, Position, Stored, Write};
+use crate::selector::{LabelInterner, ObjectSelector, StoredLabels, labels_of};
 
 /// After an error, a watch that reports no further error for this long is taken to work again:
 /// the watcher retries at least every 30 s (its longest backoff) while it keeps failing.
@@ -61,9 +71,7 @@ pub struct WatchKey {
     pub resource: ApiResource,
     /// The namespace, or `None` for all namespaces (and for cluster-scoped resources).
     pub namespace: Option<String>,
-    /// Canonical label selector; empty for all.
-    pub labels: String,
-    /// Canonical field selector; empty for all.
+    /// Canonical field selector on fields the engine does not evaluate; empty for all.
     pub fields: String,
     /// Who the watch lists and watches as.
     pub identity: Identity,
@@ -78,10 +86,7 @@ impl WatchKey {
 
     /// Whether `other` watches the same objects (whoever watches them).
     fn same_scope(&self, other: &WatchKey) -> bool {
-        self.resource == other.resource
-            && self.namespace == other.namespace
-            && self.labels == other.labels
-            && self.fields == other.fields
+        self.resource == other.resource && self.namespace == other.namespace && self.fields == other.fields
     }
 }
 
@@ -106,9 +111,6 @@ impl fmt::Display for Scope<'_> {
         match &key.namespace {
             Some(ns) => write!(f, " in namespace {ns}")?,
             None => write!(f, " in all namespaces")?,
-        }
-        if !key.labels.is_empty() {
-            write!(f, " with labels {:?}", key.labels)?;
         }
         if !key.fields.is_empty() {
             write!(f, " with fields {:?}", key.fields)?;
@@ -170,12 +172,38 @@ pub struct Change {
     /// identified by it, so that a delete seen live and one found missing after a restart have
     /// the same id.
     pub old_resource_version: Option<Box<str>>,
+    /// The labels of the previous object, when known: whether it was selected.
+    old_labels: Option<Arc<StoredLabels>>,
     derived: OnceLock<Value>,
 }
 
 impl Change {
     pub(crate) fn new(kind: ChangeKind, object: Value) -> Self {
-        Change { kind, object, old: None, old_occurrences: None, old_resource_version: None, derived: OnceLock::new() }
+        Change {
+            kind,
+            object,
+            old: None,
+            old_occurrences: None,
+            old_resource_version: None,
+            old_labels: None,
+            derived: OnceLock::new(),
+        }
+    }
+
+    /// This change as a create: for a subscriber it moved the object into.
+    fn moved_in(&self) -> Change {
+        Change::new(ChangeKind::Create, self.object.clone())
+    }
+
+    /// This change as a delete of the object as it is now: for a subscriber it moved the object
+    /// out of. Identified, like deletes, by the resourceVersion the subscriber last saw.
+    fn moved_out(&self) -> Change {
+        let mut change = Change::new(ChangeKind::Delete, self.object.clone());
+        change.old = self.old.clone();
+        change.old_occurrences = self.old_occurrences;
+        change.old_resource_version = self.old_resource_version.clone();
+        change.old_labels = self.old_labels.clone();
+        change
     }
 
     /// A view of the object computed once per change and shared by subscribers (the normalized
@@ -218,6 +246,8 @@ pub struct Subscriber {
     pub sink: EventSink,
     /// Which changes it wants.
     pub interest: Box<dyn Interest>,
+    /// Which objects it wants.
+    pub selector: ObjectSelector,
     /// Whether its filter or templates read `oldObject`.
     pub needs_old: bool,
     /// Whether objects that exist when it subscribes are reported to it as creates (on its first
@@ -325,9 +355,10 @@ impl WatchHub {
     }
 
     /// Adds a subscriber to the watch of `key`, starting the watch when it is the first one;
-    /// the watch sends through `client` (this process's own) as `key.identity`. The subscription
-    /// ends when the returned handle is dropped; the watch stops with its last subscriber. Must
-    /// be called within a tokio runtime.
+    /// the watch sends through `client` (this process's own) as `key.identity`. A subscriber on
+    /// one namespace joins instead a synced, working watch of all namespaces opened as the same
+    /// identity, selecting its namespace there. The subscription ends when the returned handle is
+    /// dropped; the watch stops with its last subscriber. Must be called within a tokio runtime.
     pub fn subscribe(
         &self,
         client: &Client,
@@ -344,6 +375,13 @@ impl WatchHub {
         };
         let trigger = subscriber.trigger.clone();
         let mut watches = lock(&self.shared.watches);
+        let key = match key.namespace.as_deref().and_then(|ns| Some((ns, all_namespaces(&watches, &key)?))) {
+            Some((namespace, wider)) => {
+                subscriber.selector = subscriber.selector.in_namespace(namespace);
+                wider
+            }
+            None => key,
+        };
         let entry = match watches.entry(key.clone()) {
             hash_map::Entry::Occupied(entry) => entry.into_mut(),
             hash_map::Entry::Vacant(vacant) => {
@@ -460,6 +498,15 @@ impl Drop for Subscription {
     }
 }
 
+/// A synced, working watch of all namespaces with what `key` watches otherwise (same resource,
+/// server-side fields and identity).
+fn all_namespaces(watches: &HashMap<WatchKey, Entry>, key: &WatchKey) -> Option<WatchKey> {
+    let wider = WatchKey { namespace: None, ..key.clone() };
+    let entry = watches.get(&wider)?;
+    let health = entry.health.borrow();
+    (health.synced && health.last_error.is_none()).then_some(wider)
+}
+
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -532,6 +579,7 @@ fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> Entry
         api,
         subscribers: Vec::new(),
         known: HashMap::new(),
+        labels: LabelInterner::default(),
         keep_old: false,
         synced: false,
         listing: None,
@@ -549,6 +597,7 @@ struct Known {
     namespace: Option<Box<str>>,
     resource_version: Box<str>,
     occurrences: u64,
+    labels: Option<Arc<StoredLabels>>,
     last: Option<Arc<Value>>,
 }
 
@@ -642,6 +691,8 @@ struct WatchTask {
     api: Api<DynamicObject>,
     subscribers: Vec<Member>,
     known: HashMap<String, Known>,
+    /// The labels of the known objects.
+    labels: LabelInterner,
     keep_old: bool,
     /// The first list completed.
     synced: bool,
@@ -657,9 +708,6 @@ struct WatchTask {
 impl WatchTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) {
         let mut config = watcher::Config::default();
-        if !self.key.labels.is_empty() {
-            config = config.labels(&self.key.labels);
-        }
         if !self.key.fields.is_empty() {
             config = config.fields(&self.key.fields);
         }
@@ -782,7 +830,8 @@ impl WatchTask {
                 } else {
                     // A first list that failed half-way and started over lists objects again.
                     let again = self.known.get(&uid).is_some_and(|k| *k.resource_version == *resource_version(&object));
-                    self.remember(uid, &object);
+                    let previous = self.remember(uid, &object);
+                    self.labels.release(previous);
                     let live: Vec<u64> =
                         self.subscribers.iter().filter(|m| m.replay == Replay::Live).map(|m| m.id).collect();
                     if !again && !live.is_empty() {
@@ -797,15 +846,22 @@ impl WatchTask {
                     for uid in gone {
                         if let Some(known) = self.known.remove(&uid) {
                             let object = self.stub(&uid, &known);
+                            let labels = known.labels.clone();
                             let mut change = Change::new(ChangeKind::Delete, object);
                             change.old_occurrences = Some(known.occurrences);
                             change.old_resource_version = Some(known.resource_version);
+                            change.old_labels = known.labels;
                             self.dispatch(change, None).await;
+                            self.labels.release(labels);
                         }
                     }
                 } else {
                     // Objects of an abandoned first list that are gone now were never reported.
-                    self.known.retain(|uid, _| listed.contains(uid));
+                    let gone: Vec<String> = self.known.keys().filter(|uid| !listed.contains(*uid)).cloned().collect();
+                    for uid in gone {
+                        let labels = self.known.remove(&uid).and_then(|known| known.labels);
+                        self.labels.release(labels);
+                    }
                     tracing::info!(watch = %self.key, objects = self.known.len(), "watch synced");
                 }
                 self.synced = true;
@@ -830,12 +886,16 @@ impl WatchTask {
                 let uid = uid_of(&object);
                 let known = self.known.remove(&uid);
                 let mut change = Change::new(ChangeKind::Delete, object);
+                let mut labels = None;
                 if let Some(known) = known {
                     change.old_occurrences = Some(known.occurrences);
                     change.old_resource_version = Some(known.resource_version);
                     change.old = known.last;
+                    labels = known.labels.clone();
+                    change.old_labels = known.labels;
                 }
                 self.dispatch(change, None).await;
+                self.labels.release(labels);
             }
         }
     }
@@ -849,24 +909,32 @@ impl WatchTask {
                 let mut change = Change::new(ChangeKind::Update, object);
                 change.old = known.last.clone();
                 change.old_occurrences = Some(known.occurrences);
+                change.old_resource_version = Some(known.resource_version.clone());
+                change.old_labels = known.labels.clone();
                 change
             }
             None => Change::new(ChangeKind::Create, object),
         };
-        self.remember(uid, &change.object);
+        let previous = self.remember(uid, &change.object);
         self.dispatch(change, None).await;
+        self.labels.release(previous);
     }
 
-    fn remember(&mut self, uid: String, object: &Value) {
+    /// Remembers `object` as the state of `uid`; returns the labels of the state it replaces, to
+    /// be released once the change is dispatched.
+    fn remember(&mut self, uid: String, object: &Value) -> Option<Arc<StoredLabels>> {
         let metadata = &object["metadata"];
+        let previous = self.known.get(&uid).and_then(|known| known.labels.clone());
         let known = Known {
             name: metadata["name"].as_str().unwrap_or_default().into(),
             namespace: metadata["namespace"].as_str().map(Into::into),
             resource_version: resource_version(object).into(),
             occurrences: occurrences(object),
+            labels: self.labels.intern(labels_of(object), previous.as_ref()),
             last: self.keep_old.then(|| Arc::new(object.clone())),
         };
         self.known.insert(uid, known);
+        previous
     }
 
     /// The identity of an object deleted while the watch was not looking.
@@ -890,14 +958,22 @@ impl WatchTask {
         })
     }
 
+    /// The object as JSON. Its fields other than the metadata are moved, not copied.
     fn to_value(&self, object: DynamicObject) -> Value {
-        let mut value = serde_json::to_value(&object).unwrap_or(Value::Null);
-        if let Some(map) = value.as_object_mut() {
-            // List items come without apiVersion and kind.
-            map.entry("apiVersion").or_insert_with(|| json!(self.key.resource.api_version));
-            map.entry("kind").or_insert_with(|| json!(self.key.resource.kind));
-        }
-        value
+        let DynamicObject { types, metadata, data } = object;
+        let mut map = match data {
+            Value::Object(map) => map,
+            _ => Map::new(),
+        };
+        // List items come without apiVersion and kind.
+        let (api_version, kind) = match types {
+            Some(types) => (types.api_version, types.kind),
+            None => (self.key.resource.api_version.clone(), self.key.resource.kind.clone()),
+        };
+        map.insert("apiVersion".into(), Value::String(api_version));
+        map.insert("kind".into(), Value::String(kind));
+        map.insert("metadata".into(), serde_json::to_value(&metadata).unwrap_or_default());
+        Value::Object(map)
     }
 
     /// Lists the objects the watch knows and sends them as creates to subscribers waiting for a
@@ -935,29 +1011,58 @@ impl WatchTask {
         }
     }
 
-    /// Sends one change to every subscriber that wants it (or only to `only`), building each
-    /// distinct event once. Subscribers with an index see it relative to what they know, and
-    /// record it there once they have handled it.
+    /// Sends one change to every subscriber that selects the object and wants the change (or
+    /// only to `only`), building each distinct event once. Subscribers with an index see it
+    /// relative to what they know, and record it there once they have handled it.
     async fn dispatch(&mut self, change: Change, only: Option<&[u64]>) {
+        self.deliver(change, only, true).await;
+    }
+
+    /// [`dispatch`](Self::dispatch), with the subscribers' selectors applied when `select` (not
+    /// to the changes of a catch-up, which are already made relative to what the subscriber knows).
+    async fn deliver(&mut self, change: Change, only: Option<&[u64]>, select: bool) {
         let uid = uid_of(&change.object);
         let mut built: Vec<(EventShape, SharedEvent)> = Vec::new();
         let mut closed = Vec::new();
+        // The change as a create, for subscribers it moved the object into, and as a delete, for
+        // those it moved it out of: made at most once each, and only when needed.
+        let (mut entered, mut left): (Option<Change>, Option<Change>) = (None, None);
         for member in &mut self.subscribers {
             if only.is_some_and(|ids| !ids.contains(&member.id)) {
                 continue;
             }
-            let own = match &mut member.durable {
+            let behind = match &mut member.durable {
                 Some(durable) if !durable.caught_up => continue,
-                Some(durable) => match durable.behind.remove(&uid) {
-                    Some(view) => match Durable::view(&change, view, member.subscriber.needs_old) {
-                        Some(own) => Some(own),
-                        None => continue,
-                    },
-                    None => None,
+                Some(durable) => durable.behind.remove(&uid),
+                None => None,
+            };
+            let selector = &member.subscriber.selector;
+            let base: &Change = if !select || selector.selects_all() {
+                &change
+            } else {
+                let now = change.kind != ChangeKind::Delete && selector.matches(&change.object);
+                // A subscriber behind the watch knows the object as its index says.
+                let before = match &behind {
+                    Some(view) => view.is_some(),
+                    None => was_selected(selector, &change),
+                };
+                match (before, now) {
+                    (false, false) => continue,
+                    (true, true) => &change,
+                    (_, true) if change.kind == ChangeKind::Create || behind.is_some() => &change,
+                    (_, true) => entered.get_or_insert_with(|| change.moved_in()),
+                    (_, false) if change.kind == ChangeKind::Delete => &change,
+                    (_, false) => left.get_or_insert_with(|| change.moved_out()),
+                }
+            };
+            let own = match behind {
+                Some(view) => match Durable::view(base, view, member.subscriber.needs_old) {
+                    Some(own) => Some(own),
+                    None => continue,
                 },
                 None => None,
             };
-            let seen = own.as_ref().unwrap_or(&change);
+            let seen = own.as_ref().unwrap_or(base);
             let event = match member.subscriber.interest.shape(seen) {
                 None => None,
                 Some(shape) if own.is_some() => Some(Arc::new(build_event(&shape, seen))),
@@ -1010,6 +1115,7 @@ impl WatchTask {
     async fn catch_up(&mut self, id: u64) {
         let Some(member) = self.subscribers.iter_mut().find(|m| m.id == id) else { return };
         let (replay, needs_old) = (member.subscriber.replay_existing, member.subscriber.needs_old);
+        let selector = member.subscriber.selector.clone();
         let Some(durable) = member.durable.as_mut() else { return };
         durable.caught_up = true;
         let keep_objects = durable.keep_objects;
@@ -1037,7 +1143,11 @@ impl WatchTask {
             for object in page.items {
                 let object = self.to_value(object);
                 let uid = uid_of(&object);
-                listed.insert(uid.clone());
+                // Objects it does not select are, to this subscriber, not there.
+                let selected = selector.matches(&object);
+                if selected {
+                    listed.insert(uid.clone());
+                }
                 let own = stored.remove(&uid);
                 let ahead = self.known.get(&uid).map(|known| *known.resource_version != *resource_version(&object));
                 let Some(durable) = self.durable(id) else { return };
@@ -1058,11 +1168,14 @@ impl WatchTask {
                     continue;
                 }
                 if first && !replay {
-                    durable.checkpoints.send(None, Write::Put(uid, Stored::of(&object, keep_objects))).await;
+                    if selected {
+                        durable.checkpoints.send(None, Write::Put(uid, Stored::of(&object, keep_objects))).await;
+                    }
                     continue;
                 }
-                if let Some(change) = Durable::view(&Change::new(ChangeKind::Create, object), own, needs_old) {
-                    self.dispatch(change, Some(&[id])).await;
+                let kind = if selected { ChangeKind::Create } else { ChangeKind::Delete };
+                if let Some(change) = Durable::view(&Change::new(kind, object), own, needs_old) {
+                    self.deliver(change, Some(&[id]), false).await;
                 }
             }
             match next {
@@ -1092,19 +1205,29 @@ impl WatchTask {
             let mut change = Change::new(ChangeKind::Delete, object);
             change.old_occurrences = Some(own.occurrences);
             change.old_resource_version = Some(own.resource_version.into());
-            self.dispatch(change, Some(&[id])).await;
+            self.deliver(change, Some(&[id]), false).await;
         }
     }
 
     fn list_params(&self) -> ListParams {
         let mut params = ListParams::default().limit(REPLAY_PAGE);
-        if !self.key.labels.is_empty() {
-            params = params.labels(&self.key.labels);
-        }
         if !self.key.fields.is_empty() {
             params = params.fields(&self.key.fields);
         }
         params
+    }
+}
+
+/// Whether the object was selected before `change`, by its previous labels.
+fn was_selected(selector: &ObjectSelector, change: &Change) -> bool {
+    let metadata = &change.object["metadata"];
+    let (name, namespace) =
+        (metadata["name"].as_str().unwrap_or_default(), metadata["namespace"].as_str().unwrap_or_default());
+    match (change.kind, &change.old_labels) {
+        (ChangeKind::Create, _) => false,
+        (_, Some(labels)) => selector.matches_parts(&**labels, name, namespace),
+        (ChangeKind::Update, None) => selector.matches_parts(labels_of(&Value::Null), name, namespace),
+        (ChangeKind::Delete, None) => selector.matches_parts(labels_of(&change.object), name, namespace),
     }
 }
 

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, occurrences, uid_of};
 use crate::position::Position;
 use crate::presets::{self, MappingSpec, Preset};
+use crate::selector::ObjectSelector;
 use crate::{Cluster, Identity, Slot, run_subscribed};
 
 /// The source type name.
@@ -289,7 +290,6 @@ impl Source for K8sEvents {
             let key = WatchKey {
                 resource: self.resource.clone(),
                 namespace: self.namespace.clone(),
-                labels: String::new(),
                 fields: String::new(),
                 identity: self.identity.clone(),
             };
@@ -299,6 +299,7 @@ impl Source for K8sEvents {
                 trigger: self.trigger.clone(),
                 sink,
                 interest: Box::new(self.interest.clone()),
+                selector: ObjectSelector::default(),
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
                 position,

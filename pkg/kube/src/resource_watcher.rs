@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, change_id};
 use crate::position::Position;
-use crate::selector::{canonical_fields, merge_labels};
+use crate::selector::{ObjectSelector, canonical_fields, merge_labels};
 use crate::{Actor, Cluster, Slot, run_subscribed};
 
 /// The source type name.
@@ -190,6 +190,17 @@ impl SourceFactory for ResourceWatcherFactory {
             };
         }
         let fields = canonical_fields(&fields).map_err(|e| format!("properties.fieldSelector: {e}"))?;
+        let (selector, server_fields) =
+            ObjectSelector::new(&labels, &fields).map_err(|e| format!("properties.labelSelector: {e}"))?;
+        // Written as watch scopes were when selectors were part of the watch, so that stored
+        // positions stay valid.
+        let mut selecting = String::new();
+        if !labels.is_empty() {
+            selecting.push_str(&format!(" with labels {labels:?}"));
+        }
+        if !fields.is_empty() {
+            selecting.push_str(&format!(" with fields {fields:?}"));
+        }
         let events = if props.events.is_empty() {
             vec![EventType::Create, EventType::Update, EventType::Delete]
         } else {
@@ -203,8 +214,9 @@ impl SourceFactory for ResourceWatcherFactory {
             gvk,
             actor,
             namespace,
-            labels,
-            fields,
+            selector,
+            selecting,
+            fields: server_fields,
             interest: ResourceInterest {
                 create: events.contains(&EventType::Create),
                 update: events.contains(&EventType::Update),
@@ -251,7 +263,11 @@ struct ResourceWatcher {
     gvk: GroupVersionKind,
     actor: Actor,
     namespace: Option<String>,
-    labels: String,
+    /// Label selector and the field selectors the engine evaluates.
+    selector: ObjectSelector,
+    /// The selectors, as the scope of the stored position names them.
+    selecting: String,
+    /// Field selectors left to the API server.
     fields: String,
     interest: ResourceInterest,
     needs_old: bool,
@@ -279,20 +295,17 @@ impl Source for ResourceWatcher {
                 }
                 (namespace, true) => namespace.clone(),
             };
-            let key = WatchKey {
-                resource,
-                namespace,
-                labels: self.labels.clone(),
-                fields: self.fields.clone(),
-                identity: self.actor.identity.clone(),
-            };
+            let key =
+                WatchKey { resource, namespace, fields: self.fields.clone(), identity: self.actor.identity.clone() };
             // The last state of objects is kept only where a delete or `oldObject` shows it.
             let keep_objects = self.interest.delete || self.needs_old;
-            let position = Position::load(self.state.clone(), key.scope().to_string(), keep_objects).await?;
+            let scope = format!("{}{}", WatchKey { fields: String::new(), ..key.clone() }.scope(), self.selecting);
+            let position = Position::load(self.state.clone(), scope, keep_objects).await?;
             let subscriber = Subscriber {
                 trigger: self.trigger.clone(),
                 sink,
                 interest: Box::new(self.interest),
+                selector: self.selector.clone(),
                 needs_old: self.needs_old,
                 replay_existing: self.replay_existing,
                 position,

@@ -143,6 +143,19 @@ impl Harness {
         self.configmaps().create(&PostParams::default(), &cm).await.unwrap();
     }
 
+    async fn create_labelled(&self, name: &str, tier: &str) {
+        let cm =
+            serde_json::from_value(json!({"metadata": {"name": name, "labels": {"test": "positions", "tier": tier}},
+            "data": {"v": "1"}}))
+            .unwrap();
+        self.configmaps().create(&PostParams::default(), &cm).await.unwrap();
+    }
+
+    async fn set_tier(&self, name: &str, tier: &str) {
+        let patch = Patch::Merge(json!({"metadata": {"labels": {"tier": tier}}}));
+        self.configmaps().patch(name, &PatchParams::default(), &patch).await.unwrap();
+    }
+
     async fn set_data(&self, name: &str, value: &str) {
         let patch = Patch::Merge(json!({"data": {"v": value}}));
         self.configmaps().patch(name, &PatchParams::default(), &patch).await.unwrap();
@@ -421,6 +434,53 @@ async fn the_stored_index_holds_exactly_the_objects_listed() {
         listed.len(),
         bytes / listed.len()
     );
+    running.stop().await;
+    h.clean_up().await;
+}
+
+#[tokio::test]
+async fn objects_moved_in_or_out_of_a_selector_are_creates_and_deletes_live_and_after_a_restart() {
+    let h = harness("selector").await;
+    h.create_labelled("stays", "gold").await;
+    h.create_labelled("leaves", "gold").await;
+    h.create_labelled("joins", "silver").await;
+    let gold = json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": h.namespace,
+        "labelSelector": "test=positions,tier in (gold)"});
+    let running = h.start("gold", "resource-watcher", gold.clone(), false);
+    let (stays, leaves, joins) = (h.uid_of("stays").await, h.uid_of("leaves").await, h.uid_of("joins").await);
+    h.wait_for("gold", "the two gold objects recorded", |stored| {
+        stored.keys().cloned().collect::<BTreeSet<_>>() == BTreeSet::from([stays.clone(), leaves.clone()])
+    })
+    .await;
+    running.stop().await;
+    h.wait_until_closed().await;
+
+    let known = h.configmaps().get("leaves").await.unwrap().metadata.resource_version.unwrap();
+    h.set_tier("leaves", "silver").await;
+    h.set_tier("joins", "gold").await;
+    let mut running = h.start("gold", "resource-watcher", gold, false);
+    let mut seen = running.collect(2).await;
+    seen.sort_by_key(|e| e.meta.event_type.clone());
+    assert_eq!(summary(&seen), [pair("create", "joins"), pair("delete", "leaves")]);
+    assert_eq!(seen[1].meta.id, stable_id(&[&leaves, &known, "delete"]), "identified by what the trigger last saw");
+    h.wait_for("gold", "stays and joins", |stored| {
+        stored.keys().cloned().collect::<BTreeSet<_>>() == BTreeSet::from([stays.clone(), joins.clone()])
+    })
+    .await;
+
+    // Live: the same moves, told the same way; changes outside the selector are not seen.
+    let known = h.configmaps().get("joins").await.unwrap().metadata.resource_version.unwrap();
+    h.set_tier("joins", "silver").await;
+    h.set_data("joins", "2").await;
+    h.set_tier("leaves", "gold").await;
+    let seen = running.collect(2).await;
+    assert_eq!(summary(&seen), [pair("delete", "joins"), pair("create", "leaves")]);
+    assert_eq!(seen[0].meta.id, stable_id(&[&joins, &known, "delete"]), "as after a restart");
+    assert_eq!(seen[0].object["metadata"]["labels"]["tier"], "silver", "the object as it is now");
+    h.wait_for("gold", "stays and leaves", |stored| {
+        stored.keys().cloned().collect::<BTreeSet<_>>() == BTreeSet::from([stays.clone(), leaves.clone()])
+    })
+    .await;
     running.stop().await;
     h.clean_up().await;
 }

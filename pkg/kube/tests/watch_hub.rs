@@ -193,29 +193,135 @@ async fn triggers_on_one_kind_share_a_watch_and_get_only_their_event_types() {
 }
 
 #[tokio::test]
-async fn selectors_and_namespaces_pick_objects_and_separate_watches() {
+async fn triggers_with_different_selectors_share_one_watch_and_get_exactly_what_they_select() {
     let h = harness(HubOptions::default()).await;
     let mut labelled = h.start(
         "resource-watcher",
         json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "matchingLabels": {"team": "shop"}}),
         false,
     );
-    let mut named = h.start(
+    let mut set_based = h.start(
         "resource-watcher",
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "name": "settings", "events": ["create"]}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps",
+            "labelSelector": "team notin (shop), !legacy", "events": ["create"]}),
         false,
     );
-    h.wait_for_watches("configmaps", 2).await;
+    let mut named = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "name": "settings", "events": ["create"]}),
+        false,
+    );
+    h.wait_for_watches("configmaps", 1).await;
     h.create_configmap("apps", "other", json!({"team": "ops"})).await;
+    h.create_configmap("apps", "old", json!({"team": "ops", "legacy": "yes"})).await;
     h.create_configmap("apps", "cart", json!({"team": "shop"})).await;
-    h.create_configmap("web", "settings", json!({})).await;
+    h.create_configmap("apps", "settings", json!({})).await;
+    h.create_configmap("web", "cart", json!({"team": "shop"})).await;
     assert_eq!(labelled.next_pair().await, pair("create", "cart"));
+    assert_eq!(set_based.next_pair().await, pair("create", "other"));
+    assert_eq!(set_based.next_pair().await, pair("create", "settings"));
     assert_eq!(named.next_pair().await, pair("create", "settings"));
     assert!(labelled.drain(Duration::from_millis(300)).await.is_empty());
+    assert!(set_based.drain(Duration::from_millis(100)).await.is_empty());
     assert!(named.drain(Duration::from_millis(100)).await.is_empty());
-    assert_eq!(h.kube.hub().open_watches(), 2);
+    assert_eq!(h.kube.hub().watches_opened(), 1);
+    let watches = h.cluster.requests().into_iter().filter(|r| r.uri.contains("watch=true")).collect::<Vec<_>>();
+    assert!(
+        watches.iter().all(|r| !r.uri.contains("labelSelector") && !r.uri.contains("fieldSelector")),
+        "selectors are evaluated here, not by the API server: {:?}",
+        watches.iter().map(|r| &r.uri).collect::<Vec<_>>()
+    );
     labelled.stop().await;
+    set_based.stop().await;
     named.stop().await;
+}
+
+#[tokio::test]
+async fn a_label_change_moves_an_object_in_and_out_of_a_selector() {
+    let h = harness(HubOptions::default()).await;
+    h.create_configmap("apps", "cart", json!({"team": "ops"})).await;
+    let mut shop = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "labelSelector": "team=shop"}),
+        true,
+    );
+    let mut everything = h.start("resource-watcher", cm_watcher("apps", &[]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    let cms = h.configmaps("apps");
+    let relabel = |team: &'static str| {
+        let cms = cms.clone();
+        async move {
+            let patch = Patch::Merge(json!({"metadata": {"labels": {"team": team}}}));
+            cms.patch("cart", &PatchParams::default(), &patch).await.unwrap();
+        }
+    };
+    h.set_data("apps", "cart", "2").await;
+    relabel("shop").await;
+    h.set_data("apps", "cart", "3").await;
+    relabel("ops").await;
+    h.set_data("apps", "cart", "4").await;
+    h.delete_configmap("apps", "cart").await;
+
+    let entered = shop.next().await;
+    assert_eq!((entered.meta.event_type.as_str(), entered.object["data"]["v"].as_str()), ("create", Some("2")));
+    assert!(entered.old_object.is_none(), "a create has no oldObject");
+    let updated = shop.next().await;
+    assert_eq!(updated.meta.event_type, "update");
+    assert_eq!(updated.old_object.as_ref().unwrap()["metadata"]["labels"]["team"], "shop");
+    let left = shop.next().await;
+    assert_eq!(left.meta.event_type, "delete");
+    assert_eq!(left.object["metadata"]["labels"]["team"], "ops", "the object as it is now");
+    assert!(shop.drain(Duration::from_millis(300)).await.is_empty(), "nothing once it left");
+    let all: Vec<String> = everything.drain(Duration::from_millis(100)).await.into_iter().map(|(t, _)| t).collect();
+    assert_eq!(all, ["update", "update", "update", "update", "update", "delete"]);
+    shop.stop().await;
+    everything.stop().await;
+}
+
+#[tokio::test]
+async fn many_triggers_with_distinct_selectors_open_one_watch_per_resource() {
+    let h = harness(HubOptions::default()).await;
+    let mut running = Vec::new();
+    for i in 0..50 {
+        let selector = json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps",
+            "labelSelector": format!("shard={i}"), "events": ["create"]});
+        running.push(h.start("resource-watcher", selector, false));
+        let selector = json!({"apiVersion": "v1", "kind": "Secret", "namespace": "apps",
+            "matchingLabels": {"shard": i.to_string()}, "events": ["create"]});
+        running.push(h.start("resource-watcher", selector, false));
+    }
+    h.wait_for_watches("configmaps", 1).await;
+    h.wait_for_watches("secrets", 1).await;
+    h.create_configmap("apps", "c7", json!({"shard": "7"})).await;
+    assert_eq!(running[14].next_pair().await, pair("create", "c7"));
+    assert_eq!(h.kube.hub().watches_opened(), 2);
+    assert_eq!(h.kube.hub().open_watches(), 2);
+    for (i, other) in running.iter_mut().enumerate().filter(|(i, _)| *i != 14) {
+        assert!(other.drain(Duration::from_millis(5)).await.is_empty(), "trigger {i}");
+    }
+    for r in running {
+        r.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn a_namespace_trigger_is_served_by_a_running_watch_of_all_namespaces_of_the_same_identity() {
+    let h = harness(HubOptions::default()).await;
+    let mut all = h.start("resource-watcher", cm_watcher("", &["create"]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    // The wide watch has synced once it reports a change.
+    h.create_configmap("web", "first", json!({})).await;
+    assert_eq!(all.next_pair().await, pair("create", "first"));
+    let mut apps = h.start("resource-watcher", cm_watcher("apps", &["create"]), false);
+    h.create_configmap("web", "elsewhere", json!({})).await;
+    h.create_configmap("apps", "here", json!({})).await;
+    assert_eq!(apps.next_pair().await, pair("create", "here"));
+    assert!(apps.drain(Duration::from_millis(300)).await.is_empty(), "only its own namespace");
+    assert_eq!(all.drain(Duration::from_millis(100)).await, [pair("create", "elsewhere"), pair("create", "here")]);
+    assert_eq!(h.kube.hub().watches_opened(), 1);
+    assert!(watchers_of(&h.cluster, "configmaps").iter().all(|(_, path)| path == "/api/v1/configmaps"));
+    all.stop().await;
+    apps.stop().await;
 }
 
 #[tokio::test]
