@@ -430,10 +430,10 @@ mod tests {
                                 held.push((k, change));
                             }
                         }
-                        Op::Done(ok) => if let Some((k, change)) = held.pop() {
-                            if let Retry::After(_, ticket) = queue.done(&k, change, ok) {
-                                tickets.push((k, ticket));
-                            }
+                        Op::Done(ok) => if let Some((k, change)) = held.pop()
+                            && let Retry::After(_, ticket) = queue.done(&k, change, ok)
+                        {
+                            tickets.push((k, ticket));
                         },
                         Op::RetryDue => if let Some((k, ticket)) = tickets.pop() {
                             queue.retry_due(&k, ticket);

@@ -103,7 +103,7 @@ impl std::ops::Deref for Handle {
     }
 }
 
-impl Recorder {
+impl Handle {
     fn new(metrics: &Metrics) -> Handle {
         Handle(Arc::new(Recorder {
             seen: Mutex::default(),
@@ -111,7 +111,9 @@ impl Recorder {
             adds_at_first_call: Mutex::default(),
         }))
     }
+}
 
+impl Recorder {
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
     }
@@ -195,7 +197,7 @@ async fn existing_objects_come_first_then_adds_updates_and_deletes_with_old_stat
         cluster.faults().delay("configmaps", Duration::from_millis(500));
     }
     let metrics = Metrics::new();
-    let recorder = Recorder::new(&metrics);
+    let recorder = Handle::new(&metrics);
     let mut event_loop = EventLoop::new("changes", env.client.clone()).metrics(&metrics);
     event_loop.register(recorder.clone(), ours(&env)).unwrap();
     let (cancel, running) = start(event_loop, 4);
@@ -231,7 +233,7 @@ async fn a_label_selector_limits_what_a_handler_sees() {
     env.create("web", "v0", json!({"tier": "web"})).await;
     env.create("db", "v0", json!({"tier": "db"})).await;
     let metrics = Metrics::new();
-    let recorder = Recorder::new(&metrics);
+    let recorder = Handle::new(&metrics);
     let mut event_loop = EventLoop::new("labels", env.client.clone());
     let watch = Watch::<ConfigMap>::new().namespace(&env.namespace).labels("tier in (web, cache)");
     event_loop.register(recorder.clone(), watch).unwrap();
@@ -252,7 +254,7 @@ async fn loops_on_one_cluster_share_its_watches() {
     let env = Env::new("sharing").await;
     env.create("shared", "v0", json!({})).await;
     let cluster = env.cluster();
-    let (first, second) = (Recorder::new(&Metrics::new()), Recorder::new(&Metrics::new()));
+    let (first, second) = (Handle::new(&Metrics::new()), Handle::new(&Metrics::new()));
     let mut running = Vec::new();
     for (name, recorder) in [("first", &first), ("second", &second)] {
         let mut event_loop = EventLoop::on_cluster(name, &cluster).unwrap();
