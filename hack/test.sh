@@ -44,13 +44,14 @@ export KTRIGGER_TEST_KUBECONFIG=$kubeconfig
 echo "hack/test.sh: Kubernetes end-to-end suites on the real kube-apiserver (KTRIGGER_TEST_KUBECONFIG=$kubeconfig)"
 
 # Every test target that runs on KTRIGGER_TEST_KUBECONFIG when it is set: the binary's end-to-end
-# tests that use tests/support/cluster.rs, and the library tests that read the variable.
+# tests that use tests/support/cluster.rs, and the library (and sample controller) tests that read
+# the variable.
 e2e=()
 for file in tests/*.rs; do
   grep -q 'support::cluster' "$file" && e2e+=(--test "$(basename "$file" .rs)")
 done
 cargo test --locked -p ktrigger "${e2e[@]}"
-for manifest in pkg/*/Cargo.toml; do
+for manifest in pkg/*/Cargo.toml examples/*/Cargo.toml; do
   package=$(sed -n 's/^name = "\(.*\)"/\1/p' "$manifest" | head -1)
   for file in "$(dirname "$manifest")"/tests/*.rs; do
     [ -f "$file" ] && grep -q 'KTRIGGER_TEST_KUBECONFIG' "$file" || continue
