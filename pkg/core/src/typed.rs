@@ -168,7 +168,10 @@ mod tests {
         assert_eq!((doc.name.as_str(), doc.summary.as_str()), ("hello", "Says hello."));
         let properties: Vec<(&str, bool, &str)> =
             doc.properties.iter().map(|p| (p.name.as_str(), p.required, p.description.as_str())).collect();
-        assert_eq!(properties, [("greetedName", true, "Whom to greet, on one line."), ("times", false, "How often; default 1.")]);
+        assert_eq!(
+            properties,
+            [("greetedName", true, "Whom to greet, on one line."), ("times", false, "How often; default 1.")]
+        );
         assert_eq!(doc.schema.as_ref().unwrap()["additionalProperties"], json!(false));
     }
 
@@ -177,7 +180,8 @@ mod tests {
         let mut registry = Registry::default();
         registry.add_destination_type(Hello);
         let factory = registry.destination("hello").unwrap();
-        let context = BuildContext::new(TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: "t".into() });
+        let context =
+            BuildContext::new(TriggerId { namespace: "ns".into(), service: "svc".into(), trigger: "t".into() });
         let error = factory.build(&json!({"greetedName": "x", "times": "twice"}), &context).err().unwrap();
         assert_eq!(error.path, "times");
         assert!(error.message.starts_with("invalid type: string \"twice\""), "{error}");

@@ -19,10 +19,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{Secret, SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -30,7 +30,6 @@ use sha2::Sha256;
 
 use crate::http;
 use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, code_of, post_json, webhook_url};
-
 
 /// DingTalk error codes that mean the robot is rate limited, and "system busy".
 const TRANSIENT_CODES: &[i64] = &[130101, 410100, -1];
@@ -130,7 +129,11 @@ struct DingTalk {
 }
 
 impl DingTalk {
-    fn new(props: DingTalkProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, PropertyError> {
+    fn new(
+        props: DingTalkProperties,
+        secrets: &ClusterSecrets,
+        client: reqwest::Client,
+    ) -> Result<Self, PropertyError> {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
         for (index, mobile) in props.at_mobiles.iter().enumerate() {
             if mobile.trim().is_empty() || mobile.chars().any(char::is_whitespace) {
@@ -139,11 +142,8 @@ impl DingTalk {
         }
         let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let mut redactions = url.fragments();
-        let secret = props
-            .secret_from
-            .as_ref()
-            .map(|reference| reference.resolve(secrets, "secretFrom"))
-            .transpose()?;
+        let secret =
+            props.secret_from.as_ref().map(|reference| reference.resolve(secrets, "secretFrom")).transpose()?;
         if let Some(secret) = &secret {
             redactions.push(secret.expose().to_string());
         }
@@ -280,10 +280,10 @@ mod tests {
     use axum::response::IntoResponse;
 
     use super::*;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::typed::TypedDestination;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const ACCESS_TOKEN: &str = "dingaccesstoken0123456789";
     const SECRET: &str = "SEC0123456789abcdef0123456789abcdef";
@@ -337,7 +337,11 @@ mod tests {
     }
 
     fn build_err(properties: Value) -> String {
-        TypedDestination::new(DingTalkFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).err().expect("the properties should be refused")
+        TypedDestination::new(DingTalkFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     fn concrete(properties: Value) -> DingTalk {

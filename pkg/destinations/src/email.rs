@@ -18,11 +18,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ktrigger_core::egress::{EgressError, EgressPolicy};
-use ktrigger_core::properties::{SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -33,7 +33,6 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http;
-
 
 /// Subject used when none is configured.
 pub const DEFAULT_SUBJECT: &str = "[ktrigger] {{ event.trigger }}: {{ event.preset or event.type }}\
@@ -287,8 +286,9 @@ impl Email {
                         .map_err(|e| PropertyError::new("caFile", format!("{path} holds no PEM certificate: {e}")))?;
                     parameters = parameters.add_root_certificate(certificate);
                 }
-                let parameters =
-                    parameters.build_rustls().map_err(|e| PropertyError::new("tls", format!("cannot set up TLS: {e}")))?;
+                let parameters = parameters
+                    .build_rustls()
+                    .map_err(|e| PropertyError::new("tls", format!("cannot set up TLS: {e}")))?;
                 if mode == TlsMode::Tls { Tls::Wrapper(parameters) } else { Tls::Required(parameters) }
             }
         };
@@ -452,13 +452,15 @@ fn mailboxes(property: &str, addresses: &[String]) -> Result<Vec<Mailbox>, Prope
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::event::{Event, TriggerId};
     use ktrigger_core::registry::DestinationFactory;
     use ktrigger_core::typed::TypedDestination;
-    use ktrigger_core::event::{Event, TriggerId};
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
-        TypedDestination::new(EmailFactory::new()).build(&properties, &BuildContext::new(trigger)).map_err(|e| e.to_string())
+        TypedDestination::new(EmailFactory::new())
+            .build(&properties, &BuildContext::new(trigger))
+            .map_err(|e| e.to_string())
     }
 
     #[tokio::test]

@@ -8,8 +8,8 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use ktrigger_core::properties::PropertyError;
 use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{DeliveryError, Receipt};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, Response, StatusCode};

@@ -15,10 +15,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{Secret, SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, Url};
 use schemars::JsonSchema;
@@ -27,7 +27,6 @@ use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::{http, khook};
-
 
 /// Where kagent's controller listens inside a cluster with the default installation.
 pub const DEFAULT_BASE_URL: &str = "http://kagent-controller.kagent:8083";
@@ -191,7 +190,10 @@ impl Kagent {
             Some(namespace) => namespace,
             None if !context.trigger.namespace.is_empty() => context.trigger.namespace.as_str(),
             None => {
-                return Err(PropertyError::new("agentRef.namespace", "required when the TriggerService has no namespace"));
+                return Err(PropertyError::new(
+                    "agentRef.namespace",
+                    "required when the TriggerService has no namespace",
+                ));
             }
         };
         check_label(namespace).map_err(|e| PropertyError::new("agentRef.namespace", e))?;
@@ -240,8 +242,8 @@ impl Kagent {
         let mut secrets = Vec::new();
         for (name, reference) in &props.headers_from {
             let at = format!("headersFrom.{name}");
-            let header =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| PropertyError::new(&at, "not a valid header name"))?;
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| PropertyError::new(&at, "not a valid header name"))?;
             if header == CONTENT_TYPE || header == CONTENT_LENGTH || header == HOST {
                 return Err(PropertyError::new(&at, "this header is set by ktrigger"));
             }
@@ -583,10 +585,10 @@ fn is_label(label: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::typed::TypedDestination;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger(namespace: &str) -> TriggerId {
         TriggerId { namespace: namespace.into(), service: "restart-doctor".into(), trigger: "crashloop".into() }
@@ -665,8 +667,11 @@ mod tests {
             assert!(err.contains(expected), "{properties}: {err}");
         }
         let context = BuildContext::new(trigger(""));
-        let err =
-            TypedDestination::new(KagentFactory::new()).build(&json!({"agentRef": {"name": "a"}, "prompt": "x"}), &context).map_err(|e| e.to_string()).err().unwrap();
+        let err = TypedDestination::new(KagentFactory::new())
+            .build(&json!({"agentRef": {"name": "a"}, "prompt": "x"}), &context)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap();
         assert_eq!(err, "properties.agentRef.namespace: required when the TriggerService has no namespace");
     }
 

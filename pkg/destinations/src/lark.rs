@@ -18,10 +18,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{Secret, SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -29,7 +29,6 @@ use sha2::Sha256;
 
 use crate::http;
 use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, code_of, post_json, webhook_url};
-
 
 /// Lark's code for a bot sending too often (100 messages a minute, 5 a second).
 const RATE_LIMITED_CODE: i64 = 11232;
@@ -127,11 +126,8 @@ impl Lark {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
         let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let mut redactions = url.fragments();
-        let secret = props
-            .secret_from
-            .as_ref()
-            .map(|reference| reference.resolve(secrets, "secretFrom"))
-            .transpose()?;
+        let secret =
+            props.secret_from.as_ref().map(|reference| reference.resolve(secrets, "secretFrom")).transpose()?;
         if let Some(secret) = &secret {
             redactions.push(secret.expose().to_string());
         }
@@ -253,10 +249,10 @@ mod tests {
     use axum::response::IntoResponse;
 
     use super::*;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::typed::TypedDestination;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const HOOK_PATH: &str = "/open-apis/bot/v2/hook/2f6b8c1e-0d4a-4f1b-9c3e-larkhooksecret";
     const SECRET: &str = "larksigningsecret0123456789";
@@ -307,7 +303,11 @@ mod tests {
     }
 
     fn build_err(properties: Value) -> String {
-        TypedDestination::new(LarkFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).err().expect("the properties should be refused")
+        TypedDestination::new(LarkFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     fn concrete(properties: Value) -> Lark {

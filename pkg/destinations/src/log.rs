@@ -8,12 +8,11 @@ use chrono::Utc;
 use ktrigger_core::event::rfc3339;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-
 
 /// Writes one JSON line per delivery to stdout (eventrouter style, for log collectors)
 #[derive(Debug, Deserialize, JsonSchema)]

@@ -9,10 +9,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{Secret, SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use schemars::JsonSchema;
@@ -21,7 +21,6 @@ use serde_json::{Value, json};
 
 use crate::http;
 use crate::message::{Answer, MessageSpec, SecretUrl, Summary, as_strs, parse_url, post_json, truncate, webhook_url};
-
 
 /// Default base URL of the Slack Web API.
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";
@@ -139,8 +138,11 @@ impl Slack {
         let (endpoint, redactions) = match &props.token_from {
             Some(reference) => {
                 if has_webhook {
-                    return Err(PropertyError::new("tokenFrom", "give either a webhook (webhookUrl or webhookUrlFrom) or \
-                                tokenFrom, not both"));
+                    return Err(PropertyError::new(
+                        "tokenFrom",
+                        "give either a webhook (webhookUrl or webhookUrlFrom) or \
+                                tokenFrom, not both",
+                    ));
                 }
                 if props.channel.is_none() {
                     return Err(PropertyError::new("channel", "required with tokenFrom"));
@@ -163,7 +165,10 @@ impl Slack {
                     return Err(PropertyError::new("apiUrl", "only applies with tokenFrom"));
                 }
                 if !has_webhook {
-                    return Err(PropertyError::new("webhookUrl", "required (or webhookUrlFrom, or tokenFrom with channel)"));
+                    return Err(PropertyError::new(
+                        "webhookUrl",
+                        "required (or webhookUrlFrom, or tokenFrom with channel)",
+                    ));
                 }
                 let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
                 let redactions = url.fragments();
@@ -298,10 +303,10 @@ mod tests {
     use ktrigger_core::event::Event;
 
     use super::*;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::typed::TypedDestination;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const HOOK_PATH: &str = "/services/T0001/B0002/hooksecret0123456789abcd";
     const TOKEN: &str = "xoxb-test-0123456789";
@@ -343,7 +348,11 @@ mod tests {
     }
 
     fn build_err(properties: Value) -> String {
-        TypedDestination::new(SlackFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).err().expect("the properties should be refused")
+        TypedDestination::new(SlackFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     fn token_file(dir: &tempfile::TempDir, token: &str) -> String {

@@ -8,17 +8,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http;
 use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, post_json, webhook_url};
-
 
 /// Content type of an Adaptive Card attachment.
 pub const ADAPTIVE_CARD_CONTENT_TYPE: &str = "application/vnd.microsoft.card.adaptive";
@@ -178,10 +177,10 @@ mod tests {
     use axum::response::IntoResponse;
 
     use super::*;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::typed::TypedDestination;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const FLOW_PATH: &str = "/workflows/8f2c/triggers/manual/paths/invoke";
     const SIG: &str = "flowsignature0123456789";
@@ -214,7 +213,11 @@ mod tests {
     }
 
     fn build_err(properties: Value) -> String {
-        TypedDestination::new(TeamsFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).err().expect("the properties should be refused")
+        TypedDestination::new(TeamsFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     #[tokio::test]

@@ -14,10 +14,10 @@ use async_trait::async_trait;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use ktrigger_core::event::{TriggerId, rfc3339};
-use ktrigger_core::properties::{Secret, SecretRef, PropertyError};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
@@ -27,7 +27,6 @@ use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::http;
-
 
 /// Header carrying the delivery id, stable across the retries of a delivery.
 pub const DELIVERY_ID_HEADER: &str = "x-ktrigger-delivery-id";
@@ -200,8 +199,8 @@ impl Webhook {
         let mut secrets = Vec::new();
         for (name, spec) in &props.headers {
             let at = format!("headers.{name}");
-            let header =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| PropertyError::new(&at, "not a valid header name"))?;
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| PropertyError::new(&at, "not a valid header name"))?;
             if header == CONTENT_TYPE {
                 return Err(PropertyError::new(&at, "set the content type with properties.contentType"));
             }
@@ -227,8 +226,11 @@ impl Webhook {
         let body =
             props.body.as_deref().map(Template::compile).transpose().map_err(|e| PropertyError::new("body", e))?;
         if props.content_type.is_some() && body.is_none() && props.format == Format::Cloudevents {
-            return Err(PropertyError::new("contentType", "only applies with properties.body or format: raw \
-                        (a structured CloudEvent is always application/cloudevents+json)"));
+            return Err(PropertyError::new(
+                "contentType",
+                "only applies with properties.body or format: raw \
+                        (a structured CloudEvent is always application/cloudevents+json)",
+            ));
         }
         let content_type = HeaderValue::from_str(props.content_type.as_deref().unwrap_or("application/json"))
             .map_err(|_| PropertyError::new("contentType", "not a valid header value"))?;
@@ -238,8 +240,9 @@ impl Webhook {
             Some(signature) => {
                 let key = signature.secret_from.resolve(&context.secrets, "signature.secretFrom")?;
                 let name = signature.header.as_deref().unwrap_or(DEFAULT_SIGNATURE_HEADER);
-                let header = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| PropertyError::new("signature.header", format!("{name:?} is not a valid header name")))?;
+                let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    PropertyError::new("signature.header", format!("{name:?} is not a valid header name"))
+                })?;
                 Some(Signature { header, key })
             }
         };

@@ -232,9 +232,9 @@ impl Cluster {
         match &self.state.client {
             Ok(_) => Ok(()),
             Err(_) if self.state.offline => Ok(()),
-            Err(reason) => {
-                Err(PropertyError::whole(format!("this source needs a Kubernetes cluster, and none is usable: {reason}")))
-            }
+            Err(reason) => Err(PropertyError::whole(format!(
+                "this source needs a Kubernetes cluster, and none is usable: {reason}"
+            ))),
         }
     }
 

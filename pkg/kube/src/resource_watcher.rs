@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use ktrigger_core::event::TriggerId;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
-use ktrigger_core::typed::SourceType;
 use ktrigger_core::state::SourceState;
+use ktrigger_core::typed::SourceType;
 use kube::core::GroupVersionKind;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -125,9 +125,13 @@ impl SourceType for ResourceWatcherFactory {
         context: &BuildContext,
     ) -> Result<Arc<dyn Source>, PropertyError> {
         if let Some(other) = props.clusters.iter().find(|cluster| cluster.as_str() != LOCAL_CLUSTER) {
-            return Err(PropertyError::new("clusters", format!("cluster {other:?} cannot be watched: only {LOCAL_CLUSTER:?}, the cluster \
+            return Err(PropertyError::new(
+                "clusters",
+                format!(
+                    "cluster {other:?} cannot be watched: only {LOCAL_CLUSTER:?}, the cluster \
                  ktrigger runs in, is supported; run a ktrigger in that cluster instead"
-            )));
+                ),
+            ));
         }
         let gvk = parse_gvk(&props.api_version, &props.kind)?;
         let labels = merge_labels(&props.matching_labels, props.label_selector.as_deref())

@@ -21,9 +21,9 @@ use croner::parser::{CronParser, Seconds, Year};
 use ktrigger_core::event::{Event, rfc3339, stable_id};
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
+use ktrigger_core::state::SourceState;
 use ktrigger_core::typed::SourceType;
 use schemars::JsonSchema;
-use ktrigger_core::state::SourceState;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -107,9 +107,7 @@ impl CronSource {
     fn configured(props: CronProperties, context: &BuildContext, clock: Clock) -> Result<CronSource, PropertyError> {
         let starting_deadline = match props.starting_deadline.as_deref() {
             None => DEFAULT_STARTING_DEADLINE,
-            Some(text) => {
-                ktrigger_api::parse_duration(text).map_err(|e| PropertyError::new("startingDeadline", e))?
-            }
+            Some(text) => ktrigger_api::parse_duration(text).map_err(|e| PropertyError::new("startingDeadline", e))?,
         };
         let source = CronSource::new(&props.schedule, props.time_zone.as_deref(), clock)?;
         Ok(CronSource {

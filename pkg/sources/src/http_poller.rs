@@ -27,12 +27,12 @@ use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refu
 use ktrigger_core::event::{Event, TriggerId, stable_id};
 use ktrigger_core::properties::{PropertyError, SecretRef};
 use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
-use ktrigger_core::typed::SourceType;
-use schemars::JsonSchema;
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::state::{Commit, SourceState};
+use ktrigger_core::typed::SourceType;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -138,7 +138,11 @@ impl SourceType for HttpPollerFactory {
     events: [create]
 ";
 
-    fn build(&self, properties: HttpPollerProperties, context: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
+    fn build(
+        &self,
+        properties: HttpPollerProperties,
+        context: &BuildContext,
+    ) -> Result<Arc<dyn Source>, PropertyError> {
         Ok(Arc::new(HttpPoller::new(properties, context, self.egress.clone())?))
     }
 }
@@ -152,7 +156,10 @@ impl HttpPoller {
     ) -> Result<HttpPoller, PropertyError> {
         let url = Url::parse(&props.url).map_err(|e| PropertyError::new("url", format!("invalid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(PropertyError::new("url", format!("scheme {:?} is not supported; use http or https", url.scheme())));
+            return Err(PropertyError::new(
+                "url",
+                format!("scheme {:?} is not supported; use http or https", url.scheme()),
+            ));
         }
         let method = match &props.method {
             None => Method::GET,
@@ -209,15 +216,11 @@ fn limit(value: Option<usize>, default: usize, most: usize, property: &str) -> R
 }
 
 fn duration(text: Option<&str>, default: Duration, property: &str) -> Result<Duration, PropertyError> {
-    text.map_or(Ok(default), |text| {
-        ktrigger_api::parse_duration(text).map_err(|e| PropertyError::new(property, e))
-    })
+    text.map_or(Ok(default), |text| ktrigger_api::parse_duration(text).map_err(|e| PropertyError::new(property, e)))
 }
 
 fn compile(source: Option<&str>, variable: &str, property: &str) -> Result<Option<CelExpr>, PropertyError> {
-    source
-        .map(|source| CelExpr::compile(source, &[variable]).map_err(|e| PropertyError::new(property, e)))
-        .transpose()
+    source.map(|source| CelExpr::compile(source, &[variable]).map_err(|e| PropertyError::new(property, e))).transpose()
 }
 
 fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, PropertyError> {
@@ -233,7 +236,9 @@ fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, PropertyError
             "create" => Ok(Kind::Create),
             "update" => Ok(Kind::Update),
             "delete" => Ok(Kind::Delete),
-            other => Err(PropertyError::new("events", format!("unknown event {other:?}; use create, update or delete"))),
+            other => {
+                Err(PropertyError::new("events", format!("unknown event {other:?}; use create, update or delete")))
+            }
         })
         .collect()
 }
@@ -274,8 +279,8 @@ fn headers(
                 ));
             }
         };
-        let mut value =
-            HeaderValue::from_str(&text).map_err(|_| PropertyError::new(&property, "the value is not a valid header value"))?;
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| PropertyError::new(&property, "the value is not a valid header value"))?;
         value.set_sensitive(sensitive);
         map.insert(header, value);
     }

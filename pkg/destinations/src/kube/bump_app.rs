@@ -15,8 +15,8 @@ use ::kube::core::GroupVersionKind;
 use async_trait::async_trait;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -31,7 +31,6 @@ pub const PUBLISH_VERSION: &str = "app.oam.dev/publishVersion";
 
 /// The annotation holding the id of the delivery that last bumped the Application.
 pub const BUMPED_BY: &str = "ktrigger.dev/bumped-by-delivery";
-
 
 /// Increments app.oam.dev/publishVersion of KubeVela Applications so they publish a new revision
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -113,8 +112,8 @@ properties:
             let labels = labels
                 .into_iter()
                 .map(|(key, value)| {
-                    let template =
-                        Template::compile(&value).map_err(|e| PropertyError::new(format!("matchingLabels.{key}"), e))?;
+                    let template = Template::compile(&value)
+                        .map_err(|e| PropertyError::new(format!("matchingLabels.{key}"), e))?;
                     Ok((key, template))
                 })
                 .collect::<Result<_, PropertyError>>()?;
@@ -309,16 +308,18 @@ impl Destination for BumpApp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::event::{Event, TriggerId};
     use ktrigger_core::registry::DestinationFactory;
     use ktrigger_core::typed::TypedDestination;
-    use ktrigger_core::event::{Event, TriggerId};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        TypedDestination::new(BumpAppFactory::new(KubeTarget::new(None))).build(&properties, &BuildContext::new(trigger())).map_err(|e| e.to_string())
+        TypedDestination::new(BumpAppFactory::new(KubeTarget::new(None)))
+            .build(&properties, &BuildContext::new(trigger()))
+            .map_err(|e| e.to_string())
     }
 
     fn render(destination: &Arc<dyn Destination>, object: Value) -> Result<Value, DeliveryError> {

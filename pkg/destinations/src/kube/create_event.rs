@@ -14,8 +14,8 @@ use k8s_openapi::api::core::v1::Event as KubeEvent;
 use ktrigger_core::event::rfc3339;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -27,7 +27,6 @@ use super::{
 
 /// Longest message kept; longer ones are cut (events.k8s.io allows 1 KiB notes).
 const MAX_MESSAGE: usize = 1024;
-
 
 /// Records a Kubernetes Event on the source object or a named object
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -100,7 +99,10 @@ properties:
         }
         let reason = props.reason.unwrap_or_else(|| "Triggered".into());
         if reason.is_empty() || reason.len() > 128 || !reason.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(PropertyError::new("reason", format!("must be 1 to 128 letters and digits (CamelCase), not {reason:?}")));
+            return Err(PropertyError::new(
+                "reason",
+                format!("must be 1 to 128 letters and digits (CamelCase), not {reason:?}"),
+            ));
         }
         let involved = match props.involved_object {
             None => None,
@@ -280,16 +282,18 @@ impl Destination for CreateEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::event::{Event, TriggerId};
     use ktrigger_core::registry::DestinationFactory;
     use ktrigger_core::typed::TypedDestination;
-    use ktrigger_core::event::{Event, TriggerId};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        TypedDestination::new(CreateEventFactory::new(KubeTarget::new(None))).build(&properties, &BuildContext::new(trigger())).map_err(|e| e.to_string())
+        TypedDestination::new(CreateEventFactory::new(KubeTarget::new(None)))
+            .build(&properties, &BuildContext::new(trigger()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

@@ -95,7 +95,8 @@ impl RecordEventFactory {
 impl DestinationType for RecordEventFactory {
     type Properties = RecordProperties;
     const NAME: &'static str = "record-event";
-    const EXAMPLE: &'static str = "type: record-event\nproperties:\n  nameSelector: {fromLabel: workflowrun.oam.dev/name}\n";
+    const EXAMPLE: &'static str =
+        "type: record-event\nproperties:\n  nameSelector: {fromLabel: workflowrun.oam.dev/name}\n";
 
     fn build(&self, props: RecordProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         if props.name_selector.as_ref().is_some_and(|s| s.from_label.is_empty()) {
@@ -258,9 +259,9 @@ impl Destination for RecordEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::event::{Event, TriggerId};
     use ktrigger_core::registry::DestinationFactory;
     use ktrigger_core::typed::TypedDestination;
-    use ktrigger_core::event::{Event, TriggerId};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }

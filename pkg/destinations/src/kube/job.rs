@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -26,7 +26,6 @@ use super::{
 
 /// Longest name prefix: the Job name (prefix, `-`, 10 hex digits) must stay a 63-character label.
 const MAX_PREFIX: usize = 52;
-
 
 /// Runs a Kubernetes Job per delivery (one Job even when the delivery is retried)
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -149,9 +148,13 @@ properties:
                     && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                     && !prefix.starts_with('-');
                 if !valid {
-                    return Err(PropertyError::new("namePrefix", format!("must be 1 to {MAX_PREFIX} lowercase letters, digits or '-', \
+                    return Err(PropertyError::new(
+                        "namePrefix",
+                        format!(
+                            "must be 1 to {MAX_PREFIX} lowercase letters, digits or '-', \
                          starting with a letter or digit, not {prefix:?}"
-                    )));
+                        ),
+                    ));
                 }
                 prefix.trim_end_matches('-').to_string()
             }
@@ -317,16 +320,18 @@ impl Destination for JobDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::event::{Event, TriggerId};
     use ktrigger_core::registry::DestinationFactory;
     use ktrigger_core::typed::TypedDestination;
-    use ktrigger_core::event::{Event, TriggerId};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "Nightly_Report".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        TypedDestination::new(JobFactory::new(KubeTarget::new(None))).build(&properties, &BuildContext::new(trigger())).map_err(|e| e.to_string())
+        TypedDestination::new(JobFactory::new(KubeTarget::new(None)))
+            .build(&properties, &BuildContext::new(trigger()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

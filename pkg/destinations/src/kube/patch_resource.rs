@@ -9,8 +9,8 @@ use ::kube::core::gvk::GroupVersion;
 use async_trait::async_trait;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::typed::DestinationType;
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -19,7 +19,6 @@ use super::{
     FIELD_MANAGER, KubeTarget, ValueTemplate, api_error, compile_optional, default_namespace, object_name,
     object_namespace, render_text, resource_path,
 };
-
 
 /// Patches a Kubernetes object (merge, JSON, strategic or server-side apply), by default the source
 /// object
@@ -322,14 +321,16 @@ impl Destination for PatchResource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::event::{Event, TriggerId};
     use ktrigger_core::registry::DestinationFactory;
     use ktrigger_core::typed::TypedDestination;
-    use ktrigger_core::event::{Event, TriggerId};
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let context =
             BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
-        TypedDestination::new(PatchResourceFactory::new(KubeTarget::new(None))).build(&properties, &context).map_err(|e| e.to_string())
+        TypedDestination::new(PatchResourceFactory::new(KubeTarget::new(None)))
+            .build(&properties, &context)
+            .map_err(|e| e.to_string())
     }
 
     fn render(destination: &Arc<dyn Destination>, object: Value) -> Result<Value, DeliveryError> {
