@@ -129,10 +129,8 @@ enum Command {
     Crd,
     /// Print the JSON Schema of TriggerService files, with the properties of every source and
     /// destination type, for editors (yaml-language-server) and CI.
-    #[command(
-        after_help = "Examples:\n  ktrigger schema > triggerservice.schema.json\n  \
-            # then, first line of a YAML file:\n  # yaml-language-server: $schema=./triggerservice.schema.json"
-    )]
+    #[command(after_help = "Examples:\n  ktrigger schema > triggerservice.schema.json\n  \
+            # then, first line of a YAML file:\n  # yaml-language-server: $schema=./triggerservice.schema.json")]
     Schema {
         /// Plugins whose types are included too.
         #[command(flatten)]

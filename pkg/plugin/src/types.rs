@@ -48,9 +48,9 @@ impl PluginType {
         }
         let schema_value: Option<Value> = match info.properties_schema.trim() {
             "" => None,
-            text => Some(
-                serde_json::from_str(text).map_err(|e| invalid(format!("propertiesSchema is not JSON: {e}")))?,
-            ),
+            text => {
+                Some(serde_json::from_str(text).map_err(|e| invalid(format!("propertiesSchema is not JSON: {e}")))?)
+            }
         };
         let schema = schema_value
             .as_ref()
