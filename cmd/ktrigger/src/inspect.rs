@@ -95,3 +95,58 @@ fn text(doc: &TypeDoc) -> String {
     text.push('\n');
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use ktrigger_core::properties::PropertyError;
+    use ktrigger_core::registry::{BuildContext, Destination};
+    use ktrigger_core::typed::DestinationType;
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    use super::*;
+
+    /// Sends a postcard.
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(rename_all = "camelCase", deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct PostcardProperties {
+        /// Who receives it.
+        recipient: String,
+        /// Stamp value in cents; default 95.
+        #[serde(default)]
+        stamp_cents: Option<u32>,
+    }
+
+    /// A type defined only here: nothing but its properties struct documents it.
+    struct Postcard;
+
+    impl DestinationType for Postcard {
+        type Properties = PostcardProperties;
+        const NAME: &'static str = "postcard";
+        const EXAMPLE: &'static str = "type: postcard\nproperties: {recipient: you}\n";
+
+        fn build(&self, _: PostcardProperties, _: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
+            Err(PropertyError::whole("a postcard is never sent"))
+        }
+    }
+
+    #[test]
+    fn the_catalogue_and_the_schema_show_what_the_properties_struct_says() {
+        let mut registry = Registry::default();
+        registry.add_destination_type(Postcard);
+        let doc = registry.destination("postcard").unwrap().doc();
+        let listed = text(doc);
+        assert!(listed.starts_with("postcard\n  Sends a postcard.\n"), "{listed}");
+        assert!(listed.contains("    recipient (required): Who receives it.\n"), "{listed}");
+        assert!(listed.contains("    stampCents: Stamp value in cents; default 95.\n"), "{listed}");
+        let listed = to_json(&[doc]);
+        assert_eq!(listed[0]["properties"][1]["name"], "stampCents");
+
+        let schema = file_schema(&registry).to_string();
+        assert!(schema.contains(r#""enum":["postcard"]"#), "{schema}");
+        assert!(schema.contains(r#""stampCents":{"description":"Stamp value in cents; default 95.""#), "{schema}");
+    }
+}
