@@ -218,7 +218,7 @@ fn without_any_identity_a_trigger_service_reads_only_its_own_namespace() {
         std::thread::sleep(Duration::from_millis(200));
     };
     let expected = format!(
-        "trigger theirs: triggers[1].source: properties.namespace: namespace {theirs:?} is outside the \
+        "trigger theirs: triggers[1].source.properties.namespace: namespace {theirs:?} is outside the \
          TriggerService's namespace {ns:?}"
     );
     assert!(message.starts_with(&expected), "{message}");

@@ -3,12 +3,14 @@
 //! This crate does no I/O: callers hand it text and get typed specs or precise errors back.
 
 mod document;
+mod file_schema;
 mod locate;
 mod schema;
 mod types;
 mod validate;
 
 pub use document::{Document, DocumentError, MAX_DOCUMENT_PROBLEMS, check_documents, parse_documents};
+pub use file_schema::{TypeSchema, file_schema};
 pub use locate::{FieldPositions, Position, field_positions};
 pub use schema::MAX_EXPRESSION;
 pub use types::*;

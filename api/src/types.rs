@@ -333,7 +333,7 @@ pub struct ActiveEvent {
 }
 
 /// kube-trigger's plain configuration file: `triggers:` at the top level.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerFile {
     /// The triggers of the file.

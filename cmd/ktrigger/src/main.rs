@@ -127,6 +127,15 @@ enum Command {
     },
     /// Print the TriggerService CRD.
     Crd,
+    /// Print the JSON Schema of TriggerService files, with the properties of every source and
+    /// destination type, for editors (yaml-language-server) and CI.
+    #[command(after_help = "Examples:\n  ktrigger schema > triggerservice.schema.json\n  \
+            # then, first line of a YAML file:\n  # yaml-language-server: $schema=./triggerservice.schema.json")]
+    Schema {
+        /// Plugins whose types are included too.
+        #[command(flatten)]
+        plugins: plugins::PluginArgs,
+    },
     /// List every source type, or the one named, with its properties and an example.
     #[command(
         after_help = "Examples:\n  ktrigger sources\n  ktrigger sources webhook\n  ktrigger sources cron -o json"
@@ -223,6 +232,12 @@ fn main() -> ExitCode {
             Command::Crd => {
                 print!("{}", ktrigger_api::crd_yaml());
                 Ok(ExitCode::SUCCESS)
+            }
+            Command::Schema { plugins } => {
+                let plugins = plugins.start(false).await?;
+                let result = inspect::print_schema(&plugins);
+                plugins.shutdown().await;
+                result
             }
             Command::Sources { name, output, plugins } => {
                 let plugins = plugins.start(false).await?;

@@ -21,3 +21,4 @@ pub mod state;
 pub mod stats;
 pub mod template;
 pub mod trace;
+pub mod typed;

@@ -100,6 +100,7 @@ pub fn prepare_service(
                 service_account: spec.service_account_name.clone(),
                 secrets: secrets.clone(),
                 state: SourceState::new(store.clone(), &id),
+                needs: SourceNeeds::default(),
             };
             let mut builder = Builder { registry, prefix: format!("triggers[{index}]"), messages: &mut messages };
             if let Some(ready) = builder.trigger(trigger, &context, spec) {
@@ -185,7 +186,11 @@ impl Builder<'_> {
             self.fail("source.type", self.registry.unknown_type("source", type_name));
             return None;
         };
-        factory.build_for(&trigger.source.properties, context, needs).map_err(|e| self.fail("source", e)).ok()
+        let context = BuildContext { needs, ..context.clone() };
+        factory
+            .build(&trigger.source.properties, &context)
+            .map_err(|e| self.fail(&format!("source.{}", e.field()), e.message))
+            .ok()
     }
 
     fn target(
@@ -201,7 +206,10 @@ impl Builder<'_> {
             self.fail(&format!("{field}.type"), self.registry.unknown_type("destination", type_name));
             return None;
         };
-        let destination = factory.build(&spec.properties, context).map_err(|e| self.fail(field, e)).ok()?;
+        let destination = factory
+            .build(&spec.properties, context)
+            .map_err(|e| self.fail(&format!("{field}.{}", e.field()), e.message))
+            .ok()?;
         let policy = RetryPolicy::from_spec(spec).map_err(|e| self.fail(field, e)).ok()?;
         let flow = Flow::from_spec(spec, per_object).map_err(|e| self.fail(field, e)).ok()?;
         if flow.batch.is_some() && !destination.batches() {

@@ -10,6 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::event::{Event, SharedEvent, TriggerId};
+use crate::properties::PropertyError;
 use crate::secrets::ClusterSecrets;
 use crate::state::SourceState;
 use crate::template::TemplateScope;
@@ -28,6 +29,8 @@ pub struct BuildContext {
     pub secrets: ClusterSecrets,
     /// Where the source keeps its position across restarts.
     pub state: SourceState,
+    /// What the rest of the trigger reads from the source's events.
+    pub needs: SourceNeeds,
 }
 
 impl BuildContext {
@@ -39,6 +42,7 @@ impl BuildContext {
             service_account: None,
             secrets: ClusterSecrets::default(),
             state: SourceState::default(),
+            needs: SourceNeeds::default(),
         }
     }
 }
@@ -246,29 +250,79 @@ pub trait Destination: Send + Sync {
 }
 
 /// Documentation of one property of a source or destination type.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PropertyDoc {
     /// Property name as written in YAML.
-    pub name: &'static str,
+    pub name: String,
     /// Whether the type refuses to load without it.
     pub required: bool,
     /// What it does, with its default.
-    pub description: &'static str,
+    pub description: String,
 }
 
 /// Documentation of a source or destination type, printed by `ktrigger sources|destinations`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TypeDoc {
     /// Type name as written in `type:`.
-    pub name: &'static str,
+    pub name: String,
     /// Other names accepted for compatibility (e.g. kube-trigger's `cronjob`).
-    pub aliases: &'static [&'static str],
+    pub aliases: Vec<String>,
     /// One line on what it is for.
-    pub summary: &'static str,
-    /// Every property.
-    pub properties: &'static [PropertyDoc],
+    pub summary: String,
+    /// Every property, the required ones first.
+    pub properties: Vec<PropertyDoc>,
     /// A YAML example of the `source:` or destination entry.
-    pub example: &'static str,
+    pub example: String,
+    /// JSON Schema (draft 7, self-contained) of the properties, when the type has one.
+    pub schema: Option<Value>,
+}
+
+impl TypeDoc {
+    /// The documentation of a type from the JSON Schema of its properties: the summary is the
+    /// schema's description and each property's description its documentation.
+    pub fn from_schema(name: &str, aliases: &[&str], example: &str, schema: Value) -> TypeDoc {
+        let mut properties = Vec::new();
+        collect_properties(&schema, &mut properties);
+        properties.sort_by_key(|p: &PropertyDoc| !p.required);
+        TypeDoc {
+            name: name.to_string(),
+            aliases: aliases.iter().map(|a| a.to_string()).collect(),
+            summary: schema.get("description").and_then(Value::as_str).map(unwrap_lines).unwrap_or_default(),
+            properties,
+            example: example.to_string(),
+            schema: Some(schema),
+        }
+    }
+}
+
+/// The properties of an object schema, and of each alternative of a `oneOf`/`anyOf` (a property
+/// found in several is listed once, required only when every alternative requires it).
+fn collect_properties(schema: &Value, out: &mut Vec<PropertyDoc>) {
+    let required: Vec<&str> =
+        schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect();
+    if let Some(fields) = schema.get("properties").and_then(Value::as_object) {
+        for (name, field) in fields {
+            let description = field.get("description").and_then(Value::as_str).map(unwrap_lines).unwrap_or_default();
+            let required = required.contains(&name.as_str());
+            match out.iter_mut().find(|p| &p.name == name) {
+                Some(known) => known.required &= required,
+                None => out.push(PropertyDoc { name: name.clone(), required, description }),
+            }
+        }
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        for alternative in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+            collect_properties(alternative, out);
+        }
+    }
+}
+
+/// A doc comment as one paragraph per blank-line-separated block, its lines joined by spaces.
+fn unwrap_lines(text: &str) -> String {
+    text.split("\n\n")
+        .map(|paragraph| paragraph.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect::<Vec<_>>()
+        .join("\n\n")
 }
 
 /// What the rest of a trigger reads from the events of its source.
@@ -278,38 +332,30 @@ pub struct SourceNeeds {
     pub old_object: bool,
 }
 
-/// Builds sources of one type from their properties.
+/// Builds sources of one type from their properties. Built-in types implement
+/// [`SourceType`](crate::typed::SourceType) and get this from its adapter.
 pub trait SourceFactory: Send + Sync {
-    /// Name, aliases, properties and example.
-    fn doc(&self) -> &'static TypeDoc;
-    /// Checks `properties` and builds a source; errors name the property at fault.
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String>;
-    /// Like [`build`](Self::build), told what the trigger reads, so that a source keeps previous
-    /// objects only for triggers that use them. The default ignores `needs`.
-    fn build_for(
-        &self,
-        properties: &Value,
-        context: &BuildContext,
-        needs: SourceNeeds,
-    ) -> Result<Arc<dyn Source>, String> {
-        let _ = needs;
-        self.build(properties, context)
-    }
+    /// Name, aliases, properties, example and schema.
+    fn doc(&self) -> &TypeDoc;
+    /// Checks `properties` and builds a source for `context` (which says what the trigger
+    /// reads, so that a source keeps previous objects only for triggers that use them).
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, PropertyError>;
 }
 
-/// Builds destinations of one type from their properties.
+/// Builds destinations of one type from their properties. Built-in types implement
+/// [`DestinationType`](crate::typed::DestinationType) and get this from its adapter.
 pub trait DestinationFactory: Send + Sync {
-    /// Name, aliases, properties and example.
-    fn doc(&self) -> &'static TypeDoc;
+    /// Name, aliases, properties, example and schema.
+    fn doc(&self) -> &TypeDoc;
     /// Checks `properties` (templates included) and builds a destination; errors name the property.
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String>;
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError>;
 }
 
 /// Every known source and destination type, by name and alias.
 #[derive(Default, Clone)]
 pub struct Registry {
-    sources: BTreeMap<&'static str, Arc<dyn SourceFactory>>,
-    destinations: BTreeMap<&'static str, Arc<dyn DestinationFactory>>,
+    sources: BTreeMap<String, Arc<dyn SourceFactory>>,
+    destinations: BTreeMap<String, Arc<dyn DestinationFactory>>,
     missing: Vec<String>,
 }
 
@@ -317,16 +363,16 @@ impl Registry {
     /// Adds a source type under its name and aliases.
     pub fn add_source(&mut self, factory: Arc<dyn SourceFactory>) {
         let doc = factory.doc();
-        for name in std::iter::once(&doc.name).chain(doc.aliases) {
-            self.sources.insert(name, factory.clone());
+        for name in std::iter::once(&doc.name).chain(&doc.aliases) {
+            self.sources.insert(name.clone(), factory.clone());
         }
     }
 
     /// Adds a destination type under its name and aliases.
     pub fn add_destination(&mut self, factory: Arc<dyn DestinationFactory>) {
         let doc = factory.doc();
-        for name in std::iter::once(&doc.name).chain(doc.aliases) {
-            self.destinations.insert(name, factory.clone());
+        for name in std::iter::once(&doc.name).chain(&doc.aliases) {
+            self.destinations.insert(name.clone(), factory.clone());
         }
     }
 
@@ -341,23 +387,23 @@ impl Registry {
     }
 
     /// Documentation of every source type, once each, by name.
-    pub fn source_docs(&self) -> Vec<&'static TypeDoc> {
+    pub fn source_docs(&self) -> Vec<&TypeDoc> {
         unique_docs(self.sources.values().map(|f| f.doc()))
     }
 
     /// Documentation of every destination type, once each, by name.
-    pub fn destination_docs(&self) -> Vec<&'static TypeDoc> {
+    pub fn destination_docs(&self) -> Vec<&TypeDoc> {
         unique_docs(self.destinations.values().map(|f| f.doc()))
     }
 
     /// Names of all source types (aliases excluded), for error messages.
-    pub fn source_names(&self) -> Vec<&'static str> {
-        self.source_docs().iter().map(|d| d.name).collect()
+    pub fn source_names(&self) -> Vec<&str> {
+        self.source_docs().into_iter().map(|d| d.name.as_str()).collect()
     }
 
     /// Names of all destination types (aliases excluded), for error messages.
-    pub fn destination_names(&self) -> Vec<&'static str> {
-        self.destination_docs().iter().map(|d| d.name).collect()
+    pub fn destination_names(&self) -> Vec<&str> {
+        self.destination_docs().into_iter().map(|d| d.name.as_str()).collect()
     }
 
     /// Removes the source type called `name` with its aliases; false when there is none.
@@ -386,10 +432,10 @@ impl Registry {
     }
 }
 
-fn unique_docs(docs: impl Iterator<Item = &'static TypeDoc>) -> Vec<&'static TypeDoc> {
-    let mut by_name: BTreeMap<&'static str, &'static TypeDoc> = BTreeMap::new();
+fn unique_docs<'a>(docs: impl Iterator<Item = &'a TypeDoc>) -> Vec<&'a TypeDoc> {
+    let mut by_name: BTreeMap<&'a str, &'a TypeDoc> = BTreeMap::new();
     for doc in docs {
-        by_name.insert(doc.name, doc);
+        by_name.insert(&doc.name, doc);
     }
     by_name.into_values().collect()
 }

@@ -10,12 +10,14 @@ use async_trait::async_trait;
 use ktrigger_api::{Trigger, TriggerServiceSpec};
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::event::Event;
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, Handled, Outcome,
-    Receipt, Registry, Source, SourceError, SourceFactory, TypeDoc,
+    BuildContext, DeliveryError, DeliveryRequest, Destination, EventSink, Handled, Outcome, Receipt, Registry, Source,
+    SourceError,
 };
 use ktrigger_core::state::StateStore;
 use ktrigger_core::state::redb::RedbStore;
+use ktrigger_core::typed::{DestinationType, SourceType};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -43,16 +45,18 @@ impl Destination for Receiver {
     }
 }
 
-static RECEIVER_DOC: TypeDoc =
-    TypeDoc { name: "receiver", aliases: &[], summary: "test receiver", properties: &[], example: "type: receiver" };
+/// Takes no properties.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct NoProperties {}
 
 struct ReceiverFactory(Received, Arc<AtomicBool>);
 
-impl DestinationFactory for ReceiverFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &RECEIVER_DOC
-    }
-    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+impl DestinationType for ReceiverFactory {
+    type Properties = NoProperties;
+    const NAME: &'static str = "receiver";
+    const EXAMPLE: &'static str = "type: receiver";
+
+    fn build(&self, _: NoProperties, _: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         Ok(Arc::new(Receiver { received: self.0.clone(), up: self.1.clone() }))
     }
 }
@@ -81,16 +85,14 @@ impl Source for Tracked {
     }
 }
 
-static TRACKED_DOC: TypeDoc =
-    TypeDoc { name: "tracked", aliases: &[], summary: "test source", properties: &[], example: "type: tracked" };
-
 struct TrackedFactory(Arc<tokio::sync::Mutex<mpsc::Receiver<Offer>>>);
 
-impl SourceFactory for TrackedFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &TRACKED_DOC
-    }
-    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
+impl SourceType for TrackedFactory {
+    type Properties = NoProperties;
+    const NAME: &'static str = "tracked";
+    const EXAMPLE: &'static str = "type: tracked";
+
+    fn build(&self, _: NoProperties, _: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         Ok(Arc::new(Tracked(self.0.clone())))
     }
 }
@@ -109,8 +111,8 @@ impl Run {
         let received = Received::default();
         let up = Arc::new(AtomicBool::new(up));
         let mut registry = Registry::default();
-        registry.add_source(Arc::new(TrackedFactory(Arc::new(tokio::sync::Mutex::new(waiting)))));
-        registry.add_destination(Arc::new(ReceiverFactory(received.clone(), up.clone())));
+        registry.add_source_type(TrackedFactory(Arc::new(tokio::sync::Mutex::new(waiting))));
+        registry.add_destination_type(ReceiverFactory(received.clone(), up.clone()));
         let options = EngineOptions {
             source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
             ..Default::default()

@@ -10,12 +10,10 @@ use async_trait::async_trait;
 use common::FeedFactory;
 use ktrigger_api::{DedupSpec, DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::properties::{Secret, SecretKeyRef, SecretRef};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, Registry,
-    TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, Secret, SecretKeyRef, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
 use ktrigger_core::secrets::SecretReader;
+use ktrigger_core::typed::DestinationType;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -48,29 +46,30 @@ impl Destination for Recorder {
 
 struct RecorderFactory(Received);
 
-static RECORDER_DOC: TypeDoc = TypeDoc {
-    name: "recorder",
-    aliases: &[],
-    summary: "test recorder",
-    properties: &[
-        PropertyDoc { name: "panic", required: false, description: "panic on delivery" },
-        PropertyDoc { name: "tokenFrom", required: false, description: "a secret appended to the trigger name" },
-    ],
-    example: "type: recorder",
-};
+/// Records what it receives.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct RecorderProperties {
+    /// Panic on delivery.
+    #[serde(default)]
+    panic: bool,
+    /// A secret appended to the trigger name.
+    #[serde(default)]
+    token_from: Option<SecretRef>,
+}
 
-impl DestinationFactory for RecorderFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &RECORDER_DOC
-    }
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+impl DestinationType for RecorderFactory {
+    type Properties = RecorderProperties;
+    const NAME: &'static str = "recorder";
+    const EXAMPLE: &'static str = "type: recorder";
+
+    fn build(&self, props: RecorderProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let mut label = context.trigger.trigger.clone();
-        if let Some(reference) = properties.get("tokenFrom") {
-            let reference: SecretRef = serde_json::from_value(reference.clone()).map_err(|e| e.to_string())?;
-            let token = reference.resolve(&context.secrets, "properties.tokenFrom")?;
+        if let Some(reference) = props.token_from {
+            let token = reference.resolve(&context.secrets, "tokenFrom")?;
             label = format!("{label}:{}", token.expose());
         }
-        Ok(Arc::new(Recorder { trigger: label, received: self.0.clone(), panics: properties["panic"] == json!(true) }))
+        Ok(Arc::new(Recorder { trigger: label, received: self.0.clone(), panics: props.panic }))
     }
 }
 
@@ -93,8 +92,8 @@ impl Harness {
         let (feed, _) = broadcast::channel(64);
         let received = Received::default();
         let mut registry = Registry::default();
-        registry.add_source(Arc::new(FeedFactory(feed.clone())));
-        registry.add_destination(Arc::new(RecorderFactory(received.clone())));
+        registry.add_source_type(FeedFactory(feed.clone()));
+        registry.add_destination_type(RecorderFactory(received.clone()));
         let options = EngineOptions {
             dry_run,
             source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
@@ -344,7 +343,7 @@ async fn secrets_are_read_on_apply_and_a_changed_value_restarts_only_its_trigger
     assert_eq!(ids(&report.started), ["plain"]);
     assert_eq!(
         report.skipped[0].messages,
-        ["triggers[0].destinations[0]: properties.tokenFrom: Secret ns/api not found"]
+        ["triggers[0].destinations[0].properties.tokenFrom: Secret ns/api not found"]
     );
 
     vault.0.lock().unwrap().insert("api".into(), "one".into());
@@ -371,7 +370,7 @@ async fn without_a_secret_reader_a_secret_key_ref_is_skipped_with_the_reason() {
     assert!(!report.secrets_unreadable, "nothing was read, so nothing can be read again");
     let message = &report.skipped[0].messages[0];
     assert!(
-        message.starts_with("triggers[0].destinations[0]: properties.tokenFrom: secretKeyRef api/token: no cluster"),
+        message.starts_with("triggers[0].destinations[0].properties.tokenFrom: secretKeyRef api/token: no cluster"),
         "{message}"
     );
     assert!(

@@ -11,9 +11,9 @@ use common::FeedFactory;
 use ktrigger_api::{DestinationSpec, OverflowPolicy, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::delivery::QueueLimits;
 use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, Receipt, Registry, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
+use ktrigger_core::typed::DestinationType;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -37,17 +37,23 @@ impl Destination for Receiver {
     }
 }
 
-static RECEIVER_DOC: TypeDoc =
-    TypeDoc { name: "receiver", aliases: &[], summary: "test receiver", properties: &[], example: "type: receiver" };
+/// Receives deliveries.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct ReceiverProperties {
+    /// Never answer.
+    #[serde(default)]
+    hang: bool,
+}
 
 struct ReceiverFactory(Arc<Mutex<Vec<Value>>>);
 
-impl DestinationFactory for ReceiverFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &RECEIVER_DOC
-    }
-    fn build(&self, properties: &Value, _: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        Ok(Arc::new(Receiver { received: self.0.clone(), hangs: properties["hang"] == json!(true) }))
+impl DestinationType for ReceiverFactory {
+    type Properties = ReceiverProperties;
+    const NAME: &'static str = "receiver";
+    const EXAMPLE: &'static str = "type: receiver";
+
+    fn build(&self, props: ReceiverProperties, _: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
+        Ok(Arc::new(Receiver { received: self.0.clone(), hangs: props.hang }))
     }
 }
 
@@ -62,8 +68,8 @@ impl Harness {
         let (feed, _) = broadcast::channel(256);
         let received = Arc::new(Mutex::new(Vec::new()));
         let mut registry = Registry::default();
-        registry.add_source(Arc::new(FeedFactory(feed.clone())));
-        registry.add_destination(Arc::new(ReceiverFactory(received.clone())));
+        registry.add_source_type(FeedFactory(feed.clone()));
+        registry.add_destination_type(ReceiverFactory(received.clone()));
         let engine = Engine::new(Arc::new(registry), EngineOptions { queue_limits, ..Default::default() });
         Harness { engine, feed, received }
     }

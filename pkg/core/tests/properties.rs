@@ -16,15 +16,16 @@ use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::config::load_text;
 use ktrigger_core::event::{Event, TriggerId};
 use ktrigger_core::prepare::prepare_service;
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, EventSink, Receipt, Registry,
-    Source, SourceError, SourceFactory, TypeDoc,
+    BuildContext, DeliveryError, DeliveryRequest, Destination, EventSink, Receipt, Registry, Source, SourceError,
 };
 use ktrigger_core::router::Router;
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::state::StateStore;
 use ktrigger_core::state::memory::MemoryStore;
 use ktrigger_core::template::{MAX_OUTPUT, Template, TemplateScope};
+use ktrigger_core::typed::{DestinationType, SourceType};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -348,13 +349,16 @@ impl Source for Idle {
 
 struct IdleFactory;
 
-static FEED_DOC: TypeDoc = TypeDoc { name: "feed", aliases: &[], summary: "", properties: &[], example: "" };
+/// Takes any properties and ignores them.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct AnyProperties {}
 
-impl SourceFactory for IdleFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &FEED_DOC
-    }
-    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
+impl SourceType for IdleFactory {
+    type Properties = AnyProperties;
+    const NAME: &'static str = "feed";
+    const EXAMPLE: &'static str = "";
+
+    fn build(&self, _: AnyProperties, _: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         Ok(Arc::new(Idle))
     }
 }
@@ -375,15 +379,22 @@ impl Destination for Message {
 
 struct MessageFactory;
 
-static RECORDER_DOC: TypeDoc = TypeDoc { name: "recorder", aliases: &[], summary: "", properties: &[], example: "" };
+/// Renders `message`; other properties are ignored.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+struct MessageProperties {
+    /// The template.
+    #[serde(default)]
+    message: Option<Value>,
+}
 
-impl DestinationFactory for MessageFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &RECORDER_DOC
-    }
-    fn build(&self, properties: &Value, _: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let source = properties["message"].as_str().unwrap_or_default();
-        Ok(Arc::new(Message(Template::compile(source)?)))
+impl DestinationType for MessageFactory {
+    type Properties = MessageProperties;
+    const NAME: &'static str = "recorder";
+    const EXAMPLE: &'static str = "";
+
+    fn build(&self, props: MessageProperties, _: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
+        let source = props.message.as_ref().and_then(Value::as_str).unwrap_or_default();
+        Ok(Arc::new(Message(Template::compile(source).map_err(|e| PropertyError::new("message", e))?)))
     }
 }
 
@@ -393,8 +404,8 @@ proptest! {
     #[test]
     fn documents_parse_validate_prepare_and_evaluate_once_without_panicking(text in document()) {
         let mut registry = Registry::default();
-        registry.add_source(Arc::new(IdleFactory));
-        registry.add_destination(Arc::new(MessageFactory));
+        registry.add_source_type(IdleFactory);
+        registry.add_destination_type(MessageFactory);
         let config = load_text("generated", &text);
         let store: Arc<dyn StateStore> = Arc::new(MemoryStore);
         for service in &config.services {

@@ -19,11 +19,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -31,94 +31,48 @@ use sha2::Sha256;
 use crate::http;
 use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, code_of, post_json, webhook_url};
 
-/// Documentation of the `dingtalk` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "dingtalk",
-    aliases: &[],
-    summary: "Sends a markdown or text message through a DingTalk group robot, signed when a secret is given",
-    properties: &[
-        PropertyDoc {
-            name: "webhookUrl",
-            required: false,
-            description: "Robot webhook URL https://oapi.dingtalk.com/robot/send?access_token=... as a literal (it \
-                          is a credential: prefer webhookUrlFrom); exactly one of webhookUrl and webhookUrlFrom is \
-                          required",
-        },
-        PropertyDoc {
-            name: "webhookUrlFrom",
-            required: false,
-            description: "Robot webhook URL from a secret reference {env: VAR} / {file: PATH} / \
-                          {secretKeyRef: {name, key}}; never logged",
-        },
-        PropertyDoc {
-            name: "secretFrom",
-            required: false,
-            description: "The robot's signing secret (SEC...) from a secret reference; when given, every request \
-                          is signed (timestamp and sign query parameters); default: unsigned",
-        },
-        PropertyDoc {
-            name: "msgType",
-            required: false,
-            description: "`markdown` (default): title and markdown text; `text`: plain text",
-        },
-        PropertyDoc {
-            name: "title",
-            required: false,
-            description: "Template of the title (shown in notifications; first line in text messages); default: \
-                          what happened to which object, e.g. `pod-restart: Pod web`",
-        },
-        PropertyDoc {
-            name: "message",
-            required: false,
-            description: "Template of the text (markdown for msgType markdown) over object, oldObject, event, \
-                          context, now; replaces the default text (object, namespace, trigger, event, time). \
-                          Include the robot's keyword here if it uses keyword security",
-        },
-        PropertyDoc {
-            name: "atMobiles",
-            required: false,
-            description: "Mobile numbers of members to @mention (added to the text as @number); default none",
-        },
-        PropertyDoc {
-            name: "atAll",
-            required: false,
-            description: "Whether to @mention everyone in the group; default false",
-        },
-    ],
-    example: r#"type: dingtalk
-properties:
-  webhookUrlFrom: {env: DINGTALK_WEBHOOK_URL}
-  secretFrom: {env: DINGTALK_SECRET}
-  atMobiles: ["13800000000"]
-"#,
-};
-
 /// DingTalk error codes that mean the robot is rate limited, and "system busy".
 const TRANSIENT_CODES: &[i64] = &[130101, 410100, -1];
 
-#[derive(Deserialize)]
+/// Sends a markdown or text message through a DingTalk group robot, signed when a secret is given
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct DingTalkProperties {
+pub struct DingTalkProperties {
+    /// Robot webhook URL https://oapi.dingtalk.com/robot/send?access_token=... as a literal (it is
+    /// a credential: prefer webhookUrlFrom); exactly one of webhookUrl and webhookUrlFrom is
+    /// required
     #[serde(default)]
     webhook_url: Option<String>,
+    /// Robot webhook URL from a secret reference {env: VAR} / {file: PATH} / {secretKeyRef: {name,
+    /// key}}; never logged
     #[serde(default)]
     webhook_url_from: Option<SecretRef>,
+    /// The robot's signing secret (SEC...) from a secret reference; when given, every request is
+    /// signed (timestamp and sign query parameters); default: unsigned
     #[serde(default)]
     secret_from: Option<SecretRef>,
+    /// `markdown` (default): title and markdown text; `text`: plain text
     #[serde(default)]
     msg_type: MsgType,
+    /// Template of the title (shown in notifications; first line in text messages); default: what
+    /// happened to which object, e.g. `pod-restart: Pod web`
     #[serde(default)]
     title: Option<String>,
+    /// Template of the text (markdown for msgType markdown) over object, oldObject, event, context,
+    /// now; replaces the default text (object, namespace, trigger, event, time). Include the
+    /// robot's keyword here if it uses keyword security
     #[serde(default)]
     message: Option<String>,
+    /// Mobile numbers of members to @mention (added to the text as @number); default none
     #[serde(default)]
     at_mobiles: Vec<String>,
+    /// Whether to @mention everyone in the group; default false
     #[serde(default)]
     at_all: bool,
 }
 
 /// The kind of message sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum MsgType {
     #[default]
@@ -144,13 +98,17 @@ impl DingTalkFactory {
     }
 }
 
-impl DestinationFactory for DingTalkFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for DingTalkFactory {
+    type Properties = DingTalkProperties;
+    const NAME: &'static str = "dingtalk";
+    const EXAMPLE: &'static str = r#"type: dingtalk
+properties:
+  webhookUrlFrom: {env: DINGTALK_WEBHOOK_URL}
+  secretFrom: {env: DINGTALK_SECRET}
+  atMobiles: ["13800000000"]
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: DingTalkProperties = parse_properties(properties)?;
+    fn build(&self, props: DingTalkProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(DingTalk::new(props, &context.secrets, client)?))
     }
@@ -171,20 +129,21 @@ struct DingTalk {
 }
 
 impl DingTalk {
-    fn new(props: DingTalkProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
+    fn new(
+        props: DingTalkProperties,
+        secrets: &ClusterSecrets,
+        client: reqwest::Client,
+    ) -> Result<Self, PropertyError> {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
         for (index, mobile) in props.at_mobiles.iter().enumerate() {
             if mobile.trim().is_empty() || mobile.chars().any(char::is_whitespace) {
-                return Err(format!("properties.atMobiles[{index}]: not a mobile number"));
+                return Err(PropertyError::new(format!("atMobiles[{index}]"), "not a mobile number"));
             }
         }
         let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let mut redactions = url.fragments();
-        let secret = props
-            .secret_from
-            .as_ref()
-            .map(|reference| reference.resolve(secrets, "properties.secretFrom"))
-            .transpose()?;
+        let secret =
+            props.secret_from.as_ref().map(|reference| reference.resolve(secrets, "secretFrom")).transpose()?;
         if let Some(secret) = &secret {
             redactions.push(secret.expose().to_string());
         }
@@ -322,6 +281,9 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const ACCESS_TOKEN: &str = "dingaccesstoken0123456789";
     const SECRET: &str = "SEC0123456789abcdef0123456789abcdef";
@@ -371,11 +333,15 @@ mod tests {
     }
 
     fn build(properties: Value) -> Arc<dyn Destination> {
-        DingTalkFactory::new().build(&properties, &context()).unwrap()
+        TypedDestination::new(DingTalkFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).unwrap()
     }
 
     fn build_err(properties: Value) -> String {
-        DingTalkFactory::new().build(&properties, &context()).err().expect("the properties should be refused")
+        TypedDestination::new(DingTalkFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     fn concrete(properties: Value) -> DingTalk {

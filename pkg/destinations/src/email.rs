@@ -12,98 +12,27 @@
 //! SMTP outcomes: a 5xx reply is permanent, a 4xx reply transient; connection, TLS and timeout
 //! errors are transient; a server lacking STARTTLS or a usable AUTH mechanism is permanent.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use ktrigger_core::egress::{EgressError, EgressPolicy};
-use ktrigger_core::properties::{SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http;
-
-/// Documentation of the `email` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "email",
-    aliases: &[],
-    summary: "Sends an email per delivery over SMTP (STARTTLS, implicit TLS or plain), plain text with an optional HTML part",
-    properties: &[
-        PropertyDoc { name: "host", required: true, description: "SMTP server host name or IP address" },
-        PropertyDoc {
-            name: "port",
-            required: false,
-            description: "SMTP port; default 587 with tls: starttls, 465 with tls: tls, 25 with tls: none",
-        },
-        PropertyDoc {
-            name: "tls",
-            required: false,
-            description: "`starttls` (default): upgrade the connection, refusing servers without STARTTLS; `tls`: \
-                          implicit TLS from the first byte; `none`: plain text, for relays on a trusted network",
-        },
-        PropertyDoc {
-            name: "usernameFrom",
-            required: false,
-            description: "Secret reference {env: VAR} / {file: PATH} / {secretKeyRef: {name, key}} of the SMTP AUTH \
-                          user name; needs passwordFrom",
-        },
-        PropertyDoc {
-            name: "passwordFrom",
-            required: false,
-            description: "Secret reference of the SMTP AUTH password; never logged",
-        },
-        PropertyDoc {
-            name: "from",
-            required: true,
-            description: "Sender mailbox, `alerts@example.com` or `ktrigger <alerts@example.com>`",
-        },
-        PropertyDoc { name: "to", required: true, description: "Recipient mailbox, or a list of them" },
-        PropertyDoc { name: "cc", required: false, description: "Copy recipient mailbox, or a list of them" },
-        PropertyDoc {
-            name: "subject",
-            required: false,
-            description: "Template of the subject over object, oldObject, event, context, now (one line); default \
-                          `[ktrigger] <trigger>: <preset or event type> <object name>`",
-        },
-        PropertyDoc {
-            name: "body",
-            required: false,
-            description: "Template of the plain-text body; default: what fired, when, the object's name, reason and \
-                          message, and the object as indented JSON",
-        },
-        PropertyDoc {
-            name: "html",
-            required: false,
-            description: "Template of an HTML body; with it the message is multipart/alternative with both parts \
-                          (values are not HTML-escaped: use the `escape` filter)",
-        },
-        PropertyDoc {
-            name: "caFile",
-            required: false,
-            description: "Path of a PEM file of CA certificates trusted besides the platform's (private CAs); \
-                          only with tls: starttls or tls",
-        },
-    ],
-    example: r#"type: email
-properties:
-  host: smtp.example.com          # STARTTLS on port 587
-  usernameFrom: {secretKeyRef: {name: smtp, key: username}}
-  passwordFrom: {secretKeyRef: {name: smtp, key: password}}
-  from: "ktrigger <alerts@example.com>"
-  to: [oncall@example.com]
-  subject: "{{ object.involvedObject.name }} restarted {{ object.count }} times"
-"#,
-};
 
 /// Subject used when none is configured.
 pub const DEFAULT_SUBJECT: &str = "[ktrigger] {{ event.trigger }}: {{ event.preset or event.type }}\
@@ -135,34 +64,54 @@ The object:
 /// Header carrying the delivery id.
 const DELIVERY_ID_HEADER: HeaderName = HeaderName::new_from_ascii_str("X-Ktrigger-Delivery-Id");
 
-#[derive(Debug, Deserialize)]
+/// Sends an email per delivery over SMTP (STARTTLS, implicit TLS or plain), plain text with an
+/// optional HTML part
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EmailProperties {
+pub struct EmailProperties {
+    /// SMTP server host name or IP address
     host: String,
+    /// SMTP port; default 587 with tls: starttls, 465 with tls: tls, 25 with tls: none
     #[serde(default)]
     port: Option<u16>,
+    /// `starttls` (default): upgrade the connection, refusing servers without STARTTLS; `tls`:
+    /// implicit TLS from the first byte; `none`: plain text, for relays on a trusted network
     #[serde(default)]
     tls: TlsMode,
+    /// Secret reference {env: VAR} / {file: PATH} / {secretKeyRef: {name, key}} of the SMTP AUTH
+    /// user name; needs passwordFrom
     #[serde(default)]
     username_from: Option<SecretRef>,
+    /// Secret reference of the SMTP AUTH password; never logged
     #[serde(default)]
     password_from: Option<SecretRef>,
+    /// Sender mailbox, `alerts@example.com` or `ktrigger <alerts@example.com>`
     from: String,
+    /// Recipient mailbox, or a list of them
     to: Addresses,
+    /// Copy recipient mailbox, or a list of them
     #[serde(default)]
     cc: Option<Addresses>,
+    /// Template of the subject over object, oldObject, event, context, now (one line); default
+    /// `[ktrigger] <trigger>: <preset or event type> <object name>`
     #[serde(default)]
     subject: Option<String>,
+    /// Template of the plain-text body; default: what fired, when, the object's name, reason and
+    /// message, and the object as indented JSON
     #[serde(default)]
     body: Option<String>,
+    /// Template of an HTML body; with it the message is multipart/alternative with both parts
+    /// (values are not HTML-escaped: use the `escape` filter)
     #[serde(default)]
     html: Option<String>,
+    /// Path of a PEM file of CA certificates trusted besides the platform's (private CAs); only
+    /// with tls: starttls or tls
     #[serde(default)]
     ca_file: Option<String>,
 }
 
 /// How the SMTP connection is protected.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum TlsMode {
     /// Plain connection upgraded with STARTTLS, which the server must offer.
@@ -196,6 +145,16 @@ impl TlsMode {
 #[derive(Debug, Deserialize)]
 #[serde(try_from = "Value")]
 struct Addresses(Vec<String>);
+
+impl JsonSchema for Addresses {
+    fn schema_name() -> Cow<'static, str> {
+        "Addresses".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]})
+    }
+}
 
 impl TryFrom<Value> for Addresses {
     type Error = String;
@@ -234,13 +193,20 @@ impl EmailFactory {
     }
 }
 
-impl DestinationFactory for EmailFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for EmailFactory {
+    type Properties = EmailProperties;
+    const NAME: &'static str = "email";
+    const EXAMPLE: &'static str = r#"type: email
+properties:
+  host: smtp.example.com          # STARTTLS on port 587
+  usernameFrom: {secretKeyRef: {name: smtp, key: username}}
+  passwordFrom: {secretKeyRef: {name: smtp, key: password}}
+  from: "ktrigger <alerts@example.com>"
+  to: [oncall@example.com]
+  subject: "{{ object.involvedObject.name }} restarted {{ object.count }} times"
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: EmailProperties = parse_properties(properties)?;
+    fn build(&self, props: EmailProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         Ok(Arc::new(Email::new(props, &context.secrets, self.egress.clone())?))
     }
 }
@@ -265,20 +231,20 @@ struct Email {
 }
 
 impl Email {
-    fn new(props: EmailProperties, secrets: &ClusterSecrets, egress: Arc<EgressPolicy>) -> Result<Self, String> {
+    fn new(props: EmailProperties, secrets: &ClusterSecrets, egress: Arc<EgressPolicy>) -> Result<Self, PropertyError> {
         let host = props.host.trim().to_string();
         if host.is_empty() || host.contains(char::is_whitespace) || host.contains('/') {
-            return Err(format!("properties.host: {:?} is not a host name or IP address", props.host));
+            return Err(PropertyError::new("host", format!("{:?} is not a host name or IP address", props.host)));
         }
         let port = props.port.unwrap_or(props.tls.default_port());
         if port == 0 {
-            return Err("properties.port: must be between 1 and 65535".into());
+            return Err(PropertyError::new("port", "must be between 1 and 65535"));
         }
 
-        let from = mailbox(&props.from).map_err(|e| format!("properties.from: {e}"))?;
+        let from = mailbox(&props.from).map_err(|e| PropertyError::new("from", e))?;
         let to = mailboxes("to", &props.to.0)?;
         if to.is_empty() {
-            return Err("properties.to: give at least one recipient".into());
+            return Err(PropertyError::new("to", "give at least one recipient"));
         }
         let cc = match &props.cc {
             Some(cc) => mailboxes("cc", &cc.0)?,
@@ -286,27 +252,27 @@ impl Email {
         };
 
         let subject = Template::compile(props.subject.as_deref().unwrap_or(DEFAULT_SUBJECT))
-            .map_err(|e| format!("properties.subject: {e}"))?;
+            .map_err(|e| PropertyError::new("subject", e))?;
         let body = Template::compile(props.body.as_deref().unwrap_or(DEFAULT_BODY))
-            .map_err(|e| format!("properties.body: {e}"))?;
+            .map_err(|e| PropertyError::new("body", e))?;
         let html =
-            props.html.as_deref().map(Template::compile).transpose().map_err(|e| format!("properties.html: {e}"))?;
+            props.html.as_deref().map(Template::compile).transpose().map_err(|e| PropertyError::new("html", e))?;
 
         let credentials = match (&props.username_from, &props.password_from) {
             (None, None) => None,
             (Some(user), Some(password)) => {
-                let user = user.resolve(secrets, "properties.usernameFrom")?;
-                let password = password.resolve(secrets, "properties.passwordFrom")?;
+                let user = user.resolve(secrets, "usernameFrom")?;
+                let password = password.resolve(secrets, "passwordFrom")?;
                 Some((user.expose().to_string(), password.expose().to_string()))
             }
-            (Some(_), None) => return Err("properties.passwordFrom: needed with usernameFrom".into()),
-            (None, Some(_)) => return Err("properties.usernameFrom: needed with passwordFrom".into()),
+            (Some(_), None) => return Err(PropertyError::new("passwordFrom", "needed with usernameFrom")),
+            (None, Some(_)) => return Err(PropertyError::new("usernameFrom", "needed with passwordFrom")),
         };
 
         let tls = match props.tls {
             TlsMode::None => {
                 if props.ca_file.is_some() {
-                    return Err("properties.caFile: only applies with tls: starttls or tls".into());
+                    return Err(PropertyError::new("caFile", "only applies with tls: starttls or tls"));
                 }
                 Tls::None
             }
@@ -315,13 +281,14 @@ impl Email {
                 http::install_crypto_provider();
                 let mut parameters = TlsParameters::builder(host.clone());
                 if let Some(path) = &props.ca_file {
-                    let pem = secrets.credentials().read_file(path).map_err(|e| format!("properties.caFile: {e}"))?;
+                    let pem = secrets.credentials().read_file(path).map_err(|e| PropertyError::new("caFile", e))?;
                     let certificate = Certificate::from_pem(&pem)
-                        .map_err(|e| format!("properties.caFile: {path} holds no PEM certificate: {e}"))?;
+                        .map_err(|e| PropertyError::new("caFile", format!("{path} holds no PEM certificate: {e}")))?;
                     parameters = parameters.add_root_certificate(certificate);
                 }
-                let parameters =
-                    parameters.build_rustls().map_err(|e| format!("properties.tls: cannot set up TLS: {e}"))?;
+                let parameters = parameters
+                    .build_rustls()
+                    .map_err(|e| PropertyError::new("tls", format!("cannot set up TLS: {e}")))?;
                 if mode == TlsMode::Tls { Tls::Wrapper(parameters) } else { Tls::Required(parameters) }
             }
         };
@@ -474,11 +441,11 @@ fn mailbox(text: &str) -> Result<Mailbox, String> {
     text.trim().parse::<Mailbox>().map_err(|e| format!("{text:?} is not a valid address: {e}"))
 }
 
-fn mailboxes(property: &str, addresses: &[String]) -> Result<Vec<Mailbox>, String> {
+fn mailboxes(property: &str, addresses: &[String]) -> Result<Vec<Mailbox>, PropertyError> {
     addresses
         .iter()
         .enumerate()
-        .map(|(index, address)| mailbox(address).map_err(|e| format!("properties.{property}[{index}]: {e}")))
+        .map(|(index, address)| mailbox(address).map_err(|e| PropertyError::new(format!("{property}[{index}]"), e)))
         .collect()
 }
 
@@ -486,10 +453,14 @@ fn mailboxes(property: &str, addresses: &[String]) -> Result<Vec<Mailbox>, Strin
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
-        EmailFactory::new().build(&properties, &BuildContext::new(trigger))
+        TypedDestination::new(EmailFactory::new())
+            .build(&properties, &BuildContext::new(trigger))
+            .map_err(|e| e.to_string())
     }
 
     #[tokio::test]
@@ -499,7 +470,7 @@ mod tests {
         let properties =
             json!({"host": "localhost", "port": port, "tls": "none", "from": "a@example.com", "to": "b@example.com"});
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };
-        let factory = EmailFactory::with_egress(Arc::new(EgressPolicy::shared(&[])));
+        let factory = TypedDestination::new(EmailFactory::with_egress(Arc::new(EgressPolicy::shared(&[]))));
         let email = factory.build(&properties, &BuildContext::new(trigger.clone())).unwrap();
         let event = Event::new("cron", "fire", json!({}));
         let request = DeliveryRequest { id: "d/1", trigger: &trigger, event: &event, attempt: 1 };

@@ -9,6 +9,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{DeliveryError, Receipt};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, Response, StatusCode};
@@ -51,10 +52,10 @@ pub fn http_client(timeout: Option<Duration>, egress: Arc<EgressPolicy>) -> Resu
 }
 
 /// The client a factory was given, else the process-wide [`shared_client`].
-pub fn client_or_shared(client: Option<&reqwest::Client>) -> Result<reqwest::Client, String> {
+pub fn client_or_shared(client: Option<&reqwest::Client>) -> Result<reqwest::Client, PropertyError> {
     match client {
         Some(client) => Ok(client.clone()),
-        None => shared_client(),
+        None => shared_client().map_err(PropertyError::whole),
     }
 }
 

@@ -15,86 +15,18 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, Url};
+use schemars::JsonSchema;
 use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use crate::{http, khook};
-
-/// Documentation of the `kagent` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "kagent",
-    aliases: &[],
-    summary: "Asks a kagent agent to act: opens a session and sends the rendered prompt as an A2A message/send",
-    properties: &[
-        PropertyDoc {
-            name: "agentRef",
-            required: true,
-            description: "{name, namespace} of the kagent Agent; namespace defaults to the TriggerService's",
-        },
-        PropertyDoc {
-            name: "prompt",
-            required: true,
-            description: "Template of the message text over object, oldObject, event, context, now; khook \
-                          placeholders ({{.ResourceName}}, {{.Namespace}}, {{.EventType}}, {{.Reason}}, \
-                          {{.Message}}, {{.EventMessage}}, {{.Timestamp}}, {{.EventTime}}) are converted",
-        },
-        PropertyDoc {
-            name: "baseUrl",
-            required: false,
-            description: "URL of the kagent controller; default http://kagent-controller.kagent:8083",
-        },
-        PropertyDoc {
-            name: "userId",
-            required: false,
-            description: "kagent user the sessions belong to (user_id and X-User-Id); default ktrigger",
-        },
-        PropertyDoc {
-            name: "a2aPath",
-            required: false,
-            description: "`legacy` (default): {baseUrl}/api/a2a/{namespace}/{name}/ as khook calls it; \
-                          `standard`: the same without the trailing slash",
-        },
-        PropertyDoc {
-            name: "a2aUrl",
-            required: false,
-            description: "Full A2A endpoint URL instead of a2aPath; {namespace} and {name} are replaced by agentRef's",
-        },
-        PropertyDoc {
-            name: "createSession",
-            required: false,
-            description: "Open a kagent session (POST {baseUrl}/api/sessions) per delivery and send the message \
-                          in its context; default true",
-        },
-        PropertyDoc {
-            name: "wait",
-            required: false,
-            description: "true (default): wait until the agent's task ends; false: ask for an answer as soon as \
-                          the task is accepted (A2A blocking: false)",
-        },
-        PropertyDoc {
-            name: "headersFrom",
-            required: false,
-            description: "Map of header name to a secret reference {env: VAR} / {file: PATH} / {secretKeyRef: \
-                          {name, key}}, sent with every request (e.g. Authorization); never logged",
-        },
-    ],
-    example: r#"type: kagent
-timeout: 10m               # agent runs are slow: the default per-attempt timeout is 30s
-retry: {maxAttempts: 3, backoff: 30s}
-properties:
-  agentRef: {name: k8s-agent, namespace: kagent}
-  prompt: |
-    Pod {{.ResourceName}} in {{.Namespace}} restarted ({{.Reason}}): {{.Message}}.
-    It has restarted {{ object.count }} times. Diagnose it and propose a fix.
-"#,
-};
 
 /// Where kagent's controller listens inside a cluster with the default installation.
 pub const DEFAULT_BASE_URL: &str = "http://kagent-controller.kagent:8083";
@@ -108,23 +40,52 @@ pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
 /// How many deliveries' sessions are remembered for their retries.
 const SESSION_CACHE: usize = 1024;
 
-#[derive(Debug, Deserialize)]
+/// Asks a kagent agent to act: opens a session and sends the rendered prompt as an A2A message/send
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct KagentProperties {
-    agent_ref: AgentRef,
+#[schemars(extend("required" = ["agentRef", "prompt"]))]
+pub struct KagentProperties {
+    /// khook's obsolete agent id, read only to refuse it with a hint (the schema leaves it out).
+    #[serde(default)]
+    #[schemars(skip)]
+    agent_id: Option<IgnoredAny>,
+    /// Not a property (the call's time limit is the destination's `timeout:`), read only to
+    /// refuse it with a hint.
+    #[serde(default)]
+    #[schemars(skip)]
+    timeout: Option<IgnoredAny>,
+    /// {name, namespace} of the kagent Agent; namespace defaults to the TriggerService's
+    // Optional for serde only, so that khook's `agentId` without it gets its hint; the schema
+    // requires it.
+    #[serde(default)]
+    agent_ref: Option<AgentRef>,
+    /// Template of the message text over object, oldObject, event, context, now; khook placeholders
+    /// ({{.ResourceName}}, {{.Namespace}}, {{.EventType}}, {{.Reason}}, {{.Message}},
+    /// {{.EventMessage}}, {{.Timestamp}}, {{.EventTime}}) are converted
     prompt: String,
+    /// URL of the kagent controller; default http://kagent-controller.kagent:8083
     #[serde(default)]
     base_url: Option<String>,
+    /// kagent user the sessions belong to (user_id and X-User-Id); default ktrigger
     #[serde(default)]
     user_id: Option<String>,
+    /// `legacy` (default): {baseUrl}/api/a2a/{namespace}/{name}/ as khook calls it; `standard`: the
+    /// same without the trailing slash
     #[serde(default)]
     a2a_path: Option<A2aPath>,
+    /// Full A2A endpoint URL instead of a2aPath; {namespace} and {name} are replaced by agentRef's
     #[serde(default)]
     a2a_url: Option<String>,
+    /// Open a kagent session (POST {baseUrl}/api/sessions) per delivery and send the message in its
+    /// context; default true
     #[serde(default = "yes")]
     create_session: bool,
+    /// true (default): wait until the agent's task ends; false: ask for an answer as soon as the
+    /// task is accepted (A2A blocking: false)
     #[serde(default = "yes")]
     wait: bool,
+    /// Map of header name to a secret reference {env: VAR} / {file: PATH} / {secretKeyRef: {name,
+    /// key}}, sent with every request (e.g. Authorization); never logged
     #[serde(default)]
     headers_from: BTreeMap<String, SecretRef>,
 }
@@ -133,7 +94,7 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct AgentRef {
     name: String,
@@ -142,7 +103,7 @@ struct AgentRef {
 }
 
 /// How the A2A endpoint is derived from the base URL.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum A2aPath {
     /// `{base}/api/a2a/{namespace}/{name}/`, as khook calls it.
@@ -170,23 +131,33 @@ impl KagentFactory {
     }
 }
 
-impl DestinationFactory for KagentFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for KagentFactory {
+    type Properties = KagentProperties;
+    const NAME: &'static str = "kagent";
+    const EXAMPLE: &'static str = r#"type: kagent
+timeout: 10m               # agent runs are slow: the default per-attempt timeout is 30s
+retry: {maxAttempts: 3, backoff: 30s}
+properties:
+  agentRef: {name: k8s-agent, namespace: kagent}
+  prompt: |
+    Pod {{.ResourceName}} in {{.Namespace}} restarted ({{.Reason}}): {{.Message}}.
+    It has restarted {{ object.count }} times. Diagnose it and propose a fix.
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        if properties.get("agentId").is_some() {
-            return Err("properties.agentId: khook's obsolete agentId is not supported; \
-                        use agentRef: {name: <agent>, namespace: <namespace>}"
-                .into());
+    fn build(&self, props: KagentProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
+        if props.agent_id.is_some() {
+            return Err(PropertyError::new(
+                "agentId",
+                "khook's obsolete agentId is not supported; use agentRef: {name: <agent>, namespace: <namespace>}",
+            ));
         }
-        if properties.get("timeout").is_some() {
-            return Err("properties.timeout: the time limit of an agent call is the destination's own \
-                        `timeout:` (beside `properties:`), e.g. timeout: 10m"
-                .into());
+        if props.timeout.is_some() {
+            return Err(PropertyError::new(
+                "timeout",
+                "the time limit of an agent call is the destination's own `timeout:` (beside `properties:`), \
+                 e.g. timeout: 10m",
+            ));
         }
-        let props: KagentProperties = parse_properties(properties)?;
         let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Kagent::new(props, context, client)?))
     }
@@ -211,45 +182,49 @@ struct Kagent {
 }
 
 impl Kagent {
-    fn new(props: KagentProperties, context: &BuildContext, client: reqwest::Client) -> Result<Self, String> {
-        let name = props.agent_ref.name.trim();
-        check_name(name).map_err(|e| format!("properties.agentRef.name: {e}"))?;
-        let namespace = match props.agent_ref.namespace.as_deref().map(str::trim) {
+    fn new(props: KagentProperties, context: &BuildContext, client: reqwest::Client) -> Result<Self, PropertyError> {
+        let agent_ref = props.agent_ref.as_ref().ok_or_else(|| PropertyError::whole("missing field `agentRef`"))?;
+        let name = agent_ref.name.trim();
+        check_name(name).map_err(|e| PropertyError::new("agentRef.name", e))?;
+        let namespace = match agent_ref.namespace.as_deref().map(str::trim) {
             Some(namespace) => namespace,
             None if !context.trigger.namespace.is_empty() => context.trigger.namespace.as_str(),
             None => {
-                return Err("properties.agentRef.namespace: required when the TriggerService has no namespace".into());
+                return Err(PropertyError::new(
+                    "agentRef.namespace",
+                    "required when the TriggerService has no namespace",
+                ));
             }
         };
-        check_label(namespace).map_err(|e| format!("properties.agentRef.namespace: {e}"))?;
+        check_label(namespace).map_err(|e| PropertyError::new("agentRef.namespace", e))?;
 
         let base = props.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL).trim_end_matches('/');
-        let base_url = http_url(base).map_err(|e| format!("properties.baseUrl: {e}"))?;
+        let base_url = http_url(base).map_err(|e| PropertyError::new("baseUrl", e))?;
         if base_url.query().is_some() || base_url.fragment().is_some() {
-            return Err("properties.baseUrl: must not have a query or a fragment".into());
+            return Err(PropertyError::new("baseUrl", "must not have a query or a fragment"));
         }
         let base = base_url.as_str().trim_end_matches('/');
 
         let a2a_url = match (&props.a2a_url, props.a2a_path) {
-            (Some(_), Some(_)) => return Err("properties.a2aUrl: give a2aUrl or a2aPath, not both".into()),
+            (Some(_), Some(_)) => return Err(PropertyError::new("a2aUrl", "give a2aUrl or a2aPath, not both")),
             (Some(url), None) => http_url(&url.replace("{namespace}", namespace).replace("{name}", name))
-                .map_err(|e| format!("properties.a2aUrl: {e}"))?,
+                .map_err(|e| PropertyError::new("a2aUrl", e))?,
             (None, path) => {
                 let slash = if path.unwrap_or_default() == A2aPath::Legacy { "/" } else { "" };
                 http_url(&format!("{base}/api/a2a/{namespace}/{name}{slash}"))
-                    .map_err(|e| format!("properties.baseUrl: {e}"))?
+                    .map_err(|e| PropertyError::new("baseUrl", e))?
             }
         };
 
         let user_id = props.user_id.as_deref().unwrap_or(DEFAULT_USER_ID).trim().to_string();
         if user_id.is_empty() {
-            return Err("properties.userId: must not be empty".into());
+            return Err(PropertyError::new("userId", "must not be empty"));
         }
         let user_header = HeaderValue::from_str(&user_id)
-            .map_err(|_| "properties.userId: must be printable ASCII (it is sent as a header)".to_string())?;
+            .map_err(|_| PropertyError::new("userId", "must be printable ASCII (it is sent as a header)"))?;
 
         let session_url = if props.create_session {
-            let mut url = http_url(&format!("{base}/api/sessions")).map_err(|e| format!("properties.baseUrl: {e}"))?;
+            let mut url = http_url(&format!("{base}/api/sessions")).map_err(|e| PropertyError::new("baseUrl", e))?;
             url.query_pairs_mut().append_pair("user_id", &user_id);
             Some(url)
         } else {
@@ -257,24 +232,24 @@ impl Kagent {
         };
 
         if props.prompt.trim().is_empty() {
-            return Err("properties.prompt: must not be empty".into());
+            return Err(PropertyError::new("prompt", "must not be empty"));
         }
-        let source = khook::convert(&props.prompt).map_err(|e| format!("properties.prompt: {e}"))?;
-        let prompt = Template::compile(&source).map_err(|e| format!("properties.prompt: {e}"))?;
+        let source = khook::convert(&props.prompt).map_err(|e| PropertyError::new("prompt", e))?;
+        let prompt = Template::compile(&source).map_err(|e| PropertyError::new("prompt", e))?;
 
         let mut headers = HeaderMap::new();
         headers.insert(HeaderName::from_static("x-user-id"), user_header);
         let mut secrets = Vec::new();
         for (name, reference) in &props.headers_from {
-            let at = format!("properties.headersFrom.{name}");
-            let header =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{at}: not a valid header name"))?;
+            let at = format!("headersFrom.{name}");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| PropertyError::new(&at, "not a valid header name"))?;
             if header == CONTENT_TYPE || header == CONTENT_LENGTH || header == HOST {
-                return Err(format!("{at}: this header is set by ktrigger"));
+                return Err(PropertyError::new(&at, "this header is set by ktrigger"));
             }
             let secret = reference.resolve(&context.secrets, &at)?;
             let mut value = HeaderValue::from_str(secret.expose())
-                .map_err(|_| format!("{at}: the secret's value is not a valid header value"))?;
+                .map_err(|_| PropertyError::new(&at, "the secret's value is not a valid header value"))?;
             value.set_sensitive(true);
             headers.insert(header, value);
             secrets.push(secret);
@@ -611,6 +586,9 @@ fn is_label(label: &str) -> bool {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger(namespace: &str) -> TriggerId {
         TriggerId { namespace: namespace.into(), service: "restart-doctor".into(), trigger: "crashloop".into() }
@@ -618,7 +596,7 @@ mod tests {
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let context = BuildContext::new(trigger("apps"));
-        KagentFactory::new().build(&properties, &context)
+        TypedDestination::new(KagentFactory::new()).build(&properties, &context).map_err(|e| e.to_string())
     }
 
     fn kagent(properties: Value) -> Kagent {
@@ -689,8 +667,11 @@ mod tests {
             assert!(err.contains(expected), "{properties}: {err}");
         }
         let context = BuildContext::new(trigger(""));
-        let err =
-            KagentFactory::new().build(&json!({"agentRef": {"name": "a"}, "prompt": "x"}), &context).err().unwrap();
+        let err = TypedDestination::new(KagentFactory::new())
+            .build(&json!({"agentRef": {"name": "a"}, "prompt": "x"}), &context)
+            .map_err(|e| e.to_string())
+            .err()
+            .unwrap();
         assert_eq!(err, "properties.agentRef.namespace: required when the TriggerService has no namespace");
     }
 

@@ -18,11 +18,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -30,80 +30,43 @@ use sha2::Sha256;
 use crate::http;
 use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, code_of, post_json, webhook_url};
 
-/// Documentation of the `lark` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "lark",
-    aliases: &["feishu"],
-    summary: "Sends an interactive card or a text message through a Feishu/Lark custom bot, signed when a secret is given",
-    properties: &[
-        PropertyDoc {
-            name: "webhookUrl",
-            required: false,
-            description: "Bot webhook URL https://open.feishu.cn/open-apis/bot/v2/hook/... (or open.larksuite.com) \
-                          as a literal (it is a credential: prefer webhookUrlFrom); exactly one of webhookUrl and \
-                          webhookUrlFrom is required",
-        },
-        PropertyDoc {
-            name: "webhookUrlFrom",
-            required: false,
-            description: "Bot webhook URL from a secret reference {env: VAR} / {file: PATH} / \
-                          {secretKeyRef: {name, key}}; never logged",
-        },
-        PropertyDoc {
-            name: "secretFrom",
-            required: false,
-            description: "The bot's signature secret from a secret reference; when given, every request carries \
-                          timestamp and sign in its body; default: unsigned",
-        },
-        PropertyDoc {
-            name: "msgType",
-            required: false,
-            description: "`interactive` (default): a card with a header, the facts and the time; `text`: plain text",
-        },
-        PropertyDoc {
-            name: "title",
-            required: false,
-            description: "Template of the card's header (first line of text messages); default: what happened to \
-                          which object, e.g. `pod-restart: Pod web`",
-        },
-        PropertyDoc {
-            name: "message",
-            required: false,
-            description: "Template of the text (lark_md in cards) over object, oldObject, event, context, now; \
-                          replaces the default text (object, namespace, trigger, event, time). Include the bot's \
-                          keyword here if it uses keyword security",
-        },
-    ],
-    example: r#"type: lark
-properties:
-  webhookUrlFrom: {env: LARK_WEBHOOK_URL}
-  secretFrom: {env: LARK_SECRET}
-  msgType: interactive
-"#,
-};
-
 /// Lark's code for a bot sending too often (100 messages a minute, 5 a second).
 const RATE_LIMITED_CODE: i64 = 11232;
 
-#[derive(Deserialize)]
+/// Sends an interactive card or a text message through a Feishu/Lark custom bot, signed when a
+/// secret is given
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LarkProperties {
+pub struct LarkProperties {
+    /// Bot webhook URL https://open.feishu.cn/open-apis/bot/v2/hook/... (or open.larksuite.com) as
+    /// a literal (it is a credential: prefer webhookUrlFrom); exactly one of webhookUrl and
+    /// webhookUrlFrom is required
     #[serde(default)]
     webhook_url: Option<String>,
+    /// Bot webhook URL from a secret reference {env: VAR} / {file: PATH} / {secretKeyRef: {name,
+    /// key}}; never logged
     #[serde(default)]
     webhook_url_from: Option<SecretRef>,
+    /// The bot's signature secret from a secret reference; when given, every request carries
+    /// timestamp and sign in its body; default: unsigned
     #[serde(default)]
     secret_from: Option<SecretRef>,
+    /// `interactive` (default): a card with a header, the facts and the time; `text`: plain text
     #[serde(default)]
     msg_type: MsgType,
+    /// Template of the card's header (first line of text messages); default: what happened to which
+    /// object, e.g. `pod-restart: Pod web`
     #[serde(default)]
     title: Option<String>,
+    /// Template of the text (lark_md in cards) over object, oldObject, event, context, now;
+    /// replaces the default text (object, namespace, trigger, event, time). Include the bot's
+    /// keyword here if it uses keyword security
     #[serde(default)]
     message: Option<String>,
 }
 
 /// The kind of message sent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum MsgType {
     #[default]
@@ -129,13 +92,18 @@ impl LarkFactory {
     }
 }
 
-impl DestinationFactory for LarkFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for LarkFactory {
+    type Properties = LarkProperties;
+    const NAME: &'static str = "lark";
+    const ALIASES: &'static [&'static str] = &["feishu"];
+    const EXAMPLE: &'static str = r#"type: lark
+properties:
+  webhookUrlFrom: {env: LARK_WEBHOOK_URL}
+  secretFrom: {env: LARK_SECRET}
+  msgType: interactive
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: LarkProperties = parse_properties(properties)?;
+    fn build(&self, props: LarkProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Lark::new(props, &context.secrets, client)?))
     }
@@ -154,15 +122,12 @@ struct Lark {
 }
 
 impl Lark {
-    fn new(props: LarkProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: LarkProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, PropertyError> {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
         let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let mut redactions = url.fragments();
-        let secret = props
-            .secret_from
-            .as_ref()
-            .map(|reference| reference.resolve(secrets, "properties.secretFrom"))
-            .transpose()?;
+        let secret =
+            props.secret_from.as_ref().map(|reference| reference.resolve(secrets, "secretFrom")).transpose()?;
         if let Some(secret) = &secret {
             redactions.push(secret.expose().to_string());
         }
@@ -285,6 +250,9 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const HOOK_PATH: &str = "/open-apis/bot/v2/hook/2f6b8c1e-0d4a-4f1b-9c3e-larkhooksecret";
     const SECRET: &str = "larksigningsecret0123456789";
@@ -331,11 +299,15 @@ mod tests {
     }
 
     fn build(properties: Value) -> Arc<dyn Destination> {
-        LarkFactory::new().build(&properties, &context()).unwrap()
+        TypedDestination::new(LarkFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).unwrap()
     }
 
     fn build_err(properties: Value) -> String {
-        LarkFactory::new().build(&properties, &context()).err().expect("the properties should be refused")
+        TypedDestination::new(LarkFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     fn concrete(properties: Value) -> Lark {

@@ -28,14 +28,14 @@ pub mod webhook;
 /// `slack`, `teams`, `dingtalk` and `lark`, and the Kubernetes ones without a cluster (see
 /// [`register_kube`]). Network destinations connect where [`EgressPolicy::local`] allows.
 pub fn register(registry: &mut Registry) {
-    registry.add_destination(Arc::new(log::LogFactory::stdout()));
-    registry.add_destination(Arc::new(webhook::WebhookFactory::new()));
-    registry.add_destination(Arc::new(kagent::KagentFactory::new()));
-    registry.add_destination(Arc::new(email::EmailFactory::new()));
-    registry.add_destination(Arc::new(slack::SlackFactory::new()));
-    registry.add_destination(Arc::new(teams::TeamsFactory::new()));
-    registry.add_destination(Arc::new(dingtalk::DingTalkFactory::new()));
-    registry.add_destination(Arc::new(lark::LarkFactory::new()));
+    registry.add_destination_type(log::LogFactory::stdout());
+    registry.add_destination_type(webhook::WebhookFactory::new());
+    registry.add_destination_type(kagent::KagentFactory::new());
+    registry.add_destination_type(email::EmailFactory::new());
+    registry.add_destination_type(slack::SlackFactory::new());
+    registry.add_destination_type(teams::TeamsFactory::new());
+    registry.add_destination_type(dingtalk::DingTalkFactory::new());
+    registry.add_destination_type(lark::LarkFactory::new());
     kube::register(registry, kube::KubeTarget::new(None));
 }
 
@@ -43,13 +43,13 @@ pub fn register(registry: &mut Registry) {
 /// and `email`) by ones that connect only where `egress` allows, the HTTP ones through one client.
 pub fn register_with_egress(registry: &mut Registry, egress: Arc<EgressPolicy>) -> Result<(), String> {
     let client = http::http_client(None, egress.clone())?;
-    registry.add_destination(Arc::new(webhook::WebhookFactory::with_client(client.clone())));
-    registry.add_destination(Arc::new(kagent::KagentFactory::with_client(client.clone())));
-    registry.add_destination(Arc::new(slack::SlackFactory::with_client(client.clone())));
-    registry.add_destination(Arc::new(teams::TeamsFactory::with_client(client.clone())));
-    registry.add_destination(Arc::new(dingtalk::DingTalkFactory::with_client(client.clone())));
-    registry.add_destination(Arc::new(lark::LarkFactory::with_client(client)));
-    registry.add_destination(Arc::new(email::EmailFactory::with_egress(egress)));
+    registry.add_destination_type(webhook::WebhookFactory::with_client(client.clone()));
+    registry.add_destination_type(kagent::KagentFactory::with_client(client.clone()));
+    registry.add_destination_type(slack::SlackFactory::with_client(client.clone()));
+    registry.add_destination_type(teams::TeamsFactory::with_client(client.clone()));
+    registry.add_destination_type(dingtalk::DingTalkFactory::with_client(client.clone()));
+    registry.add_destination_type(lark::LarkFactory::with_client(client));
+    registry.add_destination_type(email::EmailFactory::with_egress(egress));
     Ok(())
 }
 

@@ -6,43 +6,22 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use chrono::Utc;
 use ktrigger_core::event::rfc3339;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-/// Documentation of the `log` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "log",
-    aliases: &[],
-    summary: "Writes one JSON line per delivery to stdout (eventrouter style, for log collectors)",
-    properties: &[
-        PropertyDoc {
-            name: "message",
-            required: false,
-            description: "Template rendered into the line's `message` field; no `message` field when absent",
-        },
-        PropertyDoc {
-            name: "includeObject",
-            required: false,
-            description: "Whether the line carries `object` (and `oldObject` when the event has one); default true",
-        },
-    ],
-    example: r#"type: log
-properties:
-  message: "{{ event.type }} of pod {{ object.metadata.name }} in {{ object.metadata.namespace }}"
-  includeObject: false
-"#,
-};
-
-#[derive(Debug, Deserialize)]
+/// Writes one JSON line per delivery to stdout (eventrouter style, for log collectors)
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct LogProperties {
+pub struct LogProperties {
+    /// Template rendered into the line's `message` field; no `message` field when absent
     #[serde(default)]
     message: Option<String>,
+    /// Whether the line carries `object` (and `oldObject` when the event has one); default true
     #[serde(default = "default_true")]
     include_object: bool,
 }
@@ -82,19 +61,22 @@ impl Default for LogFactory {
     }
 }
 
-impl DestinationFactory for LogFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for LogFactory {
+    type Properties = LogProperties;
+    const NAME: &'static str = "log";
+    const EXAMPLE: &'static str = r#"type: log
+properties:
+  message: "{{ event.type }} of pod {{ object.metadata.name }} in {{ object.metadata.namespace }}"
+  includeObject: false
+"#;
 
-    fn build(&self, properties: &Value, _context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: LogProperties = parse_properties(properties)?;
+    fn build(&self, props: LogProperties, _context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let message = props
             .message
             .as_deref()
             .map(Template::compile)
             .transpose()
-            .map_err(|e| format!("properties.message: {e}"))?;
+            .map_err(|e| PropertyError::new("message", e))?;
         Ok(Arc::new(LogDestination { message, include_object: props.include_object, output: self.output.clone() }))
     }
 }
@@ -193,6 +175,8 @@ impl Destination for LogDestination {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "watch".into(), trigger: "pods".into() }
@@ -202,9 +186,9 @@ mod tests {
         BuildContext::new(trigger())
     }
 
-    fn buffer_factory() -> (LogFactory, Arc<Mutex<Vec<u8>>>) {
+    fn buffer_factory() -> (TypedDestination<LogFactory>, Arc<Mutex<Vec<u8>>>) {
         let buffer = Arc::new(Mutex::new(Vec::new()));
-        (LogFactory::with_writer(buffer.clone()), buffer)
+        (TypedDestination::new(LogFactory::with_writer(buffer.clone())), buffer)
     }
 
     fn lines(buffer: &Arc<Mutex<Vec<u8>>>) -> Vec<Value> {
@@ -285,12 +269,13 @@ mod tests {
 
     #[test]
     fn bad_properties_are_refused_at_load() {
-        let factory = LogFactory::stdout();
+        let factory = TypedDestination::new(LogFactory::stdout());
         let err = factory.build(&json!({"message": "{{ pod.name }}"}), &context()).err().unwrap();
-        assert!(err.starts_with("properties.message: unknown variable(s) pod"), "{err}");
+        assert_eq!(err.path, "message");
+        assert!(err.to_string().starts_with("properties.message: unknown variable(s) pod"), "{err}");
         let err = factory.build(&json!({"mesage": "x"}), &context()).err().unwrap();
-        assert!(err.contains("unknown field `mesage`"), "{err}");
+        assert!(err.path == "mesage" && err.message.contains("unknown field `mesage`"), "{err}");
         let err = factory.build(&json!({"includeObject": "yes"}), &context()).err().unwrap();
-        assert!(err.starts_with("properties.includeObject:"), "{err}");
+        assert_eq!(err.path, "includeObject");
     }
 }

@@ -10,7 +10,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::properties::SecretRef;
+use ktrigger_core::properties::{PropertyError, SecretRef};
 use ktrigger_core::registry::{DeliveryError, DeliveryRequest, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::template::Template;
@@ -206,9 +206,9 @@ pub struct Message {
 
 impl MessageSpec {
     /// Compiles the templates; errors name `properties.title` or `properties.message`.
-    pub fn new(title: Option<&str>, message: Option<&str>) -> Result<Self, String> {
+    pub fn new(title: Option<&str>, message: Option<&str>) -> Result<Self, PropertyError> {
         let compile = |source: Option<&str>, property: &str| {
-            source.map(Template::compile).transpose().map_err(|e| format!("properties.{property}: {e}"))
+            source.map(Template::compile).transpose().map_err(|e| PropertyError::new(property, e))
         };
         Ok(MessageSpec { title: compile(title, "title")?, message: compile(message, "message")? })
     }
@@ -280,28 +280,30 @@ pub fn webhook_url(
     literal: Option<&str>,
     reference: Option<&SecretRef>,
     secrets: &ClusterSecrets,
-) -> Result<SecretUrl, String> {
+) -> Result<SecretUrl, PropertyError> {
     match (literal, reference) {
         (Some(_), Some(_)) => {
-            Err("properties.webhookUrlFrom: give either webhookUrl or webhookUrlFrom, not both".into())
+            Err(PropertyError::new("webhookUrlFrom", "give either webhookUrl or webhookUrlFrom, not both"))
         }
-        (None, None) => Err("properties.webhookUrl: required (or webhookUrlFrom, a secret reference)".into()),
-        (Some(text), None) => parse_url(text, "properties.webhookUrl").map(SecretUrl),
+        (None, None) => Err(PropertyError::new("webhookUrl", "required (or webhookUrlFrom, a secret reference)")),
+        (Some(text), None) => parse_url(text, "webhookUrl").map(SecretUrl),
         (None, Some(reference)) => {
-            let secret = reference.resolve(secrets, "properties.webhookUrlFrom")?;
-            parse_url(secret.expose(), "properties.webhookUrlFrom: the secret's value").map(SecretUrl)
+            let secret = reference.resolve(secrets, "webhookUrlFrom")?;
+            parse_url(secret.expose(), "webhookUrlFrom")
+                .map(SecretUrl)
+                .map_err(|e| PropertyError::new(e.path, format!("the secret's value: {}", e.message)))
         }
     }
 }
 
 /// Parses an http or https URL with a host; the error names `at` and never quotes the text.
-pub fn parse_url(text: &str, at: &str) -> Result<Url, String> {
-    let url = Url::parse(text.trim()).map_err(|e| format!("{at}: not a valid URL ({e})"))?;
+pub fn parse_url(text: &str, path: &str) -> Result<Url, PropertyError> {
+    let url = Url::parse(text.trim()).map_err(|e| PropertyError::new(path, format!("not a valid URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") {
-        return Err(format!("{at}: the scheme must be http or https"));
+        return Err(PropertyError::new(path, "the scheme must be http or https"));
     }
     if url.host_str().is_none_or(str::is_empty) {
-        return Err(format!("{at}: the URL has no host"));
+        return Err(PropertyError::new(path, "the URL has no host"));
     }
     Ok(url)
 }
@@ -651,11 +653,11 @@ mod tests {
     #[test]
     fn webhook_urls_are_checked_and_never_shown() {
         let none = ClusterSecrets::default();
-        let err = webhook_url(None, None, &none).unwrap_err();
+        let err = webhook_url(None, None, &none).unwrap_err().to_string();
         assert!(err.starts_with("properties.webhookUrl: required"), "{err}");
-        let err = webhook_url(Some("ftp://hooks.example.com/T0/B0/secret-path"), None, &none).unwrap_err();
+        let err = webhook_url(Some("ftp://hooks.example.com/T0/B0/secret-path"), None, &none).unwrap_err().to_string();
         assert_eq!(err, "properties.webhookUrl: the scheme must be http or https");
-        let err = webhook_url(Some("not a url secret-path"), None, &none).unwrap_err();
+        let err = webhook_url(Some("not a url secret-path"), None, &none).unwrap_err().to_string();
         assert!(err.starts_with("properties.webhookUrl: not a valid URL") && !err.contains("secret-path"), "{err}");
 
         let dir = tempfile::tempdir().unwrap();
@@ -670,7 +672,7 @@ mod tests {
 
         let bad = secret_file(&dir, "bad", "hooks.example.com/secret-path");
         let reference = SecretRef { env: None, file: Some(bad), secret_key_ref: None };
-        let err = webhook_url(None, Some(&reference), &none).unwrap_err();
+        let err = webhook_url(None, Some(&reference), &none).unwrap_err().to_string();
         assert!(err.starts_with("properties.webhookUrlFrom: the secret's value: not a valid URL"), "{err}");
         assert!(!err.contains("secret-path"), "{err}");
     }
@@ -679,27 +681,28 @@ mod tests {
     fn unreadable_or_empty_secrets_are_errors_naming_the_property() {
         let none = ClusterSecrets::default();
         let reference = SecretRef { env: Some("KTRIGGER_TEST_CHAT_UNSET".into()), file: None, secret_key_ref: None };
-        let err = webhook_url(None, Some(&reference), &none).unwrap_err();
+        let err = webhook_url(None, Some(&reference), &none).unwrap_err().to_string();
         assert_eq!(err, "properties.webhookUrlFrom: environment variable KTRIGGER_TEST_CHAT_UNSET is not set");
         let dir = tempfile::tempdir().unwrap();
         let empty = SecretRef { env: None, file: Some(secret_file(&dir, "empty", "")), secret_key_ref: None };
-        let err = webhook_url(None, Some(&empty), &none).unwrap_err();
+        let err = webhook_url(None, Some(&empty), &none).unwrap_err().to_string();
         assert_eq!(err, "properties.webhookUrlFrom: the secret is empty");
     }
 
     #[test]
     fn chat_docs_are_complete_and_their_examples_load() {
         use ktrigger_core::registry::DestinationFactory;
+        use ktrigger_core::typed::TypedDestination;
         let factories: [&dyn DestinationFactory; 4] = [
-            &crate::slack::SlackFactory::new(),
-            &crate::teams::TeamsFactory::new(),
-            &crate::dingtalk::DingTalkFactory::new(),
-            &crate::lark::LarkFactory::new(),
+            &TypedDestination::new(crate::slack::SlackFactory::new()),
+            &TypedDestination::new(crate::teams::TeamsFactory::new()),
+            &TypedDestination::new(crate::dingtalk::DingTalkFactory::new()),
+            &TypedDestination::new(crate::lark::LarkFactory::new()),
         ];
         for factory in factories {
             let doc = factory.doc();
             assert!(!doc.summary.is_empty(), "{}", doc.name);
-            for property in doc.properties {
+            for property in &doc.properties {
                 assert!(property.description.len() > 20, "{}.{}", doc.name, property.name);
                 if !property.required && !property.name.starts_with("webhookUrl") && property.name != "tokenFrom" {
                     assert!(
@@ -710,13 +713,13 @@ mod tests {
                     );
                 }
             }
-            let example: Value = serde_yaml::from_str(doc.example).unwrap();
+            let example: Value = serde_yaml::from_str(&doc.example).unwrap();
             assert_eq!(example["type"], doc.name);
             for key in example["properties"].as_object().unwrap().keys() {
-                assert!(doc.properties.iter().any(|p| p.name == key), "{}: {key} is not documented", doc.name);
+                assert!(doc.properties.iter().any(|p| &p.name == key), "{}: {key} is not documented", doc.name);
             }
             // Secrets are read last: an unset variable means everything else loaded.
-            if let Err(e) = factory.build(&example["properties"], &context()) {
+            if let Err(e) = factory.build(&example["properties"], &context()).map_err(|e| e.to_string()) {
                 assert!(e.contains("environment variable") && e.contains("is not set"), "{}: {e}", doc.name);
             }
         }

@@ -9,78 +9,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http;
 use crate::message::{Answer, MessageSpec, SecretUrl, Summary, as_strs, parse_url, post_json, truncate, webhook_url};
-
-/// Documentation of the `slack` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "slack",
-    aliases: &[],
-    summary: "Posts a Block Kit message to Slack through an incoming webhook or chat.postMessage with a bot token",
-    properties: &[
-        PropertyDoc {
-            name: "webhookUrl",
-            required: false,
-            description: "Incoming webhook URL as a literal (it is a credential: prefer webhookUrlFrom); one of \
-                          webhookUrl, webhookUrlFrom or tokenFrom is required",
-        },
-        PropertyDoc {
-            name: "webhookUrlFrom",
-            required: false,
-            description: "Incoming webhook URL from a secret reference {env: VAR} / {file: PATH} / \
-                          {secretKeyRef: {name, key}}; never logged",
-        },
-        PropertyDoc {
-            name: "tokenFrom",
-            required: false,
-            description: "Bot token (xoxb-...) from a secret reference: posts with chat.postMessage instead of a \
-                          webhook; needs channel and the chat:write scope",
-        },
-        PropertyDoc {
-            name: "channel",
-            required: false,
-            description: "Channel name or id; required with tokenFrom; with a webhook, only legacy webhooks honour it; \
-                          default: the webhook's own channel",
-        },
-        PropertyDoc {
-            name: "username",
-            required: false,
-            description: "Name shown as the sender (needs chat:write.customize with tokenFrom); default: the app's name",
-        },
-        PropertyDoc {
-            name: "iconEmoji",
-            required: false,
-            description: "Emoji shown as the sender's icon, e.g. :rotating_light:; default: the app's icon",
-        },
-        PropertyDoc {
-            name: "apiUrl",
-            required: false,
-            description: "Base URL of the Web API, only with tokenFrom; default https://slack.com/api",
-        },
-        PropertyDoc {
-            name: "message",
-            required: false,
-            description: "Template of the message text (Slack mrkdwn) over object, oldObject, event, context, now; \
-                          replaces the default message (summary, object, namespace, trigger, event, time)",
-        },
-    ],
-    example: r##"type: slack
-properties:
-  webhookUrlFrom: {env: SLACK_WEBHOOK_URL}
-  channel: "#alerts"
-  iconEmoji: ":rotating_light:"
-"##,
-};
 
 /// Default base URL of the Slack Web API.
 pub const DEFAULT_API_URL: &str = "https://slack.com/api";
@@ -94,23 +34,39 @@ const HEADER_CHARS: usize = 150;
 const SECTION_CHARS: usize = 3000;
 const FIELD_CHARS: usize = 2000;
 
-#[derive(Deserialize)]
+/// Posts a Block Kit message to Slack through an incoming webhook or chat.postMessage with a bot
+/// token
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct SlackProperties {
+pub struct SlackProperties {
+    /// Incoming webhook URL as a literal (it is a credential: prefer webhookUrlFrom); one of
+    /// webhookUrl, webhookUrlFrom or tokenFrom is required
     #[serde(default)]
     webhook_url: Option<String>,
+    /// Incoming webhook URL from a secret reference {env: VAR} / {file: PATH} / {secretKeyRef:
+    /// {name, key}}; never logged
     #[serde(default)]
     webhook_url_from: Option<SecretRef>,
+    /// Bot token (xoxb-...) from a secret reference: posts with chat.postMessage instead of a
+    /// webhook; needs channel and the chat:write scope
     #[serde(default)]
     token_from: Option<SecretRef>,
+    /// Base URL of the Web API, only with tokenFrom; default https://slack.com/api
     #[serde(default)]
     api_url: Option<String>,
+    /// Channel name or id; required with tokenFrom; with a webhook, only legacy webhooks honour it;
+    /// default: the webhook's own channel
     #[serde(default)]
     channel: Option<String>,
+    /// Name shown as the sender (needs chat:write.customize with tokenFrom); default: the app's
+    /// name
     #[serde(default)]
     username: Option<String>,
+    /// Emoji shown as the sender's icon, e.g. :rotating_light:; default: the app's icon
     #[serde(default)]
     icon_emoji: Option<String>,
+    /// Template of the message text (Slack mrkdwn) over object, oldObject, event, context, now;
+    /// replaces the default message (summary, object, namespace, trigger, event, time)
     #[serde(default)]
     message: Option<String>,
 }
@@ -133,13 +89,17 @@ impl SlackFactory {
     }
 }
 
-impl DestinationFactory for SlackFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for SlackFactory {
+    type Properties = SlackProperties;
+    const NAME: &'static str = "slack";
+    const EXAMPLE: &'static str = r##"type: slack
+properties:
+  webhookUrlFrom: {env: SLACK_WEBHOOK_URL}
+  channel: "#alerts"
+  iconEmoji: ":rotating_light:"
+"##;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: SlackProperties = parse_properties(properties)?;
+    fn build(&self, props: SlackProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Slack::new(props, &context.secrets, client)?))
     }
@@ -165,45 +125,50 @@ struct Slack {
 }
 
 impl Slack {
-    fn new(props: SlackProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: SlackProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, PropertyError> {
         let message = MessageSpec::new(None, props.message.as_deref())?;
         for (value, property) in
             [(&props.channel, "channel"), (&props.username, "username"), (&props.icon_emoji, "iconEmoji")]
         {
             if value.as_deref().is_some_and(|v| v.trim().is_empty()) {
-                return Err(format!("properties.{property}: must not be empty"));
+                return Err(PropertyError::new(property, "must not be empty"));
             }
         }
         let has_webhook = props.webhook_url.is_some() || props.webhook_url_from.is_some();
         let (endpoint, redactions) = match &props.token_from {
             Some(reference) => {
                 if has_webhook {
-                    return Err("properties.tokenFrom: give either a webhook (webhookUrl or webhookUrlFrom) or \
-                                tokenFrom, not both"
-                        .into());
+                    return Err(PropertyError::new(
+                        "tokenFrom",
+                        "give either a webhook (webhookUrl or webhookUrlFrom) or \
+                                tokenFrom, not both",
+                    ));
                 }
                 if props.channel.is_none() {
-                    return Err("properties.channel: required with tokenFrom".into());
+                    return Err(PropertyError::new("channel", "required with tokenFrom"));
                 }
                 let base = props.api_url.as_deref().unwrap_or(DEFAULT_API_URL);
-                let mut base = parse_url(base, "properties.apiUrl")?;
+                let mut base = parse_url(base, "apiUrl")?;
                 if !base.path().ends_with('/') {
                     base.set_path(&format!("{}/", base.path()));
                 }
-                let url = base.join("chat.postMessage").map_err(|e| format!("properties.apiUrl: {e}"))?;
-                let token = reference.resolve(secrets, "properties.tokenFrom")?;
+                let url = base.join("chat.postMessage").map_err(|e| PropertyError::new("apiUrl", e))?;
+                let token = reference.resolve(secrets, "tokenFrom")?;
                 if HeaderValue::from_str(&format!("Bearer {}", token.expose())).is_err() {
-                    return Err("properties.tokenFrom: the secret's value is not a valid header value".into());
+                    return Err(PropertyError::new("tokenFrom", "the secret's value is not a valid header value"));
                 }
                 let redactions = vec![token.expose().to_string()];
                 (Endpoint::Api { url, token }, redactions)
             }
             None => {
                 if props.api_url.is_some() {
-                    return Err("properties.apiUrl: only applies with tokenFrom".into());
+                    return Err(PropertyError::new("apiUrl", "only applies with tokenFrom"));
                 }
                 if !has_webhook {
-                    return Err("properties.webhookUrl: required (or webhookUrlFrom, or tokenFrom with channel)".into());
+                    return Err(PropertyError::new(
+                        "webhookUrl",
+                        "required (or webhookUrlFrom, or tokenFrom with channel)",
+                    ));
                 }
                 let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
                 let redactions = url.fragments();
@@ -339,6 +304,9 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const HOOK_PATH: &str = "/services/T0001/B0002/hooksecret0123456789abcd";
     const TOKEN: &str = "xoxb-test-0123456789";
@@ -376,11 +344,15 @@ mod tests {
     }
 
     fn build(properties: Value) -> Arc<dyn Destination> {
-        SlackFactory::new().build(&properties, &context()).unwrap()
+        TypedDestination::new(SlackFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).unwrap()
     }
 
     fn build_err(properties: Value) -> String {
-        SlackFactory::new().build(&properties, &context()).err().expect("the properties should be refused")
+        TypedDestination::new(SlackFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     fn token_file(dir: &tempfile::TempDir, token: &str) -> String {

@@ -8,67 +8,38 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::http;
 use crate::message::{Answer, Message, MessageSpec, SecretUrl, as_strs, post_json, webhook_url};
 
-/// Documentation of the `teams` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "teams",
-    aliases: &[],
-    summary: "Posts an Adaptive Card to a Microsoft Teams Workflows (Power Automate) or incoming webhook",
-    properties: &[
-        PropertyDoc {
-            name: "webhookUrl",
-            required: false,
-            description: "Webhook URL as a literal (it is a credential: prefer webhookUrlFrom); exactly one of \
-                          webhookUrl and webhookUrlFrom is required",
-        },
-        PropertyDoc {
-            name: "webhookUrlFrom",
-            required: false,
-            description: "Webhook URL from a secret reference {env: VAR} / {file: PATH} / \
-                          {secretKeyRef: {name, key}}; never logged",
-        },
-        PropertyDoc {
-            name: "title",
-            required: false,
-            description: "Template of the card's title; default: what happened to which object, \
-                          e.g. `pod-restart: Pod web`",
-        },
-        PropertyDoc {
-            name: "message",
-            required: false,
-            description: "Template of the card's text (Teams markdown subset) over object, oldObject, event, \
-                          context, now; replaces the default text and facts (object, namespace, trigger, event, time)",
-        },
-    ],
-    example: r#"type: teams
-properties:
-  webhookUrlFrom: {env: TEAMS_WEBHOOK_URL}
-  title: "{{ object.metadata.name }} changed"
-"#,
-};
-
 /// Content type of an Adaptive Card attachment.
 pub const ADAPTIVE_CARD_CONTENT_TYPE: &str = "application/vnd.microsoft.card.adaptive";
 
-#[derive(Deserialize)]
+/// Posts an Adaptive Card to a Microsoft Teams Workflows (Power Automate) or incoming webhook
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct TeamsProperties {
+pub struct TeamsProperties {
+    /// Webhook URL as a literal (it is a credential: prefer webhookUrlFrom); exactly one of
+    /// webhookUrl and webhookUrlFrom is required
     #[serde(default)]
     webhook_url: Option<String>,
+    /// Webhook URL from a secret reference {env: VAR} / {file: PATH} / {secretKeyRef: {name, key}};
+    /// never logged
     #[serde(default)]
     webhook_url_from: Option<SecretRef>,
+    /// Template of the card's title; default: what happened to which object, e.g. `pod-restart: Pod
+    /// web`
     #[serde(default)]
     title: Option<String>,
+    /// Template of the card's text (Teams markdown subset) over object, oldObject, event, context,
+    /// now; replaces the default text and facts (object, namespace, trigger, event, time)
     #[serde(default)]
     message: Option<String>,
 }
@@ -91,13 +62,16 @@ impl TeamsFactory {
     }
 }
 
-impl DestinationFactory for TeamsFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for TeamsFactory {
+    type Properties = TeamsProperties;
+    const NAME: &'static str = "teams";
+    const EXAMPLE: &'static str = r#"type: teams
+properties:
+  webhookUrlFrom: {env: TEAMS_WEBHOOK_URL}
+  title: "{{ object.metadata.name }} changed"
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: TeamsProperties = parse_properties(properties)?;
+    fn build(&self, props: TeamsProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Teams::new(props, &context.secrets, client)?))
     }
@@ -112,7 +86,7 @@ struct Teams {
 }
 
 impl Teams {
-    fn new(props: TeamsProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, String> {
+    fn new(props: TeamsProperties, secrets: &ClusterSecrets, client: reqwest::Client) -> Result<Self, PropertyError> {
         let message = MessageSpec::new(props.title.as_deref(), props.message.as_deref())?;
         let url = webhook_url(props.webhook_url.as_deref(), props.webhook_url_from.as_ref(), secrets)?;
         let redactions = url.fragments();
@@ -204,6 +178,9 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     const FLOW_PATH: &str = "/workflows/8f2c/triggers/manual/paths/invoke";
     const SIG: &str = "flowsignature0123456789";
@@ -232,11 +209,15 @@ mod tests {
     }
 
     fn build(properties: Value) -> Arc<dyn Destination> {
-        TeamsFactory::new().build(&properties, &context()).unwrap()
+        TypedDestination::new(TeamsFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).unwrap()
     }
 
     fn build_err(properties: Value) -> String {
-        TeamsFactory::new().build(&properties, &context()).err().expect("the properties should be refused")
+        TypedDestination::new(TeamsFactory::new())
+            .build(&properties, &context())
+            .map_err(|e| e.to_string())
+            .err()
+            .expect("the properties should be refused")
     }
 
     #[tokio::test]

@@ -5,6 +5,7 @@
 //! `format: cloudevents` it goes out in binary content mode (the CloudEvents attributes as `ce-`
 //! headers), under `format: raw` as it is.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
@@ -13,66 +14,19 @@ use async_trait::async_trait;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
 use ktrigger_core::event::{TriggerId, rfc3339, stable_id};
-use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::Template;
+use ktrigger_core::typed::DestinationType;
 use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::Sha256;
 
 use crate::http;
-
-/// Documentation of the `webhook` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "webhook",
-    aliases: &[],
-    summary: "Sends an HTTP request per delivery: a CloudEvents 1.0 JSON event by default, or a custom body",
-    properties: &[
-        PropertyDoc { name: "url", required: true, description: "http or https URL the request goes to" },
-        PropertyDoc { name: "method", required: false, description: "HTTP method; default POST" },
-        PropertyDoc {
-            name: "headers",
-            required: false,
-            description: "Map of header name to a literal value or a secret reference {env: VAR} / {file: PATH} / \
-                          {secretKeyRef: {name, key}}; secret values are never logged",
-        },
-        PropertyDoc {
-            name: "format",
-            required: false,
-            description: "`cloudevents` (default): a structured CloudEvent, or binary mode when `body` is given; \
-                          `raw`: the event context as JSON, or `body` as it is",
-        },
-        PropertyDoc {
-            name: "body",
-            required: false,
-            description: "Template of the request body over object, oldObject, event, context, now",
-        },
-        PropertyDoc {
-            name: "contentType",
-            required: false,
-            description: "Content-Type of `body` or of the raw context; default application/json",
-        },
-        PropertyDoc {
-            name: "signature",
-            required: false,
-            description: "{secretFrom: <secret reference>, header: X-Ktrigger-Signature-256}: adds \
-                          sha256=<hex HMAC-SHA256 of the body> under that header",
-        },
-    ],
-    example: r#"type: webhook
-properties:
-  url: https://hooks.example.com/ktrigger
-  headers:
-    Authorization: {env: HOOK_TOKEN}
-  signature:
-    secretFrom: {file: /var/run/secrets/hook/hmac}
-"#,
-};
 
 /// Header carrying the delivery id, stable across the retries of a delivery.
 pub const DELIVERY_ID_HEADER: &str = "x-ktrigger-delivery-id";
@@ -93,26 +47,37 @@ const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'
 /// Characters escaped in `ce-` header values (CloudEvents HTTP binding 3.1.3.2); non-ASCII too.
 const CE_HEADER: &AsciiSet = &CONTROLS.add(b' ').add(b'"').add(b'%');
 
-#[derive(Debug, Deserialize)]
+/// Sends an HTTP request per delivery: a CloudEvents 1.0 JSON event by default, or a custom body
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct WebhookProperties {
+pub struct WebhookProperties {
+    /// http or https URL the request goes to
     url: String,
+    /// HTTP method; default POST
     #[serde(default)]
     method: Option<String>,
+    /// Map of header name to a literal value or a secret reference {env: VAR} / {file: PATH} /
+    /// {secretKeyRef: {name, key}}; secret values are never logged
     #[serde(default)]
     headers: BTreeMap<String, HeaderSpec>,
+    /// `cloudevents` (default): a structured CloudEvent, or binary mode when `body` is given;
+    /// `raw`: the event context as JSON, or `body` as it is
     #[serde(default)]
     format: Format,
+    /// Template of the request body over object, oldObject, event, context, now
     #[serde(default)]
     body: Option<String>,
+    /// Content-Type of `body` or of the raw context; default application/json
     #[serde(default)]
     content_type: Option<String>,
+    /// {secretFrom: <secret reference>, header: X-Ktrigger-Signature-256}: adds sha256=<hex
+    /// HMAC-SHA256 of the body> under that header
     #[serde(default)]
     signature: Option<SignatureProperties>,
 }
 
 /// How the request body is made.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum Format {
     #[default]
@@ -128,6 +93,16 @@ enum HeaderSpec {
     Secret(SecretRef),
 }
 
+impl JsonSchema for HeaderSpec {
+    fn schema_name() -> Cow<'static, str> {
+        "HeaderSpec".into()
+    }
+
+    fn json_schema(generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({"anyOf": [{"type": "string"}, generator.subschema_for::<SecretRef>()]})
+    }
+}
+
 impl TryFrom<Value> for HeaderSpec {
     type Error = String;
 
@@ -140,10 +115,13 @@ impl TryFrom<Value> for HeaderSpec {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// An HMAC-SHA256 signature of the body.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct SignatureProperties {
+    /// The shared key.
     secret_from: SecretRef,
+    /// Header carrying the signature; default X-Ktrigger-Signature-256.
     #[serde(default)]
     header: Option<String>,
 }
@@ -166,13 +144,19 @@ impl WebhookFactory {
     }
 }
 
-impl DestinationFactory for WebhookFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for WebhookFactory {
+    type Properties = WebhookProperties;
+    const NAME: &'static str = "webhook";
+    const EXAMPLE: &'static str = r#"type: webhook
+properties:
+  url: https://hooks.example.com/ktrigger
+  headers:
+    Authorization: {env: HOOK_TOKEN}
+  signature:
+    secretFrom: {file: /var/run/secrets/hook/hmac}
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: WebhookProperties = parse_properties(properties)?;
+    fn build(&self, props: WebhookProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let client = http::client_or_shared(self.client.as_ref())?;
         Ok(Arc::new(Webhook::new(props, context, client)?))
     }
@@ -199,40 +183,40 @@ struct Webhook {
 }
 
 impl Webhook {
-    fn new(props: WebhookProperties, context: &BuildContext, client: reqwest::Client) -> Result<Self, String> {
-        let url = Url::parse(&props.url).map_err(|e| format!("properties.url: not a valid URL: {e}"))?;
+    fn new(props: WebhookProperties, context: &BuildContext, client: reqwest::Client) -> Result<Self, PropertyError> {
+        let url = Url::parse(&props.url).map_err(|e| PropertyError::new("url", format!("not a valid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("properties.url: the scheme must be http or https, not {}", url.scheme()));
+            return Err(PropertyError::new("url", format!("the scheme must be http or https, not {}", url.scheme())));
         }
         if url.host_str().is_none_or(str::is_empty) {
-            return Err("properties.url: the URL has no host".into());
+            return Err(PropertyError::new("url", "the URL has no host"));
         }
         let method = match &props.method {
             None => Method::POST,
             Some(name) => Method::from_bytes(name.to_ascii_uppercase().as_bytes())
-                .map_err(|_| format!("properties.method: {name:?} is not an HTTP method"))?,
+                .map_err(|_| PropertyError::new("method", format!("{name:?} is not an HTTP method")))?,
         };
 
         let mut headers = HeaderMap::new();
         let mut secrets = Vec::new();
         for (name, spec) in &props.headers {
-            let at = format!("properties.headers.{name}");
-            let header =
-                HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{at}: not a valid header name"))?;
+            let at = format!("headers.{name}");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| PropertyError::new(&at, "not a valid header name"))?;
             if header == CONTENT_TYPE {
-                return Err(format!("{at}: set the content type with properties.contentType"));
+                return Err(PropertyError::new(&at, "set the content type with properties.contentType"));
             }
             if header == CONTENT_LENGTH || header == HOST {
-                return Err(format!("{at}: this header is set by the HTTP client"));
+                return Err(PropertyError::new(&at, "this header is set by the HTTP client"));
             }
             let value = match spec {
                 HeaderSpec::Literal(text) => {
-                    HeaderValue::from_str(text).map_err(|_| format!("{at}: not a valid header value"))?
+                    HeaderValue::from_str(text).map_err(|_| PropertyError::new(&at, "not a valid header value"))?
                 }
                 HeaderSpec::Secret(reference) => {
                     let secret = reference.resolve(&context.secrets, &at)?;
                     let mut value = HeaderValue::from_str(secret.expose())
-                        .map_err(|_| format!("{at}: the secret's value is not a valid header value"))?;
+                        .map_err(|_| PropertyError::new(&at, "the secret's value is not a valid header value"))?;
                     value.set_sensitive(true);
                     secrets.push(secret);
                     value
@@ -242,22 +226,25 @@ impl Webhook {
         }
 
         let body =
-            props.body.as_deref().map(Template::compile).transpose().map_err(|e| format!("properties.body: {e}"))?;
+            props.body.as_deref().map(Template::compile).transpose().map_err(|e| PropertyError::new("body", e))?;
         if props.content_type.is_some() && body.is_none() && props.format == Format::Cloudevents {
-            return Err("properties.contentType: only applies with properties.body or format: raw \
-                        (a structured CloudEvent is always application/cloudevents+json)"
-                .into());
+            return Err(PropertyError::new(
+                "contentType",
+                "only applies with properties.body or format: raw \
+                        (a structured CloudEvent is always application/cloudevents+json)",
+            ));
         }
         let content_type = HeaderValue::from_str(props.content_type.as_deref().unwrap_or("application/json"))
-            .map_err(|_| "properties.contentType: not a valid header value".to_string())?;
+            .map_err(|_| PropertyError::new("contentType", "not a valid header value"))?;
 
         let signature = match props.signature {
             None => None,
             Some(signature) => {
-                let key = signature.secret_from.resolve(&context.secrets, "properties.signature.secretFrom")?;
+                let key = signature.secret_from.resolve(&context.secrets, "signature.secretFrom")?;
                 let name = signature.header.as_deref().unwrap_or(DEFAULT_SIGNATURE_HEADER);
-                let header = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| format!("properties.signature.header: {name:?} is not a valid header name"))?;
+                let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    PropertyError::new("signature.header", format!("{name:?} is not a valid header name"))
+                })?;
                 Some(Signature { header, key })
             }
         };

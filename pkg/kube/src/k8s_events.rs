@@ -13,12 +13,12 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use ktrigger_core::event::{TriggerId, stable_id};
 use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
 use ktrigger_core::state::SourceState;
+use ktrigger_core::typed::SourceType;
 use kube::api::ApiResource;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use tokio_util::sync::CancellationToken;
@@ -32,90 +32,52 @@ use crate::{Cluster, Identity, Slot, run_subscribed};
 /// The source type name.
 pub const NAME: &str = "k8s-events";
 
-static DOC: TypeDoc = TypeDoc {
-    name: NAME,
-    aliases: &[],
-    summary: "Kubernetes Events (core/v1 or events.k8s.io/v1), with presets such as pod-restart and oom-kill",
-    properties: &[
-        PropertyDoc {
-            name: "apiVersion",
-            required: false,
-            description: "v1 (default) or events.k8s.io/v1: which Event API to watch. Either way `object` has \
-                both spellings of the renamed fields (involvedObject/regarding, message/note) and `count`, \
-                the occurrence count (count, series.count or deprecatedCount; at least 1).",
-        },
-        PropertyDoc {
-            name: "namespace",
-            required: false,
-            description: "Namespace to watch; absent for all (in the controller, the TriggerService's own namespace \
-                when it has no identity)",
-        },
-        PropertyDoc {
-            name: "types",
-            required: false,
-            description: "Event types to keep: Warning, Normal; default both",
-        },
-        PropertyDoc { name: "reasons", required: false, description: "Reasons to keep (e.g. BackOff); default all" },
-        PropertyDoc {
-            name: "involvedKinds",
-            required: false,
-            description: "Kinds of the object the Event is about (e.g. Pod, Node); default all",
-        },
-        PropertyDoc {
-            name: "presets",
-            required: false,
-            description: "Keep only Events of these presets; `event.preset` names the first that matched. Built-in: \
-                pod-restart, oom-kill, pod-pending, probe-failed, node-not-ready, image-pull-backoff; custom ones \
-                come from `mappings` or --event-mappings. Default: every Event, without a preset.",
-        },
-        PropertyDoc {
-            name: "mappings",
-            required: false,
-            description: "Custom presets of this trigger: [{name, condition}], condition being CEL over `object` \
-                (the Event); a custom name equal to a built-in replaces it",
-        },
-        PropertyDoc {
-            name: "replayExisting",
-            required: false,
-            description: "Report Events that exist when the trigger starts; default false. With a state store, \
-                only on the trigger's first start: later starts report what happened while it was not running.",
-        },
-    ],
-    example: "source:
-  type: k8s-events
-  properties:
-    namespace: apps
-    presets: [pod-restart, oom-kill]
-",
-};
-
-#[derive(Debug, Deserialize)]
+/// Kubernetes Events (core/v1 or events.k8s.io/v1), with presets such as pod-restart and
+/// oom-kill.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Properties {
+pub struct K8sEventsProperties {
+    /// v1 (default) or events.k8s.io/v1: which Event API to watch. Either way `object` has both
+    /// spellings of the renamed fields (involvedObject/regarding, message/note) and `count`, the
+    /// occurrence count (count, series.count or deprecatedCount; at least 1).
     #[serde(default)]
     api_version: Option<String>,
+    /// Namespace to watch; absent for all (in the controller, the TriggerService's own namespace
+    /// when it has no identity).
     #[serde(default)]
     namespace: Option<String>,
+    /// Event types to keep: Warning, Normal; default both.
     #[serde(default)]
     types: Vec<String>,
+    /// Reasons to keep (e.g. BackOff); default all.
     #[serde(default)]
     reasons: Vec<String>,
+    /// Kinds of the object the Event is about (e.g. Pod, Node); default all.
     #[serde(default)]
     involved_kinds: Vec<String>,
+    /// Keep only Events of these presets; `event.preset` names the first that matched.
+    /// Built-in: pod-restart, oom-kill, pod-pending, probe-failed, node-not-ready,
+    /// image-pull-backoff; custom ones come from `mappings` or --event-mappings. Default: every
+    /// Event, without a preset.
     #[serde(default)]
     presets: Vec<String>,
+    /// Custom presets of this trigger: [{name, condition}], condition being CEL over `object`
+    /// (the Event); a custom name equal to a built-in replaces it.
     #[serde(default)]
     mappings: Vec<MappingSpec>,
+    /// Report Events that exist when the trigger starts; default false. With a state store,
+    /// only on the trigger's first start: later starts report what happened while it was not
+    /// running.
     #[serde(default)]
     replay_existing: bool,
 }
 
 /// The Event resource of `api_version`.
-fn event_resource(api_version: Option<&str>) -> Result<ApiResource, String> {
+fn event_resource(api_version: Option<&str>) -> Result<ApiResource, PropertyError> {
     let (group, version) = match api_version.unwrap_or("v1") {
         "v1" => ("", "v1"),
         "events.k8s.io/v1" => ("events.k8s.io", "v1"),
-        other => return Err(format!("properties.apiVersion: {other:?} is not v1 or events.k8s.io/v1")),
+        other => return Err(PropertyError::new("apiVersion", format!("{other:?} is not v1 or events.k8s.io/v1"))),
     };
     let api_version = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
     Ok(ApiResource {
@@ -140,31 +102,26 @@ impl K8sEventsFactory {
     }
 }
 
-impl SourceFactory for K8sEventsFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl SourceType for K8sEventsFactory {
+    type Properties = K8sEventsProperties;
+    const NAME: &'static str = NAME;
+    const EXAMPLE: &'static str = "source:
+  type: k8s-events
+  properties:
+    namespace: apps
+    presets: [pod-restart, oom-kill]
+";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
-        self.build_for(properties, context, SourceNeeds::default())
-    }
-
-    fn build_for(
-        &self,
-        properties: &Value,
-        context: &BuildContext,
-        needs: SourceNeeds,
-    ) -> Result<Arc<dyn Source>, String> {
-        let props: Properties = parse_properties(properties)?;
+    fn build(&self, props: K8sEventsProperties, context: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         let resource = event_resource(props.api_version.as_deref())?;
         for (i, t) in props.types.iter().enumerate() {
             if !t.eq_ignore_ascii_case("warning") && !t.eq_ignore_ascii_case("normal") {
-                return Err(format!("properties.types[{i}]: {t:?} is not Warning or Normal"));
+                return Err(PropertyError::new(format!("types[{i}]"), format!("{t:?} is not Warning or Normal")));
             }
         }
-        let own = presets::compile_mappings(&props.mappings).map_err(|e| format!("properties.mappings: {e}"))?;
+        let own = presets::compile_mappings(&props.mappings).map_err(|e| PropertyError::new("mappings", e))?;
         let presets = presets::resolve(&props.presets, &own, self.cluster.mappings())
-            .map_err(|e| format!("properties.presets: {e}"))?;
+            .map_err(|e| PropertyError::new("presets", e))?;
         let (actor, namespace) = self.cluster.scope(context, props.namespace)?;
         self.cluster.check_available()?;
         let lower = |list: &[String]| list.iter().map(|s| s.to_lowercase()).collect::<Vec<_>>();
@@ -182,7 +139,7 @@ impl SourceFactory for K8sEventsFactory {
             identity: actor.identity,
             namespace,
             interest: Arc::new(interest),
-            needs_old: needs.old_object,
+            needs_old: context.needs.old_object,
             replay_existing: props.replay_existing,
             state: context.state.clone(),
             slot: Slot::default(),
@@ -313,13 +270,16 @@ impl Source for K8sEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::SourceFactory;
+    use ktrigger_core::typed::TypedSource;
 
     fn context() -> BuildContext {
         BuildContext::new(TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() })
     }
 
     fn interest(properties: Value) -> Arc<EventsInterest> {
-        let props: Properties = parse_properties(&properties).unwrap();
+        let props: K8sEventsProperties = parse_properties(&properties).unwrap();
         let presets =
             presets::resolve(&props.presets, &presets::compile_mappings(&props.mappings).unwrap(), &[]).unwrap();
         Arc::new(EventsInterest {
@@ -350,7 +310,7 @@ mod tests {
 
     #[test]
     fn properties_are_checked_at_load_without_a_cluster() {
-        let factory = K8sEventsFactory::new(Cluster::offline());
+        let factory = TypedSource::new(K8sEventsFactory::new(Cluster::offline()));
         let ok = json!({"namespace": "apps", "types": ["Warning"], "reasons": ["BackOff"], "involvedKinds": ["Pod"],
             "presets": ["pod-restart", "mine"], "mappings": [{"name": "mine", "condition": "object.count > 3"}]});
         assert!(factory.build(&ok, &context()).is_ok());
@@ -363,7 +323,7 @@ mod tests {
                 "properties.mappings: mapping \"m\"",
             ),
         ] {
-            let error = factory.build(&properties, &context()).err().unwrap();
+            let error = factory.build(&properties, &context()).err().unwrap().to_string();
             assert!(error.contains(expected), "{properties}: {error}");
         }
     }

@@ -16,7 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::registry::{BuildContext, Registry, SourceError, SourceFactory};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, Registry, SourceError};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -227,11 +228,13 @@ impl Cluster {
     }
 
     /// Called when a trigger that needs the cluster loads: an error when there is no cluster.
-    fn check_available(&self) -> Result<(), String> {
+    fn check_available(&self) -> Result<(), PropertyError> {
         match &self.state.client {
             Ok(_) => Ok(()),
             Err(_) if self.state.offline => Ok(()),
-            Err(reason) => Err(format!("this source needs a Kubernetes cluster, and none is usable: {reason}")),
+            Err(reason) => Err(PropertyError::whole(format!(
+                "this source needs a Kubernetes cluster, and none is usable: {reason}"
+            ))),
         }
     }
 
@@ -263,10 +266,18 @@ impl Cluster {
     /// The actor of the trigger being built, by this cluster's [`IdentityPolicy`], and the
     /// namespace its source watches: `namespace` as written, else the one it is confined to
     /// (all namespaces when it is not confined). A namespace it may not read is refused.
-    fn scope(&self, context: &BuildContext, namespace: Option<String>) -> Result<(Actor, Option<String>), String> {
-        let actor = self.state.identities.resolve(&context.trigger.namespace, context.service_account.as_deref())?;
+    fn scope(
+        &self,
+        context: &BuildContext,
+        namespace: Option<String>,
+    ) -> Result<(Actor, Option<String>), PropertyError> {
+        let actor = self
+            .state
+            .identities
+            .resolve(&context.trigger.namespace, context.service_account.as_deref())
+            .map_err(PropertyError::whole)?;
         let namespace = namespace.filter(|ns| !ns.is_empty()).or_else(|| actor.confined_to.clone());
-        actor.check_namespace(namespace.as_deref()).map_err(|e| format!("properties.namespace: {e}"))?;
+        actor.check_namespace(namespace.as_deref()).map_err(|e| PropertyError::new("namespace", e))?;
         Ok((actor, namespace))
     }
 
@@ -374,13 +385,8 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, KubeError> {
 
 /// Adds the `resource-watcher` and `k8s-events` source types, backed by `cluster`.
 pub fn register(registry: &mut Registry, cluster: Cluster) {
-    let factories: [Arc<dyn SourceFactory>; 2] = [
-        Arc::new(resource_watcher::ResourceWatcherFactory::new(cluster.clone())),
-        Arc::new(k8s_events::K8sEventsFactory::new(cluster)),
-    ];
-    for factory in factories {
-        registry.add_source(factory);
-    }
+    registry.add_source_type(resource_watcher::ResourceWatcherFactory::new(cluster.clone()));
+    registry.add_source_type(k8s_events::K8sEventsFactory::new(cluster));
 }
 
 /// Makes sure rustls has a process-wide crypto provider (ring) before a client is built.

@@ -95,7 +95,7 @@ impl CustomPreset {
 }
 
 /// One entry of a mappings file or `mappings:` property.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct MappingSpec {
     /// The preset name.

@@ -6,14 +6,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ktrigger_core::event::TriggerId;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, SourceNeeds, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
 use ktrigger_core::state::SourceState;
+use ktrigger_core::typed::SourceType;
 use kube::core::GroupVersionKind;
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, change_id};
@@ -24,99 +23,53 @@ use crate::{Actor, Cluster, Slot, run_subscribed};
 /// The source type name.
 pub const NAME: &str = "resource-watcher";
 
-static DOC: TypeDoc = TypeDoc {
-    name: NAME,
-    aliases: &[],
-    summary: "Create, update and delete events of any kind of Kubernetes object (CRDs included)",
-    properties: &[
-        PropertyDoc {
-            name: "apiVersion",
-            required: true,
-            description: "apiVersion of the kind, e.g. v1, apps/v1, example.com/v1alpha1. The kind is looked up \
-                by discovery when the source runs, not when it loads (so `validate` needs no cluster); a kind \
-                the cluster does not serve is reported on the trigger and looked up again with backoff.",
-        },
-        PropertyDoc { name: "kind", required: true, description: "Kind, e.g. ConfigMap, Deployment" },
-        PropertyDoc {
-            name: "namespace",
-            required: false,
-            description: "Namespace to watch; empty or absent for all namespaces (in the controller, the \
-                TriggerService's own namespace when it has no identity). Ignored for cluster-scoped kinds.",
-        },
-        PropertyDoc {
-            name: "events",
-            required: false,
-            description: "Which of create, update, delete this trigger receives; default all three. Each trigger \
-                gets exactly the types it lists, also when other triggers watch the same kind.",
-        },
-        PropertyDoc {
-            name: "matchingLabels",
-            required: false,
-            description: "Labels the object must have (a map); combined with labelSelector",
-        },
-        PropertyDoc {
-            name: "labelSelector",
-            required: false,
-            description: "Label selector, e.g. `app=web,tier in (api,db),!legacy`; checked at load",
-        },
-        PropertyDoc {
-            name: "fieldSelector",
-            required: false,
-            description: "Field selector, e.g. `status.phase!=Running`; which fields work is up to the API server",
-        },
-        PropertyDoc { name: "name", required: false, description: "Only the object with this name" },
-        PropertyDoc {
-            name: "clusters",
-            required: false,
-            description: "kube-trigger's list of clusters to watch: only `local` (the cluster ktrigger runs in) \
-                is supported; other clusters are refused until multi-cluster sources exist",
-        },
-        PropertyDoc {
-            name: "replayExisting",
-            required: false,
-            description: "Report objects that exist when the trigger starts as create events; default false \
-                (only changes after the start are reported). With a state store, only on the trigger's first \
-                start: later starts report what changed while it was not running.",
-        },
-    ],
-    example: "source:
-  type: resource-watcher
-  properties:
-    apiVersion: v1
-    kind: ConfigMap
-    namespace: apps
-    events: [create, update]
-    matchingLabels: {app: shop}
-",
-};
-
 /// kube-trigger's name of the cluster it runs in.
 const LOCAL_CLUSTER: &str = "local";
 
-#[derive(Debug, Deserialize)]
+/// Create, update and delete events of any kind of Kubernetes object (CRDs included).
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Properties {
+pub struct ResourceWatcherProperties {
+    /// apiVersion of the kind, e.g. v1, apps/v1, example.com/v1alpha1. The kind is looked up by
+    /// discovery when the source runs, not when it loads (so `validate` needs no cluster); a
+    /// kind the cluster does not serve is reported on the trigger and looked up again with
+    /// backoff.
     api_version: String,
+    /// Kind, e.g. ConfigMap, Deployment.
     kind: String,
+    /// Namespace to watch; empty or absent for all namespaces (in the controller, the
+    /// TriggerService's own namespace when it has no identity). Ignored for cluster-scoped kinds.
     #[serde(default)]
     namespace: Option<String>,
+    /// Which of create, update, delete this trigger receives; default all three. Each trigger
+    /// gets exactly the types it lists, also when other triggers watch the same kind.
     #[serde(default)]
     events: Vec<EventType>,
+    /// Labels the object must have (a map); combined with labelSelector.
     #[serde(default)]
     matching_labels: BTreeMap<String, String>,
+    /// Label selector, e.g. `app=web,tier in (api,db),!legacy`; checked at load.
     #[serde(default)]
     label_selector: Option<String>,
+    /// Field selector, e.g. `status.phase!=Running`; which fields work is up to the API server.
     #[serde(default)]
     field_selector: Option<String>,
+    /// Only the object with this name.
     #[serde(default)]
     name: Option<String>,
+    /// Report objects that exist when the trigger starts as create events; default false (only
+    /// changes after the start are reported). With a state store, only on the trigger's first
+    /// start: later starts report what changed while it was not running.
     #[serde(default)]
     replay_existing: bool,
+    /// kube-trigger's list of clusters to watch: only `local` (the cluster ktrigger runs in) is
+    /// supported; other clusters are refused until multi-cluster sources exist.
     #[serde(default)]
     clusters: Vec<String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// A change type a trigger receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum EventType {
     Create,
@@ -125,17 +78,17 @@ enum EventType {
 }
 
 /// Parses `group/version` (or `version` for the core group) and a kind.
-pub(crate) fn parse_gvk(api_version: &str, kind: &str) -> Result<GroupVersionKind, String> {
+pub(crate) fn parse_gvk(api_version: &str, kind: &str) -> Result<GroupVersionKind, PropertyError> {
     let (group, version) = match api_version.trim().split_once('/') {
         Some((group, version)) => (group, version),
         None => ("", api_version.trim()),
     };
     let word = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
     if !word(version) || (!group.is_empty() && !word(group)) || version.contains('.') {
-        return Err(format!("properties.apiVersion: {api_version:?} is not `version` or `group/version`"));
+        return Err(PropertyError::new("apiVersion", format!("{api_version:?} is not `version` or `group/version`")));
     }
     if kind.is_empty() || !kind.chars().all(|c| c.is_ascii_alphanumeric()) {
-        return Err(format!("properties.kind: {kind:?} is not a kind name such as ConfigMap"));
+        return Err(PropertyError::new("kind", format!("{kind:?} is not a kind name such as ConfigMap")));
     }
     Ok(GroupVersionKind::gvk(group, version, kind))
 }
@@ -153,35 +106,40 @@ impl ResourceWatcherFactory {
     }
 }
 
-impl SourceFactory for ResourceWatcherFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl SourceType for ResourceWatcherFactory {
+    type Properties = ResourceWatcherProperties;
+    const NAME: &'static str = NAME;
+    const EXAMPLE: &'static str = "source:
+  type: resource-watcher
+  properties:
+    apiVersion: v1
+    kind: ConfigMap
+    namespace: apps
+    events: [create, update]
+    matchingLabels: {app: shop}
+";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
-        self.build_for(properties, context, SourceNeeds::default())
-    }
-
-    fn build_for(
+    fn build(
         &self,
-        properties: &Value,
+        props: ResourceWatcherProperties,
         context: &BuildContext,
-        needs: SourceNeeds,
-    ) -> Result<Arc<dyn Source>, String> {
-        let props: Properties = parse_properties(properties)?;
+    ) -> Result<Arc<dyn Source>, PropertyError> {
         if let Some(other) = props.clusters.iter().find(|cluster| cluster.as_str() != LOCAL_CLUSTER) {
-            return Err(format!(
-                "properties.clusters: cluster {other:?} cannot be watched: only {LOCAL_CLUSTER:?}, the cluster \
+            return Err(PropertyError::new(
+                "clusters",
+                format!(
+                    "cluster {other:?} cannot be watched: only {LOCAL_CLUSTER:?}, the cluster \
                  ktrigger runs in, is supported; run a ktrigger in that cluster instead"
+                ),
             ));
         }
         let gvk = parse_gvk(&props.api_version, &props.kind)?;
         let labels = merge_labels(&props.matching_labels, props.label_selector.as_deref())
-            .map_err(|e| format!("properties.labelSelector: {e}"))?;
+            .map_err(|e| PropertyError::new("labelSelector", e))?;
         let mut fields = props.field_selector.clone().unwrap_or_default();
         if let Some(name) = props.name.as_deref().filter(|n| !n.is_empty()) {
             if name.contains([',', '=', ' ']) {
-                return Err(format!("properties.name: {name:?} is not an object name"));
+                return Err(PropertyError::new("name", format!("{name:?} is not an object name")));
             }
             fields = if fields.trim().is_empty() {
                 format!("metadata.name={name}")
@@ -189,9 +147,9 @@ impl SourceFactory for ResourceWatcherFactory {
                 format!("{fields},metadata.name={name}")
             };
         }
-        let fields = canonical_fields(&fields).map_err(|e| format!("properties.fieldSelector: {e}"))?;
+        let fields = canonical_fields(&fields).map_err(|e| PropertyError::new("fieldSelector", e))?;
         let (selector, server_fields) =
-            ObjectSelector::new(&labels, &fields).map_err(|e| format!("properties.labelSelector: {e}"))?;
+            ObjectSelector::new(&labels, &fields).map_err(|e| PropertyError::new("labelSelector", e))?;
         // Written as watch scopes were when selectors were part of the watch, so that stored
         // positions stay valid.
         let mut selecting = String::new();
@@ -222,7 +180,7 @@ impl SourceFactory for ResourceWatcherFactory {
                 update: events.contains(&EventType::Update),
                 delete: events.contains(&EventType::Delete),
             },
-            needs_old: needs.old_object,
+            needs_old: context.needs.old_object,
             replay_existing: props.replay_existing,
             state: context.state.clone(),
             slot: Slot::default(),
@@ -318,7 +276,9 @@ impl Source for ResourceWatcher {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use ktrigger_core::registry::SourceFactory;
+    use ktrigger_core::typed::TypedSource;
+    use serde_json::{Value, json};
 
     use super::*;
     use crate::IdentityPolicy;
@@ -328,12 +288,13 @@ mod tests {
     }
 
     fn load_error(properties: Value) -> String {
-        ResourceWatcherFactory::new(Cluster::offline()).build(&properties, &context()).err().expect("refused")
+        let factory = TypedSource::new(ResourceWatcherFactory::new(Cluster::offline()));
+        factory.build(&properties, &context()).err().expect("refused").to_string()
     }
 
     #[test]
     fn valid_properties_load_without_a_cluster() {
-        let factory = ResourceWatcherFactory::new(Cluster::offline());
+        let factory = TypedSource::new(ResourceWatcherFactory::new(Cluster::offline()));
         let properties = json!({"apiVersion": "example.com/v1", "kind": "Widget", "namespace": "",
             "events": ["delete"], "matchingLabels": {"app": "x"}, "labelSelector": "tier in (a,b)",
             "fieldSelector": "metadata.namespace!=kube-system", "name": "w1", "replayExisting": true,
@@ -371,10 +332,11 @@ mod tests {
             Default::default(),
             Default::default(),
         );
-        let error = ResourceWatcherFactory::new(cluster)
+        let error = TypedSource::new(ResourceWatcherFactory::new(cluster))
             .build(&json!({"apiVersion": "v1", "kind": "ConfigMap"}), &context())
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(error.contains("needs a Kubernetes cluster") && error.contains("/nope does not exist"), "{error}");
     }
 

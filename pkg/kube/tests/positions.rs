@@ -99,13 +99,8 @@ impl Harness {
     fn start(&self, name: &str, source_type: &str, properties: Value, old_object: bool) -> Running {
         let trigger = TriggerId { namespace: "test".into(), service: "svc".into(), trigger: name.into() };
         let state = SourceState::new(self.store.clone(), &trigger);
-        let context = BuildContext { state, ..BuildContext::new(trigger) };
-        let source = self
-            .registry
-            .source(source_type)
-            .unwrap()
-            .build_for(&properties, &context, SourceNeeds { old_object })
-            .unwrap();
+        let context = BuildContext { state, needs: SourceNeeds { old_object }, ..BuildContext::new(trigger) };
+        let source = self.registry.source(source_type).unwrap().build(&properties, &context).unwrap();
         let (sink, events) = EventSink::channel(1024);
         let cancel = CancellationToken::new();
         let task = tokio::spawn({

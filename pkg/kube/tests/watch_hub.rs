@@ -66,13 +66,14 @@ impl Harness {
     ) -> Result<Arc<dyn Source>, String> {
         let context = BuildContext {
             service_account: service_account.map(String::from),
+            needs,
             ..BuildContext::new(TriggerId {
                 namespace: "test".into(),
                 service: "svc".into(),
                 trigger: source_type.into(),
             })
         };
-        self.registry.source(source_type).unwrap().build_for(&properties, &context, needs)
+        self.registry.source(source_type).unwrap().build(&properties, &context).map_err(|e| e.to_string())
     }
 
     fn run(&self, source: Arc<dyn Source>) -> Running {

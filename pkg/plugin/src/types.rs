@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ktrigger_core::mappings::EventMappings;
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{
     BuildContext, Destination, DestinationFactory, Registry, Source, SourceFactory, TypeDoc,
 };
@@ -24,7 +25,9 @@ const MAX_ERROR_CHARS: usize = 300;
 struct PluginType {
     plugin: Arc<Plugin>,
     kind: Kind,
-    doc: &'static TypeDoc,
+    /// The type name, kept for the life of the process: sources and destinations carry it.
+    name: &'static str,
+    doc: TypeDoc,
     schema: Option<jsonschema::Validator>,
     mappings: Arc<EventMappings>,
 }
@@ -43,52 +46,67 @@ impl PluginType {
         if info.name.is_empty() || info.name.len() > 63 {
             return Err(invalid("a type name must have 1 to 63 characters".into()));
         }
-        let schema = match info.properties_schema.trim() {
+        let schema_value: Option<Value> = match info.properties_schema.trim() {
             "" => None,
             text => {
-                let schema: Value =
-                    serde_json::from_str(text).map_err(|e| invalid(format!("propertiesSchema is not JSON: {e}")))?;
-                Some(jsonschema::validator_for(&schema).map_err(|e| invalid(format!("propertiesSchema: {e}")))?)
+                Some(serde_json::from_str(text).map_err(|e| invalid(format!("propertiesSchema is not JSON: {e}")))?)
             }
         };
-        // The registry lists types with static docs; a plugin's types are described once at
-        // start-up, so keeping them for the life of the process is what they need anyway.
-        let summary = format!("{} (plugin {})", info.description, plugin.name());
-        let doc = Box::leak(Box::new(TypeDoc {
-            name: Box::leak(info.name.clone().into_boxed_str()),
-            aliases: &[],
-            summary: Box::leak(summary.into_boxed_str()),
-            properties: &[],
-            example: Box::leak(info.example.clone().into_boxed_str()),
-        }));
-        Ok(PluginType { plugin, kind, doc, schema, mappings: mappings.clone() })
+        let schema = schema_value
+            .as_ref()
+            .map(|schema| jsonschema::validator_for(schema).map_err(|e| invalid(format!("propertiesSchema: {e}"))))
+            .transpose()?;
+        // Its properties are documented by its schema, when it gives one.
+        let mut doc = match schema_value {
+            Some(schema) => TypeDoc::from_schema(&info.name, &[], &info.example, schema),
+            None => TypeDoc {
+                name: info.name.clone(),
+                aliases: Vec::new(),
+                summary: String::new(),
+                properties: Vec::new(),
+                example: info.example.clone(),
+                schema: None,
+            },
+        };
+        doc.summary = format!("{} (plugin {})", info.description, plugin.name());
+        // A plugin's types are described once at start-up, so keeping the name for the life of
+        // the process is what its sources and destinations need anyway.
+        let name: &'static str = Box::leak(info.name.clone().into_boxed_str());
+        Ok(PluginType { plugin, kind, name, doc, schema, mappings: mappings.clone() })
     }
 
-    /// Checks `properties` against the schema, then asks the plugin; errors name the property.
-    fn check(&self, properties: &Value, context: &BuildContext) -> Result<(), String> {
+    /// Checks `properties` against the schema, then asks the plugin; errors name the property
+    /// (the first one at fault, when there are several).
+    fn check(&self, properties: &Value, context: &BuildContext) -> Result<(), PropertyError> {
         let empty = Value::Object(Default::default());
         let properties = if properties.is_null() { &empty } else { properties };
         if let Some(schema) = &self.schema {
-            let errors: Vec<String> = schema
+            let errors: Vec<PropertyError> = schema
                 .iter_errors(properties)
                 .take(MAX_SCHEMA_ERRORS)
                 .map(|e| {
                     let path = e.instance_path().to_string().trim_start_matches('/').replace('/', ".");
-                    let field = if path.is_empty() { "properties".to_string() } else { format!("properties.{path}") };
-                    format!("{field}: {}", cut(&e.to_string()))
+                    PropertyError::new(path, cut(&e.to_string()))
                 })
                 .collect();
-            if !errors.is_empty() {
-                return Err(format!(
-                    "{} (schema of type {:?} from plugin {:?})",
-                    errors.join("; "),
-                    self.doc.name,
+            if let Some(first) = errors.first() {
+                let others: Vec<String> = errors[1..].iter().map(ToString::to_string).collect();
+                let also = if others.is_empty() { String::new() } else { format!("; {}", others.join("; ")) };
+                let message = format!(
+                    "{}{also} (schema of type {:?} from plugin {:?})",
+                    first.message,
+                    self.name,
                     self.plugin.name()
-                ));
+                );
+                return Err(PropertyError::new(first.path.clone(), message));
             }
         }
         let errors = self.remote_check(properties, context);
-        if errors.is_empty() { Ok(()) } else { Err(format!("{} (plugin {:?})", errors.join("; "), self.plugin.name())) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(PropertyError::whole(format!("{} (plugin {:?})", errors.join("; "), self.plugin.name())))
+        }
     }
 
     /// The plugin's own Validate answer. Loading happens in synchronous code, so the call blocks
@@ -107,7 +125,7 @@ impl PluginType {
         };
         let request = ValidateRequest {
             kind: self.kind as i32,
-            r#type: self.doc.name.to_string(),
+            r#type: self.name.to_string(),
             properties_json: properties.to_string(),
             trigger: Some(trigger(context)),
         };
@@ -144,13 +162,13 @@ pub(crate) fn cut(text: &str) -> String {
 struct SourceType(PluginType);
 
 impl SourceFactory for SourceType {
-    fn doc(&self) -> &'static TypeDoc {
-        self.0.doc
+    fn doc(&self) -> &TypeDoc {
+        &self.0.doc
     }
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         self.0.check(properties, context)?;
-        let source = PluginSource::new(self.0.plugin.clone(), self.0.doc.name, properties, context);
+        let source = PluginSource::new(self.0.plugin.clone(), self.0.name, properties, context);
         Ok(Arc::new(source.with_mappings(self.0.mappings.clone())))
     }
 }
@@ -158,13 +176,13 @@ impl SourceFactory for SourceType {
 struct DestinationType(PluginType);
 
 impl DestinationFactory for DestinationType {
-    fn doc(&self) -> &'static TypeDoc {
-        self.0.doc
+    fn doc(&self) -> &TypeDoc {
+        &self.0.doc
     }
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
+    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         self.0.check(properties, context)?;
-        Ok(Arc::new(PluginDestination::new(self.0.plugin.clone(), self.0.doc.name, properties)))
+        Ok(Arc::new(PluginDestination::new(self.0.plugin.clone(), self.0.name, properties)))
     }
 }
 

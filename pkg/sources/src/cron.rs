@@ -19,11 +19,11 @@ use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
 use ktrigger_core::event::{Event, rfc3339, stable_id};
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, EventSink, Handled, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
 use ktrigger_core::state::SourceState;
+use ktrigger_core::typed::SourceType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -43,65 +43,34 @@ const MAX_COUNTED: u64 = 10_000;
 /// Key of the time up to which runs are accounted for.
 const LAST_RUN_KEY: &str = "lastRun";
 
-static DOC: TypeDoc = TypeDoc {
-    name: "cron",
-    aliases: &["cronjob"],
-    summary: "Fires on a cron schedule (5 fields, or 6 with seconds first) in a time zone. Each fire has \
-        `event.type` `fire` and `object` {schedule, timeZone, scheduledTime, firedTime}",
-    properties: &[
-        PropertyDoc {
-            name: "schedule",
-            required: true,
-            description: "Cron expression: `min hour day-of-month month day-of-week`, or with a leading \
-                seconds field (6 fields). Names (MON, JAN), ranges, steps, L, W, # and @hourly-style \
-                nicknames work. A day-of-month and a day-of-week both given match either (Vixie cron); \
-                prefix day-of-week with + to require both.",
-        },
-        PropertyDoc {
-            name: "timeZone",
-            required: false,
-            description: "IANA time zone the schedule is read in, e.g. Europe/Berlin; default UTC. \
-                Daylight-saving gaps and repeats follow croner's rules.",
-        },
-        PropertyDoc {
-            name: "missedRuns",
-            required: false,
-            description: "What to do on start about runs missed while ktrigger was not running (needs a state \
-                store; without one nothing is remembered): `once` (default) fires one event for the latest \
-                missed run, with `object.missedRuns` = how many were missed (counted up to 10000); `skip` \
-                fires none.",
-        },
-        PropertyDoc {
-            name: "startingDeadline",
-            required: false,
-            description: "How late a missed run may still fire, like a CronJob's startingDeadlineSeconds, \
-                e.g. 10m; default 1h, at most 30d. A latest missed run older than this is skipped.",
-        },
-    ],
-    example: "source:
-  type: cron
-  properties:
-    schedule: \"0 9 * * MON-FRI\"
-    timeZone: Europe/Berlin
-    missedRuns: once
-    startingDeadline: 2h
-",
-};
-
-#[derive(Debug, Deserialize)]
+/// Fires on a cron schedule (5 fields, or 6 with seconds first) in a time zone. Each fire has
+/// `event.type` `fire` and `object` {schedule, timeZone, scheduledTime, firedTime}.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Properties {
+pub struct CronProperties {
+    /// Cron expression: `min hour day-of-month month day-of-week`, or with a leading seconds
+    /// field (6 fields). Names (MON, JAN), ranges, steps, L, W, # and @hourly-style nicknames
+    /// work. A day-of-month and a day-of-week both given match either (Vixie cron); prefix
+    /// day-of-week with + to require both.
     schedule: String,
+    /// IANA time zone the schedule is read in, e.g. Europe/Berlin; default UTC. Daylight-saving
+    /// gaps and repeats follow croner's rules.
     #[serde(default)]
     time_zone: Option<String>,
+    /// What to do on start about runs missed while ktrigger was not running (needs a state
+    /// store; without one nothing is remembered): `once` (default) fires one event for the
+    /// latest missed run, with `object.missedRuns` = how many were missed (counted up to 10000);
+    /// `skip` fires none.
     #[serde(default)]
     missed_runs: MissedRuns,
+    /// How late a missed run may still fire, like a CronJob's startingDeadlineSeconds, e.g. 10m;
+    /// default 1h, at most 30d. A latest missed run older than this is skipped.
     #[serde(default)]
     starting_deadline: Option<String>,
 }
 
 /// What to do on start about runs missed while the trigger was not running.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum MissedRuns {
     /// Nothing.
@@ -115,25 +84,30 @@ enum MissedRuns {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CronFactory;
 
-impl SourceFactory for CronFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl SourceType for CronFactory {
+    type Properties = CronProperties;
+    const NAME: &'static str = "cron";
+    const ALIASES: &'static [&'static str] = &["cronjob"];
+    const EXAMPLE: &'static str = "source:
+  type: cron
+  properties:
+    schedule: \"0 9 * * MON-FRI\"
+    timeZone: Europe/Berlin
+    missedRuns: once
+    startingDeadline: 2h
+";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
+    fn build(&self, properties: CronProperties, context: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         Ok(Arc::new(CronSource::configured(properties, context, Clock::System)?))
     }
 }
 
 impl CronSource {
-    /// Checks `properties` and builds the source of `context`'s trigger.
-    fn configured(properties: &Value, context: &BuildContext, clock: Clock) -> Result<CronSource, String> {
-        let props: Properties = parse_properties(properties)?;
+    /// Checks `props` and builds the source of `context`'s trigger.
+    fn configured(props: CronProperties, context: &BuildContext, clock: Clock) -> Result<CronSource, PropertyError> {
         let starting_deadline = match props.starting_deadline.as_deref() {
             None => DEFAULT_STARTING_DEADLINE,
-            Some(text) => {
-                ktrigger_api::parse_duration(text).map_err(|e| format!("properties.startingDeadline: {e}"))?
-            }
+            Some(text) => ktrigger_api::parse_duration(text).map_err(|e| PropertyError::new("startingDeadline", e))?,
         };
         let source = CronSource::new(&props.schedule, props.time_zone.as_deref(), clock)?;
         Ok(CronSource {
@@ -185,16 +159,17 @@ struct CronSource {
 }
 
 impl CronSource {
-    fn new(schedule: &str, zone: Option<&str>, clock: Clock) -> Result<Self, String> {
+    fn new(schedule: &str, zone: Option<&str>, clock: Clock) -> Result<Self, PropertyError> {
         let parser = CronParser::builder().seconds(Seconds::Optional).year(Year::Disallowed).build();
         let cron = parser
             .parse(schedule)
-            .map_err(|e| format!("properties.schedule: invalid cron expression {schedule:?}: {e}"))?;
+            .map_err(|e| PropertyError::new("schedule", format!("invalid cron expression {schedule:?}: {e}")))?;
         let zone = match zone {
             None => Tz::UTC,
             Some(name) => name.parse::<Tz>().map_err(|_| {
-                format!(
-                    "properties.timeZone: unknown time zone {name:?}; use an IANA name such as Europe/Berlin or UTC"
+                PropertyError::new(
+                    "timeZone",
+                    format!("unknown time zone {name:?}; use an IANA name such as Europe/Berlin or UTC"),
                 )
             })?,
         };
@@ -210,7 +185,7 @@ impl CronSource {
         };
         source
             .next_after(source.clock.now())
-            .map_err(|e| format!("properties.schedule: {schedule:?} never fires: {e}"))?;
+            .map_err(|e| PropertyError::new("schedule", format!("{schedule:?} never fires: {e}")))?;
         Ok(source)
     }
 
@@ -360,7 +335,9 @@ mod tests {
     use super::*;
     use crate::test_store::MapStore;
     use ktrigger_core::event::{SharedEvent, TriggerId};
-    use ktrigger_core::registry::Envelope;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::{Envelope, SourceFactory};
+    use ktrigger_core::typed::TypedSource;
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
 
@@ -368,8 +345,12 @@ mod tests {
         BuildContext::new(TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() })
     }
 
+    fn load(properties: Value) -> Result<Arc<dyn Source>, PropertyError> {
+        TypedSource::new(CronFactory).build(&properties, &context())
+    }
+
     fn load_error(properties: Value) -> String {
-        CronFactory.build(&properties, &context()).err().expect("the properties should be refused")
+        load(properties).err().expect("the properties should be refused").to_string()
     }
 
     fn at(text: &str) -> DateTime<Utc> {
@@ -399,10 +380,10 @@ mod tests {
 
     #[test]
     fn five_and_six_field_schedules_and_the_alias_load() {
-        assert!(CronFactory.build(&json!({"schedule": "*/5 * * * *"}), &context()).is_ok());
-        assert!(CronFactory.build(&json!({"schedule": "30 */5 * * * *"}), &context()).is_ok());
-        assert!(CronFactory.build(&json!({"schedule": "@hourly", "timeZone": "Asia/Tokyo"}), &context()).is_ok());
-        assert_eq!(DOC.aliases, ["cronjob"]);
+        assert!(load(json!({"schedule": "*/5 * * * *"})).is_ok());
+        assert!(load(json!({"schedule": "30 */5 * * * *"})).is_ok());
+        assert!(load(json!({"schedule": "@hourly", "timeZone": "Asia/Tokyo"})).is_ok());
+        assert_eq!(TypedSource::new(CronFactory).doc().aliases, ["cronjob"]);
     }
 
     #[test]
@@ -487,7 +468,7 @@ mod tests {
     #[test]
     fn missed_run_properties_are_checked_naming_the_field() {
         let ok = json!({"schedule": "* * * * *", "missedRuns": "skip", "startingDeadline": "90s"});
-        assert!(CronFactory.build(&ok, &context()).is_ok());
+        assert!(load(ok).is_ok());
         let err = load_error(json!({"schedule": "* * * * *", "missedRuns": "all"}));
         assert!(err.starts_with("properties.missedRuns: unknown variant `all`, expected `skip` or `once`"), "{err}");
         let err = load_error(json!({"schedule": "* * * * *", "startingDeadline": "soon"}));
@@ -508,7 +489,7 @@ mod tests {
     ) -> (mpsc::Receiver<Envelope>, CancellationToken, JoinHandle<Result<(), SourceError>>) {
         let context = BuildContext { state: MapStore::source_state(store), ..context() };
         let clock = Clock::Anchored { wall: at(start), at: Instant::now() };
-        let source = CronSource::configured(&properties, &context, clock).unwrap();
+        let source = CronSource::configured(parse_properties(&properties).unwrap(), &context, clock).unwrap();
         let (sink, events) = EventSink::channel(4);
         let cancel = CancellationToken::new();
         let task = tokio::spawn({

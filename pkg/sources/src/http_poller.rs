@@ -25,14 +25,14 @@ use async_trait::async_trait;
 use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
 use ktrigger_core::event::{Event, TriggerId, stable_id};
-use ktrigger_core::properties::{SecretRef, parse_properties};
-use ktrigger_core::registry::{
-    BuildContext, EventSink, Handled, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc,
-};
+use ktrigger_core::properties::{PropertyError, SecretRef};
+use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::state::{Commit, SourceState};
+use ktrigger_core::typed::SourceType;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -56,107 +56,56 @@ const POLLED_KEY: &str = "polled";
 /// Prefix of the stored items, followed by the hash of the item key.
 const ITEM_PREFIX: &str = "item/";
 
-static DOC: TypeDoc = TypeDoc {
-    name: "http-poller",
-    aliases: &[],
-    summary: "Polls a JSON HTTP endpoint and fires create/update/delete for items that changed since the last poll",
-    properties: &[
-        PropertyDoc { name: "url", required: true, description: "http or https URL to request." },
-        PropertyDoc { name: "method", required: false, description: "HTTP method; default GET." },
-        PropertyDoc {
-            name: "interval",
-            required: false,
-            description: "Time between polls, e.g. 30s, 5m; default 60s. The first poll is made at once.",
-        },
-        PropertyDoc {
-            name: "headers",
-            required: false,
-            description: "Request headers: name -> literal string, or a secret `{env: NAME}`, `{file: PATH}` or \
-                `{secretKeyRef: {name, key}}` with an optional `prefix` (e.g. `prefix: \"Bearer \"`), read when \
-                the trigger loads. Default `Accept: application/json`, and `Content-Type: application/json` \
-                when a body is given.",
-        },
-        PropertyDoc { name: "body", required: false, description: "Request body (a string); default none." },
-        PropertyDoc {
-            name: "timeout",
-            required: false,
-            description: "Limit for one request, including reading the body; default 10s.",
-        },
-        PropertyDoc {
-            name: "items",
-            required: false,
-            description: "CEL expression over `response` (the parsed JSON body) returning the list of items, \
-                e.g. `response.data.filter(i, i.active)`. Default: the whole response is one item.",
-        },
-        PropertyDoc {
-            name: "key",
-            required: false,
-            description: "CEL expression over `item` giving its stable identity, e.g. `item.id`; an item whose \
-                key changes content fires `update`. Default: with `items`, the item's whole content (a changed \
-                item is then a new item, plus a delete of the old one); without `items`, the single response.",
-        },
-        PropertyDoc {
-            name: "fireOnStart",
-            required: false,
-            description: "Whether the first poll fires `create` for every item; default false (it only records them).",
-        },
-        PropertyDoc {
-            name: "events",
-            required: false,
-            description: "Which of create, update, delete fire; default [create, update]. `object` is the item \
-                (the last seen item for delete); updates also set `oldObject`.",
-        },
-        PropertyDoc {
-            name: "maxResponseBytes",
-            required: false,
-            description: "Memory one response may take: the bytes read, and again its parsed JSON, each counted \
-                as it comes (a parsed document takes several times its text). Over it the poll is a source \
-                error. Default 4194304 (4 MiB), at most 16777216.",
-        },
-        PropertyDoc {
-            name: "maxItems",
-            required: false,
-            description: "Most items one response may hold (and the poller keeps); more is a source error. \
-                Default 1000, at most 10000.",
-        },
-    ],
-    example: "source:
-  type: http-poller
-  properties:
-    url: https://api.github.com/repos/kubevela/kube-trigger/releases
-    interval: 5m
-    headers:
-      Authorization: {env: GITHUB_TOKEN, prefix: \"Bearer \"}
-    items: response
-    key: string(item.id)
-    events: [create]
-",
-};
-
-#[derive(Debug, Deserialize)]
+/// Polls a JSON HTTP endpoint and fires create/update/delete for items that changed since the
+/// last poll.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Properties {
+pub struct HttpPollerProperties {
+    /// http or https URL to request.
     url: String,
+    /// HTTP method; default GET.
     #[serde(default)]
     method: Option<String>,
+    /// Time between polls, e.g. 30s, 5m; default 60s. The first poll is made at once.
     #[serde(default)]
     interval: Option<String>,
+    /// Request headers: name -> literal string, or a secret `{env: NAME}`, `{file: PATH}` or
+    /// `{secretKeyRef: {name, key}}` with an optional `prefix` (e.g. `prefix: "Bearer "`), read
+    /// when the trigger loads. Default `Accept: application/json`, and
+    /// `Content-Type: application/json` when a body is given.
     #[serde(default)]
     headers: BTreeMap<String, Value>,
+    /// Request body (a string); default none.
     #[serde(default)]
     body: Option<String>,
+    /// Limit for one request, including reading the body; default 10s.
     #[serde(default)]
     timeout: Option<String>,
+    /// CEL expression over `response` (the parsed JSON body) returning the list of items, e.g.
+    /// `response.data.filter(i, i.active)`. Default: the whole response is one item.
     #[serde(default)]
     items: Option<String>,
+    /// CEL expression over `item` giving its stable identity, e.g. `item.id`; an item whose key
+    /// changes content fires `update`. Default: with `items`, the item's whole content (a
+    /// changed item is then a new item, plus a delete of the old one); without `items`, the
+    /// single response.
     #[serde(default)]
     key: Option<String>,
+    /// Whether the first poll fires `create` for every item; default false (it only records
+    /// them).
     #[serde(default)]
     fire_on_start: bool,
+    /// Which of create, update, delete fire; default [create, update]. `object` is the item
+    /// (the last seen item for delete); updates also set `oldObject`.
     #[serde(default)]
     events: Option<Vec<String>>,
+    /// Memory one response may take: the bytes read, and again its parsed JSON, each counted as
+    /// it comes (a parsed document takes several times its text). Over it the poll is a source
+    /// error. Default 4194304 (4 MiB), at most 16777216.
     #[serde(default)]
     max_response_bytes: Option<usize>,
+    /// Most items one response may hold (and the poller keeps); more is a source error. Default
+    /// 1000, at most 10000.
     #[serde(default)]
     max_items: Option<usize>,
 }
@@ -174,28 +123,48 @@ impl HttpPollerFactory {
     }
 }
 
-impl SourceFactory for HttpPollerFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl SourceType for HttpPollerFactory {
+    type Properties = HttpPollerProperties;
+    const NAME: &'static str = "http-poller";
+    const EXAMPLE: &'static str = "source:
+  type: http-poller
+  properties:
+    url: https://api.github.com/repos/kubevela/kube-trigger/releases
+    interval: 5m
+    headers:
+      Authorization: {env: GITHUB_TOKEN, prefix: \"Bearer \"}
+    items: response
+    key: string(item.id)
+    events: [create]
+";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
+    fn build(
+        &self,
+        properties: HttpPollerProperties,
+        context: &BuildContext,
+    ) -> Result<Arc<dyn Source>, PropertyError> {
         Ok(Arc::new(HttpPoller::new(properties, context, self.egress.clone())?))
     }
 }
 
 impl HttpPoller {
     /// Checks the properties, reads the secrets and builds the HTTP client.
-    fn new(properties: &Value, context: &BuildContext, egress: Arc<EgressPolicy>) -> Result<HttpPoller, String> {
-        let props: Properties = parse_properties(properties)?;
-        let url = Url::parse(&props.url).map_err(|e| format!("properties.url: invalid URL: {e}"))?;
+    fn new(
+        props: HttpPollerProperties,
+        context: &BuildContext,
+        egress: Arc<EgressPolicy>,
+    ) -> Result<HttpPoller, PropertyError> {
+        let url = Url::parse(&props.url).map_err(|e| PropertyError::new("url", format!("invalid URL: {e}")))?;
         if !matches!(url.scheme(), "http" | "https") {
-            return Err(format!("properties.url: scheme {:?} is not supported; use http or https", url.scheme()));
+            return Err(PropertyError::new(
+                "url",
+                format!("scheme {:?} is not supported; use http or https", url.scheme()),
+            ));
         }
         let method = match &props.method {
             None => Method::GET,
             Some(text) => Method::from_bytes(text.trim().to_ascii_uppercase().as_bytes())
-                .map_err(|_| format!("properties.method: invalid HTTP method {text:?}"))?,
+                .map_err(|_| PropertyError::new("method", format!("invalid HTTP method {text:?}")))?,
         };
         let interval = duration(props.interval.as_deref(), DEFAULT_INTERVAL, "interval")?;
         let timeout = duration(props.timeout.as_deref(), DEFAULT_TIMEOUT, "timeout")?;
@@ -214,7 +183,7 @@ impl HttpPoller {
             .dns_resolver(EgressResolver(egress.clone()))
             .connector_layer(EgressLayer(egress))
             .build()
-            .map_err(|e| format!("properties: cannot build the HTTP client: {e}"))?;
+            .map_err(|e| PropertyError::whole(format!("cannot build the HTTP client: {e}")))?;
         let target = format!("{}{}", url.origin().ascii_serialization(), url.path());
         Ok(HttpPoller {
             trigger: context.trigger.clone(),
@@ -238,32 +207,28 @@ impl HttpPoller {
     }
 }
 
-fn limit(value: Option<usize>, default: usize, most: usize, property: &str) -> Result<usize, String> {
+fn limit(value: Option<usize>, default: usize, most: usize, property: &str) -> Result<usize, PropertyError> {
     match value {
         None => Ok(default),
         Some(value) if (1..=most).contains(&value) => Ok(value),
-        Some(_) => Err(format!("properties.{property}: must be between 1 and {most}")),
+        Some(_) => Err(PropertyError::new(property, format!("must be between 1 and {most}"))),
     }
 }
 
-fn duration(text: Option<&str>, default: Duration, property: &str) -> Result<Duration, String> {
-    text.map_or(Ok(default), |text| {
-        ktrigger_api::parse_duration(text).map_err(|e| format!("properties.{property}: {e}"))
-    })
+fn duration(text: Option<&str>, default: Duration, property: &str) -> Result<Duration, PropertyError> {
+    text.map_or(Ok(default), |text| ktrigger_api::parse_duration(text).map_err(|e| PropertyError::new(property, e)))
 }
 
-fn compile(source: Option<&str>, variable: &str, property: &str) -> Result<Option<CelExpr>, String> {
-    source
-        .map(|source| CelExpr::compile(source, &[variable]).map_err(|e| format!("properties.{property}: {e}")))
-        .transpose()
+fn compile(source: Option<&str>, variable: &str, property: &str) -> Result<Option<CelExpr>, PropertyError> {
+    source.map(|source| CelExpr::compile(source, &[variable]).map_err(|e| PropertyError::new(property, e))).transpose()
 }
 
-fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, String> {
+fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, PropertyError> {
     let Some(events) = events else {
         return Ok(HashSet::from([Kind::Create, Kind::Update]));
     };
     if events.is_empty() {
-        return Err("properties.events: name at least one of create, update, delete".into());
+        return Err(PropertyError::new("events", "name at least one of create, update, delete"));
     }
     events
         .iter()
@@ -271,7 +236,9 @@ fn event_kinds(events: Option<&[String]>) -> Result<HashSet<Kind>, String> {
             "create" => Ok(Kind::Create),
             "update" => Ok(Kind::Update),
             "delete" => Ok(Kind::Delete),
-            other => Err(format!("properties.events: unknown event {other:?}; use create, update or delete")),
+            other => {
+                Err(PropertyError::new("events", format!("unknown event {other:?}; use create, update or delete")))
+            }
         })
         .collect()
 }
@@ -281,16 +248,16 @@ fn headers(
     configured: &BTreeMap<String, Value>,
     has_body: bool,
     secrets: &ClusterSecrets,
-) -> Result<HeaderMap, String> {
+) -> Result<HeaderMap, PropertyError> {
     let mut map = HeaderMap::new();
     map.insert(ACCEPT, HeaderValue::from_static("application/json"));
     if has_body {
         map.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
     for (name, spec) in configured {
-        let property = format!("properties.headers.{name}");
-        let header =
-            HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{property}: not a valid header name"))?;
+        let property = format!("headers.{name}");
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| PropertyError::new(&property, "not a valid header name"))?;
         let (text, sensitive) = match spec {
             Value::String(text) => (text.clone(), false),
             Value::Object(fields) => {
@@ -298,21 +265,22 @@ fn headers(
                 let prefix = match fields.remove("prefix") {
                     None => String::new(),
                     Some(Value::String(prefix)) => prefix,
-                    Some(_) => return Err(format!("{property}.prefix: must be a string")),
+                    Some(_) => return Err(PropertyError::new(format!("{property}.prefix"), "must be a string")),
                 };
                 let reference: SecretRef =
-                    serde_json::from_value(Value::Object(fields)).map_err(|e| format!("{property}: {e}"))?;
+                    serde_json::from_value(Value::Object(fields)).map_err(|e| PropertyError::new(&property, e))?;
                 let secret = reference.resolve(secrets, &property)?;
                 (format!("{prefix}{}", secret.expose()), true)
             }
             _ => {
-                return Err(format!(
-                    "{property}: must be a string or a secret such as {{env: NAME}}, {{file: PATH}} or {{secretKeyRef: {{name, key}}}}"
+                return Err(PropertyError::new(
+                    &property,
+                    "must be a string or a secret such as {env: NAME}, {file: PATH} or {secretKeyRef: {name, key}}",
                 ));
             }
         };
-        let mut value =
-            HeaderValue::from_str(&text).map_err(|_| format!("{property}: the value is not a valid header value"))?;
+        let mut value = HeaderValue::from_str(&text)
+            .map_err(|_| PropertyError::new(&property, "the value is not a valid header value"))?;
         value.set_sensitive(sensitive);
         map.insert(header, value);
     }
@@ -708,6 +676,9 @@ mod tests {
     use axum::response::{IntoResponse, Response};
     use axum::routing::any;
     use ktrigger_core::event::SharedEvent;
+    use ktrigger_core::properties::parse_properties;
+    use ktrigger_core::registry::SourceFactory;
+    use ktrigger_core::typed::TypedSource;
     use serde_json::json;
 
     use super::*;
@@ -752,9 +723,9 @@ mod tests {
         BuildContext::new(TriggerId { namespace: "ns".into(), service: "s".into(), trigger: "t".into() })
     }
 
-    fn poller(properties: Value) -> Result<HttpPoller, String> {
+    fn poller(properties: Value) -> Result<HttpPoller, PropertyError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        HttpPoller::new(&properties, &context(), Arc::default())
+        HttpPoller::new(parse_properties(&properties)?, &context(), Arc::default())
     }
 
     /// Polls once and returns every event fired.
@@ -791,7 +762,7 @@ mod tests {
     fn durable_poller(properties: Value, store: &Arc<MapStore>) -> HttpPoller {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let context = BuildContext { state: MapStore::source_state(store), ..context() };
-        HttpPoller::new(&properties, &context, Arc::default()).unwrap()
+        HttpPoller::new(parse_properties(&properties).unwrap(), &context, Arc::default()).unwrap()
     }
 
     /// Polls once, answering every event with `handled` as it comes; how the poll ended and
@@ -1076,7 +1047,9 @@ mod tests {
         served.json(json!({}));
         let addr = serve(served.clone()).await;
         let properties = json!({"url": format!("http://localhost:{}/items", addr.port())});
-        let refusing = HttpPoller::new(&properties, &context(), Arc::new(EgressPolicy::shared(&[]))).unwrap();
+        let refusing =
+            HttpPoller::new(parse_properties(&properties).unwrap(), &context(), Arc::new(EgressPolicy::shared(&[])))
+                .unwrap();
         let reason = failure(outcome(&refusing).await);
         assert!(reason.starts_with("connection refused: "), "{reason}");
         assert!(reason.ends_with("is refused by the egress policy (loopback)"), "{reason}");
@@ -1137,7 +1110,8 @@ mod tests {
     #[test]
     fn load_errors_name_the_property_and_hide_secrets() {
         let _ = rustls::crypto::ring::default_provider().install_default();
-        let err = |properties: Value| HttpPollerFactory::default().build(&properties, &context()).err().unwrap();
+        let factory = TypedSource::new(HttpPollerFactory::default());
+        let err = |properties: Value| factory.build(&properties, &context()).err().unwrap().to_string();
         assert!(err(json!({})).contains("missing field `url`"));
         assert!(err(json!({"url": "not a url"})).starts_with("properties.url: invalid URL"));
         assert!(err(json!({"url": "ftp://x/"})).starts_with("properties.url: scheme"));

@@ -1,6 +1,7 @@
 //! ktrigger sources that need no Kubernetes API: `cron`, `http-poller` and the inbound `webhook`.
 //!
-//! Every source type is a [`SourceFactory`] added to the engine's [`Registry`] by [`register`].
+//! Every source type is a [`SourceType`](ktrigger_core::typed::SourceType) (one properties struct)
+//! added to the engine's [`Registry`] by [`register`].
 //! Webhook sources share one HTTP server, the [`WebhookListener`], which the binary binds and serves.
 
 #![warn(missing_docs)]
@@ -8,7 +9,7 @@
 use std::sync::Arc;
 
 use ktrigger_core::egress::EgressPolicy;
-use ktrigger_core::registry::{Registry, SourceFactory};
+use ktrigger_core::registry::Registry;
 
 pub mod cron;
 pub mod http_poller;
@@ -23,7 +24,8 @@ pub mod webhook;
 pub use listener::{ListenerOptions, ListenerStats, PathScope, WebhookListener};
 pub use server::{ServerCounters, ServerLimits};
 
-/// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
+/// Errors of this crate outside of loading properties (those are
+/// [`PropertyError`](ktrigger_core::properties::PropertyError)s naming the property).
 #[derive(Debug, thiserror::Error)]
 pub enum SourcesError {
     /// The webhook listener could not bind its address.
@@ -48,20 +50,15 @@ pub enum SourcesError {
 /// Adds the `cron` (alias `cronjob`), `http-poller` and `webhook` source types to `registry`.
 /// Webhook sources register their paths on `webhooks` while they run.
 pub fn register(registry: &mut Registry, webhooks: Arc<WebhookListener>) {
-    let factories: [Arc<dyn SourceFactory>; 3] = [
-        Arc::new(cron::CronFactory),
-        Arc::new(http_poller::HttpPollerFactory::default()),
-        Arc::new(webhook::WebhookFactory::new(webhooks)),
-    ];
-    for factory in factories {
-        registry.add_source(factory);
-    }
+    registry.add_source_type(cron::CronFactory);
+    registry.add_source_type(http_poller::HttpPollerFactory::default());
+    registry.add_source_type(webhook::WebhookFactory::new(webhooks));
 }
 
 /// Replaces the `http-poller` source type by one whose pollers connect only where `egress` allows
 /// ([`register`] uses [`EgressPolicy::local`]).
 pub fn register_http_poller(registry: &mut Registry, egress: Arc<EgressPolicy>) {
-    registry.add_source(Arc::new(http_poller::HttpPollerFactory::with_egress(egress)));
+    registry.add_source_type(http_poller::HttpPollerFactory::with_egress(egress));
 }
 
 /// Makes sure rustls has a process-wide crypto provider (ring) before an HTTP client is built.
@@ -101,12 +98,12 @@ mod tests {
             trigger: "t".into(),
         });
         for doc in registry.source_docs() {
-            let value: serde_json::Value = serde_yaml::from_str(doc.example).unwrap();
+            let value: serde_json::Value = serde_yaml::from_str(&doc.example).unwrap();
             let source = &value["source"];
             assert_eq!(source["type"], doc.name);
-            let factory = registry.source(doc.name).unwrap();
+            let factory = registry.source(&doc.name).unwrap();
             // Secrets are resolved last, so an unset variable means everything else loaded.
-            if let Err(e) = factory.build(&source["properties"], &context) {
+            if let Err(e) = factory.build(&source["properties"], &context).map_err(|e| e.to_string()) {
                 assert!(e.contains("environment variable") && e.contains("is not set"), "{}: {e}", doc.name);
             }
         }

@@ -160,7 +160,7 @@ impl std::fmt::Debug for WebhookListener {
 }
 
 /// What `object` is for a CloudEvent: its `data` (default) or the whole event (attributes and data).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum CloudEventObject {
     /// `object` is the event's `data`.

@@ -7,10 +7,11 @@ use async_trait::async_trait;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{Secret, SecretRef, parse_properties};
-use ktrigger_core::registry::{BuildContext, EventSink, PropertyDoc, Source, SourceError, SourceFactory, TypeDoc};
+use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
+use ktrigger_core::typed::SourceType;
+use schemars::JsonSchema;
 use serde::Deserialize;
-use serde_json::Value;
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
@@ -20,87 +21,74 @@ use crate::replay::{DEFAULT_TOLERANCE, MAX_TOLERANCE, SignedContent, check_times
 const DEFAULT_HMAC_HEADER: &str = "X-Signature-256";
 const DEFAULT_HMAC_PREFIX: &str = "sha256=";
 
-static DOC: TypeDoc = TypeDoc {
-    name: "webhook",
-    aliases: &[],
-    summary: "Inbound HTTP: each JSON POST to the trigger's path (or CloudEvent, structured or binary) is one event",
-    properties: &[
-        PropertyDoc {
-            name: "path",
-            required: false,
-            description: "URL path starting with `/`; a trailing `/` is ignored, empty, `.` and `..` segments \
-                are refused. Under `ktrigger controller` the URL is `/<namespace>/<service><path>` (default path \
-                `/<trigger>`), so a TriggerService only ever receives requests sent to its own prefix. Under \
-                `ktrigger run` the path is used as it is (default `/webhooks/<namespace>/<service>/<trigger>`, \
-                `/webhooks/<service>/<trigger>` without a namespace). Triggers may share a path only with equal \
-                `auth`; each accepted request then goes to all of them. A trigger whose path is taken by a \
-                trigger with different `auth` is not loaded.",
-        },
-        PropertyDoc {
-            name: "auth",
-            required: false,
-            description: "Credentials requests must carry; default none (anyone who reaches the listener may \
-                post). `{type: bearer, tokenFrom: SECRET}` wants `Authorization: Bearer <token>`; `{type: hmac, \
-                secretFrom: SECRET, header: X-Signature-256, prefix: \"sha256=\"}` wants the hex HMAC-SHA256 of \
-                the raw body in `header` after `prefix` (GitHub: header X-Hub-Signature-256). SECRET is \
-                `{env: NAME}`, `{file: PATH}` or `{secretKeyRef: {name, key}}`, read when the trigger loads. \
-                Failing requests get 401 and fire nothing. Replay protection for hmac: `timestampHeader` names a \
-                header with the Unix time in seconds, which must be within `tolerance` (default 5m, 1s to 1h) of \
-                now and is signed; `deliveryIdHeader` names a header with an id unique per delivery (GitHub: \
-                X-GitHub-Delivery): a request whose id was accepted within `tolerance` is answered 200 \
-                `{\"duplicate\": true}` and fires nothing; requests without the header get 401. `signedContent` \
-                says what is signed, with the placeholders `{timestamp}`, `{deliveryId}` and `{body}`: default \
-                `{timestamp}.{body}` with a timestamp header (Stripe), else `{body}`; Slack: `v0:{timestamp}:{body}` \
-                with prefix `v0=`.",
-        },
-        PropertyDoc {
-            name: "cloudEventObject",
-            required: false,
-            description: "For CloudEvents: `data` (default) makes `object` the event's data; `event` makes it \
-                the whole event (attributes and `data`). Either way `event.type` and `event.id` are the \
-                CloudEvent's type and id. Plain JSON bodies are `object` as they are, with `event.type` `receive`.",
-        },
-    ],
-    example: "source:
-  type: webhook
-  properties:
-    path: /hooks/deploy
-    auth:
-      type: hmac
-      secretFrom: {env: DEPLOY_HOOK_SECRET}
-      header: X-Hub-Signature-256
-",
-};
-
-#[derive(Debug, Deserialize)]
+/// Inbound HTTP: each JSON POST to the trigger's path (or CloudEvent, structured or binary) is
+/// one event.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct Properties {
+pub struct WebhookProperties {
+    /// URL path starting with `/`; a trailing `/` is ignored, empty, `.` and `..` segments are
+    /// refused. Under `ktrigger controller` the URL is `/<namespace>/<service><path>` (default
+    /// path `/<trigger>`), so a TriggerService only ever receives requests sent to its own
+    /// prefix. Under `ktrigger run` the path is used as it is (default
+    /// `/webhooks/<namespace>/<service>/<trigger>`, `/webhooks/<service>/<trigger>` without a
+    /// namespace). Triggers may share a path only with equal `auth`; each accepted request then
+    /// goes to all of them. A trigger whose path is taken by a trigger with different `auth` is
+    /// not loaded.
     #[serde(default)]
     path: Option<String>,
+    /// Credentials requests must carry; default none (anyone who reaches the listener may
+    /// post). `{type: bearer, tokenFrom: SECRET}` wants `Authorization: Bearer <token>`;
+    /// `{type: hmac, secretFrom: SECRET, header: X-Signature-256, prefix: "sha256="}` wants the
+    /// hex HMAC-SHA256 of the raw body in `header` after `prefix` (GitHub: header
+    /// X-Hub-Signature-256). SECRET is `{env: NAME}`, `{file: PATH}` or
+    /// `{secretKeyRef: {name, key}}`, read when the trigger loads. Failing requests get 401 and
+    /// fire nothing. Replay protection for hmac: `timestampHeader` names a header with the Unix
+    /// time in seconds, which must be within `tolerance` (default 5m, 1s to 1h) of now and is
+    /// signed; `deliveryIdHeader` names a header with an id unique per delivery (GitHub:
+    /// X-GitHub-Delivery): a request whose id was accepted within `tolerance` is answered 200
+    /// `{"duplicate": true}` and fires nothing; requests without the header get 401.
+    /// `signedContent` says what is signed, with the placeholders `{timestamp}`, `{deliveryId}`
+    /// and `{body}`: default `{timestamp}.{body}` with a timestamp header (Stripe), else
+    /// `{body}`; Slack: `v0:{timestamp}:{body}` with prefix `v0=`.
     #[serde(default)]
     auth: Option<AuthSpec>,
+    /// For CloudEvents: `data` (default) makes `object` the event's data; `event` makes it the
+    /// whole event (attributes and `data`). Either way `event.type` and `event.id` are the
+    /// CloudEvent's type and id. Plain JSON bodies are `object` as they are, with `event.type`
+    /// `receive`.
     #[serde(default)]
     cloud_event_object: CloudEventObject,
 }
 
-#[derive(Debug, Deserialize)]
+/// Credentials requests must carry.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "type", rename_all = "lowercase", rename_all_fields = "camelCase", deny_unknown_fields)]
 enum AuthSpec {
+    /// `Authorization: Bearer <token>`.
     Bearer {
+        /// The expected token.
         token_from: SecretRef,
     },
+    /// Hex HMAC-SHA256 of the signed content in a header.
     Hmac {
+        /// The shared key.
         secret_from: SecretRef,
+        /// Header carrying the signature; default X-Signature-256.
         #[serde(default)]
         header: Option<String>,
+        /// Text before the hex digits; default `sha256=`.
         #[serde(default)]
         prefix: Option<String>,
+        /// Header with the request's Unix time in seconds, signed and checked against `tolerance`.
         #[serde(default)]
         timestamp_header: Option<String>,
+        /// Header with an id unique per delivery; repeats within `tolerance` fire nothing.
         #[serde(default)]
         delivery_id_header: Option<String>,
+        /// How far the timestamp may be from now; default 5m, 1s to 1h.
         #[serde(default)]
         tolerance: Option<String>,
+        /// What is signed, with `{timestamp}`, `{deliveryId}` and `{body}`.
         #[serde(default)]
         signed_content: Option<String>,
     },
@@ -219,22 +207,29 @@ impl WebhookFactory {
     }
 }
 
-impl SourceFactory for WebhookFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl SourceType for WebhookFactory {
+    type Properties = WebhookProperties;
+    const NAME: &'static str = "webhook";
+    const EXAMPLE: &'static str = "source:
+  type: webhook
+  properties:
+    path: /hooks/deploy
+    auth:
+      type: hmac
+      secretFrom: {env: DEPLOY_HOOK_SECRET}
+      header: X-Hub-Signature-256
+";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Source>, String> {
-        let props: Properties = parse_properties(properties)?;
+    fn build(&self, props: WebhookProperties, context: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         let path = match &props.path {
-            Some(path) => Some(check_path(path).map_err(|e| format!("properties.path: {e}"))?),
+            Some(path) => Some(check_path(path).map_err(|e| PropertyError::new("path", e))?),
             None => None,
         };
         let path = self.listener.route_path(&context.trigger, path.as_deref());
         let auth = match props.auth {
             None => None,
             Some(AuthSpec::Bearer { token_from }) => {
-                let token = token_from.resolve(&context.secrets, "properties.auth.tokenFrom")?;
+                let token = token_from.resolve(&context.secrets, "auth.tokenFrom")?;
                 Some(Arc::new(Auth::Bearer { token }))
             }
             Some(AuthSpec::Hmac {
@@ -251,24 +246,26 @@ impl SourceFactory for WebhookFactory {
                 let delivery_id_header = delivery_id_header.map(|h| header_name("deliveryIdHeader", &h)).transpose()?;
                 let tolerance = match tolerance {
                     None => DEFAULT_TOLERANCE,
-                    Some(text) => check_tolerance(&text).map_err(|e| format!("properties.auth.tolerance: {e}"))?,
+                    Some(text) => check_tolerance(&text).map_err(|e| PropertyError::new("auth.tolerance", e))?,
                 };
                 let signed = match signed_content {
                     Some(format) => SignedContent::parse(&format),
                     None if timestamp_header.is_some() => SignedContent::parse("{timestamp}.{body}"),
                     None => Ok(SignedContent::body()),
                 }
-                .map_err(|e| format!("properties.auth.signedContent: {e}"))?;
+                .map_err(|e| PropertyError::new("auth.signedContent", e))?;
                 if timestamp_header.is_some() != signed.has_timestamp() {
-                    return Err("properties.auth.signedContent: {timestamp} is signed exactly when timestampHeader \
-                        is set; an unsigned timestamp protects nothing"
-                        .into());
+                    return Err(PropertyError::new(
+                        "auth.signedContent",
+                        "{timestamp} is signed exactly when timestampHeader is set; an unsigned timestamp \
+                         protects nothing",
+                    ));
                 }
                 if signed.has_delivery_id() && delivery_id_header.is_none() {
-                    return Err("properties.auth.signedContent: {deliveryId} needs deliveryIdHeader".into());
+                    return Err(PropertyError::new("auth.signedContent", "{deliveryId} needs deliveryIdHeader"));
                 }
                 let prefix = prefix.unwrap_or_else(|| DEFAULT_HMAC_PREFIX.to_string());
-                let secret = secret_from.resolve(&context.secrets, "properties.auth.secretFrom")?;
+                let secret = secret_from.resolve(&context.secrets, "auth.secretFrom")?;
                 Some(Arc::new(Auth::Hmac(HmacAuth {
                     secret,
                     header,
@@ -282,14 +279,14 @@ impl SourceFactory for WebhookFactory {
         };
         let config =
             RouteConfig { trigger: context.trigger.clone(), auth, cloud_event_object: props.cloud_event_object };
-        let claim = self.listener.claim(&path, config).map_err(|e| format!("properties.path: {e}"))?;
+        let claim = self.listener.claim(&path, config).map_err(|e| PropertyError::new("path", e))?;
         Ok(Arc::new(WebhookSource { claim }))
     }
 }
 
-fn header_name(property: &str, text: &str) -> Result<HeaderName, String> {
+fn header_name(property: &str, text: &str) -> Result<HeaderName, PropertyError> {
     HeaderName::from_bytes(text.as_bytes())
-        .map_err(|_| format!("properties.auth.{property}: {text:?} is not a valid header name"))
+        .map_err(|_| PropertyError::new(format!("auth.{property}"), format!("{text:?} is not a valid header name")))
 }
 
 fn check_tolerance(text: &str) -> Result<Duration, String> {
@@ -343,8 +340,9 @@ mod tests {
 
     use chrono::Utc;
     use ktrigger_core::event::{SharedEvent, TriggerId};
-    use ktrigger_core::registry::Handled;
-    use serde_json::json;
+    use ktrigger_core::registry::{Handled, SourceFactory};
+    use ktrigger_core::typed::TypedSource;
+    use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;
 
@@ -393,7 +391,9 @@ mod tests {
 
         fn build_in(&self, namespace: &str, service: &str, trigger: &str, properties: Value) -> BuildResult {
             let id = TriggerId { namespace: namespace.into(), service: service.into(), trigger: trigger.into() };
-            WebhookFactory::new(self.listener.clone()).build(&properties, &BuildContext::new(id))
+            TypedSource::new(WebhookFactory::new(self.listener.clone()))
+                .build(&properties, &BuildContext::new(id))
+                .map_err(|e| e.to_string())
         }
 
         async fn run(&self, trigger: &str, properties: Value) -> (mpsc::Receiver<SharedEvent>, CancellationToken) {

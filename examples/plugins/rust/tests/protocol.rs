@@ -62,7 +62,7 @@ async fn properties_are_checked_against_the_plugin_schema() {
     let (manager, registry) = started().await;
     let error = registry.source("sequence").unwrap().build(&json!({"from": 2}), &context()).err().unwrap();
     assert_eq!(
-        error,
+        error.to_string(),
         "properties: \"count\" is a required property (schema of type \"sequence\" from plugin \"rust\")"
     );
     manager.shutdown().await;

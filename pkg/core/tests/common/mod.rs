@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ktrigger_core::event::Event;
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError, SourceFactory, TypeDoc};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
+use ktrigger_core::typed::SourceType;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -35,14 +37,16 @@ impl Source for Feed {
 /// Builds [`Feed`]s of one test's channel, as source type `feed`.
 pub struct FeedFactory(pub broadcast::Sender<Value>);
 
-static FEED_DOC: TypeDoc =
-    TypeDoc { name: "feed", aliases: &[], summary: "test feed", properties: &[], example: "type: feed" };
+/// A test feed: takes no properties.
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct NoProperties {}
 
-impl SourceFactory for FeedFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &FEED_DOC
-    }
-    fn build(&self, _: &Value, _: &BuildContext) -> Result<Arc<dyn Source>, String> {
+impl SourceType for FeedFactory {
+    type Properties = NoProperties;
+    const NAME: &'static str = "feed";
+    const EXAMPLE: &'static str = "type: feed";
+
+    fn build(&self, _: NoProperties, _: &BuildContext) -> Result<Arc<dyn Source>, PropertyError> {
         Ok(Arc::new(Feed(self.0.clone())))
     }
 }

@@ -13,11 +13,11 @@ use std::sync::Arc;
 use ::kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use ::kube::core::GroupVersionKind;
 use async_trait::async_trait;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -32,58 +32,28 @@ pub const PUBLISH_VERSION: &str = "app.oam.dev/publishVersion";
 /// The annotation holding the id of the delivery that last bumped the Application.
 pub const BUMPED_BY: &str = "ktrigger.dev/bumped-by-delivery";
 
-/// Documentation of the `bump-application-revision` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "bump-application-revision",
-    aliases: &[],
-    summary: "Increments app.oam.dev/publishVersion of KubeVela Applications so they publish a new revision",
-    properties: &[
-        PropertyDoc {
-            name: "namespace",
-            required: false,
-            description: "Template of the Applications' namespace; default the TriggerService's namespace, else the \
-                          source object's",
-        },
-        PropertyDoc {
-            name: "nameSelector",
-            required: false,
-            description: "{fromLabel: KEY}: bump the Application named by the value of label KEY of the source object",
-        },
-        PropertyDoc {
-            name: "matchingLabels",
-            required: false,
-            description: "Map of label to value (values may be templates): bump every Application with these labels \
-                          (kube-trigger's labelSelectors is accepted too)",
-        },
-        PropertyDoc {
-            name: "name",
-            required: false,
-            description: "Template of one Application's name. With no selector at all, the Application named like \
-                          the source object is bumped",
-        },
-    ],
-    example: r#"type: bump-application-revision
-properties:
-  namespace: default
-  nameSelector:
-    fromLabel: watch-this
-"#,
-};
-
-#[derive(Debug, Deserialize)]
+/// Increments app.oam.dev/publishVersion of KubeVela Applications so they publish a new revision
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct BumpProperties {
+pub struct BumpProperties {
+    /// Template of the Applications' namespace; default the TriggerService's namespace, else the
+    /// source object's
     #[serde(default)]
     namespace: Option<String>,
+    /// Template of one Application's name. With no selector at all, the Application named like the
+    /// source object is bumped
     #[serde(default)]
     name: Option<String>,
+    /// {fromLabel: KEY}: bump the Application named by the value of label KEY of the source object
     #[serde(default)]
     name_selector: Option<NameSelector>,
+    /// Map of label to value (values may be templates): bump every Application with these labels
+    /// (kube-trigger's labelSelectors is accepted too)
     #[serde(default, alias = "labelSelectors")]
     matching_labels: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NameSelector {
     from_label: String,
@@ -115,34 +85,38 @@ impl BumpAppFactory {
     }
 }
 
-impl DestinationFactory for BumpAppFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for BumpAppFactory {
+    type Properties = BumpProperties;
+    const NAME: &'static str = "bump-application-revision";
+    const EXAMPLE: &'static str = r#"type: bump-application-revision
+properties:
+  namespace: default
+  nameSelector:
+    fromLabel: watch-this
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: BumpProperties = parse_properties(properties)?;
+    fn build(&self, props: BumpProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let given = [props.name.is_some(), props.name_selector.is_some(), props.matching_labels.is_some()];
         if given.iter().filter(|g| **g).count() > 1 {
-            return Err("properties: give at most one of name, nameSelector and matchingLabels".into());
+            return Err(PropertyError::whole("give at most one of name, nameSelector and matchingLabels"));
         }
         let selection = if let Some(selector) = props.name_selector {
             if selector.from_label.trim().is_empty() {
-                return Err("properties.nameSelector.fromLabel: must name a label".into());
+                return Err(PropertyError::new("nameSelector.fromLabel", "must name a label"));
             }
             Selection::FromLabel(selector.from_label)
         } else if let Some(labels) = props.matching_labels {
             if labels.is_empty() {
-                return Err("properties.matchingLabels: must hold at least one label".into());
+                return Err(PropertyError::new("matchingLabels", "must hold at least one label"));
             }
             let labels = labels
                 .into_iter()
                 .map(|(key, value)| {
-                    let template =
-                        Template::compile(&value).map_err(|e| format!("properties.matchingLabels.{key}: {e}"))?;
+                    let template = Template::compile(&value)
+                        .map_err(|e| PropertyError::new(format!("matchingLabels.{key}"), e))?;
                     Ok((key, template))
                 })
-                .collect::<Result<_, String>>()?;
+                .collect::<Result<_, PropertyError>>()?;
             Selection::Labels(labels)
         } else if let Some(name) = compile_optional("name", props.name.as_deref())? {
             Selection::Name(name)
@@ -335,13 +309,17 @@ impl Destination for BumpApp {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        BumpAppFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext::new(trigger()))
+        TypedDestination::new(BumpAppFactory::new(KubeTarget::new(None)))
+            .build(&properties, &BuildContext::new(trigger()))
+            .map_err(|e| e.to_string())
     }
 
     fn render(destination: &Arc<dyn Destination>, object: Value) -> Result<Value, DeliveryError> {

@@ -12,11 +12,11 @@ use async_trait::async_trait;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Event as KubeEvent;
 use ktrigger_core::event::rfc3339;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
@@ -28,51 +28,30 @@ use super::{
 /// Longest message kept; longer ones are cut (events.k8s.io allows 1 KiB notes).
 const MAX_MESSAGE: usize = 1024;
 
-/// Documentation of the `create-event` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "create-event",
-    aliases: &[],
-    summary: "Records a Kubernetes Event on the source object or a named object",
-    properties: &[
-        PropertyDoc {
-            name: "involvedObject",
-            required: false,
-            description: "{apiVersion, kind, name, namespace} (templates) of the object the Event is about; default \
-                          the source object. A missing namespace is the TriggerService's for namespaced kinds",
-        },
-        PropertyDoc { name: "reason", required: false, description: "Short CamelCase reason; default Triggered" },
-        PropertyDoc { name: "type", required: false, description: "Normal (default) or Warning" },
-        PropertyDoc {
-            name: "message",
-            required: false,
-            description: "Template of the message (cut at 1024 characters); default names the trigger and the event type",
-        },
-        PropertyDoc { name: "action", required: false, description: "What was done or is to be done, e.g. Notified" },
-    ],
-    example: r#"type: create-event
-properties:
-  reason: ConfigChanged
-  type: Warning
-  message: "ConfigMap {{ object.metadata.name }} changed ({{ event.type }})"
-"#,
-};
-
-#[derive(Debug, Deserialize)]
+/// Records a Kubernetes Event on the source object or a named object
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct EventProperties {
+pub struct EventProperties {
+    /// {apiVersion, kind, name, namespace} (templates) of the object the Event is about; default
+    /// the source object. A missing namespace is the TriggerService's for namespaced kinds
     #[serde(default)]
     involved_object: Option<ObjectProperties>,
+    /// Short CamelCase reason; default Triggered
     #[serde(default)]
     reason: Option<String>,
+    /// Normal (default) or Warning
     #[serde(default, rename = "type")]
     event_type: Option<String>,
+    /// Template of the message (cut at 1024 characters); default names the trigger and the event
+    /// type
     #[serde(default)]
     message: Option<String>,
+    /// What was done or is to be done, e.g. Notified
     #[serde(default)]
     action: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct ObjectProperties {
     api_version: String,
@@ -103,26 +82,33 @@ impl CreateEventFactory {
     }
 }
 
-impl DestinationFactory for CreateEventFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for CreateEventFactory {
+    type Properties = EventProperties;
+    const NAME: &'static str = "create-event";
+    const EXAMPLE: &'static str = r#"type: create-event
+properties:
+  reason: ConfigChanged
+  type: Warning
+  message: "ConfigMap {{ object.metadata.name }} changed ({{ event.type }})"
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: EventProperties = parse_properties(properties)?;
+    fn build(&self, props: EventProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let event_type = props.event_type.unwrap_or_else(|| "Normal".into());
         if !matches!(event_type.as_str(), "Normal" | "Warning") {
-            return Err(format!("properties.type: must be Normal or Warning, not {event_type:?}"));
+            return Err(PropertyError::new("type", format!("must be Normal or Warning, not {event_type:?}")));
         }
         let reason = props.reason.unwrap_or_else(|| "Triggered".into());
         if reason.is_empty() || reason.len() > 128 || !reason.chars().all(|c| c.is_ascii_alphanumeric()) {
-            return Err(format!("properties.reason: must be 1 to 128 letters and digits (CamelCase), not {reason:?}"));
+            return Err(PropertyError::new(
+                "reason",
+                format!("must be 1 to 128 letters and digits (CamelCase), not {reason:?}"),
+            ));
         }
         let involved = match props.involved_object {
             None => None,
             Some(object) => {
                 let compile = |name: &str, source: &str| {
-                    Template::compile(source).map_err(|e| format!("properties.involvedObject.{name}: {e}"))
+                    Template::compile(source).map_err(|e| PropertyError::new(format!("involvedObject.{name}"), e))
                 };
                 Some(NamedObject {
                     api_version: compile("apiVersion", &object.api_version)?,
@@ -297,13 +283,17 @@ impl Destination for CreateEvent {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        CreateEventFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext::new(trigger()))
+        TypedDestination::new(CreateEventFactory::new(KubeTarget::new(None)))
+            .build(&properties, &BuildContext::new(trigger()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

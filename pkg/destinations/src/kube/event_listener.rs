@@ -14,10 +14,10 @@ use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use ::kube::core::GroupVersionKind;
 use async_trait::async_trait;
 use ktrigger_core::event::rfc3339;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -26,49 +26,33 @@ use super::{CONFLICT_RETRIES, FIELD_MANAGER, KubeTarget, api_error, is_conflict,
 /// How many records an EventListener keeps, as kube-trigger keeps them.
 pub const MAX_EVENTS: usize = 10;
 
-/// Documentation of the `create-event-listener` destination.
-pub static CREATE_DOC: TypeDoc = TypeDoc {
-    name: "create-event-listener",
-    aliases: &[],
-    summary: "Creates (or updates) a standard.oam.dev/v1alpha1 EventListener named after the source object, owned by it",
-    properties: &[],
-    example: "type: create-event-listener\n",
-};
-
-/// Documentation of the `record-event` destination.
-pub static RECORD_DOC: TypeDoc = TypeDoc {
-    name: "record-event",
-    aliases: &[],
-    summary: "Appends the event to an EventListener of the source object's namespace (the latest 10 are kept)",
-    properties: &[PropertyDoc {
-        name: "nameSelector",
-        required: false,
-        description: "{fromLabel: LABEL}: the EventListener is named by this label of the source object; \
-                      default the source object's name",
-    }],
-    example: "type: record-event\nproperties:\n  nameSelector: {fromLabel: workflowrun.oam.dev/name}\n",
-};
-
 /// The EventListener resource.
 fn event_listeners() -> ApiResource {
     let gvk = GroupVersionKind::gvk("standard.oam.dev", "v1alpha1", "EventListener");
     ApiResource::from_gvk_with_plural(&gvk, "eventlisteners")
 }
 
-#[derive(Debug, Deserialize)]
+/// Creates (or updates) a standard.oam.dev/v1alpha1 EventListener named after the source object,
+/// owned by it.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-struct CreateProperties {}
+pub struct CreateProperties {}
 
-#[derive(Debug, Deserialize)]
+/// Appends the event to an EventListener of the source object's namespace (the latest 10 are kept)
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct RecordProperties {
+pub struct RecordProperties {
+    /// {fromLabel: LABEL}: the EventListener is named by this label of the source object; default
+    /// the source object's name
     #[serde(default)]
     name_selector: Option<NameSelector>,
 }
 
-#[derive(Debug, Deserialize)]
+/// Which EventListener a record goes to.
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct NameSelector {
+    /// Label of the source object naming the EventListener.
     from_label: String,
 }
 
@@ -85,13 +69,12 @@ impl CreateEventListenerFactory {
     }
 }
 
-impl DestinationFactory for CreateEventListenerFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &CREATE_DOC
-    }
+impl DestinationType for CreateEventListenerFactory {
+    type Properties = CreateProperties;
+    const NAME: &'static str = "create-event-listener";
+    const EXAMPLE: &'static str = "type: create-event-listener\n";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let _: CreateProperties = parse_properties(properties)?;
+    fn build(&self, _: CreateProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         Ok(Arc::new(CreateEventListener { target: self.target.for_trigger(context)? }))
     }
 }
@@ -109,15 +92,15 @@ impl RecordEventFactory {
     }
 }
 
-impl DestinationFactory for RecordEventFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &RECORD_DOC
-    }
+impl DestinationType for RecordEventFactory {
+    type Properties = RecordProperties;
+    const NAME: &'static str = "record-event";
+    const EXAMPLE: &'static str =
+        "type: record-event\nproperties:\n  nameSelector: {fromLabel: workflowrun.oam.dev/name}\n";
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: RecordProperties = parse_properties(properties)?;
+    fn build(&self, props: RecordProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         if props.name_selector.as_ref().is_some_and(|s| s.from_label.is_empty()) {
-            return Err("properties.nameSelector.fromLabel: must name a label".into());
+            return Err(PropertyError::new("nameSelector.fromLabel", "must name a label"));
         }
         Ok(Arc::new(RecordEvent {
             from_label: props.name_selector.map(|s| s.from_label),
@@ -277,6 +260,8 @@ impl Destination for RecordEvent {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }
@@ -294,7 +279,7 @@ mod tests {
 
     #[test]
     fn record_event_names_the_listener_by_the_label_and_records_the_resource() {
-        let factory = RecordEventFactory::new(KubeTarget::new(None));
+        let factory = TypedDestination::new(RecordEventFactory::new(KubeTarget::new(None)));
         let properties = json!({"nameSelector": {"fromLabel": "workflowrun.oam.dev/name"}});
         let destination = factory.build(&properties, &BuildContext::new(trigger())).unwrap();
         let event = deployment();
@@ -311,7 +296,7 @@ mod tests {
 
     #[test]
     fn a_missing_label_is_a_permanent_error_naming_it() {
-        let factory = RecordEventFactory::new(KubeTarget::new(None));
+        let factory = TypedDestination::new(RecordEventFactory::new(KubeTarget::new(None)));
         let properties = json!({"nameSelector": {"fromLabel": "missing"}});
         let destination = factory.build(&properties, &BuildContext::new(trigger())).unwrap();
         let (event, trigger) = (deployment(), trigger());

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use ::kube::api::{Api, PostParams};
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -27,90 +27,41 @@ use super::{
 /// Longest name prefix: the Job name (prefix, `-`, 10 hex digits) must stay a 63-character label.
 const MAX_PREFIX: usize = 52;
 
-/// Documentation of the `job` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "job",
-    aliases: &["task"],
-    summary: "Runs a Kubernetes Job per delivery (one Job even when the delivery is retried)",
-    properties: &[
-        PropertyDoc { name: "image", required: true, description: "Template of the container image" },
-        PropertyDoc { name: "command", required: false, description: "List of templates: the container's command" },
-        PropertyDoc { name: "args", required: false, description: "List of templates: the container's arguments" },
-        PropertyDoc {
-            name: "env",
-            required: false,
-            description: "Environment: a map of NAME to template, or a list of {name, value}",
-        },
-        PropertyDoc {
-            name: "namespace",
-            required: false,
-            description: "Template of the Job's namespace; default the TriggerService's, else the source object's",
-        },
-        PropertyDoc {
-            name: "namePrefix",
-            required: false,
-            description: "Start of the Job's name, followed by a hash of the delivery id; default the trigger's name",
-        },
-        PropertyDoc {
-            name: "serviceAccountName",
-            required: false,
-            description: "Service account the Job's pod runs as; default the namespace's default",
-        },
-        PropertyDoc {
-            name: "ttlSecondsAfterFinished",
-            required: false,
-            description: "Seconds a finished Job is kept before it is deleted; default 3600",
-        },
-        PropertyDoc {
-            name: "backoffLimit",
-            required: false,
-            description: "Retries of a failed pod; default Kubernetes' 6",
-        },
-        PropertyDoc {
-            name: "activeDeadlineSeconds",
-            required: false,
-            description: "Seconds after which the Job is stopped; default none",
-        },
-        PropertyDoc {
-            name: "ownedBySource",
-            required: false,
-            description: "Whether the source object owns the Job (when it has a uid and the same namespace); default true",
-        },
-    ],
-    example: r#"type: job
-properties:
-  image: busybox:1.36
-  command: [sh, -c]
-  args: ['echo "$OBJECT changed" && sleep 5']
-  env:
-    OBJECT: "{{ object.metadata.name }}"
-  ttlSecondsAfterFinished: 600
-  backoffLimit: 2
-"#,
-};
-
-#[derive(Debug, Deserialize)]
+/// Runs a Kubernetes Job per delivery (one Job even when the delivery is retried)
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct JobProperties {
+pub struct JobProperties {
+    /// Template of the container image
     image: String,
+    /// List of templates: the container's command
     #[serde(default)]
     command: Vec<String>,
+    /// List of templates: the container's arguments
     #[serde(default)]
     args: Vec<String>,
+    /// Environment: a map of NAME to template, or a list of {name, value}
     #[serde(default)]
     env: Option<EnvSpec>,
+    /// Template of the Job's namespace; default the TriggerService's, else the source object's
     #[serde(default)]
     namespace: Option<String>,
+    /// Start of the Job's name, followed by a hash of the delivery id; default the trigger's name
     #[serde(default)]
     name_prefix: Option<String>,
+    /// Service account the Job's pod runs as; default the namespace's default
     #[serde(default)]
     service_account_name: Option<String>,
+    /// Seconds a finished Job is kept before it is deleted; default 3600
     #[serde(default = "default_ttl")]
     ttl_seconds_after_finished: u32,
+    /// Retries of a failed pod; default Kubernetes' 6
     #[serde(default)]
     backoff_limit: Option<u32>,
+    /// Seconds after which the Job is stopped; default none
     #[serde(default)]
     active_deadline_seconds: Option<u32>,
+    /// Whether the source object owns the Job (when it has a uid and the same namespace); default
+    /// true
     #[serde(default = "default_true")]
     owned_by_source: bool,
 }
@@ -124,14 +75,14 @@ fn default_true() -> bool {
 }
 
 /// `env` as a map or as Kubernetes' list of name/value pairs.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(untagged)]
 enum EnvSpec {
     Map(BTreeMap<String, String>),
     List(Vec<EnvVar>),
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct EnvVar {
     name: String,
@@ -163,23 +114,32 @@ fn label_prefix(name: &str) -> String {
     if trimmed.is_empty() { "ktrigger".into() } else { trimmed.to_string() }
 }
 
-fn compile_list(name: &str, items: &[String]) -> Result<Vec<Template>, String> {
+fn compile_list(name: &str, items: &[String]) -> Result<Vec<Template>, PropertyError> {
     items
         .iter()
         .enumerate()
-        .map(|(i, item)| Template::compile(item).map_err(|e| format!("properties.{name}[{i}]: {e}")))
+        .map(|(i, item)| Template::compile(item).map_err(|e| PropertyError::new(format!("{name}[{i}]"), e)))
         .collect()
 }
 
-impl DestinationFactory for JobFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for JobFactory {
+    type Properties = JobProperties;
+    const NAME: &'static str = "job";
+    const ALIASES: &'static [&'static str] = &["task"];
+    const EXAMPLE: &'static str = r#"type: job
+properties:
+  image: busybox:1.36
+  command: [sh, -c]
+  args: ['echo "$OBJECT changed" && sleep 5']
+  env:
+    OBJECT: "{{ object.metadata.name }}"
+  ttlSecondsAfterFinished: 600
+  backoffLimit: 2
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: JobProperties = parse_properties(properties)?;
+    fn build(&self, props: JobProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         if props.image.trim().is_empty() {
-            return Err("properties.image: must not be empty".into());
+            return Err(PropertyError::new("image", "must not be empty"));
         }
         let prefix = match props.name_prefix {
             Some(prefix) => {
@@ -188,9 +148,12 @@ impl DestinationFactory for JobFactory {
                     && prefix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
                     && !prefix.starts_with('-');
                 if !valid {
-                    return Err(format!(
-                        "properties.namePrefix: must be 1 to {MAX_PREFIX} lowercase letters, digits or '-', \
+                    return Err(PropertyError::new(
+                        "namePrefix",
+                        format!(
+                            "must be 1 to {MAX_PREFIX} lowercase letters, digits or '-', \
                          starting with a letter or digit, not {prefix:?}"
+                        ),
                     ));
                 }
                 prefix.trim_end_matches('-').to_string()
@@ -206,14 +169,14 @@ impl DestinationFactory for JobFactory {
             .into_iter()
             .map(|(name, value)| {
                 if name.is_empty() {
-                    return Err("properties.env: a variable has an empty name".to_string());
+                    return Err(PropertyError::new("env", "a variable has an empty name"));
                 }
-                let template = Template::compile(&value).map_err(|e| format!("properties.env.{name}: {e}"))?;
+                let template = Template::compile(&value).map_err(|e| PropertyError::new(format!("env.{name}"), e))?;
                 Ok((name, template))
             })
-            .collect::<Result<_, String>>()?;
+            .collect::<Result<_, PropertyError>>()?;
         Ok(Arc::new(JobDestination {
-            image: Template::compile(&props.image).map_err(|e| format!("properties.image: {e}"))?,
+            image: Template::compile(&props.image).map_err(|e| PropertyError::new("image", e))?,
             command: compile_list("command", &props.command)?,
             args: compile_list("args", &props.args)?,
             env,
@@ -358,13 +321,17 @@ impl Destination for JobDestination {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "Nightly_Report".into() }
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        JobFactory::new(KubeTarget::new(None)).build(&properties, &BuildContext::new(trigger()))
+        TypedDestination::new(JobFactory::new(KubeTarget::new(None)))
+            .build(&properties, &BuildContext::new(trigger()))
+            .map_err(|e| e.to_string())
     }
 
     #[test]

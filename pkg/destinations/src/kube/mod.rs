@@ -20,6 +20,7 @@ use ::kube::core::GroupVersionKind;
 use ::kube::core::gvk::GroupVersion;
 use ::kube::discovery::{self, Scope};
 use ::kube::{Client, Error};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, Registry};
 use ktrigger_core::template::{Template, TemplateScope};
 use ktrigger_kube::identity::{self, Actor, Identity, IdentityPolicy};
@@ -46,12 +47,12 @@ const CONFLICT_RETRIES: usize = 3;
 /// `create-event-listener` and `record-event`, acting on `target`; without a client they load but
 /// every delivery fails with [`NEEDS_CLUSTER`].
 pub fn register(registry: &mut Registry, target: KubeTarget) {
-    registry.add_destination(Arc::new(patch_resource::PatchResourceFactory::new(target.clone())));
-    registry.add_destination(Arc::new(bump_app::BumpAppFactory::new(target.clone())));
-    registry.add_destination(Arc::new(create_event::CreateEventFactory::new(target.clone())));
-    registry.add_destination(Arc::new(event_listener::CreateEventListenerFactory::new(target.clone())));
-    registry.add_destination(Arc::new(event_listener::RecordEventFactory::new(target.clone())));
-    registry.add_destination(Arc::new(job::JobFactory::new(target)));
+    registry.add_destination_type(patch_resource::PatchResourceFactory::new(target.clone()));
+    registry.add_destination_type(bump_app::BumpAppFactory::new(target.clone()));
+    registry.add_destination_type(create_event::CreateEventFactory::new(target.clone()));
+    registry.add_destination_type(event_listener::CreateEventListenerFactory::new(target.clone()));
+    registry.add_destination_type(event_listener::RecordEventFactory::new(target.clone()));
+    registry.add_destination_type(job::JobFactory::new(target));
 }
 
 /// A kind resolved by discovery: its resource (plural) and whether it lives in namespaces.
@@ -93,8 +94,8 @@ impl KubeTarget {
     }
 
     /// The target one trigger's destination acts on, following [`KubeTarget::with_identities`].
-    pub fn for_trigger(&self, context: &BuildContext) -> Result<KubeTarget, String> {
-        self.acting_as(&context.trigger.namespace, context.service_account.as_deref())
+    pub fn for_trigger(&self, context: &BuildContext) -> Result<KubeTarget, PropertyError> {
+        self.acting_as(&context.trigger.namespace, context.service_account.as_deref()).map_err(PropertyError::whole)
     }
 
     /// The target for a TriggerService in `namespace` that names `service_account` (or none),
@@ -238,8 +239,8 @@ pub fn delivery_suffix(delivery_id: &str, len: usize) -> String {
 }
 
 /// Compiles an optional template property, naming it in the error.
-pub fn compile_optional(name: &str, source: Option<&str>) -> Result<Option<Template>, String> {
-    source.map(Template::compile).transpose().map_err(|e| format!("properties.{name}: {e}"))
+pub fn compile_optional(name: &str, source: Option<&str>) -> Result<Option<Template>, PropertyError> {
+    source.map(Template::compile).transpose().map_err(|e| PropertyError::new(name, e))
 }
 
 /// Renders a template property; a failure is permanent and names the property.
@@ -262,12 +263,12 @@ pub enum ValueTemplate {
 
 impl ValueTemplate {
     /// Compiles every string leaf of `value` that contains `{{` or `{%`; errors name the leaf.
-    pub fn compile(value: &Value, at: &str) -> Result<ValueTemplate, String> {
+    pub fn compile(value: &Value, at: &str) -> Result<ValueTemplate, PropertyError> {
         if !has_template(value) {
             return Ok(ValueTemplate::Literal(value.clone()));
         }
         Ok(match value {
-            Value::String(text) => ValueTemplate::Text(Template::compile(text).map_err(|e| format!("{at}: {e}"))?),
+            Value::String(text) => ValueTemplate::Text(Template::compile(text).map_err(|e| PropertyError::new(at, e))?),
             Value::Array(items) => ValueTemplate::Array(
                 items
                     .iter()
@@ -279,7 +280,7 @@ impl ValueTemplate {
                 fields
                     .iter()
                     .map(|(k, v)| Ok((k.clone(), ValueTemplate::compile(v, &format!("{at}.{k}"))?)))
-                    .collect::<Result<_, String>>()?,
+                    .collect::<Result<_, PropertyError>>()?,
             ),
             other => ValueTemplate::Literal(other.clone()),
         })
@@ -370,7 +371,7 @@ mod tests {
 
     #[test]
     fn a_service_account_needs_a_namespaced_trigger_service() {
-        let err = KubeTarget::new(None).for_trigger(&context("", Some("robot"))).err().unwrap();
+        let err = KubeTarget::new(None).for_trigger(&context("", Some("robot"))).err().unwrap().to_string();
         assert!(err.contains("serviceAccountName \"robot\" needs a namespaced TriggerService"), "{err}");
     }
 
@@ -386,9 +387,9 @@ mod tests {
             // create-event-listener takes nothing but the source object.
             let takes_properties = doc.name != "create-event-listener";
             assert!(!doc.summary.is_empty() && doc.properties.is_empty() != takes_properties, "{}", doc.name);
-            let entry: Value = serde_yaml::from_str(doc.example).unwrap();
+            let entry: Value = serde_yaml::from_str(&doc.example).unwrap();
             assert_eq!(entry["type"], doc.name);
-            registry.destination(doc.name).unwrap().build(&entry["properties"], &context).unwrap();
+            registry.destination(&doc.name).unwrap().build(&entry["properties"], &context).unwrap();
         }
         assert_eq!(registry.destination("task").unwrap().doc().name, "job");
     }
@@ -406,8 +407,8 @@ mod tests {
         );
         let request = DeliveryRequest { id: "d-1", trigger: &trigger, event: &event, attempt: 1 };
         for doc in registry.destination_docs() {
-            let entry: Value = serde_yaml::from_str(doc.example).unwrap();
-            let destination = registry.destination(doc.name).unwrap().build(&entry["properties"], &context).unwrap();
+            let entry: Value = serde_yaml::from_str(&doc.example).unwrap();
+            let destination = registry.destination(&doc.name).unwrap().build(&entry["properties"], &context).unwrap();
             let error = destination.deliver(&request).await.unwrap_err();
             assert_eq!(error, DeliveryError::permanent(NEEDS_CLUSTER), "{}", doc.name);
         }
@@ -458,7 +459,7 @@ mod tests {
         let event = Event::new("cron", "fire", json!({"name": "web"}));
         let rendered = template.render(&TemplateScope::new(&event, "t")).unwrap();
         assert_eq!(rendered, json!({"data": {"who": "web", "n": 3, "list": ["a", "fire"]}}));
-        let err = ValueTemplate::compile(&json!({"a": ["{{ pod.x }}"]}), "properties.patch").unwrap_err();
+        let err = ValueTemplate::compile(&json!({"a": ["{{ pod.x }}"]}), "patch").unwrap_err().to_string();
         assert!(err.starts_with("properties.patch.a[0]: unknown variable(s) pod"), "{err}");
         assert!(ValueTemplate::compile(&json!({"a": 1}), "p").unwrap().literal().is_some());
     }

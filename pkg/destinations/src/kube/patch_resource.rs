@@ -7,11 +7,11 @@ use ::kube::api::{ApiResource, Patch, PatchParams};
 use ::kube::core::GroupVersionKind;
 use ::kube::core::gvk::GroupVersion;
 use async_trait::async_trait;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationFactory, PropertyDoc, Receipt, TypeDoc,
-};
+use ktrigger_core::properties::PropertyError;
+use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::typed::DestinationType;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -20,82 +20,38 @@ use super::{
     object_namespace, render_text, resource_path,
 };
 
-/// Documentation of the `patch-resource` destination.
-pub static DOC: TypeDoc = TypeDoc {
-    name: "patch-resource",
-    aliases: &[],
-    summary: "Patches a Kubernetes object (merge, JSON, strategic or server-side apply), by default the source object",
-    properties: &[
-        PropertyDoc {
-            name: "apiVersion",
-            required: false,
-            description: "Template of the target's apiVersion; default the source object's",
-        },
-        PropertyDoc {
-            name: "kind",
-            required: false,
-            description: "Template of the target's kind; default the source object's",
-        },
-        PropertyDoc {
-            name: "name",
-            required: false,
-            description: "Template of the target's name; default the source object's",
-        },
-        PropertyDoc {
-            name: "namespace",
-            required: false,
-            description: "Template of the target's namespace (ignored for cluster-scoped kinds); default the source \
-                          object's when patching the source object itself, else the TriggerService's namespace",
-        },
-        PropertyDoc {
-            name: "type",
-            required: false,
-            description: "`merge` (default, RFC 7386), `json` (RFC 6902 operations), `strategic` (built-in kinds) or \
-                          `apply` (server-side apply as field manager ktrigger)",
-        },
-        PropertyDoc {
-            name: "patch",
-            required: true,
-            description: "The patch as YAML (string leaves may be templates; they stay strings), or one template \
-                          string that renders to YAML or JSON (for numbers, booleans and computed structure)",
-        },
-        PropertyDoc {
-            name: "force",
-            required: false,
-            description: "With type apply: take over fields another manager owns; default false",
-        },
-    ],
-    example: r#"type: patch-resource
-properties:
-  apiVersion: v1
-  kind: ConfigMap
-  name: "{{ object.metadata.name }}-status"
-  patch:
-    data:
-      lastEvent: "{{ event.type }} at {{ event.time }}"
-"#,
-};
-
-#[derive(Debug, Deserialize)]
+/// Patches a Kubernetes object (merge, JSON, strategic or server-side apply), by default the source
+/// object
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-struct PatchProperties {
+pub struct PatchProperties {
+    /// Template of the target's apiVersion; default the source object's
     #[serde(default)]
     api_version: Option<String>,
+    /// Template of the target's kind; default the source object's
     #[serde(default)]
     kind: Option<String>,
+    /// Template of the target's name; default the source object's
     #[serde(default)]
     name: Option<String>,
+    /// Template of the target's namespace (ignored for cluster-scoped kinds); default the source
+    /// object's when patching the source object itself, else the TriggerService's namespace
     #[serde(default)]
     namespace: Option<String>,
+    /// `merge` (default, RFC 7386), `json` (RFC 6902 operations), `strategic` (built-in kinds) or
+    /// `apply` (server-side apply as field manager ktrigger)
     #[serde(default, rename = "type")]
     patch_type: PatchType,
+    /// The patch as YAML (string leaves may be templates; they stay strings), or one template
+    /// string that renders to YAML or JSON (for numbers, booleans and computed structure)
     patch: Value,
+    /// With type apply: take over fields another manager owns; default false
     #[serde(default)]
     force: bool,
 }
 
 /// How the patch is applied.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 enum PatchType {
     #[default]
@@ -147,31 +103,38 @@ impl PatchResourceFactory {
     }
 }
 
-impl DestinationFactory for PatchResourceFactory {
-    fn doc(&self) -> &'static TypeDoc {
-        &DOC
-    }
+impl DestinationType for PatchResourceFactory {
+    type Properties = PatchProperties;
+    const NAME: &'static str = "patch-resource";
+    const EXAMPLE: &'static str = r#"type: patch-resource
+properties:
+  apiVersion: v1
+  kind: ConfigMap
+  name: "{{ object.metadata.name }}-status"
+  patch:
+    data:
+      lastEvent: "{{ event.type }} at {{ event.time }}"
+"#;
 
-    fn build(&self, properties: &Value, context: &BuildContext) -> Result<Arc<dyn Destination>, String> {
-        let props: PatchProperties = parse_properties(properties)?;
+    fn build(&self, props: PatchProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
         let body = match &props.patch {
             Value::String(text) => {
-                PatchBody::Text(Template::compile(text).map_err(|e| format!("properties.patch: {e}"))?)
+                PatchBody::Text(Template::compile(text).map_err(|e| PropertyError::new("patch", e))?)
             }
-            Value::Null => return Err("properties.patch: must not be empty".into()),
+            Value::Null => return Err(PropertyError::new("patch", "must not be empty")),
             value => {
-                let template = ValueTemplate::compile(value, "properties.patch")?;
+                let template = ValueTemplate::compile(value, "patch")?;
                 match &template {
                     ValueTemplate::Literal(literal) => props.patch_type.check(literal),
                     ValueTemplate::Array(_) => props.patch_type.check(&Value::Array(vec![])),
                     _ => props.patch_type.check(&json!({})),
                 }
-                .map_err(|e| format!("properties.patch: {e}"))?;
+                .map_err(|e| PropertyError::new("patch", e))?;
                 PatchBody::Value(template)
             }
         };
         if props.force && props.patch_type != PatchType::Apply {
-            return Err("properties.force: only applies with type: apply".into());
+            return Err(PropertyError::new("force", "only applies with type: apply"));
         }
         let own_object = props.api_version.is_none() && props.kind.is_none() && props.name.is_none();
         Ok(Arc::new(PatchResource {
@@ -359,11 +322,15 @@ impl Destination for PatchResource {
 mod tests {
     use super::*;
     use ktrigger_core::event::{Event, TriggerId};
+    use ktrigger_core::registry::DestinationFactory;
+    use ktrigger_core::typed::TypedDestination;
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let context =
             BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
-        PatchResourceFactory::new(KubeTarget::new(None)).build(&properties, &context)
+        TypedDestination::new(PatchResourceFactory::new(KubeTarget::new(None)))
+            .build(&properties, &context)
+            .map_err(|e| e.to_string())
     }
 
     fn render(destination: &Arc<dyn Destination>, object: Value) -> Result<Value, DeliveryError> {

@@ -8,6 +8,9 @@ use axum::body::Bytes;
 use axum::http::{HeaderMap as AxumHeaders, Method as AxumMethod, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use ktrigger_core::event::Event;
+use ktrigger_core::properties::parse_properties;
+use ktrigger_core::registry::DestinationFactory;
+use ktrigger_core::typed::TypedDestination;
 
 use super::*;
 
@@ -112,11 +115,15 @@ fn event() -> Event {
 }
 
 fn build(properties: Value) -> Arc<dyn Destination> {
-    WebhookFactory::new().build(&properties, &context()).unwrap()
+    TypedDestination::new(WebhookFactory::new()).build(&properties, &context()).map_err(|e| e.to_string()).unwrap()
 }
 
 fn build_err(properties: Value) -> String {
-    WebhookFactory::new().build(&properties, &context()).err().expect("the properties should be refused")
+    TypedDestination::new(WebhookFactory::new())
+        .build(&properties, &context())
+        .map_err(|e| e.to_string())
+        .err()
+        .expect("the properties should be refused")
 }
 
 /// A built destination with its concrete type, for looking at its Debug output.
@@ -355,8 +362,10 @@ async fn connection_refused_is_transient() {
 async fn a_server_that_never_answers_is_cut_by_the_client_timeout() {
     let receiver = Receiver::start().await;
     let client = http::http_client(Some(Duration::from_millis(300)), Default::default()).unwrap();
-    let destination =
-        WebhookFactory::with_client(client).build(&json!({"url": receiver.url("/hang")}), &context()).unwrap();
+    let destination = TypedDestination::new(WebhookFactory::with_client(client))
+        .build(&json!({"url": receiver.url("/hang")}), &context())
+        .map_err(|e| e.to_string())
+        .unwrap();
     let started = std::time::Instant::now();
     let error = deliver(&destination, &event(), "d").await.unwrap_err();
     assert!(started.elapsed() < Duration::from_secs(5));
