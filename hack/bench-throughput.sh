@@ -10,7 +10,8 @@
 #
 # With BASELINE, that revision is checked out in a temporary worktree under the target
 # directory and built in release mode (sharing the target directory, so dependencies are built
-# once); its figures are printed beside the current ones.
+# once); its binary is kept as target/bench-baseline/ktrigger-<rev> for later runs, and its
+# figures are printed beside the current ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=$(cd "${CARGO_TARGET_DIR:-target}" 2>/dev/null && pwd || echo "$PWD/target")
@@ -23,9 +24,11 @@ if [ -n "${BASELINE:-}" ]; then
   if [ ! -x "$binary" ]; then
     rm -rf "$worktree"
     git worktree add --detach -q "$worktree" "$rev"
-    trap 'git worktree remove --force "$worktree" >/dev/null 2>&1 || true' EXIT
-    (cd "$worktree" && cargo build --release -q -p ktrigger)
-    cp "$target/release/ktrigger" "$binary"
+    built=0
+    (cd "$worktree" && cargo build --release -q -p ktrigger) && cp "$target/release/ktrigger" "$binary" && built=1
+    # Only the binary is kept: the worktree goes at once (the script ends in exec, no trap runs).
+    git worktree remove --force "$worktree"
+    [ "$built" = 1 ] || { echo "the baseline $rev did not build" >&2; exit 1; }
   fi
   baseline_args=(--baseline "$binary")
 fi

@@ -31,6 +31,7 @@ spec:
         - type: webhook
           properties: {{url: "{url}"}}
           retry: {{maxAttempts: 1000, backoff: 200ms, maxBackoff: 1s}}
+          ordering: perObject
 "#,
         url = receiver.url()
     )
@@ -64,7 +65,10 @@ fn a_receiver_down_for_30s_across_a_sigkill_gets_all_200_events_in_order_per_obj
     let state = tempfile::tempdir().unwrap();
     let down_since = Instant::now();
     let first = start(&path, state.path());
-    let events: Vec<Value> = (0..200).map(|n| json!({"object": format!("o{}", n % 10), "seq": n / 10})).collect();
+    // Ten objects (by `metadata.uid`, for `ordering: perObject`), twenty changes each.
+    let events: Vec<Value> = (0..200)
+        .map(|n| json!({"metadata": {"uid": format!("o{}", n % 10)}, "object": format!("o{}", n % 10), "seq": n / 10}))
+        .collect();
     for event in &events[..100] {
         let (status, answer) = post_event(&first, event);
         assert_eq!((status, &answer["fired"]), (202, &json!(true)), "{answer}");
@@ -224,6 +228,7 @@ spec:
         - type: webhook
           properties: {{url: "{url}"}}
           retry: {{maxAttempts: 1000, backoff: 200ms, maxBackoff: 1s}}
+          ordering: perObject
 "#,
         url = receiver.url()
     )

@@ -44,7 +44,7 @@ fn named(value: &Value, namespace: Option<&str>) -> Option<String> {
 /// Hands out items so that items with the same key leave one at a time and in the order they
 /// came; items without a key leave in arrival order with no other constraint.
 ///
-/// An item of a key is *active* from [`next`](Self::next) until [`done`](Self::done) is called
+/// An item of a key is *active* from [`take_ready`](Self::take_ready) until [`done`](Self::done) is called
 /// for its key; the items behind it wait, holding no slot. Memory is bounded by what is pushed:
 /// the caller pushes only what its bounded queue gave it.
 #[derive(Debug)]
@@ -77,7 +77,7 @@ impl<T> KeyedScheduler<T> {
     }
 
     /// The oldest ready item and its key; it is active until [`done`](Self::done).
-    pub fn next(&mut self) -> Option<(Option<String>, T)> {
+    pub fn take_ready(&mut self) -> Option<(Option<String>, T)> {
         self.ready.pop_front()
     }
 
@@ -144,7 +144,7 @@ mod tests {
                         pushed += 1;
                     }
                     Op::Start => {
-                        if let Some((key, item)) = scheduler.next() {
+                        if let Some((key, item)) = scheduler.take_ready() {
                             if key.is_some() {
                                 prop_assert!(!active.iter().any(|(k, _)| *k == key), "key {key:?} active twice");
                             }
@@ -199,12 +199,12 @@ mod tests {
         scheduler.push(Some("a".into()), 2);
         scheduler.push(Some("b".into()), 3);
         scheduler.push(None, 4);
-        assert_eq!(scheduler.next(), Some((Some("a".into()), 1)));
-        assert_eq!(scheduler.next(), Some((Some("b".into()), 3)), "b goes ahead of a's second item");
-        assert_eq!(scheduler.next(), Some((None, 4)));
-        assert_eq!(scheduler.next(), None, "a's second item waits for the first");
+        assert_eq!(scheduler.take_ready(), Some((Some("a".into()), 1)));
+        assert_eq!(scheduler.take_ready(), Some((Some("b".into()), 3)), "b goes ahead of a's second item");
+        assert_eq!(scheduler.take_ready(), Some((None, 4)));
+        assert_eq!(scheduler.take_ready(), None, "a's second item waits for the first");
         scheduler.done(Some("a"));
-        assert_eq!(scheduler.next(), Some((Some("a".into()), 2)));
+        assert_eq!(scheduler.take_ready(), Some((Some("a".into()), 2)));
         scheduler.done(Some("a"));
         scheduler.done(Some("b"));
         assert!(scheduler.is_empty());

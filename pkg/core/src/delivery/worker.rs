@@ -115,7 +115,7 @@ pub async fn run_worker(
             let mut taken = Vec::with_capacity(per_request.min(scheduler.ready()));
             let mut taken_keys = Vec::with_capacity(taken.capacity());
             while taken.len() < per_request {
-                let Some((key, delivery)) = scheduler.next() else { break };
+                let Some((key, delivery)) = scheduler.take_ready() else { break };
                 taken_keys.push(key);
                 taken.push(delivery);
             }
