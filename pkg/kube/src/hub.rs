@@ -36,7 +36,7 @@
 use std::collections::{HashMap, HashSet, hash_map};
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -1127,7 +1127,17 @@ impl WatchTask {
             durable.checkpoints.send(None, Write::Reset(scope)).await;
         }
         let mut listed = HashSet::new();
+        // Listed as selected by the API server: a trigger that selects few objects of a watch
+        // shared with many does not read them all (the selection is checked here again).
+        let (labels, fields) = selector.for_server();
         let mut params = self.list_params();
+        if !labels.is_empty() {
+            params = params.labels(&labels);
+        }
+        if !fields.is_empty() {
+            let all = [params.field_selector.take().unwrap_or_default(), fields];
+            params = params.fields(&all.iter().filter(|f| !f.is_empty()).cloned().collect::<Vec<_>>().join(","));
+        }
         loop {
             let page = match self.api.list(&params).await {
                 Ok(page) => page,
@@ -1186,17 +1196,40 @@ impl WatchTask {
         if first {
             return;
         }
-        // Known to the watch, gone from the list: the watch reports the delete soon, which
-        // means nothing to a subscriber that never knew the object.
-        let unknown: Vec<String> =
-            self.known.keys().filter(|uid| !listed.contains(*uid) && !stored.contains_key(*uid)).cloned().collect();
+        // Known to the watch as selected, gone from the list: the watch reports the change that
+        // removed it soon, which means nothing to a subscriber that never knew the object. (Those
+        // the watch knows as not selected mean nothing to it anyway.)
+        let unknown: Vec<String> = self
+            .known
+            .iter()
+            .filter(|(uid, known)| {
+                !listed.contains(*uid)
+                    && !stored.contains_key(*uid)
+                    && selector.matches_parts(
+                        known.labels.as_deref().unwrap_or(&NO_LABELS),
+                        &known.name,
+                        known.namespace.as_deref().unwrap_or_default(),
+                    )
+            })
+            .map(|(uid, _)| uid.clone())
+            .collect();
         if let Some(durable) = self.durable(id) {
             durable.behind.extend(unknown.into_iter().map(|uid| (uid, None)));
         }
-        // Stored, and unknown to the watch: deleted while the subscriber was not running.
+        // Stored and not listed: deleted, or no longer selected, while the subscriber was not
+        // running.
         for (uid, own) in stored {
-            if self.known.contains_key(&uid) {
-                continue;
+            if let Some(known) = self.known.get(&uid) {
+                let labels = known.labels.as_deref().unwrap_or(&NO_LABELS);
+                let namespace = known.namespace.as_deref().unwrap_or_default();
+                if selector.matches_parts(labels, &known.name, namespace) {
+                    // Selected as the watch knows it: the watch reports the change that took
+                    // it away soon, seen by the subscriber relative to what it knows.
+                    if let Some(durable) = self.durable(id) {
+                        durable.behind.insert(uid, Some(own));
+                    }
+                    continue;
+                }
             }
             let object = match own.object {
                 Some(object) => object,
@@ -1217,6 +1250,9 @@ impl WatchTask {
         params
     }
 }
+
+/// The labels of an object without any.
+static NO_LABELS: LazyLock<StoredLabels> = LazyLock::new(StoredLabels::default);
 
 /// Whether the object was selected before `change`, by its previous labels.
 fn was_selected(selector: &ObjectSelector, change: &Change) -> bool {

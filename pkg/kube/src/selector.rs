@@ -140,7 +140,7 @@ impl fmt::Display for LabelSelector {
 
 /// The labels of an object as a watch remembers them, sorted by key; objects with the same
 /// labels share one copy (see [`LabelInterner`]).
-#[derive(Debug, PartialEq, Eq, Hash)]
+#[derive(Debug, Default, PartialEq, Eq, Hash)]
 pub struct StoredLabels(Box<[(Box<str>, Box<str>)]>);
 
 impl StoredLabels {
@@ -266,6 +266,24 @@ impl ObjectSelector {
     pub fn in_namespace(mut self, namespace: &str) -> Self {
         self.fields.push((Field::Namespace, true, namespace.to_string()));
         self
+    }
+
+    /// The label selector and field selector that make the API server list only what this
+    /// selects: for a list made for one subscriber (its catch-up after a restart).
+    pub fn for_server(&self) -> (String, String) {
+        let fields: Vec<String> = self
+            .fields
+            .iter()
+            .map(|(field, equal, value)| {
+                let name = match field {
+                    Field::Name => "metadata.name",
+                    Field::Namespace => "metadata.namespace",
+                };
+                let value = value.replace('\\', "\\\\").replace(',', "\\,");
+                format!("{name}{}{value}", if *equal { "=" } else { "!=" })
+            })
+            .collect();
+        (self.labels.to_string(), fields.join(","))
     }
 
     /// Whether it selects every object.
@@ -588,6 +606,9 @@ mod tests {
         assert!(scoped.matches(&object(serde_json::json!({}))));
         assert!(!ObjectSelector::default().in_namespace("web").matches(&object(serde_json::json!({}))));
         assert!(ObjectSelector::default().selects_all() && !scoped.selects_all());
+        let (labels, fields) = selector.in_namespace("apps").for_server();
+        assert_eq!(labels, "app=web");
+        assert_eq!(fields, "metadata.name=web,metadata.namespace!=kube-system,metadata.namespace=apps");
     }
 
     #[test]
