@@ -335,13 +335,15 @@ async fn feed_queue(
             tracing::warn!(event_loop = %event_loop, handler = %handler_name, "ignored a change of an object without a name");
             continue;
         };
-        if queue.add(key.clone(), change) == Added::Dropped {
-            tracing::error!(
+        match queue.add(key.clone(), change) {
+            Added::New | Added::Merged => {}
+            Added::Dropped => tracing::error!(
                 event_loop = %event_loop,
                 handler = %handler_name,
                 key = %key,
                 "queue full: change dropped (the object is handled again at its next change)"
-            );
+            ),
+            Added::Closed => return,
         }
     }
 }

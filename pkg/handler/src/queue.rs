@@ -42,6 +42,8 @@ pub(crate) enum Added {
     Merged,
     /// The queue holds its limit of keys: the change was dropped.
     Dropped,
+    /// The queue is closed (the loop is stopping): the change was dropped.
+    Closed,
 }
 
 /// What [`Queue::done`] decided for a failed key.
@@ -131,7 +133,7 @@ impl Queue {
         self.metrics.adds.inc();
         let mut state = self.lock();
         if state.closed {
-            return Added::Dropped;
+            return Added::Closed;
         }
         let added = if let Some(held) = state.waiting.remove(&key) {
             state.waiting.insert(key, Change::merge(held, change));
@@ -148,7 +150,7 @@ impl Queue {
         };
         self.publish_depth(&state);
         drop(state);
-        if added != Added::Dropped {
+        if matches!(added, Added::New | Added::Merged) {
             self.notify.notify_one();
         }
         added
@@ -230,7 +232,7 @@ impl Queue {
         }
     }
 
-    /// Stops handing out keys: [`Queue::next`] returns `None` from now on, and adds are dropped.
+    /// Stops handing out keys: [`Queue::next`] returns `None` from now on, and adds are refused.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.notify.notify_waiters();
@@ -393,7 +395,7 @@ mod tests {
         tokio::task::yield_now().await;
         queue.close();
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap(), None);
-        assert_eq!(queue.add(key("a"), add(1)), Added::Dropped);
+        assert_eq!(queue.add(key("a"), add(1)), Added::Closed);
     }
 
     #[derive(Debug, Clone)]

@@ -185,3 +185,67 @@ pub(crate) fn to_change(handler: usize, event: Arc<Event>) -> Option<(Key, Chang
     };
     Some((key, change))
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    use super::*;
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("metadata".to_string()),
+                        Just("name".to_string()),
+                        Just("namespace".to_string()),
+                        ".{0,6}"
+                    ],
+                    inner,
+                    0..4
+                )
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        /// Any object, of any change type: a key when it has a name, nothing otherwise, no panic.
+        #[test]
+        fn any_object_becomes_a_key_and_change_or_nothing(
+            object in json_value(),
+            old in proptest::option::of(json_value()),
+            kind in prop_oneof![Just("create".to_string()), Just("update".to_string()), Just("delete".to_string()), ".{0,8}"],
+        ) {
+            let mut event = Event::new("event-loop", &kind, object.clone());
+            event.old_object = old;
+            let name = object["metadata"]["name"].as_str().filter(|n| !n.is_empty());
+            match to_change(3, Arc::new(event)) {
+                Some((key, change)) => {
+                    prop_assert_eq!(Some(key.name.as_str()), name);
+                    prop_assert_eq!(key.handler, 3);
+                    let expected = match kind.as_str() { "create" => "add", "delete" => "delete", _ => "update" };
+                    prop_assert_eq!(change.kind(), expected);
+                }
+                None => prop_assert!(name.is_none()),
+            }
+        }
+    }
+
+    #[test]
+    fn cluster_scoped_objects_have_no_namespace() {
+        let event = Event::new("event-loop", "create", json!({"metadata": {"name": "node-1", "namespace": ""}}));
+        let (key, _) = to_change(0, Arc::new(event)).unwrap();
+        assert_eq!(key.to_string(), "node-1");
+        assert_eq!(key.namespace, None);
+    }
+}
