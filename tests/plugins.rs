@@ -250,7 +250,7 @@ fn the_plugin_validate_call_checks_what_the_schema_cannot() {
     let (ok, text) = validate(&["--plugins", plugins.to_str().unwrap(), "-f", config.to_str().unwrap()]);
     assert!(!ok, "{text}");
     assert!(
-        text.contains("spec.triggers[0].source.intervalMs: at most one hour (3600000) (plugin \"example\")"),
+        text.contains("spec.triggers[0].source.properties.intervalMs: at most one hour (3600000) (plugin \"example\")"),
         "{text}"
     );
     let (dir, config) = write_config(&counter_service("{intervalMs: 500}", "{type: log}"));

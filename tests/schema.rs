@@ -81,6 +81,13 @@ fn broken_properties_are_refused_where_they_are() {
             "/spec/triggers/0/destinations/0/properties/webhookUrlFrom",
         ),
         (
+            service(
+                json!({"type": "http-poller", "properties": {"url": "https://x", "headers": {"A": {"vault": "x"}}}}),
+                log.clone(),
+            ),
+            "/spec/triggers/0/source/properties/headers/A",
+        ),
+        (
             json!({"triggers": [{"source": {"type": "cron", "properties": {"schedule": 5}}, "action": log}]}),
             "/triggers/0/source/properties/schedule",
         ),

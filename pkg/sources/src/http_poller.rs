@@ -25,14 +25,14 @@ use async_trait::async_trait;
 use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
 use ktrigger_core::event::{Event, TriggerId, stable_id};
-use ktrigger_core::properties::{PropertyError, SecretRef};
+use ktrigger_core::properties::{PropertyError, SecretKeyRef, SecretRef};
 use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
 use ktrigger_core::secrets::ClusterSecrets;
 use ktrigger_core::state::{Commit, SourceState};
 use ktrigger_core::typed::SourceType;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -74,6 +74,7 @@ pub struct HttpPollerProperties {
     /// when the trigger loads. Default `Accept: application/json`, and
     /// `Content-Type: application/json` when a body is given.
     #[serde(default)]
+    #[schemars(schema_with = "header_values")]
     headers: BTreeMap<String, Value>,
     /// Request body (a string); default none.
     #[serde(default)]
@@ -108,6 +109,28 @@ pub struct HttpPollerProperties {
     /// 1000, at most 10000.
     #[serde(default)]
     max_items: Option<usize>,
+}
+
+/// The schema of `headers`: each value a string, or a secret reference with an optional prefix
+/// (read by [`headers`], which gives the precise errors).
+fn header_values(generator: &mut SchemaGenerator) -> Schema {
+    let secret = generator.subschema_for::<SecretKeyRef>();
+    json_schema!({
+        "type": "object",
+        "additionalProperties": {"anyOf": [
+            {"type": "string"},
+            {
+                "type": "object",
+                "properties": {
+                    "env": {"type": "string"},
+                    "file": {"type": "string"},
+                    "secretKeyRef": secret,
+                    "prefix": {"type": "string"},
+                },
+                "additionalProperties": false,
+            },
+        ]},
+    })
 }
 
 /// Builds `http-poller` sources.
