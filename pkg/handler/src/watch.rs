@@ -7,7 +7,7 @@ use ktrigger_core::event::{Event, TriggerId};
 use ktrigger_core::registry::{Envelope, EventSink};
 use ktrigger_kube::Identity;
 use ktrigger_kube::hub::{Change as HubChange, EventShape, Interest, Subscriber, Subscription, WatchKey, change_id};
-use ktrigger_kube::selector::canonical_labels;
+use ktrigger_kube::selector::{ObjectSelector, canonical_labels};
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
 use tokio::sync::mpsc;
@@ -120,7 +120,6 @@ impl Target {
         WatchKey {
             resource: self.resource.clone(),
             namespace: self.namespace.clone(),
-            labels: self.labels.clone(),
             fields: String::new(),
             identity: Identity::Own,
         }
@@ -136,6 +135,7 @@ impl Target {
         handler: &str,
     ) -> Result<(Subscription, mpsc::Receiver<Envelope>), String> {
         let (sink, events) = EventSink::channel(FEED_CAPACITY);
+        let (selector, _) = ObjectSelector::new(&self.labels, "")?;
         let subscriber = Subscriber {
             trigger: TriggerId {
                 namespace: String::new(),
@@ -144,6 +144,7 @@ impl Target {
             },
             sink,
             interest: Box::new(Everything),
+            selector,
             needs_old: true,
             replay_existing: true,
             position: None,
