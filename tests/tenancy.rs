@@ -102,6 +102,9 @@ spec:
   - name: queue-fill
     source: {{type: webhook, properties: {{path: /fill}}}}
     destinations: [{{type: webhook, properties: {{url: "{hanging}"}}, timeout: 10m}}]
+  - name: queue-fill-dead-letter
+    source: {{type: webhook, properties: {{path: /fill-dead-letter}}}}
+    destinations: [{{type: webhook, properties: {{url: "{hanging}"}}, timeout: 10m, overflow: deadLetter}}]
   - name: key-fill
     source: {{type: webhook, properties: {{path: /keys}}}}
     dedup: {{key: 'object.k', window: 10m}}
@@ -246,13 +249,24 @@ fn a_tenant_with_edit_is_refused_or_contained_in_every_attack_and_a_bystander_ke
     assert!(last_error(&template).contains("instructions"), "{template:#}");
 
     // 5. Memory: queue bytes and dedup keys are bounded per trigger, and counted.
+    // With the default `overflow: backpressure` the sender is told to retry once the trigger's
+    // bytes are held; with `deadLetter` the deliveries over the limit are dropped and counted.
     let big = json!({"pad": "p".repeat(600 * 1024)}).to_string();
+    let mut told_to_retry = 0;
     for _ in 0..12 {
         bystander_event(&bystander_url, &key, &mut sent);
         let code = post(&attacker_url("/fill"), &[], &big).0;
         assert!((200..300).contains(&code) || code == 503, "{code}");
+        told_to_retry += usize::from(code == 503);
+        let code = post(&attacker_url("/fill-dead-letter"), &[], &big).0;
+        assert!((200..300).contains(&code) || code == 503, "{code}");
     }
-    let filled = wait_attack(&env, "queue-fill", "the queue byte limit", |t| t["queueByteLimited"].as_u64() >= Some(1));
+    assert!(told_to_retry >= 1, "12 events of 600 KB exceed the trigger's 4 MiB of queue bytes");
+    let held = wait_attack(&env, "queue-fill", "held back events", |t| t["backpressured"].as_u64() >= Some(1));
+    assert_eq!((held["deadLettered"].as_u64(), held["queueByteLimited"].as_u64()), (Some(0), Some(0)), "{held:#}");
+    let filled = wait_attack(&env, "queue-fill-dead-letter", "the queue byte limit", |t| {
+        t["queueByteLimited"].as_u64() >= Some(1)
+    });
     assert!(last_error(&filled).contains("queue byte limit"), "{filled:#}");
     let long = "k".repeat(50 * 1024);
     for n in 0..150 {

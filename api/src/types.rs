@@ -293,6 +293,10 @@ pub struct TriggerStatus {
     /// limit was reached.
     #[serde(default)]
     pub queue_byte_limited: u64,
+    /// Events held back because a destination queue was full: the source waited for room, or
+    /// the inbound webhook's sender was told to retry (`503`).
+    #[serde(default)]
+    pub backpressured: u64,
     /// Dedup keys forgotten before their time to stay within the key limits.
     #[serde(default)]
     pub dedup_evicted: u64,

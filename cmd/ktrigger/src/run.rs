@@ -169,8 +169,11 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             failed = s.failed,
             dead_lettered = s.dead_lettered,
             queue_byte_limited = s.queue_byte_limited,
-            "trigger {id}: received={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={}",
-            s.received, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited
+            backpressured = s.backpressured,
+            "trigger {id}: received={} filtered={} fired={} delivered={} failed={} deadLettered={} queueByteLimited={} \
+             backpressured={}",
+            s.received, s.filtered, s.fired, s.delivered, s.failed, s.dead_lettered, s.queue_byte_limited,
+            s.backpressured
         );
     }
     if report.kept > 0 {

@@ -32,7 +32,7 @@ pub type WatchCounts = Arc<dyn Fn() -> WatchStats + Send + Sync>;
 type Counter = (&'static str, &'static str, fn(&StatsSnapshot) -> u64);
 
 /// The counters of one trigger, exported as `<name>_total`.
-const COUNTERS: [Counter; 8] = [
+const COUNTERS: [Counter; 9] = [
     ("ktrigger_trigger_received", "Events the trigger's source produced", |s| s.received),
     ("ktrigger_trigger_filtered", "Events dropped by filter, dedup, rate limit or debounce", |s| s.filtered),
     ("ktrigger_trigger_filter_errors", "Events whose filter could not be evaluated (not matched)", |s| s.filter_errors),
@@ -44,6 +44,11 @@ const COUNTERS: [Counter; 8] = [
         "ktrigger_trigger_queue_byte_limited",
         "Deliveries dead-lettered because the trigger's or the total queue byte limit was reached",
         |s| s.queue_byte_limited,
+    ),
+    (
+        "ktrigger_trigger_backpressured",
+        "Events held back because a destination queue was full (the source waited or the sender was told to retry)",
+        |s| s.backpressured,
     ),
 ];
 
@@ -336,6 +341,7 @@ mod tests {
         assert!(text.contains("ktrigger_watch_restarts_total 2"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_fired counter"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_queue_byte_limited counter"), "{text}");
+        assert!(text.contains("# TYPE ktrigger_trigger_backpressured counter"), "{text}");
         assert!(text.contains("# TYPE ktrigger_delivery_queue_bytes gauge"), "{text}");
         assert!(text.contains("# TYPE ktrigger_dedup_keys gauge"), "{text}");
         assert!(text.contains("# TYPE ktrigger_trigger_dedup_evicted counter"), "{text}");

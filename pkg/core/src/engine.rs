@@ -769,6 +769,9 @@ impl Processor {
                 Room::Now => return Ok(()),
                 Room::Later(reason) => reason,
             };
+            if !logged {
+                self.stats.record_backpressured();
+            }
             if !can_wait {
                 tracing::debug!(trigger = %self.id, event = %event.meta.id, reason = %reason,
                     "delivery queue full; the sender is told to retry");

@@ -43,6 +43,7 @@ pub struct TriggerStats {
     failed: AtomicU64,
     dead_lettered: AtomicU64,
     queue_byte_limited: AtomicU64,
+    backpressured: AtomicU64,
     restarts: AtomicU64,
     restored: AtomicU64,
     last_fired: Mutex<Option<DateTime<Utc>>>,
@@ -94,6 +95,9 @@ pub struct StatsSnapshot {
     pub dead_lettered: u64,
     /// Of `dead_lettered`, deliveries refused because a queue byte limit was reached.
     pub queue_byte_limited: u64,
+    /// Events held back because a destination queue was full: the source waited for room, or
+    /// the sender was told to retry.
+    pub backpressured: u64,
     /// Times the source was restarted after an error or panic.
     pub restarts: u64,
     /// Deliveries found stored when the trigger started.
@@ -196,6 +200,11 @@ impl TriggerStats {
         self.queue_byte_limited.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts an event held back because a destination queue was full.
+    pub fn record_backpressured(&self) {
+        self.backpressured.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Counts a restart of the source after it failed.
     pub fn record_restart(&self, reason: &str) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -219,6 +228,7 @@ impl TriggerStats {
             failed: self.failed.load(Ordering::Relaxed),
             dead_lettered: self.dead_lettered.load(Ordering::Relaxed),
             queue_byte_limited: self.queue_byte_limited.load(Ordering::Relaxed),
+            backpressured: self.backpressured.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             restored: self.restored.load(Ordering::Relaxed),
             last_fired: *lock(&self.last_fired),
@@ -245,6 +255,7 @@ impl StatsSnapshot {
             filter_errors: self.filter_errors,
             dead_lettered: self.dead_lettered,
             queue_byte_limited: self.queue_byte_limited,
+            backpressured: self.backpressured,
             restarts: self.restarts,
             restored_deliveries: self.restored,
             last_fired: self.last_fired.map(rfc3339),

@@ -161,6 +161,8 @@ async fn a_trigger_waiting_for_room_does_not_affect_another_triggers_deliveries(
     let (hog, calm) = (of("hog"), of("calm"));
     assert!(hog.fired < 20, "the hog waits for room with its queue full: {hog:?}");
     assert_eq!((hog.queue_byte_limited, hog.dead_lettered), (0, 0), "nothing dropped: {hog:?}");
+    assert!(hog.backpressured >= 1, "its waits are counted: {hog:?}");
+    assert_eq!(calm.backpressured, 0, "{calm:?}");
     assert_eq!((calm.delivered, calm.queue_byte_limited, calm.dead_lettered), (20, 0, 0));
 }
 
