@@ -64,6 +64,10 @@ const RECOVERY_QUIET: Duration = Duration::from_secs(40);
 /// Objects listed per page when a subscriber joins a running watch with `replayExisting`.
 const REPLAY_PAGE: u32 = 500;
 
+/// Subscriptions and unsubscriptions taken from the queue at once, so that the catch-ups of
+/// triggers that subscribed while the watch was busy share one list.
+const MAX_JOINS_AT_ONCE: usize = 4096;
+
 /// What one watch watches; triggers with equal keys share the watch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WatchKey {
@@ -683,6 +687,21 @@ impl Durable {
     }
 }
 
+/// One subscriber's catch-up while its list runs.
+struct CatchUp {
+    id: u64,
+    selector: ObjectSelector,
+    replay: bool,
+    needs_old: bool,
+    keep_objects: bool,
+    /// Nothing was stored for this watch: its first start.
+    first: bool,
+    /// What it stored and the list has not shown yet.
+    stored: HashMap<String, Stored>,
+    /// The objects listed that it selects.
+    listed: HashSet<String>,
+}
+
 struct WatchTask {
     key: WatchKey,
     /// What the watcher lists and watches through: its restarts are counted.
@@ -717,8 +736,18 @@ impl WatchTask {
                 biased;
                 () = cancel.cancelled() => break,
                 command = commands.recv() => match command {
-                    Some(Command::Join(id, joining)) => self.join(id, joining.0, joining.1).await,
-                    Some(Command::Leave(id)) => self.leave(id),
+                    Some(command) => {
+                        // Triggers that subscribed meanwhile (while a list ran) join together:
+                        // their catch-ups share one list.
+                        self.command(command);
+                        for _ in 0..MAX_JOINS_AT_ONCE {
+                            match commands.try_recv() {
+                                Ok(command) => self.command(command),
+                                Err(_) => break,
+                            }
+                        }
+                        self.serve_joined().await;
+                    }
                     None => break,
                 },
                 item = stream.next() => match item {
@@ -731,7 +760,14 @@ impl WatchTask {
         tracing::debug!(watch = %self.key, "watch task stopped");
     }
 
-    async fn join(&mut self, id: u64, subscriber: Subscriber, durable: Option<Durable>) {
+    fn command(&mut self, command: Command) {
+        match command {
+            Command::Join(id, joining) => self.join(id, joining.0, joining.1),
+            Command::Leave(id) => self.leave(id),
+        }
+    }
+
+    fn join(&mut self, id: u64, subscriber: Subscriber, durable: Option<Durable>) {
         // A subscriber with an index has its replay made by its catch-up.
         let replay = match (subscriber.replay_existing && durable.is_none(), self.synced, self.listing.is_some()) {
             (false, _, _) => Replay::Done,
@@ -742,17 +778,19 @@ impl WatchTask {
         self.subscribers.push(Member { id, subscriber, replay, durable });
         self.update_keep_old();
         if catch_up {
-            if self.synced && self.listing.is_none() {
-                self.catch_up(id).await;
-            } else {
-                self.pending_catch_ups.push(id);
-            }
+            self.pending_catch_ups.push(id);
         }
         if replay == Replay::Pending {
             self.pending_replays.push(id);
-            if self.synced && self.listing.is_none() {
-                self.serve_replays().await;
-            }
+        }
+    }
+
+    /// Once the watch has synced (and is not re-listing), catches up and replays for the
+    /// subscribers that joined.
+    async fn serve_joined(&mut self) {
+        if self.synced && self.listing.is_none() {
+            self.serve_catch_ups().await;
+            self.serve_replays().await;
         }
     }
 
@@ -871,9 +909,7 @@ impl WatchTask {
                         member.replay = Replay::Done;
                     }
                 }
-                for id in std::mem::take(&mut self.pending_catch_ups) {
-                    self.catch_up(id).await;
-                }
+                self.serve_catch_ups().await;
                 self.serve_replays().await;
             }
             watcher::Event::Apply(object) => {
@@ -1108,43 +1144,44 @@ impl WatchTask {
         self.subscribers.iter_mut().find(|m| m.id == id)?.durable.as_mut()
     }
 
-    /// Brings subscriber `id` up to date with the synced watch: compares its stored index with
-    /// the objects listed now, and reports to it what changed since it was stored. On its first
-    /// start (nothing stored for this watch) it records them instead, or with `replayExisting`
-    /// reports them as creates.
-    async fn catch_up(&mut self, id: u64) {
-        let Some(member) = self.subscribers.iter_mut().find(|m| m.id == id) else { return };
-        let (replay, needs_old) = (member.subscriber.replay_existing, member.subscriber.needs_old);
-        let selector = member.subscriber.selector.clone();
-        let Some(durable) = member.durable.as_mut() else { return };
-        durable.caught_up = true;
-        let keep_objects = durable.keep_objects;
-        let stored = durable.stored.take();
-        let first = stored.is_none();
-        let mut stored = stored.unwrap_or_default();
-        if first {
-            let scope = durable.scope.clone();
-            durable.checkpoints.send(None, Write::Reset(scope)).await;
+    /// Brings the subscribers waiting for it up to date with the synced watch (see
+    /// [`catch_up_object`](Self::catch_up_object)), all from one list: a single subscriber's list
+    /// is selected by the API server (a trigger that selects few objects of a watch shared with
+    /// many does not read them all), a shared one lists what the watch watches.
+    async fn serve_catch_ups(&mut self) {
+        let waiting = std::mem::take(&mut self.pending_catch_ups);
+        let mut round = Vec::with_capacity(waiting.len());
+        for id in waiting {
+            if let Some(catch_up) = self.begin_catch_up(id).await {
+                round.push(catch_up);
+            }
         }
-        let mut listed = HashSet::new();
-        // Listed as selected by the API server: a trigger that selects few objects of a watch
-        // shared with many does not read them all (the selection is checked here again).
-        let (labels, fields) = selector.for_server();
         let mut params = self.list_params();
-        if !labels.is_empty() {
-            params = params.labels(&labels);
+        match round.as_slice() {
+            [] => return,
+            [only] => {
+                let (labels, fields) = only.selector.for_server();
+                if !labels.is_empty() {
+                    params = params.labels(&labels);
+                }
+                if !fields.is_empty() {
+                    let all = [params.field_selector.take().unwrap_or_default(), fields];
+                    let all: Vec<String> = all.into_iter().filter(|f| !f.is_empty()).collect();
+                    params = params.fields(&all.join(","));
+                }
+            }
+            _ => {}
         }
-        if !fields.is_empty() {
-            let all = [params.field_selector.take().unwrap_or_default(), fields];
-            params = params.fields(&all.iter().filter(|f| !f.is_empty()).cloned().collect::<Vec<_>>().join(","));
-        }
+        tracing::debug!(watch = %self.key, subscribers = round.len(), "catching up");
         loop {
             let page = match self.api.list(&params).await {
                 Ok(page) => page,
                 Err(error) => {
                     let reason = format!("cannot list {} to catch up: {error}", self.key.scope());
-                    if let Some(durable) = self.durable(id) {
-                        durable.checkpoints.fail(reason);
+                    for catch_up in &round {
+                        if let Some(durable) = self.durable(catch_up.id) {
+                            durable.checkpoints.fail(reason.clone());
+                        }
                     }
                     return;
                 }
@@ -1153,39 +1190,8 @@ impl WatchTask {
             for object in page.items {
                 let object = self.to_value(object);
                 let uid = uid_of(&object);
-                // Objects it does not select are, to this subscriber, not there.
-                let selected = selector.matches(&object);
-                if selected {
-                    listed.insert(uid.clone());
-                }
-                let own = stored.remove(&uid);
-                let ahead = self.known.get(&uid).map(|known| *known.resource_version != *resource_version(&object));
-                let Some(durable) = self.durable(id) else { return };
-                let Some(ahead) = ahead else {
-                    // Newer than the watch's position: it reports the object soon, seen by the
-                    // subscriber relative to what it knows.
-                    if let Some(own) = own {
-                        durable.behind.insert(uid, Some(own));
-                    }
-                    continue;
-                };
-                if ahead {
-                    // The watch reports this change soon; the subscriber sees it relative to
-                    // what it knows.
-                    if !first || replay {
-                        durable.behind.insert(uid, own);
-                    }
-                    continue;
-                }
-                if first && !replay {
-                    if selected {
-                        durable.checkpoints.send(None, Write::Put(uid, Stored::of(&object, keep_objects))).await;
-                    }
-                    continue;
-                }
-                let kind = if selected { ChangeKind::Create } else { ChangeKind::Delete };
-                if let Some(change) = Durable::view(&Change::new(kind, object), own, needs_old) {
-                    self.deliver(change, Some(&[id]), false).await;
+                for catch_up in &mut round {
+                    self.catch_up_object(catch_up, &uid, &object).await;
                 }
             }
             match next {
@@ -1193,6 +1199,90 @@ impl WatchTask {
                 None => break,
             }
         }
+        for catch_up in round {
+            self.finish_catch_up(catch_up).await;
+        }
+    }
+
+    /// Starts the catch-up of subscriber `id`: from then on the watch reports changes to it.
+    /// On its first start (nothing stored for this watch) its index is reset.
+    async fn begin_catch_up(&mut self, id: u64) -> Option<CatchUp> {
+        let member = self.subscribers.iter_mut().find(|m| m.id == id)?;
+        let (replay, needs_old) = (member.subscriber.replay_existing, member.subscriber.needs_old);
+        let selector = member.subscriber.selector.clone();
+        let durable = member.durable.as_mut()?;
+        durable.caught_up = true;
+        let stored = durable.stored.take();
+        let first = stored.is_none();
+        if first {
+            let scope = durable.scope.clone();
+            durable.checkpoints.send(None, Write::Reset(scope)).await;
+        }
+        Some(CatchUp {
+            id,
+            selector,
+            replay,
+            needs_old,
+            keep_objects: durable.keep_objects,
+            first,
+            stored: stored.unwrap_or_default(),
+            listed: HashSet::new(),
+        })
+    }
+
+    /// Compares one listed object with what a catching-up subscriber stored and reports to it
+    /// what changed since; on its first start records it instead, or with `replayExisting`
+    /// reports it as a create.
+    async fn catch_up_object(&mut self, catch_up: &mut CatchUp, uid: &str, object: &Value) {
+        let id = catch_up.id;
+        let (first, replay) = (catch_up.first, catch_up.replay);
+        // Objects it does not select are, to this subscriber, not there (a list selected by the
+        // API server is checked here again).
+        let selected = catch_up.selector.matches(object);
+        if selected {
+            catch_up.listed.insert(uid.to_string());
+        }
+        let own = catch_up.stored.remove(uid);
+        let ahead = self.known.get(uid).map(|known| *known.resource_version != *resource_version(object));
+        let Some(durable) = self.durable(id) else { return };
+        let Some(ahead) = ahead else {
+            // Newer than the watch's position: it reports the object soon, seen by the
+            // subscriber relative to what it knows.
+            if let Some(own) = own {
+                durable.behind.insert(uid.to_string(), Some(own));
+            }
+            return;
+        };
+        if ahead {
+            // The watch reports this change soon; the subscriber sees it relative to what it
+            // knows.
+            if !first || replay {
+                durable.behind.insert(uid.to_string(), own);
+            }
+            return;
+        }
+        if first && !replay {
+            if selected {
+                durable
+                    .checkpoints
+                    .send(None, Write::Put(uid.to_string(), Stored::of(object, catch_up.keep_objects)))
+                    .await;
+            }
+            return;
+        }
+        if !selected && own.is_none() {
+            return;
+        }
+        let kind = if selected { ChangeKind::Create } else { ChangeKind::Delete };
+        if let Some(change) = Durable::view(&Change::new(kind, object.clone()), own, catch_up.needs_old) {
+            self.deliver(change, Some(&[id]), false).await;
+        }
+    }
+
+    /// Ends the catch-up of a subscriber once the list is done: what it stored and the list did
+    /// not show was deleted, or left its selection, while it was not running.
+    async fn finish_catch_up(&mut self, catch_up: CatchUp) {
+        let CatchUp { id, selector, first, stored, listed, .. } = catch_up;
         if first {
             return;
         }
@@ -1230,6 +1320,9 @@ impl WatchTask {
                     }
                     continue;
                 }
+            }
+            if self.durable(id).is_none() {
+                return;
             }
             let object = match own.object {
                 Some(object) => object,
