@@ -287,10 +287,12 @@ fn the_watch_survives_a_410_and_a_dropped_stream_without_loss_or_duplicates() {
     running.stderr.wait_for("re-listing", WAIT);
 
     let mut seen = wait_deliveries(&running, "all", 5);
+    // Deliveries are ordered per object only: each round's changes are compared as a set.
+    seen[..2].sort();
     seen[2..].sort();
     assert_eq!(
         seen,
-        [pair("update", "a"), pair("create", "d"), pair("create", "e"), pair("delete", "c"), pair("update", "b")]
+        [pair("create", "d"), pair("update", "a"), pair("create", "e"), pair("delete", "c"), pair("update", "b")]
     );
     env.set_data("d", "2");
     assert_eq!(wait_deliveries(&running, "all", 6)[5], pair("update", "d"));

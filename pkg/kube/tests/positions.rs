@@ -479,3 +479,48 @@ async fn objects_moved_in_or_out_of_a_selector_are_creates_and_deletes_live_and_
     running.stop().await;
     h.clean_up().await;
 }
+
+#[tokio::test]
+async fn triggers_sharing_a_watch_catch_up_together_from_one_list() {
+    const TRIGGERS: usize = 12;
+    let h = harness("together").await;
+    for i in 0..TRIGGERS {
+        for copy in ["a", "b"] {
+            h.create_labelled(&format!("cm-{i}-{copy}"), &format!("t{i}")).await;
+        }
+    }
+    // On the test cluster, slow lists: every trigger subscribes while the watch's first list
+    // runs, and the requests show how many lists their catch-ups took.
+    let requests_before = h._cluster.as_ref().map(|cluster| {
+        cluster.faults().delay("configmaps", Duration::from_millis(300));
+        cluster.requests().len()
+    });
+    let mut running: Vec<Running> = (0..TRIGGERS)
+        .map(|i| {
+            let mut watcher = h.cm_watcher(&["create"]);
+            watcher["labelSelector"] = json!(format!("tier=t{i}"));
+            watcher["replayExisting"] = json!(true);
+            h.start(&format!("t{i}"), "resource-watcher", watcher, false)
+        })
+        .collect();
+    for (i, trigger) in running.iter_mut().enumerate() {
+        let mut seen = summary(&trigger.collect(2).await);
+        seen.sort();
+        assert_eq!(seen, [pair("create", &format!("cm-{i}-a")), pair("create", &format!("cm-{i}-b"))], "t{i}");
+    }
+    if let (Some(cluster), Some(before)) = (h._cluster.as_ref(), requests_before) {
+        cluster.faults().clear_delay("configmaps");
+        let lists = cluster.requests()[before..]
+            .iter()
+            .filter(|r| r.method == "GET" && r.uri.contains("/configmaps") && !r.uri.contains("watch="))
+            .count();
+        // The watch's own list, then one list for the catch-ups of all the triggers that joined
+        // while it ran (one more at most for a trigger that joined during that one), rather
+        // than one list per trigger, each holding up the next.
+        assert!(lists <= 3, "{TRIGGERS} triggers caught up with {lists} lists");
+    }
+    for trigger in running {
+        trigger.stop().await;
+    }
+    h.clean_up().await;
+}
