@@ -3,6 +3,7 @@
 mod cluster;
 mod controller;
 mod convert;
+mod durations;
 mod egress;
 mod eval;
 mod inspect;
@@ -185,7 +186,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // One crypto provider for every TLS client in the process (reqwest, kube).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    ktrigger_core::tls::ensure_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,

@@ -60,13 +60,13 @@ impl CredentialPolicy {
     /// `environment variable NAME` or `file PATH`.
     pub fn unread(&self) -> Vec<String> {
         match &*self.0 {
-            Rules::Offline { unread } => crate::stats::lock(unread).iter().cloned().collect(),
+            Rules::Offline { unread } => crate::sync::lock(unread).iter().cloned().collect(),
             _ => Vec::new(),
         }
     }
 
     fn stand_in(unread: &Mutex<BTreeSet<String>>, what: String) -> String {
-        crate::stats::lock(unread).insert(what);
+        crate::sync::lock(unread).insert(what);
         UNCHECKED_VALUE.to_string()
     }
 

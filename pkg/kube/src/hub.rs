@@ -44,6 +44,7 @@ use futures::StreamExt;
 use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
 use ktrigger_core::mappings::Annotation;
 use ktrigger_core::registry::{EventSink, Tracked};
+use ktrigger_core::sync::lock;
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
@@ -505,10 +506,6 @@ fn all_namespaces(watches: &HashMap<WatchKey, Entry>, key: &WatchKey) -> Option<
     let entry = watches.get(&wider)?;
     let health = entry.health.borrow();
     (health.synced && health.last_error.is_none()).then_some(wider)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Tells, from the requests of one watch, which of them restart it.

@@ -18,6 +18,7 @@ use std::time::Duration;
 use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, Registry, SourceError};
+use ktrigger_core::sync::lock;
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -38,6 +39,9 @@ pub mod selector;
 pub use hub::{HubOptions, WatchHub};
 use hub::{Subscriber, Subscription, WatchKey};
 pub use identity::{Actor, Identity, IdentityPolicy};
+/// Makes ring rustls's crypto provider before a client is built (the workspace's one helper,
+/// re-exported for programs that embed the Kubernetes sources).
+pub use ktrigger_core::tls::ensure_crypto_provider;
 pub use presets::CustomPreset;
 
 /// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
@@ -326,10 +330,6 @@ impl Cluster {
     }
 }
 
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// Loads the client configuration and names the context in use.
 async fn load_config(options: &ClusterOptions) -> Result<(Config, String), KubeError> {
     let kube_options = KubeConfigOptions { context: options.context.clone(), ..Default::default() };
@@ -387,15 +387,6 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, KubeError> {
 pub fn register(registry: &mut Registry, cluster: Cluster) {
     registry.add_source_type(resource_watcher::ResourceWatcherFactory::new(cluster.clone()));
     registry.add_source_type(k8s_events::K8sEventsFactory::new(cluster));
-}
-
-/// Makes sure rustls has a process-wide crypto provider (ring) before a client is built.
-/// The binary installs ring in `main`; this only matters for library users and tests.
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 /// A source's place on the hub, kept across restarts of the source: it is made by the first

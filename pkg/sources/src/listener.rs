@@ -51,9 +51,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SourcesError;
+use crate::auth::{Auth, DeliveryId, NOT_ACCEPTED};
 use crate::replay::SeenIds;
 use crate::server::{ServerCounters, ServerLimits};
-use crate::webhook::{Auth, DeliveryId};
 
 /// Largest request body accepted by default (1 MiB); larger bodies get 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -369,8 +369,7 @@ impl WebhookListener {
         let Some(addr) = self.local_addr else {
             return Err(SourcesError::NotBound);
         };
-        let socket =
-            self.socket.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(SourcesError::AlreadyServing)?;
+        let socket = ktrigger_core::sync::lock(&self.socket).take().ok_or(SourcesError::AlreadyServing)?;
         let limits = self.options.server.clone();
         let counters = self.counters.server.clone();
         let app = Router::new().fallback(handle).with_state(self);
@@ -562,7 +561,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         }
     }
     if accepted.is_empty() {
-        let reason = refusal.unwrap_or(crate::webhook::NOT_ACCEPTED);
+        let reason = refusal.unwrap_or(NOT_ACCEPTED);
         count(&listener.counters.unauthorized);
         tracing::info!(path, reason, "webhook request refused");
         return error(StatusCode::UNAUTHORIZED, reason);
@@ -578,7 +577,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
     let mut outcome = Answer::default();
     for (gate, receivers, delivery) in accepted {
         if let Some(DeliveryId { id, expires }) = &delivery
-            && !gate.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, *expires, now)
+            && !ktrigger_core::sync::lock(&gate.seen).insert(id, *expires, now)
         {
             tracing::info!(path, delivery_id = %id, "webhook delivery already accepted; not fired again");
             outcome.duplicate = true;
@@ -605,7 +604,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         }
         if let (false, Some(DeliveryId { id, .. })) = (stored, &delivery) {
             // Not stored: a retry of the same delivery must get through.
-            gate.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            ktrigger_core::sync::lock(&gate.seen).remove(id);
         }
     }
     outcome.answer(&listener, &events.id)

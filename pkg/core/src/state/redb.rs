@@ -20,7 +20,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{Commit, SCHEMA_VERSION, StateStore, StoreError, StoreMetrics};
 use crate::delivery::{Delivery, DeliveryQueue, QueueError};
 use crate::event::{Event, TriggerId};
-use crate::stats::lock;
+use crate::sync::lock;
 
 /// Deliveries: (queue name, sequence number) → a [`StoredDelivery`] as JSON.
 const DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("deliveries");
