@@ -231,6 +231,28 @@ async fn merge_patch_renders_templates_into_the_source_object() {
 }
 
 #[tokio::test]
+async fn destinations_resolve_kinds_into_the_cache_of_the_cluster_they_share_with_sources() {
+    let env = Env::start().await;
+    let source = env.configmap("web", json!({}), json!({})).await;
+    let cluster = local_cluster(env.client.clone());
+    let mut registry = Registry::default();
+    ktrigger_kube::register(&mut registry, cluster.clone());
+    let context = BuildContext::new(env.trigger());
+    let properties = json!({"patch": {"data": {"seen": "yes"}}});
+    let destination = registry.destination("patch-resource").unwrap().build(&properties, &context).unwrap();
+    let configmaps = GroupVersionKind::gvk("", "v1", "ConfigMap");
+    assert_eq!(cluster.cached_kind(&configmaps), None);
+
+    env.deliver(&destination, "d-1", source).await.unwrap();
+
+    let resolved = cluster.cached_kind(&configmaps).expect("the delivery resolved ConfigMap on the cluster");
+    assert_eq!(
+        (resolved.resource.plural.as_str(), resolved.namespaced, resolved.watchable),
+        ("configmaps", true, true)
+    );
+}
+
+#[tokio::test]
 async fn json_patch_and_server_side_apply_reach_named_targets() {
     let env = Env::start().await;
     let source = env.configmap("web", json!({}), json!({"replicas": "3"})).await;

@@ -236,7 +236,7 @@ impl Claim {
     }
 
     fn set_sink(&self, sink: Option<EventSink>) {
-        let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = ktrigger_core::sync::write(&self.listener.routes);
         let members = routes.get_mut(&self.path).into_iter().flatten().flat_map(|route| &mut route.members);
         if let Some(member) = members.into_iter().find(|member| member.claim == self.id) {
             member.started |= sink.is_some();
@@ -247,7 +247,7 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = ktrigger_core::sync::write(&self.listener.routes);
         if let Some(list) = routes.get_mut(&self.path) {
             for route in list.iter_mut() {
                 route.members.retain(|member| member.claim != self.id);
@@ -345,7 +345,7 @@ impl WebhookListener {
 
     /// The paths running webhook triggers listen on, sorted.
     pub fn paths(&self) -> Vec<String> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = ktrigger_core::sync::read(&self.routes);
         let mut paths: Vec<String> = routes
             .iter()
             .filter(|(_, list)| list.iter().flat_map(|route| &route.members).any(|member| member.sink.is_some()))
@@ -358,7 +358,7 @@ impl WebhookListener {
     /// How many triggers receive requests now.
     #[cfg(test)]
     pub(crate) fn receiving(&self) -> usize {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = ktrigger_core::sync::read(&self.routes);
         routes.values().flatten().flat_map(|route| &route.members).filter(|member| member.sink.is_some()).count()
     }
 
@@ -422,7 +422,7 @@ impl WebhookListener {
     /// old ones: those that stay hold a new claim by then, and those removed must not block.
     pub(crate) fn claim(self: &Arc<Self>, path: &str, config: RouteConfig) -> Result<Claim, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = ktrigger_core::sync::write(&self.routes);
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         let other_auth = list.iter().filter(|route| route.gate.auth.as_deref() != config.auth.as_deref());
         let same_service =
@@ -456,7 +456,7 @@ impl WebhookListener {
 
     /// The gates of `path` with the triggers receiving behind each.
     fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<Recipient>)> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = ktrigger_core::sync::read(&self.routes);
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         list.iter()
             .map(|route| {
