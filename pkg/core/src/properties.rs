@@ -1,5 +1,5 @@
 //! Reading the free-form `properties` of sources and destinations, with errors naming the property.
-//! Secrets they refer to are in [`crate::secrets`].
+//! The secrets they refer to are read by the `secrets` module.
 
 use std::fmt;
 

@@ -16,7 +16,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::credentials::CredentialPolicy;
+use crate::credentials::{CredentialPolicy, UNCHECKED_VALUE};
 use crate::properties::PropertyError;
 
 /// Where a secret value comes from: an environment variable, a file, or (in a cluster) a Secret.
@@ -108,10 +108,6 @@ pub trait SecretReader: Send + Sync {
         reference: &SecretKeyRef,
     ) -> Result<Secret, String>;
 }
-
-/// What stands in for a Secret's value when nothing may be read (`ktrigger validate`): shaped so
-/// that format checks of URLs, tokens and header values pass. Nothing is ever sent with it.
-pub(crate) const UNCHECKED_VALUE: &str = "https://secret-not-read.invalid/";
 
 #[derive(Clone, Default)]
 enum Lookup {
