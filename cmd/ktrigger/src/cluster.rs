@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::run::{parse_duration, parse_duration_or_zero};
+use crate::durations::{parse_duration, parse_duration_or_zero};
 
 /// How to reach the cluster and tune its watches.
 #[derive(Debug, Args)]

@@ -27,12 +27,13 @@ use kube_lease_manager::{LeaseManager, LeaseManagerBuilder, LeaseManagerError};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
+use crate::durations::{parse_duration, parse_duration_or_zero};
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
 use crate::nats_state::NatsStateArgs;
 use crate::plugins::PluginArgs;
-use crate::run::{parse_duration, parse_duration_or_zero, wait_for_signal};
+use crate::run::wait_for_signal;
 use crate::state::StateArgs;
 use crate::webhooks::{WebhookCollector, WebhookLimits};
 

@@ -3,6 +3,7 @@
 mod cluster;
 mod controller;
 mod convert;
+mod durations;
 mod egress;
 mod eval;
 mod inspect;
@@ -25,8 +26,6 @@ use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::engine::{Engine, EngineOptions};
 use ktrigger_core::registry::Registry;
-use ktrigger_destinations::kube::KubeTarget;
-use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_plugin::PluginManager;
 use ktrigger_sources::WebhookListener;
 
@@ -185,7 +184,7 @@ enum Command {
 
 fn main() -> ExitCode {
     // One crypto provider for every TLS client in the process (reqwest, kube).
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    ktrigger_core::tls::ensure_crypto_provider();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
@@ -295,7 +294,7 @@ fn offline_registry(
     cluster: ktrigger_kube::Cluster,
     plugins: &PluginManager,
 ) -> Registry {
-    registry_for(webhooks, cluster, KubeTarget::new(None), plugins)
+    registry_for(webhooks, cluster, plugins)
 }
 
 /// An engine that knows every source and destination type, with Kubernetes sources watching
@@ -309,28 +308,21 @@ fn engine_with(
     egress: Arc<EgressPolicy>,
     plugins: &PluginManager,
 ) -> anyhow::Result<Engine> {
-    let target = KubeTarget::new(cluster.kube_client()).with_identities(cluster.identities().clone());
-    let secrets = Arc::new(KubeSecretReader::new(target.clone()));
-    let mut registry = registry_for(webhooks, cluster, target, plugins);
+    let secrets = Arc::new(ktrigger_kube::KubeSecretReader::new(cluster.clone()));
+    let mut registry = registry_for(webhooks, cluster, plugins);
     ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;
     ktrigger_sources::register_http_poller(&mut registry, egress);
     Ok(Engine::new(Arc::new(registry), options).with_secret_reader(secrets))
 }
 
 /// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources
-/// on `cluster`, Kubernetes destinations acting on `target`, and the types of `plugins`.
-fn registry_for(
-    webhooks: Arc<WebhookListener>,
-    cluster: ktrigger_kube::Cluster,
-    target: KubeTarget,
-    plugins: &PluginManager,
-) -> Registry {
+/// and destinations on `cluster`, and the types of `plugins`.
+fn registry_for(webhooks: Arc<WebhookListener>, cluster: ktrigger_kube::Cluster, plugins: &PluginManager) -> Registry {
     let mut registry = Registry::default();
     let mappings = cluster.event_mappings().clone();
     ktrigger_sources::register(&mut registry, webhooks);
     ktrigger_kube::register(&mut registry, cluster);
     ktrigger_destinations::register(&mut registry);
-    ktrigger_destinations::register_kube(&mut registry, target);
     plugins::add_plugins(&mut registry, plugins, &mappings);
     registry
 }

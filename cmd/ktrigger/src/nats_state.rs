@@ -9,7 +9,7 @@ use clap::Args;
 use ktrigger_core::state::StateStore;
 use ktrigger_core::state::nats::{NatsAuth, NatsOptions, NatsStore, NatsTls};
 
-use crate::run::parse_duration;
+use crate::durations::parse_duration;
 
 /// Where replicas keep their state.
 #[derive(Debug, Args)]

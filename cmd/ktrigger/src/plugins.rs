@@ -10,7 +10,7 @@ use ktrigger_core::registry::Registry;
 use ktrigger_plugin::connect::Timeouts;
 use ktrigger_plugin::{PluginManager, PluginsFile};
 
-use crate::run::parse_duration;
+use crate::durations::parse_duration;
 
 /// Options naming the plugins.
 #[derive(Debug, Clone, Args)]

@@ -13,6 +13,7 @@ use ktrigger_sources::{PathScope, WebhookListener};
 use tokio_util::sync::CancellationToken;
 
 use crate::cluster::ClusterArgs;
+use crate::durations::parse_duration;
 use crate::egress::EgressArgs;
 use crate::engine_with;
 use crate::limits::MemoryArgs;
@@ -65,18 +66,6 @@ pub struct RunArgs {
     /// Plugins providing more source and destination types.
     #[command(flatten)]
     plugins: PluginArgs,
-}
-
-pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
-    ktrigger_api::parse_duration(text)
-}
-
-/// A duration as [`parse_duration`] reads it, or zero (`0`, `0s`) to turn something off.
-pub(crate) fn parse_duration_or_zero(text: &str) -> Result<Duration, String> {
-    match text.trim().trim_end_matches('s') {
-        "0" => Ok(Duration::ZERO),
-        _ => parse_duration(text),
-    }
 }
 
 /// Runs until SIGINT or SIGTERM.

@@ -277,12 +277,12 @@ pub struct ServiceCounts {
 impl ServiceGauges {
     /// Replaces the counts.
     pub fn set(&self, counts: ServiceCounts) {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = counts;
+        *ktrigger_core::sync::lock(&self.0) = counts;
     }
 
     /// The counts now.
     pub fn get(&self) -> ServiceCounts {
-        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+        *ktrigger_core::sync::lock(&self.0)
     }
 }
 

@@ -13,7 +13,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use crate::secrets::UNCHECKED_VALUE;
+/// What stands in for a Secret's value when nothing may be read (`ktrigger validate`): shaped so
+/// that format checks of URLs, tokens and header values pass. Nothing is ever sent with it.
+pub(crate) const UNCHECKED_VALUE: &str = "https://secret-not-read.invalid/";
 
 /// Largest credential file read, the size limit of a Kubernetes Secret.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
@@ -60,13 +62,13 @@ impl CredentialPolicy {
     /// `environment variable NAME` or `file PATH`.
     pub fn unread(&self) -> Vec<String> {
         match &*self.0 {
-            Rules::Offline { unread } => crate::stats::lock(unread).iter().cloned().collect(),
+            Rules::Offline { unread } => crate::sync::lock(unread).iter().cloned().collect(),
             _ => Vec::new(),
         }
     }
 
     fn stand_in(unread: &Mutex<BTreeSet<String>>, what: String) -> String {
-        crate::stats::lock(unread).insert(what);
+        crate::sync::lock(unread).insert(what);
         UNCHECKED_VALUE.to_string()
     }
 

@@ -148,7 +148,7 @@ pub struct TriggerMetrics {
 impl EngineObserver {
     /// The counters and queue depth of every running trigger now.
     pub fn snapshot(&self) -> Vec<TriggerMetrics> {
-        crate::stats::lock(&self.0)
+        crate::sync::lock(&self.0)
             .iter()
             .map(|(id, observed)| TriggerMetrics {
                 id: id.clone(),
@@ -364,7 +364,7 @@ impl Engine {
     }
 
     fn stop(&mut self, id: &TriggerId) {
-        crate::stats::lock(&self.observer.0).remove(id);
+        crate::sync::lock(&self.observer.0).remove(id);
         if let Some(running) = self.running.remove(id) {
             running.cancel.cancel();
         }
@@ -448,7 +448,7 @@ impl Engine {
         );
         self.tasks.spawn(supervisor);
         let observed = Observed { stats: stats.clone(), queues: queues.clone(), budget, router: self.router.clone() };
-        crate::stats::lock(&self.observer.0).insert(trigger.id.clone(), observed);
+        crate::sync::lock(&self.observer.0).insert(trigger.id.clone(), observed);
         self.running.insert(trigger.id, RunningTrigger { hash: trigger.hash, cancel, stats, queues });
         true
     }
@@ -550,7 +550,7 @@ impl Processor {
     /// Each event's source is told how it was handled once what it caused is stored.
     async fn run(self: Arc<Self>, events: Arc<Mutex<mpsc::Receiver<Envelope>>>, debounce: Option<Duration>) {
         let mut events = events.lock().await;
-        let held = crate::stats::lock(&self.held).take();
+        let held = crate::sync::lock(&self.held).take();
         let mut pending: Option<(SharedEvent, Instant)> = held.map(|held| {
             let wait = (held.due - Utc::now()).to_std().unwrap_or_default();
             (Arc::new(held.event), Instant::now().checked_add(wait).unwrap_or_else(Instant::now))

@@ -19,6 +19,8 @@ pub mod router;
 pub mod secrets;
 pub mod state;
 pub mod stats;
+pub mod sync;
 pub mod template;
+pub mod tls;
 pub mod trace;
 pub mod typed;

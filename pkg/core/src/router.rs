@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
 use crate::event::{TriggerId, rfc3339};
-use crate::stats::lock;
+use crate::sync::lock;
 
 /// Most dedup entries reported per trigger in status.
 pub const MAX_ACTIVE_EVENTS: usize = 20;

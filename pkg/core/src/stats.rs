@@ -8,6 +8,7 @@ use chrono::{DateTime, Utc};
 use ktrigger_api::TriggerStatus;
 
 use crate::event::rfc3339;
+use crate::sync::lock;
 
 /// Upper bounds (seconds) of the delivery latency buckets; a last, unbounded bucket follows.
 pub const LATENCY_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0];
@@ -265,11 +266,6 @@ impl StatsSnapshot {
             ..TriggerStatus::default()
         }
     }
-}
-
-/// Locks a mutex, recovering the data if a panicking thread poisoned it.
-pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 #[cfg(test)]

@@ -18,9 +18,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use ktrigger_core::egress::{EgressError, EgressPolicy};
-use ktrigger_core::properties::{PropertyError, SecretRef};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::secrets::SecretRef;
 use ktrigger_core::template::Template;
 use ktrigger_core::typed::DestinationType;
 use lettre::message::header::{HeaderName, HeaderValue};
@@ -278,7 +279,7 @@ impl Email {
             }
             mode => {
                 // lettre uses the process-wide provider when one is installed: make it ring.
-                http::install_crypto_provider();
+                ktrigger_core::tls::ensure_crypto_provider();
                 let mut parameters = TlsParameters::builder(host.clone());
                 if let Some(path) = &props.ca_file {
                     let pem = secrets.credentials().read_file(path).map_err(|e| PropertyError::new("caFile", e))?;

@@ -27,18 +27,13 @@ const BODY_READ_LIMIT: usize = 4096;
 /// How long reading the body of an error response may take before it is given up.
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Makes ring the process-wide rustls crypto provider, unless one is installed already.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
 /// A new HTTP client: rustls over ring, connect timeout [`CONNECT_TIMEOUT`], redirects not
 /// followed (they could carry secret headers elsewhere), connections only where `egress` allows
 /// (names resolved through it, and the peer of every connection checked), and an overall
 /// `timeout` when given. Delivery timeouts are normally enforced by the engine, so destinations
 /// pass `None`.
 pub fn http_client(timeout: Option<Duration>, egress: Arc<EgressPolicy>) -> Result<reqwest::Client, String> {
-    install_crypto_provider();
+    ktrigger_core::tls::ensure_crypto_provider();
     let mut builder = reqwest::Client::builder()
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(reqwest::redirect::Policy::none())

@@ -15,8 +15,9 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::secrets::{Secret, SecretRef};
 use ktrigger_core::template::Template;
 use ktrigger_core::typed::DestinationType;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};

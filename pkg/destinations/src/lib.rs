@@ -16,7 +16,6 @@ pub mod email;
 pub mod http;
 pub mod kagent;
 pub mod khook;
-pub mod kube;
 pub mod lark;
 pub mod log;
 pub mod message;
@@ -25,8 +24,8 @@ pub mod teams;
 pub mod webhook;
 
 /// Adds every destination type of this crate to `registry`: `log`, `webhook`, `kagent`, `email`,
-/// `slack`, `teams`, `dingtalk` and `lark`, and the Kubernetes ones without a cluster (see
-/// [`register_kube`]). Network destinations connect where [`EgressPolicy::local`] allows.
+/// `slack`, `teams`, `dingtalk` and `lark`. Network destinations connect where
+/// [`EgressPolicy::local`] allows. (The destinations that act on Kubernetes are in `ktrigger-kube`.)
 pub fn register(registry: &mut Registry) {
     registry.add_destination_type(log::LogFactory::stdout());
     registry.add_destination_type(webhook::WebhookFactory::new());
@@ -36,7 +35,6 @@ pub fn register(registry: &mut Registry) {
     registry.add_destination_type(teams::TeamsFactory::new());
     registry.add_destination_type(dingtalk::DingTalkFactory::new());
     registry.add_destination_type(lark::LarkFactory::new());
-    kube::register(registry, kube::KubeTarget::new(None));
 }
 
 /// Replaces the network destinations (`webhook`, `kagent`, `slack`, `teams`, `dingtalk`, `lark`
@@ -53,13 +51,6 @@ pub fn register_with_egress(registry: &mut Registry, egress: Arc<EgressPolicy>) 
     Ok(())
 }
 
-/// Adds (or replaces) `patch-resource`, `bump-application-revision`, `create-event`, `job`
-/// (alias `task`), `create-event-listener` and `record-event`, acting on `target`; without a
-/// client every delivery of theirs fails permanently.
-pub fn register_kube(registry: &mut Registry, target: kube::KubeTarget) {
-    kube::register(registry, target);
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,24 +60,6 @@ mod tests {
         let mut registry = Registry::default();
         register(&mut registry);
         let names = registry.destination_names();
-        assert_eq!(
-            names,
-            [
-                "bump-application-revision",
-                "create-event",
-                "create-event-listener",
-                "dingtalk",
-                "email",
-                "job",
-                "kagent",
-                "lark",
-                "log",
-                "patch-resource",
-                "record-event",
-                "slack",
-                "teams",
-                "webhook"
-            ]
-        );
+        assert_eq!(names, ["dingtalk", "email", "kagent", "lark", "log", "slack", "teams", "webhook"]);
     }
 }

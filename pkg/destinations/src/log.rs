@@ -132,7 +132,7 @@ impl LogDestination {
                 out.flush()
             }
             Output::Writer(writer) => {
-                let mut out = writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut out = ktrigger_core::sync::lock(writer);
                 out.write_all(bytes)?;
                 out.flush()
             }

@@ -10,9 +10,10 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::properties::{PropertyError, SecretRef};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{DeliveryError, DeliveryRequest, Receipt};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::secrets::SecretRef;
 use ktrigger_core::template::Template;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, StatusCode, Url};

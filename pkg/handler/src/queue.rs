@@ -119,7 +119,7 @@ impl Queue {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        ktrigger_core::sync::lock(&self.state)
     }
 
     fn publish_depth(&self, state: &State) {

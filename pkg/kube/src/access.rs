@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
+use ktrigger_core::sync::lock;
 use kube::Client;
 use kube::api::{Api, PostParams};
 use tokio::time::Instant;
@@ -105,8 +106,4 @@ impl AccessReviews {
             Err(_) => false,
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -1,11 +1,13 @@
-//! ktrigger's Kubernetes sources: cluster access, the shared [`WatchHub`], and the
-//! `resource-watcher` and `k8s-events` source types.
+//! ktrigger's Kubernetes boundary: cluster access, the shared [`WatchHub`], the
+//! `resource-watcher` and `k8s-events` source types, the destinations that act on the cluster
+//! ([`actions`]) and the reader of `secretKeyRef` values ([`secrets`]).
 //!
 //! The binary makes one [`Cluster`] from `--kubeconfig`, `--context`, `KUBECONFIG` or the
-//! in-cluster service account, and [`register`]s the source types with it. Loading a trigger only
-//! checks its properties: kinds are resolved by discovery when the source runs, so
-//! `ktrigger validate` works without a cluster ([`Cluster::offline`]). Sources list and watch as
-//! their TriggerService's identity ([`identity`]).
+//! in-cluster service account, and [`register`]s the source and destination types with it: one
+//! client, one set of identities and one discovery cache for all of them. Loading a trigger only
+//! checks its properties: kinds are resolved by discovery when the trigger runs, so
+//! `ktrigger validate` works without a cluster ([`Cluster::offline`]). Sources list and watch,
+//! destinations act and Secrets are read as their TriggerService's identity ([`identity`]).
 
 #![warn(missing_docs)]
 
@@ -18,6 +20,7 @@ use std::time::Duration;
 use ktrigger_core::mappings::EventMappings;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, Registry, SourceError};
+use ktrigger_core::sync::lock;
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;
@@ -27,18 +30,25 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 pub mod access;
+pub mod actions;
 pub mod hub;
 pub mod identity;
 pub mod k8s_events;
 pub mod position;
 pub mod presets;
 pub mod resource_watcher;
+pub mod secrets;
 pub mod selector;
 
+pub use actions::ActingCluster;
 pub use hub::{HubOptions, WatchHub};
 use hub::{Subscriber, Subscription, WatchKey};
 pub use identity::{Actor, Identity, IdentityPolicy};
+/// Makes ring rustls's crypto provider before a client is built (the workspace's one helper,
+/// re-exported for programs that embed the Kubernetes sources).
+pub use ktrigger_core::tls::ensure_crypto_provider;
 pub use presets::CustomPreset;
+pub use secrets::KubeSecretReader;
 
 /// Errors of this crate outside of loading properties (those are plain `String`s naming the property).
 #[derive(Debug, thiserror::Error)]
@@ -104,11 +114,24 @@ struct ClusterState {
     hub: WatchHub,
     mappings: Vec<CustomPreset>,
     event_mappings: Arc<EventMappings>,
-    resources: Mutex<HashMap<GroupVersionKind, (ApiResource, bool)>>,
+    /// Kinds discovery resolved, for sources and destinations alike.
+    kinds: Mutex<HashMap<GroupVersionKind, ResolvedKind>>,
 }
 
-/// The cluster the Kubernetes sources watch, the WatchHub they share, and the custom presets.
-/// Cheap to clone.
+/// A kind resolved by discovery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedKind {
+    /// Group, version, kind and plural.
+    pub resource: ApiResource,
+    /// Whether objects of the kind belong to a namespace.
+    pub namespaced: bool,
+    /// Whether the kind can be watched.
+    pub watchable: bool,
+}
+
+/// The cluster the Kubernetes sources watch and the Kubernetes destinations act on: one client,
+/// the identities TriggerServices act as, one discovery cache, the WatchHub the sources share,
+/// and the custom presets. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
     state: Arc<ClusterState>,
@@ -202,7 +225,7 @@ impl Cluster {
                 hub: WatchHub::new(hub),
                 mappings,
                 event_mappings: Arc::new(event_mappings),
-                resources: Mutex::new(HashMap::new()),
+                kinds: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -238,7 +261,7 @@ impl Cluster {
         }
     }
 
-    /// The client, when a cluster is configured: for destinations that act on the same cluster.
+    /// The client (as this process's own identity), when a cluster is configured.
     pub fn kube_client(&self) -> Option<Client> {
         self.state.client.clone().ok()
     }
@@ -297,13 +320,32 @@ impl Cluster {
         self.hub().subscribe(client, key, subscriber)
     }
 
-    /// Finds the resource of `gvk` by discovery (cached once found) and whether it is namespaced.
-    async fn resolve(&self, client: &Client, gvk: &GroupVersionKind) -> Result<(ApiResource, bool), String> {
-        if let Some(found) = lock(&self.state.resources).get(gvk) {
-            return Ok(found.clone());
+    /// The kind `gvk` as discovery last resolved it, without asking the cluster.
+    pub fn cached_kind(&self, gvk: &GroupVersionKind) -> Option<ResolvedKind> {
+        lock(&self.state.kinds).get(gvk).cloned()
+    }
+
+    /// Resolves `gvk` by discovery through `client` (the asker's identity), once per kind for
+    /// every source and destination of this cluster; failures are not kept.
+    async fn discover(&self, client: &Client, gvk: &GroupVersionKind) -> Result<ResolvedKind, kube::Error> {
+        if let Some(found) = self.cached_kind(gvk) {
+            return Ok(found);
         }
+        let (resource, capabilities) = kube::discovery::pinned_kind(client, gvk).await?;
+        let found = ResolvedKind {
+            resource,
+            namespaced: capabilities.scope == Scope::Namespaced,
+            watchable: capabilities.supports_operation(kube::discovery::verbs::WATCH),
+        };
+        lock(&self.state.kinds).insert(gvk.clone(), found.clone());
+        Ok(found)
+    }
+
+    /// Finds the resource of `gvk` for a source, and whether it is namespaced; errors say what to
+    /// fix, and that the source retries.
+    async fn resolve(&self, client: &Client, gvk: &GroupVersionKind) -> Result<(ApiResource, bool), String> {
         let api_version = gvk.api_version();
-        let (resource, capabilities) = kube::discovery::pinned_kind(client, gvk).await.map_err(|e| match e {
+        let found = self.discover(client, gvk).await.map_err(|e| match e {
             kube::Error::Discovery(_) => {
                 format!("kind {} not found in apiVersion {api_version} (is its CRD installed?); retrying", gvk.kind)
             }
@@ -317,17 +359,11 @@ impl Cluster {
                 self.description().unwrap_or("the API server")
             ),
         })?;
-        if !capabilities.supports_operation(kube::discovery::verbs::WATCH) {
+        if !found.watchable {
             return Err(format!("kind {} ({api_version}) cannot be watched", gvk.kind));
         }
-        let found = (resource, capabilities.scope == Scope::Namespaced);
-        lock(&self.state.resources).insert(gvk.clone(), found.clone());
-        Ok(found)
+        Ok((found.resource, found.namespaced))
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Loads the client configuration and names the context in use.
@@ -383,19 +419,19 @@ fn read_kubeconfig(path: &Path) -> Result<Kubeconfig, KubeError> {
         .map_err(|e| KubeError::Config(format!("cannot read kubeconfig {}: {e}", path.display())))
 }
 
-/// Adds the `resource-watcher` and `k8s-events` source types, backed by `cluster`.
+/// Adds the source types `resource-watcher` and `k8s-events`, and the destination types
+/// `patch-resource`, `bump-application-revision`, `create-event`, `job` (alias `task`),
+/// `create-event-listener` and `record-event`, all on `cluster`. Without a client the destinations
+/// load but every delivery fails with [`actions::NEEDS_CLUSTER`].
 pub fn register(registry: &mut Registry, cluster: Cluster) {
     registry.add_source_type(resource_watcher::ResourceWatcherFactory::new(cluster.clone()));
-    registry.add_source_type(k8s_events::K8sEventsFactory::new(cluster));
-}
-
-/// Makes sure rustls has a process-wide crypto provider (ring) before a client is built.
-/// The binary installs ring in `main`; this only matters for library users and tests.
-pub fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
+    registry.add_source_type(k8s_events::K8sEventsFactory::new(cluster.clone()));
+    registry.add_destination_type(actions::patch_resource::PatchResourceFactory::new(cluster.clone()));
+    registry.add_destination_type(actions::bump_app::BumpAppFactory::new(cluster.clone()));
+    registry.add_destination_type(actions::create_event::CreateEventFactory::new(cluster.clone()));
+    registry.add_destination_type(actions::event_listener::CreateEventListenerFactory::new(cluster.clone()));
+    registry.add_destination_type(actions::event_listener::RecordEventFactory::new(cluster.clone()));
+    registry.add_destination_type(actions::job::JobFactory::new(cluster));
 }
 
 /// A source's place on the hub, kept across restarts of the source: it is made by the first

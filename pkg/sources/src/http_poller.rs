@@ -25,9 +25,10 @@ use async_trait::async_trait;
 use ktrigger_core::cel::{CelExpr, Vars};
 use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
 use ktrigger_core::event::{Event, TriggerId, stable_id};
-use ktrigger_core::properties::{PropertyError, SecretKeyRef, SecretRef};
+use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
 use ktrigger_core::secrets::ClusterSecrets;
+use ktrigger_core::secrets::{SecretKeyRef, SecretRef};
 use ktrigger_core::state::{Commit, SourceState};
 use ktrigger_core::typed::SourceType;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
@@ -199,7 +200,7 @@ impl HttpPoller {
         let max_items = limit(props.max_items, DEFAULT_ITEMS, MAX_ITEMS, "maxItems")?;
         // Secrets are read last, so that every other mistake is reported without needing them.
         let headers = headers(&props.headers, props.body.is_some(), &context.secrets)?;
-        crate::ensure_crypto_provider();
+        ktrigger_core::tls::ensure_crypto_provider();
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .redirect(reqwest::redirect::Policy::none())
@@ -444,7 +445,7 @@ impl HttpPoller {
     /// Fires for the differences and records each once the trigger has handled its event; an
     /// event it could not store leaves its item as it was, so the next poll fires it again.
     async fn poll_durably(&self, sink: &EventSink, items: Vec<(String, Value)>) -> Flow {
-        let first = self.seen.lock().unwrap_or_else(|e| e.into_inner()).is_none();
+        let first = ktrigger_core::sync::lock(&self.seen).is_none();
         let mut commits = Vec::new();
         if first {
             // Waited for, so that it cannot remove what is stored after it.
@@ -506,7 +507,7 @@ impl HttpPoller {
             .map(|stored| (stored.key, stored.item))
             .take(MAX_ITEMS)
             .collect();
-        *self.seen.lock().unwrap_or_else(|e| e.into_inner()) = Some(items);
+        *ktrigger_core::sync::lock(&self.seen) = Some(items);
         Ok(())
     }
 
@@ -619,7 +620,7 @@ impl HttpPoller {
     /// The differences between the recorded items and `items`. On the first poll without
     /// `fireOnStart` the items are recorded at once and there are none.
     fn changes(&self, items: Vec<(String, Value)>) -> Vec<Change> {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = ktrigger_core::sync::lock(&self.seen);
         let previous = match &mut *seen {
             Some(previous) => previous,
             None if !self.fire_on_start => {
@@ -650,7 +651,7 @@ impl HttpPoller {
 
     /// Records one change once it was handed over (or needs no event).
     fn apply(&self, change: Change) {
-        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = ktrigger_core::sync::lock(&self.seen);
         let recorded = seen.get_or_insert_with(BTreeMap::new);
         match change.kind {
             Kind::Create | Kind::Update => {
@@ -747,7 +748,7 @@ mod tests {
     }
 
     fn poller(properties: Value) -> Result<HttpPoller, PropertyError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        ktrigger_core::tls::ensure_crypto_provider();
         HttpPoller::new(parse_properties(&properties)?, &context(), Arc::default())
     }
 
@@ -783,7 +784,7 @@ mod tests {
 
     /// A poller of `properties` whose recorded items are kept in `store`.
     fn durable_poller(properties: Value, store: &Arc<MapStore>) -> HttpPoller {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        ktrigger_core::tls::ensure_crypto_provider();
         let context = BuildContext { state: MapStore::source_state(store), ..context() };
         HttpPoller::new(parse_properties(&properties).unwrap(), &context, Arc::default()).unwrap()
     }
@@ -1132,7 +1133,7 @@ mod tests {
 
     #[test]
     fn load_errors_name_the_property_and_hide_secrets() {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        ktrigger_core::tls::ensure_crypto_provider();
         let factory = TypedSource::new(HttpPollerFactory::default());
         let err = |properties: Value| factory.build(&properties, &context()).err().unwrap().to_string();
         assert!(err(json!({})).contains("missing field `url`"));

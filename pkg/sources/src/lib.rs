@@ -11,6 +11,7 @@ use std::sync::Arc;
 use ktrigger_core::egress::EgressPolicy;
 use ktrigger_core::registry::Registry;
 
+mod auth;
 pub mod cron;
 pub mod http_poller;
 mod json_budget;
@@ -59,15 +60,6 @@ pub fn register(registry: &mut Registry, webhooks: Arc<WebhookListener>) {
 /// ([`register`] uses [`EgressPolicy::local`]).
 pub fn register_http_poller(registry: &mut Registry, egress: Arc<EgressPolicy>) {
     registry.add_source_type(http_poller::HttpPollerFactory::with_egress(egress));
-}
-
-/// Makes sure rustls has a process-wide crypto provider (ring) before an HTTP client is built.
-/// The binary installs ring in `main`; this only matters for library users and tests.
-pub(crate) fn ensure_crypto_provider() {
-    if rustls::crypto::CryptoProvider::get_default().is_none() {
-        // Losing a race with another installer is fine: a provider is installed either way.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    }
 }
 
 #[cfg(test)]

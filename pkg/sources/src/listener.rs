@@ -51,9 +51,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SourcesError;
+use crate::auth::{Auth, DeliveryId, NOT_ACCEPTED};
 use crate::replay::SeenIds;
 use crate::server::{ServerCounters, ServerLimits};
-use crate::webhook::{Auth, DeliveryId};
 
 /// Largest request body accepted by default (1 MiB); larger bodies get 413.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
@@ -236,7 +236,7 @@ impl Claim {
     }
 
     fn set_sink(&self, sink: Option<EventSink>) {
-        let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = ktrigger_core::sync::write(&self.listener.routes);
         let members = routes.get_mut(&self.path).into_iter().flatten().flat_map(|route| &mut route.members);
         if let Some(member) = members.into_iter().find(|member| member.claim == self.id) {
             member.started |= sink.is_some();
@@ -247,7 +247,7 @@ impl Claim {
 
 impl Drop for Claim {
     fn drop(&mut self) {
-        let mut routes = self.listener.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = ktrigger_core::sync::write(&self.listener.routes);
         if let Some(list) = routes.get_mut(&self.path) {
             for route in list.iter_mut() {
                 route.members.retain(|member| member.claim != self.id);
@@ -345,7 +345,7 @@ impl WebhookListener {
 
     /// The paths running webhook triggers listen on, sorted.
     pub fn paths(&self) -> Vec<String> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = ktrigger_core::sync::read(&self.routes);
         let mut paths: Vec<String> = routes
             .iter()
             .filter(|(_, list)| list.iter().flat_map(|route| &route.members).any(|member| member.sink.is_some()))
@@ -358,7 +358,7 @@ impl WebhookListener {
     /// How many triggers receive requests now.
     #[cfg(test)]
     pub(crate) fn receiving(&self) -> usize {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = ktrigger_core::sync::read(&self.routes);
         routes.values().flatten().flat_map(|route| &route.members).filter(|member| member.sink.is_some()).count()
     }
 
@@ -369,8 +369,7 @@ impl WebhookListener {
         let Some(addr) = self.local_addr else {
             return Err(SourcesError::NotBound);
         };
-        let socket =
-            self.socket.lock().unwrap_or_else(|e| e.into_inner()).take().ok_or(SourcesError::AlreadyServing)?;
+        let socket = ktrigger_core::sync::lock(&self.socket).take().ok_or(SourcesError::AlreadyServing)?;
         let limits = self.options.server.clone();
         let counters = self.counters.server.clone();
         let app = Router::new().fallback(handle).with_state(self);
@@ -423,7 +422,7 @@ impl WebhookListener {
     /// old ones: those that stay hold a new claim by then, and those removed must not block.
     pub(crate) fn claim(self: &Arc<Self>, path: &str, config: RouteConfig) -> Result<Claim, String> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        let mut routes = ktrigger_core::sync::write(&self.routes);
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         let other_auth = list.iter().filter(|route| route.gate.auth.as_deref() != config.auth.as_deref());
         let same_service =
@@ -457,7 +456,7 @@ impl WebhookListener {
 
     /// The gates of `path` with the triggers receiving behind each.
     fn routes_for(&self, path: &str) -> Vec<(Arc<Gate>, Vec<Recipient>)> {
-        let routes = self.routes.read().unwrap_or_else(|e| e.into_inner());
+        let routes = ktrigger_core::sync::read(&self.routes);
         let list = routes.get(path).map(Vec::as_slice).unwrap_or_default();
         list.iter()
             .map(|route| {
@@ -562,7 +561,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         }
     }
     if accepted.is_empty() {
-        let reason = refusal.unwrap_or(crate::webhook::NOT_ACCEPTED);
+        let reason = refusal.unwrap_or(NOT_ACCEPTED);
         count(&listener.counters.unauthorized);
         tracing::info!(path, reason, "webhook request refused");
         return error(StatusCode::UNAUTHORIZED, reason);
@@ -578,7 +577,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
     let mut outcome = Answer::default();
     for (gate, receivers, delivery) in accepted {
         if let Some(DeliveryId { id, expires }) = &delivery
-            && !gate.seen.lock().unwrap_or_else(|e| e.into_inner()).insert(id, *expires, now)
+            && !ktrigger_core::sync::lock(&gate.seen).insert(id, *expires, now)
         {
             tracing::info!(path, delivery_id = %id, "webhook delivery already accepted; not fired again");
             outcome.duplicate = true;
@@ -605,7 +604,7 @@ async fn handle(State(listener): State<Arc<WebhookListener>>, request: Request) 
         }
         if let (false, Some(DeliveryId { id, .. })) = (stored, &delivery) {
             // Not stored: a retry of the same delivery must get through.
-            gate.seen.lock().unwrap_or_else(|e| e.into_inner()).remove(id);
+            ktrigger_core::sync::lock(&gate.seen).remove(id);
         }
     }
     outcome.answer(&listener, &events.id)

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
+use ktrigger_core::sync::lock;
 use tokio::sync::broadcast;
 
 /// Faults to inject into the test cluster; every method is thread-safe.
@@ -60,7 +61,7 @@ impl Default for Faults {
 
 impl Faults {
     fn state(&self) -> std::sync::MutexGuard<'_, FaultState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.state)
     }
 
     /// The next watch of `resource` gets an ERROR event with a 410 Gone `Status` and ends.

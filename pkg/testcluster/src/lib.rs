@@ -32,6 +32,7 @@ mod patch;
 mod registry;
 mod selector;
 mod server;
+mod shared;
 mod status;
 mod store;
 mod target;
@@ -78,7 +79,7 @@ pub struct RequestRecord {
 
 /// A running test cluster; it stops when dropped.
 pub struct TestCluster {
-    shared: Arc<server::Shared>,
+    shared: Arc<shared::Shared>,
     url: String,
     task: tokio::task::JoinHandle<()>,
 }
@@ -95,7 +96,7 @@ impl TestCluster {
             .await
             .expect("bind a free port on 127.0.0.1 for the test cluster");
         let address = listener.local_addr().expect("the listener has an address").to_string();
-        let shared = Arc::new(server::Shared::new(config, address.clone()));
+        let shared = Arc::new(shared::Shared::new(config, address.clone()));
         let app = axum::Router::new().fallback(server::handle).with_state(shared.clone());
         let shutdown = shared.shutdown.clone();
         let task = tokio::spawn(async move {

@@ -1,7 +1,7 @@
 //! HTTP routing: discovery, resource verbs, patches, tables and fault injection.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -9,71 +9,18 @@ use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
-use tokio_util::sync::CancellationToken;
 
-use crate::faults::Faults;
+use crate::RequestRecord;
 use crate::patch;
 use crate::registry::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
+use crate::shared::Shared;
 use crate::status::ApiError;
-use crate::store::{Filter, Preconditions, Store, WriteMode};
+use crate::store::{Filter, Preconditions, WriteMode, partial_metadata};
 use crate::watch::{self, WatchRequest};
-use crate::{Config, RequestRecord};
 
 /// Largest request body accepted.
 const MAX_BODY: usize = 16 * 1024 * 1024;
-
-/// State shared by the request handlers and the `TestCluster` handle.
-pub(crate) struct Shared {
-    store: Mutex<Store>,
-    pub faults: Faults,
-    pub config: Config,
-    requests: Mutex<Vec<RequestRecord>>,
-    watch_counts: Mutex<HashMap<String, u64>>,
-    open_watches: Mutex<HashMap<String, usize>>,
-    pub shutdown: CancellationToken,
-    pub address: String,
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-impl Shared {
-    /// Fresh state for a cluster listening on `address`.
-    pub fn new(config: Config, address: String) -> Self {
-        Shared {
-            store: Mutex::new(Store::new(config.event_log_capacity)),
-            faults: Faults::default(),
-            config,
-            requests: Mutex::default(),
-            watch_counts: Mutex::default(),
-            open_watches: Mutex::default(),
-            shutdown: CancellationToken::new(),
-            address,
-        }
-    }
-
-    /// The object store.
-    pub fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-
-    /// Every request served so far.
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.requests).clone()
-    }
-
-    /// Watch requests per resource plural.
-    pub fn watch_counts(&self) -> MutexGuard<'_, HashMap<String, u64>> {
-        lock(&self.watch_counts)
-    }
-
-    /// Open watch streams per resource plural.
-    pub fn open_watches(&self) -> MutexGuard<'_, HashMap<String, usize>> {
-        lock(&self.open_watches)
-    }
-}
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
     let body = serde_json::to_vec(value).expect("JSON values serialize");
@@ -152,7 +99,7 @@ fn route(path: &str) -> Route {
 pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let header_text = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    lock(&shared.requests).push(RequestRecord {
+    shared.record(RequestRecord {
         method: parts.method.to_string(),
         uri: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| parts.uri.path().to_string()),
         impersonate_user: header_text("impersonate-user"),
@@ -260,15 +207,6 @@ fn is_dry_run(query: &HashMap<String, String>) -> bool {
 fn present(def: &ResourceDef, version: &str, mut object: Value) -> Value {
     object["apiVersion"] = json!(def.api_version(version));
     object
-}
-
-/// The `PartialObjectMetadata` form of an object, for clients that ask for metadata only.
-pub(crate) fn partial_metadata(object: &Value) -> Value {
-    json!({
-        "kind": "PartialObjectMetadata",
-        "apiVersion": "meta.k8s.io/v1",
-        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-    })
 }
 
 async fn resource(

@@ -554,6 +554,15 @@ impl Store {
     }
 }
 
+/// The `PartialObjectMetadata` form of an object, for clients that ask for metadata only.
+pub(crate) fn partial_metadata(object: &Value) -> Value {
+    json!({
+        "kind": "PartialObjectMetadata",
+        "apiVersion": "meta.k8s.io/v1",
+        "metadata": object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,9 @@ use tokio::sync::{broadcast, mpsc};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::registry::ResourceDef;
-use crate::server::{Shared, partial_metadata};
+use crate::shared::Shared;
 use crate::status::ApiError;
-use crate::store::{Change, ChangeType, Filter};
+use crate::store::{Change, ChangeType, Filter, partial_metadata};
 
 /// What a watch request asked for.
 pub(crate) struct WatchRequest {

@@ -37,7 +37,8 @@ pub use worker::{Batch, DEFAULT_CONCURRENCY, Flow, run_worker};
 use crate::event::{Event, SharedEvent, TriggerId, stable_id};
 use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
 use crate::state::Commit;
-use crate::stats::{DestinationOutcome, TriggerStats, lock};
+use crate::stats::{DestinationOutcome, TriggerStats};
+use crate::sync::lock;
 use crate::trace;
 
 /// Default number of deliveries waiting per destination.

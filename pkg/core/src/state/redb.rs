@@ -20,7 +20,7 @@ use tokio::sync::{Notify, oneshot};
 use super::{Commit, SCHEMA_VERSION, StateStore, StoreError, StoreMetrics};
 use crate::delivery::{Delivery, DeliveryQueue, QueueError};
 use crate::event::{Event, TriggerId};
-use crate::stats::lock;
+use crate::sync::lock;
 
 /// Deliveries: (queue name, sequence number) → a [`StoredDelivery`] as JSON.
 const DELIVERIES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("deliveries");
@@ -192,7 +192,7 @@ impl RedbStore {
     ) -> Result<T, StoreError> {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
-            let database = shared.database.read().unwrap_or_else(|e| e.into_inner());
+            let database = crate::sync::read(&shared.database);
             match database.as_ref() {
                 Some(database) => read(database),
                 None => Err(StoreError::Unavailable("the state file is being reopened after a failed write".into())),
@@ -301,7 +301,7 @@ fn write_loop(shared: &Shared, requests: &mpsc::Receiver<Request>) {
         }
         let started = Instant::now();
         let result = {
-            let database = shared.database.read().unwrap_or_else(|e| e.into_inner());
+            let database = crate::sync::read(&shared.database);
             match database.as_ref() {
                 Some(database) => apply(database, &batch),
                 None => Err(StoreError::Unavailable(
@@ -340,7 +340,7 @@ fn write_loop(shared: &Shared, requests: &mpsc::Receiver<Request>) {
 /// Closes the database after a failed write and opens it again; health comes back when that
 /// works (opening commits, so it proves writes work).
 fn reopen(shared: &Shared) {
-    let mut database = shared.database.write().unwrap_or_else(|e| e.into_inner());
+    let mut database = crate::sync::write(&shared.database);
     // The file lock is released only when the old handle is dropped.
     *database = None;
     match open_checked(&shared.path) {

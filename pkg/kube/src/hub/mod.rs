@@ -45,6 +45,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use ktrigger_core::sync::lock;
 use ktrigger_core::event::{TriggerId, stable_id};
 use ktrigger_core::mappings::Annotation;
 use ktrigger_core::registry::EventSink;
@@ -511,10 +512,6 @@ fn all_namespaces(watches: &HashMap<WatchKey, Entry>, key: &WatchKey) -> Option<
     let entry = watches.get(&wider)?;
     let health = entry.health.borrow();
     (health.synced && health.last_error.is_none()).then_some(wider)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// The deterministic id of a change of a resource: uid, resourceVersion (for deletes the last

@@ -33,7 +33,7 @@ use super::{Shared, keys, read_latest, unavailable};
 use crate::delivery::{Delivery, DeliveryQueue, QueueError};
 use crate::event::{Event, TriggerId};
 use crate::state::{Commit, SCHEMA_VERSION, StoreError};
-use crate::stats::lock;
+use crate::sync::lock;
 
 /// Deliveries fetched ahead of the worker; fetching resumes when half are gone.
 const BATCH: usize = 64;

@@ -3,22 +3,23 @@
 
 use std::sync::Arc;
 
-use ::kube::api::{ApiResource, Patch, PatchParams};
-use ::kube::core::GroupVersionKind;
-use ::kube::core::gvk::GroupVersion;
 use async_trait::async_trait;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
 use ktrigger_core::typed::DestinationType;
+use kube::api::{ApiResource, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use kube::core::gvk::GroupVersion;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    FIELD_MANAGER, KubeTarget, ValueTemplate, api_error, compile_optional, default_namespace, object_name,
+    ActingCluster, FIELD_MANAGER, ValueTemplate, api_error, compile_optional, default_namespace, object_name,
     object_namespace, render_text, resource_path,
 };
+use crate::Cluster;
 
 /// Patches a Kubernetes object (merge, JSON, strategic or server-side apply), by default the source
 /// object
@@ -93,13 +94,13 @@ enum PatchBody {
 /// Builds `patch-resource` destinations.
 #[derive(Debug, Clone)]
 pub struct PatchResourceFactory {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl PatchResourceFactory {
-    /// Destinations that act on `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        PatchResourceFactory { target }
+    /// Destinations that act on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        PatchResourceFactory { cluster }
     }
 }
 
@@ -147,7 +148,7 @@ properties:
             force: props.force,
             body,
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.for_trigger(context)?,
+            target: self.cluster.for_trigger(context)?,
         }))
     }
 }
@@ -163,7 +164,7 @@ struct PatchResource {
     force: bool,
     body: PatchBody,
     trigger_namespace: String,
-    target: KubeTarget,
+    target: ActingCluster,
 }
 
 /// What one delivery patches, and with what.
@@ -301,10 +302,10 @@ impl Destination for PatchResource {
         };
         let patched = result.map_err(|error| {
             let managers_conflict = self.patch_type == PatchType::Apply
-                && matches!(&error, ::kube::Error::Api(s) if s.code == 409 && s.message.contains("conflict with"));
+                && matches!(&error, kube::Error::Api(s) if s.code == 409 && s.message.contains("conflict with"));
             if managers_conflict {
                 // Another field manager owns the fields: retrying cannot help, forcing can.
-                let ::kube::Error::Api(status) = &error else { unreachable!() };
+                let kube::Error::Api(status) = &error else { unreachable!() };
                 DeliveryError::permanent(format!(
                     "apply {what}: {}; set force: true to take the fields over",
                     status.message
@@ -328,7 +329,7 @@ mod tests {
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let context =
             BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
-        TypedDestination::new(PatchResourceFactory::new(KubeTarget::new(None)))
+        TypedDestination::new(PatchResourceFactory::new(Cluster::offline()))
             .build(&properties, &context)
             .map_err(|e| e.to_string())
     }

@@ -10,18 +10,19 @@
 
 use std::sync::Arc;
 
-use ::kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
-use ::kube::core::GroupVersionKind;
 use async_trait::async_trait;
 use ktrigger_core::event::rfc3339;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::typed::DestinationType;
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{CONFLICT_RETRIES, FIELD_MANAGER, KubeTarget, api_error, is_conflict, resource_path};
+use super::{ActingCluster, CONFLICT_RETRIES, FIELD_MANAGER, api_error, is_conflict, resource_path};
+use crate::Cluster;
 
 /// How many records an EventListener keeps, as kube-trigger keeps them.
 pub const MAX_EVENTS: usize = 10;
@@ -59,13 +60,13 @@ struct NameSelector {
 /// Builds `create-event-listener` destinations.
 #[derive(Debug, Clone)]
 pub struct CreateEventListenerFactory {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl CreateEventListenerFactory {
-    /// Destinations that act on `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        CreateEventListenerFactory { target }
+    /// Destinations that act on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        CreateEventListenerFactory { cluster }
     }
 }
 
@@ -75,20 +76,20 @@ impl DestinationType for CreateEventListenerFactory {
     const EXAMPLE: &'static str = "type: create-event-listener\n";
 
     fn build(&self, _: CreateProperties, context: &BuildContext) -> Result<Arc<dyn Destination>, PropertyError> {
-        Ok(Arc::new(CreateEventListener { target: self.target.for_trigger(context)? }))
+        Ok(Arc::new(CreateEventListener { target: self.cluster.for_trigger(context)? }))
     }
 }
 
 /// Builds `record-event` destinations.
 #[derive(Debug, Clone)]
 pub struct RecordEventFactory {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl RecordEventFactory {
-    /// Destinations that act on `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        RecordEventFactory { target }
+    /// Destinations that act on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        RecordEventFactory { cluster }
     }
 }
 
@@ -104,7 +105,7 @@ impl DestinationType for RecordEventFactory {
         }
         Ok(Arc::new(RecordEvent {
             from_label: props.name_selector.map(|s| s.from_label),
-            target: self.target.for_trigger(context)?,
+            target: self.cluster.for_trigger(context)?,
         }))
     }
 }
@@ -132,7 +133,7 @@ fn source(object: &Value) -> Result<Source<'_>, DeliveryError> {
 
 /// A built `create-event-listener` destination.
 struct CreateEventListener {
-    target: KubeTarget,
+    target: ActingCluster,
 }
 
 impl CreateEventListener {
@@ -178,7 +179,7 @@ impl Destination for CreateEventListener {
 /// A built `record-event` destination.
 struct RecordEvent {
     from_label: Option<String>,
-    target: KubeTarget,
+    target: ActingCluster,
 }
 
 impl RecordEvent {
@@ -279,7 +280,7 @@ mod tests {
 
     #[test]
     fn record_event_names_the_listener_by_the_label_and_records_the_resource() {
-        let factory = TypedDestination::new(RecordEventFactory::new(KubeTarget::new(None)));
+        let factory = TypedDestination::new(RecordEventFactory::new(Cluster::offline()));
         let properties = json!({"nameSelector": {"fromLabel": "workflowrun.oam.dev/name"}});
         let destination = factory.build(&properties, &BuildContext::new(trigger())).unwrap();
         let event = deployment();
@@ -296,7 +297,7 @@ mod tests {
 
     #[test]
     fn a_missing_label_is_a_permanent_error_naming_it() {
-        let factory = TypedDestination::new(RecordEventFactory::new(KubeTarget::new(None)));
+        let factory = TypedDestination::new(RecordEventFactory::new(Cluster::offline()));
         let properties = json!({"nameSelector": {"fromLabel": "missing"}});
         let destination = factory.build(&properties, &BuildContext::new(trigger())).unwrap();
         let (event, trigger) = (deployment(), trigger());

@@ -2,37 +2,35 @@
 //! `create-event`, `job` (alias `task`), and kube-trigger's `create-event-listener` and
 //! `record-event`.
 //!
-//! All of them share one [`KubeTarget`]: the client they act through and a cache of the kinds
-//! discovery resolved. Without a client they still load (so `ktrigger validate` checks their
-//! properties offline) and every delivery fails permanently with [`NEEDS_CLUSTER`].
+//! All of them act on the [`Cluster`] the sources watch: its client, its identities and its cache
+//! of the kinds discovery resolved, seen as one TriggerService through an [`ActingCluster`].
+//! Without a client they still load (so `ktrigger validate` checks their properties offline) and
+//! every delivery fails permanently with [`NEEDS_CLUSTER`].
 //!
 //! They act in the TriggerService's namespace unless told otherwise (see [`default_namespace`]),
-//! as the TriggerService's identity ([`ktrigger_kube::identity`]), the rule its sources follow.
+//! as the TriggerService's identity ([`crate::identity`]), the rule its sources follow.
 //! API errors map to delivery outcomes in one place, [`api_error`]: a missing target, a refusal
 //! (403, with the API server's message) or an invalid request are permanent; conflicts, throttling,
 //! server errors and connection failures are transient.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-
-use ::kube::api::{Api, ApiResource, DynamicObject};
-use ::kube::core::GroupVersionKind;
-use ::kube::core::gvk::GroupVersion;
-use ::kube::discovery::{self, Scope};
-use ::kube::{Client, Error};
 use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, Registry};
+use ktrigger_core::registry::{BuildContext, DeliveryError};
 use ktrigger_core::template::{Template, TemplateScope};
-use ktrigger_kube::identity::{self, Actor, Identity, IdentityPolicy};
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::core::GroupVersionKind;
+use kube::core::gvk::GroupVersion;
+use kube::{Client, Error};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use crate::identity::{self, Actor, Identity};
+use crate::{Cluster, ResolvedKind};
 
 pub mod bump_app;
 pub mod create_event;
 pub mod event_listener;
 pub mod job;
 pub mod patch_resource;
-pub mod secrets;
 
 /// Why a delivery fails when ktrigger runs without a cluster.
 pub const NEEDS_CLUSTER: &str = "this destination needs a cluster: run with --kubeconfig or in a cluster";
@@ -43,76 +41,49 @@ pub const FIELD_MANAGER: &str = "ktrigger";
 /// How many times a write that lost a resourceVersion race is read again and retried.
 const CONFLICT_RETRIES: usize = 3;
 
-/// Adds `patch-resource`, `bump-application-revision`, `create-event`, `job` (alias `task`),
-/// `create-event-listener` and `record-event`, acting on `target`; without a client they load but
-/// every delivery fails with [`NEEDS_CLUSTER`].
-pub fn register(registry: &mut Registry, target: KubeTarget) {
-    registry.add_destination_type(patch_resource::PatchResourceFactory::new(target.clone()));
-    registry.add_destination_type(bump_app::BumpAppFactory::new(target.clone()));
-    registry.add_destination_type(create_event::CreateEventFactory::new(target.clone()));
-    registry.add_destination_type(event_listener::CreateEventListenerFactory::new(target.clone()));
-    registry.add_destination_type(event_listener::RecordEventFactory::new(target.clone()));
-    registry.add_destination_type(job::JobFactory::new(target));
-}
-
-/// A kind resolved by discovery: its resource (plural) and whether it lives in namespaces.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResolvedKind {
-    /// Group, version, kind and plural.
-    pub resource: ApiResource,
-    /// Whether objects of the kind belong to a namespace.
-    pub namespaced: bool,
-}
-
-/// The cluster the Kubernetes destinations act on: an optional client, the identity it acts as,
-/// and a discovery cache.
+/// The cluster as one TriggerService acts on it: the [`Cluster`]'s client impersonating the
+/// TriggerService's identity (none without a cluster), where ktrigger lets it act, and the
+/// cluster's discovery cache.
 #[derive(Clone)]
-pub struct KubeTarget {
-    /// The client, acting as `actor`.
+pub struct ActingCluster {
+    cluster: Cluster,
+    /// The cluster's client, acting as `actor`.
     client: Option<Client>,
-    identities: IdentityPolicy,
     actor: Actor,
-    kinds: Arc<Mutex<HashMap<(String, String), ResolvedKind>>>,
 }
 
-impl std::fmt::Debug for KubeTarget {
+impl std::fmt::Debug for ActingCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeTarget").field("connected", &self.client.is_some()).finish_non_exhaustive()
+        f.debug_struct("ActingCluster")
+            .field("identity", &self.actor.identity)
+            .field("connected", &self.client.is_some())
+            .finish_non_exhaustive()
     }
 }
 
-impl KubeTarget {
-    /// A target acting through `client` with its own identity anywhere (ServiceAccounts named
-    /// by a TriggerService are still impersonated), or one that refuses every delivery when `None`.
-    pub fn new(client: Option<Client>) -> Self {
-        KubeTarget { client, identities: IdentityPolicy::local(), actor: Actor::own(), kinds: Arc::default() }
-    }
-
-    /// Gives each TriggerService the identity `identities` says, as its sources get.
-    pub fn with_identities(self, identities: IdentityPolicy) -> Self {
-        KubeTarget { identities, ..self }
-    }
-
-    /// The target one trigger's destination acts on, following [`KubeTarget::with_identities`].
-    pub fn for_trigger(&self, context: &BuildContext) -> Result<KubeTarget, PropertyError> {
+impl Cluster {
+    /// What one trigger's destination acts on, by this cluster's [`IdentityPolicy`](crate::IdentityPolicy).
+    pub fn for_trigger(&self, context: &BuildContext) -> Result<ActingCluster, PropertyError> {
         self.acting_as(&context.trigger.namespace, context.service_account.as_deref()).map_err(PropertyError::whole)
     }
 
-    /// The target for a TriggerService in `namespace` that names `service_account` (or none),
-    /// following [`KubeTarget::with_identities`].
-    pub fn acting_as(&self, namespace: &str, service_account: Option<&str>) -> Result<KubeTarget, String> {
-        let actor = self.identities.resolve(namespace, service_account)?;
-        let client = self.client.as_ref().map(|client| identity::client_as(client, &actor.identity)).transpose()?;
-        Ok(KubeTarget { client, actor, ..self.clone() })
+    /// What a TriggerService in `namespace` that names `service_account` (or none) acts on, by
+    /// this cluster's [`IdentityPolicy`](crate::IdentityPolicy).
+    pub fn acting_as(&self, namespace: &str, service_account: Option<&str>) -> Result<ActingCluster, String> {
+        let actor = self.identities().resolve(namespace, service_account)?;
+        let client = self.kube_client().map(|client| identity::client_as(&client, &actor.identity)).transpose()?;
+        Ok(ActingCluster { cluster: self.clone(), client, actor })
     }
+}
 
-    /// Who this target acts as.
+impl ActingCluster {
+    /// Who this acts as.
     pub fn identity(&self) -> &Identity {
         &self.actor.identity
     }
 
-    /// Refuses to act outside the TriggerService's namespace when this target is confined to
-    /// it; `namespace` is `None` for cluster-scoped objects.
+    /// Refuses to act outside the TriggerService's namespace when it is confined to it;
+    /// `namespace` is `None` for cluster-scoped objects.
     pub fn check_namespace(&self, namespace: Option<&str>, action: &str) -> Result<(), DeliveryError> {
         self.actor.check_namespace(namespace).map_err(|e| DeliveryError::permanent(format!("{action}: {e}")))
     }
@@ -124,35 +95,28 @@ impl KubeTarget {
 
     /// The kind `kind` of `api_version` as discovery last resolved it, without asking the cluster.
     pub fn cached(&self, api_version: &str, kind: &str) -> Option<ResolvedKind> {
-        let kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        kinds.get(&(api_version.to_string(), kind.to_string())).cloned()
+        let gv: GroupVersion = api_version.parse().ok()?;
+        self.cluster.cached_kind(&GroupVersionKind::gvk(&gv.group, &gv.version, kind))
     }
 
-    /// Resolves `kind` of `api_version` through discovery, once per kind; a kind the cluster does
-    /// not serve is a permanent error.
+    /// Resolves `kind` of `api_version` through discovery, once per kind for the whole cluster; a
+    /// kind the cluster does not serve is a permanent error.
     pub async fn resolve(&self, api_version: &str, kind: &str) -> Result<ResolvedKind, DeliveryError> {
-        if let Some(resolved) = self.cached(api_version, kind) {
-            return Ok(resolved);
-        }
         let client = self.client()?;
         let gv: GroupVersion = api_version
             .parse()
             .map_err(|_| DeliveryError::permanent(format!("{api_version:?} is not a valid apiVersion")))?;
         let gvk = GroupVersionKind::gvk(&gv.group, &gv.version, kind);
-        let (resource, capabilities) = match discovery::pinned_kind(client, &gvk).await {
-            Ok(found) => found,
+        match self.cluster.discover(client, &gvk).await {
+            Ok(resolved) => Ok(resolved),
             Err(Error::Discovery(_)) => {
-                return Err(DeliveryError::permanent(format!("the cluster serves no kind {kind} in {api_version}")));
+                Err(DeliveryError::permanent(format!("the cluster serves no kind {kind} in {api_version}")))
             }
             Err(Error::Api(status)) if status.code == 404 => {
-                return Err(DeliveryError::permanent(format!("the cluster does not serve apiVersion {api_version}")));
+                Err(DeliveryError::permanent(format!("the cluster does not serve apiVersion {api_version}")))
             }
-            Err(error) => return Err(api_error(error, &format!("discover {kind} in {api_version}"))),
-        };
-        let resolved = ResolvedKind { resource, namespaced: capabilities.scope == Scope::Namespaced };
-        let mut kinds = self.kinds.lock().unwrap_or_else(|e| e.into_inner());
-        kinds.insert((api_version.to_string(), kind.to_string()), resolved.clone());
-        Ok(resolved)
+            Err(error) => Err(api_error(error, &format!("discover {kind} in {api_version}"))),
+        }
     }
 
     /// A dynamic API for `kind`, in `namespace` when the kind is namespaced.
@@ -321,8 +285,9 @@ fn has_template(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::{ClusterOptions, IdentityPolicy};
     use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::DeliveryRequest;
+    use ktrigger_core::registry::{DeliveryRequest, Registry};
     use serde_json::json;
 
     fn context(namespace: &str, service_account: Option<&str>) -> BuildContext {
@@ -332,14 +297,18 @@ mod tests {
         }
     }
 
-    fn controller(default_service_account: Option<&str>, cluster_wide: bool) -> KubeTarget {
-        let policy = IdentityPolicy::controller(default_service_account.map(String::from), cluster_wide).unwrap();
-        KubeTarget::new(None).with_identities(policy)
+    /// A controller's cluster that could not be reached: identities apply, deliveries fail.
+    async fn controller(default_service_account: Option<&str>, cluster_wide: bool) -> Cluster {
+        let identities = IdentityPolicy::controller(default_service_account.map(String::from), cluster_wide).unwrap();
+        let kubeconfig = Some("/nonexistent/kubeconfig".into());
+        let cluster = Cluster::connect(&ClusterOptions { kubeconfig, identities, ..Default::default() }).await.unwrap();
+        assert!(cluster.kube_client().is_none());
+        cluster
     }
 
-    #[test]
-    fn without_an_identity_actions_stay_in_the_trigger_service_namespace() {
-        let target = controller(None, false).for_trigger(&context("apps", None)).unwrap();
+    #[tokio::test]
+    async fn without_an_identity_actions_stay_in_the_trigger_service_namespace() {
+        let target = controller(None, false).await.for_trigger(&context("apps", None)).unwrap();
         assert_eq!(target.identity(), &Identity::Own);
         assert!(target.check_namespace(Some("apps"), "patch").is_ok());
         let refused = target.check_namespace(Some("kube-system"), "patch ConfigMap kube-system/x").unwrap_err();
@@ -350,9 +319,9 @@ mod tests {
         assert!(target.check_namespace(None, "patch Node n1").is_err(), "cluster-scoped objects are outside too");
     }
 
-    #[test]
-    fn the_default_service_account_acts_for_trigger_services_without_one() {
-        let target = controller(Some("ktrigger"), false);
+    #[tokio::test]
+    async fn the_default_service_account_acts_for_trigger_services_without_one() {
+        let target = controller(Some("ktrigger"), false).await;
         let default = target.for_trigger(&context("apps", None)).unwrap();
         let expected = Identity::ServiceAccount { namespace: "apps".into(), name: "ktrigger".into() };
         assert_eq!(default.identity(), &expected);
@@ -361,24 +330,24 @@ mod tests {
         assert_eq!(named.identity(), &Identity::ServiceAccount { namespace: "apps".into(), name: "robot".into() });
     }
 
-    #[test]
-    fn the_cluster_wide_flag_and_local_files_are_not_restricted() {
-        let wide = controller(None, true).for_trigger(&context("apps", None));
+    #[tokio::test]
+    async fn the_cluster_wide_flag_and_local_files_are_not_restricted() {
+        let wide = controller(None, true).await.for_trigger(&context("apps", None));
         assert!(wide.unwrap().check_namespace(Some("other"), "patch").is_ok());
-        let local = KubeTarget::new(None).for_trigger(&context("apps", None));
+        let local = Cluster::offline().for_trigger(&context("apps", None));
         assert!(local.unwrap().check_namespace(Some("other"), "patch").is_ok());
     }
 
     #[test]
     fn a_service_account_needs_a_namespaced_trigger_service() {
-        let err = KubeTarget::new(None).for_trigger(&context("", Some("robot"))).err().unwrap().to_string();
+        let err = Cluster::offline().for_trigger(&context("", Some("robot"))).err().unwrap().to_string();
         assert!(err.contains("serviceAccountName \"robot\" needs a namespaced TriggerService"), "{err}");
     }
 
     #[test]
     fn docs_are_complete_and_their_examples_load() {
         let mut registry = Registry::default();
-        register(&mut registry, KubeTarget::new(None));
+        crate::register(&mut registry, Cluster::offline());
         let context =
             BuildContext::new(TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() });
         let docs = registry.destination_docs();
@@ -397,7 +366,7 @@ mod tests {
     #[tokio::test]
     async fn without_a_cluster_every_delivery_fails_permanently() {
         let mut registry = Registry::default();
-        register(&mut registry, KubeTarget::new(None));
+        crate::register(&mut registry, Cluster::offline());
         let trigger = TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() };
         let context = BuildContext::new(trigger.clone());
         let event = Event::new(
@@ -417,7 +386,7 @@ mod tests {
     #[test]
     fn api_errors_map_to_outcomes() {
         let status = |code: u16, reason: &str| {
-            Error::Api(::kube::core::Status::failure(&format!("{reason} message"), reason).with_code(code).boxed())
+            Error::Api(kube::core::Status::failure(&format!("{reason} message"), reason).with_code(code).boxed())
         };
         let forbidden = api_error(status(403, "Forbidden"), "patch ConfigMap a/b");
         assert_eq!(forbidden, DeliveryError::permanent("patch ConfigMap a/b: forbidden: Forbidden message"));

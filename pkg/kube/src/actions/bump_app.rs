@@ -10,21 +10,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ::kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
-use ::kube::core::GroupVersionKind;
 use async_trait::async_trait;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
 use ktrigger_core::typed::DestinationType;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::GroupVersionKind;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    CONFLICT_RETRIES, FIELD_MANAGER, KubeTarget, api_error, compile_optional, default_namespace, is_conflict,
+    ActingCluster, CONFLICT_RETRIES, FIELD_MANAGER, api_error, compile_optional, default_namespace, is_conflict,
     object_name, render_text, resource_path,
 };
+use crate::Cluster;
 
 /// The annotation KubeVela reads to publish a new Application revision.
 pub const PUBLISH_VERSION: &str = "app.oam.dev/publishVersion";
@@ -75,13 +76,13 @@ enum Selection {
 /// Builds `bump-application-revision` destinations.
 #[derive(Debug, Clone)]
 pub struct BumpAppFactory {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl BumpAppFactory {
-    /// Destinations that act on `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        BumpAppFactory { target }
+    /// Destinations that act on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        BumpAppFactory { cluster }
     }
 }
 
@@ -127,7 +128,7 @@ properties:
             namespace: compile_optional("namespace", props.namespace.as_deref())?,
             selection,
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.for_trigger(context)?,
+            target: self.cluster.for_trigger(context)?,
         }))
     }
 }
@@ -137,7 +138,7 @@ struct BumpApp {
     namespace: Option<Template>,
     selection: Selection,
     trigger_namespace: String,
-    target: KubeTarget,
+    target: ActingCluster,
 }
 
 /// The Applications one delivery bumps: by name, or every one matching a label selector.
@@ -317,7 +318,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        TypedDestination::new(BumpAppFactory::new(KubeTarget::new(None)))
+        TypedDestination::new(BumpAppFactory::new(Cluster::offline()))
             .build(&properties, &BuildContext::new(trigger()))
             .map_err(|e| e.to_string())
     }

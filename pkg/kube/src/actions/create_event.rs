@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use ::kube::api::{Api, PostParams};
 use async_trait::async_trait;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Event as KubeEvent;
@@ -16,14 +15,16 @@ use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
 use ktrigger_core::typed::DestinationType;
+use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{
-    FIELD_MANAGER, KubeTarget, api_error, compile_optional, default_namespace, delivery_suffix, is_conflict,
+    ActingCluster, FIELD_MANAGER, api_error, compile_optional, default_namespace, delivery_suffix, is_conflict,
     render_text,
 };
+use crate::Cluster;
 
 /// Longest message kept; longer ones are cut (events.k8s.io allows 1 KiB notes).
 const MAX_MESSAGE: usize = 1024;
@@ -72,13 +73,13 @@ struct NamedObject {
 /// Builds `create-event` destinations.
 #[derive(Debug, Clone)]
 pub struct CreateEventFactory {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl CreateEventFactory {
-    /// Destinations that act on `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        CreateEventFactory { target }
+    /// Destinations that act on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        CreateEventFactory { cluster }
     }
 }
 
@@ -126,7 +127,7 @@ properties:
             action: props.action,
             trigger: context.trigger.to_string(),
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.for_trigger(context)?,
+            target: self.cluster.for_trigger(context)?,
         }))
     }
 }
@@ -140,7 +141,7 @@ struct CreateEvent {
     action: Option<String>,
     trigger: String,
     trigger_namespace: String,
-    target: KubeTarget,
+    target: ActingCluster,
 }
 
 impl CreateEvent {
@@ -291,7 +292,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        TypedDestination::new(CreateEventFactory::new(KubeTarget::new(None)))
+        TypedDestination::new(CreateEventFactory::new(Cluster::offline()))
             .build(&properties, &BuildContext::new(trigger()))
             .map_err(|e| e.to_string())
     }

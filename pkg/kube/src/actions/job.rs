@@ -8,21 +8,22 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use ::kube::api::{Api, PostParams};
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
 use ktrigger_core::properties::PropertyError;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::template::{Template, TemplateScope};
 use ktrigger_core::typed::DestinationType;
+use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{
-    FIELD_MANAGER, KubeTarget, api_error, compile_optional, default_namespace, delivery_suffix, is_conflict,
+    ActingCluster, FIELD_MANAGER, api_error, compile_optional, default_namespace, delivery_suffix, is_conflict,
     object_name, object_namespace, render_text,
 };
+use crate::Cluster;
 
 /// Longest name prefix: the Job name (prefix, `-`, 10 hex digits) must stay a 63-character label.
 const MAX_PREFIX: usize = 52;
@@ -92,13 +93,13 @@ struct EnvVar {
 /// Builds `job` destinations.
 #[derive(Debug, Clone)]
 pub struct JobFactory {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl JobFactory {
-    /// Destinations that act on `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        JobFactory { target }
+    /// Destinations that act on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        JobFactory { cluster }
     }
 }
 
@@ -189,7 +190,7 @@ properties:
             owned_by_source: props.owned_by_source,
             trigger: context.trigger.to_string(),
             trigger_namespace: context.trigger.namespace.clone(),
-            target: self.target.for_trigger(context)?,
+            target: self.cluster.for_trigger(context)?,
         }))
     }
 }
@@ -209,7 +210,7 @@ struct JobDestination {
     owned_by_source: bool,
     trigger: String,
     trigger_namespace: String,
-    target: KubeTarget,
+    target: ActingCluster,
 }
 
 fn render_list(name: &str, templates: &[Template], scope: &TemplateScope) -> Result<Vec<String>, DeliveryError> {
@@ -329,7 +330,7 @@ mod tests {
     }
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
-        TypedDestination::new(JobFactory::new(KubeTarget::new(None)))
+        TypedDestination::new(JobFactory::new(Cluster::offline()))
             .build(&properties, &BuildContext::new(trigger()))
             .map_err(|e| e.to_string())
     }

@@ -10,13 +10,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::properties::SecretKeyRef;
 use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
-use ktrigger_core::secrets::SecretReader;
-use ktrigger_destinations::kube::bump_app::PUBLISH_VERSION;
-use ktrigger_destinations::kube::secrets::KubeSecretReader;
-use ktrigger_destinations::kube::{KubeTarget, NEEDS_CLUSTER};
-use ktrigger_kube::IdentityPolicy;
+use ktrigger_core::secrets::{SecretKeyRef, SecretReader};
+use ktrigger_kube::actions::NEEDS_CLUSTER;
+use ktrigger_kube::actions::bump_app::PUBLISH_VERSION;
+use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, KubeSecretReader};
 use ktrigger_testcluster::{Faults, TestCluster};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, PostParams};
 use kube::core::GroupVersionKind;
@@ -43,7 +41,7 @@ async fn config_from(kubeconfig: kube::config::Kubeconfig) -> kube::Config {
 
 impl Env {
     async fn start() -> Env {
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        ktrigger_kube::ensure_crypto_provider();
         let (cluster, config) = match std::env::var(KUBECONFIG_VAR) {
             Ok(path) => {
                 let kubeconfig =
@@ -62,7 +60,7 @@ impl Env {
         let object = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
         namespaces.create(&PostParams::default(), &object).await.expect("create the test namespace");
         let mut registry = Registry::default();
-        ktrigger_destinations::register_kube(&mut registry, KubeTarget::new(Some(client.clone())));
+        ktrigger_kube::register(&mut registry, local_cluster(client.clone()));
         Env { cluster, config, client, namespace, registry }
     }
 
@@ -233,6 +231,28 @@ async fn merge_patch_renders_templates_into_the_source_object() {
 }
 
 #[tokio::test]
+async fn destinations_resolve_kinds_into_the_cache_of_the_cluster_they_share_with_sources() {
+    let env = Env::start().await;
+    let source = env.configmap("web", json!({}), json!({})).await;
+    let cluster = local_cluster(env.client.clone());
+    let mut registry = Registry::default();
+    ktrigger_kube::register(&mut registry, cluster.clone());
+    let context = BuildContext::new(env.trigger());
+    let properties = json!({"patch": {"data": {"seen": "yes"}}});
+    let destination = registry.destination("patch-resource").unwrap().build(&properties, &context).unwrap();
+    let configmaps = GroupVersionKind::gvk("", "v1", "ConfigMap");
+    assert_eq!(cluster.cached_kind(&configmaps), None);
+
+    env.deliver(&destination, "d-1", source).await.unwrap();
+
+    let resolved = cluster.cached_kind(&configmaps).expect("the delivery resolved ConfigMap on the cluster");
+    assert_eq!(
+        (resolved.resource.plural.as_str(), resolved.namespaced, resolved.watchable),
+        ("configmaps", true, true)
+    );
+}
+
+#[tokio::test]
 async fn json_patch_and_server_side_apply_reach_named_targets() {
     let env = Env::start().await;
     let source = env.configmap("web", json!({}), json!({"replicas": "3"})).await;
@@ -289,7 +309,7 @@ async fn a_forbidden_patch_fails_permanently_with_the_api_server_message() {
         }
         (None, Some(tenant)) => {
             let mut registry = Registry::default();
-            ktrigger_destinations::register_kube(&mut registry, KubeTarget::new(Some(tenant)));
+            ktrigger_kube::register(&mut registry, local_cluster(tenant));
             let context = BuildContext::new(env.trigger());
             registry.destination("patch-resource").unwrap().build(&properties, &context).unwrap()
         }
@@ -502,7 +522,7 @@ async fn job_is_owned_by_the_source_object_and_created_once_per_delivery() {
 #[tokio::test]
 async fn without_a_cluster_deliveries_fail_permanently() {
     let mut registry = Registry::default();
-    ktrigger_destinations::register(&mut registry);
+    ktrigger_kube::register(&mut registry, Cluster::offline());
     let trigger = TriggerId { namespace: "apps".into(), service: "svc".into(), trigger: "t".into() };
     let context = BuildContext::new(trigger.clone());
     let destination = registry
@@ -517,10 +537,15 @@ async fn without_a_cluster_deliveries_fail_permanently() {
     assert_eq!(result.unwrap_err(), DeliveryError::permanent(NEEDS_CLUSTER));
 }
 
-/// The target of `ktrigger controller` without a default ServiceAccount.
-fn controller_target(env: &Env) -> KubeTarget {
+/// The cluster as `ktrigger run` reaches it through `client`: its own identity, anywhere.
+fn local_cluster(client: Client) -> Cluster {
+    Cluster::with_client(client, IdentityPolicy::local(), HubOptions::default(), Vec::new())
+}
+
+/// The cluster of `ktrigger controller` without a default ServiceAccount.
+fn controller_cluster(env: &Env) -> Cluster {
     let identities = IdentityPolicy::controller(None, false).expect("no default to check");
-    KubeTarget::new(Some(env.client.clone())).with_identities(identities)
+    Cluster::with_client(env.client.clone(), identities, HubOptions::default(), Vec::new())
 }
 
 /// Creates Secret `name` with `data` (string values) in the test namespace.
@@ -534,7 +559,7 @@ async fn secret(env: &Env, name: &str, data: Value) {
 async fn secret_key_refs_are_read_in_the_trigger_service_namespace() {
     let env = Env::start().await;
     secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t", "binary": "ok"})).await;
-    let reader = KubeSecretReader::new(controller_target(&env));
+    let reader = KubeSecretReader::new(controller_cluster(&env));
     let reference = |name: &str, key: &str| SecretKeyRef { name: name.into(), key: key.into() };
 
     let value = reader.read(&env.namespace, None, &reference("chat", "url")).await.unwrap();
@@ -551,7 +576,7 @@ async fn secret_key_refs_are_read_in_the_trigger_service_namespace() {
 async fn a_service_account_reads_secrets_as_itself_and_a_refusal_is_reported() {
     let env = Env::start().await;
     secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t"})).await;
-    let reader = KubeSecretReader::new(controller_target(&env));
+    let reader = KubeSecretReader::new(controller_cluster(&env));
     let reference = SecretKeyRef { name: "chat".into(), key: "url".into() };
     // A real cluster refuses because the ServiceAccount has no Role; the test cluster is told to.
     if let Some(faults) = env.faults() {
@@ -577,7 +602,8 @@ async fn secrets_of_trigger_services_without_a_service_account_are_read_as_the_d
     let env = Env::start().await;
     secret(&env, "chat", json!({"url": "https://hooks.example.test/T0/B0/s3cr3t"})).await;
     let identities = IdentityPolicy::controller(Some("ktrigger-default".into()), false).unwrap();
-    let reader = KubeSecretReader::new(KubeTarget::new(Some(env.client.clone())).with_identities(identities));
+    let reader =
+        KubeSecretReader::new(Cluster::with_client(env.client.clone(), identities, HubOptions::default(), Vec::new()));
     let reference = SecretKeyRef { name: "chat".into(), key: "url".into() };
     // The default ServiceAccount has no Role on a real cluster; the test cluster is told to refuse.
     if let Some(faults) = env.faults() {

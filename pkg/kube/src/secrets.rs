@@ -4,28 +4,27 @@
 
 use std::time::Duration;
 
-use ::kube::Api;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
-use ktrigger_core::properties::{Secret, SecretKeyRef};
-use ktrigger_core::secrets::{SecretReader, no_cluster};
+use ktrigger_core::secrets::{Secret, SecretKeyRef, SecretReader, no_cluster};
+use kube::Api;
 
-use super::KubeTarget;
+use crate::Cluster;
 
 /// How long reading one Secret may take before the trigger is reported as not loadable.
 const READ_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Reads Secrets through the same identities as the Kubernetes destinations (see
-/// [`KubeTarget::with_identities`]).
+/// Reads Secrets through the cluster's client, as the identity its sources and destinations
+/// act as (see [`Cluster::acting_as`]).
 #[derive(Debug, Clone)]
 pub struct KubeSecretReader {
-    target: KubeTarget,
+    cluster: Cluster,
 }
 
 impl KubeSecretReader {
-    /// A reader acting through `target`.
-    pub fn new(target: KubeTarget) -> Self {
-        KubeSecretReader { target }
+    /// A reader acting on `cluster`.
+    pub fn new(cluster: Cluster) -> Self {
+        KubeSecretReader { cluster }
     }
 }
 
@@ -38,14 +37,14 @@ impl SecretReader for KubeSecretReader {
         reference: &SecretKeyRef,
     ) -> Result<Secret, String> {
         let SecretKeyRef { name, key } = reference;
-        let target = self.target.acting_as(namespace, service_account)?;
+        let target = self.cluster.acting_as(namespace, service_account)?;
         let client = target.client().map_err(|_| no_cluster(reference))?;
         let namespace = if namespace.is_empty() { client.default_namespace() } else { namespace };
         let identity = target.identity();
         let api: Api<KubeSecret> = Api::namespaced(client.clone(), namespace);
         let found = match tokio::time::timeout(READ_TIMEOUT, api.get_opt(name)).await {
             Err(_) => return Err(format!("reading Secret {namespace}/{name} timed out after {READ_TIMEOUT:?}")),
-            Ok(Err(::kube::Error::Api(status))) if status.code == 403 => {
+            Ok(Err(kube::Error::Api(status))) if status.code == 403 => {
                 return Err(format!("reading Secret {namespace}/{name} as {identity} was refused: {}", status.message));
             }
             Ok(Err(error)) => return Err(format!("reading Secret {namespace}/{name} failed: {error}")),
@@ -68,7 +67,7 @@ mod tests {
 
     #[tokio::test]
     async fn without_a_cluster_the_reader_says_what_to_use_instead() {
-        let reader = KubeSecretReader::new(KubeTarget::new(None));
+        let reader = KubeSecretReader::new(Cluster::offline());
         let reference = SecretKeyRef { name: "slack".into(), key: "url".into() };
         let error = reader.read("apps", None, &reference).await.unwrap_err();
         assert_eq!(error, no_cluster(&reference));
