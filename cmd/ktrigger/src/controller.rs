@@ -16,10 +16,7 @@ use ktrigger_controller::metrics::{
     EngineCollector, ServiceCollector, ServiceGauges, StoreCollector, WatchCounts, WatchStats, register_build_info,
 };
 use ktrigger_controller::{Compat, ControllerOptions, Readiness};
-use ktrigger_core::credentials::CredentialPolicy;
-use ktrigger_core::engine::EngineOptions;
-use ktrigger_core::state::StateStore;
-use ktrigger_core::state::redb::MovedAside;
+use ktrigger_core::{CredentialPolicy, EngineOptions, MovedAside, StateStore};
 use ktrigger_kube::IdentityPolicy;
 use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -277,7 +274,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
     let plugins = args.plugins.start(true).await?;
-    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress, &plugins)?.with_store(store.clone());
+    let engine =
+        engine_with(webhooks.clone(), cluster.clone(), options, egress, &plugins)?.store(store.clone()).build();
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();

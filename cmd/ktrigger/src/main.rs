@@ -22,9 +22,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use ktrigger_core::egress::EgressPolicy;
-use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::registry::Registry;
+use ktrigger_core::{EgressPolicy, Engine, EngineBuilder, EngineOptions, Registry};
 use ktrigger_destinations::kube::KubeTarget;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_plugin::PluginManager;
@@ -298,7 +296,7 @@ fn offline_registry(
     registry_for(webhooks, cluster, KubeTarget::new(None), plugins)
 }
 
-/// An engine that knows every source and destination type, with Kubernetes sources watching
+/// An engine, to be given its store, that knows every source and destination type, with Kubernetes sources watching
 /// `cluster`. Kubernetes sources and destinations, and the reading of `secretKeyRef` values, act
 /// as each TriggerService's identity by the cluster's identity policy. Network sources and
 /// destinations connect only where `egress` allows.
@@ -308,13 +306,13 @@ fn engine_with(
     options: EngineOptions,
     egress: Arc<EgressPolicy>,
     plugins: &PluginManager,
-) -> anyhow::Result<Engine> {
+) -> anyhow::Result<EngineBuilder> {
     let target = KubeTarget::new(cluster.kube_client()).with_identities(cluster.identities().clone());
     let secrets = Arc::new(KubeSecretReader::new(target.clone()));
     let mut registry = registry_for(webhooks, cluster, target, plugins);
     ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;
     ktrigger_sources::register_http_poller(&mut registry, egress);
-    Ok(Engine::new(Arc::new(registry), options).with_secret_reader(secrets))
+    Ok(Engine::builder().registry(registry).options(options).secret_reader(secrets))
 }
 
 /// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources

@@ -15,10 +15,10 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::template::Template;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, PropertyError, Receipt, Secret,
+    SecretRef, Template,
+};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, Url};
 use schemars::JsonSchema;
@@ -585,10 +585,7 @@ fn is_label(label: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, Event, TriggerId, TypedDestination, parse_properties};
 
     fn trigger(namespace: &str) -> TriggerId {
         TriggerId { namespace: namespace.into(), service: "restart-doctor".into(), trigger: "crashloop".into() }

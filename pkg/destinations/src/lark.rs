@@ -18,10 +18,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, ClusterSecrets, DeliveryError, DeliveryRequest, Destination, DestinationType, PropertyError, Receipt,
+    Secret, SecretRef,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -250,9 +250,7 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const HOOK_PATH: &str = "/open-apis/bot/v2/hook/2f6b8c1e-0d4a-4f1b-9c3e-larkhooksecret";
     const SECRET: &str = "larksigningsecret0123456789";

@@ -10,10 +10,7 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::properties::{PropertyError, SecretRef};
-use ktrigger_core::registry::{DeliveryError, DeliveryRequest, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::template::Template;
+use ktrigger_core::{ClusterSecrets, DeliveryError, DeliveryRequest, PropertyError, Receipt, SecretRef, Template};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::Value;
@@ -413,8 +410,7 @@ pub(crate) mod testing {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use hmac::{Hmac, Mac};
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+    use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Event, Receipt, TriggerId};
     use serde_json::{Value, json};
     use sha2::Sha256;
 
@@ -572,7 +568,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::Event;
+    use ktrigger_core::Event;
     use serde_json::json;
     use testing::*;
 
@@ -691,8 +687,7 @@ mod tests {
 
     #[test]
     fn chat_docs_are_complete_and_their_examples_load() {
-        use ktrigger_core::registry::DestinationFactory;
-        use ktrigger_core::typed::TypedDestination;
+        use ktrigger_core::{DestinationFactory, TypedDestination};
         let factories: [&dyn DestinationFactory; 4] = [
             &TypedDestination::new(crate::slack::SlackFactory::new()),
             &TypedDestination::new(crate::teams::TeamsFactory::new()),

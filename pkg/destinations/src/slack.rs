@@ -9,10 +9,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, ClusterSecrets, DeliveryError, DeliveryRequest, Destination, DestinationType, PropertyError, Receipt,
+    Secret, SecretRef,
+};
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use schemars::JsonSchema;
@@ -300,13 +300,11 @@ mod tests {
 
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    use ktrigger_core::event::Event;
+    use ktrigger_core::Event;
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const HOOK_PATH: &str = "/services/T0001/B0002/hooksecret0123456789abcd";
     const TOKEN: &str = "xoxb-test-0123456789";

@@ -8,10 +8,10 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::{PropertyError, SecretRef};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, ClusterSecrets, DeliveryError, DeliveryRequest, Destination, DestinationType, PropertyError, Receipt,
+    SecretRef,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -178,9 +178,7 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const FLOW_PATH: &str = "/workflows/8f2c/triggers/manual/paths/invoke";
     const SIG: &str = "flowsignature0123456789";

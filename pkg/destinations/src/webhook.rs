@@ -13,11 +13,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use ktrigger_core::event::{TriggerId, rfc3339, stable_id};
-use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::template::Template;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, PropertyError, Receipt, Secret,
+    SecretRef, Template, TriggerId, rfc3339, stable_id,
+};
 use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};

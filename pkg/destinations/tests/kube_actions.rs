@@ -9,10 +9,10 @@ use std::time::Duration;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::properties::SecretKeyRef;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
-use ktrigger_core::secrets::SecretReader;
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, Event, Receipt, Registry, SecretKeyRef, SecretReader,
+    TriggerId,
+};
 use ktrigger_destinations::kube::bump_app::PUBLISH_VERSION;
 use ktrigger_destinations::kube::secrets::KubeSecretReader;
 use ktrigger_destinations::kube::{KubeTarget, NEEDS_CLUSTER};

@@ -41,9 +41,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
-use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
-use ktrigger_core::mappings::Annotation;
-use ktrigger_core::registry::{EventSink, Tracked};
+use ktrigger_core::{Annotation, Event, EventSink, SharedEvent, Tracked, TriggerId, stable_id};
 use kube::api::{ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};

@@ -7,17 +7,13 @@
 //! `ktrigger validate` works without a cluster ([`Cluster::offline`]). Sources list and watch as
 //! their TriggerService's identity ([`identity`]).
 
-#![warn(missing_docs)]
-
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, Registry, SourceError};
+use ktrigger_core::{BuildContext, EventMappings, PropertyError, Registry, SourceError};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;

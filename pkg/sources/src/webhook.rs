@@ -7,9 +7,7 @@ use async_trait::async_trait;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::{PropertyError, Secret, SecretRef};
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::{BuildContext, EventSink, PropertyError, Secret, SecretRef, Source, SourceError, SourceType};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
@@ -339,9 +337,7 @@ mod tests {
     use std::time::Duration;
 
     use chrono::Utc;
-    use ktrigger_core::event::{SharedEvent, TriggerId};
-    use ktrigger_core::registry::{Handled, SourceFactory};
-    use ktrigger_core::typed::TypedSource;
+    use ktrigger_core::{Handled, SharedEvent, SourceFactory, TriggerId, TypedSource};
     use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;

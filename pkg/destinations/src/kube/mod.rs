@@ -20,9 +20,7 @@ use ::kube::core::GroupVersionKind;
 use ::kube::core::gvk::GroupVersion;
 use ::kube::discovery::{self, Scope};
 use ::kube::{Client, Error};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, Registry};
-use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::{BuildContext, DeliveryError, PropertyError, Registry, Template, TemplateScope};
 use ktrigger_kube::identity::{self, Actor, Identity, IdentityPolicy};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -321,8 +319,7 @@ fn has_template(value: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::DeliveryRequest;
+    use ktrigger_core::{DeliveryRequest, Event, TriggerId};
     use serde_json::json;
 
     fn context(namespace: &str, service_account: Option<&str>) -> BuildContext {

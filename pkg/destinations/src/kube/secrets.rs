@@ -7,8 +7,7 @@ use std::time::Duration;
 use ::kube::Api;
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
-use ktrigger_core::properties::{Secret, SecretKeyRef};
-use ktrigger_core::secrets::{SecretReader, no_cluster};
+use ktrigger_core::{Secret, SecretKeyRef, SecretReader, no_cluster};
 
 use super::KubeTarget;
 
