@@ -158,8 +158,8 @@ mod egress;
 mod engine;
 mod event;
 mod mappings;
-// Reachable from the property tests (`tests/properties.rs`) and the per-event benchmark only;
-// not part of the API.
+// `prepare`, `router` and `trace` are reachable from the property tests (`tests/properties.rs`)
+// and the per-event benchmark (`benches/per_event.rs`) only; they are not part of the API.
 #[doc(hidden)]
 pub mod prepare;
 mod properties;
@@ -170,7 +170,8 @@ mod secrets;
 mod state;
 mod stats;
 mod template;
-mod trace;
+#[doc(hidden)]
+pub mod trace;
 mod typed;
 
 pub use builder::EngineBuilder;

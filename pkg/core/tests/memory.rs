@@ -10,8 +10,8 @@ use async_trait::async_trait;
 use common::FeedFactory;
 use ktrigger_api::{DestinationSpec, OverflowPolicy, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, Engine, EngineOptions, PropertyError,
-    QueueLimits, Receipt, Registry,
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, Engine, PropertyError, QueueLimits,
+    Receipt, Registry,
 };
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
