@@ -118,7 +118,7 @@ pub struct ControllerArgs {
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     serve: Vec<Compat>,
     /// Base URL of kagent for served Hooks (khook's kagent API URL); default the kagent
-    /// destination's, http://kagent-controller.kagent:8083.
+    /// destination's, `http://kagent-controller.kagent:8083`.
     #[arg(long, value_name = "URL")]
     khook_kagent_url: Option<String>,
     // State kept in NATS JetStream for replicas (--state, --state-*), instead of --state-dir.

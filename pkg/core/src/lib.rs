@@ -178,7 +178,7 @@ pub use builder::EngineBuilder;
 pub use cel::limits::COST_LIMIT as CEL_COST_LIMIT;
 pub use cel::{CelError, CelExpr, Vars};
 pub use config::{LoadedConfig, LoadedService, default_name, expand_paths, load_paths, load_text};
-pub use credentials::CredentialPolicy;
+pub use credentials::{CredentialPolicy, MAX_FILE_BYTES as MAX_CREDENTIAL_FILE_BYTES};
 pub use delivery::{
     DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_BYTES_PER_TRIGGER, Delivery, DeliveryQueue, QueueError, QueueLimits,
 };
@@ -201,8 +201,8 @@ pub use secrets::{ClusterSecrets, SecretReader, no_cluster, trigger_references};
 pub use state::memory::MemoryStore;
 pub use state::nats::{DEFAULT_PREFIX as NATS_DEFAULT_PREFIX, NatsAuth, NatsOptions, NatsStore, NatsTls};
 pub use state::redb::{FILE_NAME as REDB_FILE_NAME, MovedAside, RedbStore};
-pub use state::{Commit, SCHEMA_VERSION, SourceState, StateStore, StoreError, StoreMetrics};
+pub use state::{Commit, SCHEMA_VERSION, SourceState, StateStore, StoreError, StoreMetrics, trigger_prefix};
 pub use stats::{DestinationCounts, LatencySnapshot, StatsSnapshot};
-pub use template::{MAX_OUTPUT as MAX_TEMPLATE_OUTPUT, Template, TemplateScope};
+pub use template::{MAX_OUTPUT as MAX_TEMPLATE_OUTPUT, MAX_TEMPLATE, Template, TemplateScope};
 pub use trace::TARGET as TRACE_TARGET;
 pub use typed::{DestinationType, SourceType, TypedDestination, TypedSource, properties_schema};

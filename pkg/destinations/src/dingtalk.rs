@@ -38,7 +38,7 @@ const TRANSIENT_CODES: &[i64] = &[130101, 410100, -1];
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DingTalkProperties {
-    /// Robot webhook URL https://oapi.dingtalk.com/robot/send?access_token=... as a literal (it is
+    /// Robot webhook URL `https://oapi.dingtalk.com/robot/send?access_token=...` as a literal (it is
     /// a credential: prefer webhookUrlFrom); exactly one of webhookUrl and webhookUrlFrom is
     /// required
     #[serde(default)]

@@ -63,7 +63,7 @@ pub struct KagentProperties {
     /// ({{.ResourceName}}, {{.Namespace}}, {{.EventType}}, {{.Reason}}, {{.Message}},
     /// {{.EventMessage}}, {{.Timestamp}}, {{.EventTime}}) are converted
     prompt: String,
-    /// URL of the kagent controller; default http://kagent-controller.kagent:8083
+    /// URL of the kagent controller; default `http://kagent-controller.kagent:8083`
     #[serde(default)]
     base_url: Option<String>,
     /// kagent user the sessions belong to (user_id and X-User-Id); default ktrigger

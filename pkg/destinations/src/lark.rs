@@ -38,7 +38,7 @@ const RATE_LIMITED_CODE: i64 = 11232;
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LarkProperties {
-    /// Bot webhook URL https://open.feishu.cn/open-apis/bot/v2/hook/... (or open.larksuite.com) as
+    /// Bot webhook URL `https://open.feishu.cn/open-apis/bot/v2/hook/...` (or open.larksuite.com) as
     /// a literal (it is a credential: prefer webhookUrlFrom); exactly one of webhookUrl and
     /// webhookUrlFrom is required
     #[serde(default)]

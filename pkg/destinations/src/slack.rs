@@ -51,7 +51,7 @@ pub struct SlackProperties {
     /// webhook; needs channel and the chat:write scope
     #[serde(default)]
     token_from: Option<SecretRef>,
-    /// Base URL of the Web API, only with tokenFrom; default https://slack.com/api
+    /// Base URL of the Web API, only with tokenFrom; default `https://slack.com/api`
     #[serde(default)]
     api_url: Option<String>,
     /// Channel name or id; required with tokenFrom; with a webhook, only legacy webhooks honour it;

@@ -69,8 +69,8 @@ pub struct WebhookProperties {
     /// Content-Type of `body` or of the raw context; default application/json
     #[serde(default)]
     content_type: Option<String>,
-    /// {secretFrom: <secret reference>, header: X-Ktrigger-Signature-256}: adds sha256=<hex
-    /// HMAC-SHA256 of the body> under that header
+    /// `{secretFrom: <secret reference>, header: X-Ktrigger-Signature-256}`: adds
+    /// `sha256=<hex HMAC-SHA256 of the body>` under that header
     #[serde(default)]
     signature: Option<SignatureProperties>,
 }
