@@ -134,7 +134,10 @@
 //!     let report = engine.apply(&service.namespace, &service.name, &service.spec).await;
 //!     assert!(report.skipped.is_empty(), "{:?}", report.skipped);
 //! }
-//! while kept.lock().unwrap().len() < 2 {
+//! for _ in 0..500 {
+//!     if kept.lock().unwrap().len() >= 2 {
+//!         break;
+//!     }
 //!     tokio::time::sleep(Duration::from_millis(10)).await;
 //! }
 //! engine.shutdown(Duration::from_secs(1)).await;
