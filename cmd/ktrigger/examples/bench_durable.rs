@@ -13,13 +13,15 @@
 //!
 //! It prints figures and asserts nothing. Run it through `hack/bench-durable.sh`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod bench_support;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use bench_support::{free_port, receiver, send, stop};
 
 struct Options {
     ktrigger: String,
@@ -53,55 +55,6 @@ fn options() -> Options {
         }
     }
     options
-}
-
-/// Reads one HTTP/1.1 request from `reader`; false at the end of the connection.
-fn read_request(reader: &mut BufReader<TcpStream>) -> bool {
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return false,
-            Ok(_) => {}
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).is_ok()
-}
-
-/// A receiver answering 200 at once on keep-alive connections; counts requests.
-fn receiver() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                while read_request(&mut reader) {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    if writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, count)
-}
-
-/// A free local port for the webhook listener.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn write_config(dir: &Path, receiver: u16, dedup: bool) -> String {
@@ -147,70 +100,16 @@ fn start_with(options: &Options, config: &str, port: u16, state: &str, extra: &[
     child
 }
 
-/// Posts `events` events over `senders` keep-alive connections; the bodies come from `body`.
-fn send(port: u16, events: usize, senders: usize, body: impl Fn(usize) -> String + Sync) {
-    let next = AtomicUsize::new(0);
-    std::thread::scope(|scope| {
-        for _ in 0..senders {
-            scope.spawn(|| {
-                let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                stream.set_nodelay(true).unwrap();
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= events {
-                        return;
-                    }
-                    let body = body(n);
-                    let request = format!(
-                        "POST /in HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    writer.write_all(request.as_bytes()).unwrap();
-                    let mut status = String::new();
-                    reader.read_line(&mut status).unwrap();
-                    assert!(status.contains(" 202 "), "event {n} refused: {status}");
-                    let mut length = 0;
-                    loop {
-                        let mut line = String::new();
-                        reader.read_line(&mut line).unwrap();
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = value.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut answer = vec![0; length];
-                    reader.read_exact(&mut answer).unwrap();
-                }
-            });
-        }
-    });
-}
-
+/// Waits until all `target` deliveries arrived.
 fn wait_for(count: &AtomicUsize, target: usize) {
-    let start = Instant::now();
-    while count.load(Ordering::SeqCst) < target {
-        assert!(
-            start.elapsed() < Duration::from_secs(600),
-            "only {} of {target} delivered",
-            count.load(Ordering::SeqCst)
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
+    let delivered = bench_support::wait_for(count, target);
+    assert!(delivered, "only {} of {target} delivered", count.load(Ordering::SeqCst));
 }
 
 /// Deliveries per second relayed with the state in `state` (`none`: memory).
 fn throughput(options: &Options, state: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
-    let (receiver_port, count) = receiver();
+    let (receiver_port, count) = receiver(Duration::ZERO);
     let config = write_config(dir.path(), receiver_port, false);
     let port = free_port();
     let child = start(options, &config, port, state);
@@ -256,7 +155,7 @@ fn watched_objects(options: &Options) {
             configmaps.create(&PostParams::default(), &body).await.unwrap();
         }
     });
-    let (receiver_port, count) = receiver();
+    let (receiver_port, count) = receiver(Duration::ZERO);
     let config = dir.path().join("watch.yaml");
     std::fs::write(
         &config,
@@ -322,7 +221,7 @@ fn main() {
 
     let dir = tempfile::tempdir().unwrap();
     let state = tempfile::tempdir().unwrap();
-    let (receiver_port, count) = receiver();
+    let (receiver_port, count) = receiver(Duration::ZERO);
     let config = write_config(dir.path(), receiver_port, true);
     let port = free_port();
     let child = start(&options, &config, port, state.path().to_str().unwrap());

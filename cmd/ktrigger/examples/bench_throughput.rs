@@ -14,13 +14,16 @@
 //!
 //! It prints figures and asserts nothing. Run it through `hack/bench-throughput.sh`.
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream};
+mod bench_support;
+
+use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use bench_support::{free_port, receiver, send, stop, wait_for, wait_listening};
 
 struct Options {
     binaries: Vec<(String, String)>,
@@ -52,69 +55,6 @@ fn options() -> Options {
         options.binaries.push(("current".into(), "target/release/ktrigger".into()));
     }
     options
-}
-
-/// Reads one HTTP/1.1 message head and body from `reader`: its first line, or `None` at the end
-/// of the connection.
-fn read_message(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<String>)> {
-    let mut first = String::new();
-    match reader.read_line(&mut first) {
-        Ok(0) | Err(_) => return None,
-        Ok(_) => {}
-    }
-    let mut headers = Vec::new();
-    let mut length = 0;
-    loop {
-        let mut line = String::new();
-        match reader.read_line(&mut line) {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        }
-        if line == "\r\n" {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(value) = lower.strip_prefix("content-length:") {
-            length = value.trim().parse().unwrap_or(0);
-        }
-        headers.push(lower);
-    }
-    let mut body = vec![0; length];
-    reader.read_exact(&mut body).ok()?;
-    Some((first, headers))
-}
-
-/// A receiver answering 200 after `delay` on keep-alive connections (a thread per connection);
-/// counts requests.
-fn receiver(delay: Duration) -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let count = Arc::new(AtomicUsize::new(0));
-    let counter = count.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().map_while(Result::ok) {
-            let counter = counter.clone();
-            std::thread::spawn(move || {
-                let _ = stream.set_nodelay(true);
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                while read_message(&mut reader).is_some() {
-                    if !delay.is_zero() {
-                        std::thread::sleep(delay);
-                    }
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    if writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, count)
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// One trigger relaying webhook events to the receiver; `queue_size` when given.
@@ -150,83 +90,8 @@ fn start(binary: &str, config: &str, port: u16, extra: &[&str]) -> (Child, Arc<A
             }
         }
     });
-    let started = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(started.elapsed() < Duration::from_secs(60), "ktrigger did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_listening(port);
     (child, dead)
-}
-
-/// What the senders were told.
-#[derive(Default)]
-struct Sent {
-    accepted: AtomicUsize,
-    refused: AtomicUsize,
-}
-
-/// Posts `events` events over `senders` keep-alive connections; a 503 is retried after its
-/// Retry-After (at most 1 s).
-fn send(port: u16, events: usize, senders: usize) -> Sent {
-    let next = AtomicUsize::new(0);
-    let sent = Sent::default();
-    std::thread::scope(|scope| {
-        for _ in 0..senders {
-            scope.spawn(|| {
-                let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-                stream.set_nodelay(true).unwrap();
-                let mut writer = stream.try_clone().unwrap();
-                let mut reader = BufReader::new(stream);
-                loop {
-                    let n = next.fetch_add(1, Ordering::SeqCst);
-                    if n >= events {
-                        return;
-                    }
-                    let body = format!("{{\"n\":{n},\"service\":\"checkout\",\"status\":\"failed\"}}");
-                    let request = format!(
-                        "POST /in HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nidempotency-key: e{n}\r\n\
-                         content-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
-                    loop {
-                        writer.write_all(request.as_bytes()).unwrap();
-                        let (status, headers) = read_message(&mut reader).expect("an answer");
-                        if status.contains(" 202 ") {
-                            sent.accepted.fetch_add(1, Ordering::SeqCst);
-                            break;
-                        }
-                        assert!(status.contains(" 503 ") || status.contains(" 429 "), "event {n}: {status}");
-                        sent.refused.fetch_add(1, Ordering::SeqCst);
-                        let after = headers
-                            .iter()
-                            .find_map(|h| h.strip_prefix("retry-after:").and_then(|v| v.trim().parse::<u64>().ok()))
-                            .unwrap_or(1);
-                        std::thread::sleep(Duration::from_secs(after.min(1)));
-                    }
-                }
-            });
-        }
-    });
-    sent
-}
-
-/// Waits until `count` reaches `target` or stops growing for 10 s.
-fn wait_for(count: &AtomicUsize, target: usize) {
-    let mut last = (count.load(Ordering::SeqCst), Instant::now());
-    while count.load(Ordering::SeqCst) < target {
-        let now = count.load(Ordering::SeqCst);
-        if now != last.0 {
-            last = (now, Instant::now());
-        } else if last.1.elapsed() > Duration::from_secs(10) {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-}
-
-fn stop(mut child: Child) {
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let _ = child.wait();
 }
 
 /// Figures of one run.
@@ -256,7 +121,7 @@ fn run(binary: &str, events: usize, senders: usize, delay: Duration, queue_size:
     let extra: &[&str] = if queue_size.is_some() { &big } else { &[] };
     let (child, dead) = start(binary, &config, port, extra);
     let started = Instant::now();
-    let sent = send(port, events, senders);
+    let sent = send(port, events, senders, |n| format!("{{\"n\":{n},\"service\":\"checkout\",\"status\":\"failed\"}}"));
     let inbound = started.elapsed();
     wait_for(&count, events);
     let elapsed = started.elapsed();

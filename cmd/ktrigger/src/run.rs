@@ -99,7 +99,6 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         WebhookListener::detached()
     };
-    let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let cluster = args.cluster.connect(ktrigger_kube::IdentityPolicy::local()).await?;
     let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
     let store = state.store.clone();
@@ -121,6 +120,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::error!("no trigger could be loaded");
         return Ok(ExitCode::from(2));
     }
+    // Bound early (so a taken port fails at once) but served only now: a sender connecting while
+    // the triggers load waits in the backlog instead of getting a 404 for a path not yet known.
+    let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
     let mode = if args.dry_run { " (dry run: no destination is called)" } else { "" };
     if let Some(addr) = webhooks.local_addr() {
         tracing::info!(%addr, "webhook listener on http://{addr}");

@@ -5,38 +5,16 @@
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Namespace;
 use ktrigger_handler::Metrics;
 use ktrigger_sample_controller::{SEEN_GENERATION, event_loop};
-use ktrigger_testcluster::TestCluster;
+use ktrigger_testcluster::TestTarget;
 use kube::Api;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Patch, PatchParams, PostParams};
 use serde_json::json;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// A client and a fresh namespace; the test cluster too when it is the one in use.
-async fn cluster() -> (Option<TestCluster>, kube::Client, String) {
-    ktrigger_kube::ensure_crypto_provider();
-    let (cluster, client) = match std::env::var("KTRIGGER_TEST_KUBECONFIG") {
-        Ok(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path).expect("KTRIGGER_TEST_KUBECONFIG is readable");
-            let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-            (None, kube::Client::try_from(config).unwrap())
-        }
-        Err(_) => {
-            let cluster = TestCluster::start().await;
-            let client = cluster.client().await;
-            (Some(cluster), client)
-        }
-    };
-    let namespace = format!("kt-sample-{}", std::process::id());
-    let body = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
-    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &body).await.unwrap();
-    (cluster, client, namespace)
-}
 
 fn deployment(name: &str) -> Deployment {
     serde_json::from_value(json!({
@@ -70,7 +48,9 @@ async fn wait_for_label(deployments: &Api<Deployment>, name: &str, generation: &
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn labels_existing_new_and_changed_deployments_with_the_generation_it_saw() {
-    let (_cluster, client, namespace) = cluster().await;
+    ktrigger_kube::ensure_crypto_provider();
+    let target = TestTarget::start("kt-sample").await;
+    let (client, namespace) = (target.client.clone(), target.namespace.clone());
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     deployments.create(&PostParams::default(), &deployment("existing")).await.unwrap();
     let cancel = CancellationToken::new();
@@ -93,5 +73,5 @@ async fn labels_existing_new_and_changed_deployments_with_the_generation_it_saw(
 
     cancel.cancel();
     tokio::time::timeout(WAIT, running).await.unwrap().unwrap().unwrap();
-    Api::<Namespace>::all(client).delete(&namespace, &DeleteParams::default()).await.unwrap();
+    target.finish().await;
 }

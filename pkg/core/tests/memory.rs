@@ -11,7 +11,7 @@ use common::FeedFactory;
 use ktrigger_api::{DestinationSpec, OverflowPolicy, SourceSpec, Trigger, TriggerServiceSpec};
 use ktrigger_core::{
     BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, Engine, PropertyError, QueueLimits,
-    Receipt, Registry,
+    Receipt, Registry, StatsSnapshot,
 };
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
@@ -118,11 +118,12 @@ fn dead_lettering(name: &str, hang: bool) -> Trigger {
     trigger
 }
 
-#[tokio::test]
-async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_deliveries() {
-    // Room for about ten events of 20 KB in all: the hog may fill only its half.
+/// Runs `hog` (delivering to a hanging receiver) beside a calm trigger, with room for about ten
+/// events of 20 KB in all, so that the hog may fill only its half: 20 events to the hog, then 20
+/// to the calm trigger, each of which must be delivered. The hog's counters, and the harness.
+async fn hog_beside_a_calm_trigger(hog: Trigger) -> (StatsSnapshot, Harness) {
     let mut h = Harness::new(QueueLimits { per_trigger: 10_000_000, total: 200_000 });
-    h.engine.apply("ns", "hog", &spec(vec![dead_lettering("hog", true)])).await;
+    h.engine.apply("ns", "hog", &spec(vec![hog])).await;
     h.engine.apply("ns", "calm", &spec(vec![trigger("calm", false)])).await;
     for n in 0..20 {
         h.publish(payload("hog", n)).await;
@@ -134,10 +135,17 @@ async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_de
     let stats = h.engine.snapshot();
     let of = |name: &str| stats.iter().find(|(id, _)| id.trigger == name).map(|(_, s)| s.clone()).unwrap();
     let (hog, calm) = (of("hog"), of("calm"));
+    assert_eq!((calm.delivered, calm.queue_byte_limited, calm.dead_lettered), (20, 0, 0));
+    assert_eq!(calm.backpressured, 0, "{calm:?}");
+    (hog, h)
+}
+
+#[tokio::test]
+async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_deliveries() {
+    let (hog, h) = hog_beside_a_calm_trigger(dead_lettering("hog", true)).await;
     assert_eq!(hog.fired, 20);
     assert!(hog.queue_byte_limited >= 15, "at most 4 events of 20 KB fit in its 100 KB: {hog:?}");
     assert_eq!(hog.dead_lettered, hog.queue_byte_limited);
-    assert_eq!((calm.delivered, calm.queue_byte_limited, calm.dead_lettered), (20, 0, 0));
     let status = h.engine.status("ns", "hog");
     assert_eq!(status[0].queue_byte_limited, hog.queue_byte_limited);
     assert!(status[0].last_error.as_deref().unwrap_or("").contains("queue byte limit"), "{status:?}");
@@ -145,24 +153,10 @@ async fn a_trigger_over_its_queue_byte_limit_does_not_affect_another_triggers_de
 
 #[tokio::test]
 async fn a_trigger_waiting_for_room_does_not_affect_another_triggers_deliveries() {
-    let mut h = Harness::new(QueueLimits { per_trigger: 10_000_000, total: 200_000 });
-    h.engine.apply("ns", "hog", &spec(vec![trigger("hog", true)])).await;
-    h.engine.apply("ns", "calm", &spec(vec![trigger("calm", false)])).await;
-    for n in 0..20 {
-        h.publish(payload("hog", n)).await;
-    }
-    for n in 0..20 {
-        h.publish(payload("calm", n)).await;
-        assert_eq!(h.wait_for(n + 1).await, n + 1, "the calm trigger delivers event {n}");
-    }
-    let stats = h.engine.snapshot();
-    let of = |name: &str| stats.iter().find(|(id, _)| id.trigger == name).map(|(_, s)| s.clone()).unwrap();
-    let (hog, calm) = (of("hog"), of("calm"));
+    let (hog, _) = hog_beside_a_calm_trigger(trigger("hog", true)).await;
     assert!(hog.fired < 20, "the hog waits for room with its queue full: {hog:?}");
     assert_eq!((hog.queue_byte_limited, hog.dead_lettered), (0, 0), "nothing dropped: {hog:?}");
     assert!(hog.backpressured >= 1, "its waits are counted: {hog:?}");
-    assert_eq!(calm.backpressured, 0, "{calm:?}");
-    assert_eq!((calm.delivered, calm.queue_byte_limited, calm.dead_lettered), (20, 0, 0));
 }
 
 #[tokio::test]

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::api::core::v1::ConfigMap;
 use ktrigger_handler::{Context, DefaultHandler, Error, EventHandler, EventLoop, HandlerError, Metrics, Watch};
 use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy};
-use ktrigger_testcluster::TestCluster;
+use ktrigger_testcluster::TestTarget;
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -30,32 +30,20 @@ fn ours(env: &Env) -> Watch<ConfigMap> {
 }
 
 /// A cluster and a namespace of the test's own.
-struct Env {
-    test_cluster: Option<TestCluster>,
-    client: kube::Client,
-    namespace: String,
+struct Env(TestTarget);
+
+impl std::ops::Deref for Env {
+    type Target = TestTarget;
+
+    fn deref(&self) -> &TestTarget {
+        &self.0
+    }
 }
 
 impl Env {
     async fn new(test: &str) -> Env {
         ktrigger_kube::ensure_crypto_provider();
-        let (test_cluster, client) = match std::env::var("KTRIGGER_TEST_KUBECONFIG") {
-            Ok(path) => {
-                let kubeconfig =
-                    kube::config::Kubeconfig::read_from(path).expect("KTRIGGER_TEST_KUBECONFIG is readable");
-                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.unwrap();
-                (None, kube::Client::try_from(config).unwrap())
-            }
-            Err(_) => {
-                let cluster = TestCluster::start().await;
-                let client = cluster.client().await;
-                (Some(cluster), client)
-            }
-        };
-        let namespace = format!("kt-handler-{test}-{}", std::process::id());
-        let body = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &body).await.unwrap();
-        Env { test_cluster, client, namespace }
+        Env(TestTarget::start(&format!("kt-handler-{test}")).await)
     }
 
     fn configmaps(&self) -> Api<ConfigMap> {
@@ -74,10 +62,7 @@ impl Env {
     }
 
     async fn finish(self) {
-        if self.test_cluster.is_none() {
-            let namespaces = Api::<Namespace>::all(self.client.clone());
-            namespaces.delete(&self.namespace, &DeleteParams::default()).await.unwrap();
-        }
+        self.0.finish().await;
     }
 }
 

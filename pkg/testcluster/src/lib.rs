@@ -34,6 +34,7 @@ mod selector;
 mod server;
 mod status;
 mod store;
+mod target;
 mod validation;
 mod watch;
 
@@ -43,6 +44,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use faults::Faults;
+pub use target::TestTarget;
 
 /// Tunables of a test cluster.
 #[derive(Clone, Debug)]
