@@ -1,4 +1,5 @@
-//! Schema overrides for fields whose shape the types do not fix, and the CRD validation rules.
+//! Schema overrides for fields whose shape the types do not fix, and the bounds the CRD's
+//! validation rules ([`crate::crd`]) rely on.
 //!
 //! The rules (`x-kubernetes-validations`) make the API server refuse what [`validate_spec`]
 //! refuses wherever a rule can say it exactly; `validate_spec` stays the reference for files and
@@ -15,7 +16,6 @@
 //!
 //! [`validate_spec`]: crate::validate_spec
 
-use kube::core::{Rule, validate};
 use schemars::{Schema, SchemaGenerator, json_schema};
 use serde_json::Value;
 
@@ -38,49 +38,12 @@ pub(crate) const MAX_TYPE: usize = 253;
 /// engine refuses before parsing.
 pub const MAX_EXPRESSION: usize = 4096;
 
-/// Explicit trigger names are unique. Estimated ~560,000 (128 × 128 comparisons of 252 bytes).
-pub(crate) const UNIQUE_NAMES: &str =
-    "self.all(t, !has(t.name) || self.exists_one(u, has(u.name) && u.name == t.name))";
-
-/// No explicit name is `trigger-<i>` when trigger `i` is unnamed and so called that (three digits
-/// cover every index below [`MAX_TRIGGERS`]). Estimated ~36,000.
-pub(crate) const NO_NAME_OF_UNNAMED: &str = "self.all(t, !has(t.name) \
-     || !t.name.matches('^trigger-(0|[1-9][0-9]{0,2})$') \
-     || int(t.name.substring(8)) >= size(self) \
-     || has(self[int(t.name.substring(8))].name))";
-
-/// A trigger has a destination: `destinations` or kube-trigger's `action`. Estimated ~1,000.
-pub(crate) const HAS_DESTINATION: &str = "(has(self.destinations) && size(self.destinations) > 0) || has(self.action)";
-
-/// `destinations` and `action` are not both set. Estimated ~1,300.
-pub(crate) const DESTINATIONS_OR_ACTION: &str =
-    "!has(self.action) || !has(self.destinations) || size(self.destinations) == 0";
-
-/// The form of an explicit trigger name (its length is `maxLength`). Estimated ~30,000.
-pub(crate) const NAME_FORM: &str = "self.matches('^[a-z0-9.]([-a-z0-9.]*[a-z0-9.])?$')";
-
-/// A type name or dedup key is not blank; `trim` removes Unicode white space, as Rust's does.
-/// Estimated ~13,000 for a source type, ~840,000 for destination types, ~210,000 for dedup keys.
-pub(crate) const NOT_BLANK: &str = "self.trim() != ''";
-
 /// A free-form object: any fields, kept by the API server as they are.
 pub fn free_form(_: &mut SchemaGenerator) -> Schema {
     json_schema!({
         "type": "object",
         "x-kubernetes-preserve-unknown-fields": true
     })
-}
-
-/// Adds the rules that trigger names are unique, unnamed triggers' `trigger-<index>` included.
-pub fn unique_trigger_names(schema: &mut Schema) {
-    let rules = [
-        Rule::new(UNIQUE_NAMES).message("trigger names must be unique"),
-        Rule::new(NO_NAME_OF_UNNAMED)
-            .message("trigger names must be unique: an unnamed trigger is named trigger-<index>"),
-    ];
-    for rule in rules {
-        validate(schema, rule).expect("a rule serializes to JSON");
-    }
 }
 
 /// Drops `null` from an optional field's types, so the schema does not mark it `nullable`.
@@ -96,49 +59,4 @@ pub fn not_nullable(schema: &mut Schema) {
             schema.insert("type".into(), single);
         }
     }
-}
-
-/// `status.conditions`: the standard `metav1.Condition`, as Kubernetes' own types declare it
-/// (status True, False or Unknown; reason in CamelCase), one per `type` (a map list keyed by
-/// `type`, so that server-side apply merges by type).
-pub(crate) fn conditions(_: &mut SchemaGenerator) -> Schema {
-    json_schema!({
-        "type": "array",
-        "maxItems": 16,
-        "x-kubernetes-list-type": "map",
-        "x-kubernetes-list-map-keys": ["type"],
-        "items": {
-            "type": "object",
-            "description": "Condition contains details for one aspect of the current state of this API Resource.",
-            "required": ["lastTransitionTime", "message", "reason", "status", "type"],
-            "properties": {
-                "lastTransitionTime": {
-                    "type": "string",
-                    "format": "date-time",
-                    "description": "When the condition last changed from one status to another."
-                },
-                "message": {"type": "string", "maxLength": 32768, "description": "Details, for a person."},
-                "observedGeneration": {
-                    "type": "integer",
-                    "format": "int64",
-                    "minimum": 0,
-                    "description": "The metadata.generation the condition was set for."
-                },
-                "reason": {
-                    "type": "string",
-                    "minLength": 1,
-                    "maxLength": 1024,
-                    "pattern": "^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
-                    "description": "Why, as a CamelCase identifier."
-                },
-                "status": {"type": "string", "enum": ["True", "False", "Unknown"]},
-                "type": {
-                    "type": "string",
-                    "maxLength": 316,
-                    "pattern": "^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
-                    "description": "Condition type in CamelCase, e.g. Ready."
-                }
-            }
-        }
-    })
 }

@@ -1,6 +1,11 @@
-//! The `TriggerService` custom resource and the types of its spec and status.
+//! The types of a `TriggerService`'s spec and of what the engine reports per trigger.
+//!
+//! They hold no Kubernetes types: with the `crd` feature the spec also derives the custom
+//! resource (see [`crate::crd`]) and the CRD validation rules (`x-kubernetes-validations`).
 
-pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+#[cfg(feature = "crd")]
+use crate::crd::TriggerServiceStatus;
+#[cfg(feature = "crd")]
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -9,21 +14,25 @@ use serde_json::Value;
 /// What a TriggerService asks for: a list of triggers, each a source, a filter and destinations.
 // The other types derive `KubeSchema` for their rules; this one cannot: it copies the struct to
 // derive the schema, and the copy of `worker` (never serialized) would be dead code.
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[kube(
-    group = "ktrigger.dev",
-    version = "v1alpha1",
-    kind = "TriggerService",
-    namespaced,
-    shortname = "kts",
-    status = "TriggerServiceStatus",
-    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Triggers","type":"string","jsonPath":".status.readyTriggers"}"#,
-    printcolumn = r#"{"name":"Fired","type":"integer","jsonPath":".status.fired"}"#,
-    printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    category = "all",
-    category = "ktrigger"
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[cfg_attr(
+    feature = "crd",
+    derive(CustomResource),
+    kube(
+        group = "ktrigger.dev",
+        version = "v1alpha1",
+        kind = "TriggerService",
+        namespaced,
+        shortname = "kts",
+        status = "TriggerServiceStatus",
+        printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+        printcolumn = r#"{"name":"Triggers","type":"string","jsonPath":".status.readyTriggers"}"#,
+        printcolumn = r#"{"name":"Fired","type":"integer","jsonPath":".status.fired"}"#,
+        printcolumn = r#"{"name":"Failed","type":"integer","jsonPath":".status.failed"}"#,
+        printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+        category = "all",
+        category = "ktrigger"
+    )
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct TriggerServiceSpec {
@@ -31,7 +40,8 @@ pub struct TriggerServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account_name: Option<String>,
     /// The triggers of this service; names are unique within it.
-    #[schemars(length(max = crate::schema::MAX_TRIGGERS), transform = crate::schema::unique_trigger_names)]
+    #[schemars(length(max = crate::schema::MAX_TRIGGERS))]
+    #[cfg_attr(feature = "crd", schemars(transform = crate::crd::unique_trigger_names))]
     pub triggers: Vec<Trigger>,
     /// kube-trigger's worker settings: read so its files load, never used (loading them warns).
     #[serde(default, skip_serializing)]
@@ -40,23 +50,25 @@ pub struct TriggerServiceSpec {
 }
 
 /// One source → filter → destinations chain.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(KubeSchema))]
+#[cfg_attr(not(feature = "crd"), derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-#[x_kube(
-    validation = Rule::new(crate::schema::HAS_DESTINATION)
+#[cfg_attr(feature = "crd", x_kube(
+    validation = Rule::new(crate::crd::HAS_DESTINATION)
         .message("at least one destination is required (destinations, or kube-trigger's action)")
         .field_path(".destinations")
         .reason(Reason::FieldValueRequired),
-    validation = Rule::new(crate::schema::DESTINATIONS_OR_ACTION)
+    validation = Rule::new(crate::crd::DESTINATIONS_OR_ACTION)
         .message("set either destinations or action, not both")
         .field_path(".action")
-)]
+))]
 pub struct Trigger {
     /// Unique name within the TriggerService; `trigger-<index>` when omitted (kube-trigger files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = crate::schema::MAX_NAME), transform = crate::schema::not_nullable)]
-    #[x_kube(validation = Rule::new(crate::schema::NAME_FORM)
-        .message("use lower-case letters, digits, '-' or '.', not starting or ending with '-'"))]
+    #[cfg_attr(feature = "crd", x_kube(validation = Rule::new(crate::crd::NAME_FORM)
+        .message("use lower-case letters, digits, '-' or '.', not starting or ending with '-'")))]
     pub name: Option<String>,
     /// Where events come from.
     pub source: SourceSpec,
@@ -88,15 +100,17 @@ pub struct Trigger {
 }
 
 /// A source type and its free-form properties.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(KubeSchema))]
+#[cfg_attr(not(feature = "crd"), derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SourceSpec {
     /// Source type name, e.g. `cron`, `webhook`, `resource-watcher`.
     #[serde(rename = "type")]
     #[schemars(length(max = crate::schema::MAX_TYPE))]
-    #[x_kube(validation = Rule::new(crate::schema::NOT_BLANK)
+    #[cfg_attr(feature = "crd", x_kube(validation = Rule::new(crate::crd::NOT_BLANK)
         .message("a source type is required")
-        .reason(Reason::FieldValueRequired))]
+        .reason(Reason::FieldValueRequired)))]
     pub type_name: String,
     /// Type-specific settings (see `ktrigger sources`).
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -105,15 +119,17 @@ pub struct SourceSpec {
 }
 
 /// A destination type, its free-form properties and how deliveries to it are retried.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(KubeSchema))]
+#[cfg_attr(not(feature = "crd"), derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DestinationSpec {
     /// Destination type name, e.g. `webhook`, `log`, `kagent`.
     #[serde(rename = "type")]
     #[schemars(length(max = crate::schema::MAX_TYPE))]
-    #[x_kube(validation = Rule::new(crate::schema::NOT_BLANK)
+    #[cfg_attr(feature = "crd", x_kube(validation = Rule::new(crate::crd::NOT_BLANK)
         .message("a destination type is required")
-        .reason(Reason::FieldValueRequired))]
+        .reason(Reason::FieldValueRequired)))]
     pub type_name: String,
     /// Type-specific settings (see `ktrigger destinations`).
     #[serde(default, skip_serializing_if = "Value::is_null")]
@@ -203,14 +219,16 @@ pub struct RetrySpec {
 }
 
 /// Deduplication: events with the same key within `window` fire once.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq)]
+#[cfg_attr(feature = "crd", derive(KubeSchema))]
+#[cfg_attr(not(feature = "crd"), derive(JsonSchema))]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DedupSpec {
     /// CEL expression computing the key, e.g. `object.metadata.name`.
     #[schemars(length(max = crate::schema::MAX_EXPRESSION))]
-    #[x_kube(validation = Rule::new(crate::schema::NOT_BLANK)
+    #[cfg_attr(feature = "crd", x_kube(validation = Rule::new(crate::crd::NOT_BLANK)
         .message("a dedup key expression is required")
-        .reason(Reason::FieldValueRequired))]
+        .reason(Reason::FieldValueRequired)))]
     pub key: String,
     /// How long a key stays firing after its last repeat, e.g. `10m`, at most 30 days.
     #[schemars(length(max = crate::validate::MAX_DURATION_TEXT))]
@@ -228,35 +246,6 @@ pub struct RateLimitSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub burst: Option<u32>,
-}
-
-/// What the engine reports about a TriggerService.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct TriggerServiceStatus {
-    /// The generation of the spec this status describes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub observed_generation: Option<i64>,
-    /// `Ready` is True when every trigger loaded; False with the exact errors otherwise. The
-    /// standard `metav1.Condition`, one per `type`.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(schema_with = "crate::schema::conditions")]
-    pub conditions: Vec<Condition>,
-    /// `ready/total` triggers, for `kubectl get`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ready_triggers: Option<String>,
-    /// Events fired by all triggers.
-    #[serde(default)]
-    pub fired: u64,
-    /// Failed delivery attempts of all triggers.
-    #[serde(default)]
-    pub failed: u64,
-    /// One entry per trigger.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub triggers: Vec<TriggerStatus>,
-    /// When anything in this status last changed (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_updated: Option<String>,
 }
 
 /// What one trigger has done.

@@ -16,10 +16,7 @@ use ktrigger_controller::metrics::{
     EngineCollector, ServiceCollector, ServiceGauges, StoreCollector, WatchCounts, WatchStats, register_build_info,
 };
 use ktrigger_controller::{Compat, ControllerOptions, Readiness};
-use ktrigger_core::credentials::CredentialPolicy;
-use ktrigger_core::engine::EngineOptions;
-use ktrigger_core::state::StateStore;
-use ktrigger_core::state::redb::MovedAside;
+use ktrigger_core::{CredentialPolicy, EngineOptions, MovedAside, StateStore};
 use ktrigger_kube::IdentityPolicy;
 use ktrigger_sources::{PathScope, ServerLimits, WebhookListener};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
@@ -122,7 +119,7 @@ pub struct ControllerArgs {
     #[arg(long, value_delimiter = ',', value_name = "KINDS")]
     serve: Vec<Compat>,
     /// Base URL of kagent for served Hooks (khook's kagent API URL); default the kagent
-    /// destination's, http://kagent-controller.kagent:8083.
+    /// destination's, `http://kagent-controller.kagent:8083`.
     #[arg(long, value_name = "URL")]
     khook_kagent_url: Option<String>,
     // State kept in NATS JetStream for replicas (--state, --state-*), instead of --state-dir.
@@ -278,7 +275,8 @@ pub async fn controller(args: ControllerArgs) -> anyhow::Result<ExitCode> {
     let health_server = serve(health, probes, &stop, args.shutdown_grace);
     let options = args.memory.apply(EngineOptions { credentials, ..EngineOptions::default() });
     let plugins = args.plugins.start(true).await?;
-    let engine = engine_with(webhooks.clone(), cluster.clone(), options, egress, &plugins)?.with_store(store.clone());
+    let engine =
+        engine_with(webhooks.clone(), cluster.clone(), options, egress, &plugins)?.store(store.clone()).build();
     let hub = cluster.clone();
     let watch_counts: WatchCounts = Arc::new(move || {
         let hub = hub.hub();

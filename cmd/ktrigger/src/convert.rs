@@ -2,12 +2,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::ValueEnum;
-use ktrigger_core::credentials::CredentialPolicy;
-use ktrigger_core::engine::{Engine, EngineOptions};
+use ktrigger_core::{CredentialPolicy, Engine};
 use ktrigger_sources::WebhookListener;
 
 use ktrigger_plugin::PluginManager;
@@ -43,8 +41,7 @@ pub fn convert(paths: &[PathBuf], format: Format) -> anyhow::Result<ExitCode> {
         ktrigger_kube::Cluster::offline_with_mappings(vec![]),
         &PluginManager::empty(),
     );
-    let options = EngineOptions { credentials: CredentialPolicy::offline(), ..Default::default() };
-    let engine = Engine::new(Arc::new(registry), options);
+    let engine = Engine::builder().registry(registry).credentials(CredentialPolicy::offline()).build();
     let mut services = Vec::new();
     let mut failed = false;
     for file in files {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use clap::Args;
 use ipnet::IpNet;
-use ktrigger_core::egress::{EgressPolicy, parse_cidr};
+use ktrigger_core::{EgressPolicy, parse_cidr};
 
 /// The operator's allow and deny lists.
 #[derive(Debug, Args)]

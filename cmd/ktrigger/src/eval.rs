@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::Utc;
-use ktrigger_core::cel::{CelExpr, Vars};
-use ktrigger_core::event::{CONTEXT_NAMES, rfc3339};
+use ktrigger_core::{CONTEXT_NAMES, CelExpr, Vars, rfc3339};
 use serde_json::{Map, Value};
 
 /// Where the sample comes from.

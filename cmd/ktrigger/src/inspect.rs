@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use ktrigger_api::TypeSchema;
-use ktrigger_core::registry::{Registry, TypeDoc};
+use ktrigger_core::{Registry, TypeDoc};
 use serde_json::{Value, json};
 
 use ktrigger_sources::WebhookListener;
@@ -100,9 +100,7 @@ fn text(doc: &TypeDoc) -> String {
 mod tests {
     use std::sync::Arc;
 
-    use ktrigger_core::properties::PropertyError;
-    use ktrigger_core::registry::{BuildContext, Destination};
-    use ktrigger_core::typed::DestinationType;
+    use ktrigger_core::{BuildContext, Destination, DestinationType, PropertyError};
     use schemars::JsonSchema;
     use serde::Deserialize;
 

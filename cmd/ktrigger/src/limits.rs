@@ -1,9 +1,7 @@
 //! Memory limits of the engine, the same flags for `run` and `controller`.
 
 use clap::Args;
-use ktrigger_core::delivery::QueueLimits;
-use ktrigger_core::engine::EngineOptions;
-use ktrigger_core::router::DedupLimits;
+use ktrigger_core::{DedupLimits, EngineOptions, QueueLimits};
 
 /// How much memory queued deliveries and dedup keys may take.
 #[derive(Debug, Args)]
@@ -17,11 +15,11 @@ pub struct MemoryArgs {
     #[arg(long, default_value = "64Mi", value_parser = parse_bytes)]
     max_queue_bytes: u64,
     /// Most dedup keys one trigger keeps; the least recently seen is forgotten first.
-    #[arg(long, default_value_t = ktrigger_core::router::DEFAULT_MAX_DEDUP_KEYS_PER_TRIGGER)]
+    #[arg(long, default_value_t = ktrigger_core::DEFAULT_MAX_DEDUP_KEYS_PER_TRIGGER)]
     max_dedup_keys_per_trigger: usize,
     /// Most dedup keys all triggers keep together; when reached, the trigger holding the most
     /// keys forgets its least recently seen one.
-    #[arg(long, default_value_t = ktrigger_core::router::DEFAULT_MAX_DEDUP_KEYS)]
+    #[arg(long, default_value_t = ktrigger_core::DEFAULT_MAX_DEDUP_KEYS)]
     max_dedup_keys: usize,
 }
 
@@ -57,7 +55,7 @@ fn parse_bytes(text: &str) -> Result<u64, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::delivery::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_BYTES_PER_TRIGGER};
+    use ktrigger_core::{DEFAULT_MAX_QUEUE_BYTES, DEFAULT_MAX_QUEUE_BYTES_PER_TRIGGER};
 
     #[test]
     fn byte_sizes_take_binary_units_and_refuse_anything_else() {

@@ -23,9 +23,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use ktrigger_core::egress::EgressPolicy;
-use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::registry::Registry;
+use ktrigger_core::{EgressPolicy, Engine, EngineBuilder, EngineOptions, Registry};
 use ktrigger_plugin::PluginManager;
 use ktrigger_sources::WebhookListener;
 
@@ -297,7 +295,7 @@ fn offline_registry(
     registry_for(webhooks, cluster, plugins)
 }
 
-/// An engine that knows every source and destination type, with Kubernetes sources watching
+/// An engine, to be given its store, that knows every source and destination type, with Kubernetes sources watching
 /// `cluster`. Kubernetes sources and destinations, and the reading of `secretKeyRef` values, act
 /// as each TriggerService's identity by the cluster's identity policy. Network sources and
 /// destinations connect only where `egress` allows.
@@ -307,12 +305,12 @@ fn engine_with(
     options: EngineOptions,
     egress: Arc<EgressPolicy>,
     plugins: &PluginManager,
-) -> anyhow::Result<Engine> {
+) -> anyhow::Result<EngineBuilder> {
     let secrets = Arc::new(ktrigger_kube::KubeSecretReader::new(cluster.clone()));
     let mut registry = registry_for(webhooks, cluster, plugins);
     ktrigger_destinations::register_with_egress(&mut registry, egress.clone()).map_err(anyhow::Error::msg)?;
     ktrigger_sources::register_http_poller(&mut registry, egress);
-    Ok(Engine::new(Arc::new(registry), options).with_secret_reader(secrets))
+    Ok(Engine::builder().registry(registry).options(options).secret_reader(secrets))
 }
 
 /// Every source and destination type: webhook sources served by `webhooks`, Kubernetes sources

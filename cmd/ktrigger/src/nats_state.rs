@@ -6,8 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use ktrigger_core::state::StateStore;
-use ktrigger_core::state::nats::{NatsAuth, NatsOptions, NatsStore, NatsTls};
+use ktrigger_core::{NatsAuth, NatsOptions, NatsStore, NatsTls, StateStore};
 
 use crate::durations::parse_duration;
 
@@ -20,7 +19,7 @@ pub struct NatsStateArgs {
     #[arg(long = "state", value_name = "URL", env = "KTRIGGER_STATE")]
     url: Option<String>,
     /// Prefix of the names created in NATS: stream `<prefix>-queues`, KV bucket `<prefix>-state`.
-    #[arg(long, value_name = "NAME", default_value = ktrigger_core::state::nats::DEFAULT_PREFIX)]
+    #[arg(long, value_name = "NAME", default_value = ktrigger_core::NATS_DEFAULT_PREFIX)]
     state_prefix: String,
     /// NATS credentials file (`.creds`: user JWT and NKey seed).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["state_token_file", "state_user"])]

@@ -5,8 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::registry::Registry;
+use ktrigger_core::{EventMappings, Registry};
 use ktrigger_plugin::connect::Timeouts;
 use ktrigger_plugin::{PluginManager, PluginsFile};
 

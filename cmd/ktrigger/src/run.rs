@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use ktrigger_core::config::{LoadedConfig, load_paths, load_text};
-use ktrigger_core::engine::EngineOptions;
+use ktrigger_core::{EngineOptions, LoadedConfig, load_paths, load_text};
 use ktrigger_sources::{PathScope, WebhookListener};
 use tokio_util::sync::CancellationToken;
 
@@ -93,8 +92,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let options = args.memory.apply(EngineOptions { dry_run: args.dry_run, ..Default::default() });
     let store = state.store.clone();
     let plugins = args.plugins.start(true).await?;
-    let mut engine =
-        engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local(), &plugins)?.with_store(state.store);
+    let mut engine = engine_with(webhooks.clone(), cluster.clone(), options, args.egress.local(), &plugins)?
+        .store(state.store)
+        .build();
     let mut started = 0;
     let mut pipelines = std::collections::BTreeMap::new();
     for service in &config.services {

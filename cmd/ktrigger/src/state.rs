@@ -4,9 +4,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use clap::Args;
-use ktrigger_core::state::StateStore;
-use ktrigger_core::state::memory::MemoryStore;
-use ktrigger_core::state::redb::{MovedAside, RedbStore};
+use ktrigger_core::{MemoryStore, MovedAside, RedbStore, StateStore};
 
 /// Value of `--state-dir` that keeps nothing.
 const NONE: &str = "none";

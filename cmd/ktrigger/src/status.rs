@@ -10,8 +10,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::Args;
 use ktrigger_api::{TriggerService, trigger_names};
-use ktrigger_core::engine::EngineObserver;
-use ktrigger_core::event::{TriggerId, rfc3339};
+use ktrigger_core::{EngineObserver, TriggerId, rfc3339};
 use kube::api::{Api, ListParams};
 use serde::{Deserialize, Serialize};
 

@@ -1,9 +1,9 @@
 //! The one tracing subscriber: log lines on stderr and, with `--otlp-endpoint`, the spans of
-//! `ktrigger_core::trace` exported over OTLP/HTTP (protobuf) to a collector.
+//! `ktrigger::trace` exported over OTLP/HTTP (protobuf) to a collector.
 
 use bytes::Bytes;
 use clap::Args;
-use ktrigger_core::trace::TARGET;
+use ktrigger_core::TRACE_TARGET;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_http::{HttpClient, HttpError};
 use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig, WithHttpConfig};
@@ -54,7 +54,7 @@ pub fn init(
 ) -> Result<Tracing, String> {
     // The spans are for the exporter: logs stay as they were, whatever the level.
     let filter = EnvFilter::builder()
-        .parse(format!("{level},{TARGET}=off"))
+        .parse(format!("{level},{TRACE_TARGET}=off"))
         .map_err(|e| format!("--log-level {level:?}: {e}"))?;
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let logs = fmt::layer().with_writer(std::io::stderr).with_ansi(ansi);
@@ -73,7 +73,7 @@ pub fn init(
         .with_location(false)
         .with_threads(false)
         .with_tracked_inactivity(false)
-        .with_filter(Targets::new().with_target(TARGET, LevelFilter::DEBUG));
+        .with_filter(Targets::new().with_target(TRACE_TARGET, LevelFilter::DEBUG));
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     tracing_subscriber::registry().with(logs.with_filter(filter)).with(spans).init();
     Ok(Tracing(Some(provider)))

@@ -8,13 +8,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use ktrigger_api::{Document, DocumentError, FieldPositions, check_documents, field_positions};
-use ktrigger_core::cel::CelExpr;
-use ktrigger_core::cel::limits::COST_LIMIT;
-use ktrigger_core::config::{default_name, expand_paths};
-use ktrigger_core::credentials::CredentialPolicy;
-use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::registry::Registry;
-use ktrigger_core::secrets::trigger_references;
+use ktrigger_core::{
+    CEL_COST_LIMIT, CelExpr, CredentialPolicy, Engine, Registry, default_name, expand_paths, trigger_references,
+};
 use ktrigger_sources::WebhookListener;
 use serde::Serialize;
 use serde_json::Value;
@@ -161,10 +157,7 @@ impl FileCheck<'_> {
     fn document(&mut self, document: &Document) {
         // Each document gets its own policy, so that what it could not read is its own.
         let credentials = if self.strict { CredentialPolicy::unrestricted() } else { CredentialPolicy::offline() };
-        let engine = Engine::new(
-            self.registry.clone(),
-            EngineOptions { credentials: credentials.clone(), ..Default::default() },
-        );
+        let engine = Engine::builder().registry(self.registry.clone()).credentials(credentials.clone()).build();
         let namespace = document.namespace.clone().unwrap_or_default();
         let index = Some(document.index);
         for problem in engine.check(&namespace, &document.name, &document.spec) {
@@ -181,8 +174,8 @@ impl FileCheck<'_> {
                 let Some(cost) = source.and_then(|s| CelExpr::filter(s).ok()).map(|e| e.estimated_cost()) else {
                     continue;
                 };
-                if cost > COST_LIMIT / 10 {
-                    let message = format!("estimated cost {cost} of the limit {COST_LIMIT}");
+                if cost > CEL_COST_LIMIT / 10 {
+                    let message = format!("estimated cost {cost} of the limit {CEL_COST_LIMIT}");
                     self.push(
                         Severity::Note,
                         index,

@@ -30,9 +30,7 @@ use chrono::Utc;
 use futures::{StreamExt, stream};
 use k8s_openapi::api::core::v1::ObjectReference;
 use ktrigger_api::{TriggerService, TriggerServiceSpec, TriggerServiceStatus};
-use ktrigger_core::engine::{Engine, ShutdownReport};
-use ktrigger_core::prepare::TriggerProblem;
-use ktrigger_core::secrets::trigger_references;
+use ktrigger_core::{Engine, ShutdownReport, TriggerProblem, trigger_references};
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -405,7 +403,7 @@ impl Controller {
             let mut problems = service.problems.clone();
             if let Some(served) = &service.served {
                 problems.extend(served.problems.iter().map(|(trigger, message)| TriggerProblem {
-                    id: ktrigger_core::event::TriggerId {
+                    id: ktrigger_core::TriggerId {
                         namespace: namespace.clone(),
                         service: name.clone(),
                         trigger: trigger.clone(),

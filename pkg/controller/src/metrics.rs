@@ -4,9 +4,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use ktrigger_core::engine::EngineObserver;
-use ktrigger_core::state::StateStore;
-use ktrigger_core::stats::{DestinationCounts, StatsSnapshot};
+use ktrigger_core::{DestinationCounts, EngineObserver, StateStore, StatsSnapshot};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, NoLabelSet};
 use prometheus_client::metrics::counter::ConstCounter;

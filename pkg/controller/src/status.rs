@@ -4,8 +4,7 @@ use chrono::{DateTime, Utc};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use ktrigger_api::{Condition, TriggerServiceStatus, TriggerStatus};
-use ktrigger_core::event::rfc3339;
-use ktrigger_core::prepare::TriggerProblem;
+use ktrigger_core::{TriggerProblem, rfc3339};
 
 /// The `Ready` condition type.
 pub const READY: &str = "Ready";
@@ -80,7 +79,7 @@ pub fn compute_status(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::TriggerId;
+    use ktrigger_core::TriggerId;
 
     fn trigger(name: &str, ready: bool, fired: u64) -> TriggerStatus {
         TriggerStatus { name: name.into(), ready, fired, ..Default::default() }
@@ -130,7 +129,7 @@ mod tests {
 
     #[test]
     fn received_is_also_written_under_its_former_name() {
-        let snapshot = ktrigger_core::stats::StatsSnapshot { received: 41, ..Default::default() };
+        let snapshot = ktrigger_core::StatsSnapshot { received: 41, ..Default::default() };
         let written = serde_json::to_value(snapshot.to_status("a")).unwrap();
         assert_eq!((written["received"].as_u64(), written["matched"].as_u64()), (Some(41), Some(41)));
     }

@@ -1,15 +1,13 @@
 //! The controller against the test cluster: TriggerServices become running triggers, status
 //! reports them, edits restart only what changed, deletes stop them.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::events::v1::Event as KubeEvent;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use ktrigger_api::TriggerService;
 use ktrigger_controller::{ControllerOptions, Readiness, run};
-use ktrigger_core::engine::{Engine, EngineOptions, ShutdownReport};
-use ktrigger_core::registry::Registry;
+use ktrigger_core::{Engine, Registry, ShutdownReport};
 use ktrigger_sources::WebhookListener;
 use ktrigger_testcluster::TestCluster;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
@@ -21,7 +19,7 @@ fn engine() -> Engine {
     let mut registry = Registry::default();
     ktrigger_sources::register(&mut registry, WebhookListener::detached());
     ktrigger_destinations::register(&mut registry);
-    Engine::new(Arc::new(registry), EngineOptions::default())
+    Engine::builder().registry(registry).build()
 }
 
 /// A test cluster with the TriggerService CRD installed, and a client of it.

@@ -3,7 +3,7 @@
 //! refused, with the refusal.
 
 use ktrigger_convert::cue::{STRUCT_FILTER_NOTE, translate};
-use ktrigger_core::cel::{CelExpr, Vars};
+use ktrigger_core::{CelExpr, Vars};
 use serde_json::{Value, json};
 
 /// (CUE, expected CEL, whether it is the struct form).

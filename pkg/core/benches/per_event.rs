@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use criterion::Criterion;
-use ktrigger_core::cel::{CelExpr, Vars};
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::router::{Admission, RateLimit, Router};
-use ktrigger_core::trace;
+use ktrigger_core::{
+    CelExpr, Event, TriggerId, Vars,
+    router::{Admission, RateLimit, Router},
+    trace,
+};
 use serde_json::{Value, json};
 
 /// A realistic Pod as the API server sends it in a watch event.

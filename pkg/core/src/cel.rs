@@ -212,8 +212,8 @@ impl fmt::Debug for CelExpr {
 
 impl CelExpr {
     /// Compiles once; rejects syntax errors (with position), references to variables not in
-    /// `names`, and expressions over the [`limits`]: too long, nested too deeply or estimated to
-    /// cost too much.
+    /// `names`, and expressions over the limits: too long, nested too deeply or estimated to cost
+    /// more than [`CEL_COST_LIMIT`](crate::CEL_COST_LIMIT).
     pub fn compile(source: &str, names: &[&str]) -> Result<CelExpr, CelError> {
         let at_start = |message: String| CelError { line: 1, column: 1, message };
         limits::prescan(source).map_err(at_start)?;

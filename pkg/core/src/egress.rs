@@ -60,7 +60,10 @@ pub enum EgressError {
     },
 }
 
-/// Which addresses connections may go to. See the [module documentation](self) for the rules.
+/// Which addresses connections may go to, checked after name resolution. An address is judged by
+/// the first rule that matches: the deny list (refused), the allow list (allowed), the built-in
+/// refusals (link-local addresses always; in controller mode also loopback, this host and the
+/// Kubernetes API server's addresses), else allowed.
 #[derive(Debug, Clone)]
 pub struct EgressPolicy {
     deny: Vec<IpNet>,

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::bounded::off_runtime;
+use crate::builder::EngineBuilder;
 use crate::cel::limits::{Budget, Exceeded};
 use crate::cel::{CelExpr, Vars};
 use crate::credentials::CredentialPolicy;
@@ -179,8 +180,13 @@ pub struct Engine {
 }
 
 impl Engine {
+    /// Starts an engine: its types, store, Secret reader and limits.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
     /// An engine that knows the types in `registry`.
-    pub fn new(registry: Arc<Registry>, options: EngineOptions) -> Self {
+    pub(crate) fn new(registry: Arc<Registry>, options: EngineOptions) -> Self {
         Engine {
             registry,
             secrets: None,
@@ -198,13 +204,13 @@ impl Engine {
 
     /// Reads the Secrets that `secretKeyRef` properties name through `reader`. Without one, a
     /// trigger that names a Secret is skipped with the reason.
-    pub fn with_secret_reader(self, reader: Arc<dyn SecretReader>) -> Self {
+    pub(crate) fn with_secret_reader(self, reader: Arc<dyn SecretReader>) -> Self {
         Engine { secrets: Some(reader), ..self }
     }
 
     /// Keeps deliveries, dedup windows and source positions in `store`, so that they survive
     /// restarts. Without one, nothing survives.
-    pub fn with_store(self, store: Arc<dyn StateStore>) -> Self {
+    pub(crate) fn with_store(self, store: Arc<dyn StateStore>) -> Self {
         let mut router = Router::with_limits(self.options.dedup_limits);
         if store.durable() && !self.options.dry_run {
             router = router.persisting();

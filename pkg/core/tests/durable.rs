@@ -8,16 +8,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use ktrigger_api::{Trigger, TriggerServiceSpec};
-use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::event::Event;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, EventSink, Handled, Outcome, Receipt, Registry, Source,
-    SourceError,
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, Engine, EngineOptions, Event,
+    EventSink, Handled, Outcome, PropertyError, Receipt, RedbStore, Registry, Source, SourceError, SourceType,
+    StateStore,
 };
-use ktrigger_core::state::StateStore;
-use ktrigger_core::state::redb::RedbStore;
-use ktrigger_core::typed::{DestinationType, SourceType};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -117,7 +112,7 @@ impl Run {
             source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
             ..Default::default()
         };
-        let mut engine = Engine::new(Arc::new(registry), options).with_store(Arc::new(store));
+        let mut engine = Engine::builder().registry(registry).options(options).store(Arc::new(store)).build();
         let report = engine.apply("ns", "svc", spec).await;
         assert!(report.skipped.is_empty(), "{:?}", report.skipped);
         Run { engine, offers, received }

@@ -9,11 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::FeedFactory;
 use ktrigger_api::{DedupSpec, DestinationSpec, SourceSpec, Trigger, TriggerServiceSpec};
-use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
-use ktrigger_core::secrets::{Secret, SecretKeyRef, SecretReader, SecretRef};
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, Engine, EngineOptions, PropertyError,
+    Receipt, Registry, Secret, SecretKeyRef, SecretReader, SecretRef,
+};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -99,10 +98,11 @@ impl Harness {
             source_backoff: (Duration::from_millis(10), Duration::from_millis(50)),
             ..EngineOptions::default()
         };
-        let mut engine = Engine::new(Arc::new(registry), options);
+        let mut builder = Engine::builder().registry(registry).options(options);
         if let Some(reader) = reader {
-            engine = engine.with_secret_reader(reader);
+            builder = builder.secret_reader(reader);
         }
+        let engine = builder.build();
         Harness { engine, feed, received }
     }
 
@@ -334,7 +334,7 @@ async fn secrets_are_read_on_apply_and_a_changed_value_restarts_only_its_trigger
     let mut h = Harness::with_secrets(Some(vault.clone()));
     let uses = trigger("uses", None, json!({"tokenFrom": {"secretKeyRef": {"name": "api", "key": "token"}}}));
     let spec = spec(vec![uses, trigger("plain", None, json!({}))]);
-    let ids = |report: &[(ktrigger_core::event::TriggerId, String)]| -> Vec<String> {
+    let ids = |report: &[(ktrigger_core::TriggerId, String)]| -> Vec<String> {
         report.iter().map(|(id, _)| id.trigger.clone()).collect()
     };
 

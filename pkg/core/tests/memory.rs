@@ -9,12 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::FeedFactory;
 use ktrigger_api::{DestinationSpec, OverflowPolicy, SourceSpec, Trigger, TriggerServiceSpec};
-use ktrigger_core::delivery::QueueLimits;
-use ktrigger_core::engine::{Engine, EngineOptions};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt, Registry};
-use ktrigger_core::stats::StatsSnapshot;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, Engine, PropertyError, QueueLimits,
+    Receipt, Registry, StatsSnapshot,
+};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
@@ -71,7 +69,7 @@ impl Harness {
         let mut registry = Registry::default();
         registry.add_source_type(FeedFactory(feed.clone()));
         registry.add_destination_type(ReceiverFactory(received.clone()));
-        let engine = Engine::new(Arc::new(registry), EngineOptions { queue_limits, ..Default::default() });
+        let engine = Engine::builder().registry(registry).queue_limits(queue_limits).build();
         Harness { engine, feed, received }
     }
 

@@ -7,10 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{SubsecRound, Utc};
-use ktrigger_core::delivery::{Delivery, DeliveryQueue, QueueError};
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::state::nats::{NatsAuth, NatsOptions, NatsStore};
-use ktrigger_core::state::{StateStore, StoreError};
+use ktrigger_core::{
+    Delivery, DeliveryQueue, Event, NatsAuth, NatsOptions, NatsStore, QueueError, StateStore, StoreError, TriggerId,
+};
 use serde_json::json;
 use tempfile::TempDir;
 

@@ -11,21 +11,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::Utc;
 use ktrigger_api::{MAX_DURATION, parse_duration};
-use ktrigger_core::cel::limits::COST_LIMIT;
-use ktrigger_core::cel::{CelExpr, Vars};
-use ktrigger_core::config::load_text;
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::prepare::prepare_service;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{
-    BuildContext, DeliveryError, DeliveryRequest, Destination, EventSink, Receipt, Registry, Source, SourceError,
+use ktrigger_core::{
+    BuildContext, CEL_COST_LIMIT, CelExpr, ClusterSecrets, DeliveryError, DeliveryRequest, Destination,
+    DestinationType, Event, EventSink, MAX_TEMPLATE_OUTPUT, MemoryStore, PropertyError, Receipt, Registry, Source,
+    SourceError, SourceType, StateStore, Template, TemplateScope, TriggerId, Vars, load_text, prepare::prepare_service,
+    router::Router,
 };
-use ktrigger_core::router::Router;
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::state::StateStore;
-use ktrigger_core::state::memory::MemoryStore;
-use ktrigger_core::template::{MAX_OUTPUT, Template, TemplateScope};
-use ktrigger_core::typed::{DestinationType, SourceType};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -243,7 +234,7 @@ proptest! {
     #[test]
     fn filters_compile_within_the_limits_and_evaluate_without_panicking(source in cel_source()) {
         if let Ok(expr) = CelExpr::filter(&source) {
-            prop_assert!(expr.estimated_cost() <= COST_LIMIT);
+            prop_assert!(expr.estimated_cost() <= CEL_COST_LIMIT);
             let event = event();
             let vars = Vars::for_event(&event, "t", Utc::now());
             let _ = expr.eval_bool(&vars);
@@ -260,7 +251,7 @@ proptest! {
         if let Ok(template) = Template::compile(&source)
             && let Ok(text) = template.render(&TemplateScope::new(&event(), "t"))
         {
-            prop_assert!(text.len() <= MAX_OUTPUT);
+            prop_assert!(text.len() <= MAX_TEMPLATE_OUTPUT);
         }
     }
 }

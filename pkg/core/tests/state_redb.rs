@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use ktrigger_core::delivery::{Delivery, DeliveryQueue, QueueError};
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::state::redb::{FILE_NAME, RedbStore};
-use ktrigger_core::state::{SCHEMA_VERSION, StateStore, StoreError};
+use ktrigger_core::{
+    Delivery, DeliveryQueue, Event, QueueError, REDB_FILE_NAME, RedbStore, SCHEMA_VERSION, StateStore, StoreError,
+    TriggerId,
+};
 use serde_json::json;
 
 fn trigger() -> TriggerId {
@@ -132,7 +132,7 @@ async fn keys_load_by_prefix_and_delete_by_prefix() {
 fn a_corrupt_file_is_moved_aside_and_a_fresh_one_started() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = vec![0x5a_u8; 64 * 1024];
-    std::fs::write(dir.path().join(FILE_NAME), &garbage).unwrap();
+    std::fs::write(dir.path().join(REDB_FILE_NAME), &garbage).unwrap();
     let (_store, moved) = RedbStore::open(dir.path()).expect("a fresh store");
     let moved = moved.expect("the bad file was moved aside");
     assert_eq!(std::fs::read(&moved.to).unwrap(), garbage, "moved, not deleted");
@@ -144,7 +144,7 @@ fn a_corrupt_file_is_moved_aside_and_a_fresh_one_started() {
 fn a_file_of_another_schema_version_is_moved_aside() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let database = redb::Database::create(dir.path().join(FILE_NAME)).unwrap();
+        let database = redb::Database::create(dir.path().join(REDB_FILE_NAME)).unwrap();
         let write = database.begin_write().unwrap();
         {
             let mut meta = write.open_table(redb::TableDefinition::<&str, u64>::new("meta")).unwrap();
@@ -163,5 +163,5 @@ fn a_file_in_use_is_refused_not_moved() {
     let _first = open(dir.path());
     let error = RedbStore::open(dir.path()).err().expect("refused");
     assert!(matches!(&error, StoreError::Unavailable(m) if m.contains("in use")), "{error}");
-    assert!(dir.path().join(FILE_NAME).exists());
+    assert!(dir.path().join(REDB_FILE_NAME).exists());
 }

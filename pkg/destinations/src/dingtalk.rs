@@ -19,11 +19,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::{Secret, SecretRef};
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::{Secret, SecretRef};
+use ktrigger_core::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,7 +39,7 @@ const TRANSIENT_CODES: &[i64] = &[130101, 410100, -1];
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DingTalkProperties {
-    /// Robot webhook URL https://oapi.dingtalk.com/robot/send?access_token=... as a literal (it is
+    /// Robot webhook URL `https://oapi.dingtalk.com/robot/send?access_token=...` as a literal (it is
     /// a credential: prefer webhookUrlFrom); exactly one of webhookUrl and webhookUrlFrom is
     /// required
     #[serde(default)]
@@ -282,9 +282,7 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const ACCESS_TOKEN: &str = "dingaccesstoken0123456789";
     const SECRET: &str = "SEC0123456789abcdef0123456789abcdef";

@@ -17,13 +17,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::egress::{EgressError, EgressPolicy};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::SecretRef;
-use ktrigger_core::template::Template;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{EgressError, EgressPolicy};
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::SecretRef;
+use ktrigger_core::Template;
+use ktrigger_core::DestinationType;
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
@@ -453,9 +453,7 @@ fn mailboxes(property: &str, addresses: &[String]) -> Result<Vec<Mailbox>, Prope
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, Event, TriggerId, TypedDestination};
 
     fn build(properties: Value) -> Result<Arc<dyn Destination>, String> {
         let trigger = TriggerId { namespace: "apps".into(), service: "mail".into(), trigger: "crashloop".into() };

@@ -8,9 +8,7 @@
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
-use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{DeliveryError, Receipt};
+use ktrigger_core::{DeliveryError, EgressLayer, EgressPolicy, EgressResolver, PropertyError, Receipt, find_refusal};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, Response, StatusCode};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
@@ -314,7 +312,7 @@ mod tests {
             assert!(!error.to_string().contains(&port.to_string()), "no URL in the reason: {error}");
         }
 
-        let allow = vec![ktrigger_core::egress::parse_cidr("127.0.0.1").unwrap()];
+        let allow = vec![ktrigger_core::parse_cidr("127.0.0.1").unwrap()];
         let allowing = http_client(None, Arc::new(shared.with_rules(allow, vec![]))).unwrap();
         let receipt = send(allowing.get(format!("http://127.0.0.1:{port}/"))).await.unwrap();
         assert_eq!(receipt.detail.as_deref(), Some("HTTP 200"));

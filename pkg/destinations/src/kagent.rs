@@ -15,11 +15,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::{Secret, SecretRef};
-use ktrigger_core::template::Template;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::{Secret, SecretRef};
+use ktrigger_core::Template;
+use ktrigger_core::DestinationType;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, Url};
 use schemars::JsonSchema;
@@ -64,7 +64,7 @@ pub struct KagentProperties {
     /// ({{.ResourceName}}, {{.Namespace}}, {{.EventType}}, {{.Reason}}, {{.Message}},
     /// {{.EventMessage}}, {{.Timestamp}}, {{.EventTime}}) are converted
     prompt: String,
-    /// URL of the kagent controller; default http://kagent-controller.kagent:8083
+    /// URL of the kagent controller; default `http://kagent-controller.kagent:8083`
     #[serde(default)]
     base_url: Option<String>,
     /// kagent user the sessions belong to (user_id and X-User-Id); default ktrigger
@@ -586,10 +586,7 @@ fn is_label(label: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, Event, TriggerId, TypedDestination, parse_properties};
 
     fn trigger(namespace: &str) -> TriggerId {
         TriggerId { namespace: namespace.into(), service: "restart-doctor".into(), trigger: "crashloop".into() }

@@ -133,8 +133,7 @@ fn actions(source: &str) -> impl Iterator<Item = Action<'_>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::Event;
-    use ktrigger_core::template::{Template, TemplateScope};
+    use ktrigger_core::{Event, Template, TemplateScope};
     use serde_json::{Value, json};
 
     /// A core/v1 Event as the API server stores it for a container in CrashLoopBackOff.
@@ -244,7 +243,7 @@ mod tests {
     fn other_objects_fall_back_to_their_metadata_and_the_event() {
         let pod = json!({"kind": "Pod", "metadata": {"name": "api-0", "namespace": "shop"}, "status": {}});
         let event = Event::new("resource-watcher", "update", pod);
-        let time = ktrigger_core::event::rfc3339(event.meta.time);
+        let time = ktrigger_core::rfc3339(event.meta.time);
         assert_eq!(render(ALL, &event), format!("api-0|shop|update||||{time}|{time}"));
 
         let fire = Event::new("cron", "fire", json!({"schedule": "*/5 * * * *"}));

@@ -18,11 +18,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use chrono::{DateTime, Utc};
 use hmac::{Hmac, Mac};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::{Secret, SecretRef};
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::{Secret, SecretRef};
+use ktrigger_core::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -39,7 +39,7 @@ const RATE_LIMITED_CODE: i64 = 11232;
 #[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct LarkProperties {
-    /// Bot webhook URL https://open.feishu.cn/open-apis/bot/v2/hook/... (or open.larksuite.com) as
+    /// Bot webhook URL `https://open.feishu.cn/open-apis/bot/v2/hook/...` (or open.larksuite.com) as
     /// a literal (it is a credential: prefer webhookUrlFrom); exactly one of webhookUrl and
     /// webhookUrlFrom is required
     #[serde(default)]
@@ -251,9 +251,7 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const HOOK_PATH: &str = "/open-apis/bot/v2/hook/2f6b8c1e-0d4a-4f1b-9c3e-larkhooksecret";
     const SECRET: &str = "larksigningsecret0123456789";

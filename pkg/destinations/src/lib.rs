@@ -1,15 +1,12 @@
 //! ktrigger destinations: where the events a trigger keeps are delivered.
 //!
-//! Each destination type is a [`DestinationFactory`](ktrigger_core::registry::DestinationFactory)
+//! Each destination type is a [`DestinationFactory`](ktrigger_core::DestinationFactory)
 //! added to the engine's registry by [`register`]. HTTP destinations share [`http`]: one client on
 //! rustls with the ring provider, and one mapping of HTTP outcomes to delivery outcomes.
 
-#![warn(missing_docs)]
-
 use std::sync::Arc;
 
-use ktrigger_core::egress::EgressPolicy;
-use ktrigger_core::registry::Registry;
+use ktrigger_core::{EgressPolicy, Registry};
 
 pub mod dingtalk;
 pub mod email;

@@ -5,11 +5,10 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use ktrigger_core::event::rfc3339;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::template::Template;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{
+    BuildContext, DeliveryError, DeliveryRequest, Destination, DestinationType, PropertyError, Receipt, Template,
+    rfc3339,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -174,9 +173,7 @@ impl Destination for LogDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, Event, TriggerId, TypedDestination};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "watch".into(), trigger: "pods".into() }

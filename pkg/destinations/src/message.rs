@@ -10,11 +10,11 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{DeliveryError, DeliveryRequest, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::SecretRef;
-use ktrigger_core::template::Template;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{DeliveryError, DeliveryRequest, Receipt};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::SecretRef;
+use ktrigger_core::Template;
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::Value;
@@ -414,8 +414,7 @@ pub(crate) mod testing {
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD;
     use hmac::{Hmac, Mac};
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+    use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Event, Receipt, TriggerId};
     use serde_json::{Value, json};
     use sha2::Sha256;
 
@@ -573,7 +572,7 @@ pub(crate) mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::Event;
+    use ktrigger_core::Event;
     use serde_json::json;
     use testing::*;
 
@@ -692,8 +691,7 @@ mod tests {
 
     #[test]
     fn chat_docs_are_complete_and_their_examples_load() {
-        use ktrigger_core::registry::DestinationFactory;
-        use ktrigger_core::typed::TypedDestination;
+        use ktrigger_core::{DestinationFactory, TypedDestination};
         let factories: [&dyn DestinationFactory; 4] = [
             &TypedDestination::new(crate::slack::SlackFactory::new()),
             &TypedDestination::new(crate::teams::TeamsFactory::new()),

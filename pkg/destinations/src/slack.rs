@@ -9,11 +9,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::{Secret, SecretRef};
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::{Secret, SecretRef};
+use ktrigger_core::DestinationType;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use schemars::JsonSchema;
@@ -52,7 +52,7 @@ pub struct SlackProperties {
     /// webhook; needs channel and the chat:write scope
     #[serde(default)]
     token_from: Option<SecretRef>,
-    /// Base URL of the Web API, only with tokenFrom; default https://slack.com/api
+    /// Base URL of the Web API, only with tokenFrom; default `https://slack.com/api`
     #[serde(default)]
     api_url: Option<String>,
     /// Channel name or id; required with tokenFrom; with a webhook, only legacy webhooks honour it;
@@ -301,13 +301,11 @@ mod tests {
 
     use axum::http::StatusCode;
     use axum::response::IntoResponse;
-    use ktrigger_core::event::Event;
+    use ktrigger_core::Event;
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const HOOK_PATH: &str = "/services/T0001/B0002/hooksecret0123456789abcd";
     const TOKEN: &str = "xoxb-test-0123456789";

@@ -8,11 +8,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::SecretRef;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::SecretRef;
+use ktrigger_core::DestinationType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -179,9 +179,7 @@ mod tests {
 
     use super::*;
     use crate::message::testing::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, TypedDestination, parse_properties};
 
     const FLOW_PATH: &str = "/workflows/8f2c/triggers/manual/paths/invoke";
     const SIG: &str = "flowsignature0123456789";

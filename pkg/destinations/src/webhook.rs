@@ -13,12 +13,12 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use hmac::{Hmac, Mac};
-use ktrigger_core::event::{TriggerId, rfc3339, stable_id};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::secrets::{Secret, SecretRef};
-use ktrigger_core::template::Template;
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::{TriggerId, rfc3339, stable_id};
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::{Secret, SecretRef};
+use ktrigger_core::Template;
+use ktrigger_core::DestinationType;
 use percent_encoding::{AsciiSet, CONTROLS, NON_ALPHANUMERIC, utf8_percent_encode};
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
@@ -71,8 +71,8 @@ pub struct WebhookProperties {
     /// Content-Type of `body` or of the raw context; default application/json
     #[serde(default)]
     content_type: Option<String>,
-    /// {secretFrom: <secret reference>, header: X-Ktrigger-Signature-256}: adds sha256=<hex
-    /// HMAC-SHA256 of the body> under that header
+    /// `{secretFrom: <secret reference>, header: X-Ktrigger-Signature-256}`: adds
+    /// `sha256=<hex HMAC-SHA256 of the body>` under that header
     #[serde(default)]
     signature: Option<SignatureProperties>,
 }

@@ -8,8 +8,7 @@ mod support;
 
 use std::sync::Arc;
 
-use ktrigger_core::event::{Event, TriggerId, rfc3339};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Registry};
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Event, Registry, TriggerId, rfc3339};
 use serde_json::{Value, json};
 use support::{PythonServer, json_lines};
 

@@ -9,8 +9,7 @@ mod support;
 
 use std::sync::Arc;
 
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Registry};
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Event, Registry, TriggerId};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,

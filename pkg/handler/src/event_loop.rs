@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use backon::ExponentialBuilder;
 use futures::FutureExt;
-use ktrigger_core::registry::Envelope;
+use ktrigger_core::Envelope;
 use ktrigger_kube::hub::{Health, HubOptions, Subscription, Verdict};
 use ktrigger_kube::{Cluster, IdentityPolicy};
 use kube::Client;

@@ -7,8 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ktrigger_core::event::Event;
-use ktrigger_core::registry::EventSink;
+use ktrigger_core::{Event, EventSink};
 use ktrigger_kube::hub::Health;
 use kube::api::{ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;

@@ -3,8 +3,7 @@
 use std::marker::PhantomData;
 use std::sync::Arc;
 
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::registry::{Envelope, EventSink};
+use ktrigger_core::{Envelope, Event, EventSink, TriggerId};
 use ktrigger_kube::Identity;
 use ktrigger_kube::hub::{Change as HubChange, EventShape, Interest, Subscriber, Subscription, WatchKey, change_id};
 use ktrigger_kube::selector::{ObjectSelector, canonical_labels};

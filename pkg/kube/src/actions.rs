@@ -13,9 +13,9 @@
 //! (403, with the API server's message) or an invalid request are permanent; conflicts, throttling,
 //! server errors and connection failures are transient.
 
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError};
-use ktrigger_core::template::{Template, TemplateScope};
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError};
+use ktrigger_core::{Template, TemplateScope};
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::core::GroupVersionKind;
 use kube::core::gvk::GroupVersion;
@@ -286,8 +286,8 @@ fn has_template(value: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::{ClusterOptions, IdentityPolicy};
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::{DeliveryRequest, Registry};
+    use ktrigger_core::{Event, TriggerId};
+    use ktrigger_core::{DeliveryRequest, Registry};
     use serde_json::json;
 
     fn context(namespace: &str, service_account: Option<&str>) -> BuildContext {

@@ -11,12 +11,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ktrigger_core::event::{TriggerId, stable_id};
-use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
-use ktrigger_core::state::SourceState;
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::{
+    BuildContext, EventMappings, EventSink, PropertyError, Source, SourceError, SourceState, SourceType, TriggerId,
+    stable_id,
+};
 use kube::api::ApiResource;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -270,9 +268,7 @@ impl Source for K8sEvents {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::SourceFactory;
-    use ktrigger_core::typed::TypedSource;
+    use ktrigger_core::{SourceFactory, TypedSource, parse_properties};
 
     fn context() -> BuildContext {
         BuildContext::new(TriggerId { namespace: String::new(), service: "s".into(), trigger: "t".into() })

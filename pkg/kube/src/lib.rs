@@ -9,17 +9,15 @@
 //! `ktrigger validate` works without a cluster ([`Cluster::offline`]). Sources list and watch,
 //! destinations act and Secrets are read as their TriggerService's identity ([`identity`]).
 
-#![warn(missing_docs)]
-
 use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, Registry, SourceError};
+use ktrigger_core::EventMappings;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, Registry, SourceError};
 use ktrigger_core::sync::lock;
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};

@@ -12,8 +12,7 @@ use std::collections::HashMap;
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
-use ktrigger_core::registry::{Handled, Tracked};
-use ktrigger_core::state::SourceState;
+use ktrigger_core::{Handled, SourceState, Tracked};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::{mpsc, watch};

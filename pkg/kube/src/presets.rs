@@ -15,8 +15,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use ktrigger_core::cel::{CelExpr, Vars};
-use ktrigger_core::mappings::{EventMapping, EventMappings};
+use ktrigger_core::{CelExpr, EventMapping, EventMappings, Vars};
 use serde::Deserialize;
 use serde_json::Value;
 

@@ -5,11 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::event::TriggerId;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
-use ktrigger_core::state::SourceState;
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::{BuildContext, EventSink, PropertyError, Source, SourceError, SourceState, SourceType, TriggerId};
 use kube::core::GroupVersionKind;
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -276,8 +272,7 @@ impl Source for ResourceWatcher {
 
 #[cfg(test)]
 mod tests {
-    use ktrigger_core::registry::SourceFactory;
-    use ktrigger_core::typed::TypedSource;
+    use ktrigger_core::{SourceFactory, TypedSource};
     use serde_json::{Value, json};
 
     use super::*;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::Secret as KubeSecret;
-use ktrigger_core::secrets::{Secret, SecretKeyRef, SecretReader, no_cluster};
+use ktrigger_core::{Secret, SecretKeyRef, SecretReader, no_cluster};
 use kube::Api;
 
 use crate::Cluster;

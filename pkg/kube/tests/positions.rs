@@ -9,10 +9,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Namespace};
-use ktrigger_core::event::{SharedEvent, TriggerId, stable_id};
-use ktrigger_core::registry::{BuildContext, Envelope, EventSink, Handled, Registry, Source, SourceError, SourceNeeds};
-use ktrigger_core::state::redb::RedbStore;
-use ktrigger_core::state::{SourceState, StateStore};
+use ktrigger_core::{
+    BuildContext, Envelope, EventSink, Handled, RedbStore, Registry, SharedEvent, Source, SourceError, SourceNeeds,
+    SourceState, StateStore, TriggerId, stable_id,
+};
 use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, register};
 use ktrigger_testcluster::TestCluster;
 use kube::Client;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Event as KubeEvent, Secret};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use ktrigger_core::event::{SharedEvent, TriggerId};
-use ktrigger_core::registry::{BuildContext, Envelope, EventSink, Handled, Registry, Source, SourceError, SourceNeeds};
+use ktrigger_core::{
+    BuildContext, Envelope, EventSink, Handled, Registry, SharedEvent, Source, SourceError, SourceNeeds, TriggerId,
+};
 use ktrigger_kube::{Cluster, HubOptions, IdentityPolicy, register};
 use ktrigger_testcluster::TestCluster;
 use kube::Client;

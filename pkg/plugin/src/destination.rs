@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::Utc;
-use ktrigger_core::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::{DeliveryError, DeliveryRequest, Destination, Receipt};
 use serde_json::{Value, json};
 use tonic::Code;
 

@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use ktrigger_core::event::Event;
-use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
+use ktrigger_core::{BuildContext, Event, EventMappings, EventSink, Handled, Source, SourceError};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;

@@ -3,10 +3,9 @@
 
 use std::sync::Arc;
 
-use ktrigger_core::mappings::EventMappings;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{
-    BuildContext, Destination, DestinationFactory, Registry, Source, SourceFactory, TypeDoc,
+use ktrigger_core::{
+    BuildContext, Destination, DestinationFactory, EventMappings, PropertyError, Registry, Source, SourceFactory,
+    TypeDoc,
 };
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::header::AUTHORIZATION;
 use axum::http::{HeaderMap, HeaderName};
 use hmac::{Hmac, Mac};
-use ktrigger_core::secrets::Secret;
+use ktrigger_core::Secret;
 use subtle::ConstantTimeEq;
 
 use crate::replay::{SignedContent, check_timestamp};

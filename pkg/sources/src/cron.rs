@@ -18,11 +18,10 @@ use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use croner::Cron;
 use croner::parser::{CronParser, Seconds, Year};
-use ktrigger_core::event::{Event, rfc3339, stable_id};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
-use ktrigger_core::state::SourceState;
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::{
+    BuildContext, Event, EventSink, Handled, PropertyError, Source, SourceError, SourceState, SourceType, rfc3339,
+    stable_id,
+};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -334,10 +333,7 @@ impl Source for CronSource {
 mod tests {
     use super::*;
     use crate::test_store::MapStore;
-    use ktrigger_core::event::{SharedEvent, TriggerId};
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::{Envelope, SourceFactory};
-    use ktrigger_core::typed::TypedSource;
+    use ktrigger_core::{Envelope, SharedEvent, SourceFactory, TriggerId, TypedSource, parse_properties};
     use tokio::sync::mpsc;
     use tokio::task::JoinHandle;
 
@@ -362,7 +358,7 @@ mod tests {
         schedule: &str,
         zone: Option<&str>,
         start: &str,
-    ) -> (mpsc::Receiver<ktrigger_core::registry::Envelope>, CancellationToken) {
+    ) -> (mpsc::Receiver<ktrigger_core::Envelope>, CancellationToken) {
         let clock = Clock::Anchored { wall: at(start), at: Instant::now() };
         let source = CronSource::new(schedule, zone, clock).unwrap();
         let (sink, events) = EventSink::channel(4);
@@ -372,7 +368,7 @@ mod tests {
         (events, cancel)
     }
 
-    async fn next_scheduled(events: &mut mpsc::Receiver<ktrigger_core::registry::Envelope>) -> String {
+    async fn next_scheduled(events: &mut mpsc::Receiver<ktrigger_core::Envelope>) -> String {
         let event = events.recv().await.unwrap().event;
         assert_eq!((event.meta.source.as_str(), event.meta.event_type.as_str()), ("cron", "fire"));
         event.object["scheduledTime"].as_str().unwrap().to_string()

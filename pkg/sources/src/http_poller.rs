@@ -22,15 +22,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ktrigger_core::cel::{CelExpr, Vars};
-use ktrigger_core::egress::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
-use ktrigger_core::event::{Event, TriggerId, stable_id};
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, EventSink, Handled, Source, SourceError};
-use ktrigger_core::secrets::ClusterSecrets;
-use ktrigger_core::secrets::{SecretKeyRef, SecretRef};
-use ktrigger_core::state::{Commit, SourceState};
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::{CelExpr, Vars};
+use ktrigger_core::{EgressLayer, EgressPolicy, EgressResolver, find_refusal};
+use ktrigger_core::{Event, TriggerId, stable_id};
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, EventSink, Handled, Source, SourceError};
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::{SecretKeyRef, SecretRef};
+use ktrigger_core::{Commit, SourceState};
+use ktrigger_core::SourceType;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
@@ -699,10 +699,7 @@ mod tests {
     use axum::http::{HeaderMap as AxumHeaders, StatusCode};
     use axum::response::{IntoResponse, Response};
     use axum::routing::any;
-    use ktrigger_core::event::SharedEvent;
-    use ktrigger_core::properties::parse_properties;
-    use ktrigger_core::registry::SourceFactory;
-    use ktrigger_core::typed::TypedSource;
+    use ktrigger_core::{SharedEvent, SourceFactory, TypedSource, parse_properties};
     use serde_json::json;
 
     use super::*;
@@ -1117,7 +1114,7 @@ mod tests {
         assert!(events.try_recv().is_err(), "one change, one event");
     }
 
-    async fn next_event(events: &mut tokio::sync::mpsc::Receiver<ktrigger_core::registry::Envelope>) -> SharedEvent {
+    async fn next_event(events: &mut tokio::sync::mpsc::Receiver<ktrigger_core::Envelope>) -> SharedEvent {
         tokio::time::timeout(Duration::from_secs(10), events.recv()).await.expect("no event within 10s").unwrap().event
     }
 

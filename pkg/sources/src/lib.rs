@@ -1,15 +1,12 @@
 //! ktrigger sources that need no Kubernetes API: `cron`, `http-poller` and the inbound `webhook`.
 //!
-//! Every source type is a [`SourceType`](ktrigger_core::typed::SourceType) (one properties struct)
+//! Every source type is a [`SourceType`](ktrigger_core::SourceType) (one properties struct)
 //! added to the engine's [`Registry`] by [`register`].
 //! Webhook sources share one HTTP server, the [`WebhookListener`], which the binary binds and serves.
 
-#![warn(missing_docs)]
-
 use std::sync::Arc;
 
-use ktrigger_core::egress::EgressPolicy;
-use ktrigger_core::registry::Registry;
+use ktrigger_core::{EgressPolicy, Registry};
 
 mod auth;
 pub mod cron;
@@ -26,7 +23,7 @@ pub use listener::{ListenerOptions, ListenerStats, PathScope, WebhookListener};
 pub use server::{ServerCounters, ServerLimits};
 
 /// Errors of this crate outside of loading properties (those are
-/// [`PropertyError`](ktrigger_core::properties::PropertyError)s naming the property).
+/// [`PropertyError`](ktrigger_core::PropertyError)s naming the property).
 #[derive(Debug, thiserror::Error)]
 pub enum SourcesError {
     /// The webhook listener could not bind its address.
@@ -84,7 +81,7 @@ mod tests {
         let listener = WebhookListener::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let mut registry = Registry::default();
         register(&mut registry, listener);
-        let context = ktrigger_core::registry::BuildContext::new(ktrigger_core::event::TriggerId {
+        let context = ktrigger_core::BuildContext::new(ktrigger_core::TriggerId {
             namespace: "apps".into(),
             service: "svc".into(),
             trigger: "t".into(),

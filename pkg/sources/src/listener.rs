@@ -40,8 +40,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use http_body_util::BodyExt;
-use ktrigger_core::event::{Event, SharedEvent, TriggerId, stable_id};
-use ktrigger_core::registry::{EventSink, Handled};
+use ktrigger_core::{Event, EventSink, Handled, SharedEvent, TriggerId, stable_id};
 use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tokio::net::TcpListener;
@@ -901,7 +900,7 @@ mod tests {
             assert_eq!(event.meta.event_type, "t.x");
             assert_eq!(event.meta.id, "e-1");
             assert_eq!(event.meta.source, "webhook");
-            assert_eq!(ktrigger_core::event::rfc3339(event.meta.time), "2026-01-02T03:04:05Z");
+            assert_eq!(ktrigger_core::rfc3339(event.meta.time), "2026-01-02T03:04:05Z");
         }
         assert!(Arc::ptr_eq(&data, &cache.get(CloudEventObject::Data)));
     }

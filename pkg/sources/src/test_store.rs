@@ -4,9 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use ktrigger_core::delivery::{DeliveryQueue, MemoryQueue};
-use ktrigger_core::event::TriggerId;
-use ktrigger_core::state::{Commit, SourceState, StateStore, StoreError, StoreMetrics};
+use ktrigger_core::{Commit, DeliveryQueue, MemoryStore, SourceState, StateStore, StoreError, StoreMetrics, TriggerId};
 
 /// Keeps every entry in a map; every write is durable at once.
 #[derive(Default)]
@@ -42,8 +40,8 @@ impl StateStore for MapStore {
         true
     }
 
-    async fn open_queue(&self, _name: &str, capacity: usize) -> Result<Arc<dyn DeliveryQueue>, StoreError> {
-        Ok(Arc::new(MemoryQueue::new(capacity)))
+    async fn open_queue(&self, name: &str, capacity: usize) -> Result<Arc<dyn DeliveryQueue>, StoreError> {
+        MemoryStore.open_queue(name, capacity).await
     }
 
     async fn remove_queue(&self, _name: &str) -> Result<usize, StoreError> {

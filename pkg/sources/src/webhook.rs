@@ -5,10 +5,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use axum::http::HeaderName;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
-use ktrigger_core::secrets::SecretRef;
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, EventSink, Source, SourceError};
+use ktrigger_core::SecretRef;
+use ktrigger_core::SourceType;
 use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
@@ -237,9 +237,7 @@ mod tests {
     use std::time::Duration;
 
     use chrono::Utc;
-    use ktrigger_core::event::{SharedEvent, TriggerId};
-    use ktrigger_core::registry::{Handled, SourceFactory};
-    use ktrigger_core::typed::TypedSource;
+    use ktrigger_core::{Handled, SharedEvent, SourceFactory, TriggerId, TypedSource};
     use serde_json::{Value, json};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::sync::mpsc;

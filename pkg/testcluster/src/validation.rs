@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use ktrigger_core::cel::{CelExpr, Vars};
+use ktrigger_core::{CelExpr, Vars};
 use serde_json::Value;
 
 use crate::status::FieldError;

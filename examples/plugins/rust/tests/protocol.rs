@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use ktrigger_core::event::{Event, TriggerId};
-use ktrigger_core::registry::{BuildContext, DeliveryRequest, EventSink, Handled, Registry};
+use ktrigger_core::{BuildContext, DeliveryRequest, Event, EventSink, Handled, Registry, TriggerId};
 use ktrigger_plugin::connect::Timeouts;
 use ktrigger_plugin::{PluginManager, PluginsFile};
 use serde_json::json;

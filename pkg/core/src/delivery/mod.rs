@@ -14,8 +14,8 @@
 //! The worker ([`worker`]) sends up to `concurrency` deliveries at once, per object in order
 //! when asked ([`ordering`]), in batches when asked.
 
-pub mod ordering;
-pub mod worker;
+mod ordering;
+mod worker;
 
 use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
@@ -32,7 +32,7 @@ use serde_json::{Value, json};
 use tokio::sync::Notify;
 use tracing::Instrument;
 
-pub use worker::{Batch, DEFAULT_CONCURRENCY, Flow, run_worker};
+pub(crate) use worker::{Flow, run_worker};
 
 use crate::event::{Event, SharedEvent, TriggerId, stable_id};
 use crate::registry::{DeliveryError, DeliveryRequest, Destination, Receipt};
@@ -155,7 +155,7 @@ pub trait DeliveryQueue: Send + Sync {
 
 /// The in-memory queue: bounded, FIFO, lost on restart.
 #[derive(Debug)]
-pub struct MemoryQueue {
+pub(crate) struct MemoryQueue {
     items: Mutex<VecDeque<Delivery>>,
     capacity: usize,
     closed: AtomicBool,

@@ -85,7 +85,7 @@ impl Flow {
 /// Runs one destination's worker until the queue is closed and everything taken from it is
 /// done, or `halt` fires (deliveries interrupted then are not acked, so a durable queue keeps
 /// them). Each delivery is sent with retries; what fails for good goes to the dead-letter target.
-pub async fn run_worker(
+pub(crate) async fn run_worker(
     queue: Arc<dyn DeliveryQueue>,
     target: Target,
     dead_letter: Option<Target>,

@@ -4,10 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use ktrigger_core::event::Event;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, EventSink, Source, SourceError};
-use ktrigger_core::typed::SourceType;
+use ktrigger_core::{BuildContext, Event, EventSink, PropertyError, Source, SourceError, SourceType};
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;

@@ -7,10 +7,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::http::{HeaderMap as AxumHeaders, Method as AxumMethod, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use ktrigger_core::event::Event;
-use ktrigger_core::properties::parse_properties;
-use ktrigger_core::registry::DestinationFactory;
-use ktrigger_core::typed::TypedDestination;
+use ktrigger_core::{DestinationFactory, Event, TypedDestination, parse_properties};
 
 use super::*;
 

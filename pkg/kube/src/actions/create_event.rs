@@ -10,11 +10,11 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::Utc;
 use k8s_openapi::api::core::v1::Event as KubeEvent;
-use ktrigger_core::event::rfc3339;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::template::{Template, TemplateScope};
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::rfc3339;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::{Template, TemplateScope};
+use ktrigger_core::DestinationType;
 use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -283,9 +283,7 @@ impl Destination for CreateEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, Event, TriggerId, TypedDestination};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "t".into() }

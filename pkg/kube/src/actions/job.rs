@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
-use ktrigger_core::properties::PropertyError;
-use ktrigger_core::registry::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::template::{Template, TemplateScope};
-use ktrigger_core::typed::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::{Template, TemplateScope};
+use ktrigger_core::DestinationType;
 use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -321,9 +321,7 @@ impl Destination for JobDestination {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ktrigger_core::event::{Event, TriggerId};
-    use ktrigger_core::registry::DestinationFactory;
-    use ktrigger_core::typed::TypedDestination;
+    use ktrigger_core::{DestinationFactory, Event, TriggerId, TypedDestination};
 
     fn trigger() -> TriggerId {
         TriggerId { namespace: "apps".into(), service: "s".into(), trigger: "Nightly_Report".into() }

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use ktrigger_core::registry::Tracked;
+use ktrigger_core::Tracked;
 use serde_json::Value;
 
 use super::fanout::NO_LABELS;

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use ktrigger_core::event::{Event, SharedEvent};
+use ktrigger_core::{Event, SharedEvent};
 use serde_json::Value;
 
 use super::catch_up::Durable;

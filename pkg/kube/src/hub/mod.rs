@@ -46,9 +46,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use ktrigger_core::sync::lock;
-use ktrigger_core::event::{TriggerId, stable_id};
-use ktrigger_core::mappings::Annotation;
-use ktrigger_core::registry::EventSink;
+use ktrigger_core::{TriggerId, stable_id};
+use ktrigger_core::Annotation;
+use ktrigger_core::EventSink;
 use kube::Client;
 use kube::api::ApiResource;
 use serde_json::Value;
