@@ -17,13 +17,13 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::{EgressError, EgressPolicy};
-use ktrigger_core::PropertyError;
-use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::ClusterSecrets;
+use ktrigger_core::DestinationType;
+use ktrigger_core::PropertyError;
 use ktrigger_core::SecretRef;
 use ktrigger_core::Template;
-use ktrigger_core::DestinationType;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
+use ktrigger_core::{EgressError, EgressPolicy};
 use lettre::message::header::{HeaderName, HeaderValue};
 use lettre::message::{Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;

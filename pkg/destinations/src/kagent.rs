@@ -15,11 +15,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use ktrigger_core::DestinationType;
 use ktrigger_core::PropertyError;
+use ktrigger_core::Template;
 use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::{Secret, SecretRef};
-use ktrigger_core::Template;
-use ktrigger_core::DestinationType;
 use reqwest::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Response, Url};
 use schemars::JsonSchema;

@@ -10,11 +10,11 @@ use std::fmt;
 use std::time::{Duration, SystemTime};
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::PropertyError;
-use ktrigger_core::{DeliveryError, DeliveryRequest, Receipt};
 use ktrigger_core::ClusterSecrets;
+use ktrigger_core::PropertyError;
 use ktrigger_core::SecretRef;
 use ktrigger_core::Template;
+use ktrigger_core::{DeliveryError, DeliveryRequest, Receipt};
 use reqwest::header::RETRY_AFTER;
 use reqwest::{RequestBuilder, StatusCode, Url};
 use serde_json::Value;

@@ -9,11 +9,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ktrigger_core::ClusterSecrets;
+use ktrigger_core::DestinationType;
 use ktrigger_core::PropertyError;
 use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
-use ktrigger_core::ClusterSecrets;
 use ktrigger_core::{Secret, SecretRef};
-use ktrigger_core::DestinationType;
 use reqwest::Url;
 use reqwest::header::HeaderValue;
 use schemars::JsonSchema;

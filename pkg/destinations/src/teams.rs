@@ -8,11 +8,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::PropertyError;
-use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::ClusterSecrets;
-use ktrigger_core::SecretRef;
 use ktrigger_core::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::SecretRef;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_json::{Value, json};

@@ -286,8 +286,8 @@ fn has_template(value: &Value) -> bool {
 mod tests {
     use super::*;
     use crate::{ClusterOptions, IdentityPolicy};
-    use ktrigger_core::{Event, TriggerId};
     use ktrigger_core::{DeliveryRequest, Registry};
+    use ktrigger_core::{Event, TriggerId};
     use serde_json::json;
 
     fn context(namespace: &str, service_account: Option<&str>) -> BuildContext {

@@ -17,8 +17,8 @@ use std::time::Duration;
 
 use ktrigger_core::EventMappings;
 use ktrigger_core::PropertyError;
-use ktrigger_core::{BuildContext, Registry, SourceError};
 use ktrigger_core::sync::lock;
+use ktrigger_core::{BuildContext, Registry, SourceError};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersionKind;

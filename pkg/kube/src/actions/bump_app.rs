@@ -11,10 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ktrigger_core::DestinationType;
 use ktrigger_core::PropertyError;
 use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::{Template, TemplateScope};
-use ktrigger_core::DestinationType;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use schemars::JsonSchema;

@@ -11,10 +11,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use ktrigger_core::rfc3339;
-use ktrigger_core::PropertyError;
-use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::DestinationType;
+use ktrigger_core::PropertyError;
+use ktrigger_core::rfc3339;
+use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use schemars::JsonSchema;

@@ -10,10 +10,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use k8s_openapi::api::batch::v1::Job;
+use ktrigger_core::DestinationType;
 use ktrigger_core::PropertyError;
 use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::{Template, TemplateScope};
-use ktrigger_core::DestinationType;
 use kube::api::{Api, PostParams};
 use schemars::JsonSchema;
 use serde::Deserialize;

@@ -4,10 +4,10 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use ktrigger_core::DestinationType;
 use ktrigger_core::PropertyError;
 use ktrigger_core::{BuildContext, DeliveryError, DeliveryRequest, Destination, Receipt};
 use ktrigger_core::{Template, TemplateScope};
-use ktrigger_core::DestinationType;
 use kube::api::{ApiResource, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::core::gvk::GroupVersion;

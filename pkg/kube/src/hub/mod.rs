@@ -45,10 +45,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use ktrigger_core::sync::lock;
-use ktrigger_core::{TriggerId, stable_id};
 use ktrigger_core::Annotation;
 use ktrigger_core::EventSink;
+use ktrigger_core::sync::lock;
+use ktrigger_core::{TriggerId, stable_id};
 use kube::Client;
 use kube::api::ApiResource;
 use serde_json::Value;
