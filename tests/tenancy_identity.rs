@@ -381,6 +381,18 @@ fn a_watch_serves_another_service_account_only_while_a_review_allows_it() {
     running.stderr.wait_for("watch synced", WAIT);
     env.apply(&ns, &trigger_service("second", Some("second"), &[("configs", &configs)]));
     running.stderr.wait_for("sharing the watch", WAIT);
+    // The second trigger sees creates from the moment its subscription has caught up with the
+    // shared watch, a little after the line above: probe until it does.
+    let start = Instant::now();
+    for n in 0.. {
+        let probe = format!("probe-{n}");
+        env.create_configmap(&probe, serde_json::json!({}));
+        std::thread::sleep(Duration::from_millis(300));
+        if delivered(&running, &env, "second", "configs").iter().any(|line| line.contains("probe-")) {
+            break;
+        }
+        assert!(start.elapsed() < WAIT, "the second trigger never delivered a probe:\n{}", running.stderr.text());
+    }
 
     env.create_configmap("both", serde_json::json!({}));
     wait_delivered(&running, &env, "first", "configs", "both");
