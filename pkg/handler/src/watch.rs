@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use ktrigger_core::{Envelope, Event, EventSink, TriggerId};
 use ktrigger_kube::Identity;
-use ktrigger_kube::hub::{Change as HubChange, EventShape, Interest, Subscriber, Subscription, WatchKey, change_id};
+use ktrigger_kube::hub::{Change as HubChange, EventShape, Interest, Subscriber, Subscription, WatchKey};
 use ktrigger_kube::selector::{ObjectSelector, canonical_labels};
 use kube::Client;
 use kube::api::{ApiResource, DynamicObject};
@@ -157,15 +157,7 @@ struct Everything;
 
 impl Interest for Everything {
     fn shape(&self, change: &HubChange) -> Option<EventShape> {
-        Some(EventShape {
-            source: "event-loop",
-            event_type: change.kind.as_str(),
-            preset: None,
-            derived: false,
-            time: None,
-            id: change_id(change),
-            annotation: None,
-        })
+        Some(EventShape::of_change("event-loop", change))
     }
 }
 

@@ -11,7 +11,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey, change_id};
+use crate::hub::{Change, ChangeKind, EventShape, Interest, Subscriber, WatchKey};
 use crate::position::Position;
 use crate::selector::{ObjectSelector, canonical_fields, merge_labels};
 use crate::{Actor, Cluster, Slot, run_subscribed};
@@ -199,15 +199,7 @@ impl Interest for ResourceInterest {
             ChangeKind::Update => self.update,
             ChangeKind::Delete => self.delete,
         };
-        wanted.then(|| EventShape {
-            source: NAME,
-            event_type: change.kind.as_str(),
-            preset: None,
-            derived: false,
-            time: None,
-            id: change_id(change),
-            annotation: None,
-        })
+        wanted.then(|| EventShape::of_change(NAME, change))
     }
 }
 

@@ -239,6 +239,22 @@ pub struct EventShape {
     pub annotation: Option<Arc<Annotation>>,
 }
 
+impl EventShape {
+    /// The event of `change` as it is, named by source type `source`: the raw object, the change's
+    /// kind as `event.type`, seen now, with no preset and no annotation.
+    pub fn of_change(source: &'static str, change: &Change) -> EventShape {
+        EventShape {
+            source,
+            event_type: change.kind.as_str(),
+            preset: None,
+            derived: false,
+            time: None,
+            id: change_id(change),
+            annotation: None,
+        }
+    }
+}
+
 /// Decides, per subscriber, which changes become events and how they look.
 pub trait Interest: Send + Sync {
     /// The event this subscriber gets for `change`, or `None` when it does not want it.
