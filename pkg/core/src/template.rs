@@ -1,9 +1,13 @@
 //! Text templates (prompts, bodies, messages): minijinja over the event context, bounded: a
 //! template is at most [`MAX_TEMPLATE`] bytes, one rendering runs at most [`FUEL`] instructions
 //! (loops included) and produces at most [`MAX_OUTPUT`] bytes.
+//!
+//! Triggers with the same template text share one compiled template: a compiled template takes
+//! about 12 KiB however short its text, and a thousand triggers often render the same message.
 
+use std::collections::HashMap;
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock, Mutex, Weak};
 
 use chrono::Utc;
 use minijinja::{Environment, UndefinedBehavior};
@@ -24,9 +28,40 @@ pub const MAX_OUTPUT: usize = 1024 * 1024;
 
 /// A template checked at load time: it parses, and refers only to context names.
 #[derive(Clone)]
-pub struct Template {
-    env: Arc<Environment<'static>>,
+pub struct Template(Arc<Compiled>);
+
+/// A compiled template and what it reads.
+struct Compiled {
+    env: Environment<'static>,
     uses_old_object: bool,
+}
+
+/// The compiled templates in use, by source text. An entry lives as long as a [`Template`]
+/// holds it; the entries of dropped ones are swept out as new ones come.
+static COMPILED: LazyLock<Mutex<SharedTemplates>> = LazyLock::new(Default::default);
+
+/// The map behind [`COMPILED`], and the size at which it is next swept.
+#[derive(Default)]
+struct SharedTemplates {
+    by_source: HashMap<String, Weak<Compiled>>,
+    sweep_at: usize,
+}
+
+impl SharedTemplates {
+    /// The compiled template of `source` still in use, if any.
+    fn get(&self, source: &str) -> Option<Arc<Compiled>> {
+        self.by_source.get(source).and_then(Weak::upgrade)
+    }
+
+    /// Shares `compiled` as the template of `source`. Dropped templates are swept whenever the
+    /// map doubled since the last sweep, so it holds at most about twice the templates in use.
+    fn insert(&mut self, source: &str, compiled: &Arc<Compiled>) {
+        if self.by_source.len() >= self.sweep_at {
+            self.by_source.retain(|_, compiled| compiled.strong_count() > 0);
+            self.sweep_at = self.by_source.len().saturating_mul(2).max(64);
+        }
+        self.by_source.insert(source.to_owned(), Arc::downgrade(compiled));
+    }
 }
 
 impl std::fmt::Debug for Template {
@@ -54,6 +89,16 @@ impl Template {
         if source.len() > MAX_TEMPLATE {
             return Err(format!("template is {} bytes long; the limit is {MAX_TEMPLATE}", source.len()));
         }
+        if let Some(shared) = crate::sync::lock(&COMPILED).get(source) {
+            return Ok(Template(shared));
+        }
+        let compiled = Arc::new(Self::compile_new(source)?);
+        crate::sync::lock(&COMPILED).insert(source, &compiled);
+        Ok(Template(compiled))
+    }
+
+    /// Compiles and checks `source` into a template of its own.
+    fn compile_new(source: &str) -> Result<Compiled, String> {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::Lenient);
         env.set_fuel(Some(FUEL));
@@ -74,13 +119,13 @@ impl Template {
                 CONTEXT_NAMES.join(", ")
             ));
         }
-        Ok(Template { env: Arc::new(env), uses_old_object })
+        Ok(Compiled { env, uses_old_object })
     }
 
     /// Renders against `scope`; fails when the rendering runs out of fuel or its output would
     /// pass [`MAX_OUTPUT`].
     pub fn render(&self, scope: &TemplateScope) -> Result<String, String> {
-        let template = self.env.get_template(TEMPLATE_NAME).map_err(describe)?;
+        let template = self.0.env.get_template(TEMPLATE_NAME).map_err(describe)?;
         let mut out = BoundedOutput { text: Vec::new(), overflowed: false };
         template.render_captured_to(&scope.0, &mut out).map_err(|error| {
             if out.overflowed {
@@ -94,7 +139,7 @@ impl Template {
 
     /// Whether the template reads `oldObject` (so the engine must keep old copies).
     pub fn uses_old_object(&self) -> bool {
-        self.uses_old_object
+        self.0.uses_old_object
     }
 }
 
@@ -177,6 +222,31 @@ mod tests {
     fn templates_longer_than_the_limit_are_refused() {
         let err = Template::compile(&"x".repeat(MAX_TEMPLATE + 1)).unwrap_err();
         assert!(err.contains("the limit is 65536"), "{err}");
+    }
+
+    #[test]
+    fn the_same_text_shares_one_compiled_template_while_in_use() {
+        let source = "{{ object.metadata.name }} shared by the sharing test";
+        let first = Template::compile(source).unwrap();
+        let second = Template::compile(source).unwrap();
+        assert!(Arc::ptr_eq(&first.0, &second.0));
+        let other = Template::compile("{{ object.metadata.name }} another text").unwrap();
+        assert!(!Arc::ptr_eq(&first.0, &other.0));
+        let event = Event::new("cron", "fire", json!({"metadata": {"name": "web"}}));
+        assert_eq!(second.render(&TemplateScope::new(&event, "t")).unwrap(), "web shared by the sharing test");
+        let weak = Arc::downgrade(&first.0);
+        drop((first, second));
+        assert!(weak.upgrade().is_none(), "a template no trigger holds is freed");
+    }
+
+    #[test]
+    fn dropped_templates_are_swept_from_the_shared_map() {
+        let mut shared = SharedTemplates::default();
+        for i in 0..1000 {
+            let compiled = Arc::new(Template::compile_new(&format!("{{{{ event.type }}}} {i}")).unwrap());
+            shared.insert(&format!("{i}"), &compiled);
+        }
+        assert!(shared.by_source.len() <= 128, "{} entries kept for no template in use", shared.by_source.len());
     }
 
     #[test]

@@ -488,7 +488,8 @@ where
             }
         }
         if let (Some(guest), Some(reviews)) = (&guest, &cluster.state.reviews)
-            && !reviews.may_watch(guest, &key).await
+            // boxed: the task keeps the loop's few fields, not the largest request it may make
+            && !Box::pin(reviews.may_watch(guest, &key)).await
         {
             slot.lock().await.take();
             return Err(SourceError(format!(

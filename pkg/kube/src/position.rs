@@ -141,7 +141,8 @@ pub(crate) enum Write {
 
 /// Where a watch sends a trigger's index writes, in order.
 pub(crate) struct Checkpoints {
-    queue: mpsc::Sender<(Option<Tracked>, Write)>,
+    /// Boxed writes: a channel allocates room for 32 of its items at once, per trigger.
+    queue: mpsc::Sender<Box<(Option<Tracked>, Write)>>,
     failed: watch::Sender<Option<String>>,
 }
 
@@ -157,7 +158,7 @@ impl Checkpoints {
     /// Queues `write`, to be made once `tracked` (if any) is handled.
     pub(crate) async fn send(&self, tracked: Option<Tracked>, write: Write) {
         // A writer that stopped has reported why; the trigger resubscribes and catches up.
-        let _ = self.queue.send((tracked, write)).await;
+        let _ = self.queue.send(Box::new((tracked, write))).await;
     }
 
     /// Stops the writing: the trigger cannot be brought up to date now.
@@ -168,7 +169,7 @@ impl Checkpoints {
 
 async fn write_in_order(
     state: SourceState,
-    mut writes: mpsc::Receiver<(Option<Tracked>, Write)>,
+    mut writes: mpsc::Receiver<Box<(Option<Tracked>, Write)>>,
     failed: watch::Sender<Option<String>>,
 ) {
     let mut commits = FuturesOrdered::new();
@@ -181,7 +182,8 @@ async fn write_in_order(
                 }
             }
             next = writes.recv(), if commits.len() < IN_FLIGHT => {
-                let Some((tracked, write)) = next else { break };
+                let Some(next) = next else { break };
+                let (tracked, write) = *next;
                 if let Some(tracked) = tracked
                     && let Handled::NotStored(reason) = tracked.handled().await
                 {
