@@ -109,6 +109,9 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         tracing::error!("no trigger could be loaded");
         return Ok(ExitCode::from(2));
     }
+    // The engine holds what it runs; the parsed files are not needed any more.
+    let on_cluster = uses_cluster(&config);
+    drop(config);
     // Bound early (so a taken port fails at once) but served only now: a sender connecting while
     // the triggers load waits in the backlog instead of getting a 404 for a path not yet known.
     let listener = uses_webhooks.then(|| webhooks.spawn(stop.clone()));
@@ -126,7 +129,7 @@ pub async fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         None => None,
     };
-    if let Some(cluster) = cluster.description().filter(|_| uses_cluster(&config)) {
+    if let Some(cluster) = cluster.description().filter(|_| on_cluster) {
         tracing::info!(cluster, "kubernetes cluster {cluster}");
     }
     let pending = store.metrics().pending_deliveries;
