@@ -142,8 +142,9 @@ fn api_resource(index: usize) -> ApiResource {
     }
 }
 
-/// Peak and current resident memory of a process, in KiB, from /proc.
-fn memory_kib(pid: u32) -> (u64, u64) {
+/// Peak and current resident memory of a process and, of the current, what is mapped from files
+/// (the binary's code, mostly), in KiB, from /proc.
+fn memory_kib(pid: u32) -> (u64, u64, u64) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -153,7 +154,7 @@ fn memory_kib(pid: u32) -> (u64, u64) {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
     };
-    (field("VmHWM:"), field("VmRSS:"))
+    (field("VmHWM:"), field("VmRSS:"), field("RssFile:"))
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -267,7 +268,7 @@ async fn main() {
         options.objects,
         start.elapsed().as_secs_f64()
     );
-    let (after_sync_peak, _) = memory_kib(pid);
+    let (after_sync_peak, _, _) = memory_kib(pid);
 
     // A plain watch client next to ktrigger: when each update reaches a watcher at all, so that
     // what ktrigger adds can be told from what the API server takes.
@@ -348,7 +349,7 @@ async fn main() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (peak, current) = memory_kib(pid);
+    let (peak, current, from_files) = memory_kib(pid);
     let arrived = arrivals.lock().unwrap().clone();
     let mut latencies: Vec<Duration> =
         sent.iter().filter_map(|(key, at, _)| arrived.get(key).map(|got| got.saturating_duration_since(*at))).collect();
@@ -393,7 +394,13 @@ async fn main() {
         println!("  watch requests received:    {requests}");
     }
     println!("  peak RSS after sync:     {:.1} MiB", after_sync_peak as f64 / 1024.0);
-    println!("  peak RSS at the end:     {:.1} MiB (current {:.1} MiB)", peak as f64 / 1024.0, current as f64 / 1024.0);
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "  peak RSS at the end:     {:.1} MiB (current {:.1} MiB, of which {:.1} MiB mapped from files: the binary's code)",
+        mib(peak),
+        mib(current),
+        mib(from_files)
+    );
     println!("  deliveries received:     {} of {}", latencies.len(), options.updates);
     if !latencies.is_empty() {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
