@@ -261,8 +261,6 @@ impl Source for K8sEvents {
             };
             self.cluster.subscribe(&client, key, subscriber).await
         };
-        // Boxed: the source task then keeps a pointer while it waits, not the ~15 KiB the
-        // discovery, index load and subscription requests take while they run.
         run_subscribed(&self.cluster, &self.slot, Box::pin(subscribe), &cancel).await
     }
 }

@@ -11,10 +11,12 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use ktrigger_core::EventMappings;
 use ktrigger_core::PropertyError;
 use ktrigger_core::sync::lock;
@@ -114,7 +116,13 @@ struct ClusterState {
     event_mappings: Arc<EventMappings>,
     /// Kinds discovery resolved, for sources and destinations alike.
     kinds: Mutex<HashMap<GroupVersionKind, ResolvedKind>>,
+    /// One discovery at a time per kind (kinds are spread over these by hash): triggers that
+    /// start together wait for the first one's answer instead of each opening a connection.
+    discovering: [tokio::sync::Mutex<()>; DISCOVERY_LANES],
 }
+
+/// How many kinds can be discovered at the same time.
+const DISCOVERY_LANES: usize = 16;
 
 /// A kind resolved by discovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,6 +232,7 @@ impl Cluster {
                 mappings,
                 event_mappings: Arc::new(event_mappings),
                 kinds: Mutex::new(HashMap::new()),
+                discovering: std::array::from_fn(|_| tokio::sync::Mutex::new(())),
             }),
         }
     }
@@ -324,8 +333,14 @@ impl Cluster {
     }
 
     /// Resolves `gvk` by discovery through `client` (the asker's identity), once per kind for
-    /// every source and destination of this cluster; failures are not kept.
+    /// every source and destination of this cluster; failures are not kept. Askers of a kind
+    /// being discovered wait for that answer.
     async fn discover(&self, client: &Client, gvk: &GroupVersionKind) -> Result<ResolvedKind, kube::Error> {
+        if let Some(found) = self.cached_kind(gvk) {
+            return Ok(found);
+        }
+        let lane = BuildHasherDefault::<DefaultHasher>::default().hash_one(gvk) as usize % DISCOVERY_LANES;
+        let _turn = self.state.discovering[lane].lock().await;
         if let Some(found) = self.cached_kind(gvk) {
             return Ok(found);
         }
@@ -442,15 +457,15 @@ type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
 /// leaves it when a SubjectAccessReview no longer allows it, or when that watch fails (whose
 /// errors name the other identity), and subscribes anew on its next run; so does a trigger whose
 /// stored index stopped following the watch.
-async fn run_subscribed<F>(
+///
+/// `subscribe` is boxed so that the source task keeps a pointer while it waits, not the
+/// ~15 KiB the discovery, index load and subscription requests take while they run.
+async fn run_subscribed(
     cluster: &Cluster,
     slot: &Slot,
-    subscribe: F,
+    subscribe: BoxFuture<'_, Result<hub::Subscription, String>>,
     cancel: &CancellationToken,
-) -> Result<(), SourceError>
-where
-    F: Future<Output = Result<hub::Subscription, String>>,
-{
+) -> Result<(), SourceError> {
     let unhealthy_after = cluster.hub().options().unhealthy_after;
     let found = {
         let mut slot = slot.lock().await;

@@ -195,6 +195,19 @@ async fn triggers_on_one_kind_share_a_watch_and_get_only_their_event_types() {
 }
 
 #[tokio::test]
+async fn triggers_starting_together_ask_discovery_once() {
+    let h = harness(HubOptions::default()).await;
+    let running: Vec<Running> =
+        (0..30).map(|_| h.start("resource-watcher", cm_watcher("apps", &["create"]), false)).collect();
+    h.wait_for_watches("configmaps", 1).await;
+    let discoveries = h.cluster.request_log().into_iter().filter(|(method, uri)| method == "GET" && uri == "/api/v1");
+    assert_eq!(discoveries.count(), 1, "30 triggers on one kind share one discovery request");
+    for source in running {
+        source.stop().await;
+    }
+}
+
+#[tokio::test]
 async fn triggers_with_different_selectors_share_one_watch_and_get_exactly_what_they_select() {
     let h = harness(HubOptions::default()).await;
     let mut labelled = h.start(

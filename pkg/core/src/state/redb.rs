@@ -34,6 +34,9 @@ pub const FILE_NAME: &str = "state.redb";
 const MAX_BATCH: usize = 8192;
 /// How often a store whose writes fail tries again without being asked to write.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+/// Memory redb may keep of the file (pages read, and writes not yet flushed, at most half of
+/// it). Its default, 1 GiB, would let a long-running process hold most of a large file.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
 
 /// One delivery as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -220,7 +223,7 @@ impl std::fmt::Display for Unusable {
 
 /// Opens the file and checks (or, when new, writes) its schema version.
 fn open_checked(path: &Path) -> Result<Database, Unusable> {
-    let database = Database::create(path).map_err(|error| match error {
+    let database = Database::builder().set_cache_size(CACHE_BYTES).create(path).map_err(|error| match error {
         DatabaseError::DatabaseAlreadyOpen => {
             Unusable::Locked(format!("{} is in use by another ktrigger process", path.display()))
         }
