@@ -3,11 +3,13 @@
 //! restarted with backoff, and triggers replaced only when their spec hash changes.
 
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use chrono::Utc;
+use futures::FutureExt;
 use ktrigger_api::{TriggerServiceSpec, TriggerStatus};
 use serde_json::json;
 use tokio::sync::{Mutex, mpsc};
@@ -460,7 +462,8 @@ impl Engine {
     }
 }
 
-/// Runs a source until cancelled; restarts it with backoff when it fails, panics or stops.
+/// Runs a source until cancelled; restarts it with backoff when it fails, panics or stops. The
+/// source runs in this task (a panic is caught here): one task per source, not two.
 async fn supervise_source(
     id: TriggerId,
     source: Arc<dyn Source>,
@@ -474,11 +477,7 @@ async fn supervise_source(
     loop {
         stats.set_ready(true);
         let started = Instant::now();
-        let run = tokio::spawn({
-            let (source, sink, cancel) = (source.clone(), sink.clone(), cancel.clone());
-            async move { source.run(sink, cancel).await }
-        });
-        let result = run.await;
+        let result = AssertUnwindSafe(source.run(sink.clone(), cancel.clone())).catch_unwind().await;
         stats.set_ready(false);
         if cancel.is_cancelled() {
             return;
@@ -486,8 +485,7 @@ async fn supervise_source(
         let reason = match result {
             Ok(Ok(())) => "source stopped unexpectedly".to_string(),
             Ok(Err(error)) => format!("source failed: {error}"),
-            Err(join) if join.is_panic() => format!("source panicked: {}", panic_message(&join.into_panic())),
-            Err(_) => "source task was cancelled".to_string(),
+            Err(panic) => format!("source panicked: {}", panic_message(&panic)),
         };
         if started.elapsed() >= HEALTHY_RUN {
             delays = backoff.without_max_times().build();
@@ -515,11 +513,10 @@ async fn supervise_processor(
     let mut delays = backoff.without_max_times().build();
     loop {
         let started = Instant::now();
-        let run = tokio::spawn(processor.clone().run(events.clone(), debounce));
+        let run = AssertUnwindSafe(processor.clone().run(events.clone(), debounce)).catch_unwind();
         let reason = match run.await {
             Ok(()) => return,
-            Err(join) if join.is_panic() => format!("event processing panicked: {}", panic_message(&join.into_panic())),
-            Err(_) => "event processing was cancelled".to_string(),
+            Err(panic) => format!("event processing panicked: {}", panic_message(&panic)),
         };
         if started.elapsed() >= HEALTHY_RUN {
             delays = backoff.without_max_times().build();

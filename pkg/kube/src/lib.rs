@@ -447,6 +447,29 @@ pub fn register(registry: &mut Registry, cluster: Cluster) {
     registry.add_destination_type(actions::job::JobFactory::new(cluster));
 }
 
+/// How often a trigger sharing a watch opened as another identity asks again whether it may
+/// (the answers themselves are kept for the access review TTL).
+const GUEST_REVIEW_EVERY: Duration = Duration::from_millis(500);
+
+/// When a subscriber must look at its watch again without being told of a change: a guest
+/// regularly, to be reviewed again; others once the current run of errors has lasted long
+/// enough to make the watch unhealthy (a new error or a recovery is a change it is told of).
+fn next_look(health: &hub::Health, guest: bool, unhealthy_after: Duration) -> Option<Instant> {
+    let now = Instant::now();
+    if guest {
+        return Some(now + GUEST_REVIEW_EVERY);
+    }
+    health.broken_since.map(|since| since + unhealthy_after).filter(|at| *at > now)
+}
+
+/// Sleeps until `at`; forever when there is none.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A source's place on the hub, kept across restarts of the source: it is made by the first
 /// run and dropped (unsubscribing) with the source.
 type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
@@ -458,8 +481,8 @@ type Slot = tokio::sync::Mutex<Option<hub::Subscription>>;
 /// errors name the other identity), and subscribes anew on its next run; so does a trigger whose
 /// stored index stopped following the watch.
 ///
-/// `subscribe` is boxed so that the source task keeps a pointer while it waits, not the
-/// ~15 KiB the discovery, index load and subscription requests take while they run.
+/// `subscribe` is boxed so that the source task keeps a pointer while it waits, not the state
+/// the discovery, index load and subscription requests need while they run.
 async fn run_subscribed(
     cluster: &Cluster,
     slot: &Slot,
@@ -486,7 +509,6 @@ async fn run_subscribed(
         found
     };
     let (mut health, key, guest, mut position_failed) = found;
-    let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         let verdict = health.borrow().verdict(Instant::now(), unhealthy_after);
         match (verdict, &guest) {
@@ -517,6 +539,7 @@ async fn run_subscribed(
             slot.lock().await.take();
             return Err(SourceError(reason));
         }
+        let look_again = next_look(&health.borrow(), guest.is_some(), unhealthy_after);
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
             changed = health.changed() => if changed.is_err() {
@@ -528,7 +551,7 @@ async fn run_subscribed(
                     position_failed = None;
                 }
             },
-            _ = tick.tick() => {}
+            () = sleep_until(look_again) => {}
         }
     }
 }
