@@ -273,7 +273,8 @@ async fn main() {
     // A plain watch client next to ktrigger: when each update reaches a watcher at all, so that
     // what ktrigger adds can be told from what the API server takes.
     let raw: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let raw_ready = Arc::new(tokio::sync::Notify::new());
+    // a permit per synced watch (a Notify would keep one of several notifications sent early)
+    let raw_ready = Arc::new(tokio::sync::Semaphore::new(0));
     let raw_watches: Vec<_> = (0..kinds)
         .map(|k| {
             let (api, raw, ready, selectors) = (apis[k].clone(), raw.clone(), raw_ready.clone(), options.selectors);
@@ -282,7 +283,7 @@ async fn main() {
                 while let Some(Ok(event)) = stream.next().await {
                     let now = Instant::now();
                     match event {
-                        watcher::Event::InitDone => ready.notify_one(),
+                        watcher::Event::InitDone => ready.add_permits(1),
                         watcher::Event::Apply(object) => {
                             let name = object.metadata.name.clone().unwrap_or_default();
                             let (kind, value) = if selectors {
@@ -302,9 +303,8 @@ async fn main() {
             })
         })
         .collect();
-    for _ in 0..kinds {
-        raw_ready.notified().await;
-    }
+    let synced = raw_ready.acquire_many(u32::try_from(kinds).unwrap()).await.unwrap();
+    synced.forget();
 
     // Warm-up: one update per kind, delivered before the timed ones (the triggers' first
     // start writes their indexes meanwhile).
