@@ -35,6 +35,7 @@ use crate::secrets::{ClusterSecrets, SecretReader};
 use crate::state::memory::MemoryStore;
 use crate::state::{Commit, StateStore, StoreError, trigger_prefix};
 use crate::stats::{LatencySnapshot, StatsSnapshot, TriggerStats};
+use crate::sync::sleep_until;
 use crate::trace;
 
 /// Where a trigger keeps its dedup entries, under its prefix in the store.
@@ -895,11 +896,4 @@ fn answer_when_stored(envelope: Envelope, handled: Handled, commits: Vec<Commit>
         };
         envelope.answer(handled);
     });
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

@@ -1,5 +1,5 @@
-//! Taking the standard library's locks whatever a panicking thread left behind: the one helper
-//! for every crate of the workspace.
+//! Taking the standard library's locks whatever a panicking thread left behind, and waiting for
+//! a deadline that may not be set: the one helpers for every crate of the workspace.
 
 use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -18,6 +18,14 @@ pub fn read<T: ?Sized>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Locks `lock` for writing, recovering the data if a writer panicked (see [`lock`]).
 pub fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Sleeps until `deadline`; forever when there is none (a `select!` branch that never fires).
+pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 #[cfg(test)]

@@ -393,8 +393,8 @@ async fn main() {
         let requests: u64 = (0..kinds).map(|k| cluster.watch_requests_for(KINDS[k].2)).sum();
         println!("  watch requests received:    {requests}");
     }
-    println!("  peak RSS after sync:     {:.1} MiB", after_sync_peak as f64 / 1024.0);
     let mib = |kib: u64| kib as f64 / 1024.0;
+    println!("  peak RSS after sync:     {:.1} MiB", mib(after_sync_peak));
     println!(
         "  peak RSS at the end:     {:.1} MiB (current {:.1} MiB, of which {:.1} MiB mapped from files: the binary's code)",
         mib(peak),

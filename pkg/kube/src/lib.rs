@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use ktrigger_core::EventMappings;
 use ktrigger_core::PropertyError;
-use ktrigger_core::sync::lock;
+use ktrigger_core::sync::{lock, sleep_until};
 use ktrigger_core::{BuildContext, Registry, SourceError};
 use kube::api::ApiResource;
 use kube::config::{KubeConfigOptions, Kubeconfig};
@@ -460,14 +460,6 @@ fn next_look(health: &hub::Health, guest: bool, unhealthy_after: Duration) -> Op
         return Some(now + GUEST_REVIEW_EVERY);
     }
     health.broken_since.map(|since| since + unhealthy_after).filter(|at| *at > now)
-}
-
-/// Sleeps until `at`; forever when there is none.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }
 
 /// A source's place on the hub, kept across restarts of the source: it is made by the first

@@ -18,6 +18,7 @@ use super::{
     deliver_with_retries,
 };
 use crate::stats::{DestinationOutcome, TriggerStats};
+use crate::sync::sleep_until;
 
 /// Default number of deliveries in flight per destination.
 pub const DEFAULT_CONCURRENCY: usize = 16;
@@ -198,12 +199,5 @@ async fn send_dead_letter(
     if let Outcome::DeadLettered { reason, .. } = deliver_with_retries(dead_letter, &letter, stats, |_, _| {}).await {
         tracing::error!(trigger = %delivery.trigger, destination = %dead_letter.label, delivery = %letter.id,
             reason = %reason, "dead-letter delivery failed too");
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
