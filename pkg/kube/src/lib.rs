@@ -123,6 +123,9 @@ struct ClusterState {
 
 /// How many kinds can be discovered at the same time.
 const DISCOVERY_LANES: usize = 16;
+/// Longest wait for one discovery request: other askers of the kind (or of its lane), whatever
+/// their TriggerService, wait for it.
+const DISCOVERY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A kind resolved by discovery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -344,7 +347,9 @@ impl Cluster {
         if let Some(found) = self.cached_kind(gvk) {
             return Ok(found);
         }
-        let (resource, capabilities) = kube::discovery::pinned_kind(client, gvk).await?;
+        let asked = tokio::time::timeout(DISCOVERY_TIMEOUT, kube::discovery::pinned_kind(client, gvk)).await;
+        let (resource, capabilities) = asked
+            .map_err(|_| kube::Error::Service(format!("no answer within {}s", DISCOVERY_TIMEOUT.as_secs()).into()))??;
         let found = ResolvedKind {
             resource,
             namespaced: capabilities.scope == Scope::Namespaced,

@@ -208,6 +208,23 @@ async fn triggers_starting_together_ask_discovery_once() {
 }
 
 #[tokio::test]
+async fn a_discovery_without_answer_fails_in_time_and_the_next_asker_tries_again() {
+    let h = harness(HubOptions::default()).await;
+    h.cluster.faults().delay(ktrigger_testcluster::DISCOVERY, Duration::from_secs(60));
+    let mut stalled = h.start("resource-watcher", cm_watcher("apps", &["create"]), false);
+    let run = tokio::time::timeout(Duration::from_secs(20), stalled.task.take().unwrap());
+    let error = run.await.expect("the source gives up within 20 s").unwrap().unwrap_err();
+    assert!(error.to_string().contains("no answer within 10s"), "{error}");
+
+    h.cluster.faults().clear_delay(ktrigger_testcluster::DISCOVERY);
+    let mut next = h.start("resource-watcher", cm_watcher("apps", &["create"]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    h.create_configmap("apps", "after", json!({})).await;
+    assert_eq!(next.next_pair().await, pair("create", "after"));
+    next.stop().await;
+}
+
+#[tokio::test]
 async fn triggers_with_different_selectors_share_one_watch_and_get_exactly_what_they_select() {
     let h = harness(HubOptions::default()).await;
     let mut labelled = h.start(

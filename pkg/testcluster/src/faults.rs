@@ -27,6 +27,9 @@ struct FaultState {
 }
 
 /// The fault keys a request on `plural` (and maybe `subresource`) answers to, most specific first.
+/// The name [`Faults::delay`] takes for discovery requests.
+pub const DISCOVERY: &str = "discovery";
+
 fn keys(plural: &str, subresource: Option<&str>) -> Vec<String> {
     let mut keys = Vec::with_capacity(3);
     if let Some(sub) = subresource {
@@ -84,7 +87,8 @@ impl Faults {
         *self.state().failures.entry(resource.to_string()).or_default() += n;
     }
 
-    /// Every request on `resource` waits `delay` before it is served, until cleared.
+    /// Every request on `resource` waits `delay` before it is served, until cleared; `resource`
+    /// [`DISCOVERY`] delays the resource lists of API versions (`/api/v1`, `/apis/GROUP/VERSION`).
     pub fn delay(&self, resource: &str, delay: Duration) {
         self.state().delays.insert(resource.to_string(), delay);
     }

@@ -44,7 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use faults::Faults;
+pub use faults::{DISCOVERY, Faults};
 pub use target::TestTarget;
 
 /// Tunables of a test cluster.

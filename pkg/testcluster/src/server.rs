@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use crate::RequestRecord;
+use crate::faults::DISCOVERY;
 use crate::patch;
 use crate::registry::ResourceDef;
 use crate::selector::{FieldSelector, LabelSelector};
@@ -137,7 +138,12 @@ pub(crate) async fn handle(State(shared): State<Arc<Shared>>, request: Request) 
         ),
         Route::Groups => json_response(StatusCode::OK, &shared.store().registry.api_group_list()),
         Route::Group(group) => discovery(shared.store().registry.api_group(&group)),
-        Route::Resources(group, version) => discovery(shared.store().registry.api_resource_list(&group, &version)),
+        Route::Resources(group, version) => {
+            if let Some(delay) = shared.faults.delay_for(DISCOVERY, None) {
+                tokio::time::sleep(delay).await;
+            }
+            discovery(shared.store().registry.api_resource_list(&group, &version))
+        }
         Route::Resource(path) if path.group == "authorization.k8s.io" && path.plural == "subjectaccessreviews" => {
             access_review(&shared, &parts.method, body).await
         }
