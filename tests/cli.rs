@@ -32,6 +32,18 @@ fn every_example_validates() {
     assert!(!stderr.contains("cannot be read here"), "every variable is set: {stderr}");
 }
 
+/// The binary allocates through jemalloc with the options `.cargo/config.toml` builds into it
+/// (two arenas, freed pages returned at once): without them, a build keeps freed memory resident.
+#[test]
+fn the_allocator_runs_with_its_built_in_options() {
+    let out = ktrigger().arg("version").env("_RJEM_MALLOC_CONF", "stats_print:true").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    for option in ["opt.narenas: 2\n", "opt.dirty_decay_ms: 0 ", "opt.muzzy_decay_ms: 0 "] {
+        assert!(stderr.contains(option), "{option:?} not in jemalloc's statistics: {stderr}");
+    }
+}
+
 #[test]
 fn validate_works_offline_with_unset_credentials_as_warnings_unless_strict() {
     let mut command = ktrigger();
