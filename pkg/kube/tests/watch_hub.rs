@@ -387,6 +387,43 @@ async fn existing_objects_are_reported_only_with_replay_existing() {
 }
 
 #[tokio::test]
+async fn a_replay_over_several_list_pages_reports_every_existing_object_once() {
+    let h = harness(HubOptions::default()).await;
+    // Lists come in pages of 500 objects: three pages.
+    let names: Vec<String> = (0..1201).map(|i| format!("cm-{i:04}")).collect();
+    for name in &names {
+        h.create_configmap("apps", name, json!({})).await;
+    }
+    let mut plain = h.start("resource-watcher", cm_watcher("apps", &[]), false);
+    h.wait_for_watches("configmaps", 1).await;
+    h.create_configmap("apps", "synced", json!({})).await;
+    assert_eq!(plain.next_pair().await, pair("create", "synced"));
+    let mut late = h.start(
+        "resource-watcher",
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "namespace": "apps", "replayExisting": true}),
+        false,
+    );
+    let first = late.next().await;
+    assert_eq!((first.object["apiVersion"].as_str(), first.object["kind"].as_str()), (Some("v1"), Some("ConfigMap")));
+    assert_eq!(first.object["data"]["v"], "1");
+    let mut replayed = vec![name_of(&first.object)];
+    replayed.extend(late.drain(Duration::from_millis(500)).await.into_iter().map(|(kind, name)| {
+        assert_eq!(kind, "create", "{name}");
+        name
+    }));
+    replayed.sort();
+    let mut expected = names.clone();
+    expected.push("synced".into());
+    assert_eq!(replayed, expected, "each existing object once");
+    let pages = h.cluster.request_log().into_iter().filter(|(method, uri)| {
+        method == "GET" && uri.starts_with("/api/v1/namespaces/apps/configmaps?") && !uri.contains("watch=")
+    });
+    assert!(pages.filter(|(_, uri)| uri.contains("continue=")).count() >= 2, "the replay read its later pages");
+    plain.stop().await;
+    late.stop().await;
+}
+
+#[tokio::test]
 async fn old_objects_are_kept_only_for_triggers_that_read_them() {
     let h = harness(HubOptions::default()).await;
     let mut with_old = h.start("resource-watcher", cm_watcher("apps", &["update"]), true);

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use ktrigger_core::Tracked;
+use kube::api::ListParams;
 use serde_json::Value;
 
 use super::fanout::NO_LABELS;
@@ -123,34 +124,35 @@ impl WatchTask {
             _ => {}
         }
         tracing::debug!(watch = %self.key, subscribers = round.len(), "catching up");
-        loop {
-            let page = match self.api.list(&params).await {
-                Ok(page) => page,
-                Err(error) => {
-                    let reason = format!("cannot list {} to catch up: {error}", self.key.scope());
-                    for catch_up in &round {
-                        if let Some(durable) = self.durable(catch_up.id) {
-                            durable.checkpoints.fail(reason.clone());
-                        }
-                    }
-                    return;
-                }
-            };
-            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            for object in page.items {
-                let object = self.to_value(object);
-                let uid = uid_of(&object);
-                for catch_up in &mut round {
-                    self.catch_up_object(catch_up, &uid, &object).await;
+        if let Err(error) = self.catch_up_from_list(params, &mut round).await {
+            let reason = format!("cannot list {} to catch up: {error}", self.key.scope());
+            for catch_up in &round {
+                if let Some(durable) = self.durable(catch_up.id) {
+                    durable.checkpoints.fail(reason.clone());
                 }
             }
-            match next {
-                Some(token) => params.continue_token = Some(token),
-                None => break,
-            }
+            return;
         }
         for catch_up in round {
             self.finish_catch_up(catch_up).await;
+        }
+    }
+
+    /// Runs the list `params` asks for through the catch-ups of `round`, page after page.
+    async fn catch_up_from_list(&mut self, mut params: ListParams, round: &mut [CatchUp]) -> Result<(), String> {
+        loop {
+            let page = self.list_page(&params).await?;
+            for object in page.objects() {
+                let object = object?;
+                let uid = uid_of(&object);
+                for catch_up in round.iter_mut() {
+                    self.catch_up_object(catch_up, &uid, &object).await;
+                }
+            }
+            match page.next {
+                Some(token) => params.continue_token = Some(token),
+                None => return Ok(()),
+            }
         }
     }
 
@@ -292,30 +294,32 @@ impl WatchTask {
             return;
         }
         let waiting = std::mem::take(&mut self.pending_replays);
-        let mut params = self.list_params();
-        loop {
-            let page = match self.api.list(&params).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(watch = %self.key, %error, "cannot list existing objects for replayExisting");
-                    return;
-                }
-            };
-            let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
-            for object in page.items {
-                let object = self.to_value(object);
-                if self.known.contains_key(&uid_of(&object)) {
-                    self.dispatch(Change::new(ChangeKind::Create, object), Some(&waiting)).await;
-                }
-            }
-            match next {
-                Some(token) => params.continue_token = Some(token),
-                None => break,
-            }
+        if let Err(error) = self.replay_from_list(&waiting).await {
+            tracing::warn!(watch = %self.key, %error, "cannot list existing objects for replayExisting");
+            return;
         }
         for member in &mut self.subscribers {
             if waiting.contains(&member.id) {
                 member.replay = Replay::Done;
+            }
+        }
+    }
+
+    /// Sends the listed objects the watch knows as creates to the subscribers `waiting`, page
+    /// after page.
+    async fn replay_from_list(&mut self, waiting: &[u64]) -> Result<(), String> {
+        let mut params = self.list_params();
+        loop {
+            let page = self.list_page(&params).await?;
+            for object in page.objects() {
+                let object = object?;
+                if self.known.contains_key(&uid_of(&object)) {
+                    self.dispatch(Change::new(ChangeKind::Create, object), Some(waiting)).await;
+                }
+            }
+            match page.next {
+                Some(token) => params.continue_token = Some(token),
+                None => return Ok(()),
             }
         }
     }

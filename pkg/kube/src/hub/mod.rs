@@ -62,6 +62,7 @@ use crate::selector::{ObjectSelector, StoredLabels};
 
 mod catch_up;
 mod fanout;
+mod list;
 mod task;
 
 use catch_up::Durable;

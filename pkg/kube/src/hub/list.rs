@@ -1,0 +1,77 @@
+//! The lists replays and catch-ups make of a watch's objects: page by page, each item parsed into
+//! JSON when it is handled, so that a page in hand is its items' text and one parsed object
+//! rather than every object parsed at once (and no typed metadata is made only to become JSON
+//! again).
+
+use kube::Client;
+use kube::api::ListParams;
+use kube::core::ListMeta;
+use serde::Deserialize;
+use serde_json::Value;
+use serde_json::value::RawValue;
+
+use super::task::WatchTask;
+
+/// Objects listed per page.
+const LIST_PAGE: u32 = 500;
+
+/// A page as the API server sends it, its items left unparsed.
+#[derive(Deserialize)]
+struct PageBody {
+    #[serde(default)]
+    metadata: ListMeta,
+    #[serde(default)]
+    items: Vec<Box<RawValue>>,
+}
+
+/// One page of a list: its items unparsed until taken, and the token of the next page.
+pub(super) struct ListPage {
+    items: Vec<Box<RawValue>>,
+    /// Where the next page starts; `None` on the last page.
+    pub(super) next: Option<String>,
+    api_version: String,
+    kind: String,
+}
+
+impl ListPage {
+    /// The page's objects, each parsed when taken and given the apiVersion and kind list items
+    /// lack.
+    pub(super) fn objects(&self) -> impl Iterator<Item = Result<Value, String>> + '_ {
+        self.items.iter().map(|item| {
+            let mut object: Value =
+                serde_json::from_str(item.get()).map_err(|e| format!("unexpected object in a list: {e}"))?;
+            if let Value::Object(map) = &mut object {
+                map.entry("apiVersion").or_insert_with(|| Value::String(self.api_version.clone()));
+                map.entry("kind").or_insert_with(|| Value::String(self.kind.clone()));
+            }
+            Ok(object)
+        })
+    }
+}
+
+impl WatchTask {
+    /// Parameters listing what the watch watches.
+    pub(super) fn list_params(&self) -> ListParams {
+        let mut params = ListParams::default().limit(LIST_PAGE);
+        if !self.key.fields.is_empty() {
+            params = params.fields(&self.key.fields);
+        }
+        params
+    }
+
+    /// The page of the list `params` asks for; an error says why it could not be had.
+    pub(super) async fn list_page(&self, params: &ListParams) -> Result<ListPage, String> {
+        let mut request = kube::core::Request::new(self.api.resource_url())
+            .list(params)
+            .map_err(|e| kube::Error::BuildRequest(e).to_string())?;
+        request.extensions_mut().insert("list");
+        let text = Client::from(self.api.clone()).request_text(request).await.map_err(|e| e.to_string())?;
+        let body: PageBody = serde_json::from_str(&text).map_err(|e| format!("unexpected list response: {e}"))?;
+        Ok(ListPage {
+            items: body.items,
+            next: body.metadata.continue_.filter(|token| !token.is_empty()),
+            api_version: self.key.resource.api_version.clone(),
+            kind: self.key.resource.kind.clone(),
+        })
+    }
+}
