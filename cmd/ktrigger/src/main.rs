@@ -182,8 +182,8 @@ enum Command {
 
 /// The process's allocator: jemalloc, with two arenas and freed pages returned to the system at
 /// once (its options are fixed at build time, `.cargo/config.toml`). glibc's malloc kept 15–20 MiB
-/// freed in per-thread arenas after the lists of a watch's start, and musl's (the container
-/// build) is slow when threads allocate at once.
+/// freed in per-thread arenas after the lists of a watch's start; the container's static (musl)
+/// build allocates the same way as every other build.
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

@@ -35,16 +35,16 @@ pub(super) struct ListPage {
 
 impl ListPage {
     /// The page's objects, each parsed when taken and given the apiVersion and kind list items
-    /// lack.
+    /// lack; an item that is not a JSON object is an error.
     pub(super) fn objects(&self) -> impl Iterator<Item = Result<Value, String>> + '_ {
         self.items.iter().map(|item| {
-            let mut object: Value =
-                serde_json::from_str(item.get()).map_err(|e| format!("unexpected object in a list: {e}"))?;
-            if let Value::Object(map) = &mut object {
-                map.entry("apiVersion").or_insert_with(|| Value::String(self.api_version.clone()));
-                map.entry("kind").or_insert_with(|| Value::String(self.kind.clone()));
-            }
-            Ok(object)
+            let parsed = serde_json::from_str(item.get()).map_err(|e| format!("unexpected object in a list: {e}"))?;
+            let Value::Object(mut map) = parsed else {
+                return Err("unexpected item in a list: not a JSON object".to_owned());
+            };
+            map.entry("apiVersion").or_insert_with(|| Value::String(self.api_version.clone()));
+            map.entry("kind").or_insert_with(|| Value::String(self.kind.clone()));
+            Ok(Value::Object(map))
         })
     }
 }
