@@ -290,11 +290,8 @@ async fn resource(
         "list" => {
             let filter = parse_filter(path.namespace.clone(), query)?;
             let limit = query.get("limit").and_then(|l| l.parse().ok());
-            let (page, rv) = {
-                let store = shared.store();
-                (store.list(&def, &filter, limit, query.get("continue").map(String::as_str))?, store.resource_version())
-            };
-            let mut metadata = json!({"resourceVersion": rv.to_string()});
+            let page = shared.store().list(&def, &filter, limit, query.get("continue").map(String::as_str))?;
+            let mut metadata = json!({"resourceVersion": page.resource_version.to_string()});
             if let Some(token) = &page.continue_token {
                 metadata["continue"] = json!(token);
             }

@@ -175,6 +175,16 @@ impl ApiError {
         Self::new(410, "Expired", format!("too old resource version: {requested} ({oldest})"))
     }
 
+    /// 410 for a continue token older than what the server still has.
+    pub fn continue_expired() -> Self {
+        Self::new(
+            410,
+            "Expired",
+            "The provided continue parameter is too old to display a consistent list result. You can start a new \
+             list without the continue parameter.",
+        )
+    }
+
     /// 415 for a patch in a format the server does not know.
     pub fn unsupported_media_type(content_type: &str) -> Self {
         Self::new(

@@ -29,7 +29,7 @@ pub(crate) struct Change {
     pub plural: String,
     pub kind: ChangeType,
     pub object: Value,
-    /// The object before a modification.
+    /// The object before a modification or a deletion.
     pub prev: Option<Value>,
 }
 
@@ -72,9 +72,32 @@ pub(crate) struct Page {
     pub items: Vec<Value>,
     pub continue_token: Option<String>,
     pub remaining: Option<usize>,
+    /// The resourceVersion the whole list is as of.
+    pub resource_version: u64,
 }
 
-type Objects = BTreeMap<(String, String), Value>;
+type Objects<T = Value> = BTreeMap<(String, String), T>;
+
+/// Where the next page of a list starts: the list's resourceVersion and the last key served.
+struct ContinueToken;
+
+impl ContinueToken {
+    fn encode(rv: u64, (namespace, name): &(String, String)) -> String {
+        hex::encode(format!("{rv}\0{namespace}\0{name}"))
+    }
+
+    /// The resourceVersion and key of `token`, which cannot be newer than `newest`.
+    fn decode(token: &str, newest: u64) -> Result<(u64, (String, String)), ApiError> {
+        let invalid = || ApiError::bad_request("continue key is not valid");
+        let text = String::from_utf8(hex::decode(token).map_err(|_| invalid())?).map_err(|_| invalid())?;
+        let mut parts = text.splitn(3, '\0');
+        let (Some(rv), Some(namespace), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(invalid());
+        };
+        let rv: u64 = rv.parse().ok().filter(|rv| *rv <= newest).ok_or_else(invalid)?;
+        Ok((rv, (namespace.to_string(), name.to_string())))
+    }
+}
 
 /// All objects and their history.
 pub(crate) struct Store {
@@ -183,7 +206,10 @@ impl Store {
         self.bucket(def).into_iter().flat_map(|b| b.values()).filter(move |o| filter.matches(o))
     }
 
-    /// One page of the objects matching `filter`, after the key encoded in `continue_token`.
+    /// One page of the objects matching `filter` as they were at one resourceVersion: the newest
+    /// for a first page, the first page's for the pages after it (their continue token carries
+    /// it), as the API server serves every page of a list from one snapshot. A token older than
+    /// the change log answers 410 Expired, as the API server does once it has compacted.
     pub fn list(
         &self,
         def: &ResourceDef,
@@ -191,19 +217,18 @@ impl Store {
         limit: Option<usize>,
         continue_token: Option<&str>,
     ) -> Result<Page, ApiError> {
-        let start = match continue_token.filter(|t| !t.is_empty()) {
-            None => Bound::Unbounded,
+        let (rv, start) = match continue_token.filter(|t| !t.is_empty()) {
+            None => (self.rv, Bound::Unbounded),
             Some(token) => {
-                let invalid = || ApiError::bad_request("continue key is not valid");
-                let bytes = hex::decode(token).map_err(|_| invalid())?;
-                let text = String::from_utf8(bytes).map_err(|_| invalid())?;
-                let (ns, name) = text.split_once('\0').ok_or_else(invalid)?;
-                Bound::Excluded((ns.to_string(), name.to_string()))
+                let (rv, after) = ContinueToken::decode(token, self.rv)?;
+                (rv, Bound::Excluded(after))
             }
         };
-        let empty = Objects::new();
-        let bucket = self.bucket(def).unwrap_or(&empty);
-        let mut matching = bucket.range((start, Bound::Unbounded)).filter(|(_, o)| filter.matches(o));
+        if rv < self.floor {
+            return Err(ApiError::continue_expired());
+        }
+        let snapshot = self.snapshot(def, rv, start);
+        let mut matching = snapshot.into_iter().filter(|(_, o)| filter.matches(o));
         let limit = limit.filter(|l| *l > 0).unwrap_or(usize::MAX);
         let mut items = Vec::new();
         let mut last = None;
@@ -215,9 +240,31 @@ impl Store {
             }
         }
         let remaining = matching.count();
-        let continue_token =
-            if remaining > 0 { last.map(|(ns, name)| hex::encode(format!("{ns}\0{name}"))) } else { None };
-        Ok(Page { items, continue_token, remaining: (remaining > 0).then_some(remaining) })
+        let continue_token = if remaining > 0 { last.map(|key| ContinueToken::encode(rv, &key)) } else { None };
+        Ok(Page { items, continue_token, remaining: (remaining > 0).then_some(remaining), resource_version: rv })
+    }
+
+    /// The objects of `def` after `start` as they were at `rv`: the stored ones, with the changes
+    /// logged since undone (an object changed since was as its first change since found it).
+    fn snapshot(&self, def: &ResourceDef, rv: u64, start: Bound<(String, String)>) -> Objects<&Value> {
+        let mut changed: Objects<Option<&Value>> = BTreeMap::new();
+        for change in self.log.iter().filter(|c| c.rv > rv && c.group == def.group && c.plural == def.plural) {
+            let name = meta_str(&change.object, "name").unwrap_or_default();
+            let key = Self::key(def, meta_str(&change.object, "namespace"), name);
+            changed.entry(key).or_insert(change.prev.as_ref());
+        }
+        let range = (start, Bound::Unbounded);
+        let mut snapshot: Objects<&Value> = BTreeMap::new();
+        if let Some(bucket) = self.bucket(def) {
+            let unchanged = bucket.range(range.clone()).filter(|(key, _)| !changed.contains_key(*key));
+            snapshot.extend(unchanged.map(|(key, object)| (key.clone(), object)));
+        }
+        for (key, before) in changed.range(range) {
+            if let Some(object) = before {
+                snapshot.insert(key.clone(), object);
+            }
+        }
+        snapshot
     }
 
     /// The stored object, or 404.
@@ -230,6 +277,7 @@ impl Store {
 
     /// Stores a change: bumps the resourceVersion, logs it and tells the watches.
     fn commit(&mut self, def: &ResourceDef, kind: ChangeType, mut object: Value, prev: Option<Value>) -> Value {
+        let prev = if kind == ChangeType::Deleted { Some(object.clone()) } else { prev };
         self.rv += 1;
         metadata_mut(&mut object).insert("resourceVersion".into(), json!(self.rv.to_string()));
         let name = meta_str(&object, "name").unwrap_or_default().to_string();
@@ -583,6 +631,56 @@ mod tests {
         let recent = store.changes_since(store.resource_version() - 3).unwrap();
         assert_eq!(recent.len(), 3);
         assert!(store.changes_since(store.resource_version() - 4).is_err());
+    }
+
+    #[test]
+    fn the_pages_of_a_list_show_one_resource_version() {
+        let mut store = Store::new(100);
+        let cm = configmaps(&store);
+        let filter = Filter { namespace: Some("default".into()), ..Filter::default() };
+        for name in ["a", "b", "c", "d"] {
+            let object = json!({"metadata": {"name": name}, "data": {"v": "1"}});
+            store.create(&cm, "v1", Some("default"), object, false).unwrap();
+        }
+        let first = store.list(&cm, &filter, Some(2), None).unwrap();
+        let names = |page: &Page| -> Vec<String> {
+            page.items.iter().map(|o| meta_str(o, "name").unwrap_or_default().to_string()).collect()
+        };
+        assert_eq!(names(&first), ["a", "b"]);
+        // Changes after the first page: c modified, d deleted, e created, a deleted.
+        let mut c = store.get(&cm, Some("default"), "c").unwrap();
+        c["data"]["v"] = json!("2");
+        store.update(&cm, "v1", Some("default"), "c", c, WriteMode::default()).unwrap();
+        for name in ["d", "a"] {
+            store.delete(&cm, Some("default"), name, &Preconditions::default(), false).unwrap();
+        }
+        store.create(&cm, "v1", Some("default"), json!({"metadata": {"name": "e"}}), false).unwrap();
+        let second = store.list(&cm, &filter, Some(2), first.continue_token.as_deref()).unwrap();
+        assert_eq!(names(&second), ["c", "d"], "as of the first page");
+        assert_eq!(second.items[0]["data"]["v"], "1");
+        assert_eq!(second.resource_version, first.resource_version);
+        assert!(second.continue_token.is_none());
+        let fresh = store.list(&cm, &filter, None, None).unwrap();
+        assert_eq!(names(&fresh), ["b", "c", "e"]);
+        assert_eq!(fresh.items[1]["data"]["v"], "2");
+    }
+
+    #[test]
+    fn a_continue_token_older_than_the_log_is_expired() {
+        let mut store = Store::new(2);
+        let cm = configmaps(&store);
+        let filter = Filter::default();
+        for name in ["a", "b"] {
+            store.create(&cm, "v1", Some("default"), json!({"metadata": {"name": name}}), false).unwrap();
+        }
+        let first = store.list(&cm, &filter, Some(1), None).unwrap();
+        for name in ["c", "d", "e"] {
+            store.create(&cm, "v1", Some("default"), json!({"metadata": {"name": name}}), false).unwrap();
+        }
+        let expired = store.list(&cm, &filter, Some(1), first.continue_token.as_deref()).err().unwrap();
+        assert_eq!((expired.code, expired.reason), (410, "Expired"));
+        let forged = ContinueToken::encode(store.resource_version() + 1, &("default".into(), "a".into()));
+        assert_eq!(store.list(&cm, &filter, Some(1), Some(&forged)).err().unwrap().code, 400);
     }
 
     #[test]
