@@ -26,10 +26,10 @@ struct FaultState {
     forbidden: HashSet<(String, String)>,
 }
 
-/// The fault keys a request on `plural` (and maybe `subresource`) answers to, most specific first.
 /// The name [`Faults::delay`] takes for discovery requests.
 pub const DISCOVERY: &str = "discovery";
 
+/// The fault keys a request on `plural` (and maybe `subresource`) answers to, most specific first.
 fn keys(plural: &str, subresource: Option<&str>) -> Vec<String> {
     let mut keys = Vec::with_capacity(3);
     if let Some(sub) = subresource {
