@@ -139,9 +139,9 @@ impl WatchTask {
     }
 
     /// Runs the list `params` asks for through the catch-ups of `round`, page after page.
-    async fn catch_up_from_list(&mut self, mut params: ListParams, round: &mut [CatchUp]) -> Result<(), String> {
-        loop {
-            let page = self.list_page(&params).await?;
+    async fn catch_up_from_list(&mut self, params: ListParams, round: &mut [CatchUp]) -> Result<(), String> {
+        let mut cursor = Some(params);
+        while let Some(page) = self.next_page(&mut cursor).await? {
             for object in page.objects() {
                 let object = object?;
                 let uid = uid_of(&object);
@@ -149,11 +149,8 @@ impl WatchTask {
                     self.catch_up_object(catch_up, &uid, &object).await;
                 }
             }
-            match page.next {
-                Some(token) => params.continue_token = Some(token),
-                None => return Ok(()),
-            }
         }
+        Ok(())
     }
 
     /// Starts the catch-up of subscriber `id`: from then on the watch reports changes to it.
@@ -308,19 +305,15 @@ impl WatchTask {
     /// Sends the listed objects the watch knows as creates to the subscribers `waiting`, page
     /// after page.
     async fn replay_from_list(&mut self, waiting: &[u64]) -> Result<(), String> {
-        let mut params = self.list_params();
-        loop {
-            let page = self.list_page(&params).await?;
+        let mut cursor = Some(self.list_params());
+        while let Some(page) = self.next_page(&mut cursor).await? {
             for object in page.objects() {
                 let object = object?;
                 if self.known.contains_key(&uid_of(&object)) {
                     self.dispatch(Change::new(ChangeKind::Create, object), Some(waiting)).await;
                 }
             }
-            match page.next {
-                Some(token) => params.continue_token = Some(token),
-                None => return Ok(()),
-            }
         }
+        Ok(())
     }
 }

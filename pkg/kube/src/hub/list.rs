@@ -24,11 +24,9 @@ struct PageBody {
     items: Vec<Box<RawValue>>,
 }
 
-/// One page of a list: its items unparsed until taken, and the token of the next page.
+/// One page of a list: its items unparsed until taken.
 pub(super) struct ListPage {
     items: Vec<Box<RawValue>>,
-    /// Where the next page starts; `None` on the last page.
-    pub(super) next: Option<String>,
     api_version: String,
     kind: String,
 }
@@ -59,19 +57,24 @@ impl WatchTask {
         params
     }
 
-    /// The page of the list `params` asks for; an error says why it could not be had.
-    pub(super) async fn list_page(&self, params: &ListParams) -> Result<ListPage, String> {
+    /// The next page of the list `cursor` stands at, which then moves past it (to `None` after
+    /// the last page); `None` once the list is done. An error says why a page could not be had.
+    pub(super) async fn next_page(&self, cursor: &mut Option<ListParams>) -> Result<Option<ListPage>, String> {
+        let Some(params) = cursor.as_mut() else { return Ok(None) };
         let mut request = kube::core::Request::new(self.api.resource_url())
             .list(params)
             .map_err(|e| kube::Error::BuildRequest(e).to_string())?;
         request.extensions_mut().insert("list");
         let text = Client::from(self.api.clone()).request_text(request).await.map_err(|e| e.to_string())?;
         let body: PageBody = serde_json::from_str(&text).map_err(|e| format!("unexpected list response: {e}"))?;
-        Ok(ListPage {
+        match body.metadata.continue_.filter(|token| !token.is_empty()) {
+            Some(token) => params.continue_token = Some(token),
+            None => *cursor = None,
+        }
+        Ok(Some(ListPage {
             items: body.items,
-            next: body.metadata.continue_.filter(|token| !token.is_empty()),
             api_version: self.key.resource.api_version.clone(),
             kind: self.key.resource.kind.clone(),
-        })
+        }))
     }
 }
