@@ -448,8 +448,10 @@ fn bad_selectors_and_forbidden_lists_are_reported_on_their_triggers() {
     if env.external() && tenant.is_none() {
         eprintln!("skipped the RBAC part: no `tenant` context in KTRIGGER_TEST_KUBECONFIG to be refused as");
     } else {
-        let stderr = running.stderr.wait_for("403", WAIT);
-        let line = stderr.lines().find(|l| l.contains("source stopped") && l.contains("403")).unwrap();
+        // The watch's own warning also names the 403, and may come first.
+        let stopped = |l: &str| l.contains("source stopped") && l.contains("403");
+        let stderr = running.stderr.wait_until("the source stopping on a 403", WAIT, |text| text.lines().any(stopped));
+        let line = stderr.lines().find(|l| stopped(l)).unwrap();
         assert!(line.contains("trigger=e2e/secrets") && line.contains("RBAC"), "{line}");
         if tenant.is_some() {
             assert!(line.contains("tenant") && line.contains("secrets"), "the real authorizer refused: {line}");
