@@ -1,5 +1,7 @@
 //! Records the git commit the binary is built from, for `ktrigger version`: from
 //! `KTRIGGER_GIT_COMMIT` when set (image builds without `.git`), else from git, else `unknown`.
+//! On Linux with glibc it also links the binary with packed relative relocations (see
+//! [`pack_relocations`]).
 
 use std::process::Command;
 
@@ -18,6 +20,18 @@ fn main() {
         println!("cargo:rerun-if-changed={branch}");
     }
     println!("cargo:rustc-env=KTRIGGER_GIT_COMMIT={commit}");
+    pack_relocations();
+}
+
+/// Links with `-z pack-relative-relocs` (DT_RELR, GNU ld 2.38 and glibc 2.36 onwards): the
+/// loader then reads ~25 KB of relocations at start instead of ~1.7 MB, which stayed resident
+/// for the life of the process. Only for glibc: the static musl build relocates itself with
+/// the C library's start code, left as it is.
+fn pack_relocations() {
+    let target = |name: &str| std::env::var(name).unwrap_or_default();
+    if target("CARGO_CFG_TARGET_OS") == "linux" && target("CARGO_CFG_TARGET_ENV") == "gnu" {
+        println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
+    }
 }
 
 /// The trimmed output of a git command, or `None` when git or the repository is missing.
