@@ -7,7 +7,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use chrono::Utc;
 use futures::FutureExt;
 use ktrigger_api::{TriggerServiceSpec, TriggerStatus};
@@ -463,6 +463,43 @@ impl Engine {
     }
 }
 
+/// The waits between the restarts of a supervised task: exponential with jitter from `first` to
+/// `longest`, starting over after a run of [`HEALTHY_RUN`]. The backoff is made (and boxed) at the
+/// first restart: most tasks never restart, and every trigger has two waiting.
+struct Restarts {
+    first: Duration,
+    longest: Duration,
+    delays: Option<Box<ExponentialBackoff>>,
+}
+
+impl Restarts {
+    fn new((first, longest): (Duration, Duration)) -> Self {
+        Restarts { first, longest, delays: None }
+    }
+
+    /// The wait before the next start, after a run that lasted `ran`.
+    fn next(&mut self, ran: Duration) -> Duration {
+        if ran >= HEALTHY_RUN {
+            self.delays = None;
+        }
+        let (first, longest) = (self.first, self.longest);
+        let delays = self.delays.get_or_insert_with(|| {
+            let backoff = ExponentialBuilder::default().with_min_delay(first).with_max_delay(longest).with_jitter();
+            Box::new(backoff.without_max_times().build())
+        });
+        delays.next().unwrap_or(longest)
+    }
+}
+
+/// Sleeps `wait` unless `cancel` fires first; true when it did. Boxed by its callers: the timer
+/// takes room only while a restart waits.
+async fn cancelled_within(cancel: &CancellationToken, wait: Duration) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => true,
+        () = tokio::time::sleep(wait) => false,
+    }
+}
+
 /// Runs a source until cancelled; restarts it with backoff when it fails, panics or stops. The
 /// source runs in this task (a panic is caught here): one task per source, not two.
 async fn supervise_source(
@@ -471,10 +508,9 @@ async fn supervise_source(
     sink: EventSink,
     cancel: CancellationToken,
     stats: Arc<TriggerStats>,
-    (first, longest): (Duration, Duration),
+    backoff: (Duration, Duration),
 ) {
-    let backoff = ExponentialBuilder::default().with_min_delay(first).with_max_delay(longest).with_jitter();
-    let mut delays = backoff.without_max_times().build();
+    let mut restarts = Restarts::new(backoff);
     loop {
         stats.set_ready(true);
         let started = Instant::now();
@@ -488,15 +524,11 @@ async fn supervise_source(
             Ok(Err(error)) => format!("source failed: {error}"),
             Err(panic) => format!("source panicked: {}", panic_message(&panic)),
         };
-        if started.elapsed() >= HEALTHY_RUN {
-            delays = backoff.without_max_times().build();
-        }
-        let wait = delays.next().unwrap_or(longest);
+        let wait = restarts.next(started.elapsed());
         stats.record_restart(&reason);
         tracing::error!(trigger = %id, reason = %reason, restart_in = ?wait, "source stopped; restarting");
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = tokio::time::sleep(wait) => {}
+        if Box::pin(cancelled_within(&cancel, wait)).await {
+            return;
         }
     }
 }
@@ -508,10 +540,9 @@ async fn supervise_processor(
     processor: Arc<Processor>,
     events: Arc<Mutex<mpsc::Receiver<Envelope>>>,
     debounce: Option<Duration>,
-    (first, longest): (Duration, Duration),
+    backoff: (Duration, Duration),
 ) {
-    let backoff = ExponentialBuilder::default().with_min_delay(first).with_max_delay(longest).with_jitter();
-    let mut delays = backoff.without_max_times().build();
+    let mut restarts = Restarts::new(backoff);
     loop {
         let started = Instant::now();
         let run = AssertUnwindSafe(processor.clone().run(events.clone(), debounce)).catch_unwind();
@@ -519,13 +550,10 @@ async fn supervise_processor(
             Ok(()) => return,
             Err(panic) => format!("event processing panicked: {}", panic_message(&panic)),
         };
-        if started.elapsed() >= HEALTHY_RUN {
-            delays = backoff.without_max_times().build();
-        }
-        let wait = delays.next().unwrap_or(longest);
+        let wait = restarts.next(started.elapsed());
         processor.stats.record_restart(&reason);
         tracing::error!(trigger = %processor.id, reason = %reason, restart_in = ?wait, "event processing stopped; restarting");
-        tokio::time::sleep(wait).await;
+        Box::pin(tokio::time::sleep(wait)).await;
     }
 }
 
@@ -561,38 +589,16 @@ impl Processor {
         });
         loop {
             let deadline = pending.as_ref().map(|(_, at)| *at);
+            // The work on an event runs in a future of its own, boxed: this loop waits, idle, in
+            // every trigger's task, and stays as small as its two branches.
             tokio::select! {
                 received = events.recv() => {
                     let Some(envelope) = received else { break };
-                    let event = envelope.event.clone();
-                    let span = trace::event_span(&self.id, &event);
-                    if let Err((outcome, reason)) = self.filter_step(&event).instrument(span.clone()).await {
-                        envelope.answer(Handled::Dropped(outcome, reason));
-                        continue;
-                    }
-                    match debounce {
-                        None => {
-                            let (handled, commits) = self.route(event, envelope.can_wait).instrument(span).await;
-                            answer_when_stored(envelope, handled, commits);
-                        }
-                        Some(quiet) => {
-                            // Durations are bounded at load; a clock this close to its end fires now.
-                            let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
-                            let commit = self.hold(&event, quiet);
-                            if let Some((replaced, _)) = pending.replace((event, at)) {
-                                self.stats.record_filtered();
-                                let reason = "debounced: a newer event arrived within the quiet period";
-                                self.report(&replaced, reason);
-                            }
-                            answer_when_stored(envelope, Handled::Held, vec![commit]);
-                        }
-                    };
+                    Box::pin(self.handle(envelope, debounce, &mut pending)).await;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     if let Some((event, _)) = pending.take() {
-                        let span = trace::event_span(&self.id, &event);
-                        self.route(event, true).instrument(span).await;
-                        drop(self.store.delete(&format!("{}{DEBOUNCE}", self.prefix)));
+                        Box::pin(self.fire_held(event)).await;
                     }
                 }
             }
@@ -602,11 +608,51 @@ impl Processor {
         if let Some((event, _)) = pending.take()
             && !self.store.durable()
         {
-            self.route(event, true).await;
+            Box::pin(self.route(event, true)).await;
         }
         for (_, queue) in &self.targets {
             queue.close();
         }
+    }
+
+    /// Filters one received event, then routes it, or holds it while `debounce` is quiet
+    /// (`pending` is the event held now); its source is told how it was handled.
+    async fn handle(
+        &self,
+        envelope: Envelope,
+        debounce: Option<Duration>,
+        pending: &mut Option<(SharedEvent, Instant)>,
+    ) {
+        let event = envelope.event.clone();
+        let span = trace::event_span(&self.id, &event);
+        if let Err((outcome, reason)) = self.filter_step(&event).instrument(span.clone()).await {
+            envelope.answer(Handled::Dropped(outcome, reason));
+            return;
+        }
+        match debounce {
+            None => {
+                let (handled, commits) = self.route(event, envelope.can_wait).instrument(span).await;
+                answer_when_stored(envelope, handled, commits);
+            }
+            Some(quiet) => {
+                // Durations are bounded at load; a clock this close to its end fires now.
+                let at = Instant::now().checked_add(quiet).unwrap_or_else(Instant::now);
+                let commit = self.hold(&event, quiet);
+                if let Some((replaced, _)) = pending.replace((event, at)) {
+                    self.stats.record_filtered();
+                    let reason = "debounced: a newer event arrived within the quiet period";
+                    self.report(&replaced, reason);
+                }
+                answer_when_stored(envelope, Handled::Held, vec![commit]);
+            }
+        }
+    }
+
+    /// Routes the event a debounce held once its quiet period is over, and forgets it.
+    async fn fire_held(&self, event: SharedEvent) {
+        let span = trace::event_span(&self.id, &event);
+        self.route(event, true).instrument(span).await;
+        drop(self.store.delete(&format!("{}{DEBOUNCE}", self.prefix)));
     }
 
     /// Stores the event the debounce now holds, due `quiet` from now.

@@ -21,9 +21,11 @@ pub fn write<T: ?Sized>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
 }
 
 /// Sleeps until `deadline`; forever when there is none (a `select!` branch that never fires).
+/// The timer is boxed when there is a deadline, so that a loop waiting on it with none (most of
+/// the time, in every trigger's tasks) does not carry a timer's room in its own future.
 pub async fn sleep_until(deadline: Option<tokio::time::Instant>) {
     match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
+        Some(at) => Box::pin(tokio::time::sleep_until(at)).await,
         None => std::future::pending().await,
     }
 }

@@ -86,14 +86,21 @@ impl Flow {
 /// Runs one destination's worker until the queue is closed and everything taken from it is
 /// done, or `halt` fires (deliveries interrupted then are not acked, so a durable queue keeps
 /// them). Each delivery is sent with retries; what fails for good goes to the dead-letter target.
-pub(crate) async fn run_worker(
+pub(crate) fn run_worker(
     queue: Arc<dyn DeliveryQueue>,
     target: Target,
     dead_letter: Option<Target>,
     stats: Arc<TriggerStats>,
     halt: CancellationToken,
-) {
+) -> impl Future<Output = ()> + Send + 'static {
+    // Shared with every send rather than held by the worker's loop and copied into each: the
+    // loop waits, idle, in every destination's task, which keeps what its future holds.
     let flow = target.flow.clone();
+    work(Arc::new(Sender { queue, target, dead_letter, stats }), flow, halt)
+}
+
+/// The loop of [`run_worker`].
+async fn work(sender: Arc<Sender>, flow: Flow, halt: CancellationToken) {
     let concurrency = flow.concurrency.max(1);
     let per_request = flow.batch.map_or(1, |batch| batch.max_events.max(1));
     let mut scheduler: KeyedScheduler<Delivery> = KeyedScheduler::default();
@@ -120,8 +127,7 @@ pub(crate) async fn run_worker(
                 taken_keys.push(key);
                 taken.push(delivery);
             }
-            let send = send(queue.clone(), target.clone(), dead_letter.clone(), stats.clone(), taken);
-            let handle = sending.spawn(send);
+            let handle = sending.spawn(send(sender.clone(), taken));
             keys.insert(handle.id(), taken_keys);
         }
         if exhausted && sending.is_empty() && scheduler.is_empty() {
@@ -129,7 +135,7 @@ pub(crate) async fn run_worker(
         }
         tokio::select! {
             () = halt.cancelled() => return,
-            popped = queue.pop(), if !exhausted => match popped {
+            popped = sender.queue.pop(), if !exhausted => match popped {
                 Some(delivery) => {
                     let key = match flow.ordering {
                         DeliveryOrdering::PerObject => order_key(&delivery.event),
@@ -153,24 +159,27 @@ pub(crate) async fn run_worker(
     }
 }
 
-/// Sends deliveries (one, or a batch) with retries, dead-letters them when that fails, and acks.
-async fn send(
+/// What every send of one destination's worker uses.
+struct Sender {
     queue: Arc<dyn DeliveryQueue>,
     target: Target,
     dead_letter: Option<Target>,
     stats: Arc<TriggerStats>,
-    deliveries: Vec<Delivery>,
-) {
+}
+
+/// Sends deliveries (one, or a batch) with retries, dead-letters them when that fails, and acks.
+async fn send(sender: Arc<Sender>, deliveries: Vec<Delivery>) {
+    let Sender { queue, target, dead_letter, stats } = &*sender;
     let record = |delivery: &Delivery, attempts, next| queue.record_attempt(delivery, attempts, next);
-    let outcome = deliver_all_with_retries(&target, &deliveries, &stats, record).await;
+    let outcome = deliver_all_with_retries(target, &deliveries, stats, record).await;
     for delivery in &deliveries {
         if let Outcome::DeadLettered { attempts, reason } = &outcome {
             stats.record_dead_lettered();
             stats.record_destination(&target.label, DestinationOutcome::DeadLettered);
             tracing::error!(trigger = %delivery.trigger, destination = %target.label, delivery = %delivery.id,
                 attempts, reason = %reason, "delivery dead-lettered");
-            if let Some(dead_letter) = &dead_letter {
-                send_dead_letter(dead_letter, delivery, &target.label, *attempts, reason, &stats).await;
+            if let Some(dead_letter) = dead_letter {
+                send_dead_letter(dead_letter, delivery, &target.label, *attempts, reason, stats).await;
             }
         }
         queue.ack(&delivery.id);
