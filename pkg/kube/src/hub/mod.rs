@@ -333,6 +333,8 @@ enum Command {
 }
 
 struct Entry {
+    /// The watch's key, shared by its subscriptions.
+    key: Arc<WatchKey>,
     commands: mpsc::UnboundedSender<Command>,
     health: watch::Receiver<Health>,
     subscribers: usize,
@@ -418,6 +420,7 @@ impl WatchHub {
         entry.subscribers += 1;
         let _ = entry.commands.send(Command::Join(id, Box::new((subscriber, durable))));
         tracing::debug!(watch = %key, trigger = %trigger, subscribers = entry.subscribers, "trigger subscribed");
+        let key = entry.key.clone();
         Ok(Subscription { shared: self.shared.clone(), key, id, health: entry.health.clone(), guest: None, failed })
     }
 
@@ -489,7 +492,7 @@ impl WatchHub {
 /// One trigger's place on a watch; dropping it unsubscribes.
 pub struct Subscription {
     shared: Arc<Shared>,
-    key: WatchKey,
+    key: Arc<WatchKey>,
     id: u64,
     health: watch::Receiver<Health>,
     /// The subscriber's identity when it shares a watch opened as another one.
@@ -503,8 +506,8 @@ impl Subscription {
         self.health.clone()
     }
 
-    /// The watch this subscription is on.
-    pub fn key(&self) -> &WatchKey {
+    /// The watch this subscription is on (one key shared by the watch's subscriptions).
+    pub fn key(&self) -> &Arc<WatchKey> {
         &self.key
     }
 

@@ -94,6 +94,7 @@ pub(super) fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64
     };
     let watched = api_for(restart_counting(client.clone(), key.clone(), restarts));
     let api = api_for(client);
+    let shared_key = Arc::new(key.clone());
     let task = WatchTask {
         key,
         watched,
@@ -109,7 +110,7 @@ pub(super) fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64
         health: health_tx,
     };
     tokio::spawn(task.run(receiver, cancel.clone()));
-    Entry { commands, health, subscribers: 0, cancel }
+    Entry { key: shared_key, commands, health, subscribers: 0, cancel }
 }
 
 /// What the watch remembers of one object.
