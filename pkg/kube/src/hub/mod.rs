@@ -333,7 +333,7 @@ enum Command {
 }
 
 struct Entry {
-    /// The watch's key, shared by its subscriptions.
+    /// The watch's key, shared by its task and its subscriptions.
     key: Arc<WatchKey>,
     commands: mpsc::UnboundedSender<Command>,
     health: watch::Receiver<Health>,

@@ -68,7 +68,7 @@ impl RestartDetector {
 }
 
 /// A client that sends through `client` and counts the requests that restart the watch of `key`.
-fn restart_counting(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> Client {
+fn restart_counting(client: Client, key: Arc<WatchKey>, restarts: Arc<AtomicU64>) -> Client {
     let namespace = client.default_namespace().to_string();
     let detector = Arc::new(Mutex::new(RestartDetector::default()));
     let service = tower::service_fn(move |request: http::Request<kube::client::Body>| {
@@ -83,6 +83,8 @@ fn restart_counting(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> 
 }
 
 pub(super) fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64>) -> Entry {
+    // One key for the task, its restart counter and the watch's subscriptions.
+    let key = Arc::new(key);
     let (commands, receiver) = mpsc::unbounded_channel();
     let (health_tx, health) = watch::channel(Health::default());
     let cancel = CancellationToken::new();
@@ -94,9 +96,8 @@ pub(super) fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64
     };
     let watched = api_for(restart_counting(client.clone(), key.clone(), restarts));
     let api = api_for(client);
-    let shared_key = Arc::new(key.clone());
     let task = WatchTask {
-        key,
+        key: key.clone(),
         watched,
         api,
         subscribers: Vec::new(),
@@ -110,7 +111,7 @@ pub(super) fn start_watch(client: Client, key: WatchKey, restarts: Arc<AtomicU64
         health: health_tx,
     };
     tokio::spawn(task.run(receiver, cancel.clone()));
-    Entry { key: shared_key, commands, health, subscribers: 0, cancel }
+    Entry { key, commands, health, subscribers: 0, cancel }
 }
 
 /// What the watch remembers of one object.
@@ -142,7 +143,7 @@ pub(super) struct Member {
 }
 
 pub(super) struct WatchTask {
-    pub(super) key: WatchKey,
+    pub(super) key: Arc<WatchKey>,
     /// What the watcher lists and watches through: its restarts are counted.
     pub(super) watched: Api<DynamicObject>,
     /// What replays list through.
