@@ -5,13 +5,18 @@
 //! one of the names it is compiled for, so `pod.name` is rejected when the trigger loads rather
 //! than failing on every event. Evaluating never converts a whole object into CEL values: the
 //! object, `event` and `context` are views that read the JSON and the event metadata on access.
+//! Expressions of the common shapes are evaluated directly on those views ([`fast`]); the others,
+//! and every evaluation that meets an error, by the `cel` interpreter.
 //! An evaluation error, or a filter that does not return a bool, is an `Err` with its reason,
 //! never a silent pass.
 
+mod fast;
 pub mod limits;
 mod metered;
 mod value;
 
+#[cfg(test)]
+mod fast_tests;
 #[cfg(test)]
 mod limit_tests;
 #[cfg(test)]
@@ -21,6 +26,7 @@ use std::cmp::Ordering;
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+use std::time::Instant;
 
 use cel::common::ast::{CallExpr, EntryExpr, Expr, IdedExpr, LiteralValue, SourceInfo, operators};
 use cel::common::functions::Function;
@@ -202,6 +208,8 @@ pub struct CelExpr {
     references: Arc<[String]>,
     /// The estimated cost of one evaluation, see [`limits`].
     cost: u64,
+    /// The direct evaluation of the expression, when it has one (see [`fast`]).
+    fast: Option<Arc<fast::Program>>,
 }
 
 impl fmt::Debug for CelExpr {
@@ -239,7 +247,8 @@ impl CelExpr {
             )));
         }
         Rewriter { names, info: &info, scope: Vec::new() }.walk(&mut expr)?;
-        Ok(CelExpr { source: source.into(), expr: Arc::new(expr), references, cost })
+        let fast = fast::Program::compile(&expr, names).map(Arc::new);
+        Ok(CelExpr { source: source.into(), expr: Arc::new(expr), references, cost, fast })
     }
 
     /// The estimated cost of one evaluation, in the units of [`limits::COST_LIMIT`].
@@ -301,26 +310,58 @@ impl CelExpr {
     }
 
     /// Evaluates the expression against `vars` within `budget` and hands the result to
-    /// `convert`; `None` when a budget smaller than the full one ran out.
+    /// `convert`; `None` when a budget smaller than the full one ran out. The direct evaluation
+    /// answers when it can; otherwise the interpreter starts over with the whole cost budget,
+    /// before the same deadline.
     fn evaluate<T>(
         &self,
         vars: &Vars,
         budget: Budget,
-        convert: impl FnOnce(&dyn Val) -> Result<T, String>,
+        convert: impl Fn(&dyn Val) -> Result<T, String>,
     ) -> Option<Result<T, String>> {
-        let mut context = Context::with_env(Arc::clone(&ENV));
-        context.set_variable_resolver(vars);
-        let (result, exceeded) = stacker::maybe_grow(limits::EVAL_RED_ZONE, limits::EVAL_STACK, || {
-            limits::metered(budget, || match cel::Value::resolve_val(&self.expr, &context) {
-                Ok(value) => convert(&*value),
-                Err(error) => Err(error.to_string()),
-            })
-        });
-        match exceeded {
-            Some(_) if budget != Budget::FULL => None,
-            Some(limit) => Some(Err(limit.reason())),
-            None => Some(result),
-        }
+        // a limit that ran out: the full budget's is an error, a smaller one's is no answer yet
+        let ran_out = |limit: limits::Exceeded| (budget == Budget::FULL).then(|| Err(limit.reason()));
+        // read the clock only for an evaluation that may charge the budget
+        let deadline = std::cell::OnceCell::new();
+        let deadline = || *deadline.get_or_init(|| Instant::now() + budget.time);
+        stacker::maybe_grow(limits::EVAL_RED_ZONE, limits::EVAL_STACK, || {
+            let direct =
+                |program: &fast::Program| program.evaluate(vars).map(|value| convert(value.to_bound().as_val()));
+            match &self.fast {
+                Some(program) if !program.charges() => {
+                    if let Some(result) = direct(program) {
+                        return Some(result);
+                    }
+                }
+                Some(program) => {
+                    let (answer, exceeded) = limits::metered(budget.cost, deadline(), || direct(program));
+                    // it charges where the interpreter does: a limit it ran into, the interpreter would too
+                    match (answer, exceeded) {
+                        (_, Some(limit)) => return ran_out(limit),
+                        (Some(result), None) => return Some(result),
+                        (None, None) => {}
+                    }
+                }
+                None => {}
+            }
+            let mut context = Context::with_env(Arc::clone(&ENV));
+            context.set_variable_resolver(vars);
+            let (result, exceeded) =
+                limits::metered(budget.cost, deadline(), || match cel::Value::resolve_val(&self.expr, &context) {
+                    Ok(value) => convert(&*value),
+                    Err(error) => Err(error.to_string()),
+                });
+            match exceeded {
+                Some(limit) => ran_out(limit),
+                None => Some(result),
+            }
+        })
+    }
+
+    /// The expression without its direct evaluation: every evaluation runs the interpreter.
+    #[cfg(test)]
+    fn interpreted(&self) -> CelExpr {
+        CelExpr { fast: None, ..self.clone() }
     }
 }
 
@@ -698,8 +739,13 @@ impl<'a> Vars<'a> {
     }
 
     fn get(&self, name: &str) -> Option<&Bound<'a>> {
+        self.get_at(name, CONTEXT_NAMES.iter().position(|n| *n == name))
+    }
+
+    /// The variable `name`, whose position in [`CONTEXT_NAMES`] is `slot`.
+    fn get_at(&self, name: &str, slot: Option<usize>) -> Option<&Bound<'a>> {
         match &self.slots {
-            Slots::Event(slots) => CONTEXT_NAMES.iter().position(|n| *n == name).map(|i| &slots[i]),
+            Slots::Event(slots) => slot.and_then(|i| slots.get(i)),
             Slots::Named(named) => named.iter().find(|(n, _)| *n == name).map(|(_, v)| v),
         }
     }

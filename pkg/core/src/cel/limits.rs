@@ -356,9 +356,10 @@ impl Budget {
     pub const IN_PLACE: Budget = Budget { cost: 5_000, time: Duration::from_millis(1) };
 }
 
-/// Runs `evaluate` with `budget` on this thread; tells which limit stopped it, if one did.
-pub fn metered<T>(budget: Budget, evaluate: impl FnOnce() -> T) -> (T, Option<Exceeded>) {
-    METER.set(Some(Meter { left: budget.cost, deadline: Instant::now() + budget.time, exceeded: None }));
+/// Runs `evaluate` on this thread with `cost` units to spend before `deadline`; tells which
+/// limit stopped it, if one did.
+pub fn metered<T>(cost: u64, deadline: Instant, evaluate: impl FnOnce() -> T) -> (T, Option<Exceeded>) {
+    METER.set(Some(Meter { left: cost, deadline, exceeded: None }));
     let result = evaluate();
     let exceeded = METER.take().and_then(|meter| meter.exceeded);
     (result, exceeded)

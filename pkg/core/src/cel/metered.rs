@@ -40,8 +40,18 @@ pub fn charge_loop<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, 
     };
     let body = body.downcast_ref::<CelInt>().map_or(1, |b| u64::try_from(*b.inner()).unwrap_or(1));
     let items = range.as_sizer().map_or(0, |s| u64::try_from(*s.size().inner()).unwrap_or(0));
-    limits::charge(items.saturating_mul(body).saturating_add(1))?;
+    charge_iterations(items, body)?;
     Ok(range)
+}
+
+/// What a loop of `items` passes through a body costing `body` charges before it starts.
+pub fn charge_iterations(items: u64, body: u64) -> Result<(), ExecutionError> {
+    limits::charge(items.saturating_mul(body).saturating_add(1))
+}
+
+/// What `+` charges for a string, bytes or list of `lhs` and `rhs` elements.
+pub fn charge_concat(lhs: u64, rhs: u64) -> Result<(), ExecutionError> {
+    limits::charge_bytes(usize::try_from(lhs.saturating_add(rhs)).unwrap_or(usize::MAX))
 }
 
 /// `@lists_range(n)`: `[0, 1, ..., n - 1]`.
@@ -107,8 +117,7 @@ pub fn distinct<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Exe
 pub fn add<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
     let [lhs, rhs] = args.as_slice() else { return Err(ExecutionError::invalid_argument_count(2, args.len())) };
     if lhs.as_sizer().is_some() || lhs.downcast_ref::<CelString>().is_some() {
-        let produced = size_of(lhs.as_ref()).saturating_add(size_of(rhs.as_ref()));
-        limits::charge_bytes(usize::try_from(produced).unwrap_or(usize::MAX))?;
+        charge_concat(size_of(lhs.as_ref()), size_of(rhs.as_ref()))?;
     }
     let Some(adder) = lhs.as_adder() else {
         return Err(ExecutionError::UnsupportedBinaryOperator(

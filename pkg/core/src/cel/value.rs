@@ -5,15 +5,16 @@
 //! built-in CEL values (strings borrowed, integers as `int`) so that every standard function
 //! and operator accepts them.
 
+use std::borrow::Cow;
 use std::sync::{LazyLock, OnceLock};
 
 use cel::ExecutionError;
 use cel::common::traits::{self, Container, Indexer, Iterable, Sizer, Zeroer};
 use cel::common::types::{
-    CelBool, CelDouble, CelInt, CelNull, CelString, CelTimestamp, CelUInt, Kind, LIST_TYPE, MAP_TYPE, Type,
+    CelBool, CelDouble, CelDuration, CelInt, CelNull, CelString, CelTimestamp, CelUInt, Kind, LIST_TYPE, MAP_TYPE, Type,
 };
 use cel::common::value::{CowVal, Val};
-use chrono::{SecondsFormat, Utc};
+use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
 use serde_json::Value;
 
 use crate::event::{EventMeta, rfc3339};
@@ -37,6 +38,8 @@ pub(crate) enum Bound<'a> {
     Json(JsonVal<'a>),
     /// A `timestamp`.
     Time(CelTimestamp),
+    /// A `duration`.
+    Duration(CelDuration),
     /// The `event` or `context` record.
     Record(Record<'a>),
 }
@@ -44,21 +47,7 @@ pub(crate) enum Bound<'a> {
 impl<'a> Bound<'a> {
     /// The CEL view of a JSON value: scalars converted, containers wrapped.
     pub(crate) fn json(value: &'a Value) -> Self {
-        match value {
-            Value::Null => Bound::Null(CelNull),
-            Value::Bool(b) => Bound::Bool((*b).into()),
-            Value::Number(n) => {
-                if let Some(i) = n.as_i64() {
-                    Bound::Int(i.into())
-                } else if let Some(u) = n.as_u64() {
-                    Bound::UInt(u.into())
-                } else {
-                    Bound::Double(n.as_f64().unwrap_or(f64::NAN).into())
-                }
-            }
-            Value::String(s) => Bound::Str(CelString::from(s.as_str())),
-            Value::Array(_) | Value::Object(_) => Bound::Json(JsonVal::new(value)),
-        }
+        View::json(value).into_bound()
     }
 
     /// The value as a CEL value.
@@ -72,6 +61,7 @@ impl<'a> Bound<'a> {
             Bound::Str(v) => v,
             Bound::Json(v) => v,
             Bound::Time(v) => v,
+            Bound::Duration(v) => v,
             Bound::Record(v) => v,
         }
     }
@@ -87,8 +77,117 @@ impl<'a> Bound<'a> {
             Bound::Str(v) => Box::new(v),
             Bound::Json(v) => Box::new(v),
             Bound::Time(v) => Box::new(v),
+            Bound::Duration(v) => Box::new(v),
             Bound::Record(v) => Box::new(v),
         }
+    }
+}
+
+/// A value as the direct evaluator (`fast.rs`) passes it around: like [`Bound`], but plain data
+/// that borrows for one lifetime and converts to a [`Bound`] when a CEL operation needs it.
+#[derive(Debug, Clone)]
+pub(crate) enum View<'v> {
+    /// `null`.
+    Null,
+    /// A `bool`.
+    Bool(bool),
+    /// An `int`.
+    Int(i64),
+    /// A `uint`.
+    UInt(u64),
+    /// A `double`.
+    Double(f64),
+    /// A `string`.
+    Str(Cow<'v, str>),
+    /// A JSON array or object.
+    Json(&'v Value),
+    /// A `timestamp`.
+    Time(DateTime<FixedOffset>),
+    /// A `duration`.
+    Duration(chrono::Duration),
+    /// The `event` or `context` record.
+    Record(Record<'v>),
+}
+
+impl<'v> View<'v> {
+    /// A JSON value: scalars as CEL scalars (integers that fit as `int`, larger ones as `uint`),
+    /// arrays and objects as they are.
+    pub(crate) fn json(value: &'v Value) -> Self {
+        match value {
+            Value::Null => View::Null,
+            Value::Bool(b) => View::Bool(*b),
+            Value::Number(n) => {
+                if let Some(i) = n.as_i64() {
+                    View::Int(i)
+                } else if let Some(u) = n.as_u64() {
+                    View::UInt(u)
+                } else {
+                    View::Double(n.as_f64().unwrap_or(f64::NAN))
+                }
+            }
+            Value::String(s) => View::Str(Cow::Borrowed(s)),
+            Value::Array(_) | Value::Object(_) => View::Json(value),
+        }
+    }
+
+    /// The view of a bound value.
+    pub(crate) fn of(bound: &'v Bound<'_>) -> Self {
+        match bound {
+            Bound::Null(_) => View::Null,
+            Bound::Bool(b) => View::Bool(*b.inner()),
+            Bound::Int(i) => View::Int(*i.inner()),
+            Bound::UInt(u) => View::UInt(*u.inner()),
+            Bound::Double(d) => View::Double(*d.inner()),
+            Bound::Str(s) => View::Str(Cow::Borrowed(s.inner())),
+            Bound::Json(j) => View::Json(j.value),
+            Bound::Time(t) => View::Time(*t.inner()),
+            Bound::Duration(d) => View::Duration(*d.inner()),
+            Bound::Record(r) => View::Record(r.clone()),
+        }
+    }
+
+    /// A scalar CEL value copied into a view; `None` for lists, maps and other kinds.
+    pub(crate) fn scalar(val: &dyn Val) -> Option<View<'static>> {
+        Some(match val.get_type().kind() {
+            Kind::NullType => View::Null,
+            Kind::Boolean => View::Bool(*val.downcast_ref::<CelBool>()?.inner()),
+            Kind::Int => View::Int(*val.downcast_ref::<CelInt>()?.inner()),
+            Kind::UInt => View::UInt(*val.downcast_ref::<CelUInt>()?.inner()),
+            Kind::Double => View::Double(*val.downcast_ref::<CelDouble>()?.inner()),
+            Kind::String => View::Str(Cow::Owned(val.downcast_ref::<CelString>()?.inner().to_owned())),
+            Kind::Timestamp => View::Time(*val.downcast_ref::<CelTimestamp>()?.inner()),
+            Kind::Duration => View::Duration(*val.downcast_ref::<CelDuration>()?.inner()),
+            _ => return None,
+        })
+    }
+
+    /// The same view, borrowing from `self` (what a constant hands out on each evaluation).
+    pub(crate) fn borrowed(&self) -> View<'_> {
+        match self {
+            View::Str(s) => View::Str(Cow::Borrowed(s)),
+            other => other.clone(),
+        }
+    }
+
+    /// The CEL value, for the operations of the `cel` crate.
+    pub(crate) fn into_bound(self) -> Bound<'v> {
+        match self {
+            View::Null => Bound::Null(CelNull),
+            View::Bool(b) => Bound::Bool(b.into()),
+            View::Int(i) => Bound::Int(i.into()),
+            View::UInt(u) => Bound::UInt(u.into()),
+            View::Double(d) => Bound::Double(d.into()),
+            View::Str(s) => Bound::Str(CelString::from(s)),
+            View::Json(v) => Bound::Json(JsonVal::new(v)),
+            View::Time(t) => Bound::Time(t.into()),
+            View::Duration(d) => Bound::Duration(d.into()),
+            View::Record(r) => Bound::Record(r),
+        }
+    }
+
+    /// The CEL value, borrowing from `self`.
+    pub(crate) fn to_bound(&self) -> Bound<'_> {
+        self.borrowed().into_bound()
     }
 }
 
@@ -356,7 +455,7 @@ impl<'a> Record<'a> {
     }
 
     /// Whether the record has `key`.
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         match (self, key) {
             (Record::Event { meta, .. }, "preset") => meta.preset.is_some(),
             (Record::Event { meta, .. }, "cluster") => meta.cluster.is_some(),
@@ -367,26 +466,26 @@ impl<'a> Record<'a> {
     }
 
     /// The value at `key`, if the record has it.
-    fn field(&self, key: &str) -> Option<Bound<'a>> {
-        let s = |s: &'a str| Some(Bound::Str(CelString::from(s)));
+    pub(crate) fn field(&self, key: &str) -> Option<View<'a>> {
+        let s = |s: &'a str| Some(View::Str(Cow::Borrowed(s)));
         match *self {
             Record::Event { meta, trigger } => match key {
                 "type" => s(&meta.event_type),
                 "source" => s(&meta.source),
                 "trigger" => s(trigger),
-                "time" => Some(Bound::Str(CelString::from(rfc3339(meta.time)))),
+                "time" => Some(View::Str(Cow::Owned(rfc3339(meta.time)))),
                 "id" => s(&meta.id),
                 "preset" => meta.preset.as_deref().and_then(s),
                 "cluster" => meta.cluster.as_deref().and_then(s),
                 "severity" => meta.severity.as_deref().and_then(s),
-                "tags" => meta.tags.as_ref().map(Bound::json),
+                "tags" => meta.tags.as_ref().map(View::json),
                 _ => None,
             },
             Record::Context { meta, object } => match key {
                 "sourceType" => s(&meta.source),
                 "event" => s(&meta.event_type),
-                "data" => Some(Bound::json(object)),
-                "timestamp" => Some(Bound::Str(CelString::from(rfc3339(meta.time)))),
+                "data" => Some(View::json(object)),
+                "timestamp" => Some(View::Str(Cow::Owned(rfc3339(meta.time)))),
                 _ => None,
             },
         }
@@ -432,10 +531,9 @@ impl<'a> Val for Record<'a> {
         other.get_type().kind() == Kind::Map
             && other.as_sizer().is_some_and(|s| *s.size().inner() == self.len() as i64)
             && other.as_indexer().is_some_and(|theirs| {
-                self.keys()
-                    .iter()
-                    .filter_map(|k| Some((*k, self.field(k)?)))
-                    .all(|(k, mine)| theirs.get(&CelString::from(k)).is_ok_and(|t| mine.as_val().equals(&*t)))
+                self.keys().iter().filter_map(|k| Some((*k, self.field(k)?))).all(|(k, mine)| {
+                    theirs.get(&CelString::from(k)).is_ok_and(|t| mine.into_bound().as_val().equals(&*t))
+                })
             })
     }
 
@@ -456,7 +554,7 @@ impl<'a> Indexer for Record<'a> {
             return Err(ExecutionError::no_such_key(&format!("{idx:?}")));
         };
         match self.field(key.inner()) {
-            Some(v) => Ok(CowVal::Owned(v.boxed())),
+            Some(v) => Ok(CowVal::Owned(v.into_bound().boxed())),
             None => Err(ExecutionError::no_such_key(key.inner())),
         }
     }
