@@ -7,11 +7,14 @@
 //! from the moment its request is sent until its delivery line is read from ktrigger's stdout.
 //!
 //! `--mode selectors`: the objects are spread over five kinds (ConfigMap, Secret, ServiceAccount,
-//! Endpoints, Lease) and each trigger has its own label selector (`shard=sN`) on one kind; the
-//! figures are the watches ktrigger opened, its peak RSS and the same latencies.
+//! LimitRange, Lease: kinds that no controller of a real cluster changes or deletes) and each
+//! trigger has its own label selector (`shard=sN`) on one kind; the figures are the watches
+//! ktrigger opened, its peak RSS and the same latencies.
 //!
 //! `--kubeconfig PATH` runs against that cluster (in a namespace of its own, deleted at the end)
-//! instead of the test cluster. Prints the figures. Run it through `hack/bench-watch.sh`.
+//! instead of the test cluster; it first waits until the namespaces of earlier runs that are
+//! being deleted are gone, so that their deletion does not load the server during the
+//! measurement. Prints the figures. Run it through `hack/bench-watch.sh`.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -28,6 +31,10 @@ use kube::runtime::watcher::{self, watcher};
 use serde_json::json;
 
 const NAMESPACE: &str = "bench";
+/// Prefix of the namespaces made on a real API server.
+const REAL_NAMESPACE_PREFIX: &str = "bench-watch-";
+/// Longest wait for the namespaces of earlier runs to be deleted.
+const EARLIER_RUNS_TIMEOUT: Duration = Duration::from_secs(600);
 const GROUPS: usize = 100;
 
 struct Options {
@@ -44,7 +51,7 @@ const KINDS: [(&str, &str, &str); 5] = [
     ("v1", "ConfigMap", "configmaps"),
     ("v1", "Secret", "secrets"),
     ("v1", "ServiceAccount", "serviceaccounts"),
-    ("v1", "Endpoints", "endpoints"),
+    ("v1", "LimitRange", "limitranges"),
     ("coordination.k8s.io/v1", "Lease", "leases"),
 ];
 
@@ -162,6 +169,46 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[index.min(sorted.len() - 1)]
 }
 
+/// The ktrigger process, killed if the bench ends before stopping it (a failed request panics).
+struct KilledOnDrop(std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Waits while namespaces of earlier runs are being deleted (their objects with them).
+async fn wait_for_earlier_runs(client: &Client) {
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let started = Instant::now();
+    let mut told = false;
+    loop {
+        let list = namespaces.list(&Default::default()).await.unwrap();
+        let deleting = list
+            .items
+            .iter()
+            .filter(|ns| {
+                ns.metadata.name.as_deref().is_some_and(|name| name.starts_with(REAL_NAMESPACE_PREFIX))
+                    && ns.metadata.deletion_timestamp.is_some()
+            })
+            .count();
+        if deleting == 0 {
+            return;
+        }
+        assert!(
+            started.elapsed() < EARLIER_RUNS_TIMEOUT,
+            "{deleting} namespace(s) of earlier runs still being deleted after {EARLIER_RUNS_TIMEOUT:?}"
+        );
+        if !told {
+            eprintln!("waiting for {deleting} namespace(s) of earlier runs to be deleted");
+            told = true;
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
 #[tokio::main]
 async fn main() {
     ktrigger_kube::ensure_crypto_provider();
@@ -178,7 +225,8 @@ async fn main() {
             .await
             .unwrap();
             let client = Client::try_from(config).unwrap();
-            let namespace = format!("bench-watch-{}", std::process::id());
+            wait_for_earlier_runs(&client).await;
+            let namespace = format!("{REAL_NAMESPACE_PREFIX}{}", std::process::id());
             let body = serde_json::from_value(json!({"metadata": {"name": namespace}})).unwrap();
             Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &body).await.unwrap();
             (None, client, namespace)
@@ -210,21 +258,23 @@ async fn main() {
 
     let file = dir.path().join("bench.yaml");
     std::fs::write(&file, config(&options, &namespace)).unwrap();
-    let mut child = Command::new(&options.ktrigger)
-        .args(["run", "-f", file.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()])
-        .args(["--webhook-addr", "127.0.0.1:0"])
-        // A state of its own: every run is a first start.
-        .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
-        // The hub's debug lines tell when each trigger has subscribed.
-        .env("KTRIGGER_LOG", "info,ktrigger_kube::hub=debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e}", options.ktrigger));
-    let pid = child.id();
+    let mut child = KilledOnDrop(
+        Command::new(&options.ktrigger)
+            .args(["run", "-f", file.to_str().unwrap(), "--kubeconfig", kubeconfig.to_str().unwrap()])
+            .args(["--webhook-addr", "127.0.0.1:0"])
+            // A state of its own: every run is a first start.
+            .args(["--state-dir", dir.path().join("state").to_str().unwrap()])
+            // The hub's debug lines tell when each trigger has subscribed.
+            .env("KTRIGGER_LOG", "info,ktrigger_kube::hub=debug")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", options.ktrigger)),
+    );
+    let pid = child.0.id();
 
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
-    let stdout = child.stdout.take().unwrap();
+    let stdout = child.0.stdout.take().unwrap();
     std::thread::spawn({
         let arrivals = arrivals.clone();
         move || {
@@ -238,7 +288,7 @@ async fn main() {
             }
         }
     });
-    let stderr = child.stderr.take().unwrap();
+    let stderr = child.0.stderr.take().unwrap();
     let stderr_lines: Arc<Mutex<Vec<String>>> = Arc::default();
     std::thread::spawn({
         let stderr_lines = stderr_lines.clone();
@@ -257,7 +307,6 @@ async fn main() {
             break opened;
         }
         if start.elapsed() > Duration::from_secs(300) {
-            let _ = child.kill();
             panic!("ktrigger did not sync its watches:\n{}", stderr_lines.lock().unwrap().join("\n"));
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -369,7 +418,7 @@ async fn main() {
         task.abort();
     }
     let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-    let _ = child.wait();
+    let _ = child.0.wait();
     if cluster.is_none() {
         let _ = Api::<Namespace>::all(client.clone()).delete(&namespace, &Default::default()).await;
     }

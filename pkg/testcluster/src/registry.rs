@@ -117,6 +117,7 @@ impl Registry {
             b("", "v1", "events", "Event", true, &["ev"], false),
             b("", "v1", "nodes", "Node", false, &["no"], true),
             b("", "v1", "endpoints", "Endpoints", true, &["ep"], false),
+            b("", "v1", "limitranges", "LimitRange", true, &["limits"], false),
             b("", "v1", "persistentvolumeclaims", "PersistentVolumeClaim", true, &["pvc"], true),
             b("apps", "v1", "deployments", "Deployment", true, &["deploy"], true),
             b("apps", "v1", "replicasets", "ReplicaSet", true, &["rs"], true),
