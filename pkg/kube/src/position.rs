@@ -15,7 +15,7 @@ use futures::stream::FuturesOrdered;
 use ktrigger_core::{Handled, SourceState, Tracked};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 /// Key of the watch scope the index belongs to; an index of another scope is discarded.
 const SCOPE_KEY: &str = "scope";
@@ -139,26 +139,49 @@ pub(crate) enum Write {
     Delete(String),
 }
 
-/// Where a watch sends a trigger's index writes, in order.
+/// A write waiting in a writer's queue, with the event it waits for (boxed: a channel allocates
+/// room for 32 of its items at once).
+type Queued = Box<(Option<Tracked>, Write)>;
+
+/// Where a watch sends a trigger's index writes, in order. A writer task runs only while there
+/// are writes to make: an idle trigger keeps no task, queue or commit in flight.
 pub(crate) struct Checkpoints {
-    /// Boxed writes: a channel allocates room for 32 of its items at once, per trigger.
-    queue: mpsc::Sender<Box<(Option<Tracked>, Write)>>,
+    state: SourceState,
+    /// The running writer's queue; a send fails once that writer has gone idle.
+    queue: Option<mpsc::Sender<Queued>>,
+    /// Closed when the last writer started has made all its writes: the next one waits for it.
+    last_writer: Option<oneshot::Receiver<()>>,
     failed: watch::Sender<Option<String>>,
 }
 
 impl Checkpoints {
-    /// Starts the writer of `state`; the receiver learns why writing stopped, if it does.
-    pub(crate) fn start(state: SourceState) -> (Checkpoints, watch::Receiver<Option<String>>) {
-        let (queue, writes) = mpsc::channel(WRITE_QUEUE);
+    /// The writes of `state`; the receiver learns why writing stopped, if it does.
+    pub(crate) fn new(state: SourceState) -> (Checkpoints, watch::Receiver<Option<String>>) {
         let (failed, failures) = watch::channel(None);
-        tokio::spawn(write_in_order(state, writes, failed.clone()));
-        (Checkpoints { queue, failed }, failures)
+        (Checkpoints { state, queue: None, last_writer: None, failed }, failures)
     }
 
     /// Queues `write`, to be made once `tracked` (if any) is handled.
-    pub(crate) async fn send(&self, tracked: Option<Tracked>, write: Write) {
+    pub(crate) async fn send(&mut self, tracked: Option<Tracked>, write: Write) {
+        let mut next = Box::new((tracked, write));
+        if let Some(queue) = &self.queue {
+            match queue.send(next).await {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => next = back,
+            }
+        }
         // A writer that stopped has reported why; the trigger resubscribes and catches up.
-        let _ = self.queue.send(Box::new((tracked, write))).await;
+        if self.failed.borrow().is_some() {
+            self.queue = None;
+            return;
+        }
+        let (queue, writes) = mpsc::channel(WRITE_QUEUE);
+        // A new queue has room.
+        let _ = queue.try_send(next);
+        let (done, last_writer) = oneshot::channel();
+        let previous = self.last_writer.replace(last_writer);
+        tokio::spawn(write_in_order(self.state.clone(), previous, writes, self.failed.clone(), done));
+        self.queue = Some(queue);
     }
 
     /// Stops the writing: the trigger cannot be brought up to date now.
@@ -167,11 +190,23 @@ impl Checkpoints {
     }
 }
 
+/// Makes the writes queued in `writes` in order, after those of the `previous` writer, until
+/// none is left to make (the queue is then closed: the next write starts another writer), or
+/// one fails. `done` is dropped when it ends.
 async fn write_in_order(
     state: SourceState,
-    mut writes: mpsc::Receiver<Box<(Option<Tracked>, Write)>>,
+    previous: Option<oneshot::Receiver<()>>,
+    mut writes: mpsc::Receiver<Queued>,
     failed: watch::Sender<Option<String>>,
+    done: oneshot::Sender<()>,
 ) {
+    if let Some(previous) = previous {
+        // Ends when the previous writer drops its sender.
+        let _ = previous.await;
+    }
+    if failed.borrow().is_some() {
+        return;
+    }
     let mut commits = FuturesOrdered::new();
     loop {
         tokio::select! {
@@ -206,6 +241,10 @@ async fn write_in_order(
                 commits.push_back(commit.wait());
             }
         }
+        if commits.is_empty() && writes.is_empty() {
+            // Idle: what was queued before the close is still taken, later writes start anew.
+            writes.close();
+        }
     }
     while let Some(result) = commits.next().await {
         if let Err(error) = result {
@@ -213,13 +252,116 @@ async fn write_in_order(
             return;
         }
     }
+    drop(done);
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use ktrigger_core::{Event, EventSink, RedbStore, TriggerId};
     use serde_json::json;
 
     use super::*;
+
+    /// A trigger's durable state in a fresh store, and its directory.
+    fn durable_state() -> (SourceState, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = RedbStore::open(dir.path()).unwrap();
+        (
+            SourceState::new(
+                Arc::new(store),
+                &TriggerId { namespace: "apps".into(), service: "svc".into(), trigger: "t".into() },
+            ),
+            dir,
+        )
+    }
+
+    /// The stored entries: uid → resourceVersion.
+    async fn index(state: &SourceState) -> Vec<(String, String)> {
+        let mut entries: Vec<(String, String)> = state
+            .load()
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|(key, value)| {
+                let uid = key.strip_prefix(OBJECT_PREFIX)?.to_string();
+                Some((uid, serde_json::from_slice::<Stored>(&value).unwrap().resource_version))
+            })
+            .collect();
+        entries.sort();
+        entries
+    }
+
+    fn put(uid: &str, rv: &str) -> Write {
+        let object = json!({"metadata": {"name": uid, "uid": uid, "resourceVersion": rv}});
+        Write::Put(uid.to_string(), Stored::of(&object, false))
+    }
+
+    fn entries(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(uid, rv)| (uid.to_string(), rv.to_string())).collect()
+    }
+
+    /// Waits (bounded) until the index is `expected`.
+    async fn wait_for_index(state: &SourceState, expected: &[(String, String)]) {
+        for _ in 0..200 {
+            if index(state).await == expected {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(index(state).await, expected);
+    }
+
+    #[tokio::test]
+    async fn writes_after_the_writer_went_idle_are_made_in_order() {
+        let (state, _dir) = durable_state();
+        let (mut checkpoints, failures) = Checkpoints::new(state.clone());
+        checkpoints.send(None, Write::Reset("scope".into())).await;
+        checkpoints.send(None, put("a", "1")).await;
+        wait_for_index(&state, &entries(&[("a", "1")])).await;
+        // The writer has nothing left to write: it goes idle and closes its queue.
+        for _ in 0..200 {
+            if checkpoints.queue.as_ref().is_some_and(mpsc::Sender::is_closed) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(checkpoints.queue.as_ref().is_some_and(mpsc::Sender::is_closed), "the idle writer ended");
+        for round in 2..6 {
+            checkpoints.send(None, Write::Delete("a".into())).await;
+            checkpoints.send(None, put("b", &round.to_string())).await;
+            checkpoints.send(None, put("a", &round.to_string())).await;
+        }
+        wait_for_index(&state, &entries(&[("a", "5"), ("b", "5")])).await;
+        assert_eq!(*failures.borrow(), None);
+    }
+
+    #[tokio::test]
+    async fn a_write_waits_for_the_event_before_it_and_a_lost_event_stops_the_writing() {
+        let (state, _dir) = durable_state();
+        let (mut checkpoints, mut failures) = Checkpoints::new(state.clone());
+        let (sink, mut events) = EventSink::channel(4);
+        let event = Arc::new(Event::new("resource-watcher", "update", json!({})));
+        let tracked = sink.send_tracked(event.clone()).await.unwrap();
+        checkpoints.send(Some(tracked), put("a", "1")).await;
+        checkpoints.send(None, put("b", "1")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(index(&state).await, Vec::new(), "nothing is written before the event is handled");
+        events.recv().await.unwrap().answer(Handled::Fired);
+        wait_for_index(&state, &entries(&[("a", "1"), ("b", "1")])).await;
+
+        let tracked = sink.send_tracked(event).await.unwrap();
+        checkpoints.send(Some(tracked), put("a", "2")).await;
+        events.recv().await.unwrap().answer(Handled::NotStored("queue full".into()));
+        failures.changed().await.unwrap();
+        assert!(failures.borrow().as_deref().is_some_and(|reason| reason.contains("queue full")));
+        // Later writes are not made: the trigger catches up from what it stored.
+        checkpoints.send(None, put("c", "1")).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(index(&state).await, entries(&[("a", "1"), ("b", "1")]));
+    }
 
     fn config_map(data: &str) -> Value {
         json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"v": data},

@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::{Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, Semaphore, oneshot};
 
 use super::{Commit, SCHEMA_VERSION, StateStore, StoreError, StoreMetrics};
 use crate::delivery::{Delivery, DeliveryQueue, QueueError};
@@ -37,6 +37,10 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 /// Memory redb may keep of the file (pages read, and writes not yet flushed, at most half of
 /// it). Its default, 1 GiB, would let a long-running process hold most of a large file.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+/// Reads (start-up loads) made at once, each on a blocking thread; more wait for a turn. When
+/// 1,000 triggers started together, unbounded reads had tokio start 20 to 200 threads (more the
+/// slower the disk), each with its stack and allocator cache, for reads of a few milliseconds.
+const READERS: usize = 4;
 
 /// One delivery as stored.
 #[derive(Debug, Serialize, Deserialize)]
@@ -113,6 +117,8 @@ struct Shared {
     /// Queues opened in this process, by name: a trigger restarted with a new spec takes over
     /// the queue its previous run still holds instead of loading the same deliveries twice.
     queues: Mutex<HashMap<String, Arc<QueueShared>>>,
+    /// Turns to read, [`READERS`] at once.
+    readers: Arc<Semaphore>,
 }
 
 /// Why opening the store's file did not simply work.
@@ -166,6 +172,7 @@ impl RedbStore {
             commit_micros: AtomicU64::new(0),
             pending_deliveries: AtomicU64::new(pending),
             queues: Mutex::new(HashMap::new()),
+            readers: Arc::new(Semaphore::new(READERS)),
         });
         let (writes, requests) = mpsc::channel();
         let writer = shared.clone();
@@ -194,7 +201,10 @@ impl RedbStore {
         read: impl FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
         let shared = self.shared.clone();
+        let turn = shared.readers.clone().acquire_owned().await.map_err(unavailable)?;
         tokio::task::spawn_blocking(move || {
+            // Held until the read has really returned, also when its caller stopped waiting.
+            let _turn = turn;
             let database = crate::sync::read(&shared.database);
             match database.as_ref() {
                 Some(database) => read(database),
@@ -625,5 +635,36 @@ impl DeliveryQueue for RedbQueue {
 
     fn in_flight(&self) -> usize {
         lock(&self.queue.inner).in_flight.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_run_a_few_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = RedbStore::open(dir.path()).unwrap();
+        let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let reads = (0..16).map(|_| {
+            let (store, running, most) = (store.clone(), running.clone(), most.clone());
+            async move {
+                store
+                    .read(move |_| {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(50));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        let results = futures::future::join_all(reads).await;
+        assert!(results.iter().all(Result::is_ok));
+        assert_eq!(most.load(Ordering::SeqCst), READERS);
     }
 }

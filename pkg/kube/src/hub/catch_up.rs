@@ -43,7 +43,7 @@ impl Durable {
 
     /// Queues the index write for `change`, made once `tracked` (its event, if it got one) is
     /// handled.
-    pub(super) async fn record(&self, tracked: Option<Tracked>, change: &Change) {
+    pub(super) async fn record(&mut self, tracked: Option<Tracked>, change: &Change) {
         let uid = uid_of(&change.object);
         let write = match change.kind {
             ChangeKind::Create | ChangeKind::Update => Write::Put(uid, Stored::of(&change.object, self.keep_objects)),

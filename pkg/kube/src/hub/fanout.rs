@@ -77,7 +77,7 @@ impl WatchTask {
                 }),
             };
             let sink = &member.subscriber.sink;
-            match (&member.durable, event) {
+            match (&mut member.durable, event) {
                 (None, None) => {}
                 (None, Some(event)) => {
                     if !sink.send_shared(event).await {

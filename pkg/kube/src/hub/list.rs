@@ -12,8 +12,12 @@ use serde_json::value::RawValue;
 
 use super::task::WatchTask;
 
-/// Objects listed per page.
-const LIST_PAGE: u32 = 500;
+/// Objects per page of every list of a watch: the watcher's own (its first list and re-lists),
+/// catch-ups and replays. A page is held parsed while its objects are handed out, and the HTTP
+/// connection's read buffer grows to the largest page it received and keeps that size: with
+/// pages of 500, 1,000 triggers over 10,000 objects of 5 kinds stayed 1.7 MiB larger after their
+/// first start, and peaked 2-3 MiB higher before the watches synced.
+pub(super) const LIST_PAGE: u32 = 100;
 
 /// A page as the API server sends it, its items left unparsed.
 #[derive(Deserialize)]

@@ -394,7 +394,7 @@ impl WatchHub {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (durable, failed) = match subscriber.position.take() {
             Some(position) => {
-                let (checkpoints, failed) = Checkpoints::start(position.state.clone());
+                let (checkpoints, failed) = Checkpoints::new(position.state.clone());
                 (Some(Durable::new(position, checkpoints)), Some(failed))
             }
             None => (None, None),

@@ -22,12 +22,6 @@ use super::{
 use crate::identity::Identity;
 use crate::selector::{LabelInterner, StoredLabels, labels_of};
 
-/// Objects per page of the watcher's own lists (its first list and re-lists). kube-runtime holds
-/// a page parsed while it hands out its objects, and watches of several kinds list at once when
-/// triggers start: with pages of 500 (its default), 1,000 triggers over 10,000 objects of 5
-/// kinds peaked 2-3 MiB higher before the watches synced.
-const WATCH_LIST_PAGE: u32 = 100;
-
 /// Subscriptions and unsubscriptions taken from the queue at once, so that the catch-ups of
 /// triggers that subscribed while the watch was busy share one list.
 const MAX_JOINS_AT_ONCE: usize = 4096;
@@ -166,7 +160,7 @@ pub(super) struct WatchTask {
 
 impl WatchTask {
     async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>, cancel: CancellationToken) {
-        let mut config = watcher::Config::default().page_size(WATCH_LIST_PAGE);
+        let mut config = watcher::Config::default().page_size(super::list::LIST_PAGE);
         if !self.key.fields.is_empty() {
             config = config.fields(&self.key.fields);
         }
@@ -521,12 +515,12 @@ mod tests {
     fn restarts_are_the_lists_after_the_first_and_the_watches_that_follow_no_list() {
         let mut detector = RestartDetector::default();
         let sent = [
-            ("limit=500", false),                                             // the first list
-            ("limit=500&continue=abc", false),                                // its second page
+            ("limit=100", false),                                             // the first list
+            ("limit=100&continue=abc", false),                                // its second page
             ("watch=true&resourceVersion=7&allowWatchBookmarks=true", false), // the watch after it
             ("watch=true&resourceVersion=9", true),                           // resumed after the stream ended
             ("watch=1&resourceVersion=9", true),                              // retried after it failed
-            ("limit=500", true),                                              // re-listed after 410 Gone
+            ("limit=100", true),                                              // re-listed after 410 Gone
             ("watch=true&resourceVersion=12", false),                         // the watch after the re-list
         ];
         for (query, restarts) in sent {
