@@ -9,9 +9,11 @@
 //! reports the change again (with the same id).
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::FuturesOrdered;
+use ktrigger_core::sync::lock;
 use ktrigger_core::{Handled, SourceState, Tracked};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -147,8 +149,9 @@ type Queued = Box<(Option<Tracked>, Write)>;
 /// are writes to make: an idle trigger keeps no task, queue or commit in flight.
 pub(crate) struct Checkpoints {
     state: SourceState,
-    /// The running writer's queue; a send fails once that writer has gone idle.
-    queue: Option<mpsc::Sender<Queued>>,
+    /// The running writer's queue, shared with it: an idle writer takes it away and closes it
+    /// (a send already under way then fails and starts another writer).
+    queue: Arc<Mutex<Option<mpsc::Sender<Queued>>>>,
     /// Closed when the last writer started has made all its writes: the next one waits for it.
     last_writer: Option<oneshot::Receiver<()>>,
     failed: watch::Sender<Option<String>>,
@@ -158,13 +161,14 @@ impl Checkpoints {
     /// The writes of `state`; the receiver learns why writing stopped, if it does.
     pub(crate) fn new(state: SourceState) -> (Checkpoints, watch::Receiver<Option<String>>) {
         let (failed, failures) = watch::channel(None);
-        (Checkpoints { state, queue: None, last_writer: None, failed }, failures)
+        (Checkpoints { state, queue: Arc::default(), last_writer: None, failed }, failures)
     }
 
     /// Queues `write`, to be made once `tracked` (if any) is handled.
     pub(crate) async fn send(&mut self, tracked: Option<Tracked>, write: Write) {
         let mut next = Box::new((tracked, write));
-        if let Some(queue) = &self.queue {
+        let running = lock(&self.queue).clone();
+        if let Some(queue) = running {
             match queue.send(next).await {
                 Ok(()) => return,
                 Err(mpsc::error::SendError(back)) => next = back,
@@ -172,16 +176,16 @@ impl Checkpoints {
         }
         // A writer that stopped has reported why; the trigger resubscribes and catches up.
         if self.failed.borrow().is_some() {
-            self.queue = None;
             return;
         }
         let (queue, writes) = mpsc::channel(WRITE_QUEUE);
         // A new queue has room.
         let _ = queue.try_send(next);
+        *lock(&self.queue) = Some(queue);
         let (done, last_writer) = oneshot::channel();
         let previous = self.last_writer.replace(last_writer);
-        tokio::spawn(write_in_order(self.state.clone(), previous, writes, self.failed.clone(), done));
-        self.queue = Some(queue);
+        let writer = Writer { state: self.state.clone(), queue: self.queue.clone(), failed: self.failed.clone() };
+        tokio::spawn(writer.write_in_order(previous, writes, done));
     }
 
     /// Stops the writing: the trigger cannot be brought up to date now.
@@ -190,74 +194,88 @@ impl Checkpoints {
     }
 }
 
-/// Makes the writes queued in `writes` in order, after those of the `previous` writer, until
-/// none is left to make (the queue is then closed: the next write starts another writer), or
-/// one fails. `done` is dropped when it ends.
-async fn write_in_order(
+/// What a writer task needs of its trigger's [`Checkpoints`].
+struct Writer {
     state: SourceState,
-    previous: Option<oneshot::Receiver<()>>,
-    mut writes: mpsc::Receiver<Queued>,
+    queue: Arc<Mutex<Option<mpsc::Sender<Queued>>>>,
     failed: watch::Sender<Option<String>>,
-    done: oneshot::Sender<()>,
-) {
-    if let Some(previous) = previous {
-        // Ends when the previous writer drops its sender.
-        let _ = previous.await;
-    }
-    if failed.borrow().is_some() {
-        return;
-    }
-    let mut commits = FuturesOrdered::new();
-    loop {
-        tokio::select! {
-            Some(result) = commits.next(), if !commits.is_empty() => {
-                if let Err(error) = result {
-                    failed.send_replace(Some(format!("cannot store the watch position: {error}")));
-                    return;
-                }
-            }
-            next = writes.recv(), if commits.len() < IN_FLIGHT => {
-                let Some(next) = next else { break };
-                let (tracked, write) = *next;
-                if let Some(tracked) = tracked
-                    && let Handled::NotStored(reason) = tracked.handled().await
-                {
-                    failed.send_replace(Some(format!("an event was not stored ({reason}); catching up")));
-                    return;
-                }
-                let commit = match write {
-                    Write::Reset(scope) => {
-                        // Removed first and waited for, so that no entry of the new index is lost
-                        // to a removal applied after it.
-                        if let Err(error) = state.clear().wait().await {
-                            failed.send_replace(Some(format!("cannot store the watch position: {error}")));
-                            return;
-                        }
-                        state.put(SCOPE_KEY, scope.into_bytes())
-                    }
-                    Write::Put(uid, stored) => state.put(&format!("{OBJECT_PREFIX}{uid}"), stored.encode()),
-                    Write::Delete(uid) => state.delete(&format!("{OBJECT_PREFIX}{uid}")),
-                };
-                commits.push_back(commit.wait());
-            }
+}
+
+impl Writer {
+    /// Makes the writes queued in `writes` in order, after those of the `previous` writer,
+    /// until none is left to make (the queue is then taken away and closed: the next write
+    /// starts another writer), or one fails. `done` is dropped when it ends.
+    async fn write_in_order(
+        self,
+        previous: Option<oneshot::Receiver<()>>,
+        mut writes: mpsc::Receiver<Queued>,
+        done: oneshot::Sender<()>,
+    ) {
+        if let Some(previous) = previous {
+            // Ends when the previous writer drops its sender.
+            let _ = previous.await;
         }
-        if commits.is_empty() && writes.is_empty() {
-            // Idle: what was queued before the close is still taken, later writes start anew.
-            writes.close();
-        }
-    }
-    while let Some(result) = commits.next().await {
-        if let Err(error) = result {
-            failed.send_replace(Some(format!("cannot store the watch position: {error}")));
+        if self.failed.borrow().is_some() {
             return;
         }
+        let mut commits = FuturesOrdered::new();
+        let mut open = true;
+        loop {
+            tokio::select! {
+                Some(result) = commits.next(), if !commits.is_empty() => {
+                    if let Err(error) = result {
+                        self.fail(format!("cannot store the watch position: {error}"));
+                        return;
+                    }
+                }
+                next = writes.recv(), if commits.len() < IN_FLIGHT => {
+                    let Some(next) = next else { break };
+                    let (tracked, write) = *next;
+                    if let Some(tracked) = tracked
+                        && let Handled::NotStored(reason) = tracked.handled().await
+                    {
+                        self.fail(format!("an event was not stored ({reason}); catching up"));
+                        return;
+                    }
+                    let commit = match write {
+                        Write::Reset(scope) => {
+                            // Removed first and waited for, so that no entry of the new index is
+                            // lost to a removal applied after it.
+                            if let Err(error) = self.state.clear().wait().await {
+                                self.fail(format!("cannot store the watch position: {error}"));
+                                return;
+                            }
+                            self.state.put(SCOPE_KEY, scope.into_bytes())
+                        }
+                        Write::Put(uid, stored) => self.state.put(&format!("{OBJECT_PREFIX}{uid}"), stored.encode()),
+                        Write::Delete(uid) => self.state.delete(&format!("{OBJECT_PREFIX}{uid}")),
+                    };
+                    commits.push_back(commit.wait());
+                }
+            }
+            if open && commits.is_empty() && writes.is_empty() {
+                // Idle: the queue goes (what was queued before the close is still taken).
+                open = false;
+                lock(&self.queue).take();
+                writes.close();
+            }
+        }
+        while let Some(result) = commits.next().await {
+            if let Err(error) = result {
+                self.fail(format!("cannot store the watch position: {error}"));
+                return;
+            }
+        }
+        drop(done);
     }
-    drop(done);
+
+    fn fail(&self, reason: String) {
+        self.failed.send_replace(Some(reason));
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::time::Duration;
 
     use ktrigger_core::{Event, EventSink, RedbStore, TriggerId};
@@ -323,12 +341,12 @@ mod tests {
         wait_for_index(&state, &entries(&[("a", "1")])).await;
         // The writer has nothing left to write: it goes idle and closes its queue.
         for _ in 0..200 {
-            if checkpoints.queue.as_ref().is_some_and(mpsc::Sender::is_closed) {
+            if lock(&checkpoints.queue).is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(checkpoints.queue.as_ref().is_some_and(mpsc::Sender::is_closed), "the idle writer ended");
+        assert!(lock(&checkpoints.queue).is_none(), "the idle writer gave its queue up");
         for round in 2..6 {
             checkpoints.send(None, Write::Delete("a".into())).await;
             checkpoints.send(None, put("b", &round.to_string())).await;
