@@ -39,7 +39,7 @@ const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// Reads (start-up loads) made at once, each on a blocking thread; more wait for a turn. When
 /// 1,000 triggers started together, unbounded reads had tokio start 20 to 200 threads (more the
-/// slower the disk), each with its stack and allocator cache, for reads of a few milliseconds.
+/// busier the machine), each with its stack and allocator cache, for reads of a few milliseconds.
 const READERS: usize = 4;
 
 /// One delivery as stored.
