@@ -73,10 +73,15 @@ impl Drop for PythonServer {
     }
 }
 
-/// The JSON lines of `path`; none while the file does not exist yet.
+/// The complete JSON lines of `path`; none while the file does not exist yet. A last line without
+/// its newline is one the receiver is still writing, and is left for the next read.
 pub fn json_lines(path: &Path) -> Vec<Value> {
-    match std::fs::read_to_string(path) {
-        Ok(text) => text.lines().map(|line| serde_json::from_str(line).unwrap()).collect(),
+    match std::fs::read(path) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes)
+            .split_inclusive('\n')
+            .filter_map(|line| line.strip_suffix('\n'))
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{}: {e}: {line}", path.display())))
+            .collect(),
         Err(_) => Vec::new(),
     }
 }
