@@ -3,8 +3,10 @@
 //! Default mode (`--mode filters`): starts the test cluster, creates `--objects` ConfigMaps in 100
 //! label groups, runs the `ktrigger` binary given by `--ktrigger` with `--triggers`
 //! resource-watcher triggers on them (each filtering one group with CEL, delivering to the log
-//! destination), then updates `--updates` ConfigMaps one after the other and times each update
-//! from the moment its request is sent until its delivery line is read from ktrigger's stdout.
+//! destination), then, once ktrigger has delivered a first update per kind and has gone idle
+//! (its start-up work done), updates `--updates` ConfigMaps one after the other and times each
+//! update from the moment its request is sent until its delivery line is read from ktrigger's
+//! stdout.
 //!
 //! `--mode selectors`: the objects are spread over five kinds (ConfigMap, Secret, ServiceAccount,
 //! LimitRange, Lease: kinds that no controller of a real cluster changes or deletes) and each
@@ -162,6 +164,30 @@ fn memory_kib(pid: u32) -> (u64, u64, u64) {
             .unwrap_or(0)
     };
     (field("VmHWM:"), field("VmRSS:"), field("RssFile:"))
+}
+
+/// CPU time the process has used, in clock ticks (user and system).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) start with the state, field 3;
+    // utime and stime are fields 14 and 15.
+    let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_name.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum()
+}
+
+/// Waits until each of the processes `pids` has used no more than one clock tick of CPU in each
+/// of three successive 100 ms periods (at most 60 s).
+async fn wait_until_idle(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).collect::<Vec<u64>>();
+    let (mut last, mut quiet_periods) = (ticks(), 0);
+    while quiet_periods < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = ticks();
+        let quiet = now.iter().zip(&last).all(|(now, last)| now.saturating_sub(*last) <= 1);
+        quiet_periods = if quiet { quiet_periods + 1 } else { 0 };
+        last = now;
+    }
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -371,6 +397,12 @@ async fn main() {
         }
     }
     eprintln!("first deliveries after {:.2}s", warm.elapsed().as_secs_f64());
+    // The timed updates measure the steady state: they start once ktrigger's start-up work (the
+    // triggers' first index writes among it) is done, and that of this process (the test
+    // cluster's, the plain watch clients').
+    let quiet = Instant::now();
+    wait_until_idle(&[pid, std::process::id()]).await;
+    eprintln!("ktrigger and the bench idle {:.2}s later", quiet.elapsed().as_secs_f64());
     arrivals.lock().unwrap().clear();
 
     let mut sent = Vec::with_capacity(options.updates);

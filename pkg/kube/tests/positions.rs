@@ -524,3 +524,46 @@ async fn triggers_sharing_a_watch_catch_up_together_from_one_list() {
     }
     h.clean_up().await;
 }
+
+#[tokio::test]
+async fn a_first_start_on_a_synced_watch_records_what_the_watch_knows_without_a_list() {
+    let h = harness("first").await;
+    h.create_labelled("gold-1", "gold").await;
+    h.create_labelled("gold-2", "gold").await;
+    h.create_labelled("silver", "silver").await;
+    // Another trigger has the shared watch open and synced.
+    let all = h.start("all", "resource-watcher", h.cm_watcher(&["update"]), false);
+    h.wait_for("all", "the three objects recorded", |stored| stored.len() == 3).await;
+    let requests_before = h._cluster.as_ref().map(|cluster| cluster.requests().len());
+
+    let mut gold = h.cm_watcher(&["update"]);
+    gold["labelSelector"] = json!("tier=gold");
+    let running = h.start("gold", "resource-watcher", gold.clone(), false);
+    let (one, two) = (h.uid_of("gold-1").await, h.uid_of("gold-2").await);
+    let version = h.configmaps().get("gold-1").await.unwrap().metadata.resource_version.unwrap();
+    h.wait_for("gold", "the two gold objects recorded at their resourceVersion", |stored| {
+        stored.keys().cloned().collect::<BTreeSet<_>>() == BTreeSet::from([one.clone(), two.clone()])
+            && stored[&one]["rv"] == version.as_str()
+    })
+    .await;
+    if let (Some(cluster), Some(before)) = (h._cluster.as_ref(), requests_before) {
+        let lists = cluster.requests()[before..]
+            .iter()
+            .filter(|r| {
+                let path = r.uri.split('?').next().unwrap_or_default();
+                r.method == "GET" && path.ends_with("/configmaps") && !r.uri.contains("watch=")
+            })
+            .count();
+        assert_eq!(lists, 0, "the first start made {lists} list(s) of its own");
+    }
+    running.stop().await;
+
+    // The index so recorded is what the next start compares with.
+    h.set_data("gold-1", "2").await;
+    h.set_data("silver", "2").await;
+    let mut running = h.start("gold", "resource-watcher", gold, false);
+    assert_eq!(summary(&running.collect(1).await), [pair("update", "gold-1")]);
+    running.stop().await;
+    all.stop().await;
+    h.clean_up().await;
+}

@@ -166,6 +166,10 @@ impl WatchTask {
         if first {
             let scope = durable.scope.clone();
             durable.checkpoints.send(None, Write::Reset(scope)).await;
+            if !replay && !durable.keep_objects {
+                self.index_what_the_watch_knows(id, &selector).await;
+                return None;
+            }
         }
         Some(CatchUp {
             id,
@@ -177,6 +181,29 @@ impl WatchTask {
             stored: stored.unwrap_or_default(),
             listed: HashSet::new(),
         })
+    }
+
+    /// The first start of subscriber `id`, which neither replays nor keeps objects: its index is
+    /// what the synced watch knows of the objects it selects, with no list of its own. (A list
+    /// would hold the watch's events back while it runs and tell it nothing more: objects the
+    /// list shows in another state than the watch knows are reported by the watch soon anyway.)
+    async fn index_what_the_watch_knows(&mut self, id: u64, selector: &ObjectSelector) {
+        let Some(durable) = self.subscribers.iter_mut().find(|m| m.id == id).and_then(|m| m.durable.as_mut()) else {
+            return;
+        };
+        for (uid, known) in &self.known {
+            let labels = known.labels.as_deref().unwrap_or(&NO_LABELS);
+            if selector.matches_parts(labels, &known.name, known.namespace.as_deref().unwrap_or_default()) {
+                let stored = Stored {
+                    resource_version: known.resource_version.to_string(),
+                    name: known.name.to_string(),
+                    namespace: known.namespace.as_deref().map(str::to_string),
+                    occurrences: known.occurrences,
+                    object: None,
+                };
+                durable.checkpoints.send(None, Write::Put(uid.clone(), stored)).await;
+            }
+        }
     }
 
     /// Compares one listed object with what a catching-up subscriber stored and reports to it
