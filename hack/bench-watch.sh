@@ -3,8 +3,9 @@
 #
 #   hack/bench-watch.sh [--objects N] [--triggers N] [--updates N] [--mode filters|selectors] [--kubeconfig PATH]
 #       one run: 10,000 ConfigMaps and 100 CEL-filtered triggers by default; peak RSS, watches
-#       opened, and event-to-delivery latency (p50/p99) over 1,000 updates, each timed from the
-#       moment its update request is sent until its delivery line is read. --mode selectors:
+#       opened, the time to the first deliveries after start, and event-to-delivery latency
+#       (p50/p99) over 1,000 updates made once ktrigger and the driver have gone idle, each timed
+#       from the moment its update request is sent until its delivery line is read. --mode selectors:
 #       the objects spread over five kinds, each trigger with its own label selector on one kind.
 #       --kubeconfig: against that API server instead of the test cluster.
 #

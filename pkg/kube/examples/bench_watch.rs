@@ -166,25 +166,30 @@ fn memory_kib(pid: u32) -> (u64, u64, u64) {
     (field("VmHWM:"), field("VmRSS:"), field("RssFile:"))
 }
 
-/// CPU time the process has used, in clock ticks (user and system).
-fn cpu_ticks(pid: u32) -> u64 {
+/// CPU time the process has used, in clock ticks (user and system), and the bytes it has
+/// written to storage (the state store's commits).
+fn activity(pid: u32) -> (u64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name (which may hold spaces) start with the state, field 3;
     // utime and stime are fields 14 and 15.
     let after_name = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    after_name.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum()
+    let ticks = after_name.split_whitespace().skip(11).take(2).filter_map(|v| v.parse::<u64>().ok()).sum();
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let written =
+        io.lines().find_map(|line| line.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0);
+    (ticks, written)
 }
 
-/// Waits until each of the processes `pids` has used no more than one clock tick of CPU in each
-/// of three successive 100 ms periods (at most 60 s).
+/// Waits until each of the processes `pids` has used no more than one clock tick of CPU and
+/// written nothing to storage in each of three successive 100 ms periods (at most 60 s).
 async fn wait_until_idle(pids: &[u32]) {
     let deadline = Instant::now() + Duration::from_secs(60);
-    let ticks = || pids.iter().map(|pid| cpu_ticks(*pid)).collect::<Vec<u64>>();
-    let (mut last, mut quiet_periods) = (ticks(), 0);
+    let sample = || pids.iter().map(|pid| activity(*pid)).collect::<Vec<(u64, u64)>>();
+    let (mut last, mut quiet_periods) = (sample(), 0);
     while quiet_periods < 3 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = ticks();
-        let quiet = now.iter().zip(&last).all(|(now, last)| now.saturating_sub(*last) <= 1);
+        let now = sample();
+        let quiet = now.iter().zip(&last).all(|(now, last)| now.0.saturating_sub(last.0) <= 1 && now.1 == last.1);
         quiet_periods = if quiet { quiet_periods + 1 } else { 0 };
         last = now;
     }
@@ -398,8 +403,8 @@ async fn main() {
     }
     eprintln!("first deliveries after {:.2}s", warm.elapsed().as_secs_f64());
     // The timed updates measure the steady state: they start once ktrigger's start-up work (the
-    // triggers' first index writes among it) is done, and that of this process (the test
-    // cluster's, the plain watch clients').
+    // triggers' first index writes among it, committed to disk) is done, and that of this
+    // process (the test cluster's, the plain watch clients').
     let quiet = Instant::now();
     wait_until_idle(&[pid, std::process::id()]).await;
     eprintln!("ktrigger and the bench idle {:.2}s later", quiet.elapsed().as_secs_f64());

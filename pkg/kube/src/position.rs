@@ -148,26 +148,23 @@ type Queued = Box<(Option<Tracked>, Write)>;
 /// Where a watch sends a trigger's index writes, in order. A writer task runs only while there
 /// are writes to make: an idle trigger keeps no task, queue or commit in flight.
 pub(crate) struct Checkpoints {
-    state: SourceState,
-    /// The running writer's queue, shared with it: an idle writer takes it away and closes it
-    /// (a send already under way then fails and starts another writer).
-    queue: Arc<Mutex<Option<mpsc::Sender<Queued>>>>,
+    /// What every writer started gets a copy of.
+    writer: Writer,
     /// Closed when the last writer started has made all its writes: the next one waits for it.
     last_writer: Option<oneshot::Receiver<()>>,
-    failed: watch::Sender<Option<String>>,
 }
 
 impl Checkpoints {
     /// The writes of `state`; the receiver learns why writing stopped, if it does.
     pub(crate) fn new(state: SourceState) -> (Checkpoints, watch::Receiver<Option<String>>) {
         let (failed, failures) = watch::channel(None);
-        (Checkpoints { state, queue: Arc::default(), last_writer: None, failed }, failures)
+        (Checkpoints { writer: Writer { state, queue: Arc::default(), failed }, last_writer: None }, failures)
     }
 
     /// Queues `write`, to be made once `tracked` (if any) is handled.
     pub(crate) async fn send(&mut self, tracked: Option<Tracked>, write: Write) {
         let mut next = Box::new((tracked, write));
-        let running = lock(&self.queue).clone();
+        let running = lock(&self.writer.queue).clone();
         if let Some(queue) = running {
             match queue.send(next).await {
                 Ok(()) => return,
@@ -175,28 +172,31 @@ impl Checkpoints {
             }
         }
         // A writer that stopped has reported why; the trigger resubscribes and catches up.
-        if self.failed.borrow().is_some() {
+        if self.writer.failed.borrow().is_some() {
             return;
         }
         let (queue, writes) = mpsc::channel(WRITE_QUEUE);
         // A new queue has room.
         let _ = queue.try_send(next);
-        *lock(&self.queue) = Some(queue);
+        *lock(&self.writer.queue) = Some(queue);
         let (done, last_writer) = oneshot::channel();
         let previous = self.last_writer.replace(last_writer);
-        let writer = Writer { state: self.state.clone(), queue: self.queue.clone(), failed: self.failed.clone() };
-        tokio::spawn(writer.write_in_order(previous, writes, done));
+        tokio::spawn(self.writer.clone().write_in_order(previous, writes, done));
     }
 
     /// Stops the writing: the trigger cannot be brought up to date now.
     pub(crate) fn fail(&self, reason: String) {
-        self.failed.send_replace(Some(reason));
+        self.writer.fail(reason);
     }
 }
 
-/// What a writer task needs of its trigger's [`Checkpoints`].
+/// A trigger's writer task: its state, the queue it takes its writes from, and where it reports
+/// why it stopped.
+#[derive(Clone)]
 struct Writer {
     state: SourceState,
+    /// The running writer's queue, shared with [`Checkpoints`]: an idle writer takes it away and
+    /// closes it (a send already under way then fails and starts another writer).
     queue: Arc<Mutex<Option<mpsc::Sender<Queued>>>>,
     failed: watch::Sender<Option<String>>,
 }
@@ -269,6 +269,7 @@ impl Writer {
         drop(done);
     }
 
+    /// Reports why the writing stopped.
     fn fail(&self, reason: String) {
         self.failed.send_replace(Some(reason));
     }
@@ -341,12 +342,12 @@ mod tests {
         wait_for_index(&state, &entries(&[("a", "1")])).await;
         // The writer has nothing left to write: it goes idle and closes its queue.
         for _ in 0..200 {
-            if lock(&checkpoints.queue).is_none() {
+            if lock(&checkpoints.writer.queue).is_none() {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(lock(&checkpoints.queue).is_none(), "the idle writer gave its queue up");
+        assert!(lock(&checkpoints.writer.queue).is_none(), "the idle writer gave its queue up");
         for round in 2..6 {
             checkpoints.send(None, Write::Delete("a".into())).await;
             checkpoints.send(None, put("b", &round.to_string())).await;
