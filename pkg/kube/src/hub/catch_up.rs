@@ -1,6 +1,7 @@
 //! What a joining subscriber is told of the objects that already exist: replays for
 //! `replayExisting`, and catch-ups that compare a subscriber's stored index (see `position.rs`)
-//! with a list, one list for all the subscribers that wait for one.
+//! with a list, one list for all the subscribers that wait for one. A first start that neither
+//! replays nor keeps objects lists nothing: its index is what the watch knows.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
