@@ -237,6 +237,18 @@ fn summary(events: &[SharedEvent]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// The lists of ConfigMaps (not watches, not gets of one) `cluster` received after its first
+/// `before` requests.
+fn configmap_lists_since(cluster: &TestCluster, before: usize) -> usize {
+    cluster.requests()[before..]
+        .iter()
+        .filter(|r| {
+            let path = r.uri.split('?').next().unwrap_or_default();
+            r.method == "GET" && path.ends_with("/configmaps") && !r.uri.contains("watch=")
+        })
+        .count()
+}
+
 fn pair(kind: &str, name: &str) -> (String, String) {
     (kind.to_string(), name.to_string())
 }
@@ -510,10 +522,7 @@ async fn triggers_sharing_a_watch_catch_up_together_from_one_list() {
     }
     if let (Some(cluster), Some(before)) = (h._cluster.as_ref(), requests_before) {
         cluster.faults().clear_delay("configmaps");
-        let lists = cluster.requests()[before..]
-            .iter()
-            .filter(|r| r.method == "GET" && r.uri.contains("/configmaps") && !r.uri.contains("watch="))
-            .count();
+        let lists = configmap_lists_since(cluster, before);
         // The watch's own list, then one list for the catch-ups of all the triggers that joined
         // while it ran (one more at most for a trigger that joined during that one), rather
         // than one list per trigger, each holding up the next.
@@ -547,13 +556,7 @@ async fn a_first_start_on_a_synced_watch_records_what_the_watch_knows_without_a_
     })
     .await;
     if let (Some(cluster), Some(before)) = (h._cluster.as_ref(), requests_before) {
-        let lists = cluster.requests()[before..]
-            .iter()
-            .filter(|r| {
-                let path = r.uri.split('?').next().unwrap_or_default();
-                r.method == "GET" && path.ends_with("/configmaps") && !r.uri.contains("watch=")
-            })
-            .count();
+        let lists = configmap_lists_since(cluster, before);
         assert_eq!(lists, 0, "the first start made {lists} list(s) of its own");
     }
     running.stop().await;

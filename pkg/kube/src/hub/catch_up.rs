@@ -10,7 +10,6 @@ use ktrigger_core::Tracked;
 use kube::api::ListParams;
 use serde_json::Value;
 
-use super::fanout::NO_LABELS;
 use super::task::{Replay, WatchTask};
 use super::{Change, ChangeKind, resource_version, uid_of};
 use crate::position::{Checkpoints, Position, Stored, Write};
@@ -193,16 +192,8 @@ impl WatchTask {
             return;
         };
         for (uid, known) in &self.known {
-            let labels = known.labels.as_deref().unwrap_or(&NO_LABELS);
-            if selector.matches_parts(labels, &known.name, known.namespace.as_deref().unwrap_or_default()) {
-                let stored = Stored {
-                    resource_version: known.resource_version.to_string(),
-                    name: known.name.to_string(),
-                    namespace: known.namespace.as_deref().map(str::to_string),
-                    occurrences: known.occurrences,
-                    object: None,
-                };
-                durable.checkpoints.send(None, Write::Put(uid.clone(), stored)).await;
+            if known.selected_by(selector) {
+                durable.checkpoints.send(None, Write::Put(uid.clone(), known.stored())).await;
             }
         }
     }
@@ -269,15 +260,7 @@ impl WatchTask {
         let unknown: Vec<String> = self
             .known
             .iter()
-            .filter(|(uid, known)| {
-                !listed.contains(*uid)
-                    && !stored.contains_key(*uid)
-                    && selector.matches_parts(
-                        known.labels.as_deref().unwrap_or(&NO_LABELS),
-                        &known.name,
-                        known.namespace.as_deref().unwrap_or_default(),
-                    )
-            })
+            .filter(|(uid, known)| !listed.contains(*uid) && !stored.contains_key(*uid) && known.selected_by(&selector))
             .map(|(uid, _)| uid.clone())
             .collect();
         if let Some(durable) = self.durable(id) {
@@ -286,17 +269,13 @@ impl WatchTask {
         // Stored and not listed: deleted, or no longer selected, while the subscriber was not
         // running.
         for (uid, own) in stored {
-            if let Some(known) = self.known.get(&uid) {
-                let labels = known.labels.as_deref().unwrap_or(&NO_LABELS);
-                let namespace = known.namespace.as_deref().unwrap_or_default();
-                if selector.matches_parts(labels, &known.name, namespace) {
-                    // Selected as the watch knows it: the watch reports the change that took
-                    // it away soon, seen by the subscriber relative to what it knows.
-                    if let Some(durable) = self.durable(id) {
-                        durable.behind.insert(uid, Some(own));
-                    }
-                    continue;
+            if self.known.get(&uid).is_some_and(|known| known.selected_by(&selector)) {
+                // Selected as the watch knows it: the watch reports the change that took it away
+                // soon, seen by the subscriber relative to what it knows.
+                if let Some(durable) = self.durable(id) {
+                    durable.behind.insert(uid, Some(own));
                 }
+                continue;
             }
             if self.durable(id).is_none() {
                 return;

@@ -16,11 +16,13 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::catch_up::Durable;
+use super::fanout::NO_LABELS;
 use super::{
     Change, ChangeKind, Command, Entry, Health, Subscriber, WatchKey, lock, occurrences, resource_version, uid_of,
 };
 use crate::identity::Identity;
-use crate::selector::{LabelInterner, StoredLabels, labels_of};
+use crate::position::Stored;
+use crate::selector::{LabelInterner, ObjectSelector, StoredLabels, labels_of};
 
 /// Subscriptions and unsubscriptions taken from the queue at once, so that the catch-ups of
 /// triggers that subscribed while the watch was busy share one list.
@@ -116,6 +118,25 @@ pub(super) struct Known {
     pub(super) occurrences: u64,
     pub(super) labels: Option<Arc<StoredLabels>>,
     pub(super) last: Option<Arc<Value>>,
+}
+
+impl Known {
+    /// Whether `selector` selects the object in this state.
+    pub(super) fn selected_by(&self, selector: &ObjectSelector) -> bool {
+        let labels = self.labels.as_deref().unwrap_or(&NO_LABELS);
+        selector.matches_parts(labels, &self.name, self.namespace.as_deref().unwrap_or_default())
+    }
+
+    /// The index entry of the object in this state, without its last state.
+    pub(super) fn stored(&self) -> Stored {
+        Stored {
+            resource_version: self.resource_version.to_string(),
+            name: self.name.to_string(),
+            namespace: self.namespace.as_deref().map(str::to_string),
+            occurrences: self.occurrences,
+            object: None,
+        }
+    }
 }
 
 /// Where a subscriber with `replayExisting` stands.
